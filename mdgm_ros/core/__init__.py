@@ -1,0 +1,23 @@
+"""The pure model core: torch + numpy only (no rclpy, no ROS message types).
+
+Modules: :mod:`.modalities` (typed specs), :mod:`.networks` (encoders/decoders, log-mel front end),
+:mod:`.posterior` (PoE / MoE / MoPoE aggregation), :mod:`.families` (one module per objective),
+:mod:`.model`, :mod:`.inference` (imputation, likelihoods, anomaly scores, the fusion step),
+:mod:`.bundle` (safe model bundles), :mod:`.training`, :mod:`.synthetic`.
+"""
+from .bundle import Bundle, BundleError, load_bundle, save_bundle, verify_bundle
+from .families import OBJECTIVES, ObjectiveOutput, compute_objective
+from .inference import (AnomalyCalibration, FusionResult, Fuser, Imputation, anomaly_scores,
+                        calibrate_anomaly, conditional_log_likelihood, impute, iwae_log_likelihood)
+from .modalities import AudioOptions, ModalitySpec, Normalization, SpecError, default_robot_modalities
+from .model import ModelConfig, MultimodalVAE
+from .training import BetaSchedule, TrainConfig, fit_normalization, select_device, train
+
+__all__ = [
+    "AnomalyCalibration", "AudioOptions", "BetaSchedule", "Bundle", "BundleError", "FusionResult", "Fuser",
+    "Imputation", "ModalitySpec", "ModelConfig", "MultimodalVAE", "Normalization", "OBJECTIVES",
+    "ObjectiveOutput", "SpecError", "TrainConfig", "anomaly_scores", "calibrate_anomaly",
+    "compute_objective", "conditional_log_likelihood", "default_robot_modalities", "fit_normalization",
+    "impute", "iwae_log_likelihood", "load_bundle", "save_bundle", "select_device", "train",
+    "verify_bundle",
+]

@@ -1,0 +1,281 @@
+"""Inference from any subset of modalities: posterior, imputation, likelihoods, anomaly scores.
+
+All functions work on normalised features (see :meth:`MultimodalVAE.features`) and a presence mask
+(B, M), and are batched: no Python loop runs over samples.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import posterior as post
+from .model import MultimodalVAE
+
+
+# --------------------------------------------------------------------------- posterior
+def posterior_samples(model: MultimodalVAE, mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor,
+                      n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """z ~ q(z | X_mask): (K, B, D). MoE draws each sample's expert uniformly among the observed."""
+    if model.fusion != "moe":
+        q_mu, q_lv = model.subset_posterior(mu, logvar, mask)
+        return post.reparameterize(q_mu, q_lv, n_samples, generator)
+    all_z = post.stratified_mixture_samples(mu, logvar, n_samples, generator)       # (M, K, B, D)
+    weights = mask.float().clamp_min(0) + (~mask.any(1, keepdim=True)).float()       # empty row: any
+    pick = torch.multinomial(weights, n_samples, replacement=True, generator=generator).t()  # (K, B)
+    batch_idx = torch.arange(mask.shape[0], device=mask.device).expand(n_samples, -1)
+    k_idx = torch.arange(n_samples, device=mask.device)[:, None].expand(-1, mask.shape[0])
+    z = all_z[pick, k_idx, batch_idx]
+    empty = ~mask.any(1)
+    return torch.where(empty[None, :, None], post.reparameterize(torch.zeros_like(z), torch.zeros_like(z),
+                                                                 generator=generator), z)
+
+
+def posterior_log_prob(model: MultimodalVAE, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                       mask: torch.Tensor) -> torch.Tensor:
+    """log q(z | X_mask) for z (K, B, D), matching :func:`posterior_samples`: (K, B)."""
+    if model.fusion != "moe":
+        q_mu, q_lv = model.subset_posterior(mu, logvar, mask)
+        return post.gaussian_log_prob(z, q_mu, q_lv)
+    prior = post.standard_normal_log_prob(z)
+    mixture = post.mixture_log_prob(z, mu, logvar, mask | ~mask.any(1, keepdim=True))
+    return torch.where(mask.any(1)[None, :], mixture, prior)
+
+
+def _targets_mask(model: MultimodalVAE, targets: Sequence[str], batch: int, device) -> torch.Tensor:
+    out = torch.zeros((batch, len(model.names)), dtype=torch.bool, device=device)
+    for name in targets:
+        out[:, model.names.index(name)] = True
+    return out
+
+
+def _log_likelihood_sum(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], z: torch.Tensor,
+                        target_mask: torch.Tensor) -> torch.Tensor:
+    """sum over targets of log p(x_m | z), unweighted, for z (..., B, D): (..., B)."""
+    total = torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
+    for j, name in enumerate(model.names):
+        if bool(target_mask[:, j].any()):
+            ll = model.log_likelihood(name, feats[name], model.decode(name, z))
+            total = total + torch.where(target_mask[:, j], ll, torch.zeros((), dtype=z.dtype, device=z.device))
+    return total
+
+
+# --------------------------------------------------------------------------- likelihoods
+def iwae_log_likelihood(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+                        n_samples: int = 64, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Importance-weighted estimate of log p(X_O) per sample (B,), proposal q(z | X_O):
+
+    log (1/K) sum_k p(X_O | z_k) p(z_k) / q(z_k | X_O)."""
+    feats = model.complete(feats, mask)
+    mu, logvar = model.experts(feats, mask)
+    z = posterior_samples(model, mu, logvar, mask, n_samples, generator)
+    log_w = (_log_likelihood_sum(model, feats, z, mask) + post.standard_normal_log_prob(z)
+             - posterior_log_prob(model, z, mu, logvar, mask))
+    return torch.logsumexp(log_w, 0) - math.log(n_samples)
+
+
+def conditional_log_likelihood(model: MultimodalVAE, feats: Mapping[str, torch.Tensor],
+                               cond_mask: torch.Tensor, target_mask: torch.Tensor, n_samples: int = 64,
+                               generator: torch.Generator | None = None) -> torch.Tensor:
+    """log p(X_T | X_S) per sample (B,), estimated as log (1/K) sum_k p(X_T | z_k), z_k ~ q(z | X_S).
+
+    (The estimator MoPoE and MultiVae report; it is a lower bound in expectation.)"""
+    feats = model.complete(feats, cond_mask | target_mask)
+    mu, logvar = model.experts(feats, cond_mask)
+    z = posterior_samples(model, mu, logvar, cond_mask, n_samples, generator)
+    return torch.logsumexp(_log_likelihood_sum(model, feats, z, target_mask), 0) - math.log(n_samples)
+
+
+# --------------------------------------------------------------------------- imputation
+@dataclass
+class Imputation:
+    """Imputed modality in normalised feature units: per-element mean and spread (B, *fshape)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+def impute_from_experts(model: MultimodalVAE, mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor,
+                        targets: Sequence[str], n_samples: int = 0,
+                        generator: torch.Generator | None = None) -> dict[str, Imputation]:
+    """Decode ``targets`` from q(z | X_mask). ``n_samples=0`` decodes the posterior mean (fast, the
+    decoder's own spread); K > 0 averages K posterior samples and adds their spread (total variance)."""
+    if n_samples == 0:
+        z = model.posterior_summary(mu, logvar, mask)[0]
+    else:
+        z = posterior_samples(model, mu, logvar, mask, n_samples, generator)
+    out = {}
+    for name in targets:
+        mean, std = model.output_moments(name, model.decode(name, z))
+        if n_samples:
+            variance = (std ** 2).mean(0) + mean.var(0, unbiased=False)
+            mean, std = mean.mean(0), variance.sqrt()
+        out[name] = Imputation(mean, std)
+    return out
+
+
+def impute(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+           targets: Sequence[str], n_samples: int = 0,
+           generator: torch.Generator | None = None) -> dict[str, Imputation]:
+    """Impute any target modalities from the observed subset ``mask`` (normalised feature units)."""
+    feats = model.complete(feats, mask)
+    mu, logvar = model.experts(feats, mask)
+    return impute_from_experts(model, mu, logvar, mask, targets, n_samples, generator)
+
+
+# --------------------------------------------------------------------------- anomaly scores
+@dataclass
+class AnomalyCalibration:
+    """Per-modality statistics of the leave-one-out conditional NLL on normal data, and thresholds
+    (quantiles of the standardised scores) for each modality and for the total."""
+
+    mean: dict[str, float]
+    std: dict[str, float]
+    threshold: dict[str, float]
+    quantile: float = 0.99
+    n_samples: int = 0
+    count: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "threshold": self.threshold,
+                "quantile": self.quantile, "n_samples": self.n_samples, "count": self.count}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "AnomalyCalibration":
+        return cls(mean={k: float(v) for k, v in data["mean"].items()},
+                   std={k: float(v) for k, v in data["std"].items()},
+                   threshold={k: float(v) for k, v in data["threshold"].items()},
+                   quantile=float(data.get("quantile", 0.99)), n_samples=int(data.get("n_samples", 0)),
+                   count=int(data.get("count", 0)))
+
+
+def leave_one_out_nll(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mu: torch.Tensor,
+                      logvar: torch.Tensor, mask: torch.Tensor, n_samples: int = 0,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """-log p(x_m | X_{O minus m}) for every observed m: (B, M), NaN where m is missing.
+
+    All M conditionals are computed in one batched posterior call (the M leave-one-out masks are
+    stacked along the batch). ``n_samples=0`` uses the conditional posterior mean."""
+    n_mod, batch, dim = mu.shape
+    eye = torch.eye(n_mod, dtype=torch.bool, device=mask.device)
+    loo_mask = (mask.unsqueeze(0) & ~eye.unsqueeze(1)).reshape(n_mod * batch, n_mod)   # (M*B, M)
+    mu_rep = mu.repeat(1, n_mod, 1)
+    lv_rep = logvar.repeat(1, n_mod, 1)
+    if n_samples == 0:
+        z = model.posterior_summary(mu_rep, lv_rep, loo_mask)[0].reshape(n_mod, batch, dim)
+    else:
+        z = posterior_samples(model, mu_rep, lv_rep, loo_mask, n_samples, generator)
+        z = z.reshape(n_samples, n_mod, batch, dim)
+    nll = torch.full((batch, n_mod), float("nan"), dtype=mu.dtype, device=mu.device)
+    for j, name in enumerate(model.names):
+        if not bool(mask[:, j].any()):
+            continue
+        z_j = z[j] if n_samples == 0 else z[:, j]
+        ll = model.log_likelihood(name, feats[name], model.decode(name, z_j))
+        if n_samples:
+            ll = torch.logsumexp(ll, 0) - math.log(n_samples)
+        nll[:, j] = torch.where(mask[:, j], -ll, nll[:, j])
+    return nll
+
+
+def standardize_scores(model: MultimodalVAE, nll: torch.Tensor, calibration: AnomalyCalibration | None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, M) NLLs -> standardised per-modality scores (NaN if missing) and total (B,).
+
+    total = sum of the observed standardised scores / sqrt(number observed); NaN if none observed."""
+    if calibration is None:
+        scores = nll
+    else:
+        mean = torch.tensor([calibration.mean[n] for n in model.names], dtype=nll.dtype, device=nll.device)
+        std = torch.tensor([calibration.std[n] for n in model.names], dtype=nll.dtype, device=nll.device)
+        scores = (nll - mean) / std
+    observed = ~torch.isnan(scores)
+    count = observed.sum(1).to(scores.dtype)
+    total = torch.where(observed, scores, torch.zeros_like(scores)).sum(1) / count.sqrt()
+    return scores, torch.where(count > 0, total, torch.full_like(total, float("nan")))
+
+
+def anomaly_scores(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+                   calibration: AnomalyCalibration | None, n_samples: int = 0,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    feats = model.complete(feats, mask)
+    mu, logvar = model.experts(feats, mask)
+    nll = leave_one_out_nll(model, feats, mu, logvar, mask, n_samples, generator)
+    return standardize_scores(model, nll, calibration)
+
+
+def calibrate_anomaly(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+                      quantile: float = 0.99, n_samples: int = 0, batch_size: int = 256,
+                      generator: torch.Generator | None = None) -> AnomalyCalibration:
+    """Calibrate on normal (fault-free, held-out) data: per-modality NLL mean/std and thresholds."""
+    if not 0.5 <= quantile < 1.0:
+        raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, mask.shape[0], batch_size):
+            part = {k: v[start:start + batch_size] for k, v in feats.items()}
+            m = mask[start:start + batch_size]
+            full = model.complete(part, m)
+            mu, logvar = model.experts(full, m)
+            chunks.append(leave_one_out_nll(model, full, mu, logvar, m, n_samples, generator))
+    nll = torch.cat(chunks).cpu().numpy()
+    mean, std = {}, {}
+    for j, name in enumerate(model.names):
+        column = nll[:, j][~np.isnan(nll[:, j])]
+        if column.size < 2:
+            raise ValueError(f"anomaly calibration needs >= 2 samples where {name!r} is observed")
+        mean[name] = float(column.mean())
+        std[name] = float(max(column.std(), 1e-6))
+    calibration = AnomalyCalibration(mean, std, {}, quantile, n_samples, int(mask.shape[0]))
+    scores, total = standardize_scores(model, torch.from_numpy(nll), calibration)
+    for j, name in enumerate(model.names):
+        column = scores[:, j][~torch.isnan(scores[:, j])]
+        calibration.threshold[name] = float(torch.quantile(column, quantile))
+    calibration.threshold["total"] = float(torch.quantile(total[~torch.isnan(total)], quantile))
+    return calibration
+
+
+# --------------------------------------------------------------------------- the fusion step
+@dataclass
+class FusionResult:
+    """One fusion step's outputs. Imputations are in the modality's un-normalised feature units
+    (for audio: the log-mel spectrogram). Scores: standardised, NaN for missing modalities."""
+
+    latent_mean: torch.Tensor
+    latent_std: torch.Tensor
+    imputed: dict[str, Imputation] = field(default_factory=dict)
+    scores: torch.Tensor | None = None
+    total_score: torch.Tensor | None = None
+
+
+class Fuser:
+    """What a live node calls per sample: raw arrays of the observed modalities in, the posterior,
+    imputations of the missing (optionally also of the present) modalities and anomaly scores out."""
+
+    def __init__(self, model: MultimodalVAE, calibration: AnomalyCalibration | None = None,
+                 impute_present: bool = False, anomaly: bool = True, n_samples: int = 0):
+        self.model = model.eval()
+        self.calibration = calibration
+        self.impute_present = impute_present
+        self.anomaly = anomaly
+        self.n_samples = n_samples
+
+    @torch.inference_mode()
+    def __call__(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor) -> FusionResult:
+        model = self.model
+        observed = [n for j, n in enumerate(model.names) if bool(mask[:, j].any())]
+        feats = model.complete(model.features({n: raw[n] for n in observed}), mask)
+        mu, logvar = model.experts(feats, mask)
+        z_mean, z_logvar = model.posterior_summary(mu, logvar, mask)
+        result = FusionResult(z_mean, torch.exp(0.5 * z_logvar))
+        targets = [n for j, n in enumerate(model.names) if self.impute_present or not bool(mask[:, j].all())]
+        for name, imp in impute_from_experts(model, mu, logvar, mask, targets, self.n_samples).items():
+            _, std_scale = model.normalization_stats(name)
+            result.imputed[name] = Imputation(model.denormalize(name, imp.mean), imp.std * std_scale)
+        if self.anomaly:
+            nll = leave_one_out_nll(model, feats, mu, logvar, mask, self.n_samples)
+            result.scores, result.total_score = standardize_scores(model, nll, self.calibration)
+        return result

@@ -1,0 +1,181 @@
+"""Device selection, normalisation fitting, the beta schedule and a plain training loop."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from .families import compute_objective
+from .modalities import Normalization
+from .model import MultimodalVAE
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cpu``; ``cuda`` / ``cuda:N`` (error if absent)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {name!r} requested but CUDA is not available "
+                               "(torch.cuda.is_available() is False)")
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) exist")
+        return device
+    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+
+
+@dataclass(frozen=True)
+class BetaSchedule:
+    """beta(step): ``constant`` (= end), ``linear`` warm-up from start to end over ``warmup_steps``,
+    or ``cyclical`` (Fu et al. 2019): linear ramps over the first half of each ``warmup_steps`` cycle."""
+
+    kind: str = "linear"
+    start: float = 0.0
+    end: float = 1.0
+    warmup_steps: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("constant", "linear", "cyclical"):
+            raise ValueError(f"beta schedule kind {self.kind!r} not in constant/linear/cyclical")
+        if self.warmup_steps < 0 or self.start < 0 or self.end < 0:
+            raise ValueError("beta schedule values must be >= 0")
+
+    def __call__(self, step: int) -> float:
+        if self.kind == "constant" or self.warmup_steps == 0:
+            return self.end
+        if self.kind == "linear":
+            frac = min(1.0, step / self.warmup_steps)
+        else:
+            frac = min(1.0, (step % self.warmup_steps) / (0.5 * self.warmup_steps))
+        return self.start + (self.end - self.start) * frac
+
+
+_NORM_AXES = {"image": (0, 2, 3), "vector": (0,), "audio": (0, 2), "tactile": (0,)}
+
+
+@torch.no_grad()
+def raw_to_features(model: MultimodalVAE, raw: Mapping[str, Any], chunk: int = 512) -> dict[str, torch.Tensor]:
+    """Front ends (e.g. log-mel) over a whole dataset of raw arrays, un-normalised, on CPU."""
+    out = {}
+    for name, values in raw.items():
+        x = torch.as_tensor(np.asarray(values, dtype=np.float32))
+        parts = [model.raw_features(name, x[i:i + chunk].to(model.device)).cpu() for i in range(0, len(x), chunk)]
+        out[name] = torch.cat(parts) if parts else x
+    return out
+
+
+def fit_normalization(model: MultimodalVAE, features: Mapping[str, torch.Tensor], mask: torch.Tensor) -> None:
+    """Fit each normalised modality's statistics on the rows where it is observed (per channel for
+    images, per dimension for vectors, per mel band for audio, per taxel for tactile)."""
+    for j, name in enumerate(model.names):
+        spec = model.specs[name]
+        rows = mask[:, j].cpu()
+        if not spec.normalized or int(rows.sum()) < 2:
+            continue
+        x = features[name][rows].double()
+        axes = _NORM_AXES[spec.kind]
+        mean = x.mean(dim=axes, keepdim=True).squeeze(0)
+        std = x.std(dim=axes, keepdim=True).squeeze(0)
+        floor = max(1e-6, 0.01 * float(std.median()))
+        model.set_normalization(name, Normalization(mean.numpy(), std.clamp_min(floor).numpy()))
+
+
+def normalize_features(model: MultimodalVAE, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return {name: model.normalize(name, x.to(model.device)).cpu() for name, x in features.items()}
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 10.0
+    beta: BetaSchedule = field(default_factory=BetaSchedule)
+    seed: int = 0
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_loss: float | None
+    beta: float
+    seconds: float
+    terms: dict[str, float]
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=generator)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+@torch.no_grad()
+def evaluate_loss(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+                  beta: float = 1.0, batch_size: int = 256, seed: int = 0) -> float:
+    """Mean per-sample loss of the model's objective (MMVAE evaluates with plain IWAE)."""
+    model.eval()
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    options = {"estimator": "iwae"} if model.config.objective == "mmvae" else {}
+    total, count = 0.0, 0
+    for start in range(0, mask.shape[0], batch_size):
+        part = {k: v[start:start + batch_size].to(model.device) for k, v in feats.items()}
+        m = mask[start:start + batch_size].to(model.device)
+        out = compute_objective(model, part, m, beta=beta, generator=generator, **options)
+        total += float(out.loss.sum())
+        count += m.shape[0]
+    return total / max(count, 1)
+
+
+def train(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor, config: TrainConfig,
+          val: tuple[Mapping[str, torch.Tensor], torch.Tensor] | None = None,
+          on_epoch: Callable[[EpochRecord], bool | None] | None = None) -> list[EpochRecord]:
+    """Minimise the mean per-sample objective over normalised features. ``on_epoch`` may return True
+    to stop early. Data stays where it is and is moved to the model's device one batch at a time."""
+    torch.manual_seed(config.seed)
+    device = model.device
+    cpu_gen = torch.Generator().manual_seed(config.seed)
+    dev_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    history: list[EpochRecord] = []
+    step = 0
+    for epoch in range(config.epochs):
+        model.train()
+        started, sums, seen = time.perf_counter(), {"loss": 0.0}, 0
+        for idx in _batches(mask.shape[0], config.batch_size, cpu_gen):
+            batch = {k: v[idx].to(device, non_blocking=True) for k, v in feats.items()}
+            m = mask[idx].to(device)
+            beta = config.beta(step)
+            out = compute_objective(model, batch, m, beta=beta, generator=dev_gen)
+            loss = out.loss.mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            step += 1
+            seen += m.shape[0]
+            sums["loss"] += float(out.loss.detach().sum())
+            for key, value in out.terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value.sum())
+        val_loss = evaluate_loss(model, val[0], val[1], beta=config.beta(step)) if val is not None else None
+        record = EpochRecord(epoch, sums.pop("loss") / max(seen, 1), val_loss, config.beta(step),
+                             time.perf_counter() - started, {k: v / max(seen, 1) for k, v in sums.items()})
+        history.append(record)
+        if on_epoch is not None and on_epoch(record):
+            break
+        if math.isnan(record.train_loss):
+            break
+    model.eval()
+    return history

@@ -1,0 +1,43 @@
+"""ament_python package: builds with colcon on robots and installs with pip on workstations/CI."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "mdgm_ros"
+
+
+def _version() -> str:
+    with open(f"{PACKAGE}/__init__.py", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("__version__"):
+                return line.split("=")[1].strip().strip("\"'")
+    raise RuntimeError("no __version__")
+
+
+setup(
+    name=PACKAGE,
+    version=_version(),
+    packages=find_packages(exclude=["test", "test.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/models", glob("models/*.md")),
+    ],
+    # Exact pins live in requirements.txt; these are the minimal import needs (rclpy and the message
+    # packages come from the ROS install on robots, see package.xml).
+    install_requires=["numpy", "torch>=2.1", "safetensors", "PyYAML"],
+    zip_safe=True,
+    maintainer="mdgm_ros developers",
+    maintainer_email="mdgm-ros@example.org",
+    description="Multimodal deep generative models (PoE/MoE/MoPoE VAEs) for ROS 2 sensor fusion",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "mdgm-ros = mdgm_ros.cli:main",
+        ],
+    },
+)
