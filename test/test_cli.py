@@ -1,0 +1,46 @@
+"""The ``mdgm-ros`` command: bench JSON, bundle info, and the core example end to end."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "mdgm_ros", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def test_bench_fusion_prints_the_latency_json():
+    result = run("bench", "fusion", "--json", "--iterations", "30")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    for key in ("p50_ms", "p99_ms", "samples_per_s"):
+        assert payload[key] > 0
+    assert payload["p50_ms"] <= payload["p99_ms"]
+    assert payload["imputed"] == ["audio"] and payload["environment"]["threads"] == 1
+
+
+def test_example_runs_end_to_end_and_bundle_info_reads_it(tmp_path):
+    result = run("example", "--quick", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert all(v["model"] < v["baseline_mean"] for v in report["imputation"].values())
+    assert report["anomaly"]["auroc"] > 0.8 and report["bundle_reload_identical"] is True
+    info = run("info", str(tmp_path / "model"))
+    assert info.returncode == 0, info.stderr
+    summary = json.loads(info.stdout)
+    assert summary["fusion"] == "poe" and summary["calibrated"] is True
+    assert [m["name"] for m in summary["modalities"]] == ["camera", "joints", "audio", "tactile"]
+    (tmp_path / "model" / "weights.safetensors").write_bytes(b"garbage")
+    broken = run("info", str(tmp_path / "model"))
+    assert broken.returncode == 2 and "weights.safetensors is corrupt or truncated" in broken.stderr
+
+
+@pytest.mark.parametrize("args", [["bench", "nothing"], ["example", "--objective", "vae"], []])
+def test_bad_arguments_fail_cleanly(args):
+    result = run(*args)
+    assert result.returncode == 2 and "usage" in result.stderr
