@@ -1,6 +1,7 @@
 """Benchmarks (commands, not timed tests): ``mdgm-ros bench fusion|train|all --json``."""
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import time
@@ -95,6 +96,6 @@ def bench_train(steps: int = 20, batch_size: int = 64, device: str = "auto",
 
 def environment(device: str = "auto") -> dict[str, Any]:
     return {"device": str(select_device(device)), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
             "python": platform.python_version(),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}

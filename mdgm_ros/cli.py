@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -12,12 +13,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from . import bench
 
-    torch.set_num_threads(args.threads)
     results = {}
     if args.which in ("fusion", "all"):
-        results["fusion"] = bench.bench_fusion(iterations=args.iterations, device=args.device)
+        torch.set_num_threads(args.threads)
+        results["fusion"] = {**bench.bench_fusion(iterations=args.iterations, device=args.device),
+                             "threads": args.threads}
     if args.which in ("train", "all"):
-        results["train"] = bench.bench_train(device=args.device)
+        torch.set_num_threads(args.train_threads or os.cpu_count() or 1)
+        results["train"] = {**bench.bench_train(device=args.device), "threads": torch.get_num_threads()}
     results["environment"] = bench.environment(args.device)
     payload = results if args.which == "all" else {**results[args.which], "environment": results["environment"]}
     if args.json:
@@ -73,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("which", choices=["fusion", "train", "all"])
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--iterations", type=int, default=2000)
-    bench.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    bench.add_argument("--threads", type=int, default=1,
+                       help="torch intra-op threads for the live fusion step (default 1, as the node runs)")
+    bench.add_argument("--train-threads", type=int, default=0, help="threads for training (default: all cores)")
     bench.add_argument("--device", default="auto")
     bench.set_defaults(func=_cmd_bench)
 

@@ -21,7 +21,7 @@ def test_bench_fusion_prints_the_latency_json():
     for key in ("p50_ms", "p99_ms", "samples_per_s"):
         assert payload[key] > 0
     assert payload["p50_ms"] <= payload["p99_ms"]
-    assert payload["imputed"] == ["audio"] and payload["environment"]["threads"] == 1
+    assert payload["imputed"] == ["audio"] and payload["threads"] == 1
 
 
 def test_example_runs_end_to_end_and_bundle_info_reads_it(tmp_path):

@@ -121,3 +121,24 @@ def test_trained_model_imputes_each_modality_better_than_the_mean(small_model_fa
     assert float(normal_total.mean()) == pytest.approx(0.0, abs=0.3)
     assert float((bad_total > normal_total).float().mean()) > 0.9
     assert float(scores[:, 1].mean()) > 3.0                           # the joints score points at the joints
+
+
+@pytest.mark.parametrize("objective", ["mvae", "mopoe"])
+def test_fuser_closed_form_path_equals_the_general_masked_path(objective, small_model_factory):
+    model = small_model_factory(objective)
+    raw_feats, mask, data = prepared(model, 64, seed=0)
+    training.fit_normalization(model, raw_feats, mask)
+    calibration = calibrate_anomaly(model, training.normalize_features(model, raw_feats), mask)
+    fuser = Fuser(model, calibration, impute_present=True)
+    raw = {k: torch.from_numpy(v[:2]) for k, v in data.raw.items()}
+    for pattern in ([True, True, False, True], [True, False, False, False], [True, True, True, True]):
+        step_mask = torch.tensor([pattern, pattern])
+        observed = [n for n, p in zip(model.names, pattern) if p]
+        fast = fuser(raw, step_mask)
+        with torch.inference_mode():
+            slow = fuser._fused_general(raw, step_mask, observed)
+        torch.testing.assert_close(fast.latent_mean, slow.latent_mean, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(fast.latent_std, slow.latent_std, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(fast.scores, slow.scores, atol=1e-3, rtol=1e-3, equal_nan=True)
+        for name in model.names:
+            torch.testing.assert_close(fast.imputed[name].mean, slow.imputed[name].mean, atol=1e-4, rtol=1e-4)

@@ -265,17 +265,56 @@ class Fuser:
 
     @torch.inference_mode()
     def __call__(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor) -> FusionResult:
+        observed = [n for j, n in enumerate(self.model.names) if bool(mask[:, j].any())]
+        uniform = mask.shape[0] == 1 or bool((mask == mask[:1]).all())
+        if uniform and observed and self.model.fusion != "moe" and self.n_samples == 0:
+            return self._fused_closed_form(raw, observed)
+        return self._fused_general(raw, mask, observed)
+
+    def _fused_general(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor,
+                       observed: list[str]) -> FusionResult:
         model = self.model
-        observed = [n for j, n in enumerate(model.names) if bool(mask[:, j].any())]
         feats = model.complete(model.features({n: raw[n] for n in observed}), mask)
         mu, logvar = model.experts(feats, mask)
         z_mean, z_logvar = model.posterior_summary(mu, logvar, mask)
         result = FusionResult(z_mean, torch.exp(0.5 * z_logvar))
         targets = [n for j, n in enumerate(model.names) if self.impute_present or not bool(mask[:, j].all())]
-        for name, imp in impute_from_experts(model, mu, logvar, mask, targets, self.n_samples).items():
-            _, std_scale = model.normalization_stats(name)
-            result.imputed[name] = Imputation(model.denormalize(name, imp.mean), imp.std * std_scale)
+        imputed = impute_from_experts(model, mu, logvar, mask, targets, self.n_samples)
+        self._store_imputations(result, {n: (i.mean, i.std) for n, i in imputed.items()})
         if self.anomaly:
             nll = leave_one_out_nll(model, feats, mu, logvar, mask, self.n_samples)
             result.scores, result.total_score = standardize_scores(model, nll, self.calibration)
         return result
+
+    def _fused_closed_form(self, raw: Mapping[str, torch.Tensor], observed: list[str]) -> FusionResult:
+        """Every row observes the same modalities (always so at batch 1) and the posterior is a PoE:
+        the joint and all leave-one-out posteriors in closed form over the observed experts only,
+        T = 1 + sum_m P_m, mean = sum_m P_m mu_m / T, leave-one-out T_-m = T - P_m (same maths as
+        :func:`posterior.product_of_experts` with the prior; a test checks they agree)."""
+        model = self.model
+        feats = model.features({n: raw[n] for n in observed})
+        experts = [model.encoders[n](feats[n]) for n in observed]
+        mu = torch.stack([e[0] for e in experts])
+        precision = torch.exp(-post.clamp_logvar(torch.stack([e[1] for e in experts])))   # (O, B, D)
+        weighted = precision * mu
+        total_precision = 1.0 + precision.sum(0)
+        total_weighted = weighted.sum(0)
+        z_mean = total_precision.reciprocal() * total_weighted
+        result = FusionResult(z_mean, total_precision.rsqrt())
+        targets = [n for n in model.names if self.impute_present or n not in observed]
+        self._store_imputations(result, {n: model.output_moments(n, model.decode(n, z_mean)) for n in targets})
+        if self.anomaly:
+            z_loo = (total_weighted - weighted) / (total_precision - precision)
+            batch = z_mean.shape[0]
+            nll = torch.full((batch, len(model.names)), float("nan"), dtype=z_mean.dtype, device=z_mean.device)
+            for i, name in enumerate(observed):
+                ll = model.log_likelihood(name, feats[name], model.decode(name, z_loo[i]))
+                nll[:, model.names.index(name)] = -ll
+            result.scores, result.total_score = standardize_scores(model, nll, self.calibration)
+        return result
+
+    def _store_imputations(self, result: FusionResult,
+                           moments: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for name, (mean, std) in moments.items():
+            _, std_scale = self.model.normalization_stats(name)
+            result.imputed[name] = Imputation(self.model.denormalize(name, mean), std * std_scale)
