@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -148,16 +148,7 @@ class ModalitySpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModalitySpec":
-        if not isinstance(data, dict):
-            raise SpecError(f"modality entry must be a mapping, got {type(data).__name__}")
-        allowed = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - allowed
-        if unknown:
-            raise SpecError(f"modality {data.get('name')!r}: unknown fields {sorted(unknown)}")
-        for required in ("name", "kind", "shape"):
-            if required not in data:
-                raise SpecError(f"modality entry {data!r} lacks {required!r}")
-        kwargs = dict(data)
+        kwargs = checked_fields(cls, data, ("name", "kind", "shape"), "modality entry")
         if kwargs.get("audio") is not None:
             kwargs["audio"] = AudioOptions(**kwargs["audio"])
         if kwargs.get("normalization") is not None:
@@ -166,6 +157,20 @@ class ModalitySpec:
             return cls(**kwargs)
         except TypeError as err:
             raise SpecError(f"modality {data.get('name')!r}: {err}") from None
+
+
+def checked_fields(cls: type, data: Any, required: tuple[str, ...], label: str) -> dict[str, Any]:
+    """``data`` as keyword arguments for dataclass ``cls``: a mapping with no unknown and no missing field."""
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{label} must be a mapping, got {type(data).__name__}")
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        where = f"{label} {data['name']!r}" if "name" in data else label
+        raise SpecError(f"{where}: unknown fields {sorted(unknown)}")
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise SpecError(f"{label} {dict(data)!r} lacks {missing}")
+    return dict(data)
 
 
 def check_unique(specs: Sequence[ModalitySpec]) -> None:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from . import likelihoods, posterior
-from .modalities import ModalitySpec, Normalization, SpecError, check_unique
+from .modalities import ModalitySpec, Normalization, SpecError, check_unique, checked_fields
 from .networks import LogMelFrontEnd, build_decoder, build_encoder
 
 FUSIONS = ("poe", "moe", "mopoe")
@@ -66,15 +66,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
-        if not isinstance(data, Mapping):
-            raise SpecError(f"model config must be a mapping, got {type(data).__name__}")
-        allowed = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - allowed
-        if unknown:
-            raise SpecError(f"model config: unknown fields {sorted(unknown)}")
-        if "modalities" not in data:
-            raise SpecError("model config lacks 'modalities'")
-        kwargs = dict(data)
+        kwargs = checked_fields(cls, data, ("modalities",), "model config")
         kwargs["modalities"] = tuple(ModalitySpec.from_dict(m) for m in data["modalities"])
         return cls(**kwargs)
 
