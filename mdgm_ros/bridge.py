@@ -1,0 +1,227 @@
+"""All ROS message <-> numpy conversions, in one place (common_interfaces types only).
+
+Inputs raise :class:`ConversionError` with a short ``reason`` key (used for reject counters and
+diagnostics) and a specific message. Array conventions match :mod:`mdgm_ros.core.modalities`:
+
+* camera ``sensor_msgs/Image`` (rgb8, bgr8, rgba8, bgra8, mono8) or ``CompressedImage`` (JPEG/PNG)
+  -> float32 (C, H, W) in [0, 1], RGB channel order, resized (INTER_AREA) to the model's size.
+* joints ``sensor_msgs/JointState`` -> float32 (len(fields) * len(names),), field-major:
+  [positions of the configured joints, then velocities, then efforts], in the configured joint order.
+* audio ``std_msgs/Float32MultiArray`` ([-1, 1]) or ``Int16MultiArray`` (/32768) PCM chunk, layout
+  dims channels x samples (interleaved when the layout is empty) -> float32 mono (samples,).
+* tactile ``sensor_msgs/Image`` 32FC1 / 16UC1 / mono8 with the pads stacked vertically
+  (height = pads * rows) -> float32 (pads, rows, cols).
+
+Outputs: the latent and the anomaly scores as ``sensor_msgs/JointState`` (DESIGN.md section 2),
+imputed modalities in their own message types; imputed audio is the model's log-mel spectrogram
+(``Float32MultiArray`` with dims ``mel`` x ``frame``), since a spectrogram has no phase to play back.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+from builtin_interfaces.msg import Time
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Float32MultiArray, Header, Int16MultiArray, MultiArrayDimension
+
+JOINT_FIELDS = ("position", "velocity", "effort")
+_COLOUR_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+_TACTILE_ENCODINGS = {"32FC1": np.dtype(np.float32), "16UC1": np.dtype(np.uint16), "mono8": np.dtype(np.uint8)}
+
+
+class ConversionError(ValueError):
+    """A message that cannot become model input; ``reason`` is a short key for counters."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------- stamps
+def stamp_to_ns(stamp: Time) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int) -> Time:
+    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def _header(stamp_ns: int, frame_id: str = "") -> Header:
+    return Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id)
+
+
+def _finite(values: np.ndarray, what: str) -> np.ndarray:
+    if values.size == 0:
+        raise ConversionError("empty", f"{what} holds no data")
+    if not np.all(np.isfinite(values)):
+        raise ConversionError("non_finite", f"{what} holds NaN or inf")
+    return values
+
+
+# --------------------------------------------------------------------------- camera
+def _to_model_image(pixels: np.ndarray, order: str, shape: tuple[int, int, int]) -> np.ndarray:
+    """(H, W[, C]) uint8 in ``order`` (rgb/bgr/rgba/bgra/mono) -> float32 (C, H, W) RGB in [0, 1]."""
+    channels, height, width = shape
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if order in ("bgr", "bgra"):
+        pixels = pixels[:, :, [2, 1, 0]]
+    elif order in ("rgb", "rgba"):
+        pixels = pixels[:, :, :3]
+    if channels == 1 and pixels.shape[2] == 3:
+        pixels = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY)[:, :, None]
+    elif channels == 3 and pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    if pixels.shape[:2] != (height, width):
+        resized = cv2.resize(np.ascontiguousarray(pixels), (width, height), interpolation=cv2.INTER_AREA)
+        pixels = resized.reshape(height, width, -1)
+    return (np.transpose(pixels, (2, 0, 1)).astype(np.float32) / 255.0)
+
+
+def image_to_array(msg: Image, shape: tuple[int, int, int]) -> np.ndarray:
+    """Camera Image -> float32 (C, H, W) in [0, 1] at the model's ``shape``."""
+    encoding = msg.encoding.lower()
+    if encoding not in _COLOUR_ENCODINGS:
+        raise ConversionError("encoding", f"camera encoding {msg.encoding!r} not in {sorted(_COLOUR_ENCODINGS)}")
+    depth = _COLOUR_ENCODINGS[encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height == 0 or width == 0:
+        raise ConversionError("empty", "camera image is 0 x 0")
+    if step < width * depth or len(msg.data) != step * height:
+        raise ConversionError("size", f"camera data of {len(msg.data)} bytes does not fit {width}x{height} "
+                                      f"{encoding} with step {step}")
+    rows = np.frombuffer(msg.data, np.uint8).reshape(height, step)[:, :width * depth]
+    pixels = rows.reshape(height, width, depth)
+    return _to_model_image(pixels, encoding[:-1], shape)
+
+
+def compressed_image_to_array(msg: CompressedImage, shape: tuple[int, int, int]) -> np.ndarray:
+    if len(msg.data) == 0:
+        raise ConversionError("empty", "compressed image holds no data")
+    decoded = cv2.imdecode(np.frombuffer(msg.data, np.uint8), cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise ConversionError("decode", f"compressed image (format {msg.format!r}) could not be decoded")
+    return _to_model_image(decoded, "bgr", shape)
+
+
+def array_to_image(array: np.ndarray, stamp_ns: int, frame_id: str = "") -> Image:
+    """float (C, H, W) in [0, 1] -> rgb8 (C = 3) or mono8 (C = 1) Image."""
+    channels, height, width = array.shape
+    pixels = np.clip(np.transpose(array, (1, 2, 0)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    encoding = "rgb8" if channels == 3 else "mono8"
+    msg = Image(header=_header(stamp_ns, frame_id), height=height, width=width, encoding=encoding,
+                is_bigendian=0, step=width * channels)
+    msg.data = pixels.tobytes()
+    return msg
+
+
+# --------------------------------------------------------------------------- joints
+def joint_state_to_array(msg: JointState, names: Sequence[str], fields: Sequence[str]) -> np.ndarray:
+    index = {name: i for i, name in enumerate(msg.name)}
+    if len(index) != len(msg.name):
+        raise ConversionError("layout", "joint state repeats a joint name")
+    missing = [n for n in names if n not in index]
+    if len(missing) == len(names):
+        raise ConversionError("unknown_joints", f"none of the configured joints in {list(msg.name)[:6]}")
+    if missing:
+        raise ConversionError("missing_joints", f"joint state lacks {missing}")
+    order = np.fromiter((index[n] for n in names), dtype=np.int64, count=len(names))
+    parts = []
+    for field in fields:
+        values = np.asarray(getattr(msg, field), dtype=np.float64)
+        if values.size != len(msg.name):
+            raise ConversionError("layout", f"joint state has {len(msg.name)} names but {values.size} {field} values")
+        parts.append(values[order])
+    return _finite(np.concatenate(parts).astype(np.float32), "joint state")
+
+
+def array_to_joint_state(array: np.ndarray, names: Sequence[str], fields: Sequence[str], stamp_ns: int,
+                         frame_id: str = "") -> JointState:
+    values = np.asarray(array, dtype=np.float64).reshape(len(fields), len(names))
+    msg = JointState(header=_header(stamp_ns, frame_id), name=list(names))
+    for i, field in enumerate(fields):
+        setattr(msg, field, values[i].tolist())
+    return msg
+
+
+# --------------------------------------------------------------------------- audio
+def audio_to_array(msg: Float32MultiArray | Int16MultiArray, channels: int = 1) -> np.ndarray:
+    """PCM chunk -> float32 mono samples. Layout dims (channels, samples) are honoured when given."""
+    if isinstance(msg, Int16MultiArray):
+        data = np.frombuffer(msg.data, np.int16).astype(np.float32) / 32768.0
+    else:
+        data = np.frombuffer(msg.data, np.float32) if len(msg.data) else np.zeros(0, np.float32)
+    _finite(data, "audio chunk")
+    dims = list(msg.layout.dim)
+    if dims:
+        channels = int(dims[0].size) if len(dims) >= 2 else 1
+        expected = int(np.prod([d.size for d in dims]))
+        if expected != data.size - int(msg.layout.data_offset) or channels <= 0:
+            raise ConversionError("layout", f"audio layout {[d.size for d in dims]} does not match "
+                                            f"{data.size} samples")
+        data = data[int(msg.layout.data_offset):].reshape(channels, -1)
+        return data.mean(axis=0).astype(np.float32)
+    if data.size % channels:
+        raise ConversionError("layout", f"{data.size} audio samples do not split into {channels} channels")
+    return data.reshape(-1, channels).mean(axis=1).astype(np.float32)
+
+
+def array_to_multiarray(array: np.ndarray, labels: Sequence[str]) -> Float32MultiArray:
+    """float array -> Float32MultiArray with one layout dim per axis (row-major strides)."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if len(labels) != array.ndim:
+        raise ValueError(f"{len(labels)} labels for a {array.ndim}-d array")
+    msg = Float32MultiArray()
+    stride = array.size
+    for label, size in zip(labels, array.shape):
+        msg.layout.dim.append(MultiArrayDimension(label=label, size=int(size), stride=int(stride)))
+        stride //= max(int(size), 1)
+    msg.data = array.ravel()
+    return msg
+
+
+# --------------------------------------------------------------------------- tactile
+def tactile_to_array(msg: Image, shape: tuple[int, int, int], uint16_full_scale: float = 65535.0) -> np.ndarray:
+    """Taxel Image (pads stacked vertically) -> float32 (pads, rows, cols). Grids are never resized."""
+    pads, rows, cols = shape
+    dtype = _TACTILE_ENCODINGS.get(msg.encoding)
+    if dtype is None:
+        raise ConversionError("encoding", f"tactile encoding {msg.encoding!r} not in {sorted(_TACTILE_ENCODINGS)}")
+    if (int(msg.height), int(msg.width)) != (pads * rows, cols):
+        raise ConversionError("size", f"tactile image {msg.width}x{msg.height}, expected {cols}x{pads * rows} "
+                                      f"({pads} pads of {rows}x{cols})")
+    row_bytes = cols * dtype.itemsize
+    if int(msg.step) < row_bytes or len(msg.data) != int(msg.step) * int(msg.height):
+        raise ConversionError("size", f"tactile data of {len(msg.data)} bytes does not fit step {msg.step}")
+    raw = np.frombuffer(msg.data, np.uint8).reshape(int(msg.height), int(msg.step))[:, :row_bytes]
+    values = raw.copy().view(dtype.newbyteorder(">" if msg.is_bigendian else "<")).astype(np.float32)
+    if dtype == np.uint16:
+        values /= uint16_full_scale
+    elif dtype == np.uint8:
+        values /= 255.0
+    return _finite(values.reshape(pads, rows, cols), "tactile image")
+
+
+def array_to_tactile_image(array: np.ndarray, stamp_ns: int, frame_id: str = "") -> Image:
+    pads, rows, cols = array.shape
+    msg = Image(header=_header(stamp_ns, frame_id), height=pads * rows, width=cols, encoding="32FC1",
+                is_bigendian=0, step=cols * 4)
+    msg.data = np.ascontiguousarray(array, dtype="<f4").tobytes()
+    return msg
+
+
+# --------------------------------------------------------------------------- named vectors
+def named_vector(names: Sequence[str], position: np.ndarray, effort: np.ndarray, stamp_ns: int,
+                 frame_id: str = "") -> JointState:
+    """A stamped, named vector as JointState (the latent: position = mean, effort = std; anomaly:
+    position = score, effort = threshold)."""
+    return JointState(header=_header(stamp_ns, frame_id), name=list(names),
+                      position=np.asarray(position, dtype=np.float64).tolist(),
+                      effort=np.asarray(effort, dtype=np.float64).tolist())
+
+
+def latent_names(dim: int) -> list[str]:
+    return [f"z{i}" for i in range(dim)]
