@@ -38,6 +38,8 @@ setup(
     entry_points={
         "console_scripts": [
             "mdgm-ros = mdgm_ros.cli:main",
+            "fusion_node = mdgm_ros.fusion_node:main",
+            "synthetic_streams = mdgm_ros.synthetic_streams:main",
         ],
     },
 )

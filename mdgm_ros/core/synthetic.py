@@ -23,7 +23,7 @@ class SyntheticData:
     factors: np.ndarray       # (N, 2)
 
 
-def _image(c: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+def image(c: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     ch, h, w = shape
     yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
     d2 = (xx[None] - 0.7 * c[:, 0, None, None]) ** 2 + (yy[None] - 0.7 * c[:, 1, None, None]) ** 2
@@ -34,24 +34,28 @@ def _image(c: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> n
     return np.clip(img, 0, 1).astype(np.float32)
 
 
-def _vector(c: np.ndarray, dim: int, rng: np.random.Generator, seed: int) -> np.ndarray:
+def vector(c: np.ndarray, dim: int, rng: np.random.Generator, seed: int) -> np.ndarray:
     fixed = np.random.default_rng(seed + 7919)
     weights, bias = fixed.normal(0, 1.2, (2, dim)), fixed.normal(0, 0.3, dim)
     return (np.tanh(c @ weights + bias) + rng.normal(0, 0.05, (len(c), dim))).astype(np.float32)
+
+
+def tone(c: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frequency (Hz) and amplitude of the audio tone for factors ``c`` (N, 2)."""
+    return 300.0 + 0.15 * sample_rate * (c[:, 0] + 1) / 2, 0.05 + 0.4 * (c[:, 1] + 1) / 2
 
 
 def _audio(c: np.ndarray, spec: ModalitySpec, rng: np.random.Generator) -> np.ndarray:
     assert spec.audio is not None
     n, length, rate = len(c), spec.shape[0], spec.audio.sample_rate
     t = np.arange(length) / rate
-    freq = 300.0 + 0.25 * rate * (c[:, 0] + 1) / 2 * 0.6
-    amp = 0.05 + 0.4 * (c[:, 1] + 1) / 2
+    freq, amp = tone(c, rate)
     phase = rng.uniform(0, 2 * np.pi, n)
-    tone = amp[:, None] * np.sin(2 * np.pi * freq[:, None] * t[None] + phase[:, None])
-    return np.clip(tone + rng.normal(0, 0.01, (n, length)), -1, 1).astype(np.float32)
+    wave = amp[:, None] * np.sin(2 * np.pi * freq[:, None] * t[None] + phase[:, None])
+    return np.clip(wave + rng.normal(0, 0.01, (n, length)), -1, 1).astype(np.float32)
 
 
-def _tactile(c: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+def tactile(c: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     pads, h, w = shape
     yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
     out = np.empty((len(c), pads, h, w), np.float32)
@@ -73,13 +77,13 @@ def make_dataset(specs: Sequence[ModalitySpec], n: int, seed: int = 0,
     raw = {}
     for spec in specs:
         if spec.kind == "image":
-            raw[spec.name] = _image(c, spec.shape, rng)
+            raw[spec.name] = image(c, spec.shape, rng)
         elif spec.kind == "vector":
-            raw[spec.name] = _vector(c, spec.shape[0], rng, seed=sum(map(ord, spec.name)))
+            raw[spec.name] = vector(c, spec.shape[0], rng, seed=sum(map(ord, spec.name)))
         elif spec.kind == "audio":
             raw[spec.name] = _audio(c, spec, rng)
         else:
-            raw[spec.name] = _tactile(c, spec.shape, rng)
+            raw[spec.name] = tactile(c, spec.shape, rng)
     mask = rng.random((n, len(specs))) >= missing_rate
     empty = ~mask.any(1)
     mask[empty, rng.integers(0, len(specs), int(empty.sum()))] = True

@@ -1,0 +1,366 @@
+"""``fusion_node``: the lifecycle node that fuses live sensor streams with a model bundle.
+
+Lifecycle: configure loads the bundle and checks it against the parameters (and offers
+``~/reload_model`` and ``~/model_info``); activate creates the subscriptions, publishers and timers;
+deactivate destroys them and moves the model off the GPU; cleanup unloads the model. With
+``autostart`` (default) the node configures and activates itself at start, as bringup nodes do.
+
+Topics (DESIGN.md section 2): ``~/latent`` and ``~/anomaly`` (sensor_msgs/JointState),
+``~/imputed/<modality>`` (the modality's own type), ``/diagnostics``, ``~/model_info`` (latched JSON).
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import rclpy
+import torch
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import JointState
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+
+from . import bridge
+from .alignment import Aligner, PushResult
+from .core import Bundle, BundleError, Fuser, load_bundle, select_device
+from .node_params import FusionParams, ParameterError, check_against_bundle, declare_fusion_params
+from .streams import Stream, make_stream
+
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+@dataclass
+class StreamStats:
+    received: int = 0
+    accepted: int = 0
+    rejects: Counter = field(default_factory=Counter)
+    arrivals: deque = field(default_factory=lambda: deque(maxlen=2000))
+    present: bool = False
+    age_s: float = float("nan")
+    score: float = float("nan")
+
+
+@dataclass
+class Runtime:
+    """Everything a loaded bundle brings; swapped as one reference on reload."""
+
+    bundle: Bundle
+    streams: dict[str, Stream]
+    fuser: Fuser
+    device: torch.device
+
+
+class FusionNode(LifecycleNode):
+    def __init__(self, **kwargs: Any):
+        super().__init__("mdgm_fusion", **kwargs)
+        self.param_error: str | None = None
+        try:
+            self.params: FusionParams | None = declare_fusion_params(self)
+        except ParameterError as err:
+            self.params, self.param_error = None, str(err)
+            self.get_logger().error(f"invalid parameters: {err}")
+        self.runtime: Runtime | None = None
+        self.aligner: Aligner | None = None
+        self.stats: dict[str, StreamStats] = {}
+        self._last_warn: dict[tuple[str, str], float] = {}
+        self._subs: list = []
+        self._timers: list = []
+        self._pubs: dict[str, Any] = {}
+        self._info_pub = None
+        self._reload_srv = None
+        self._latency_ms: deque = deque(maxlen=1000)
+        self._compute_ms: deque = deque(maxlen=1000)
+        self._published = 0
+        self._errors = Counter()
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.params is None:
+            self.get_logger().error(f"cannot configure: {self.param_error}")
+            return TransitionCallbackReturn.FAILURE
+        torch.set_num_threads(self.params.threads)
+        try:
+            self.runtime = self._load(self.params.bundle)
+        except (BundleError, ParameterError, RuntimeError, ValueError) as err:
+            self.get_logger().error(f"cannot configure: {err}")
+            return TransitionCallbackReturn.FAILURE
+        self.aligner = Aligner([s.alignment_config() for s in self.runtime.streams.values()],
+                               reset_after_s=self.params.reset_after)
+        self.stats = {name: StreamStats() for name in self.params.names}
+        self._info_pub = self.create_publisher(String, "~/model_info", LATCHED)
+        self._reload_srv = self.create_service(Trigger, "~/reload_model", self._on_reload)
+        self._publish_model_info()
+        self.get_logger().info(f"configured with {self.runtime.bundle.model_id} on {self.runtime.device}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        assert self.runtime is not None and self.params is not None
+        self.runtime.bundle.model.to(self.runtime.device)
+        self._pubs = {"latent": self.create_publisher(JointState, "~/latent", RELIABLE),
+                      "anomaly": self.create_publisher(JointState, "~/anomaly", RELIABLE),
+                      "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE)}
+        for name, stream in self.runtime.streams.items():
+            self._pubs[f"imputed/{name}"] = self.create_publisher(stream.output_type, f"~/imputed/{name}", RELIABLE)
+            qos = qos_profile_sensor_data if stream.params.qos == "sensor_data" else RELIABLE
+            self._subs.append(self.create_subscription(
+                stream.input_type, stream.params.topic, lambda msg, n=name: self._on_message(n, msg), qos))
+        self._timers.append(self.create_timer(self.params.diagnostics_period, self._publish_diagnostics))
+        if not self.params.anchor:
+            self._timers.append(self.create_timer(1.0 / self.params.output_rate, self._on_tick))
+        self.get_logger().info("active")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_io()
+        if self.runtime is not None:
+            self.runtime.bundle.model.to("cpu")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_io()
+        if self._reload_srv is not None:
+            self.destroy_service(self._reload_srv)
+        if self._info_pub is not None:
+            self.destroy_publisher(self._info_pub)
+        self._reload_srv = self._info_pub = None
+        self.runtime, self.aligner = None, None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self.on_cleanup(state)
+
+    def _release_io(self) -> None:
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        for timer in self._timers:
+            self.destroy_timer(timer)
+        for pub in self._pubs.values():
+            self.destroy_publisher(pub)
+        self._subs, self._timers, self._pubs = [], [], {}
+        if self.aligner is not None:
+            self.aligner.clear()
+
+    # ------------------------------------------------------------------ model loading
+    def _load(self, path: str) -> Runtime:
+        assert self.params is not None
+        if not path:
+            raise ParameterError("parameter 'bundle' is empty: give the model bundle folder")
+        device = select_device(self.params.device)
+        bundle = load_bundle(path, device=device, expect_modalities=self.params.names)
+        specs = list(bundle.model.config.modalities)
+        check_against_bundle(self.params, specs)
+        streams = {p.name: make_stream(p, spec) for p, spec in zip(self.params.streams, specs)}
+        fuser = Fuser(bundle.model, bundle.calibration, impute_present=self.params.impute_present)
+        return Runtime(bundle, streams, fuser, device)
+
+    def _on_reload(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        path = self.get_parameter("bundle").value
+        try:
+            runtime = self._load(path)
+        except (BundleError, ParameterError, RuntimeError, ValueError) as err:
+            response.success, response.message = False, f"refused {path!r}: {err}"
+            self.get_logger().error(response.message)
+            return response
+        old = self.runtime.bundle.model_id if self.runtime else None
+        self.runtime = runtime                                   # one reference: an atomic swap
+        self._publish_model_info()
+        response.success, response.message = True, f"loaded {runtime.bundle.model_id} (was {old})"
+        self.get_logger().info(response.message)
+        return response
+
+    def _publish_model_info(self) -> None:
+        if self._info_pub is None or self.runtime is None:
+            return
+        model = self.runtime.bundle.model
+        info = {
+            "model_id": self.runtime.bundle.model_id, "content_hash": self.runtime.bundle.content_hash,
+            "fusion": model.fusion, "objective": model.config.objective, "latent_dim": model.latent_dim,
+            "device": str(self.runtime.device),
+            "modalities": [{"name": s.name, "kind": s.spec.kind, "shape": list(s.spec.shape),
+                            "topic": s.params.topic, "message_type": s.params.message_type,
+                            "imputed_topic": f"~/imputed/{s.name}", "imputed_type": s.output_type.__name__}
+                           for s in self.runtime.streams.values()],
+            "latent": {"topic": "~/latent", "type": "sensor_msgs/msg/JointState",
+                       "name": bridge.latent_names(model.latent_dim), "position": "posterior mean",
+                       "effort": "posterior standard deviation", "stamp": "the anchor's source stamp"},
+            "anomaly": {"topic": "~/anomaly", "type": "sensor_msgs/msg/JointState",
+                        "name": ["total", *model.names], "position": "standardised score (NaN if missing)",
+                        "effort": "calibrated threshold"},
+            "imputed_audio": "log-mel spectrogram, Float32MultiArray dims mel x frame",
+        }
+        self._info_pub.publish(String(data=json.dumps(info)))
+
+    # ------------------------------------------------------------------ streams
+    def _warn(self, key: tuple[str, str], text: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warn.get(key, -1e9) >= (self.params.warn_throttle if self.params else 5.0):
+            self._last_warn[key] = now
+            self.get_logger().warn(text)
+
+    def _reject(self, name: str, reason: str, detail: str) -> None:
+        stats = self.stats[name]
+        stats.rejects[reason] += 1
+        self._warn((name, reason), f"rejected {name} message ({reason}, {stats.rejects[reason]} so far): {detail}")
+
+    def _on_message(self, name: str, msg: Any) -> None:
+        runtime, aligner = self.runtime, self.aligner
+        if runtime is None or aligner is None:
+            return
+        stats = self.stats[name]
+        stats.received += 1
+        stream = runtime.streams[name]
+        try:
+            array = stream.to_array(msg)
+        except bridge.ConversionError as err:
+            self._reject(name, err.reason, err.detail)
+            return
+        except Exception as err:  # an unforeseen malformed message must not kill the node
+            self._reject(name, "invalid", f"{type(err).__name__}: {err}")
+            return
+        stamp_ns = bridge.stamp_to_ns(msg.header.stamp) if stream.stamped else self.get_clock().now().nanoseconds
+        result = aligner.push(name, stamp_ns, array)
+        if result == PushResult.OUT_OF_ORDER:
+            self._reject(name, "out_of_order", f"stamp {stamp_ns} older than the last one")
+            return
+        if result == PushResult.RESET:
+            self.get_logger().info(f"{name} stamp jumped back (bag loop or sim reset): buffers cleared")
+        stats.accepted += 1
+        stats.arrivals.append(time.monotonic())
+        if name == self.params.anchor:
+            frame = self.params.frame_id or getattr(getattr(msg, "header", None), "frame_id", "")
+            self._fuse(stamp_ns, (name, array), frame)
+
+    def _on_tick(self) -> None:
+        self._fuse(self.get_clock().now().nanoseconds, None, self.params.frame_id)
+
+    # ------------------------------------------------------------------ fusion
+    def _fuse(self, stamp_ns: int, anchor: tuple[str, np.ndarray] | None, frame_id: str) -> None:
+        runtime = self.runtime
+        started = time.perf_counter()
+        sample = self.aligner.sample(stamp_ns, anchor)
+        names = list(runtime.streams)
+        for name in names:
+            self.stats[name].present, self.stats[name].age_s = sample.present[name], sample.age_s[name]
+        if not any(sample.present.values()):
+            return
+        try:
+            result = self._infer(runtime, sample)
+        except Exception as err:  # keep running; the counter and the log say what broke
+            self._errors[type(err).__name__] += 1
+            self._warn(("inference", type(err).__name__), f"fusion step failed: {type(err).__name__}: {err}")
+            return
+        self._publish_outputs(runtime, result, stamp_ns, frame_id)
+        self._compute_ms.append((time.perf_counter() - started) * 1e3)
+        self._latency_ms.append((self.get_clock().now().nanoseconds - stamp_ns) / 1e6)
+        self._published += 1
+
+    @staticmethod
+    def _infer(runtime: Runtime, sample):
+        device = runtime.device
+        raw = {n: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None].to(device)
+               for n, a in sample.arrays.items()}
+        mask = torch.tensor([sample.mask(runtime.streams)], dtype=torch.bool, device=device)
+        return runtime.fuser(raw, mask)
+
+    def _publish_outputs(self, runtime: Runtime, result, stamp_ns: int, frame_id: str) -> None:
+        mean = result.latent_mean[0].cpu().numpy()
+        std = result.latent_std[0].cpu().numpy()
+        self._pubs["latent"].publish(bridge.named_vector(bridge.latent_names(len(mean)), mean, std, stamp_ns, frame_id))
+        for name, imputed in result.imputed.items():
+            msg = runtime.streams[name].output_message(imputed.mean[0].cpu().numpy(), stamp_ns, frame_id)
+            self._pubs[f"imputed/{name}"].publish(msg)
+        if result.scores is None:
+            return
+        scores = result.scores[0].cpu().numpy()
+        names = list(runtime.streams)
+        for name, score in zip(names, scores):
+            self.stats[name].score = float(score)
+        calibration = runtime.bundle.calibration
+        thresholds = [calibration.threshold[k] if calibration else float("nan") for k in ["total", *names]]
+        total = float(result.total_score[0])
+        self._pubs["anomaly"].publish(bridge.named_vector(["total", *names], [total, *scores], thresholds,
+                                                          stamp_ns, frame_id))
+
+    # ------------------------------------------------------------------ diagnostics
+    def _publish_diagnostics(self) -> None:
+        runtime = self.runtime
+        if runtime is None or "diagnostics" not in self._pubs:
+            return
+        now = time.monotonic()
+        period = self.params.diagnostics_period
+        calibration = runtime.bundle.calibration
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        for name, stats in self.stats.items():
+            rate = sum(1 for t in stats.arrivals if now - t <= max(period, 1.0)) / max(period, 1.0)
+            threshold = calibration.threshold[name] if calibration else float("nan")
+            level, message = self._stream_level(stats, rate, threshold)
+            values = {"present": stats.present, "age_s": round(stats.age_s, 4), "rate_hz": round(rate, 2),
+                      "received": stats.received, "accepted": stats.accepted, "score": round(stats.score, 3),
+                      "threshold": round(threshold, 3), "topic": runtime.streams[name].params.topic,
+                      **{f"rejected_{reason}": count for reason, count in sorted(stats.rejects.items())}}
+            array.status.append(_status(f"mdgm_fusion: {name}", level, message, runtime.bundle.model_id, values))
+        latency = np.asarray(self._latency_ms or [np.nan])
+        compute = np.asarray(self._compute_ms or [np.nan])
+        node_values = {"model_id": runtime.bundle.model_id, "fusion": runtime.bundle.model.fusion,
+                       "device": str(runtime.device), "published": self._published,
+                       "latency_p50_ms": round(float(np.median(latency)), 3),
+                       "latency_max_ms": round(float(latency.max()), 3),
+                       "inference_p50_ms": round(float(np.median(compute)), 3),
+                       "buffer_resets": self.aligner.resets if self.aligner else 0,
+                       **{f"errors_{k}": v for k, v in self._errors.items()}}
+        level = DiagnosticStatus.OK if self._published else DiagnosticStatus.WARN
+        array.status.append(_status("mdgm_fusion: model", level, "publishing" if self._published else "no output yet",
+                                    runtime.bundle.model_id, node_values))
+        self._pubs["diagnostics"].publish(array)
+
+    @staticmethod
+    def _stream_level(stats: StreamStats, rate: float, threshold: float) -> tuple[bytes, str]:
+        rejected = sum(stats.rejects.values())
+        if rate == 0 and rejected and not stats.present:
+            return DiagnosticStatus.ERROR, "every message is rejected"
+        if not stats.present:
+            return DiagnosticStatus.WARN, "missing (stale or not received)"
+        if np.isfinite(stats.score) and np.isfinite(threshold) and stats.score > threshold:
+            return DiagnosticStatus.WARN, f"anomalous (score {stats.score:.2f} > {threshold:.2f})"
+        return DiagnosticStatus.OK, "ok"
+
+
+def _status(name: str, level: bytes, message: str, hardware_id: str, values: dict) -> DiagnosticStatus:
+    return DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
+                            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = FusionNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        if node.params is not None and node.params.autostart:
+            node.trigger_configure()
+            if node.runtime is not None:
+                node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

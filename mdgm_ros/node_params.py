@@ -1,0 +1,159 @@
+"""Typed, validated, documented parameters of the fusion node (see config/fusion.yaml).
+
+Per-modality parameters live under the modality's name (``camera.topic``, ``joints.joint_names``...);
+which ones exist depends on ``<name>.message_type``. Defaults follow DESIGN.md section 2.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rcl_interfaces.msg import ParameterDescriptor
+
+from .core import ModalitySpec
+
+MESSAGE_TYPES = {  # message_type -> the model kinds it can feed
+    "image": ("image",), "compressed_image": ("image",), "joint_state": ("vector",),
+    "float32_multiarray": ("audio",), "int16_multiarray": ("audio",), "tactile_image": ("tactile",),
+}
+QOS_PRESETS = ("sensor_data", "reliable")
+PANDA_JOINTS = [f"panda_joint{i}" for i in range(1, 8)] + ["panda_finger_joint1", "panda_finger_joint2"]
+_KNOWN = {  # defaults for the design card's four streams
+    "camera": {"topic": "/camera/image_raw", "message_type": "image", "staleness": 0.1},
+    "joints": {"topic": "/joint_states", "message_type": "joint_state", "staleness": 0.05},
+    "audio": {"topic": "/audio", "message_type": "float32_multiarray", "staleness": 0.1},
+    "tactile": {"topic": "/tactile", "message_type": "tactile_image", "staleness": 0.05},
+}
+
+
+class ParameterError(ValueError):
+    """A parameter value is invalid or does not fit the model bundle."""
+
+
+@dataclass
+class StreamParams:
+    name: str
+    topic: str
+    message_type: str
+    qos: str
+    staleness: float
+    buffer_size: int
+    joint_names: list[str] = field(default_factory=list)
+    joint_fields: list[str] = field(default_factory=list)
+    sample_rate: int = 16000
+    channels: int = 1
+    uint16_full_scale: float = 65535.0
+
+
+@dataclass
+class FusionParams:
+    bundle: str
+    device: str
+    threads: int
+    autostart: bool
+    anchor: str
+    output_rate: float
+    impute_present: bool
+    frame_id: str
+    diagnostics_period: float
+    warn_throttle: float
+    reset_after: float
+    streams: list[StreamParams]
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.streams]
+
+
+def _declare(node, name: str, default: Any, description: str) -> Any:
+    return node.declare_parameter(name, default, ParameterDescriptor(description=description)).value
+
+
+def declare_fusion_params(node) -> FusionParams:
+    g = {
+        "bundle": _declare(node, "bundle", "", "model bundle folder (see mdgm-ros info)"),
+        "device": _declare(node, "device", "auto", "auto | cpu | cuda | cuda:N"),
+        "threads": _declare(node, "threads", 1, "torch intra-op threads for inference"),
+        "autostart": _declare(node, "autostart", True, "configure and activate at start"),
+        "anchor": _declare(node, "anchor", "camera", "modality whose messages trigger a fusion step; '' = use output_rate"),
+        "output_rate": _declare(node, "output_rate", 0.0, "fixed output rate in Hz when anchor is ''"),
+        "impute_present": _declare(node, "impute_present", False, "also publish reconstructions of present modalities"),
+        "frame_id": _declare(node, "frame_id", "", "frame_id of published headers ('' = the anchor's)"),
+        "diagnostics_period": _declare(node, "diagnostics_period", 1.0, "seconds between /diagnostics messages"),
+        "warn_throttle": _declare(node, "warn_throttle", 5.0, "seconds between warnings of one kind"),
+        "reset_after": _declare(node, "reset_after", 1.0, "a stamp this many seconds back clears the buffers"),
+    }
+    names = _declare(node, "modalities", ["camera", "joints", "audio", "tactile"], "modality names, as in the bundle")
+    streams = [_declare_stream(node, name) for name in names]
+    params = FusionParams(streams=streams, **g)
+    check_params(params)
+    return params
+
+
+def _declare_stream(node, name: str) -> StreamParams:
+    known = _KNOWN.get(name, {})
+    p = f"{name}."
+    kwargs: dict[str, Any] = {
+        "topic": _declare(node, p + "topic", known.get("topic", f"/{name}"), "input topic"),
+        "message_type": _declare(node, p + "message_type", known.get("message_type", "image"),
+                                 " | ".join(MESSAGE_TYPES)),
+        "qos": _declare(node, p + "qos", "sensor_data", "sensor_data (best effort) | reliable"),
+        "staleness": _declare(node, p + "staleness", known.get("staleness", 0.1),
+                              "seconds after which the stream counts as missing"),
+        "buffer_size": _declare(node, p + "buffer_size", 256, "ring buffer length (messages)"),
+    }
+    kind = kwargs["message_type"]
+    if kind == "joint_state":
+        kwargs["joint_names"] = list(_declare(node, p + "joint_names", PANDA_JOINTS, "joints, in model order"))
+        kwargs["joint_fields"] = list(_declare(node, p + "joint_fields", ["position", "velocity", "effort"],
+                                               "position | velocity | effort, in model order"))
+    elif kind in ("float32_multiarray", "int16_multiarray"):
+        kwargs["sample_rate"] = _declare(node, p + "sample_rate", 16000, "PCM sample rate (Hz)")
+        kwargs["channels"] = _declare(node, p + "channels", 1, "channels when the layout is empty")
+    elif kind == "tactile_image":
+        kwargs["uint16_full_scale"] = _declare(node, p + "uint16_full_scale", 65535.0, "16UC1 value that maps to 1.0")
+    return StreamParams(name=name, **kwargs)
+
+
+def check_params(params: FusionParams) -> None:
+    names = params.names
+    if not names or len(set(names)) != len(names):
+        raise ParameterError(f"modalities must be unique and non-empty, got {names}")
+    if params.device not in ("auto", "cpu", "cuda") and not params.device.startswith("cuda:"):
+        raise ParameterError(f"device {params.device!r} is not auto | cpu | cuda | cuda:N")
+    if params.threads < 1:
+        raise ParameterError("threads must be >= 1")
+    if params.anchor and params.anchor not in names:
+        raise ParameterError(f"anchor {params.anchor!r} is not one of the modalities {names}")
+    if not params.anchor and params.output_rate <= 0:
+        raise ParameterError("with no anchor, output_rate must be > 0")
+    if params.diagnostics_period <= 0 or params.warn_throttle < 0 or params.reset_after <= 0:
+        raise ParameterError("diagnostics_period and reset_after must be > 0, warn_throttle >= 0")
+    for s in params.streams:
+        if s.message_type not in MESSAGE_TYPES:
+            raise ParameterError(f"{s.name}.message_type {s.message_type!r} not in {list(MESSAGE_TYPES)}")
+        if s.qos not in QOS_PRESETS:
+            raise ParameterError(f"{s.name}.qos {s.qos!r} not in {QOS_PRESETS}")
+        if s.staleness <= 0 or s.buffer_size < 1:
+            raise ParameterError(f"{s.name}: staleness must be > 0 and buffer_size >= 1")
+        bad_fields = set(s.joint_fields) - {"position", "velocity", "effort"}
+        if bad_fields:
+            raise ParameterError(f"{s.name}.joint_fields has unknown fields {sorted(bad_fields)}")
+        if s.channels < 1 or s.sample_rate <= 0:
+            raise ParameterError(f"{s.name}: channels and sample_rate must be positive")
+
+
+def check_against_bundle(params: FusionParams, specs: list[ModalitySpec]) -> None:
+    """The parameters must describe exactly the bundle's modalities, with fitting message types."""
+    if params.names != [s.name for s in specs]:
+        raise ParameterError(f"parameter modalities {params.names} != bundle modalities {[s.name for s in specs]}")
+    for stream, spec in zip(params.streams, specs):
+        if spec.kind not in MESSAGE_TYPES[stream.message_type]:
+            raise ParameterError(f"{stream.name}: message_type {stream.message_type} cannot feed a {spec.kind} modality")
+        if spec.kind == "vector":
+            size = len(stream.joint_names) * len(stream.joint_fields)
+            if size != spec.shape[0]:
+                raise ParameterError(f"{stream.name}: {len(stream.joint_names)} joints x "
+                                     f"{len(stream.joint_fields)} fields = {size} values, bundle expects {spec.shape[0]}")
+        if spec.kind == "audio" and spec.audio is not None and stream.sample_rate != spec.audio.sample_rate:
+            raise ParameterError(f"{stream.name}: sample_rate {stream.sample_rate} != bundle's {spec.audio.sample_rate}")

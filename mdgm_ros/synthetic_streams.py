@@ -1,0 +1,126 @@
+"""``synthetic_streams``: publishes the four design-card streams from the synthetic shared-factor data.
+
+Camera (Image rgb8) 30 Hz, joints (JointState, 9 Panda joints) 200 Hz, audio (Float32MultiArray,
+20 ms PCM chunks) 50 Hz, tactile (Image 32FC1, two 4x4 pads) 100 Hz, all driven by the same slowly
+moving latent factors, best-effort like sensor drivers. For smoke tests of an install and for the
+node tests; the robot simulator publishes the real thing. ``--malformed`` adds one bad message per
+stream every second (wrong encoding/size, NaN, unknown joints, empty audio), ``--stop-audio-after``
+silences the microphone.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float32MultiArray, String
+
+from . import bridge
+from .core import synthetic
+from .node_params import PANDA_JOINTS
+
+RATES = {"camera": 30.0, "joints": 200.0, "audio": 50.0, "tactile": 100.0}
+
+
+class SyntheticStreams(Node):
+    def __init__(self, args: argparse.Namespace):
+        super().__init__("synthetic_streams")
+        self.args = args
+        self.rng = np.random.default_rng(args.seed)
+        self.started = time.monotonic()
+        self.phase = 0.0
+        self.count = {name: 0 for name in RATES}
+        qos = qos_profile_sensor_data
+        self.pubs = {"camera": self.create_publisher(Image, "/camera/image_raw", qos),
+                     "joints": self.create_publisher(JointState, "/joint_states", qos),
+                     "audio": self.create_publisher(Float32MultiArray, "/audio", qos),
+                     "tactile": self.create_publisher(Image, "/tactile", qos)}
+        self.events = self.create_publisher(String, "~/events", 10)
+        for name, rate in RATES.items():
+            self.create_timer(1.0 / rate, lambda n=name: self._tick(n))
+        if args.malformed:
+            self.create_timer(1.0, self._publish_malformed)
+
+    def factors(self, t: float) -> np.ndarray:
+        return np.array([[math.sin(0.7 * t), math.cos(0.45 * t)]])
+
+    def _tick(self, name: str) -> None:
+        elapsed = time.monotonic() - self.started
+        if self.args.duration and elapsed > self.args.duration:
+            rclpy.try_shutdown()
+            return
+        if name == "audio" and self.args.stop_audio_after and elapsed > self.args.stop_audio_after:
+            if self.count["audio"] >= 0:
+                self.events.publish(String(data=f"audio_stopped {self.get_clock().now().nanoseconds}"))
+                self.count["audio"] = -1
+            return
+        stamp = self.get_clock().now().nanoseconds
+        c = self.factors(elapsed)
+        self.pubs[name].publish(getattr(self, f"_{name}")(c, stamp))
+        if self.count[name] >= 0:
+            self.count[name] += 1
+
+    def _camera(self, c, stamp):
+        pixels = synthetic.image(c, (3, self.args.camera_size, self.args.camera_size), self.rng)[0]
+        return bridge.array_to_image(pixels, stamp, "camera")
+
+    def _joints(self, c, stamp):
+        values = synthetic.vector(c, 27, self.rng, seed=sum(map(ord, "joints")))[0]
+        return bridge.array_to_joint_state(values, PANDA_JOINTS, ["position", "velocity", "effort"], stamp)
+
+    def _audio(self, c, stamp):
+        n = int(16000 / RATES["audio"])
+        freq, amp = synthetic.tone(c, 16000)
+        t = np.arange(n) / 16000.0
+        chunk = amp[0] * np.sin(self.phase + 2 * np.pi * freq[0] * t) + self.rng.normal(0, 0.01, n)
+        self.phase = (self.phase + 2 * np.pi * freq[0] * n / 16000.0) % (2 * np.pi)
+        msg = Float32MultiArray()
+        msg.data = np.clip(chunk, -1, 1).astype(np.float32)
+        return msg
+
+    def _tactile(self, c, stamp):
+        return bridge.array_to_tactile_image(synthetic.tactile(c, (2, 4, 4), self.rng)[0], stamp, "fingertips")
+
+    def _publish_malformed(self) -> None:
+        stamp = self.get_clock().now().nanoseconds
+        bad_camera = bridge.array_to_image(np.zeros((3, 8, 8), np.float32), stamp)
+        bad_camera.encoding = "yuv422"
+        bad_joints = JointState(name=["elbow", "wrist"], position=[0.0, 1.0])
+        bad_joints.header.stamp = bridge.ns_to_stamp(stamp)
+        bad_audio = Float32MultiArray()
+        bad_audio.data = [float("nan")] * 320
+        bad_tactile = bridge.array_to_tactile_image(np.zeros((1, 3, 3), np.float32), stamp)
+        for name, msg in (("camera", bad_camera), ("joints", bad_joints), ("audio", bad_audio),
+                          ("tactile", bad_tactile)):
+            self.pubs[name].publish(msg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = forever)")
+    parser.add_argument("--camera-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--malformed", action="store_true", help="add one bad message per stream every second")
+    parser.add_argument("--stop-audio-after", type=float, default=0.0, help="silence audio after this many seconds")
+    args, ros_args = parser.parse_known_args(argv)
+    rclpy.init(args=[sys.argv[0], *ros_args])
+    node = SyntheticStreams(args)
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
