@@ -15,7 +15,7 @@ $(STAMP): requirements.txt setup.py setup.cfg package.xml
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -q test
+	$(PY) -m pytest -q -rs test
 
 demo: install
 	$(PY) -m mdgm_ros example --out demo_out

@@ -196,7 +196,8 @@ class FusionNode(LifecycleNode):
             "anomaly": {"topic": "~/anomaly", "type": "sensor_msgs/msg/JointState",
                         "name": ["total", *model.names], "position": "standardised score (NaN if missing)",
                         "effort": "calibrated threshold"},
-            "imputed_audio": "log-mel spectrogram, Float32MultiArray dims mel x frame",
+            "imputed_audio": "log-mel spectrogram, Float32MultiArray dims mel x frame; it has no header: it is "
+                             "published in the same step as, and right after, ~/latent with that step's stamp",
         }
         self._info_pub.publish(String(data=json.dumps(info)))
 
@@ -273,14 +274,17 @@ class FusionNode(LifecycleNode):
         return runtime.fuser(raw, mask)
 
     def _publish_outputs(self, runtime: Runtime, result, stamp_ns: int, frame_id: str) -> None:
+        """~/latent, then ~/anomaly, then ~/imputed/* (the unstamped audio follows the stamped ones)."""
         mean = result.latent_mean[0].cpu().numpy()
         std = result.latent_std[0].cpu().numpy()
         self._pubs["latent"].publish(bridge.named_vector(bridge.latent_names(len(mean)), mean, std, stamp_ns, frame_id))
+        if result.scores is not None:
+            self._publish_anomaly(runtime, result, stamp_ns, frame_id)
         for name, imputed in result.imputed.items():
             msg = runtime.streams[name].output_message(imputed.mean[0].cpu().numpy(), stamp_ns, frame_id)
             self._pubs[f"imputed/{name}"].publish(msg)
-        if result.scores is None:
-            return
+
+    def _publish_anomaly(self, runtime: Runtime, result, stamp_ns: int, frame_id: str) -> None:
         scores = result.scores[0].cpu().numpy()
         names = list(runtime.streams)
         for name, score in zip(names, scores):

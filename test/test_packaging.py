@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,33 @@ def test_colcon_build_and_run_from_the_install_space(tmp_path):
     result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
                             env=run_env, cwd=tmp_path, timeout=120)
     assert result.returncode == 0 and "bench" in result.stdout, result.stderr
+    _run_installed_fusion_node(prefix, run_env, tmp_path)
+
+
+def _run_installed_fusion_node(prefix: Path, env: dict, tmp_path: Path) -> None:
+    """The installed fusion_node starts from the install space with the installed params file,
+    configures with a bundle and activates."""
+    from ros_env import private_ros_env
+    from test_fusion_node import _bundle
+    bundle = _bundle(tmp_path / "model", 8, 0)
+    env = {**env, **private_ros_env()}
+    env["PYTHONPATH"] = str(next(prefix.glob("lib/python3*/site-packages")))
+    node = prefix / "lib" / "mdgm_ros" / "fusion_node"
+    params = prefix / "share" / "mdgm_ros" / "config" / "fusion.yaml"
+    process = subprocess.Popen([sys.executable, str(node), "--ros-args", "--params-file", str(params),
+                                "-p", f"bundle:={bundle}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=env, cwd=tmp_path)
+    watchdog = threading.Timer(90, process.kill)
+    watchdog.start()
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if "]: active" in line or "cannot configure" in line:
+                break
+    finally:
+        watchdog.cancel()
+        process.terminate()
+        process.wait(timeout=10)
+    log = "".join(lines)
+    assert "configured with test8-" in log and "]: active" in log, log

@@ -1,0 +1,36 @@
+"""Start the mdgm_ros fusion node (a lifecycle node that configures and activates itself).
+
+    ros2 launch mdgm_ros fusion.launch.py model:=/path/to/bundle [params_file:=...] [namespace:=...]
+        [use_sim_time:=true] [device:=cuda]
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import LifecycleNode
+from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
+
+
+def generate_launch_description():
+    arguments = [
+        DeclareLaunchArgument("model", description="model bundle folder (see `mdgm-ros info`)"),
+        DeclareLaunchArgument("params_file", default_value=PathJoinSubstitution(
+            [FindPackageShare("mdgm_ros"), "config", "fusion.yaml"]), description="fusion node parameters"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock"),
+        DeclareLaunchArgument("device", default_value="auto", description="auto | cpu | cuda | cuda:N"),
+    ]
+    fusion = LifecycleNode(
+        package="mdgm_ros",
+        executable="fusion_node",
+        name="mdgm_fusion",
+        namespace=LaunchConfiguration("namespace"),
+        output="screen",
+        parameters=[
+            LaunchConfiguration("params_file"),
+            {"bundle": ParameterValue(LaunchConfiguration("model"), value_type=str),
+             "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
+             "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)},
+        ],
+    )
+    return LaunchDescription([*arguments, fusion])

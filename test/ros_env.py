@@ -1,0 +1,57 @@
+"""Helpers for tests over real DDS: a private ROS_DOMAIN_ID per run, processes, waiting."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def private_ros_env() -> dict[str, str]:
+    """A domain id private to this test run (derived from the pid), discovery on localhost only."""
+    domain = str(1 + os.getpid() % 200)
+    os.environ["ROS_DOMAIN_ID"] = domain
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def start(module: str, *args: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    handle = open(log, "w")
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env, stdout=handle,
+                            stderr=subprocess.STDOUT)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def spin_until(node, predicate, timeout: float) -> bool:
+    import rclpy
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        rclpy.spin_once(node, timeout_sec=0.05)
+        if predicate():
+            return True
+    return False
+
+
+def spin_for(node, seconds: float) -> None:
+    spin_until(node, lambda: False, seconds)
+
+
+def call(node, client, request, timeout: float = 10.0):
+    if not client.wait_for_service(timeout_sec=timeout):
+        raise TimeoutError(f"service {client.srv_name} not available")
+    future = client.call_async(request)
+    if not spin_until(node, future.done, timeout):
+        raise TimeoutError(f"service {client.srv_name} did not answer")
+    return future.result()

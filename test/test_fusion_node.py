@@ -1,0 +1,209 @@
+"""The fusion node over real DDS, in separate processes, on a private ROS_DOMAIN_ID.
+
+A publisher process feeds the four synthetic streams at their real rates (camera 30 Hz, joints 200 Hz,
+audio 50 chunks/s, tactile 100 Hz) with one malformed message per stream every second and stops the
+audio after a few seconds; the fusion node runs in its own process; this process subscribes.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from mdgm_ros.core import ModelConfig, MultimodalVAE, TrainConfig, calibrate_anomaly, save_bundle, train
+from mdgm_ros.core import synthetic, training
+
+from conftest import small_specs
+from ros_env import ROOT, call, private_ros_env, spin_for, spin_until, start, stop
+
+STOP_AUDIO_AFTER = 6.0
+AUDIO_STALENESS = 0.1
+
+
+def _bundle(path, latent_dim: int, seed: int):
+    torch.manual_seed(seed)
+    model = MultimodalVAE(ModelConfig(tuple(small_specs()), latent_dim=latent_dim))
+    data = synthetic.make_dataset(model.config.modalities, 600, seed=seed)
+    feats, mask = training.raw_to_features(model, data.raw), torch.from_numpy(data.mask)
+    training.fit_normalization(model, feats, mask)
+    norm = training.normalize_features(model, feats)
+    train(model, norm, mask, TrainConfig(epochs=3, seed=seed))
+    return save_bundle(path, model, calibrate_anomaly(model, norm, mask), name=f"test{latent_dim}")
+
+
+@pytest.fixture(scope="module")
+def ros(tmp_path_factory):
+    """Node + publisher processes and a probe node that records what the fusion node publishes."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import Float32MultiArray, String
+
+    tmp = tmp_path_factory.mktemp("ros")
+    bundles = {"a": _bundle(tmp / "model_a", 8, 0), "b": _bundle(tmp / "model_b", 6, 1)}
+    env = private_ros_env()
+    node = start("mdgm_ros.fusion_node", "--ros-args", "--params-file", str(ROOT / "config" / "fusion.yaml"),
+                 "-p", f"bundle:={bundles['a']}", "-p", f"audio.staleness:={AUDIO_STALENESS}",
+                 env=env, log=tmp / "node.log")
+    streams = start("mdgm_ros.synthetic_streams", "--malformed", "--stop-audio-after", str(STOP_AUDIO_AFTER),
+                    env=env, log=tmp / "streams.log")
+    rclpy.init()
+    probe = rclpy.create_node("probe")
+    record = {"camera": [], "latent": [], "anomaly": [], "imputed_audio": [], "diagnostics": [], "info": [],
+              "events": []}
+
+    def keep(key):
+        return lambda msg: record[key].append((time.monotonic(), msg))
+
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    probe.create_subscription(Image, "/camera/image_raw", keep("camera"), qos_profile_sensor_data)
+    probe.create_subscription(JointState, "/mdgm_fusion/latent", keep("latent"), 50)
+    probe.create_subscription(JointState, "/mdgm_fusion/anomaly", keep("anomaly"), 50)
+    probe.create_subscription(Float32MultiArray, "/mdgm_fusion/imputed/audio", keep("imputed_audio"), 50)
+    probe.create_subscription(DiagnosticArray, "/diagnostics", keep("diagnostics"), 10)
+    probe.create_subscription(String, "/mdgm_fusion/model_info", keep("info"), latched)
+    probe.create_subscription(String, "/synthetic_streams/events", keep("events"), 10)
+    try:
+        assert spin_until(probe, lambda: len(record["latent"]) > 0, 60), (tmp / "node.log").read_text()[-3000:]
+        spin_until(probe, lambda: record["events"] != [], STOP_AUDIO_AFTER + 20)
+        spin_for(probe, 3.0)
+        yield {"probe": probe, "record": record, "node": node, "streams": streams, "bundles": bundles, "tmp": tmp}
+    finally:
+        stop(streams)
+        stop(node)
+        probe.destroy_node()
+        rclpy.try_shutdown()
+
+
+def _ns(msg) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+def test_latent_is_stamped_with_the_camera_stamp_and_laid_out_as_documented(ros):
+    record = ros["record"]
+    camera = {_ns(m) for _, m in record["camera"]}
+    latents = [m for _, m in record["latent"]]
+    assert len(latents) > 100
+    assert all(_ns(m) in camera for m in latents[5:]), "latent stamps must be the camera's source stamps"
+    last = latents[-1]
+    assert list(last.name) == [f"z{i}" for i in range(8)]
+    assert len(last.position) == len(last.effort) == 8 and all(s > 0 for s in last.effort)
+    # delivered fraction over the steady part of the run
+    first, final = _ns(latents[10]), _ns(latents[-10])
+    frames = [s for s in camera if first <= s <= final]
+    delivered = len({_ns(m) for m in latents if first <= _ns(m) <= final}) / len(frames)
+    assert delivered > 0.9, delivered
+
+
+def test_stopping_audio_makes_imputed_audio_appear_within_its_staleness(ros):
+    """Float32MultiArray has no header, so this uses receive times (same machine, same clock)."""
+    record = ros["record"]
+    stopped_at = record["events"][0][0]
+    imputed = [t for t, _ in record["imputed_audio"]]
+    steady = [t for t in imputed if stopped_at - 3.0 < t < stopped_at - 0.05]
+    assert steady == [], "audio was flowing: nothing should have been imputed"
+    after = [t for t in imputed if t > stopped_at]
+    assert after, "no imputed audio after the microphone stopped"
+    delay = after[0] - stopped_at
+    assert delay <= AUDIO_STALENESS + 1 / 30 + 0.05, delay
+    msg = record["imputed_audio"][-1][1]
+    assert [d.label for d in msg.layout.dim] == ["mel", "frame"] and len(msg.data) == 16 * 17
+    anomaly = record["anomaly"][-1][1]
+    assert list(anomaly.name) == ["total", "camera", "joints", "audio", "tactile"]
+    assert anomaly.position[3] != anomaly.position[3]                     # NaN: audio is missing
+
+
+def test_malformed_messages_are_counted_and_the_node_keeps_publishing(ros):
+    record = ros["record"]
+    assert ros["node"].poll() is None, "the node died"
+    statuses = {s.name: s for s in record["diagnostics"][-1][1].status}
+    values = {name: {kv.key: kv.value for kv in s.values} for name, s in statuses.items()}
+    assert int(values["mdgm_fusion: camera"]["rejected_encoding"]) >= 3
+    assert int(values["mdgm_fusion: joints"]["rejected_unknown_joints"]) >= 3
+    assert int(values["mdgm_fusion: audio"]["rejected_non_finite"]) >= 3
+    assert int(values["mdgm_fusion: tactile"]["rejected_size"]) >= 3
+    assert float(values["mdgm_fusion: camera"]["rate_hz"]) > 20
+    assert values["mdgm_fusion: audio"]["present"] == "False"
+    assert statuses["mdgm_fusion: audio"].level != b"\x00"              # WARN: missing
+    assert statuses["mdgm_fusion: model"].message == "publishing"
+    last_latent = record["latent"][-1][0]
+    assert time.monotonic() - last_latent < 2.0
+    assert "rejected camera message (encoding" in (ros["tmp"] / "node.log").read_text()
+
+
+def test_model_info_is_latched_json(ros):
+    info = json.loads(ros["record"]["info"][-1][1].data)
+    assert info["latent_dim"] == 8 and info["fusion"] == "poe" and info["model_id"].startswith("test8-")
+    assert [m["name"] for m in info["modalities"]] == ["camera", "joints", "audio", "tactile"]
+    assert info["latent"]["name"][:2] == ["z0", "z1"] and info["anomaly"]["name"][0] == "total"
+
+
+def _set_bundle(ros, path):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+    probe = ros["probe"]
+    client = probe.create_client(SetParameters, "/mdgm_fusion/set_parameters")
+    value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(path))
+    result = call(probe, client, SetParameters.Request(parameters=[Parameter(name="bundle", value=value)]))
+    assert result.results[0].successful
+
+
+def _reload(ros):
+    from std_srvs.srv import Trigger
+    client = ros["probe"].create_client(Trigger, "/mdgm_fusion/reload_model")
+    return call(ros["probe"], client, Trigger.Request(), timeout=30)
+
+
+def _latent_dims_after(ros, since: float, count: int = 5) -> set[int]:
+    record = ros["record"]
+    spin_until(ros["probe"], lambda: sum(1 for t, _ in record["latent"] if t > since) >= count, 10)
+    return {len(m.name) for t, m in record["latent"] if t > since}
+
+
+def test_reload_model_swaps_and_a_bad_bundle_is_refused(ros):
+    _set_bundle(ros, ros["bundles"]["b"])
+    response = _reload(ros)
+    assert response.success, response.message
+    swapped = time.monotonic()
+    assert _latent_dims_after(ros, swapped) == {6}
+    spin_until(ros["probe"], lambda: json.loads(ros["record"]["info"][-1][1].data)["latent_dim"] == 6, 5)
+    assert json.loads(ros["record"]["info"][-1][1].data)["model_id"].startswith("test6-")
+
+    broken = ros["tmp"] / "broken"
+    broken.mkdir()
+    _set_bundle(ros, broken)
+    response = _reload(ros)
+    assert not response.success and "manifest.json is missing" in response.message
+    assert _latent_dims_after(ros, time.monotonic()) == {6}, "the old model must keep running"
+
+
+def test_lifecycle_transitions(ros):
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    probe, record = ros["probe"], ros["record"]
+    change = probe.create_client(ChangeState, "/mdgm_fusion/change_state")
+    get = probe.create_client(GetState, "/mdgm_fusion/get_state")
+
+    def transition(tid):
+        assert call(probe, change, ChangeState.Request(transition=Transition(id=tid))).success
+
+    def state():
+        return call(probe, get, GetState.Request()).current_state.label
+
+    assert state() == "active"
+    transition(Transition.TRANSITION_DEACTIVATE)
+    assert state() == "inactive"
+    spin_for(probe, 0.5)
+    quiet_since = time.monotonic()
+    spin_for(probe, 1.0)
+    assert not [t for t, _ in record["latent"] if t > quiet_since], "an inactive node must not publish"
+    transition(Transition.TRANSITION_CLEANUP)
+    assert state() == "unconfigured"
+    _set_bundle(ros, ros["bundles"]["a"])
+    transition(Transition.TRANSITION_CONFIGURE)
+    transition(Transition.TRANSITION_ACTIVATE)
+    assert state() == "active"
+    assert _latent_dims_after(ros, time.monotonic()) == {8}
