@@ -44,3 +44,14 @@ def test_example_runs_end_to_end_and_bundle_info_reads_it(tmp_path):
 def test_bad_arguments_fail_cleanly(args):
     result = run(*args)
     assert result.returncode == 2 and "usage" in result.stderr
+
+
+def test_bench_ros_runs_over_dds_and_prints_json():
+    from ros_env import private_ros_env
+    private_ros_env()
+    result = run("bench", "ros", "--json", "--duration", "3", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads(result.stdout)
+    assert payload["latents"] > 0 and 0 < payload["delivered_fraction"] <= 1
+    for key in ("latency_p50_ms", "latency_p99_ms", "node_cpu_percent_of_one_core", "backlog_growth"):
+        assert key in payload

@@ -87,7 +87,12 @@ def test_latent_is_stamped_with_the_camera_stamp_and_laid_out_as_documented(ros)
     camera = {_ns(m) for _, m in record["camera"]}
     latents = [m for _, m in record["latent"]]
     assert len(latents) > 100
-    assert all(_ns(m) in camera for m in latents[5:]), "latent stamps must be the camera's source stamps"
+    # only where this probe was already receiving the camera (topics are discovered one by one)
+    seen = [m for m in latents if min(camera) <= _ns(m) <= max(camera)]
+    assert len(seen) > 100
+    strays = [_ns(m) for m in seen if _ns(m) not in camera]
+    assert not strays, f"{len(strays)}/{len(latents)} latent stamps are no camera stamp, e.g. {strays[:3]} " \
+                       f"(camera {min(camera)}..{max(camera)})"
     last = latents[-1]
     assert list(last.name) == [f"z{i}" for i in range(8)]
     assert len(last.position) == len(last.effort) == 8 and all(s > 0 for s in last.effort)
