@@ -25,9 +25,10 @@ setup(
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         (f"share/{PACKAGE}/models", glob("models/*.md")),
     ],
-    # Exact pins live in requirements.txt; these are the minimal import needs (rclpy and the message
+    # torch exactly 2.13.0 (any other spec can pull a multi-GB build); other exact pins live in
+    # requirements.txt. These are the import needs (rclpy and the message
     # packages come from the ROS install on robots, see package.xml).
-    install_requires=["numpy", "torch>=2.1", "safetensors", "PyYAML"],
+    install_requires=["numpy", "torch==2.13.0", "safetensors", "PyYAML"],
     zip_safe=True,
     maintainer="mdgm_ros developers",
     maintainer_email="mdgm-ros@example.org",
