@@ -24,13 +24,10 @@ def _bench_bundle(folder: Path) -> Path:
     """A four-stream model at the design card's sizes (untrained weights time the same as trained ones)."""
     import torch
 
-    from .core import (ModelConfig, MultimodalVAE, calibrate_anomaly, default_robot_modalities, fit_normalization,
-                       save_bundle)
-    from .core import synthetic, training
-    model = MultimodalVAE(ModelConfig(tuple(default_robot_modalities()), latent_dim=16))
-    data = synthetic.make_dataset(model.config.modalities, 256, seed=0)
-    feats, mask = training.raw_to_features(model, data.raw), torch.from_numpy(data.mask)
-    fit_normalization(model, feats, mask)
+    from .bench import _prepared_model
+    from .core import calibrate_anomaly, save_bundle
+    from .core import training
+    model, (_, feats, mask) = _prepared_model("mvae", torch.device("cpu"))
     calibration = calibrate_anomaly(model, training.normalize_features(model, feats), mask)
     return save_bundle(folder / "bench_model", model, calibration, name="bench")
 

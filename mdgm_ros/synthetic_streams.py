@@ -72,7 +72,7 @@ class SyntheticStreams(Node):
         return bridge.array_to_image(pixels, stamp, "camera")
 
     def _joints(self, c, stamp):
-        values = synthetic.vector(c, 27, self.rng, seed=sum(map(ord, "joints")))[0]
+        values = synthetic.vector(c, 27, self.rng, seed=synthetic.vector_seed("joints"))[0]
         return bridge.array_to_joint_state(values, PANDA_JOINTS, ["position", "velocity", "effort"], stamp)
 
     def _audio(self, c, stamp):

@@ -288,23 +288,17 @@ class Fuser:
 
     def _fused_closed_form(self, raw: Mapping[str, torch.Tensor], observed: list[str]) -> FusionResult:
         """Every row observes the same modalities (always so at batch 1) and the posterior is a PoE:
-        the joint and all leave-one-out posteriors in closed form over the observed experts only,
-        T = 1 + sum_m P_m, mean = sum_m P_m mu_m / T, leave-one-out T_-m = T - P_m (same maths as
-        :func:`posterior.product_of_experts` with the prior; a test checks they agree)."""
+        the joint and all leave-one-out posteriors over the observed experts only, in closed form
+        (:func:`posterior.dense_product_with_leave_one_out`; a test checks it equals the masked path)."""
         model = self.model
         feats = model.features({n: raw[n] for n in observed})
         experts = [model.encoders[n](feats[n]) for n in observed]
-        mu = torch.stack([e[0] for e in experts])
-        precision = torch.exp(-post.clamp_logvar(torch.stack([e[1] for e in experts])))   # (O, B, D)
-        weighted = precision * mu
-        total_precision = 1.0 + precision.sum(0)
-        total_weighted = weighted.sum(0)
-        z_mean = total_precision.reciprocal() * total_weighted
-        result = FusionResult(z_mean, total_precision.rsqrt())
+        z_mean, z_std, z_loo = post.dense_product_with_leave_one_out(
+            torch.stack([e[0] for e in experts]), torch.stack([e[1] for e in experts]))
+        result = FusionResult(z_mean, z_std)
         targets = [n for n in model.names if self.impute_present or n not in observed]
         self._store_imputations(result, {n: model.output_moments(n, model.decode(n, z_mean)) for n in targets})
         if self.anomaly:
-            z_loo = (total_weighted - weighted) / (total_precision - precision)
             batch = z_mean.shape[0]
             nll = torch.full((batch, len(model.names)), float("nan"), dtype=z_mean.dtype, device=z_mean.device)
             for i, name in enumerate(observed):

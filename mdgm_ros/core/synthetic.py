@@ -40,6 +40,11 @@ def vector(c: np.ndarray, dim: int, rng: np.random.Generator, seed: int) -> np.n
     return (np.tanh(c @ weights + bias) + rng.normal(0, 0.05, (len(c), dim))).astype(np.float32)
 
 
+def vector_seed(name: str) -> int:
+    """Seed of a vector modality's fixed random map (so a live publisher matches the dataset)."""
+    return sum(map(ord, name))
+
+
 def tone(c: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
     """Frequency (Hz) and amplitude of the audio tone for factors ``c`` (N, 2)."""
     return 300.0 + 0.15 * sample_rate * (c[:, 0] + 1) / 2, 0.05 + 0.4 * (c[:, 1] + 1) / 2
@@ -79,7 +84,7 @@ def make_dataset(specs: Sequence[ModalitySpec], n: int, seed: int = 0,
         if spec.kind == "image":
             raw[spec.name] = image(c, spec.shape, rng)
         elif spec.kind == "vector":
-            raw[spec.name] = vector(c, spec.shape[0], rng, seed=sum(map(ord, spec.name)))
+            raw[spec.name] = vector(c, spec.shape[0], rng, seed=vector_seed(spec.name))
         elif spec.kind == "audio":
             raw[spec.name] = _audio(c, spec, rng)
         else:
