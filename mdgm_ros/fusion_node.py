@@ -242,7 +242,10 @@ class FusionNode(LifecycleNode):
             self._fuse(stamp_ns, (name, array), frame)
 
     def _on_tick(self) -> None:
-        self._fuse(self.get_clock().now().nanoseconds, None, self.params.frame_id)
+        stamp_ns = self.get_clock().now().nanoseconds
+        if self.aligner.note_anchor(stamp_ns):           # the clock went back (sim time reset, bag loop)
+            self.get_logger().info("clock jumped back: buffers cleared")
+        self._fuse(stamp_ns, None, self.params.frame_id)
 
     # ------------------------------------------------------------------ fusion
     def _fuse(self, stamp_ns: int, anchor: tuple[str, np.ndarray] | None, frame_id: str) -> None:
