@@ -1,0 +1,161 @@
+"""rosbag2 files without rosbag2: write and read MCAP / sqlite3 bags with the pure-Python ``rosbags``.
+
+Payloads are the standard CDR bytes of the ROS message (serialised by rclpy, as ``ros2 bag record``
+stores them), so a bag written here opens in ``ros2 bag`` / Foxglove, and a bag recorded on a robot
+(Humble, Jazzy or Kilted; MCAP or sqlite3) reads here. The message definitions stored in a written bag
+come from the ``rosbags`` typestore of the chosen distro. Reading deserialises with rclpy into the
+same message classes the live node receives, so :mod:`mdgm_ros.bridge` converts both paths alike.
+
+Writes are atomic: a bag is written into a temporary folder next to the target and renamed into place.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from rclpy.serialization import deserialize_message, serialize_message
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+DISTROS = {"humble": Stores.ROS2_HUMBLE, "jazzy": Stores.ROS2_JAZZY, "kilted": Stores.ROS2_KILTED}
+# rosbag2 metadata version each distro writes (rosbags writes 8 or 9; Humble's 5 is read only)
+_BAG_VERSION = {"humble": 8, "jazzy": 8, "kilted": 9}
+
+
+class BagError(RuntimeError):
+    """A bag that cannot be read or written, with the path and the reason."""
+
+
+def message_class(msgtype: str) -> type:
+    """'sensor_msgs/msg/Image' -> the rclpy message class."""
+    try:
+        package, kind, name = msgtype.split("/")
+        return getattr(importlib.import_module(f"{package}.{kind}"), name)
+    except (ValueError, ImportError, AttributeError) as err:
+        raise BagError(f"message type {msgtype!r} is not available in this ROS install: {err}") from err
+
+
+def type_name(msg_or_class: Any) -> str:
+    """rclpy message (or class) -> 'pkg/msg/Name'."""
+    cls = msg_or_class if isinstance(msg_or_class, type) else type(msg_or_class)
+    package = cls.__module__.split(".")[0]
+    return f"{package}/msg/{cls.__name__}"
+
+
+class BagWriter:
+    """``with BagWriter(path) as bag: bag.write(topic, stamp_ns, msg)``; the bag appears on success."""
+
+    def __init__(self, path: str | Path, storage: str = "mcap", distro: str = "kilted"):
+        if storage not in STORAGES:
+            raise BagError(f"storage {storage!r} not in {sorted(STORAGES)}")
+        if distro not in DISTROS:
+            raise BagError(f"distro {distro!r} not in {sorted(DISTROS)}")
+        self.path = Path(path)
+        if self.path.exists():
+            raise BagError(f"{self.path} exists; remove it or choose another --out")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp_root = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        self._writer = Writer(self._tmp_root / self.path.name, version=_BAG_VERSION[distro],
+                              storage_plugin=STORAGES[storage])
+        self._typestore = get_typestore(DISTROS[distro])
+        self._connections: dict[str, Any] = {}
+        self.count = 0
+
+    def __enter__(self) -> "BagWriter":
+        self._writer.open()
+        return self
+
+    def write(self, topic: str, stamp_ns: int, msg: Any) -> None:
+        connection = self._connections.get(topic)
+        if connection is None:
+            connection = self._writer.add_connection(topic, type_name(msg), typestore=self._typestore)
+            self._connections[topic] = connection
+        self._writer.write(connection, int(stamp_ns), serialize_message(msg))
+        self.count += 1
+
+    def set_info(self, key: str, value: str) -> None:
+        """A string stored in the bag's metadata (custom_data, rosbag2 version 9 only)."""
+        if self._writer.version >= 9:
+            self._writer.set_custom_data(f"mdgm_ros.{key}", value)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._writer.close()
+            if exc_type is None:
+                (self._tmp_root / self.path.name).rename(self.path)
+        finally:
+            shutil.rmtree(self._tmp_root, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class BagMessage:
+    topic: str
+    msgtype: str
+    log_ns: int
+    data: bytes
+
+
+def _open(path: Path) -> Reader:
+    if not path.exists():
+        raise BagError(f"bag {path} does not exist")
+    try:
+        reader = Reader(path)
+        reader.open()
+    except Exception as err:  # rosbags raises several unrelated types for broken bags
+        raise BagError(f"cannot open bag {path}: {type(err).__name__}: {err}") from err
+    return reader
+
+
+def topics(path: str | Path) -> dict[str, str]:
+    """topic -> message type of a bag."""
+    reader = _open(Path(path))
+    try:
+        return {c.topic: c.msgtype for c in reader.connections}
+    finally:
+        reader.close()
+
+
+def raw_messages(path: str | Path, only: Iterable[str] | None = None) -> Iterator[BagMessage]:
+    """A bag's messages in log-time order as CDR bytes (for replay without deserialising)."""
+    path = Path(path)
+    reader = _open(path)
+    try:
+        wanted = set(only) if only is not None else None
+        connections = [c for c in reader.connections if wanted is None or c.topic in wanted]
+        if not connections:                        # rosbags reads every topic for an empty selection
+            return
+        for connection, log_ns, data in reader.messages(connections=connections):
+            yield BagMessage(connection.topic, connection.msgtype, int(log_ns), bytes(data))
+    except BagError:
+        raise
+    except Exception as err:
+        raise BagError(f"bag {path} is damaged: {type(err).__name__}: {err}") from err
+    finally:
+        reader.close()
+
+
+def messages(path: str | Path, only: Iterable[str] | None = None) -> Iterator[tuple[str, int, Any]]:
+    """(topic, log_ns, rclpy message) in log-time order."""
+    classes: dict[str, type] = {}
+    for item in raw_messages(path, only):
+        cls = classes.get(item.msgtype) or classes.setdefault(item.msgtype, message_class(item.msgtype))
+        yield item.topic, item.log_ns, deserialize_message(item.data, cls)
+
+
+def content_hash(path: str | Path) -> str:
+    """sha256 over the bag's files (names and bytes): the cache key of its aligned samples."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
