@@ -157,3 +157,50 @@ def check_against_bundle(params: FusionParams, specs: list[ModalitySpec]) -> Non
                                      f"{len(stream.joint_fields)} fields = {size} values, bundle expects {spec.shape[0]}")
         if spec.kind == "audio" and spec.audio is not None and stream.sample_rate != spec.audio.sample_rate:
             raise ParameterError(f"{stream.name}: sample_rate {stream.sample_rate} != bundle's {spec.audio.sample_rate}")
+
+
+class _YamlParameters:
+    """Stands in for a node in :func:`declare_fusion_params`: values come from a params-file dict, so
+    offline tools (the bag-to-dataset pipeline) read config/fusion.yaml exactly as the node does."""
+
+    def __init__(self, values: dict[str, Any]):
+        self.values = values
+        self.used: set[str] = set()
+
+    def declare_parameter(self, name: str, default: Any, descriptor: Any = None) -> Any:
+        self.used.add(name)
+        value = self.values.get(name, default)
+        if type(default) is float and isinstance(value, int):
+            value = float(value)
+        if type(default) is not type(value) and not (isinstance(default, list) and isinstance(value, list)):
+            raise ParameterError(f"parameter {name!r}: expected {type(default).__name__}, got {value!r}")
+        return type("Parameter", (), {"value": value})()
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def fusion_params_from_file(path: str, node_name: str = "mdgm_fusion",
+                            overrides: dict[str, Any] | None = None) -> FusionParams:
+    """FusionParams from a ROS params file (``<node>: ros__parameters: ...``), validated like the node's."""
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        document = yaml.safe_load(handle) or {}
+    section = document.get(node_name, document.get(f"/{node_name}", {})).get("ros__parameters")
+    if section is None:
+        raise ParameterError(f"{path}: no '{node_name}: ros__parameters:' section")
+    values = {**_flatten(section), **(overrides or {})}
+    source = _YamlParameters(values)
+    params = declare_fusion_params(source)
+    unknown = sorted(set(values) - source.used)
+    if unknown:
+        raise ParameterError(f"{path}: unknown parameters {unknown}")
+    return params

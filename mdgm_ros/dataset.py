@@ -1,0 +1,264 @@
+"""rosbag2 -> aligned training samples, with the live node's own conversions and alignment.
+
+Each bag is read in log-time order. Every stream message goes through the same bridge conversion and
+:class:`~mdgm_ros.alignment.Aligner` as in ``fusion_node`` (same parameters file: topics, staleness,
+buffers, joint order; unstamped audio takes the bag's log time, as the node stamps it on arrival).
+A sample is taken at each anchor message, or on the ``output_rate`` grid when the anchor is ''. So
+the presence mask, windows and staleness in training are exactly what the robot sees.
+
+Fault labels (``/sim/fault_labels``, JSON) mark samples inside a fault span; a bag without labels is
+normal operation. ``/sim/task_phase`` gives each sample its task phase (for plots).
+
+The aligned samples of a bag are cached once (``.npz``), keyed by the bag's content hash and
+everything that shapes a sample; images are stored as uint8 (they come from 8-bit sources).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from . import bags, bridge
+from .alignment import NS, Aligner, PushResult
+from .core import ModalitySpec
+from .node_params import FusionParams, check_against_bundle
+from .sim.faults import FaultLabel
+from .streams import make_stream
+
+CACHE_VERSION = 1
+FAULT_TOPIC = "/sim/fault_labels"
+PHASE_TOPIC = "/sim/task_phase"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MDGM_ROS_CACHE", Path.home() / ".cache" / "mdgm_ros")) / "aligned"
+
+
+@dataclass
+class AlignedDataset:
+    """N samples of M modalities. ``raw[m]`` holds zeros where ``mask[:, j]`` is False."""
+
+    names: list[str]
+    raw: dict[str, np.ndarray]
+    mask: np.ndarray                     # (N, M) bool
+    stamps: np.ndarray                   # (N,) int64 ns
+    fault: np.ndarray                    # (N,) str: fault kind covering the stamp, '' if none
+    near_fault: np.ndarray               # (N,) bool: within a fault span or its settle margin
+    phase: np.ndarray                    # (N,) str
+    bag: np.ndarray                      # (N,) int: index of the source bag
+    labels: list[FaultLabel] = field(default_factory=list)
+    rejects: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.mask.shape[0])
+
+    def subset(self, rows: np.ndarray) -> "AlignedDataset":
+        return AlignedDataset(self.names, {k: v[rows] for k, v in self.raw.items()}, self.mask[rows],
+                              self.stamps[rows], self.fault[rows], self.near_fault[rows], self.phase[rows],
+                              self.bag[rows], self.labels, self.rejects)
+
+    def float_raw(self) -> dict[str, np.ndarray]:
+        """Model-ready float32 arrays (uint8 images back to [0, 1])."""
+        return {k: (v.astype(np.float32) / 255.0 if v.dtype == np.uint8 else v) for k, v in self.raw.items()}
+
+    @staticmethod
+    def concat(parts: list["AlignedDataset"]) -> "AlignedDataset":
+        if not parts:
+            raise ValueError("no data")
+        first = parts[0]
+        rejects: Counter = Counter()
+        for p in parts:
+            rejects.update(p.rejects)
+        return AlignedDataset(first.names, {k: np.concatenate([p.raw[k] for p in parts]) for k in first.raw},
+                              np.concatenate([p.mask for p in parts]), np.concatenate([p.stamps for p in parts]),
+                              np.concatenate([p.fault for p in parts]), np.concatenate([p.near_fault for p in parts]),
+                              np.concatenate([p.phase for p in parts]), np.concatenate([p.bag for p in parts]),
+                              [label for p in parts for label in p.labels], dict(rejects))
+
+
+def _alignment_key(params: FusionParams, specs: list[ModalitySpec]) -> dict[str, Any]:
+    return {"version": CACHE_VERSION, "anchor": params.anchor, "output_rate": params.output_rate,
+            "reset_after": params.reset_after,
+            "streams": [vars(s) | {"qos": None} for s in params.streams],
+            "specs": [{"name": s.name, "kind": s.kind, "shape": list(s.shape),
+                       "audio": None if s.audio is None else vars(s.audio)} for s in specs]}
+
+
+def cache_key(bag_hash: str, params: FusionParams, specs: list[ModalitySpec], settle_s: float) -> str:
+    text = json.dumps({"bag": bag_hash, "settle_s": settle_s, **_alignment_key(params, specs)},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class _Collector:
+    """Reads one bag's messages through the node's conversions into aligned samples."""
+
+    def __init__(self, params: FusionParams, specs: list[ModalitySpec], sample_at: np.ndarray | None = None):
+        check_against_bundle(params, specs)
+        self.sample_at = None if sample_at is None else np.sort(np.asarray(sample_at, np.int64))
+        self.sample_index = 0
+        self.params = params
+        self.streams = {p.name: make_stream(p, spec) for p, spec in zip(params.streams, specs)}
+        self.by_topic = {s.params.topic: s for s in self.streams.values()}
+        self.aligner = Aligner([s.alignment_config() for s in self.streams.values()], params.reset_after)
+        self.names = list(self.streams)
+        self.arrays: dict[str, list] = {n: [] for n in self.names}
+        self.masks: list[list[bool]] = []
+        self.stamps: list[int] = []
+        self.labels: list[FaultLabel] = []
+        self.phases: list[tuple[int, str]] = []
+        self.rejects: Counter = Counter()
+        self.period_ns = int(NS / params.output_rate) if not params.anchor else 0
+        self.next_tick: int | None = None
+
+    def feed(self, topic: str, log_ns: int, msg: Any) -> None:
+        if topic == FAULT_TOPIC:
+            try:
+                self.labels.append(FaultLabel.from_json(msg.data))
+            except (ValueError, KeyError, TypeError):
+                self.rejects["fault_label:invalid"] += 1
+            return
+        if topic == PHASE_TOPIC:
+            self.phases.append((log_ns, msg.data))
+            return
+        stream = self.by_topic[topic]
+        self._ticks_until(log_ns)
+        try:
+            array = stream.to_array(msg)
+        except bridge.ConversionError as err:
+            self.rejects[f"{stream.name}:{err.reason}"] += 1
+            return
+        stamp = bridge.stamp_to_ns(msg.header.stamp) if stream.stamped else log_ns
+        if self.aligner.push(stream.name, stamp, array) == PushResult.OUT_OF_ORDER:
+            self.rejects[f"{stream.name}:out_of_order"] += 1
+            return
+        if stream.name == self.params.anchor and self.sample_at is None:
+            self._take(stamp, (stream.name, array))
+
+    def _ticks_until(self, log_ns: int) -> None:
+        """Timer mode: the samples a node at ``output_rate`` would have taken before ``log_ns``
+        (or, with ``sample_at``, the given stamps up to ``log_ns``)."""
+        if self.sample_at is not None:
+            while self.sample_index < len(self.sample_at) and self.sample_at[self.sample_index] <= log_ns:
+                self._take(int(self.sample_at[self.sample_index]), None, keep_empty=True)
+                self.sample_index += 1
+            return
+        if not self.period_ns:
+            return
+        if self.next_tick is None or log_ns - self.next_tick > self.params.reset_after * NS:
+            self.next_tick = (log_ns // self.period_ns + 1) * self.period_ns
+        while self.next_tick <= log_ns:
+            self._take(self.next_tick, None)
+            self.next_tick += self.period_ns
+
+    def _take(self, stamp: int, anchor: tuple[str, np.ndarray] | None, keep_empty: bool = False) -> None:
+        sample = self.aligner.sample(stamp, anchor)
+        if not any(sample.present.values()) and not keep_empty:
+            return
+        for name in self.names:
+            array = sample.arrays.get(name)
+            spec = self.streams[name].spec
+            if array is None:
+                array = np.zeros(spec.shape, np.uint8 if spec.kind == "image" else np.float32)
+            elif spec.kind == "image":
+                array = np.round(array * 255.0).astype(np.uint8)
+            self.arrays[name].append(array)
+        self.masks.append(sample.mask(self.names))
+        self.stamps.append(stamp)
+
+    def finish(self, bag_index: int, settle_s: float) -> AlignedDataset:
+        if self.sample_at is not None:
+            self._ticks_until(int(self.sample_at[-1]) if len(self.sample_at) else 0)
+        n = len(self.stamps)
+        stamps = np.asarray(self.stamps, np.int64)
+        fault = np.full(n, "", dtype=object)
+        near = np.zeros(n, bool)
+        for label in self.labels:
+            inside = (stamps >= label.start_ns) & (stamps <= label.end_ns)
+            fault[inside & (fault == "")] = label.kind
+            near |= (stamps >= label.start_ns) & (stamps <= label.end_ns + int(settle_s * NS))
+        phase = np.full(n, "", dtype=object)
+        if self.phases:
+            times = np.asarray([t for t, _ in self.phases], np.int64)
+            index = np.searchsorted(times, stamps, side="right") - 1
+            names = np.asarray([p for _, p in self.phases], dtype=object)
+            phase = np.where(index >= 0, names[np.clip(index, 0, None)], "")
+        raw = {k: (np.stack(v) if v else np.zeros((0, *self.streams[k].spec.shape), np.float32))
+               for k, v in self.arrays.items()}
+        return AlignedDataset(self.names, raw, np.asarray(self.masks, bool).reshape(n, len(self.names)), stamps,
+                              fault.astype(str), near, np.asarray(phase, dtype=str), np.full(n, bag_index),
+                              self.labels, dict(self.rejects))
+
+
+def align_bag(path: str | Path, params: FusionParams, specs: list[ModalitySpec], bag_index: int = 0,
+              settle_s: float = 0.5, sample_at: np.ndarray | None = None) -> AlignedDataset:
+    """One bag -> aligned samples (no cache); ``sample_at``: exactly these stamps (ground truth for
+    what a live node published at them)."""
+    collector = _Collector(params, specs, sample_at)
+    wanted = list(collector.by_topic) + [FAULT_TOPIC, PHASE_TOPIC]
+    available = bags.topics(path)
+    missing = [t for t in collector.by_topic if t not in available]
+    if len(missing) == len(collector.by_topic):
+        raise bags.BagError(f"bag {path} has none of the input topics {sorted(collector.by_topic)} "
+                            f"(it has {sorted(available)})")
+    for topic, log_ns, msg in bags.messages(path, [t for t in wanted if t in available]):
+        collector.feed(topic, log_ns, msg)
+    return collector.finish(bag_index, settle_s)
+
+
+def _save(path: Path, data: AlignedDataset) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"raw.{k}": v for k, v in data.raw.items()}
+    meta = {"names": data.names, "labels": [json.loads(label.to_json()) for label in data.labels],
+            "rejects": data.rejects}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, mask=data.mask, stamps=data.stamps, fault=data.fault, near_fault=data.near_fault,
+                     phase=data.phase, meta=np.asarray(json.dumps(meta)), **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load(path: Path, bag_index: int) -> AlignedDataset:
+    with np.load(path, allow_pickle=False) as npz:
+        meta = json.loads(str(npz["meta"]))
+        raw = {k[4:]: npz[k] for k in npz.files if k.startswith("raw.")}
+        n = len(npz["stamps"])
+        return AlignedDataset(meta["names"], {k: raw[k] for k in meta["names"]}, npz["mask"], npz["stamps"],
+                              npz["fault"], npz["near_fault"], npz["phase"], np.full(n, bag_index),
+                              [FaultLabel(**label) for label in meta["labels"]], meta["rejects"])
+
+
+def load_bags(paths: Iterable[str | Path], params: FusionParams, specs: list[ModalitySpec],
+              cache_dir: Path | None = None, settle_s: float = 0.5, log=print) -> AlignedDataset:
+    """Aligned samples of several bags (each cached by content hash); ``cache_dir=None`` disables it."""
+    parts = []
+    for index, path in enumerate(paths):
+        path = Path(path)
+        cached = None
+        if cache_dir is not None:
+            cached = Path(cache_dir) / f"{cache_key(bags.content_hash(path), params, specs, settle_s)}.npz"
+            if cached.is_file():
+                try:
+                    parts.append(_load(cached, index))
+                    log(f"{path}: {len(parts[-1])} aligned samples from the cache ({cached.name})")
+                    continue
+                except (OSError, ValueError, KeyError) as err:
+                    log(f"{path}: cache entry {cached} unreadable ({err}); rebuilding it")
+        data = align_bag(path, params, specs, index, settle_s)
+        log(f"{path}: {len(data)} aligned samples, {len(data.labels)} fault labels"
+            + (f", rejected {data.rejects}" if data.rejects else ""))
+        if cached is not None:
+            _save(cached, data)
+        parts.append(data)
+    return AlignedDataset.concat(parts)
