@@ -11,12 +11,12 @@ from .inference import (AnomalyCalibration, FusionResult, Fuser, Imputation, ano
                         calibrate_anomaly, conditional_log_likelihood, impute, iwae_log_likelihood)
 from .modalities import AudioOptions, ModalitySpec, Normalization, SpecError, default_robot_modalities
 from .model import ModelConfig, MultimodalVAE
-from .training import BetaSchedule, TrainConfig, fit_normalization, select_device, train
+from .training import BetaSchedule, TrainConfig, Trainer, fit_normalization, select_device, train
 
 __all__ = [
     "AnomalyCalibration", "AudioOptions", "BetaSchedule", "Bundle", "BundleError", "FusionResult", "Fuser",
     "Imputation", "ModalitySpec", "ModelConfig", "MultimodalVAE", "Normalization", "OBJECTIVES",
-    "ObjectiveOutput", "SpecError", "TrainConfig", "anomaly_scores", "calibrate_anomaly",
+    "ObjectiveOutput", "SpecError", "TrainConfig", "Trainer", "anomaly_scores", "calibrate_anomaly",
     "compute_objective", "conditional_log_likelihood", "default_robot_modalities", "fit_normalization",
     "impute", "iwae_log_likelihood", "load_bundle", "save_bundle", "select_device", "train",
     "verify_bundle",

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -94,13 +94,15 @@ def content_hash(file_hashes: dict[str, str]) -> str:
 
 def save_bundle(path: str | os.PathLike, model: MultimodalVAE,
                 calibration: AnomalyCalibration | None = None, name: str | None = None,
-                extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (+ calibration) as a bundle folder at ``path``, atomically; returns the path."""
+                extra: dict[str, Any] | None = None, attach: Callable[[Path], None] | None = None) -> Path:
+    """Write ``model`` (+ calibration) as a bundle folder at ``path``, atomically; returns the path.
+
+    ``attach(folder)`` may add more plain files (e.g. ONNX exports) before the manifest hashes them."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        _write_contents(tmp, model, calibration, name or target.name, extra or {})
+        _write_contents(tmp, model, calibration, name or target.name, extra or {}, attach)
         _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -109,7 +111,7 @@ def save_bundle(path: str | os.PathLike, model: MultimodalVAE,
 
 
 def _write_contents(folder: Path, model: MultimodalVAE, calibration: AnomalyCalibration | None,
-                    name: str, extra: dict[str, Any]) -> None:
+                    name: str, extra: dict[str, Any], attach: Callable[[Path], None] | None = None) -> None:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS), metadata={"format": FORMAT})
     _fsync_file(folder / WEIGHTS)
@@ -118,6 +120,12 @@ def _write_contents(folder: Path, model: MultimodalVAE, calibration: AnomalyCali
     _write_json(folder / NORMALIZATION, norms)
     if calibration is not None:
         _write_json(folder / CALIBRATION, calibration.to_dict())
+    if attach is not None:
+        attach(folder)
+        for path in folder.iterdir():
+            if not path.is_file():
+                raise BundleError(f"attached {path.name!r} is not a plain file")
+            _fsync_file(path)
     files = {p.name: _sha256(p) for p in sorted(folder.iterdir())}
     digest = content_hash(files)
     from .. import __version__

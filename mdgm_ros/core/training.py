@@ -135,47 +135,79 @@ def evaluate_loss(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask:
     return total / max(count, 1)
 
 
+class Trainer:
+    """The training loop with its state (optimizer, epoch, step, RNGs) exposed, so a caller can
+    checkpoint after any epoch and resume bit-for-bit (:meth:`state_dict` / :meth:`load_state_dict`)."""
+
+    def __init__(self, model: MultimodalVAE, config: TrainConfig):
+        self.model = model
+        self.config = config
+        torch.manual_seed(config.seed)
+        self.cpu_gen = torch.Generator().manual_seed(config.seed)
+        self.dev_gen = torch.Generator(device=model.device).manual_seed(config.seed + 1)
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.epoch = 0
+        self.step = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
+                "cpu_gen": self.cpu_gen.get_state(), "dev_gen": self.dev_gen.get_state(),
+                "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.cpu_gen.set_state(state["cpu_gen"])
+        self.dev_gen.set_state(state["dev_gen"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def run_epoch(self, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+                  val: tuple[Mapping[str, torch.Tensor], torch.Tensor] | None = None,
+                  on_batch: Callable[[int, int], None] | None = None) -> EpochRecord:
+        """One pass over the data (then the validation loss); ``on_batch(done, total)`` reports progress."""
+        model, config, device = self.model, self.config, self.model.device
+        model.train()
+        started, sums, seen = time.perf_counter(), {"loss": 0.0}, 0
+        batches = _batches(mask.shape[0], config.batch_size, self.cpu_gen)
+        for done, idx in enumerate(batches, 1):
+            batch = {k: v[idx].to(device, non_blocking=True) for k, v in feats.items()}
+            m = mask[idx].to(device)
+            out = compute_objective(model, batch, m, beta=config.beta(self.step), generator=self.dev_gen)
+            loss = out.loss.mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at epoch {self.epoch} step {self.step}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            self.optimizer.step()
+            self.step += 1
+            seen += m.shape[0]
+            sums["loss"] += float(out.loss.detach().sum())
+            for key, value in out.terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value.sum())
+            if on_batch is not None:
+                on_batch(done, len(batches))
+        val_loss = evaluate_loss(model, val[0], val[1], beta=config.beta(self.step)) if val is not None else None
+        record = EpochRecord(self.epoch, sums.pop("loss") / max(seen, 1), val_loss, config.beta(self.step),
+                             time.perf_counter() - started, {k: v / max(seen, 1) for k, v in sums.items()})
+        self.epoch += 1
+        model.eval()
+        return record
+
+
 def train(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor, config: TrainConfig,
           val: tuple[Mapping[str, torch.Tensor], torch.Tensor] | None = None,
           on_epoch: Callable[[EpochRecord], bool | None] | None = None) -> list[EpochRecord]:
     """Minimise the mean per-sample objective over normalised features. ``on_epoch`` may return True
     to stop early. Data stays where it is and is moved to the model's device one batch at a time."""
-    torch.manual_seed(config.seed)
-    device = model.device
-    cpu_gen = torch.Generator().manual_seed(config.seed)
-    dev_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    trainer = Trainer(model, config)
     history: list[EpochRecord] = []
-    step = 0
-    for epoch in range(config.epochs):
-        model.train()
-        started, sums, seen = time.perf_counter(), {"loss": 0.0}, 0
-        for idx in _batches(mask.shape[0], config.batch_size, cpu_gen):
-            batch = {k: v[idx].to(device, non_blocking=True) for k, v in feats.items()}
-            m = mask[idx].to(device)
-            beta = config.beta(step)
-            out = compute_objective(model, batch, m, beta=beta, generator=dev_gen)
-            loss = out.loss.mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            step += 1
-            seen += m.shape[0]
-            sums["loss"] += float(out.loss.detach().sum())
-            for key, value in out.terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value.sum())
-        val_loss = evaluate_loss(model, val[0], val[1], beta=config.beta(step)) if val is not None else None
-        record = EpochRecord(epoch, sums.pop("loss") / max(seen, 1), val_loss, config.beta(step),
-                             time.perf_counter() - started, {k: v / max(seen, 1) for k, v in sums.items()})
+    while trainer.epoch < config.epochs:
+        record = trainer.run_epoch(feats, mask, val)
         history.append(record)
-        if on_epoch is not None and on_epoch(record):
-            break
-        if math.isnan(record.train_loss):
+        if (on_epoch is not None and on_epoch(record)) or math.isnan(record.train_loss):
             break
     model.eval()
     return history
