@@ -207,12 +207,10 @@ class PandaTableSim:
         for fault in self._active:
             if fault.spec.kind == "joint_fault":
                 joint = fault.extra["joint"]
-                forces[joint] = _ARM_FORCES[joint] * 0.12
+                forces[joint] = _ARM_FORCES[joint] * 0.04
         pb.setJointMotorControlArray(self.robot, _ARM, pb.POSITION_CONTROL, targetPositions=list(q[:7]),
                                      forces=forces, physicsClientId=self.client)
         gripper = segment.gripper
-        if any(f.spec.kind == "object_drop" for f in self._active):
-            gripper = 0.04
         pb.setJointMotorControlArray(self.robot, _FINGERS, pb.POSITION_CONTROL, targetPositions=[gripper] * 2,
                                      forces=[40.0, 40.0], physicsClientId=self.client)
         self._held = self._holding() if segment.phase in ("lift", "transport", "place") else None
@@ -249,6 +247,9 @@ class PandaTableSim:
         detail = dict(spec.detail)
         if spec.kind == "collision":
             fault.body = self._spawn_obstacle()
+        elif spec.kind == "object_drop":             # the object loses its grip and slips out of the fingers
+            fault.extra["object"] = self._held
+            pb.changeDynamics(self._held, -1, lateralFriction=0.02, physicsClientId=self.client)
         elif spec.kind == "joint_fault":
             fault.extra["joint"] = int(self.rng.choice([1, 3]))
             detail["joint"] = JOINT_NAMES[fault.extra["joint"]]
@@ -269,6 +270,8 @@ class PandaTableSim:
         if fault.body is not None:
             pb.removeBody(fault.body, physicsClientId=self.client)
             self._contact_force = {k: v for k, v in self._contact_force.items() if fault.body not in k}
+        if fault.spec.kind == "object_drop":
+            pb.changeDynamics(fault.extra["object"], -1, lateralFriction=1.0, physicsClientId=self.client)
         if fault.spec.kind == "audio_clipping":
             self.audio.gain = 1.0
         if fault.spec.kind == "audio_noise":
@@ -280,11 +283,12 @@ class PandaTableSim:
         ee = self._ee_position()
         goal = segment.target if segment is not None else ee + np.array([0.0, 0.1, 0.0])
         where = ee + 0.5 * (goal - ee)
-        where[2] = max(where[2], 0.05)
-        shape = pb.createCollisionShape(pb.GEOM_BOX, halfExtents=[0.03, 0.03, 0.05], physicsClientId=self.client)
-        visual = pb.createVisualShape(pb.GEOM_BOX, halfExtents=[0.03, 0.03, 0.05], rgbaColor=[0.9, 0.1, 0.1, 1],
+        where[2] = max(where[2], 0.07)
+        half = [0.045, 0.045, 0.07]
+        shape = pb.createCollisionShape(pb.GEOM_BOX, halfExtents=half, physicsClientId=self.client)
+        visual = pb.createVisualShape(pb.GEOM_BOX, halfExtents=half, rgbaColor=[0.9, 0.1, 0.1, 1],
                                       physicsClientId=self.client)
-        body = pb.createMultiBody(0.6, shape, visual, where.tolist(), physicsClientId=self.client)
+        body = pb.createMultiBody(2.0, shape, visual, where.tolist(), physicsClientId=self.client)
         self.ring_hz[body] = 900.0
         return body
 
