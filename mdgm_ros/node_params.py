@@ -192,8 +192,13 @@ def fusion_params_from_file(path: str, node_name: str = "mdgm_fusion",
     """FusionParams from a ROS params file (``<node>: ros__parameters: ...``), validated like the node's."""
     import yaml
 
-    with open(path, encoding="utf-8") as handle:
-        document = yaml.safe_load(handle) or {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = yaml.safe_load(handle) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ParameterError(f"cannot read params file {path}: {err}") from None
+    if not isinstance(document, dict):
+        raise ParameterError(f"{path}: not a ROS params file (a mapping of node names)")
     section = document.get(node_name, document.get(f"/{node_name}", {})).get("ros__parameters")
     if section is None:
         raise ParameterError(f"{path}: no '{node_name}: ros__parameters:' section")

@@ -71,6 +71,13 @@ class TrainSettings:
         model = doc.get("model", "model.yaml")
         if isinstance(model, str):
             model = yaml.safe_load((path.parent / model).read_text(encoding="utf-8"))
+        model = {**model, **(doc.get("model_overrides") or {})}
+        weights = doc.get("modality_weights") or {}
+        unknown = set(weights) - {m["name"] for m in model["modalities"]}
+        if unknown:
+            raise TrainError(f"modality_weights names unknown modalities {sorted(unknown)}")
+        model["modalities"] = [{**m, "weight": float(weights.get(m["name"], m.get("weight", 1.0)))}
+                               for m in model["modalities"]]
         fusion = fusion_params_from_file(str(path.parent / doc.get("fusion_params", "fusion.yaml")),
                                          overrides=doc.get("fusion_overrides") or {})
         data, opt = doc.get("data", {}), doc.get("training", {})
@@ -253,7 +260,8 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
     train_config = TrainConfig(**{**vars(settings.train), "beta": BetaSchedule(
         beta.kind, beta.start, beta.end, int(settings.warmup_epochs * steps_per_epoch))})
     # what a resumed run must share with the checkpoint (epochs, patience etc. may change)
-    shaping = {k: settings.source.get(k) for k in ("model", "fusion_params", "fusion_overrides", "data")}
+    shaping = {k: settings.source.get(k) for k in ("model", "model_overrides", "modality_weights", "fusion_params",
+                                                   "fusion_overrides", "data")}
     data_key = hashlib.sha256(json.dumps({"bags": [bags.content_hash(p) for p in bag_paths], "config": shaping,
                                           "seed": settings.train.seed, "batch_size": settings.train.batch_size},
                                          sort_keys=True, default=str).encode()).hexdigest()
