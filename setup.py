@@ -24,6 +24,7 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         (f"share/{PACKAGE}/models", glob("models/*.md")),
+        (f"share/{PACKAGE}/models/default", glob("models/default/*")),
     ],
     # torch exactly 2.13.0 (any other spec can pull a multi-GB build); other exact pins live in
     # requirements.txt. These are the import needs (rclpy and the message
@@ -41,6 +42,8 @@ setup(
             "mdgm-ros = mdgm_ros.cli:main",
             "fusion_node = mdgm_ros.fusion_node:main",
             "synthetic_streams = mdgm_ros.synthetic_streams:main",
+            "sim_robot_node = mdgm_ros.sim_robot_node:main",
+            "trainer_node = mdgm_ros.trainer_node:main",
         ],
     },
 )

@@ -71,6 +71,98 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .bags import BagError
+    from .simulate import simulate_to_bag
+
+    try:
+        result = simulate_to_bag(args.out, args.duration, args.seed, faults=args.faults, per_kind=args.per_kind,
+                                 storage=args.storage, image_size=args.image_size, distro=args.distro,
+                                 progress=lambda t: print(f"  simulated {t:.0f} / {args.duration:.0f} s",
+                                                          file=sys.stderr, flush=True))
+    except (BagError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_play(args: argparse.Namespace) -> int:
+    from .bags import BagError
+    from .play import Drop, play
+
+    try:
+        drops = tuple(Drop.parse(d) for d in args.drop)
+        stats = play(args.bag, rate=args.rate, loop=args.loop, clock=args.clock, drops=drops,
+                     topics=args.topics or None, wait_for_subscribers=args.wait,
+                     log=lambda m: print(m, file=sys.stderr))
+    except (BagError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(vars(stats)))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .bags import BagError
+    from .core import BundleError
+    from .node_params import ParameterError
+    from .trainer import TrainError, run_training
+
+    overrides = {}
+    if args.epochs:
+        overrides["training.epochs"] = args.epochs
+    try:
+        result = run_training(args.bags, args.config, args.out, resume=args.resume, device=args.device,
+                              overrides=overrides, log=lambda m: print(m, file=sys.stderr, flush=True),
+                              show_bar=not args.no_progress)
+    except (TrainError, BagError, BundleError, ParameterError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: the last finished epoch is in {args.out}.train/checkpoint.pt; "
+              "run again with --resume", file=sys.stderr)
+        return 130
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .bags import BagError
+    from .core import BundleError
+    from .dataset import default_cache_dir, load_bags
+    from .evaluate import evaluate_offline, load_eval_model
+    from .node_params import ParameterError, fusion_params_from_file
+
+    try:
+        em = load_eval_model(args.model, args.device)
+        alignment = em.bundle.manifest.get("extra", {}).get("training", {}).get("alignment", {})
+        overrides = {k: v for k, v in alignment.items() if k in ("anchor", "output_rate")}
+        params = fusion_params_from_file(args.params, overrides=overrides)
+        data = load_bags(args.bags, params, list(em.model.config.modalities), default_cache_dir(),
+                         log=lambda m: print(m, file=sys.stderr))
+        report = evaluate_offline(em, data, Path(args.plots) if args.plots else None, args.dropout)
+    except (BagError, BundleError, ParameterError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        from .demo import summary_lines
+        print("\n".join(summary_lines(report)))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.out, quick=args.quick, device=args.device, keep=args.keep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mdgm-ros", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,10 +186,74 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("--seed", type=int, default=0)
     example.set_defaults(func=_cmd_example)
 
+    sim = sub.add_parser("simulate", help="record a rosbag2 from the PyBullet Franka simulator")
+    sim.add_argument("--out", required=True, help="bag folder to create")
+    sim.add_argument("--duration", type=float, default=60.0, help="seconds of robot time")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--faults", default="", help="'all', or a comma list of fault kinds (default: none)")
+    sim.add_argument("--per-kind", type=int, default=0, help="faults of each kind (0: one per started minute)")
+    sim.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
+    sim.add_argument("--distro", default="kilted", choices=["humble", "jazzy", "kilted"],
+                     help="message definitions and bag version written")
+    sim.add_argument("--image-size", type=int, default=64)
+    sim.set_defaults(func=_cmd_simulate)
+
+    play = sub.add_parser("play", help="publish a bag with its original timing (like ros2 bag play)")
+    play.add_argument("bag")
+    play.add_argument("--rate", type=float, default=1.0)
+    play.add_argument("--loop", action="store_true")
+    play.add_argument("--clock", action="store_true", help="publish /clock (for use_sim_time)")
+    play.add_argument("--topics", nargs="*", help="only these topics")
+    play.add_argument("--drop", action="append", default=[], metavar="TOPIC:START:END",
+                      help="withhold TOPIC from START to END seconds after the bag start (repeatable)")
+    play.add_argument("--wait", type=float, default=2.0, help="seconds to wait for subscribers first")
+    play.set_defaults(func=_cmd_play)
+
+    train = sub.add_parser("train", help="train a model bundle from rosbags")
+    train.add_argument("--bags", nargs="+", required=True)
+    train.add_argument("--config", default=_default_config("train.yaml"))
+    train.add_argument("--out", required=True, help="bundle folder, e.g. models/NAME")
+    train.add_argument("--resume", action="store_true", help="continue from <out>.train/checkpoint.pt")
+    train.add_argument("--epochs", type=int, default=0, help="override training.epochs")
+    train.add_argument("--device", default="auto")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="imputation vs baselines, anomaly AUROC/AP per fault, latent stats")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--bags", nargs="+", required=True)
+    ev.add_argument("--params", default=_default_config("fusion.yaml"), help="the node's params file")
+    ev.add_argument("--plots", default="", help="folder for the PNGs")
+    ev.add_argument("--dropout", type=float, default=1.0, help="seconds of each simulated outage")
+    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--device", default="cpu")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    demo = sub.add_parser("demo", help="simulate, train, replay through the live node, evaluate")
+    demo.add_argument("--out", default="demo_out")
+    demo.add_argument("--quick", action="store_true", help="shorter runs (a smoke test, not the real figures)")
+    demo.add_argument("--device", default="auto")
+    demo.add_argument("--keep", action="store_true", help="reuse bags and model already in --out")
+    demo.set_defaults(func=_cmd_demo)
+
     info = sub.add_parser("info", help="verify a model bundle and print its summary")
     info.add_argument("bundle")
     info.set_defaults(func=_cmd_info)
     return parser
+
+
+def _default_config(name: str) -> str:
+    """config/<name> of a source checkout, else of the installed share folder."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent.parent / "config" / name
+    if here.is_file():
+        return str(here)
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return str(Path(get_package_share_directory("mdgm_ros")) / "config" / name)
+    except Exception:  # no ament index: fall back to the relative path
+        return str(Path("config") / name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from std_msgs.msg import String
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float32MultiArray, String
 
 from . import bridge
 from .bags import BagWriter
@@ -23,6 +24,8 @@ from .sim.faults import parse_kinds
 
 TOPICS = {"camera": "/camera/image_raw", "joints": "/joint_states", "audio": "/audio", "tactile": "/tactile",
           "fault": "/sim/fault_labels", "phase": "/sim/task_phase"}
+MESSAGE_TYPES = {"camera": Image, "joints": JointState, "audio": Float32MultiArray, "tactile": Image,
+                 "fault": String, "phase": String}
 FRAMES = {"camera": "scene_camera", "joints": "", "tactile": "panda_fingertips"}
 JOINT_FIELDS = ["position", "velocity", "effort"]
 
