@@ -1,0 +1,299 @@
+"""``mdgm-ros evaluate``: imputation against baselines, anomaly detection per fault kind, latent statistics.
+
+Errors are mean squared errors in *standardised feature units* (each channel / joint field / mel band /
+taxel divided by its training spread), so one number per modality is comparable across modalities;
+audio is compared as log-mel spectrogram. Baselines: ``baseline_mean`` predicts the per-element
+training mean; ``baseline_last`` holds the last value seen before the modality went missing.
+
+Offline protocol (bags): every fault-free sample with all modalities present is imputed once per
+modality from the other three, as if that modality had dropped out at the start of its
+``dropout_s`` block (so 'last seen' is 0 to ``dropout_s`` old). Live protocol (the demo): what the
+fusion node published during scripted outages of each stream, against the bag's ground truth at the
+published stamps.
+
+Anomaly AUROC / average precision use the total score; 'overall' pools the content faults.
+``stream_dropout`` is reported on its own and not pooled: a stream that stops is reported by its
+presence (diagnostics, a NaN score), not by how unusual the data looks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .core import Bundle, load_bundle
+from .core.inference import anomaly_scores, impute
+from .core.metrics import auroc, average_precision
+from .dataset import AlignedDataset
+from .trainer import TRAINING_MEANS
+
+NS = 1_000_000_000
+NOT_POOLED = ("stream_dropout",)
+
+
+@dataclass
+class EvalModel:
+    bundle: Bundle
+    means: dict[str, torch.Tensor]          # per-element training mean of the un-normalised features
+
+    @property
+    def model(self):
+        return self.bundle.model
+
+    def features(self, name: str, raw: np.ndarray) -> torch.Tensor:
+        """Raw arrays (B, *shape) -> standardised features."""
+        x = torch.as_tensor(np.asarray(raw, np.float32), device=self.model.device)
+        with torch.no_grad():
+            return self.model.features({name: x})[name]
+
+    def standardize(self, name: str, feats: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Un-normalised features (e.g. the node's imputed log-mel) -> standardised features."""
+        x = torch.as_tensor(np.asarray(feats, np.float32), device=self.model.device)
+        with torch.no_grad():
+            return self.model.normalize(name, x)
+
+    def mean_prediction(self, name: str) -> torch.Tensor:
+        return self.standardize(name, self.means[name].numpy())
+
+
+def load_eval_model(path: str | Path, device: str = "cpu") -> EvalModel:
+    bundle = load_bundle(path, device=device)
+    means_file = Path(path) / TRAINING_MEANS
+    if means_file.is_file():
+        from safetensors.torch import load_file
+        means = load_file(str(means_file))
+    else:  # older bundles: the normalisation mean (per channel / band) stands in
+        means = {m.name: bundle.model.normalization_stats(m.name)[0].cpu().expand(m.feature_shape).clone()
+                 for m in bundle.model.config.modalities}
+    return EvalModel(bundle, means)
+
+
+def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean squared error over all but the first dimension."""
+    diff = (a - b) ** 2
+    return diff.reshape(diff.shape[0], -1).mean(1) if diff.dim() > 1 else diff
+
+
+def _summary(model_err: torch.Tensor, mean_err: torch.Tensor, last_err: torch.Tensor) -> dict[str, Any]:
+    return {"model": float(model_err.mean()), "baseline_mean": float(mean_err.mean()),
+            "baseline_last": float(last_err.mean()), "samples": int(model_err.shape[0])}
+
+
+# ----------------------------------------------------------------------------- offline imputation
+def _block_last_rows(data: AlignedDataset, dropout_s: float) -> np.ndarray:
+    """For each row, the row just before its dropout block began (-1 if none in the same bag)."""
+    last = np.full(len(data), -1)
+    for bag in np.unique(data.bag):
+        rows = np.flatnonzero(data.bag == bag)
+        rows = rows[np.argsort(data.stamps[rows])]
+        block = (data.stamps[rows] - data.stamps[rows[0]]) // int(dropout_s * NS)
+        starts = np.r_[0, np.flatnonzero(np.diff(block)) + 1]
+        first_of_block = starts[np.searchsorted(starts, np.arange(len(rows)), side="right") - 1]
+        before = first_of_block - 1
+        last[rows] = np.where(before >= 0, rows[np.clip(before, 0, None)], -1)
+    return last
+
+
+def offline_imputation(em: EvalModel, data: AlignedDataset, dropout_s: float = 1.0,
+                       batch: int = 256) -> dict[str, dict[str, Any]]:
+    model = em.model
+    names = list(model.names)
+    raw = data.float_raw()
+    clean = (data.fault == "") & ~data.near_fault & data.mask.all(1)
+    last = _block_last_rows(data, dropout_s)
+    report = {}
+    for j, name in enumerate(names):
+        rows = np.flatnonzero(clean & (last >= 0))
+        rows = rows[data.mask[last[rows], j]]
+        errs = {"model": [], "mean": [], "last": []}
+        for start in range(0, len(rows), batch):
+            part = rows[start:start + batch]
+            feats = {n: em.features(n, raw[n][part]) for n in names}
+            mask = torch.ones(len(part), len(names), dtype=torch.bool, device=model.device)
+            mask[:, j] = False
+            with torch.no_grad():
+                pred = impute(model, feats, mask, [name])[name].mean
+            truth = feats[name]
+            errs["model"].append(_mse(pred, truth))
+            errs["mean"].append(_mse(em.mean_prediction(name).expand_as(truth), truth))
+            errs["last"].append(_mse(em.features(name, raw[name][last[part]]), truth))
+        if not rows.size:
+            continue
+        report[name] = _summary(*(torch.cat(errs[k]).cpu() for k in ("model", "mean", "last")))
+    return report
+
+
+# ----------------------------------------------------------------------------- anomaly
+def anomaly_metrics(total: np.ndarray, fault: np.ndarray, valid: np.ndarray,
+                    threshold: float | None = None) -> dict[str, Any]:
+    """AUROC / AP of the total score: pooled over content faults, and per fault kind vs normal rows."""
+    total = np.asarray(total, np.float64)
+    valid = valid & np.isfinite(total)
+    normal = valid & (fault == "")
+    pooled = valid & ~np.isin(fault, NOT_POOLED)
+    labels = fault != ""
+    out: dict[str, Any] = {"samples": int(pooled.sum()), "fault_samples": int((pooled & labels).sum())}
+    if (pooled & labels).any() and normal.any():
+        out["auroc"] = auroc(labels[pooled], total[pooled])
+        out["average_precision"] = average_precision(labels[pooled], total[pooled])
+    else:
+        out["auroc"] = out["average_precision"] = float("nan")
+    if threshold is not None:
+        out["threshold"] = threshold
+        out["detected_at_threshold"] = float(np.mean(total[pooled & labels] > threshold)) if (pooled & labels).any() else float("nan")
+        out["false_alarms_at_threshold"] = float(np.mean(total[normal] > threshold)) if normal.any() else float("nan")
+    out["per_fault"] = {}
+    for kind in sorted(set(fault[valid]) - {""}):
+        rows = normal | (valid & (fault == kind))
+        out["per_fault"][kind] = {"auroc": auroc(fault[rows] == kind, total[rows]),
+                                  "average_precision": average_precision(fault[rows] == kind, total[rows]),
+                                  "samples": int((valid & (fault == kind)).sum()),
+                                  "pooled": kind not in NOT_POOLED}
+    return out
+
+
+def _batched(em: EvalModel, data: AlignedDataset, step, batch: int = 256) -> list[np.ndarray]:
+    """``step(feats, mask)`` over the dataset in batches (standardised features, presence mask)."""
+    model = em.model
+    raw = data.float_raw()
+    parts: list[list[np.ndarray]] = []
+    for start in range(0, len(data), batch):
+        sl = slice(start, start + batch)
+        mask = torch.from_numpy(data.mask[sl]).to(model.device)
+        feats = model.complete({n: em.features(n, raw[n][sl]) for n in model.names}, mask)
+        with torch.no_grad():
+            parts.append([t.cpu().numpy() for t in step(feats, mask)])
+    return [np.concatenate(column) for column in zip(*parts)]
+
+
+def offline_scores(em: EvalModel, data: AlignedDataset) -> tuple[np.ndarray, np.ndarray]:
+    """(total (N,), per-modality (N, M)) anomaly scores for the observed modalities of each row."""
+    scores, total = _batched(em, data, lambda f, m: anomaly_scores(em.model, f, m, em.bundle.calibration))
+    return total, scores
+
+
+def offline_latents(em: EvalModel, data: AlignedDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and standard deviation (N, D) given each row's observed modalities."""
+    def step(feats, mask):
+        mean, logvar = em.model.posterior_summary(*em.model.experts(feats, mask), mask)
+        return mean, torch.exp(0.5 * logvar)
+    means, stds = _batched(em, data, step)
+    return means, stds
+
+
+def latent_stats(means: np.ndarray, stds: np.ndarray) -> dict[str, Any]:
+    var = means.var(0)
+    return {"dim": int(means.shape[1]), "samples": int(means.shape[0]),
+            "active_dims": int((var > 0.01).sum()), "mean_abs_mean": float(np.abs(means).mean()),
+            "variance_of_means": [round(float(v), 4) for v in var],
+            "mean_posterior_std": float(stds.mean())}
+
+
+def evaluate_offline(em: EvalModel, data: AlignedDataset, out_dir: Path | None = None,
+                     dropout_s: float = 1.0) -> dict[str, Any]:
+    from . import plots
+
+    total, _ = offline_scores(em, data)
+    valid = ~(data.near_fault & (data.fault == ""))            # settling after a fault: neither
+    threshold = em.bundle.calibration.threshold["total"] if em.bundle.calibration else None
+    means, stds = offline_latents(em, data)
+    report = {"model_id": em.bundle.model_id, "samples": len(data),
+              "imputation": offline_imputation(em, data, dropout_s),
+              "anomaly": anomaly_metrics(total, data.fault, valid, threshold),
+              "latent": latent_stats(means, stds),
+              "protocol": {"mode": "offline", "dropout_s": dropout_s}}
+    if out_dir is not None:
+        report["plots"] = plots.write_all(out_dir, em, data, total, threshold, means)
+    return report
+
+
+# ----------------------------------------------------------------------------- live (what the node published)
+def _in_any(stamps: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
+    inside = np.zeros(len(stamps), bool)
+    for start, end in spans:
+        inside |= (stamps >= start) & (stamps < end)
+    return inside
+
+
+def live_imputation(em: EvalModel, truth: AlignedDataset, recording, outages: dict[str, list[tuple[int, int]]],
+                    staleness_ns: dict[str, int]) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Per modality: the node's imputations during its scripted outages vs the bag's ground truth.
+    Also returns, per modality, (truth rows, imputed arrays) for the figures."""
+    stamps = truth.stamps
+    raw = truth.float_raw()
+    clean = (truth.fault == "") & ~truth.near_fault
+    report, pairs = {}, {}
+    for j, name in enumerate(em.model.names):
+        spans = outages.get(name, [])
+        items = [(t, a) for t, a in recording.imputed.get(name, [])
+                 if any(s <= t < e + staleness_ns.get(name, 0) for s, e in spans)]
+        rows, preds, last_rows = [], [], []
+        for t, array in items:
+            row = int(np.searchsorted(stamps, t))
+            if row >= len(stamps) or stamps[row] != t or not truth.mask[row, j] or not clean[row]:
+                continue
+            start = max(s for s, e in spans if s <= t)
+            last = int(np.searchsorted(stamps, start)) - 1
+            while last >= 0 and not truth.mask[last, j]:
+                last -= 1
+            if last < 0:
+                continue
+            rows.append(row)
+            preds.append(array)
+            last_rows.append(last)
+        if not rows:
+            continue
+        rows_a, last_a = np.asarray(rows), np.asarray(last_rows)
+        truth_f = em.features(name, raw[name][rows_a])
+        pred_raw = np.stack(preds)
+        pred_f = em.standardize(name, pred_raw) if em.model.specs[name].kind == "audio" else em.features(name, pred_raw)
+        report[name] = _summary(_mse(pred_f, truth_f).cpu(),
+                                _mse(em.mean_prediction(name).expand_as(truth_f), truth_f).cpu(),
+                                _mse(em.features(name, raw[name][last_a]), truth_f).cpu())
+        pairs[name] = (rows_a, pred_raw)
+    return report, pairs
+
+
+def evaluate_live(em: EvalModel, truth: AlignedDataset, recording, outages: dict[str, list[tuple[int, int]]],
+                  staleness_ns: dict[str, int], out_dir: Path | None = None) -> dict[str, Any]:
+    """Metrics of a live replay. ``truth`` is the bag aligned at the published latent stamps."""
+    from . import plots
+
+    stamps, lat_mean, lat_std = recording.latent_arrays()
+    if not np.array_equal(stamps, truth.stamps):
+        raise ValueError("ground truth must be aligned at the recorded latent stamps")
+    imputation, pairs = live_imputation(em, truth, recording, outages, staleness_ns)
+    a_stamps, a_values = recording.anomaly_arrays()
+    rows = np.searchsorted(stamps, a_stamps).clip(0, len(stamps) - 1)
+    matched = stamps[rows] == a_stamps
+    total = np.where(matched, a_values[:, 0], np.nan)
+    all_spans = [(s, e + max(staleness_ns.values(), default=0)) for spans in outages.values() for s, e in spans]
+    fault = truth.fault[rows]
+    valid = matched & ~_in_any(a_stamps, all_spans) & ~(truth.near_fault[rows] & (fault == ""))
+    threshold = em.bundle.calibration.threshold["total"] if em.bundle.calibration else None
+    report = {"model_id": em.bundle.model_id, "published": {"latent": int(len(stamps)), "anomaly": int(len(a_stamps)),
+              "imputed": {k: len(v) for k, v in recording.imputed.items()}},
+              "imputation": imputation, "anomaly": anomaly_metrics(total, fault, valid, threshold),
+              "latent": latent_stats(lat_mean, lat_std),
+              "protocol": {"mode": "live", "outages_s": {k: round(sum(e - s for s, e in v) / NS, 2)
+                                                          for k, v in outages.items()}}}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        t0 = int(stamps.min())
+        files = {"anomaly_timeline": plots.anomaly_timeline(
+            out_dir / "anomaly_timeline.png", a_stamps, total, truth.labels, threshold, t0,
+            [((s - t0) / NS, (e - t0) / NS) for s, e in all_spans])}
+        if "camera" in pairs:
+            cam_rows, cam_pred = pairs["camera"]
+            pick = plots.pick_frames(8, np.arange(len(cam_rows)))
+            files["camera_imputation"] = plots.camera_grid(
+                out_dir / "camera_imputation.png", truth.float_raw()["camera"][cam_rows[pick]], cam_pred[pick],
+                "camera published by the live node during camera outages (imputed from the other streams)")
+        files["latent_2d"] = plots.latent_2d(out_dir / "latent_2d.png", lat_mean, truth.phase,
+                                             (truth.fault == "") & ~truth.near_fault)
+        report["plots"] = {k: str(v) for k, v in files.items()}
+    return report

@@ -1,0 +1,90 @@
+"""Record what a fusion node publishes (latent, anomaly, imputations) for evaluation.
+
+Imputed audio (``Float32MultiArray``) has no header: the node publishes it in the same step as, and
+right after, ``~/latent``, so it takes the stamp of the latest latent received (``model_info`` says so).
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float32MultiArray, String
+
+from . import bridge
+from .core import ModalitySpec
+from .node_params import StreamParams
+
+RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+@dataclass
+class Recording:
+    latent: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)
+    anomaly: list[tuple[int, np.ndarray]] = field(default_factory=list)          # [total, per modality]
+    imputed: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=lambda: defaultdict(list))
+    model_info: dict | None = None
+    undecodable: int = 0
+
+    def latent_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows = sorted(self.latent, key=lambda r: r[0])
+        return (np.asarray([r[0] for r in rows], np.int64), np.stack([r[1] for r in rows]),
+                np.stack([r[2] for r in rows]))
+
+    def anomaly_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        rows = sorted(self.anomaly, key=lambda r: r[0])
+        return np.asarray([r[0] for r in rows], np.int64), np.stack([r[1] for r in rows])
+
+
+class OutputRecorder(Node):
+    def __init__(self, node: str, specs: list[ModalitySpec], streams: list[StreamParams]):
+        super().__init__("mdgm_output_recorder")
+        self.recording = Recording()
+        self.lock = threading.Lock()
+        self._last_latent_stamp: int | None = None
+        self.create_subscription(String, f"{node}/model_info", self._on_info, LATCHED)
+        self.create_subscription(JointState, f"{node}/latent", self._on_latent, RELIABLE)
+        self.create_subscription(JointState, f"{node}/anomaly", self._on_anomaly, RELIABLE)
+        for spec, params in zip(specs, streams):
+            kind = spec.kind
+            msg_type = {"image": Image, "tactile": Image, "vector": JointState, "audio": Float32MultiArray}[kind]
+            self.create_subscription(msg_type, f"{node}/imputed/{spec.name}",
+                                     lambda msg, s=spec, p=params: self._on_imputed(s, p, msg), RELIABLE)
+
+    def _on_info(self, msg: String) -> None:
+        self.recording.model_info = json.loads(msg.data)
+
+    def _on_latent(self, msg: JointState) -> None:
+        stamp = bridge.stamp_to_ns(msg.header.stamp)
+        with self.lock:
+            self._last_latent_stamp = stamp
+            self.recording.latent.append((stamp, np.asarray(msg.position), np.asarray(msg.effort)))
+
+    def _on_anomaly(self, msg: JointState) -> None:
+        with self.lock:
+            self.recording.anomaly.append((bridge.stamp_to_ns(msg.header.stamp), np.asarray(msg.position)))
+
+    def _on_imputed(self, spec: ModalitySpec, params: StreamParams, msg) -> None:
+        try:
+            if spec.kind == "image":
+                array, stamp = bridge.image_to_array(msg, spec.shape), bridge.stamp_to_ns(msg.header.stamp)
+            elif spec.kind == "tactile":
+                array, stamp = bridge.tactile_to_array(msg, spec.shape), bridge.stamp_to_ns(msg.header.stamp)
+            elif spec.kind == "vector":
+                array = bridge.joint_state_to_array(msg, params.joint_names, params.joint_fields)
+                stamp = bridge.stamp_to_ns(msg.header.stamp)
+            else:
+                dims = [d.size for d in msg.layout.dim]
+                array, stamp = np.asarray(msg.data, np.float32).reshape(dims), self._last_latent_stamp
+        except (bridge.ConversionError, ValueError):
+            self.recording.undecodable += 1
+            return
+        if stamp is not None:
+            with self.lock:
+                self.recording.imputed[spec.name].append((stamp, array))
