@@ -3,7 +3,7 @@
 Payloads are the standard CDR bytes of the ROS message (serialised by rclpy, as ``ros2 bag record``
 stores them), so a bag written here opens in ``ros2 bag`` / Foxglove, and a bag recorded on a robot
 (Humble, Jazzy or Kilted; MCAP or sqlite3) reads here. The message definitions stored in a written bag
-come from the ``rosbags`` typestore of the chosen distro. Reading deserialises with rclpy into the
+come from the ``rosbags`` typestore of the chosen distro (Jazzy or Kilted; Humble bags are read only). Reading deserialises with rclpy into the
 same message classes the live node receives, so :mod:`mdgm_ros.bridge` converts both paths alike.
 
 Writes are atomic: a bag is written into a temporary folder next to the target and renamed into place.
@@ -23,9 +23,10 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
-DISTROS = {"humble": Stores.ROS2_HUMBLE, "jazzy": Stores.ROS2_JAZZY, "kilted": Stores.ROS2_KILTED}
-# rosbag2 metadata version each distro writes (rosbags writes 8 or 9; Humble's 5 is read only)
-_BAG_VERSION = {"humble": 8, "jazzy": 8, "kilted": 9}
+# distros written (message definitions from their typestore, their rosbag2 metadata version); Humble's
+# bags (metadata version 5) are read but not written: rosbags writes versions 8 and 9 only
+DISTROS = {"jazzy": Stores.ROS2_JAZZY, "kilted": Stores.ROS2_KILTED}
+_BAG_VERSION = {"jazzy": 8, "kilted": 9}
 
 
 class BagError(RuntimeError):

@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--faults", default="", help="'all', or a comma list of fault kinds (default: none)")
     sim.add_argument("--per-kind", type=int, default=0, help="faults of each kind (0: one per started minute)")
     sim.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
-    sim.add_argument("--distro", default="kilted", choices=["humble", "jazzy", "kilted"],
+    sim.add_argument("--distro", default="kilted", choices=["jazzy", "kilted"],
                      help="message definitions and bag version written")
     sim.add_argument("--image-size", type=int, default=64)
     sim.set_defaults(func=_cmd_simulate)
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model bundle from rosbags")
     train.add_argument("--bags", nargs="+", required=True)
-    train.add_argument("--config", default=_default_config("train.yaml"))
+    train.add_argument("--config", default=default_config_path("train.yaml"))
     train.add_argument("--out", required=True, help="bundle folder, e.g. models/NAME")
     train.add_argument("--resume", action="store_true", help="continue from <out>.train/checkpoint.pt")
     train.add_argument("--epochs", type=int, default=0, help="override training.epochs")
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="imputation vs baselines, anomaly AUROC/AP per fault, latent stats")
     ev.add_argument("--model", required=True)
     ev.add_argument("--bags", nargs="+", required=True)
-    ev.add_argument("--params", default=_default_config("fusion.yaml"), help="the node's params file")
+    ev.add_argument("--params", default=default_config_path("fusion.yaml"), help="the node's params file")
     ev.add_argument("--plots", default="", help="folder for the PNGs")
     ev.add_argument("--dropout", type=float, default=1.0, help="seconds of each simulated outage")
     ev.add_argument("--json", action="store_true")
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _default_config(name: str) -> str:
+def default_config_path(name: str) -> str:
     """config/<name> of a source checkout, else of the installed share folder."""
     from pathlib import Path
 

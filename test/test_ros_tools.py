@@ -140,3 +140,23 @@ def test_cli_simulate_writes_sqlite3_and_refuses_an_existing_bag(tmp_path):
     assert summary["messages"]["joints"] == 300 and list(out.glob("*.db3"))
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+def test_play_loops_and_the_stamps_start_over(probe, tmp_path):
+    from mdgm_ros.simulate import simulate_to_bag
+
+    node, env = probe
+    record = defaultdict(list)
+    _subscribe_all(node, record)
+    bag = tmp_path / "short"
+    count = simulate_to_bag(bag, 1.0, seed=1)["messages"]["joints"]
+    proc = start("mdgm_ros", "play", str(bag), "--rate", "2", "--loop", "--wait", "10", env=env,
+                 log=tmp_path / "play.log")
+    try:
+        assert spin_until(node, lambda: len(record["/joint_states"]) > 2.5 * count, 60), \
+            (tmp_path / "play.log").read_text()
+    finally:
+        stop(proc)
+    stamps = [_stamp(m) for _, m in record["/joint_states"]]
+    backwards = [b for a, b in zip(stamps, stamps[1:]) if b < a]
+    assert len(backwards) >= 2 and all(b == min(stamps) for b in backwards)
