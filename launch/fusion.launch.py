@@ -1,7 +1,9 @@
 """Start the mdgm_ros fusion node (a lifecycle node that configures and activates itself).
 
-    ros2 launch mdgm_ros fusion.launch.py model:=/path/to/bundle [params_file:=...] [namespace:=...]
+    ros2 launch mdgm_ros fusion.launch.py [model:=/path/to/bundle] [params_file:=...] [namespace:=...]
         [use_sim_time:=true] [device:=cuda]
+
+``model`` defaults to the shipped bundle ``models/default`` (trained on the simulator, see models/README.md).
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
@@ -13,7 +15,8 @@ from launch_ros.substitutions import FindPackageShare
 
 def generate_launch_description():
     arguments = [
-        DeclareLaunchArgument("model", description="model bundle folder (see `mdgm-ros info`)"),
+        DeclareLaunchArgument("model", default_value=PathJoinSubstitution(
+            [FindPackageShare("mdgm_ros"), "models", "default"]), description="model bundle folder (see `mdgm-ros info`)"),
         DeclareLaunchArgument("params_file", default_value=PathJoinSubstitution(
             [FindPackageShare("mdgm_ros"), "config", "fusion.yaml"]), description="fusion node parameters"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),

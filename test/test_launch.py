@@ -37,7 +37,7 @@ def _default_params_files(path: Path) -> list[Path]:
 
 
 def test_there_are_launch_files_and_they_parse():
-    assert [p.name for p in LAUNCH_FILES] == ["fusion.launch.py"]
+    assert [p.name for p in LAUNCH_FILES] == ["fusion.launch.py", "sim.launch.py"]
     for path in LAUNCH_FILES:
         tree = ast.parse(path.read_text())
         assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
@@ -72,7 +72,15 @@ def _flatten(tree: dict, prefix: str = "") -> set[str]:
     return keys
 
 
-@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_sim_launch_includes_the_fusion_launch_with_the_shipped_default_model():
+    text = (ROOT / "launch" / "sim.launch.py").read_text()
+    assert '"launch", "fusion.launch.py"' in text and '"models", "default"' in text
+    assert '"models", "default"' in (ROOT / "launch" / "fusion.launch.py").read_text()
+    assert (ROOT / "models" / "default" / "manifest.json").is_file()
+    assert "models/default" in (ROOT / "setup.py").read_text()
+
+
+@pytest.mark.parametrize("path", [p for p in LAUNCH_FILES if _default_params_files(p)], ids=lambda p: p.name)
 def test_params_files_load_and_only_name_declared_parameters(path):
     files = _default_params_files(path)
     assert files and all(f.is_file() for f in files)

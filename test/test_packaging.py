@@ -56,6 +56,13 @@ def test_colcon_build_and_run_from_the_install_space(tmp_path):
     assert (prefix / "share" / "mdgm_ros" / "config" / "model.yaml").is_file()
     script = prefix / "lib" / "mdgm_ros" / "mdgm-ros"
     assert script.is_file()
+    for executable in ("fusion_node", "sim_robot_node", "trainer_node", "synthetic_streams"):
+        assert (prefix / "lib" / "mdgm_ros" / executable).is_file(), executable
+    for launch in ("fusion.launch.py", "sim.launch.py"):
+        assert (prefix / "share" / "mdgm_ros" / "launch" / launch).is_file(), launch
+    assert (prefix / "share" / "mdgm_ros" / "config" / "train.yaml").is_file()
+    shipped = prefix / "share" / "mdgm_ros" / "models" / "default"
+    assert (shipped / "manifest.json").is_file() and (shipped / "weights.safetensors").is_file()
     site = next(prefix.glob("lib/python3*/site-packages"))
     run_env = {**env, "PYTHONPATH": str(site)}
     where = subprocess.run([sys.executable, "-c", "import mdgm_ros; print(mdgm_ros.__file__)"], cwd=tmp_path,
@@ -64,6 +71,9 @@ def test_colcon_build_and_run_from_the_install_space(tmp_path):
     result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
                             env=run_env, cwd=tmp_path, timeout=120)
     assert result.returncode == 0 and "bench" in result.stdout, result.stderr
+    info = subprocess.run([sys.executable, str(script), "info", str(shipped)], capture_output=True, text=True,
+                          env=run_env, cwd=tmp_path, timeout=120)
+    assert info.returncode == 0 and '"calibrated": true' in info.stdout, info.stderr
     _run_installed_fusion_node(prefix, run_env, tmp_path)
 
 
