@@ -227,6 +227,80 @@ def _features(model: MultimodalVAE, data: AlignedDataset) -> tuple[dict[str, tor
     return core_training.raw_to_features(model, data.float_raw()), torch.from_numpy(data.mask)
 
 
+@dataclass
+class _Data:
+    all_samples: int
+    train: AlignedDataset
+    val: AlignedDataset
+
+
+def _split_data(bag_paths: list[str], settings: TrainSettings, log: Callable[[str], None]) -> _Data:
+    """Aligned samples of the bags, fault spans left out, whole blocks held out."""
+    cache = default_cache_dir() if settings.cache else None
+    data = load_bags(bag_paths, settings.fusion, list(settings.model.modalities), cache, settings.settle_s, log)
+    clean = data.subset(~data.near_fault)
+    is_val = split_blocks(clean.stamps + clean.bag.astype(np.int64) * int(1e15), settings.block_s,
+                          settings.val_fraction, settings.train.seed)
+    split = _Data(len(data), clean.subset(~is_val), clean.subset(is_val))
+    log(f"{len(data)} samples: {len(split.train)} train, {len(split.val)} held out, "
+        f"{len(data) - len(clean)} in or near fault spans left out")
+    if len(split.train) < settings.train.batch_size or len(split.val) < 2:
+        raise TrainError(f"too little fault-free data: {len(split.train)} train / {len(split.val)} held-out samples")
+    return split
+
+
+def _resume_key(bag_paths: list[str], settings: TrainSettings) -> str:
+    """What a resumed run must share with its checkpoint (epochs, patience etc. may change)."""
+    shaping = {k: settings.source.get(k) for k in ("model", "model_overrides", "modality_weights", "fusion_params",
+                                                   "fusion_overrides", "data")}
+    return hashlib.sha256(json.dumps({"bags": [bags.content_hash(p) for p in bag_paths], "config": shaping,
+                                      "seed": settings.train.seed, "batch_size": settings.train.batch_size},
+                                     sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class _Fit:
+    best: dict[str, Any]
+    epochs: int
+    stopped_early: bool
+
+
+def _fit(trainer: Trainer, train, val, settings: TrainSettings, workdir: Path, resume_key: str,
+         log: Callable[[str], None], progress, show_bar: bool, should_stop: Callable[[], bool],
+         best: dict[str, Any]) -> _Fit:
+    """Epochs with metrics, a checkpoint after each, and early stopping on the held-out loss."""
+    model, epochs = trainer.model, trainer.config.epochs
+    metrics = MetricsLog(workdir)
+    stopped_early = False
+    try:
+        while trainer.epoch < epochs and not should_stop():
+            bar = _progress_bar(trainer.epoch, epochs, show_bar)
+            record = trainer.run_epoch(*train, val, on_batch=lambda done, total: bar.update(1) if bar else None)
+            if bar:
+                bar.set_postfix(train=f"{record.train_loss:.1f}", val=f"{record.val_loss:.1f}")
+                bar.close()
+            metrics.write(record, trainer.optimizer.param_groups[0]["lr"])
+            if record.val_loss < best["val"] - settings.min_delta:
+                best = {"val": record.val_loss, "epoch": record.epoch,
+                        "state": {k: v.detach().clone() for k, v in model.state_dict().items()}, "bad_epochs": 0}
+            else:
+                best["bad_epochs"] += 1
+            _atomic_torch_save({"version": CHECKPOINT_VERSION, "data_key": resume_key, "model": model.state_dict(),
+                                "normalization": _normalization_state(model), "trainer": trainer.state_dict(),
+                                "best": best}, workdir / "checkpoint.pt")
+            log(f"epoch {record.epoch + 1}/{epochs}: train {record.train_loss:.2f} "
+                f"val {record.val_loss:.2f} beta {record.beta:.2f} ({record.seconds:.1f} s)")
+            if progress is not None:
+                progress(trainer.epoch, epochs, record.val_loss)
+            if best["bad_epochs"] >= settings.patience:
+                stopped_early = True
+                log(f"early stop: no held-out improvement for {settings.patience} epochs")
+                break
+    finally:
+        metrics.close()
+    return _Fit(best, trainer.epoch, stopped_early)
+
+
 def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path, resume: bool = False,
                  device: str = "auto", overrides: dict[str, Any] | None = None, log: Callable[[str], None] = print,
                  progress: Callable[[int, int, float], None] | None = None, show_bar: bool = True,
@@ -239,39 +313,22 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
     workdir.mkdir(parents=True, exist_ok=True)
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    specs = list(settings.model.modalities)
-    cache = default_cache_dir() if settings.cache else None
-    data = load_bags(bag_paths, settings.fusion, specs, cache, settings.settle_s, log)
-    clean = data.subset(~data.near_fault)
-    is_val = split_blocks(clean.stamps + clean.bag.astype(np.int64) * int(1e15), settings.block_s,
-                          settings.val_fraction, settings.train.seed)
-    train_set, val_set = clean.subset(~is_val), clean.subset(is_val)
-    log(f"{len(data)} samples: {len(train_set)} train, {len(val_set)} held out, "
-        f"{len(data) - len(clean)} in or near fault spans left out")
-    if len(train_set) < settings.train.batch_size or len(val_set) < 2:
-        raise TrainError(f"too little fault-free data: {len(train_set)} train / {len(val_set)} held-out samples")
+    data = _split_data(bag_paths, settings, log)
 
     torch.manual_seed(settings.train.seed)
     model = MultimodalVAE(settings.model).to(select_device(device))
-    train_feats, train_mask = _features(model, train_set)
-    val_feats, val_mask = _features(model, val_set)
-    steps_per_epoch = -(-len(train_set) // settings.train.batch_size)
+    train_feats, train_mask = _features(model, data.train)
+    val_feats, val_mask = _features(model, data.val)
+    steps_per_epoch = -(-len(data.train) // settings.train.batch_size)
     beta = settings.train.beta
-    train_config = TrainConfig(**{**vars(settings.train), "beta": BetaSchedule(
-        beta.kind, beta.start, beta.end, int(settings.warmup_epochs * steps_per_epoch))})
-    # what a resumed run must share with the checkpoint (epochs, patience etc. may change)
-    shaping = {k: settings.source.get(k) for k in ("model", "model_overrides", "modality_weights", "fusion_params",
-                                                   "fusion_overrides", "data")}
-    data_key = hashlib.sha256(json.dumps({"bags": [bags.content_hash(p) for p in bag_paths], "config": shaping,
-                                          "seed": settings.train.seed, "batch_size": settings.train.batch_size},
-                                         sort_keys=True, default=str).encode()).hexdigest()
-
+    trainer = Trainer(model, TrainConfig(**{**vars(settings.train), "beta": BetaSchedule(
+        beta.kind, beta.start, beta.end, int(settings.warmup_epochs * steps_per_epoch))}))
+    resume_key = _resume_key(bag_paths, settings)
     checkpoint_path = workdir / "checkpoint.pt"
-    trainer = Trainer(model, train_config)
-    best = {"val": float("inf"), "epoch": -1, "state": None, "bad_epochs": 0}
+    best: dict[str, Any] = {"val": float("inf"), "epoch": -1, "state": None, "bad_epochs": 0}
     if resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=model.device, weights_only=True)
-        if state.get("version") != CHECKPOINT_VERSION or state.get("data_key") != data_key:
+        if state.get("version") != CHECKPOINT_VERSION or state.get("data_key") != resume_key:
             raise TrainError(f"{checkpoint_path} was made from other bags or another config; "
                              "remove it or train without --resume")
         _restore_normalization(model, state["normalization"])
@@ -282,43 +339,15 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
     else:
         (workdir / "metrics.csv").unlink(missing_ok=True)
         core_training.fit_normalization(model, train_feats, train_mask)
-    train_norm = core_training.normalize_features(model, train_feats)
     val_norm = core_training.normalize_features(model, val_feats)
-
-    metrics = MetricsLog(workdir)
-    stopped_early = False
-    try:
-        while trainer.epoch < train_config.epochs and not should_stop():
-            bar = _progress_bar(trainer.epoch, train_config.epochs, show_bar)
-            record = trainer.run_epoch(train_norm, train_mask, (val_norm, val_mask),
-                                       on_batch=lambda done, total: bar.update(1) if bar else None)
-            if bar:
-                bar.set_postfix(train=f"{record.train_loss:.1f}", val=f"{record.val_loss:.1f}")
-                bar.close()
-            metrics.write(record, trainer.optimizer.param_groups[0]["lr"])
-            if record.val_loss < best["val"] - settings.min_delta:
-                best = {"val": record.val_loss, "epoch": record.epoch,
-                        "state": {k: v.detach().clone() for k, v in model.state_dict().items()}, "bad_epochs": 0}
-            else:
-                best["bad_epochs"] += 1
-            _atomic_torch_save({"version": CHECKPOINT_VERSION, "data_key": data_key, "model": model.state_dict(),
-                                "normalization": _normalization_state(model), "trainer": trainer.state_dict(),
-                                "best": best}, checkpoint_path)
-            log(f"epoch {record.epoch + 1}/{train_config.epochs}: train {record.train_loss:.2f} "
-                f"val {record.val_loss:.2f} beta {record.beta:.2f} ({record.seconds:.1f} s)")
-            if progress is not None:
-                progress(trainer.epoch, train_config.epochs, record.val_loss)
-            if best["bad_epochs"] >= settings.patience:
-                stopped_early = True
-                log(f"early stop: no held-out improvement for {settings.patience} epochs")
-                break
-    finally:
-        metrics.close()
+    fit = _fit(trainer, (core_training.normalize_features(model, train_feats), train_mask), (val_norm, val_mask),
+               settings, workdir, resume_key, log, progress, show_bar, should_stop, best)
+    best = fit.best
     if best["state"] is None:
         raise TrainError("no epoch finished; nothing to save")
     model.load_state_dict(best["state"])
     log(f"best epoch {best['epoch'] + 1} (held-out loss {best['val']:.2f}); calibrating on "
-        f"{len(val_set)} held-out fault-free samples")
+        f"{len(data.val)} held-out fault-free samples")
     calibration = calibrate_anomaly(model, {k: v.to(model.device) for k, v in val_norm.items()},
                                     val_mask.to(model.device), quantile=settings.quantile)
     onnx_files: list[str] = []
@@ -328,16 +357,17 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
         if settings.onnx:
             onnx_files.extend(export_onnx(model, folder))
 
-    extra = {"training": {"bags": [str(p) for p in bag_paths], "epochs": trainer.epoch,
+    extra = {"training": {"bags": [str(p) for p in bag_paths], "epochs": fit.epochs,
                           "best_epoch": best["epoch"] + 1, "best_val_loss": best["val"],
-                          "train_samples": len(train_set), "val_samples": len(val_set),
+                          "train_samples": len(data.train), "val_samples": len(data.val),
                           "alignment": {"anchor": settings.fusion.anchor, "output_rate": settings.fusion.output_rate}},
              "onnx": {"inputs": "encoders: normalised features (normalization.json; audio = log-mel); "
                                 "decoders: z", "opset": 17}}
     save_bundle(out, model, calibration, name=out.name, extra=extra, attach=attach)
     log(f"bundle written: {out}")
-    return TrainResult(out, trainer.epoch, best["epoch"] + 1, float(best["val"]), stopped_early, len(train_set),
-                       len(val_set), len(data) - len(clean), round(time.perf_counter() - started, 1), onnx_files)
+    return TrainResult(out, fit.epochs, best["epoch"] + 1, float(best["val"]), fit.stopped_early, len(data.train),
+                       len(data.val), data.all_samples - len(data.train) - len(data.val),
+                       round(time.perf_counter() - started, 1), onnx_files)
 
 
 def _progress_bar(epoch: int, epochs: int, enabled: bool):
