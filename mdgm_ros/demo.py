@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from .processes import private_ros_env, stop_process
 NS = 1_000_000_000
 MIN_AUROC = 0.85
 CONFIG = Path(__file__).resolve().parent.parent / "config"
@@ -45,15 +46,6 @@ QUICK = DemoSize(train_s=45.0, test_s=60.0, epochs=3, outage_s=1.0)
 
 def _log(message: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def private_ros_env() -> dict[str, str]:
-    """A domain id of this run's own (from the pid) and discovery on localhost only."""
-    env = dict(os.environ)
-    env["ROS_DOMAIN_ID"] = str(101 + os.getpid() % 100)
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def _module(*args: str) -> list[str]:
@@ -120,7 +112,6 @@ def replay_live(out: Path, bundle: Path, test_bag: Path, settings, outages: dict
     from .core import load_bundle
     from .recorder import OutputRecorder
 
-    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
     params_file = _node_params(out, bundle, settings)
     specs = list(load_bundle(bundle).model.config.modalities)
     topics = {s.name: s.topic for s in settings.fusion.streams}
@@ -154,11 +145,7 @@ def replay_live(out: Path, bundle: Path, test_bag: Path, settings, outages: dict
         time.sleep(1.0)
         return recorder.recording
     finally:
-        node.terminate()
-        try:
-            node.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            node.kill()
+        stop_process(node, timeout=15)
         node_log.close()
         executor.shutdown()
         recorder.destroy_node()
@@ -235,7 +222,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, device: str = "a
     names = [s.name for s in settings.fusion.streams]
     outages = schedule_outages(labels, first, last, names, size.outage_s)
     mark = time.perf_counter()
-    recording = replay_live(out, bundle, test_bag, settings, outages, first, private_ros_env())
+    recording = replay_live(out, bundle, test_bag, settings, outages, first, private_ros_env(base=101, span=100))
     timings["replay_s"] = round(time.perf_counter() - mark, 1)
 
     mark = time.perf_counter()

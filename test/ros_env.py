@@ -1,21 +1,16 @@
 """Helpers for tests over real DDS: a private ROS_DOMAIN_ID per run, processes, waiting."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from mdgm_ros.processes import private_ros_env, stop_process
+
+__all__ = ["ROOT", "call", "private_ros_env", "spin_for", "spin_until", "start", "stop"]
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def private_ros_env() -> dict[str, str]:
-    """A domain id private to this test run (derived from the pid), discovery on localhost only."""
-    domain = str(1 + os.getpid() % 200)
-    os.environ["ROS_DOMAIN_ID"] = domain
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def start(module: str, *args: str, env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -25,13 +20,7 @@ def start(module: str, *args: str, env: dict[str, str], log: Path) -> subprocess
 
 
 def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_process(process)
 
 
 def spin_until(node, predicate, timeout: float) -> bool:
