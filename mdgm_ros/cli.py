@@ -135,7 +135,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .bags import BagError
     from .core import BundleError
     from .dataset import default_cache_dir, load_bags
-    from .evaluate import evaluate_offline, load_eval_model
+    from .evaluate import evaluate_offline, json_safe, load_eval_model
     from .node_params import ParameterError, fusion_params_from_file
 
     try:
@@ -150,7 +150,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(json_safe(report), indent=2, allow_nan=False))
     else:
         from .demo import summary_lines
         print("\n".join(summary_lines(report)))

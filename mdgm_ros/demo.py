@@ -188,9 +188,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 
 
 def _write_json(path: Path, data: Any) -> None:
+    from .evaluate import json_safe
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, default=float)
+        json.dump(json_safe(data), handle, indent=2, allow_nan=False)
     os.replace(tmp, path)
 
 

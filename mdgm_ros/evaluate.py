@@ -71,6 +71,19 @@ def load_eval_model(path: str | Path, device: str = "cpu") -> EvalModel:
     return EvalModel(bundle, means)
 
 
+def json_safe(value: Any) -> Any:
+    """NaN / inf -> None, numpy scalars -> Python, recursively (strict JSON for report files)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-sample mean squared error over all but the first dimension."""
     diff = (a - b) ** 2

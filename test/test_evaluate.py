@@ -1,0 +1,51 @@
+"""Evaluation pieces that need no simulator: metrics pooling, the offline outage protocol, outage plans."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mdgm_ros.dataset import AlignedDataset
+from mdgm_ros.demo import schedule_outages
+from mdgm_ros.evaluate import _block_last_rows, anomaly_metrics, json_safe
+from mdgm_ros.sim.faults import FaultLabel
+
+NS = 1_000_000_000
+
+
+def test_anomaly_metrics_pool_content_faults_and_keep_dropouts_apart():
+    fault = np.array([""] * 6 + ["collision"] * 2 + ["stream_dropout"] * 2)
+    total = np.array([0, 1, 2, 0, 1, 2, 5, 6, -1, -2], float)
+    valid = np.ones(10, bool)
+    out = anomaly_metrics(total, fault, valid, threshold=3.0)
+    assert out["auroc"] == 1.0 and out["samples"] == 8 and out["fault_samples"] == 2
+    assert out["per_fault"]["stream_dropout"] == {"auroc": 0.0, "average_precision": pytest.approx((1 / 7 + 2 / 8) / 2),
+                                                  "samples": 2, "pooled": False}
+    assert out["detected_at_threshold"] == 1.0 and out["false_alarms_at_threshold"] == 0.0
+    valid[6] = False                                       # excluded rows (outages) do not count
+    assert anomaly_metrics(total, fault, valid)["fault_samples"] == 1
+
+
+def test_last_value_is_the_row_before_each_outage_block():
+    stamps = np.arange(10) * NS // 4                        # 4 rows per second
+    data = AlignedDataset(["x"], {"x": np.zeros((10, 1), np.float32)}, np.ones((10, 1), bool), stamps,
+                          np.full(10, ""), np.zeros(10, bool), np.full(10, ""), np.zeros(10, int))
+    assert list(_block_last_rows(data, 1.0)) == [-1, -1, -1, -1, 3, 3, 3, 3, 7, 7]
+
+
+def test_outages_stay_clear_of_faults_and_take_turns():
+    labels = [FaultLabel("collision", 20 * NS, 22 * NS), FaultLabel("audio_noise", 40 * NS, 41 * NS)]
+    outages = schedule_outages(labels, 0, 60 * NS, ["camera", "joints", "audio", "tactile"], 1.5)
+    spans = sorted(s for v in outages.values() for s in v)
+    assert all(len(v) >= 3 for v in outages.values())
+    for start, end in spans:
+        assert end - start == int(1.5 * NS)
+        for label in labels:
+            assert end <= label.start_ns - NS or start >= label.end_ns + int(1.5 * NS)
+    assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:]))
+
+
+def test_reports_are_strict_json():
+    text = json.dumps(json_safe({"auroc": float("nan"), "n": np.int64(3), "v": [np.float32(0.5)]}), allow_nan=False)
+    assert json.loads(text) == {"auroc": None, "n": 3, "v": [0.5]}
