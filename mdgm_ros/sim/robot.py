@@ -26,6 +26,9 @@ _JOINTS = _ARM + _FINGERS
 _GRASP_LINK = 11
 _ARM_FORCES = [87.0] * 4 + [12.0] * 3
 _REST = [0.0, -0.3, 0.0, -2.2, 0.0, 2.0, 0.785]
+_LOWER = [-2.9671, -1.8326, -2.9671, -3.1416, -2.9671, -0.0873, -2.9671, 0.0, 0.0]
+_UPPER = [2.9671, 1.8326, 2.9671, 0.0, 2.9671, 3.8223, 2.9671, 0.04, 0.04]
+_RANGES = [u - lo for u, lo in zip(_UPPER, _LOWER)]
 _DOWN = math.pi
 
 
@@ -201,7 +204,9 @@ class PandaTableSim:
         s = s * s * (3 - 2 * s)                                  # smoothstep
         target = self._segment_start + s * (segment.target - self._segment_start)
         orn = pb.getQuaternionFromEuler([_DOWN, 0.0, segment.yaw])
-        q = pb.calculateInverseKinematics(self.robot, _GRASP_LINK, target.tolist(), orn, restPoses=_REST + [0.04] * 2,
+        # null-space IK towards the rest posture: the redundant joints do not drift from episode to episode
+        q = pb.calculateInverseKinematics(self.robot, _GRASP_LINK, target.tolist(), orn, lowerLimits=_LOWER,
+                                          upperLimits=_UPPER, jointRanges=_RANGES, restPoses=_REST + [0.04] * 2,
                                           maxNumIterations=30, physicsClientId=self.client)
         forces = list(_ARM_FORCES)
         for fault in self._active:
