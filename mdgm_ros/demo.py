@@ -40,7 +40,7 @@ class DemoSize:
     outage_s: float
 
 
-FULL = DemoSize(train_s=300.0, test_s=180.0, epochs=30, outage_s=1.5)
+FULL = DemoSize(train_s=300.0, test_s=180.0, epochs=30, outage_s=3.0)
 QUICK = DemoSize(train_s=45.0, test_s=60.0, epochs=3, outage_s=1.0)
 
 
