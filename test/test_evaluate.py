@@ -49,3 +49,17 @@ def test_outages_stay_clear_of_faults_and_take_turns():
 def test_reports_are_strict_json():
     text = json.dumps(json_safe({"auroc": float("nan"), "n": np.int64(3), "v": [np.float32(0.5)]}), allow_nan=False)
     assert json.loads(text) == {"auroc": None, "n": 3, "v": [0.5]}
+
+
+def test_demo_checks_fail_on_any_missing_or_losing_modality_and_on_a_low_auroc():
+    from mdgm_ros.demo import check_report
+
+    good = {"imputation": {m: {"model": 0.1, "baseline_mean": 0.2, "baseline_last": 0.3} for m in ("a", "b")},
+            "anomaly": {"auroc": 0.9}}
+    assert check_report(good, ["a", "b"]) == []
+    assert check_report(good, ["a", "b", "c"]) == ["imputation of c: the live node published no imputation during "
+                                                   "its outages"]
+    losing = {**good, "imputation": {**good["imputation"], "b": {"model": 0.25, "baseline_mean": 0.2,
+                                                                 "baseline_last": 0.3}}}
+    assert len(check_report(losing, ["a", "b"])) == 1
+    assert check_report({**good, "anomaly": {"auroc": float("nan")}}, ["a", "b"]) == ["anomaly AUROC nan < 0.85"]
