@@ -24,6 +24,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.which in ("ros", "all"):
         from .bench_ros import bench_ros
         results["ros"] = bench_ros(duration=args.duration)
+    if args.which in ("data", "all"):
+        from .bench_data import bench_data
+        results["data"] = bench_data(seconds=args.duration)
     results["environment"] = bench.environment(args.device)
     payload = results if args.which == "all" else {**results[args.which], "environment": results["environment"]}
     if args.json:
@@ -168,14 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     bench = sub.add_parser("bench", help="benchmarks; prints JSON with --json")
-    bench.add_argument("which", choices=["fusion", "train", "ros", "all"])
+    bench.add_argument("which", choices=["fusion", "train", "ros", "data", "all"])
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--iterations", type=int, default=2000)
     bench.add_argument("--threads", type=int, default=1,
                        help="torch intra-op threads for the live fusion step (default 1, as the node runs)")
     bench.add_argument("--train-threads", type=int, default=0, help="threads for training (default: all cores)")
     bench.add_argument("--device", default="auto")
-    bench.add_argument("--duration", type=float, default=20.0, help="seconds measured by `bench ros`")
+    bench.add_argument("--duration", type=float, default=20.0,
+                       help="seconds measured by `bench ros`; seconds of robot time simulated by `bench data`")
     bench.set_defaults(func=_cmd_bench)
 
     example = sub.add_parser("example", help="the model core end to end on synthetic data")

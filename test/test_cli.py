@@ -55,3 +55,12 @@ def test_bench_ros_runs_over_dds_and_prints_json():
     assert payload["latents"] > 0 and 0 < payload["delivered_fraction"] <= 1
     for key in ("latency_p50_ms", "latency_p99_ms", "node_cpu_percent_of_one_core", "backlog_growth"):
         assert key in payload
+
+
+def test_bench_data_prints_the_simulator_and_alignment_json():
+    result = run("bench", "data", "--json", "--duration", "2", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads(result.stdout)
+    assert payload["robot_seconds"] == 2 and payload["real_time_factor"] > 0
+    assert abs(payload["aligned_samples"] - 60) <= 1 and payload["aligned_samples_per_s"] > 0
+    assert payload["messages"] > 760 and payload["bag_mb_per_robot_minute"] > 0
