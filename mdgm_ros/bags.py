@@ -10,6 +10,7 @@ Writes are atomic: a bag is written into a temporary folder next to the target a
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import shutil
@@ -33,6 +34,7 @@ class BagError(RuntimeError):
     """A bag that cannot be read or written, with the path and the reason."""
 
 
+@functools.lru_cache(maxsize=None)
 def message_class(msgtype: str) -> type:
     """'sensor_msgs/msg/Image' -> the rclpy message class."""
     try:
@@ -143,10 +145,8 @@ def raw_messages(path: str | Path, only: Iterable[str] | None = None) -> Iterato
 
 def messages(path: str | Path, only: Iterable[str] | None = None) -> Iterator[tuple[str, int, Any]]:
     """(topic, log_ns, rclpy message) in log-time order."""
-    classes: dict[str, type] = {}
     for item in raw_messages(path, only):
-        cls = classes.get(item.msgtype) or classes.setdefault(item.msgtype, message_class(item.msgtype))
-        yield item.topic, item.log_ns, deserialize_message(item.data, cls)
+        yield item.topic, item.log_ns, deserialize_message(item.data, message_class(item.msgtype))
 
 
 def content_hash(path: str | Path) -> str:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .config_files import config_path
 from .core import default_robot_modalities
 
 
@@ -16,7 +17,7 @@ def bench_data(seconds: float = 20.0) -> dict[str, Any]:
     from .node_params import fusion_params_from_file
     from .simulate import simulate_to_bag
 
-    config = Path(__file__).resolve().parent.parent / "config" / "fusion.yaml"
+    config = config_path("fusion.yaml")
     folder = Path(tempfile.mkdtemp(prefix="mdgm-bench-"))
     try:
         started = time.perf_counter()

@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-CONFIG = Path(__file__).resolve().parents[1] / "config" / "fusion.yaml"
-
+from .config_files import config_path
 
 def _bench_bundle(folder: Path) -> Path:
     """A four-stream model at the design card's sizes (untrained weights time the same as trained ones)."""
@@ -37,13 +36,6 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _config_file() -> Path:
-    if CONFIG.is_file():
-        return CONFIG
-    from ament_index_python.packages import get_package_share_directory  # installed with colcon
-    return Path(get_package_share_directory("mdgm_ros")) / "config" / "fusion.yaml"
-
-
 def bench_ros(duration: float = 20.0, warmup: float = 5.0) -> dict[str, Any]:
     os.environ["ROS_DOMAIN_ID"] = str(random.randint(120, 230))
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -54,7 +46,7 @@ def bench_ros(duration: float = 20.0, warmup: float = 5.0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         bundle = _bench_bundle(Path(tmp))
         node = subprocess.Popen([sys.executable, "-m", "mdgm_ros.fusion_node", "--ros-args", "--params-file",
-                                 str(_config_file()), "-p", f"bundle:={bundle}"],
+                                 str(config_path("fusion.yaml")), "-p", f"bundle:={bundle}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         streams = subprocess.Popen([sys.executable, "-m", "mdgm_ros.synthetic_streams"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Sequence
 
+from .config_files import config_path
+
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
@@ -215,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model bundle from rosbags")
     train.add_argument("--bags", nargs="+", required=True)
-    train.add_argument("--config", default=default_config_path("train.yaml"))
+    train.add_argument("--config", default=str(config_path("train.yaml")))
     train.add_argument("--out", required=True, help="bundle folder, e.g. models/NAME")
     train.add_argument("--resume", action="store_true", help="continue from <out>.train/checkpoint.pt")
     train.add_argument("--epochs", type=int, default=0, help="override training.epochs")
@@ -226,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="imputation vs baselines, anomaly AUROC/AP per fault, latent stats")
     ev.add_argument("--model", required=True)
     ev.add_argument("--bags", nargs="+", required=True)
-    ev.add_argument("--params", default=default_config_path("fusion.yaml"), help="the node's params file")
+    ev.add_argument("--params", default=str(config_path("fusion.yaml")), help="the node's params file")
     ev.add_argument("--plots", default="", help="folder for the PNGs")
     ev.add_argument("--dropout", type=float, default=1.0, help="seconds of each simulated outage")
     ev.add_argument("--json", action="store_true")
@@ -244,20 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("bundle")
     info.set_defaults(func=_cmd_info)
     return parser
-
-
-def default_config_path(name: str) -> str:
-    """config/<name> of a source checkout, else of the installed share folder."""
-    from pathlib import Path
-
-    here = Path(__file__).resolve().parent.parent / "config" / name
-    if here.is_file():
-        return str(here)
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        return str(Path(get_package_share_directory("mdgm_ros")) / "config" / name)
-    except Exception:  # no ament index: fall back to the relative path
-        return str(Path("config") / name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,10 +27,10 @@ from typing import Any
 
 import yaml
 
+from .config_files import config_path
 from .processes import private_ros_env, stop_process
 NS = 1_000_000_000
 MIN_AUROC = 0.85
-CONFIG = Path(__file__).resolve().parent.parent / "config"
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,6 @@ def simulate_bags(out: Path, size: DemoSize, keep: bool) -> tuple[Path, Path]:
             _log(f"reusing {path}")
             continue
         if path.exists():
-            import shutil
             shutil.rmtree(path)
         log = open(out / f"{name}.log", "w")
         running.append((name, subprocess.Popen(_module("mdgm_ros", "simulate", "--out", str(path), *args),
@@ -95,7 +95,7 @@ def schedule_outages(labels, start_ns: int, end_ns: int, modalities: list[str], 
 
 def _node_params(out: Path, bundle: Path, settings, device: str) -> Path:
     """The fusion node's params file: config/fusion.yaml with the training overrides, the bundle and sim time."""
-    doc = yaml.safe_load((CONFIG / "fusion.yaml").read_text())
+    doc = yaml.safe_load(config_path("fusion.yaml").read_text())
     params = doc["mdgm_fusion"]["ros__parameters"]
     params.update(settings.source.get("fusion_overrides") or {})
     params.update({"bundle": str(bundle.resolve()), "use_sim_time": True, "device": device})
@@ -105,7 +105,7 @@ def _node_params(out: Path, bundle: Path, settings, device: str) -> Path:
 
 
 def replay_live(out: Path, bundle: Path, test_bag: Path, settings, outages: dict[str, list[tuple[int, int]]],
-                bag_start_ns: int, env: dict[str, str], device: str = "auto"):
+                bag_start_ns: int, bag_end_ns: int, env: dict[str, str], device: str = "auto"):
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
@@ -139,7 +139,7 @@ def replay_live(out: Path, bundle: Path, test_bag: Path, settings, outages: dict
             play_args += ["--drop", drop]
         with open(out / "play.log", "w") as play_log:
             played = subprocess.run(_module(*play_args), env=env, stdout=play_log, stderr=subprocess.STDOUT,
-                                    timeout=_play_timeout(test_bag))
+                                    timeout=(bag_end_ns - bag_start_ns) / NS + 120.0)
         if played.returncode != 0:
             raise RuntimeError(f"play failed; see {out / 'play.log'}")
         time.sleep(1.0)
@@ -150,12 +150,6 @@ def replay_live(out: Path, bundle: Path, test_bag: Path, settings, outages: dict
         executor.shutdown()
         recorder.destroy_node()
         rclpy.try_shutdown()
-
-
-def _play_timeout(bag: Path) -> float:
-    from rosbags.rosbag2 import Reader
-    with Reader(bag) as reader:
-        return reader.duration / 1e9 + 120.0
 
 
 # ----------------------------------------------------------------------------- 4. report
@@ -214,19 +208,19 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, device: str = "a
     mark = time.perf_counter()
     if not (keep and bundle.exists()):
         _log(f"training on {train_bag} ({size.epochs} epochs at most)")
-        result = run_training([str(train_bag)], CONFIG / "train.yaml", bundle, device=device,
+        result = run_training([str(train_bag)], config_path("train.yaml"), bundle, device=device,
                               overrides={"training.epochs": size.epochs}, log=_log, show_bar=sys.stderr.isatty())
         _log(f"trained: best epoch {result.best_epoch}, {result.train_samples} samples, {result.seconds} s")
     timings["train_s"] = round(time.perf_counter() - mark, 1)
 
-    settings = TrainSettings.from_file(CONFIG / "train.yaml")
-    labels = [lb for _, _, lb in _labels(test_bag)]
+    settings = TrainSettings.from_file(config_path("train.yaml"))
+    labels = _fault_labels(test_bag)
     first, last = _bag_span(test_bag)
     names = [s.name for s in settings.fusion.streams]
     outages = schedule_outages(labels, first, last, names, size.outage_s)
     mark = time.perf_counter()
-    recording = replay_live(out, bundle, test_bag, settings, outages, first, private_ros_env(base=101, span=100),
-                            device)
+    recording = replay_live(out, bundle, test_bag, settings, outages, first, last,
+                            private_ros_env(base=101, span=100), device)
     timings["replay_s"] = round(time.perf_counter() - mark, 1)
 
     mark = time.perf_counter()
@@ -253,13 +247,12 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, device: str = "a
     return 1 if failures else 0
 
 
-def _labels(bag: Path):
+def _fault_labels(bag: Path) -> list:
     from .bags import messages
     from .dataset import FAULT_TOPIC
     from .sim.faults import FaultLabel
 
-    for topic, log_ns, msg in messages(bag, [FAULT_TOPIC]):
-        yield topic, log_ns, FaultLabel.from_json(msg.data)
+    return [FaultLabel.from_json(msg.data) for _, _, msg in messages(bag, [FAULT_TOPIC])]
 
 
 def _bag_span(bag: Path) -> tuple[int, int]:

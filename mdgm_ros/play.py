@@ -41,8 +41,8 @@ class Drop:
             raise ValueError(f"--drop {text!r}: END must be after START")
         return drop
 
-    def hides(self, topic: str, t_s: float) -> bool:
-        return topic == self.topic and self.start_s <= t_s < self.end_s
+    def covers(self, t_s: float) -> bool:
+        return self.start_s <= t_s < self.end_s
 
 
 @dataclass
@@ -61,7 +61,9 @@ class BagPlayer(Node):
             raise ValueError("--rate must be > 0")
         self.bag = Path(bag)
         self.rate = rate
-        self.drops = drops
+        self.drops_by_topic: dict[str, list[Drop]] = {}
+        for drop in drops:
+            self.drops_by_topic.setdefault(drop.topic, []).append(drop)
         available = bags.topics(self.bag)
         self.topics = [t for t in available if topics is None or t in topics]
         missing = sorted(set(topics or []) - set(available))
@@ -89,7 +91,7 @@ class BagPlayer(Node):
             if self.clock_pub is not None and item.log_ns != last_clock:
                 self.clock_pub.publish(Clock(clock=bridge.ns_to_stamp(item.log_ns)))
                 last_clock = item.log_ns
-            if any(d.hides(item.topic, t_s) for d in self.drops):
+            if any(d.covers(t_s) for d in self.drops_by_topic.get(item.topic, ())):
                 self.stats.dropped += 1
                 continue
             self.publishers_by_topic[item.topic].publish(item.data)

@@ -110,7 +110,7 @@ def write_all(out_dir: Path, em, data, total: np.ndarray, threshold: float | Non
     t0 = int(data.stamps.min()) if len(data) else 0
     first_bag = data.bag == data.bag.min() if len(data) else np.zeros(0, bool)
     files = {"anomaly_timeline": anomaly_timeline(out_dir / "anomaly_timeline.png", data.stamps[first_bag],
-                                                  total[first_bag], [lb for lb in data.labels], threshold, t0)}
+                                                  total[first_bag], data.labels, threshold, t0)}
     model = em.model
     names = list(model.names)
     if "camera" in names:

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float32MultiArray, String
+from sensor_msgs.msg import JointState
+from std_msgs.msg import String
 
 from . import bridge
 from .core import ModalitySpec
 from .node_params import StreamParams
+from .streams import OUTPUT_TYPES
 
 RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -52,9 +53,7 @@ class OutputRecorder(Node):
         self.create_subscription(JointState, f"{node}/latent", self._on_latent, RELIABLE)
         self.create_subscription(JointState, f"{node}/anomaly", self._on_anomaly, RELIABLE)
         for spec, params in zip(specs, streams):
-            kind = spec.kind
-            msg_type = {"image": Image, "tactile": Image, "vector": JointState, "audio": Float32MultiArray}[kind]
-            self.create_subscription(msg_type, f"{node}/imputed/{spec.name}",
+            self.create_subscription(OUTPUT_TYPES[spec.kind], f"{node}/imputed/{spec.name}",
                                      lambda msg, s=spec, p=params: self._on_imputed(s, p, msg), RELIABLE)
 
     def _on_info(self, msg: String) -> None:

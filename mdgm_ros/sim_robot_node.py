@@ -8,6 +8,7 @@ falls behind real time. ``duration`` 0 runs until shutdown.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -66,8 +67,8 @@ class SimRobotNode(Node):
                 now = self.get_clock().now().nanoseconds
                 if event.stream == "fault":             # the label's span, moved onto this node's clock
                     shift = now - event.stamp_ns
-                    event.data = type(event.data)(event.data.kind, event.data.start_ns + shift,
-                                                  event.data.end_ns + shift, event.data.detail)
+                    event.data = dataclasses.replace(event.data, start_ns=event.data.start_ns + shift,
+                                                     end_ns=event.data.end_ns + shift)
                 self.pubs[event.stream].publish(event_message(event, now))
                 self.published += 1
         except Exception as err:  # report, do not hang the process

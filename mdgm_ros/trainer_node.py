@@ -20,7 +20,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from std_srvs.srv import Trigger
 
-from .cli import default_config_path
+from .config_files import config_path
 
 
 class TrainerNode(Node):
@@ -28,7 +28,7 @@ class TrainerNode(Node):
         super().__init__("mdgm_trainer")
         p = lambda name, default, text: self.declare_parameter(name, default, ParameterDescriptor(description=text)).value  # noqa: E731
         self.bags = list(p("bags", [""], "rosbag2 folders to train on"))
-        self.config = p("config", default_config_path("train.yaml"), "train config (config/train.yaml)")
+        self.config = p("config", str(config_path("train.yaml")), "train config (config/train.yaml)")
         self.out = p("out", "", "bundle folder to write, e.g. models/NAME")
         self.device = p("device", "auto", "auto | cpu | cuda | cuda:N")
         self.resume = p("resume", False, "continue from <out>.train/checkpoint.pt")

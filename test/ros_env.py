@@ -19,8 +19,7 @@ def start(module: str, *args: str, env: dict[str, str], log: Path) -> subprocess
                             stderr=subprocess.STDOUT)
 
 
-def stop(process: subprocess.Popen) -> None:
-    stop_process(process)
+stop = stop_process
 
 
 def spin_until(node, predicate, timeout: float) -> bool:
