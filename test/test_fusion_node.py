@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,9 +91,16 @@ def test_latent_is_stamped_with_the_camera_stamp_and_laid_out_as_documented(ros)
     # only where this probe was already receiving the camera (topics are discovered one by one)
     seen = [m for m in latents if min(camera) <= _ns(m) <= max(camera)]
     assert len(seen) > 100
-    strays = [_ns(m) for m in seen if _ns(m) not in camera]
+    # the camera is best effort: under load this probe can miss a frame the node received. A latent
+    # stamped with such a frame lies in a gap of the probe's camera record; anything else is a stray.
+    ordered = sorted(camera)
+    period = float(np.median(np.diff(ordered)))
+    gaps = [(a, b) for a, b in zip(ordered, ordered[1:]) if b - a > 1.5 * period]
+    strays = [_ns(m) for m in seen if _ns(m) not in camera and not any(a < _ns(m) < b for a, b in gaps)]
     assert not strays, f"{len(strays)}/{len(latents)} latent stamps are no camera stamp, e.g. {strays[:3]} " \
                        f"(camera {min(camera)}..{max(camera)})"
+    in_gaps = [m for m in seen if _ns(m) not in camera]
+    assert len(in_gaps) <= 0.05 * len(seen), f"{len(in_gaps)} latents fall on frames this probe missed"
     last = latents[-1]
     assert list(last.name) == [f"z{i}" for i in range(8)]
     assert len(last.position) == len(last.effort) == 8 and all(s > 0 for s in last.effort)
