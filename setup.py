@@ -40,10 +40,10 @@ setup(
     entry_points={
         "console_scripts": [
             "mdgm-ros = mdgm_ros.cli:main",
-            "fusion_node = mdgm_ros.fusion_node:main",
-            "synthetic_streams = mdgm_ros.synthetic_streams:main",
-            "sim_robot_node = mdgm_ros.sim_robot_node:main",
-            "trainer_node = mdgm_ros.trainer_node:main",
+            "fusion_node = mdgm_ros.ros.fusion_node:main",
+            "synthetic_streams = mdgm_ros.ros.synthetic_streams:main",
+            "sim_robot_node = mdgm_ros.ros.sim_robot_node:main",
+            "trainer_node = mdgm_ros.ros.trainer_node:main",
         ],
     },
 )

@@ -13,7 +13,7 @@ from .config_files import config_path
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from . import bench
+    from .bench import models as bench
 
     results = {}
     if args.which in ("fusion", "all"):
@@ -24,10 +24,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.train_threads or os.cpu_count() or 1)
         results["train"] = {**bench.bench_train(device=args.device), "threads": torch.get_num_threads()}
     if args.which in ("ros", "all"):
-        from .bench_ros import bench_ros
+        from .bench.ros import bench_ros
         results["ros"] = bench_ros(duration=args.duration)
     if args.which in ("data", "all"):
-        from .bench_data import bench_data
+        from .bench.data import bench_data
         results["data"] = bench_data(seconds=args.duration)
     results["environment"] = bench.environment(args.device)
     payload = results if args.which == "all" else {**results[args.which], "environment": results["environment"]}
@@ -77,8 +77,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from .bags import BagError
-    from .simulate import simulate_to_bag
+    from .data.bags import BagError
+    from .sim.record import simulate_to_bag
 
     try:
         result = simulate_to_bag(args.out, args.duration, args.seed, faults=args.faults, per_kind=args.per_kind,
@@ -93,8 +93,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_play(args: argparse.Namespace) -> int:
-    from .bags import BagError
-    from .play import Drop, play
+    from .data.bags import BagError
+    from .ros.play import Drop, play
 
     try:
         drops = tuple(Drop.parse(d) for d in args.drop)
@@ -111,10 +111,10 @@ def _cmd_play(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .bags import BagError
+    from .data.bags import BagError
     from .core import BundleError
-    from .node_params import ParameterError
-    from .trainer import TrainError, run_training
+    from .streams.params import ParameterError
+    from .training.trainer import TrainError, run_training
 
     overrides = {}
     if args.epochs:
@@ -137,11 +137,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .bags import BagError
+    from .data.bags import BagError
     from .core import BundleError
-    from .dataset import default_cache_dir, load_bags
-    from .evaluate import evaluate_offline, json_safe, load_eval_model
-    from .node_params import ParameterError, fusion_params_from_file
+    from .data.dataset import default_cache_dir, load_bags
+    from .evaluation.evaluate import evaluate_offline, json_safe, load_eval_model
+    from .streams.params import ParameterError, fusion_params_from_file
 
     try:
         em = load_eval_model(args.model, args.device)

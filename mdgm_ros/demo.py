@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from .config_files import config_path
-from .processes import private_ros_env, stop_process
+from .ros.processes import private_ros_env, stop_process
 NS = 1_000_000_000
 MIN_AUROC = 0.85
 
@@ -110,7 +110,7 @@ def replay_live(out: Path, bundle: Path, test_bag: Path, settings, outages: dict
     from rclpy.executors import SingleThreadedExecutor
 
     from .core import load_bundle
-    from .recorder import OutputRecorder
+    from .ros.recorder import OutputRecorder
 
     params_file = _node_params(out, bundle, settings, device)
     specs = list(load_bundle(bundle).model.config.modalities)
@@ -118,7 +118,7 @@ def replay_live(out: Path, bundle: Path, test_bag: Path, settings, outages: dict
     drops = [f"{topics[m]}:{(s - bag_start_ns) / NS:.3f}:{(e - bag_start_ns) / NS:.3f}"
              for m, spans in outages.items() for s, e in spans]
     node_log = open(out / "fusion_node.log", "w")
-    node = subprocess.Popen(_module("mdgm_ros.fusion_node", "--ros-args", "--params-file", str(params_file)),
+    node = subprocess.Popen(_module("mdgm_ros.ros.fusion_node", "--ros-args", "--params-file", str(params_file)),
                             env=env, stdout=node_log, stderr=subprocess.STDOUT)
     rclpy.init()
     recorder = OutputRecorder("/mdgm_fusion", specs, settings.fusion.streams)
@@ -183,7 +183,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from .evaluate import json_safe
+    from .evaluation.evaluate import json_safe
 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as handle:
@@ -192,9 +192,9 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def run_demo(out: str | Path = "demo_out", quick: bool = False, device: str = "auto", keep: bool = False) -> int:
-    from .dataset import align_bag
-    from .evaluate import evaluate_live, load_eval_model
-    from .trainer import TrainSettings, run_training
+    from .data.dataset import align_bag
+    from .evaluation.evaluate import evaluate_live, load_eval_model
+    from .training.trainer import TrainSettings, run_training
 
     size = QUICK if quick else FULL
     out = Path(out)
@@ -248,9 +248,9 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, device: str = "a
 
 
 def _fault_labels(bag: Path) -> list:
-    from .bags import messages
-    from .dataset import FAULT_TOPIC
-    from .sim.faults import FaultLabel
+    from .data.bags import messages
+    from .data.dataset import FAULT_TOPIC
+    from .data.labels import FaultLabel
 
     return [FaultLabel.from_json(msg.data) for _, _, msg in messages(bag, [FAULT_TOPIC])]
 

@@ -101,7 +101,7 @@ def linear_gaussian():
 @pytest.fixture(scope="session")
 def sim_bag(tmp_path_factory):
     """A 16 s simulated bag (MCAP) with a camera blackout and a stream dropout, shared by the session."""
-    from mdgm_ros.simulate import simulate_to_bag
+    from mdgm_ros.sim.record import simulate_to_bag
 
     path = tmp_path_factory.mktemp("bags") / "sim16"
     result = simulate_to_bag(path, 16.0, seed=3, faults="camera_blackout,stream_dropout", per_kind=1)
@@ -111,7 +111,7 @@ def sim_bag(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_bundle(sim_bag, tmp_path_factory):
     """A bundle trained for 2 epochs on ``sim_bag`` with the project's train command."""
-    from mdgm_ros.trainer import run_training
+    from mdgm_ros.training.trainer import run_training
 
     out = tmp_path_factory.mktemp("models") / "tiny"
     result = run_training([str(sim_bag[0])], "config/train.yaml", out, device="cpu",

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from mdgm_ros.processes import private_ros_env, stop_process
+from mdgm_ros.ros.processes import private_ros_env, stop_process
 
 __all__ = ["ROOT", "call", "private_ros_env", "spin_for", "spin_until", "start", "stop"]
 

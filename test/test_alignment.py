@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mdgm_ros.alignment import NS, Aligner, PushResult, StreamConfig
+from mdgm_ros.streams.alignment import NS, Aligner, PushResult, StreamConfig
 
 MS = 1_000_000
 

@@ -6,10 +6,12 @@ import pytest
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
-from mdgm_ros import bags, bridge, dataset
+from mdgm_ros.data import bags, dataset
+
+from mdgm_ros.streams import bridge
 from mdgm_ros.core import default_robot_modalities
-from mdgm_ros.node_params import fusion_params_from_file
-from mdgm_ros.sim.faults import FaultLabel
+from mdgm_ros.streams.params import fusion_params_from_file
+from mdgm_ros.data.labels import FaultLabel
 
 NS = 1_000_000_000
 PARAMS = "config/fusion.yaml"

@@ -5,8 +5,8 @@ import pytest
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float32MultiArray, Int16MultiArray, MultiArrayDimension
 
-from mdgm_ros import bridge
-from mdgm_ros.bridge import ConversionError
+from mdgm_ros.streams import bridge
+from mdgm_ros.streams.bridge import ConversionError
 
 RNG = np.random.default_rng(0)
 

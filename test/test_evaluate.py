@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from mdgm_ros.dataset import AlignedDataset
+from mdgm_ros.data.dataset import AlignedDataset
 from mdgm_ros.demo import schedule_outages
-from mdgm_ros.evaluate import _block_last_rows, anomaly_metrics, json_safe
-from mdgm_ros.sim.faults import FaultLabel
+from mdgm_ros.evaluation.evaluate import _block_last_rows, anomaly_metrics, json_safe
+from mdgm_ros.data.labels import FaultLabel
 
 NS = 1_000_000_000
 

@@ -46,10 +46,10 @@ def ros(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ros")
     bundles = {"a": _bundle(tmp / "model_a", 8, 0), "b": _bundle(tmp / "model_b", 6, 1)}
     env = private_ros_env()
-    node = start("mdgm_ros.fusion_node", "--ros-args", "--params-file", str(ROOT / "config" / "fusion.yaml"),
+    node = start("mdgm_ros.ros.fusion_node", "--ros-args", "--params-file", str(ROOT / "config" / "fusion.yaml"),
                  "-p", f"bundle:={bundles['a']}", "-p", f"audio.staleness:={AUDIO_STALENESS}",
                  env=env, log=tmp / "node.log")
-    streams = start("mdgm_ros.synthetic_streams", "--malformed", "--stop-audio-after", str(STOP_AUDIO_AFTER),
+    streams = start("mdgm_ros.ros.synthetic_streams", "--malformed", "--stop-audio-after", str(STOP_AUDIO_AFTER),
                     env=env, log=tmp / "streams.log")
     rclpy.init()
     probe = rclpy.create_node("probe")

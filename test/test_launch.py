@@ -53,7 +53,7 @@ def test_every_executable_is_an_entry_point(path):
 
 
 def _declared_parameters(params_file: Path) -> set[str]:
-    code = ("import json, rclpy\nfrom mdgm_ros.fusion_node import FusionNode\n"
+    code = ("import json, rclpy\nfrom mdgm_ros.ros.fusion_node import FusionNode\n"
             f"rclpy.init(args=['x', '--ros-args', '--params-file', {str(params_file)!r}])\n"
             "node = FusionNode()\nassert node.params is not None, node.param_error\n"
             "print(json.dumps(sorted(node._parameters)))\nnode.destroy_node()\nrclpy.shutdown()\n")

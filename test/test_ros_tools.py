@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import pytest
 
-from mdgm_ros import bags
+from mdgm_ros.data import bags
 
 from ros_env import ROOT, private_ros_env, spin_for, spin_until, start, stop
 
@@ -80,7 +80,7 @@ def test_sim_robot_node_publishes_the_live_topics(probe, tmp_path):
     node, env = probe
     record = defaultdict(list)
     _subscribe_all(node, record)
-    proc = start("mdgm_ros.sim_robot_node", "--ros-args", "-p", "duration:=4.0", env=env, log=tmp_path / "sim.log")
+    proc = start("mdgm_ros.ros.sim_robot_node", "--ros-args", "-p", "duration:=4.0", env=env, log=tmp_path / "sim.log")
     try:
         assert spin_until(node, lambda: proc.poll() is not None, 60), (tmp_path / "sim.log").read_text()
         spin_for(node, 0.5)
@@ -109,14 +109,14 @@ def test_trainer_node_trains_then_reloads_the_fusion_node(probe, sim_bag, traine
     node.create_subscription(String, "/mdgm_fusion/model_info", lambda m: infos.append(json.loads(m.data)), latched)
     node.create_subscription(DiagnosticArray, "/diagnostics",
                              lambda m: diagnostics.extend(s for s in m.status if s.name.startswith("mdgm_trainer")), 50)
-    fusion = start("mdgm_ros.fusion_node", "--ros-args", "--params-file", str(ROOT / "config" / "fusion.yaml"),
+    fusion = start("mdgm_ros.ros.fusion_node", "--ros-args", "--params-file", str(ROOT / "config" / "fusion.yaml"),
                    "-p", f"bundle:={trained_bundle[0]}", env=env, log=tmp_path / "fusion.log")
     trainer = None
     try:
         assert spin_until(node, lambda: infos, 60), (tmp_path / "fusion.log").read_text()[-2000:]
         first_id = infos[-1]["model_id"]
         new = tmp_path / "retrained"
-        trainer = start("mdgm_ros.trainer_node", "--ros-args", "-p", f"bags:=['{sim_bag[0]}']", "-p", f"out:={new}",
+        trainer = start("mdgm_ros.ros.trainer_node", "--ros-args", "-p", f"bags:=['{sim_bag[0]}']", "-p", f"out:={new}",
                         "-p", "epochs:=1", env=env, log=tmp_path / "trainer.log")
         assert spin_until(node, lambda: trainer.poll() is not None, 240), (tmp_path / "trainer.log").read_text()[-3000:]
         assert trainer.returncode == 0, (tmp_path / "trainer.log").read_text()[-3000:]
@@ -143,7 +143,7 @@ def test_cli_simulate_writes_sqlite3_and_refuses_an_existing_bag(tmp_path):
 
 
 def test_play_loops_and_the_stamps_start_over(probe, tmp_path):
-    from mdgm_ros.simulate import simulate_to_bag
+    from mdgm_ros.sim.record import simulate_to_bag
 
     node, env = probe
     record = defaultdict(list)

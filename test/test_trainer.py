@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mdgm_ros.core import load_bundle
-from mdgm_ros.trainer import TRAINING_MEANS, TrainError, run_training
+from mdgm_ros.training.trainer import TRAINING_MEANS, TrainError, run_training
 
 TINY = {"data.cache": False, "data.block_s": 3.0}
 
@@ -81,6 +81,6 @@ def test_early_stopping_keeps_the_best_epoch(sim_bag, tmp_path):
 def test_bad_training_input_is_a_clear_error(tmp_path, sim_bag):
     with pytest.raises(TrainError, match="val_fraction"):
         _train(sim_bag[0], tmp_path / "m", 1, overrides={"data.val_fraction": 0.95})
-    from mdgm_ros.bags import BagError
+    from mdgm_ros.data.bags import BagError
     with pytest.raises(BagError, match="does not exist"):
         _train(tmp_path / "nope", tmp_path / "m", 1)

@@ -1,11 +1,12 @@
 """Fault kinds, their deterministic schedule and the labels the simulator emits."""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+
+from ..data.labels import FaultLabel
 
 # kind -> what happens (see robot.PandaTableSim for the mechanics)
 FAULT_KINDS = {
@@ -29,27 +30,6 @@ class FaultSpec:
     start_s: float
     duration_s: float
     detail: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class FaultLabel:
-    """A fault as it actually happened, in stamps (ns); published and recorded as JSON."""
-
-    kind: str
-    start_ns: int
-    end_ns: int
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "FaultLabel":
-        data = json.loads(text)
-        return cls(str(data["kind"]), int(data["start_ns"]), int(data["end_ns"]), dict(data.get("detail", {})))
-
-    def covers(self, stamp_ns: int) -> bool:
-        return self.start_ns <= stamp_ns <= self.end_ns
 
 
 def parse_kinds(text: str) -> list[str]:

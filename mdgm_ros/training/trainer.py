@@ -25,13 +25,13 @@ import numpy as np
 import torch
 import yaml
 
-from . import bags
-from .core import (BetaSchedule, ModelConfig, MultimodalVAE, TrainConfig, Trainer, calibrate_anomaly,
+from ..data import bags
+from ..core import (BetaSchedule, ModelConfig, MultimodalVAE, TrainConfig, Trainer, calibrate_anomaly,
                    save_bundle, select_device)
-from .core import training as core_training
-from .core.modalities import Normalization
-from .dataset import AlignedDataset, default_cache_dir, load_bags
-from .node_params import FusionParams, fusion_params_from_file
+from ..core import training as core_training
+from ..core.modalities import Normalization
+from ..data.dataset import AlignedDataset, default_cache_dir, load_bags
+from ..streams.params import FusionParams, fusion_params_from_file
 
 CHECKPOINT_VERSION = 1
 TRAINING_MEANS = "training_means.safetensors"

@@ -19,7 +19,8 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 
-from . import bags, bridge
+from ..data import bags
+from ..streams import bridge
 
 PLAY_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)   # matches best-effort subscribers too
 

@@ -10,8 +10,8 @@ from std_msgs.msg import Float32MultiArray, Int16MultiArray
 
 from . import bridge
 from .alignment import StreamConfig
-from .core import ModalitySpec
-from .node_params import StreamParams
+from ..core import ModalitySpec
+from .params import StreamParams
 
 INPUT_TYPES = {"image": Image, "compressed_image": CompressedImage, "joint_state": JointState,
                "float32_multiarray": Float32MultiArray, "int16_multiarray": Int16MultiArray,

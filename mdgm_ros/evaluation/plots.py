@@ -103,7 +103,7 @@ def write_all(out_dir: Path, em, data, total: np.ndarray, threshold: float | Non
     """The three figures of an offline evaluation."""
     import torch
 
-    from .core.inference import impute
+    from ..core.inference import impute
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

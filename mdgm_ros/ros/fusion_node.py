@@ -27,11 +27,11 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from . import bridge
-from .alignment import Aligner, PushResult
-from .core import Bundle, BundleError, Fuser, load_bundle, select_device
-from .node_params import FusionParams, ParameterError, check_against_bundle, declare_fusion_params
-from .streams import Stream, make_stream
+from ..streams import bridge
+from ..streams.alignment import Aligner, PushResult
+from ..core import Bundle, BundleError, Fuser, load_bundle, select_device
+from ..streams.params import FusionParams, ParameterError, check_against_bundle, declare_fusion_params
+from ..streams.kinds import Stream, make_stream
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)

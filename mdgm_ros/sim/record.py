@@ -17,10 +17,10 @@ import numpy as np
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, String
 
-from . import bridge
-from .bags import BagWriter
-from .sim import JOINT_NAMES, PandaTableSim, SimConfig, SimEvent, schedule_faults
-from .sim.faults import parse_kinds
+from ..streams import bridge
+from ..data.bags import BagWriter
+from . import JOINT_NAMES, PandaTableSim, SimConfig, SimEvent, schedule_faults
+from .faults import parse_kinds
 
 TOPICS = {"camera": "/camera/image_raw", "joints": "/joint_states", "audio": "/audio", "tactile": "/tactile",
           "fault": "/sim/fault_labels", "phase": "/sim/task_phase"}

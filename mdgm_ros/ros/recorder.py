@@ -16,10 +16,10 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 
-from . import bridge
-from .core import ModalitySpec
-from .node_params import StreamParams
-from .streams import OUTPUT_TYPES
+from ..streams import bridge
+from ..core import ModalitySpec
+from ..streams.params import StreamParams
+from ..streams.kinds import OUTPUT_TYPES
 
 RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)

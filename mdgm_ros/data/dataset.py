@@ -1,7 +1,7 @@
 """rosbag2 -> aligned training samples, with the live node's own conversions and alignment.
 
 Each bag is read in log-time order. Every stream message goes through the same bridge conversion and
-:class:`~mdgm_ros.alignment.Aligner` as in ``fusion_node`` (same parameters file: topics, staleness,
+:class:`~mdgm_ros.streams.alignment.Aligner` as in ``fusion_node`` (same parameters file: topics, staleness,
 buffers, joint order; unstamped audio takes the bag's log time, as the node stamps it on arrival).
 A sample is taken at each anchor message, or on the ``output_rate`` grid when the anchor is ''. So
 the presence mask, windows and staleness in training are exactly what the robot sees.
@@ -25,12 +25,13 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import bags, bridge
-from .alignment import NS, Aligner, PushResult
-from .core import ModalitySpec
-from .node_params import FusionParams, check_against_bundle
-from .sim.faults import FaultLabel
-from .streams import make_stream
+from . import bags
+from ..streams import bridge
+from ..streams.alignment import NS, Aligner, PushResult
+from ..core import ModalitySpec
+from ..streams.params import FusionParams, check_against_bundle
+from .labels import FaultLabel
+from ..streams.kinds import make_stream
 
 CACHE_VERSION = 1
 FAULT_TOPIC = "/sim/fault_labels"

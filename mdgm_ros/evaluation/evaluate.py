@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .core import Bundle, load_bundle
-from .core.inference import anomaly_scores, impute
-from .core.metrics import auroc, average_precision
-from .dataset import AlignedDataset
-from .trainer import TRAINING_MEANS
+from ..core import Bundle, load_bundle
+from ..core.inference import anomaly_scores, impute
+from ..core.metrics import auroc, average_precision
+from ..data.dataset import AlignedDataset
+from ..training.trainer import TRAINING_MEANS
 
 NS = 1_000_000_000
 NOT_POOLED = ("stream_dropout",)

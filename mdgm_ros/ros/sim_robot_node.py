@@ -18,9 +18,9 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from .sim import PandaTableSim, SimConfig, schedule_faults
-from .sim.faults import parse_kinds
-from .simulate import MESSAGE_TYPES, TOPICS, event_message
+from ..sim import PandaTableSim, SimConfig, schedule_faults
+from ..sim.faults import parse_kinds
+from ..sim.record import MESSAGE_TYPES, TOPICS, event_message
 
 SENSOR_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)   # reaches best-effort subscribers too
 LABEL_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .core import (Fuser, ModelConfig, MultimodalVAE, calibrate_anomaly, compute_objective,
+from ..core import (Fuser, ModelConfig, MultimodalVAE, calibrate_anomaly, compute_objective,
                    default_robot_modalities, select_device)
-from .core import synthetic, training
-from .core.model import DEFAULT_FUSION
+from ..core import synthetic, training
+from ..core.model import DEFAULT_FUSION
 
 
 def _prepared_model(objective: str, device: torch.device, n: int = 256) -> tuple[MultimodalVAE, Any]:

@@ -7,15 +7,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config_files import config_path
-from .core import default_robot_modalities
+from ..config_files import config_path
+from ..core import default_robot_modalities
 
 
 def bench_data(seconds: float = 20.0) -> dict[str, Any]:
     """Simulate ``seconds`` of robot time into an MCAP bag, then align it as training does (no cache)."""
-    from .dataset import align_bag
-    from .node_params import fusion_params_from_file
-    from .simulate import simulate_to_bag
+    from ..data.dataset import align_bag
+    from ..streams.params import fusion_params_from_file
+    from ..sim.record import simulate_to_bag
 
     config = config_path("fusion.yaml")
     folder = Path(tempfile.mkdtemp(prefix="mdgm-bench-"))

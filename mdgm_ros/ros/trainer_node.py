@@ -20,7 +20,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from std_srvs.srv import Trigger
 
-from .config_files import config_path
+from ..config_files import config_path
 
 
 class TrainerNode(Node):
@@ -47,7 +47,7 @@ class TrainerNode(Node):
         self.state.update({k: str(v) for k, v in values.items()})
 
     def _train(self) -> None:
-        from .trainer import run_training
+        from ..training.trainer import run_training
 
         try:
             if not self.out or not [b for b in self.bags if b]:

@@ -22,9 +22,9 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, String
 
-from . import bridge
-from .core import synthetic
-from .node_params import PANDA_JOINTS
+from ..streams import bridge
+from ..core import synthetic
+from ..streams.params import PANDA_JOINTS
 
 RATES = {"camera": 30.0, "joints": 200.0, "audio": 50.0, "tactile": 100.0}
 

@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from .config_files import config_path
+from ..config_files import config_path
 
 def _bench_bundle(folder: Path) -> Path:
     """A four-stream model at the design card's sizes (untrained weights time the same as trained ones)."""
     import torch
 
-    from .bench import _prepared_model
-    from .core import calibrate_anomaly, save_bundle
-    from .core import training
+    from .models import _prepared_model
+    from ..core import calibrate_anomaly, save_bundle
+    from ..core import training
     model, (_, feats, mask) = _prepared_model("mvae", torch.device("cpu"))
     calibration = calibrate_anomaly(model, training.normalize_features(model, feats), mask)
     return save_bundle(folder / "bench_model", model, calibration, name="bench")
@@ -45,10 +45,10 @@ def bench_ros(duration: float = 20.0, warmup: float = 5.0) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         bundle = _bench_bundle(Path(tmp))
-        node = subprocess.Popen([sys.executable, "-m", "mdgm_ros.fusion_node", "--ros-args", "--params-file",
+        node = subprocess.Popen([sys.executable, "-m", "mdgm_ros.ros.fusion_node", "--ros-args", "--params-file",
                                  str(config_path("fusion.yaml")), "-p", f"bundle:={bundle}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        streams = subprocess.Popen([sys.executable, "-m", "mdgm_ros.synthetic_streams"],
+        streams = subprocess.Popen([sys.executable, "-m", "mdgm_ros.ros.synthetic_streams"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         rclpy.init()
         probe = rclpy.create_node("bench_probe")

@@ -10,7 +10,7 @@ from typing import Any
 
 from rcl_interfaces.msg import ParameterDescriptor
 
-from .core import ModalitySpec
+from ..core import ModalitySpec
 
 MESSAGE_TYPES = {  # message_type -> the model kinds it can feed
     "image": ("image",), "compressed_image": ("image",), "joint_state": ("vector",),
