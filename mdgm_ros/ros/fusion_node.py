@@ -32,6 +32,7 @@ from ..streams.alignment import Aligner, PushResult
 from ..core import Bundle, BundleError, Fuser, load_bundle, select_device
 from ..streams.params import FusionParams, ParameterError, check_against_bundle, declare_fusion_params
 from ..streams.kinds import Stream, make_stream
+from .guard import GuardedNode
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -58,7 +59,7 @@ class Runtime:
     device: torch.device
 
 
-class FusionNode(LifecycleNode):
+class FusionNode(GuardedNode, LifecycleNode):
     def __init__(self, **kwargs: Any):
         super().__init__("mdgm_fusion", **kwargs)
         self.param_error: str | None = None
@@ -325,6 +326,7 @@ class FusionNode(LifecycleNode):
                        "latency_max_ms": round(float(latency.max()), 3),
                        "inference_p50_ms": round(float(np.median(compute)), 3),
                        "buffer_resets": self.aligner.resets if self.aligner else 0,
+                       "callback_errors": self.callback_error_total,
                        **{f"errors_{k}": v for k, v in self._errors.items()}}
         level = DiagnosticStatus.OK if self._published else DiagnosticStatus.WARN
         array.status.append(_status("mdgm_fusion: model", level, "publishing" if self._published else "no output yet",

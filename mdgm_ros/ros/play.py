@@ -21,6 +21,7 @@ from rosgraph_msgs.msg import Clock
 
 from ..data import bags
 from ..streams import bridge
+from .guard import GuardedNode
 
 PLAY_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)   # matches best-effort subscribers too
 
@@ -54,7 +55,7 @@ class PlayStats:
     late_ms_max: float = 0.0
 
 
-class BagPlayer(Node):
+class BagPlayer(GuardedNode, Node):
     def __init__(self, bag: str | Path, rate: float = 1.0, clock: bool = False, drops: tuple[Drop, ...] = (),
                  topics: list[str] | None = None):
         super().__init__("mdgm_play")

@@ -20,6 +20,7 @@ from ..streams import bridge
 from ..core import ModalitySpec
 from ..streams.params import StreamParams
 from ..streams.kinds import OUTPUT_TYPES
+from .guard import GuardedNode
 
 RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -43,7 +44,7 @@ class Recording:
         return np.asarray([r[0] for r in rows], np.int64), np.stack([r[1] for r in rows])
 
 
-class OutputRecorder(Node):
+class OutputRecorder(GuardedNode, Node):
     def __init__(self, node: str, specs: list[ModalitySpec], streams: list[StreamParams]):
         super().__init__("mdgm_output_recorder")
         self.recording = Recording()

@@ -21,13 +21,14 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ..sim import PandaTableSim, SimConfig, schedule_faults
 from ..sim.faults import parse_kinds
 from ..sim.record import MESSAGE_TYPES, TOPICS, event_message
+from .guard import GuardedNode
 
 SENSOR_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)   # reaches best-effort subscribers too
 LABEL_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 HORIZON_S = 3600.0                                                           # fault plan of an endless run
 
 
-class SimRobotNode(Node):
+class SimRobotNode(GuardedNode, Node):
     def __init__(self) -> None:
         super().__init__("sim_robot")
         p = lambda name, default, text: self.declare_parameter(name, default, ParameterDescriptor(description=text)).value  # noqa: E731

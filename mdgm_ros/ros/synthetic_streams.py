@@ -25,11 +25,12 @@ from std_msgs.msg import Float32MultiArray, String
 from ..streams import bridge
 from ..core import synthetic
 from ..streams.params import PANDA_JOINTS
+from .guard import GuardedNode
 
 RATES = {"camera": 30.0, "joints": 200.0, "audio": 50.0, "tactile": 100.0}
 
 
-class SyntheticStreams(Node):
+class SyntheticStreams(GuardedNode, Node):
     def __init__(self, args: argparse.Namespace):
         super().__init__("synthetic_streams")
         self.args = args

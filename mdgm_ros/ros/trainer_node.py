@@ -21,9 +21,10 @@ from rclpy.node import Node
 from std_srvs.srv import Trigger
 
 from ..config_files import config_path
+from .guard import GuardedNode
 
 
-class TrainerNode(Node):
+class TrainerNode(GuardedNode, Node):
     def __init__(self) -> None:
         super().__init__("mdgm_trainer")
         p = lambda name, default, text: self.declare_parameter(name, default, ParameterDescriptor(description=text)).value  # noqa: E731
