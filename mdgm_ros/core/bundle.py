@@ -16,11 +16,14 @@ parses anything, so a corrupt or truncated bundle fails with a :class:`BundleErr
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +31,10 @@ from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save_file
 
+from .atomic import publish_modes, recover_dir, replace_dir
 from .inference import AnomalyCalibration
 from .modalities import Normalization, SpecError
 from .model import ModelConfig, MultimodalVAE
@@ -100,10 +105,12 @@ def save_bundle(path: str | os.PathLike, model: MultimodalVAE,
     ``attach(folder)`` may add more plain files (e.g. ONNX exports) before the manifest hashes them."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         _write_contents(tmp, model, calibration, name or target.name, extra or {}, attach)
-        _replace_dir(tmp, target)
+        publish_modes(tmp)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -140,111 +147,248 @@ def _write_contents(folder: Path, model: MultimodalVAE, calibration: AnomalyCali
     _write_json(folder / MANIFEST, manifest)
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished folder into place (rename is atomic; an old bundle is moved aside first)."""
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.rename(target, old / "bundle")
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+# --------------------------------------------------------------------------- loading
+# A bundle is a closed folder: the manifest names plain files inside it, each opened without following
+# links, checked to be a regular file and sized before a byte is read. Only manifest-listed files are read.
+MAX_JSON_BYTES = 16 << 20            # manifest, config, normalization, calibration
+MAX_FILE_BYTES = 1 << 30             # weights and any attached file
+MAX_BUNDLE_BYTES = 2 << 30           # everything the manifest lists
+MAX_FILES = 64
+_MAX_NAME_BYTES = 255
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
-def _read_json(folder: Path, name: str) -> Any:
+def _shown(path: Path | str) -> str:
+    text = str(path)
+    return text if len(text) <= 160 else f"{text[:80]}…{text[-60:]} ({len(text)} characters)"
+
+
+def _os_reason(err: OSError) -> str:
+    return err.strerror or type(err).__name__
+
+
+def entry_name_problem(name: Any) -> str | None:
+    """Why ``name`` cannot be a manifest entry (None if it is a plain file name inside the folder)."""
+    if not isinstance(name, str) or not name:
+        return "is not a file name"
+    if name in (".", "..") or any(c in name for c in "/\\\0"):
+        return "is not a plain file name inside the bundle (no separators, '..' or absolute paths)"
+    if len(name.encode("utf-8", "surrogateescape")) > _MAX_NAME_BYTES:
+        return "is too long for a file name"
+    return None
+
+
+class _Folder:
+    """The bundle folder, opened once; entries are opened relative to it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        except (FileNotFoundError, NotADirectoryError):
+            raise BundleError(f"{_shown(path)}: no such bundle folder") from None
+        except OSError as err:
+            raise BundleError(f"{_shown(path)}: cannot open the bundle folder: {_os_reason(err)}") from None
+        except ValueError as err:                    # an embedded NUL byte
+            raise BundleError(f"{_shown(path)}: not a usable path: {err}") from None
+
+    def __enter__(self) -> "_Folder":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        os.close(self.fd)
+
+    def _open(self, name: str, limit: int) -> tuple[int, int]:
+        """(fd, size) of a regular file entry no larger than ``limit``."""
+        problem = entry_name_problem(name)
+        if problem:
+            raise BundleError(f"{_shown(self.path)}: manifest entry {_shown(repr(name))} {problem}")
+        try:
+            fd = os.open(name, _OPEN_FLAGS, dir_fd=self.fd)
+        except FileNotFoundError:
+            raise BundleError(f"{_shown(self.path)}: {name} is missing") from None
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise BundleError(f"{_shown(self.path)}: {name} is a symbolic link (a bundle holds plain files "
+                                  "only)") from None
+            raise BundleError(f"{_shown(self.path)}: {name} cannot be opened: {_os_reason(err)}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise BundleError(f"{_shown(self.path)}: {name} is not a regular file (a bundle holds plain "
+                                  "files only)")
+            if info.st_size > limit:
+                raise BundleError(f"{_shown(self.path)}: {name} is {info.st_size} bytes, over the limit of "
+                                  f"{limit} bytes")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, info.st_size
+
+    def read(self, name: str, limit: int) -> tuple[bytes, str]:
+        """(content, sha256) of an entry; never more than ``limit`` bytes are read."""
+        fd, size = self._open(name, limit)
+        digest, parts, total = hashlib.sha256(), [], 0
+        try:
+            with os.fdopen(fd, "rb", closefd=True) as fh:
+                while total <= limit:
+                    block = fh.read(min(1 << 20, limit + 1 - total))
+                    if not block:
+                        break
+                    parts.append(block)
+                    digest.update(block)
+                    total += len(block)
+        except OSError as err:
+            raise BundleError(f"{_shown(self.path)}: {name} cannot be read: {_os_reason(err)}") from None
+        if total > limit:
+            raise BundleError(f"{_shown(self.path)}: {name} grew past the limit of {limit} bytes while read")
+        return b"".join(parts), digest.hexdigest()
+
+
+def _parse_json(folder: Path, name: str, blob: bytes) -> Any:
     try:
-        return json.loads((folder / name).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"{folder}: {name} is unreadable: {err}") from None
+        return json.loads(blob.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise BundleError(f"{_shown(folder)}: {name} is unreadable: {str(err)[:200]}") from None
+
+
+def _check_manifest(folder: Path, manifest: Any) -> dict[str, str]:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{_shown(folder)}: {MANIFEST} is not an {FORMAT} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{_shown(folder)}: bundle format version {str(manifest.get('format_version'))[:20]} is "
+                          f"not supported (this mdgm_ros reads version {FORMAT_VERSION})")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or WEIGHTS not in files or CONFIG not in files:
+        raise BundleError(f"{_shown(folder)}: {MANIFEST} lists no {WEIGHTS}/{CONFIG}")
+    if len(files) > MAX_FILES:
+        raise BundleError(f"{_shown(folder)}: {MANIFEST} lists {len(files)} files (at most {MAX_FILES})")
+    for name, digest in files.items():
+        problem = entry_name_problem(name) or (None if name != MANIFEST else "is the manifest itself")
+        if problem:
+            raise BundleError(f"{_shown(folder)}: manifest entry {_shown(repr(name))} {problem}")
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise BundleError(f"{_shown(folder)}: manifest entry {name!r} has no sha256 hex digest")
+    return files
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     folder = Path(path)
-    if not folder.is_dir():
-        raise BundleError(f"{folder}: no such bundle folder")
-    if not (folder / MANIFEST).is_file():
-        raise BundleError(f"{folder}: {MANIFEST} is missing (not a bundle, or an interrupted write)")
-    manifest = _read_json(folder, MANIFEST)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError(f"{folder}: {MANIFEST} is not an {FORMAT} manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{folder}: bundle format version {manifest.get('format_version')!r} is not "
-                          f"supported (this mdgm_ros reads version {FORMAT_VERSION})")
+    with _Folder(folder) as opened:
+        return _read_manifest(opened)
+
+
+def _read_manifest(opened: _Folder) -> dict[str, Any]:
+    try:
+        blob, _ = opened.read(MANIFEST, MAX_JSON_BYTES)
+    except BundleError as err:
+        if str(err).endswith(f"{MANIFEST} is missing"):
+            raise BundleError(f"{_shown(opened.path)}: {MANIFEST} is missing (not a bundle, or an interrupted "
+                              "write)") from None
+        raise
+    manifest = _parse_json(opened.path, MANIFEST, blob)
+    _check_manifest(opened.path, manifest)
     return manifest
 
 
-def verify_bundle(path: str | os.PathLike) -> dict[str, Any]:
-    """Check that every file the manifest lists exists with its recorded sha256; returns the manifest."""
-    folder = Path(path)
-    manifest = read_manifest(folder)
-    files = manifest.get("files")
-    if not isinstance(files, dict) or WEIGHTS not in files or CONFIG not in files:
-        raise BundleError(f"{folder}: {MANIFEST} lists no {WEIGHTS}/{CONFIG}")
-    for name, expected in files.items():
-        file = folder / name
-        if not file.is_file():
-            raise BundleError(f"{folder}: {name} is missing")
-        actual = _sha256(file)
+def _verified_contents(opened: _Folder, manifest: dict[str, Any],
+                       max_bytes: int = MAX_BUNDLE_BYTES) -> dict[str, bytes]:
+    """Read and hash every listed file; the contents of the ones the loader parses."""
+    folder, files = opened.path, manifest["files"]
+    contents, total = {}, 0
+    for name, expected in sorted(files.items()):
+        limit = MAX_JSON_BYTES if name.endswith(".json") else MAX_FILE_BYTES
+        blob, actual = opened.read(name, min(limit, max(max_bytes - total, 0)))
+        total += len(blob)
         if actual != expected:
-            raise BundleError(f"{folder}: {name} is corrupt or truncated (sha256 {actual[:12]}… != "
-                              f"manifest {str(expected)[:12]}…, size {file.stat().st_size} bytes)")
+            raise BundleError(f"{_shown(folder)}: {name} is corrupt or truncated (its sha256 does not match the "
+                              f"manifest; {len(blob)} bytes)")
+        if name in (CONFIG, WEIGHTS, NORMALIZATION, CALIBRATION):
+            contents[name] = blob
     if content_hash(files) != manifest.get("content_hash"):
-        raise BundleError(f"{folder}: {MANIFEST} content_hash does not match its file list")
+        raise BundleError(f"{_shown(folder)}: {MANIFEST} content_hash does not match its file list")
+    return contents
+
+
+def verify_bundle(path: str | os.PathLike, max_bytes: int = MAX_BUNDLE_BYTES) -> dict[str, Any]:
+    """Check that every file the manifest lists is a plain file in the folder with its recorded sha256;
+    returns the manifest."""
+    with _Folder(Path(path)) as opened:
+        manifest = _read_manifest(opened)
+        _verified_contents(opened, manifest, max_bytes)
     return manifest
+
+
+def model_id_for(name: Any, digest: str) -> str:
+    """The model id: the bundle's (sanitised) name and the start of its content hash, so any change to
+    any file gives another id."""
+    text = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in str(name or "model"))[:64]
+    return f"{text or 'model'}-{digest[:12]}"
+
+
+def within_roots(path: str | os.PathLike, roots: list[str]) -> Path:
+    """``path`` resolved (links followed) if it lies inside one of ``roots``; BundleError otherwise."""
+    try:
+        real = Path(os.path.realpath(path))
+        real_roots = [Path(os.path.realpath(os.path.expanduser(r))) for r in roots if r]
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{_shown(path)}: not a usable path: {err}") from None
+    if not any(real == root or root in real.parents for root in real_roots):
+        raise BundleError(f"{_shown(path)} is outside the allowed bundle folders {[_shown(r) for r in real_roots]} "
+                          "(parameter bundle_roots)")
+    return real
 
 
 def load_bundle(path: str | os.PathLike, device: torch.device | str = "cpu",
-                expect_modalities: list[str] | None = None) -> Bundle:
+                expect_modalities: list[str] | None = None, max_bytes: int = MAX_BUNDLE_BYTES) -> Bundle:
     """Load and check a bundle. ``expect_modalities`` (e.g. from a node's parameters) must match the
-    bundle's modality names exactly, in order."""
+    bundle's modality names exactly, in order. What is parsed is exactly what was hashed."""
     folder = Path(path)
-    manifest = verify_bundle(folder)
-    config = _load_config(folder)
+    with _Folder(folder) as opened:
+        manifest = _read_manifest(opened)
+        contents = _verified_contents(opened, manifest, max_bytes)
+    manifest = {**manifest, "model_id": model_id_for(manifest.get("name"), manifest["content_hash"])}
+    config = _load_config(folder, contents[CONFIG])
     if expect_modalities is not None and list(config.names) != list(expect_modalities):
-        raise BundleError(f"{folder}: bundle modalities {list(config.names)} do not match the expected "
+        raise BundleError(f"{_shown(folder)}: bundle modalities {list(config.names)} do not match the expected "
                           f"{list(expect_modalities)}")
     model = MultimodalVAE(config)
-    _load_normalization(folder, model)
-    _load_weights(folder, model)
+    _load_normalization(folder, model, contents.get(NORMALIZATION))
+    _load_weights(folder, model, contents[WEIGHTS])
     calibration = None
-    if (folder / CALIBRATION).is_file():
-        calibration = _load_calibration(folder, config)
+    if CALIBRATION in contents:
+        calibration = _load_calibration(folder, config, contents[CALIBRATION])
     return Bundle(model.to(device).eval(), calibration, manifest, folder)
 
 
-def _load_config(folder: Path) -> ModelConfig:
+def _load_config(folder: Path, blob: bytes) -> ModelConfig:
     try:
-        return ModelConfig.from_dict(_read_json(folder, CONFIG))
-    except SpecError as err:
-        raise BundleError(f"{folder}: {CONFIG} is invalid: {err}") from None
+        return ModelConfig.from_dict(_parse_json(folder, CONFIG, blob))
+    except (SpecError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise BundleError(f"{_shown(folder)}: {CONFIG} is invalid: {str(err)[:300]}") from None
 
 
-def _load_normalization(folder: Path, model: MultimodalVAE) -> None:
-    data = _read_json(folder, NORMALIZATION) if (folder / NORMALIZATION).is_file() else {}
+def _load_normalization(folder: Path, model: MultimodalVAE, blob: bytes | None) -> None:
+    data = _parse_json(folder, NORMALIZATION, blob) if blob is not None else {}
     if not isinstance(data, dict):
-        raise BundleError(f"{folder}: {NORMALIZATION} must be a mapping")
+        raise BundleError(f"{_shown(folder)}: {NORMALIZATION} must be a mapping")
     unknown = set(data) - set(model.names)
     if unknown:
-        raise BundleError(f"{folder}: {NORMALIZATION} names unknown modalities {sorted(unknown)}")
+        raise BundleError(f"{_shown(folder)}: {NORMALIZATION} names unknown modalities {sorted(unknown)[:5]}")
     for name, stats in data.items():
         try:
-            norm = Normalization.from_dict(stats)
+            norm = Normalization.from_dict(stats)   # finite, std > 0
             model.specs[name].with_normalization(norm)  # validates the shape against the features
-        except (SpecError, KeyError, TypeError, ValueError) as err:
-            raise BundleError(f"{folder}: {NORMALIZATION} entry {name!r} is invalid: {err}") from None
+        except (SpecError, KeyError, TypeError, ValueError, AttributeError) as err:
+            raise BundleError(f"{_shown(folder)}: {NORMALIZATION} entry {name!r} is invalid: {str(err)[:200]}") from None
         model.set_normalization(name, norm)
 
 
-def _load_weights(folder: Path, model: MultimodalVAE) -> None:
+def _load_weights(folder: Path, model: MultimodalVAE, blob: bytes) -> None:
     try:
-        state = load_file(str(folder / WEIGHTS))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise BundleError(f"{folder}: {WEIGHTS} cannot be read: {err}") from None
+        state = load_bytes(blob)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise BundleError(f"{_shown(folder)}: {WEIGHTS} cannot be read: {str(err)[:200]}") from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -258,21 +402,39 @@ def _load_weights(folder: Path, model: MultimodalVAE) -> None:
         if wrong:
             details.append("shape mismatch " + ", ".join(
                 f"{k}: {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:5]))
-        raise BundleError(f"{folder}: {WEIGHTS} does not match {CONFIG}: " + "; ".join(details))
+        raise BundleError(f"{_shown(folder)}: {WEIGHTS} does not match {CONFIG}: " + "; ".join(details))
     bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
     if bad:
-        raise BundleError(f"{folder}: {WEIGHTS} holds non-finite values in {bad[:5]}")
+        raise BundleError(f"{_shown(folder)}: {WEIGHTS} holds non-finite values in {bad[:5]}")
     model.load_state_dict(state)
 
 
-def _load_calibration(folder: Path, config: ModelConfig) -> AnomalyCalibration:
+def _load_calibration(folder: Path, config: ModelConfig, blob: bytes) -> AnomalyCalibration:
     try:
-        calibration = AnomalyCalibration.from_dict(_read_json(folder, CALIBRATION))
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise BundleError(f"{folder}: {CALIBRATION} is invalid: {err}") from None
+        calibration = AnomalyCalibration.from_dict(_parse_json(folder, CALIBRATION, blob))
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
+        raise BundleError(f"{_shown(folder)}: {CALIBRATION} is invalid: {str(err)[:200]}") from None
     for name in config.names:
         if name not in calibration.mean or name not in calibration.std or name not in calibration.threshold:
-            raise BundleError(f"{folder}: {CALIBRATION} lacks statistics for modality {name!r}")
+            raise BundleError(f"{_shown(folder)}: {CALIBRATION} lacks statistics for modality {name!r}")
     if "total" not in calibration.threshold:
-        raise BundleError(f"{folder}: {CALIBRATION} lacks the 'total' threshold")
+        raise BundleError(f"{_shown(folder)}: {CALIBRATION} lacks the 'total' threshold")
+    problem = _calibration_problem(calibration)
+    if problem:
+        raise BundleError(f"{_shown(folder)}: {CALIBRATION} is invalid: {problem}")
     return calibration
+
+
+def _calibration_problem(calibration: AnomalyCalibration) -> str | None:
+    for key, value in calibration.mean.items():
+        if not math.isfinite(value):
+            return f"mean of {key!r} is not finite"
+    for key, value in calibration.std.items():
+        if not (math.isfinite(value) and value > 0):
+            return f"std of {key!r} must be finite and > 0 (is {value})"
+    for key, value in calibration.threshold.items():
+        if not math.isfinite(value):
+            return f"threshold of {key!r} is not finite"
+    if not 0 < calibration.quantile <= 1:
+        return f"quantile {calibration.quantile} is not in (0, 1]"
+    return None
