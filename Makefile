@@ -4,15 +4,26 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mdgm-installed
 
-.PHONY: install test demo demo-quick example default-model bench clean
+.PHONY: install interfaces test demo demo-quick example default-model bench clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt setup.py setup.cfg package.xml
+$(STAMP): requirements.txt setup.py setup.cfg package.xml CMakeLists.txt $(wildcard msg/*.msg action/*.action)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
+	$(MAKE) interfaces
 	touch $(STAMP)
+
+# msg/ and action/ built with the pinned ROS wheels into the venv (DESIGN.md section 6): the libraries
+# in $(VENV)/lib, the Python modules in $(VENV)/lib/mdgm_ros_interfaces (mdgm_ros/__init__.py finds them)
+VENV_ABS = $(abspath $(VENV))
+interfaces:
+	AMENT_PREFIX_PATH=$(VENV_ABS) cmake -S . -B build/interfaces -DMDGM_INTERFACES_ONLY=ON -DBUILD_TESTING=OFF \
+	  -DCMAKE_INSTALL_PREFIX=$(VENV_ABS) -DCMAKE_PREFIX_PATH=$(VENV_ABS) -DPython3_EXECUTABLE=$(VENV_ABS)/bin/python \
+	  -DPYTHON_INSTALL_DIR=lib/mdgm_ros_interfaces > /dev/null
+	AMENT_PREFIX_PATH=$(VENV_ABS) cmake --build build/interfaces -j2 > /dev/null
+	cmake --install build/interfaces > /dev/null
 
 test: install
 	$(PY) -m pytest -q -rs test
