@@ -19,30 +19,14 @@ from .model import MultimodalVAE
 # --------------------------------------------------------------------------- posterior
 def posterior_samples(model: MultimodalVAE, mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor,
                       n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """z ~ q(z | X_mask): (K, B, D). MoE draws each sample's expert uniformly among the observed."""
-    if model.fusion != "moe":
-        q_mu, q_lv = model.subset_posterior(mu, logvar, mask)
-        return post.reparameterize(q_mu, q_lv, n_samples, generator)
-    all_z = post.stratified_mixture_samples(mu, logvar, n_samples, generator)       # (M, K, B, D)
-    weights = mask.float().clamp_min(0) + (~mask.any(1, keepdim=True)).float()       # empty row: any
-    pick = torch.multinomial(weights, n_samples, replacement=True, generator=generator).t()  # (K, B)
-    batch_idx = torch.arange(mask.shape[0], device=mask.device).expand(n_samples, -1)
-    k_idx = torch.arange(n_samples, device=mask.device)[:, None].expand(-1, mask.shape[0])
-    z = all_z[pick, k_idx, batch_idx]
-    empty = ~mask.any(1)
-    return torch.where(empty[None, :, None], post.reparameterize(torch.zeros_like(z), torch.zeros_like(z),
-                                                                 generator=generator), z)
+    """z ~ q(z | X_mask): (K, B, D), by the family's inference rule."""
+    return model.family.posterior_samples(model, mu, logvar, mask, n_samples, generator)
 
 
 def posterior_log_prob(model: MultimodalVAE, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
                        mask: torch.Tensor) -> torch.Tensor:
     """log q(z | X_mask) for z (K, B, D), matching :func:`posterior_samples`: (K, B)."""
-    if model.fusion != "moe":
-        q_mu, q_lv = model.subset_posterior(mu, logvar, mask)
-        return post.gaussian_log_prob(z, q_mu, q_lv)
-    prior = post.standard_normal_log_prob(z)
-    mixture = post.mixture_log_prob(z, mu, logvar, mask | ~mask.any(1, keepdim=True))
-    return torch.where(mask.any(1)[None, :], mixture, prior)
+    return model.family.posterior_log_prob(model, z, mu, logvar, mask)
 
 
 def _targets_mask(model: MultimodalVAE, targets: Sequence[str], batch: int, device) -> torch.Tensor:
@@ -159,7 +143,7 @@ def leave_one_out_nll(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], m
 
     All M conditionals are computed in one batched posterior call (the M leave-one-out masks are
     stacked along the batch). ``n_samples=0`` uses the conditional posterior mean."""
-    n_mod, batch, dim = mu.shape
+    n_mod, (_, batch, dim) = len(model.names), mu.shape
     eye = torch.eye(n_mod, dtype=torch.bool, device=mask.device)
     loo_mask = (mask.unsqueeze(0) & ~eye.unsqueeze(1)).reshape(n_mod * batch, n_mod)   # (M*B, M)
     mu_rep = mu.repeat(1, n_mod, 1)
@@ -267,7 +251,7 @@ class Fuser:
     def __call__(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor) -> FusionResult:
         observed = [n for j, n in enumerate(self.model.names) if bool(mask[:, j].any())]
         uniform = mask.shape[0] == 1 or bool((mask == mask[:1]).all())
-        if uniform and observed and self.model.fusion != "moe" and self.n_samples == 0:
+        if uniform and observed and self.model.family.closed_form_poe(self.model) and self.n_samples == 0:
             return self._fused_closed_form(raw, observed)
         return self._fused_general(raw, mask, observed)
 
@@ -281,7 +265,7 @@ class Fuser:
         targets = [n for j, n in enumerate(model.names) if self.impute_present or not bool(mask[:, j].all())]
         imputed = impute_from_experts(model, mu, logvar, mask, targets, self.n_samples)
         self._store_imputations(result, {n: (i.mean, i.std) for n, i in imputed.items()})
-        if self.anomaly:
+        if self.anomaly and self.model.family.properties.missing_modalities:
             nll = leave_one_out_nll(model, feats, mu, logvar, mask, self.n_samples)
             result.scores, result.total_score = standardize_scores(model, nll, self.calibration)
         return result

@@ -16,35 +16,50 @@ from torch import nn
 
 from . import likelihoods, posterior
 from .modalities import ModalitySpec, Normalization, SpecError, check_unique, checked_fields
-from .networks import LogMelFrontEnd, build_decoder, build_encoder
+from .networks import LogMelFrontEnd, build_network
 
 FUSIONS = ("poe", "moe", "mopoe")
-# which fused posterior each training objective is defined for
-OBJECTIVE_FUSIONS = {"elbo": FUSIONS, "mvae": ("poe",), "mopoe": ("mopoe",), "mmvae": ("moe",),
-                     "mmjsd": ("moe",)}
-DEFAULT_FUSION = {"elbo": "poe", "mvae": "poe", "mopoe": "mopoe", "mmvae": "moe", "mmjsd": "moe"}
+
+
+def _family(name: str):
+    from .families import get_family      # the families import this module
+    return get_family(name)
+
+
+def __getattr__(name: str):
+    """``DEFAULT_FUSION`` / ``OBJECTIVE_FUSIONS`` as views of the family registry (first API)."""
+    if name not in ("DEFAULT_FUSION", "OBJECTIVE_FUSIONS"):
+        raise AttributeError(name)
+    from .families import FAMILIES
+    if name == "DEFAULT_FUSION":
+        return {n: f.default_fusion for n, f in FAMILIES.items()}
+    return {n: f.fusions for n, f in FAMILIES.items()}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     modalities: tuple[ModalitySpec, ...]
     latent_dim: int = 16
-    objective: str = "mvae"
-    fusion: str | None = None                  # None: the objective's own (DEFAULT_FUSION)
+    objective: str = "mvae"                    # the model family (a name in the family registry)
+    fusion: str | None = None                  # None: the family's default fusion
     # Does the PoE of a proper subset of the observed modalities include the N(0, I) prior expert?
     # None: family default -- True for PoE models (MVAE), False for MoPoE (as the reference code).
     proper_subsets_include_prior: bool | None = None
     objective_options: Mapping[str, Any] = field(default_factory=dict)
+    # builders by name (mdgm_ros.core.networks.register_network): {"<modality>": {"encoder": {"name":
+    # ..., **options}, "decoder": {...}}, "subset": {"name": ..., **options}}; empty = the defaults
+    networks: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modalities", tuple(self.modalities))
         check_unique(self.modalities)
-        if self.objective not in OBJECTIVE_FUSIONS:
-            raise SpecError(f"objective {self.objective!r} not in {sorted(OBJECTIVE_FUSIONS)}")
-        fusion = self.fusion or DEFAULT_FUSION[self.objective]
-        if fusion not in OBJECTIVE_FUSIONS[self.objective]:
-            raise SpecError(f"objective {self.objective!r} needs fusion in {OBJECTIVE_FUSIONS[self.objective]},"
-                            f" got {fusion!r}")
+        try:
+            family = _family(self.objective)
+        except ValueError as err:
+            raise SpecError(f"objective: {err}") from None
+        fusion = self.fusion or family.default_fusion
+        if fusion not in family.fusions:
+            raise SpecError(f"objective {self.objective!r} needs fusion in {family.fusions}, got {fusion!r}")
         object.__setattr__(self, "fusion", fusion)
         if self.proper_subsets_include_prior is None:
             object.__setattr__(self, "proper_subsets_include_prior", fusion != "mopoe")
@@ -53,6 +68,7 @@ class ModelConfig:
         if len(self.modalities) > 8:
             raise SpecError("at most 8 modalities (subset enumeration grows as 2^M)")
         object.__setattr__(self, "objective_options", dict(self.objective_options))
+        object.__setattr__(self, "networks", _checked_networks(self.networks, self.names))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -62,7 +78,7 @@ class ModelConfig:
         return {"modalities": [m.to_dict() for m in self.modalities], "latent_dim": self.latent_dim,
                 "objective": self.objective, "fusion": self.fusion,
                 "proper_subsets_include_prior": self.proper_subsets_include_prior,
-                "objective_options": dict(self.objective_options)}
+                "objective_options": dict(self.objective_options), "networks": dict(self.networks)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
@@ -71,16 +87,49 @@ class ModelConfig:
         return cls(**kwargs)
 
 
+def _checked_networks(networks: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(networks, Mapping):
+        raise SpecError(f"networks must be a mapping, got {type(networks).__name__}")
+    for key, value in networks.items():
+        if key != "subset" and key not in names:
+            raise SpecError(f"networks: {key!r} is neither a modality {list(names)} nor 'subset'")
+        entries = {"subset": value} if key == "subset" else value
+        if not isinstance(entries, Mapping) or (key != "subset" and set(entries) - {"encoder", "decoder"}):
+            raise SpecError(f"networks[{key!r}] must map 'encoder'/'decoder' to {{'name': ..., **options}}")
+        for entry in entries.values():
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("name", "default"), str):
+                raise SpecError(f"networks[{key!r}]: each entry is {{'name': <registered builder>, **options}}")
+    return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in networks.items()}
+
+
 class MultimodalVAE(nn.Module):
+    """Per-modality encoders/decoders plus what the family adds: subset encoders (``subset_encoders``,
+    keyed by the modality names joined with ``__``) and other networks (``extra``)."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        self.family = _family(config.objective)
         self.specs = {m.name: m for m in config.modalities}
         self.names = config.names
         self.latent_dim = config.latent_dim
         self.fusion = config.fusion
-        self.encoders = nn.ModuleDict({m.name: build_encoder(m, config.latent_dim) for m in config.modalities})
-        self.decoders = nn.ModuleDict({m.name: build_decoder(m, config.latent_dim) for m in config.modalities})
+        nets = config.networks
+        self.encoders = nn.ModuleDict({
+            m.name: build_network("encoder", nets.get(m.name, {}).get("encoder"), m, config.latent_dim)
+            for m in config.modalities if self.family.unimodal_encoders})
+        self.decoders = nn.ModuleDict({
+            m.name: build_network("decoder", nets.get(m.name, {}).get("decoder"), m, config.latent_dim)
+            for m in config.modalities})
+        try:
+            self.subset_names = self.family.subsets(config)
+        except ValueError as err:
+            raise SpecError(str(err)) from None
+        self.subset_encoders = nn.ModuleDict({
+            "__".join(subset): build_network("subset", nets.get("subset"),
+                                             [self.specs[n] for n in subset], config.latent_dim)
+            for subset in self.subset_names})
+        self.extra = nn.ModuleDict(self.family.build_networks(self))
         self.front_ends = nn.ModuleDict({m.name: LogMelFrontEnd(m.audio) for m in config.modalities
                                          if m.kind == "audio" and m.audio is not None})
         self.log_scales = nn.ParameterDict({
@@ -147,26 +196,46 @@ class MultimodalVAE(nn.Module):
         return out
 
     # ----------------------------------------------------------------- encoding / posterior
+    def subset_masks(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """The family's subset encoders as bool masks (J, M), in ``subset_names`` order."""
+        out = torch.zeros((len(self.subset_names), len(self.names)), dtype=torch.bool, device=device)
+        for j, subset in enumerate(self.subset_names):
+            out[j, [self.names.index(n) for n in subset]] = True
+        return out
+
     def experts(self, feats: Mapping[str, torch.Tensor], mask: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stacked experts (M, B, D). Only present rows are encoded; missing rows hold the prior's
-        numbers, which the aggregation functions never read."""
-        batch = mask.shape[0]
+        """Stacked experts (R, B, D): the M unimodal encoders, then the family's subset encoders (see
+        :mod:`mdgm_ros.core.families.base`). A row is encoded only where its modalities are present;
+        elsewhere it holds the prior's numbers, which the aggregation functions never read."""
         mus, logvars = [], []
         for j, name in enumerate(self.names):
-            column = mask[:, j]
-            mu = torch.zeros((batch, self.latent_dim), device=mask.device)
-            logvar = torch.zeros_like(mu)
-            if bool(column.all()):
-                mu, logvar = self.encoders[name](feats[name])
-            elif bool(column.any()):
-                rows = column.nonzero(as_tuple=True)[0]
-                enc_mu, enc_lv = self.encoders[name](feats[name].index_select(0, rows))
-                mu = mu.index_copy(0, rows, enc_mu)
-                logvar = logvar.index_copy(0, rows, enc_lv)
+            encoder = self.encoders[name] if name in self.encoders else None
+            mu, logvar = self._encode_rows(encoder, [feats[name]] if encoder else [], mask[:, j])
             mus.append(mu)
-            logvars.append(posterior.clamp_logvar(logvar))
+            logvars.append(logvar)
+        for subset, columns in zip(self.subset_names, self.subset_masks(mask.device)):
+            rows = (mask | ~columns).all(1)
+            encoder = self.subset_encoders["__".join(subset)]
+            mu, logvar = self._encode_rows(encoder, [feats[n] for n in subset], rows)
+            mus.append(mu)
+            logvars.append(logvar)
         return torch.stack(mus), torch.stack(logvars)
+
+    def _encode_rows(self, encoder: nn.Module | None, inputs: list[torch.Tensor], rows: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = rows.shape[0]
+        mu = torch.zeros((batch, self.latent_dim), device=rows.device)
+        logvar = torch.zeros_like(mu)
+        if encoder is None or not bool(rows.any()):
+            return mu, logvar
+        if bool(rows.all()):
+            mu, logvar = encoder(*inputs)
+        else:
+            idx = rows.nonzero(as_tuple=True)[0]
+            enc_mu, enc_lv = encoder(*(x.index_select(0, idx) for x in inputs))
+            mu, logvar = mu.index_copy(0, idx, enc_mu), logvar.index_copy(0, idx, enc_lv)
+        return mu, posterior.clamp_logvar(logvar)
 
     def subset_posterior(self, mu: torch.Tensor, logvar: torch.Tensor, subset: torch.Tensor,
                          present: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,13 +246,10 @@ class MultimodalVAE(nn.Module):
 
     def posterior_summary(self, mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-variance of the model's posterior given the observed set ``mask``.
-
-        PoE and MoPoE: the observed set's PoE (MoPoE generates from a subset through that subset's
-        PoE). MoE: the moment-matched mixture of the observed experts."""
-        if self.fusion == "moe":
-            return posterior.mixture_moments(mu, logvar, mask)
-        return self.subset_posterior(mu, logvar, mask)
+        """Mean and log-variance of the model's posterior given the observed set ``mask``: the family's
+        inference rule (aggregating families -- PoE and MoPoE: the observed set's PoE; MoE: the
+        moment-matched mixture of the observed experts)."""
+        return self.family.posterior_summary(self, mu, logvar, mask)
 
     # ----------------------------------------------------------------- decoding / likelihood
     def decode(self, name: str, z: torch.Tensor) -> torch.Tensor:

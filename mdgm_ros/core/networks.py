@@ -7,12 +7,13 @@ Decoders map latents with any leading dimensions ``(..., D)`` to the likelihood 
 from __future__ import annotations
 
 import math
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from .modalities import AudioOptions, ModalitySpec
+from .modalities import AudioOptions, ModalitySpec, SpecError
 
 DEFAULT_HIDDEN = {
     "image": (32, 32, 64),       # conv channels: a stride-4 patchify stem, then stride-2 layers
@@ -146,20 +147,39 @@ def _conv_decoder(latent_dim: int, out_ch: int, size: tuple[int, int], channels:
     return nn.Sequential(*layers)
 
 
-def build_encoder(spec: ModalitySpec, latent_dim: int) -> nn.Module:
+def encoder_body(spec: ModalitySpec) -> tuple[nn.Module, int]:
+    """The default feature extractor of one modality: (B, *feature_shape) -> (B, width)."""
     hidden = spec.hidden or DEFAULT_HIDDEN[spec.kind]
     if spec.kind == "image":
-        body, out = _conv_encoder(spec.shape[0], spec.shape[1:], hidden)
-        return GaussianHead(body, out, latent_dim)
+        return _conv_encoder(spec.shape[0], spec.shape[1:], hidden)
     if spec.kind == "tactile":
         conv_ch, width = hidden[0], hidden[-1]
         pads, h, w = spec.shape
         body = nn.Sequential(nn.Conv2d(pads, conv_ch, 3, padding=1), nn.SiLU(), nn.Flatten(),
                              nn.Linear(conv_ch * h * w, width), nn.SiLU())
-        return GaussianHead(body, width, latent_dim)
+        return body, width
     n_in = int(math.prod(spec.feature_shape))
-    body = nn.Sequential(nn.Flatten(), _mlp([n_in, *hidden], final_activation=True))
-    return GaussianHead(body, hidden[-1], latent_dim)
+    return nn.Sequential(nn.Flatten(), _mlp([n_in, *hidden], final_activation=True)), hidden[-1]
+
+
+def build_encoder(spec: ModalitySpec, latent_dim: int) -> nn.Module:
+    body, out = encoder_body(spec)
+    return GaussianHead(body, out, latent_dim)
+
+
+class SubsetEncoder(nn.Module):
+    """q(z | X_S) from the features of the modalities of S (in model order): one default body per
+    modality, their features concatenated, an MLP and a Gaussian head. Size grows linearly in |S|."""
+
+    def __init__(self, specs: list[ModalitySpec], latent_dim: int, width: int = 128):
+        super().__init__()
+        bodies = [encoder_body(spec) for spec in specs]
+        self.bodies = nn.ModuleList(body for body, _ in bodies)
+        total = sum(out for _, out in bodies)
+        self.head = GaussianHead(_mlp([total, width], final_activation=True), width, latent_dim)
+
+    def forward(self, *feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(torch.cat([body(x) for body, x in zip(self.bodies, feats)], dim=-1))
 
 
 def build_decoder(spec: ModalitySpec, latent_dim: int) -> nn.Module:
@@ -175,3 +195,40 @@ def build_decoder(spec: ModalitySpec, latent_dim: int) -> nn.Module:
         return LeadingDims(net, fshape)
     net = _mlp([latent_dim, *reversed(hidden), int(math.prod(fshape))])
     return LeadingDims(net, fshape)
+
+
+# --------------------------------------------------------------------------- network registry
+# Builders by role and name. ``encoder``/``decoder``: builder(spec, latent_dim, **options);
+# ``subset``: builder(specs, latent_dim, **options) for encoders over several modalities (their
+# forward takes one feature tensor per modality, in model order). A model config names builders
+# (``ModelConfig.networks``), so bundles of custom networks load without pickle as long as the
+# process that loads them has registered the same names.
+NETWORK_ROLES = ("encoder", "decoder", "subset")
+_BUILDERS: dict[str, dict[str, Callable[..., nn.Module]]] = {
+    "encoder": {"default": build_encoder},
+    "decoder": {"default": build_decoder},
+    "subset": {"default": SubsetEncoder},
+}
+
+
+def register_network(role: str, name: str, builder: Callable[..., nn.Module], replace: bool = False) -> None:
+    """Make ``builder`` available to model configs as ``{"name": name, **options}`` for ``role``."""
+    if role not in NETWORK_ROLES:
+        raise ValueError(f"network role {role!r} not in {NETWORK_ROLES}")
+    if name in _BUILDERS[role] and not replace:
+        raise ValueError(f"a {role} network named {name!r} is already registered")
+    _BUILDERS[role][name] = builder
+
+
+def network_names(role: str) -> list[str]:
+    return sorted(_BUILDERS[role])
+
+
+def build_network(role: str, choice: Mapping[str, Any] | None, *args: Any) -> nn.Module:
+    """Build ``role``'s network from a config entry ``{"name": ..., **options}`` (None: default)."""
+    choice = dict(choice or {})
+    name = choice.pop("name", "default")
+    if name not in _BUILDERS[role]:
+        raise SpecError(f"unknown {role} network {name!r} (registered: {', '.join(network_names(role))}; "
+                        "register custom ones with mdgm_ros.core.networks.register_network)")
+    return _BUILDERS[role][name](*args, **choice)

@@ -1,4 +1,9 @@
-"""Device selection, normalisation fitting, the beta schedule and a plain training loop."""
+"""Device selection, normalisation fitting, the beta schedule and a stage-aware training loop.
+
+A family with several training stages (e.g. TELBO: joint, then unimodal) gets its epochs split over the
+stages (``TrainConfig.stage_epochs``, or the stages' default shares of ``epochs``); in each stage only
+the stage's parameters train. The stage follows from the epoch counter, so a resumed run restarts
+inside the right stage."""
 from __future__ import annotations
 
 import math
@@ -101,6 +106,24 @@ class TrainConfig:
     grad_clip: float = 10.0
     beta: BetaSchedule = field(default_factory=BetaSchedule)
     seed: int = 0
+    stage_epochs: tuple[int, ...] | None = None   # per training stage; must sum to ``epochs``
+
+
+def stage_plan(model: MultimodalVAE, config: TrainConfig) -> list[int]:
+    """Epochs per training stage of the model's family (sums to ``config.epochs``)."""
+    stages = model.family.stages
+    if config.stage_epochs is not None:
+        plan = [int(e) for e in config.stage_epochs]
+        if len(plan) != len(stages) or any(e < 0 for e in plan) or sum(plan) != config.epochs:
+            raise ValueError(f"stage_epochs {list(config.stage_epochs)} must give one count >= 0 per stage "
+                             f"{[s.name for s in stages]} summing to epochs={config.epochs}")
+        return plan
+    total_share = sum(s.share for s in stages)
+    plan = [int(config.epochs * s.share / total_share) for s in stages]
+    if config.epochs >= len(stages):
+        plan = [max(1, e) for e in plan]
+    plan[-1] = config.epochs - sum(plan[:-1])
+    return plan
 
 
 @dataclass
@@ -111,6 +134,7 @@ class EpochRecord:
     beta: float
     seconds: float
     terms: dict[str, float]
+    stage: str = "joint"
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -120,16 +144,17 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
 
 @torch.no_grad()
 def evaluate_loss(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
-                  beta: float = 1.0, batch_size: int = 256, seed: int = 0) -> float:
-    """Mean per-sample loss of the model's objective (MMVAE evaluates with plain IWAE)."""
+                  beta: float = 1.0, batch_size: int = 256, seed: int = 0, stage: str | None = None) -> float:
+    """Mean per-sample loss of the model's objective, or of one stage's terms (the family's
+    evaluation options: MMVAE evaluates with plain IWAE)."""
     model.eval()
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    options = {"estimator": "iwae"} if model.config.objective == "mmvae" else {}
+    options = dict(model.family.eval_options)
     total, count = 0.0, 0
     for start in range(0, mask.shape[0], batch_size):
         part = {k: v[start:start + batch_size].to(model.device) for k, v in feats.items()}
         m = mask[start:start + batch_size].to(model.device)
-        out = compute_objective(model, part, m, beta=beta, generator=generator, **options)
+        out = compute_objective(model, part, m, beta=beta, generator=generator, stage=stage, **options)
         total += float(out.loss.sum())
         count += m.shape[0]
     return total / max(count, 1)
@@ -137,11 +162,17 @@ def evaluate_loss(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask:
 
 class Trainer:
     """The training loop with its state (optimizer, epoch, step, RNGs) exposed, so a caller can
-    checkpoint after any epoch and resume bit-for-bit (:meth:`state_dict` / :meth:`load_state_dict`)."""
+    checkpoint after any epoch and resume bit-for-bit (:meth:`state_dict` / :meth:`load_state_dict`).
+
+    Stage-aware: ``stage_epochs`` lists the epochs of each of the family's stages, :attr:`stage` is the
+    stage of the next epoch, :meth:`advance_stage` ends the current stage early (early stopping per
+    stage). ``config.epochs`` is the total over all stages."""
 
     def __init__(self, model: MultimodalVAE, config: TrainConfig):
         self.model = model
         self.config = config
+        self.stage_epochs = stage_plan(model, config)
+        self._trainable = {name: p.requires_grad for name, p in model.named_parameters()}
         torch.manual_seed(config.seed)
         self.cpu_gen = torch.Generator().manual_seed(config.seed)
         self.dev_gen = torch.Generator(device=model.device).manual_seed(config.seed + 1)
@@ -150,13 +181,56 @@ class Trainer:
         self.epoch = 0
         self.step = 0
 
+    # ----------------------------------------------------------------- stages
+    @property
+    def stage_index(self) -> int:
+        """Index of the stage the next epoch belongs to (the last stage once training is done)."""
+        end = 0
+        for index, epochs in enumerate(self.stage_epochs):
+            end += epochs
+            if self.epoch < end:
+                return index
+        return len(self.stage_epochs) - 1
+
+    @property
+    def stage(self):
+        return self.model.family.stages[self.stage_index]
+
+    def stage_start(self, index: int) -> int:
+        return sum(self.stage_epochs[:index])
+
+    def advance_stage(self) -> bool:
+        """End the current stage now (e.g. its validation loss stopped improving): the next epoch is
+        the first of the next stage. False if this is the last stage (nothing changes)."""
+        index = self.stage_index
+        if index + 1 >= len(self.stage_epochs):
+            return False
+        self.epoch = self.stage_start(index + 1)
+        return True
+
+    def _objective_stage(self) -> str | None:
+        return self.stage.name if len(self.model.family.stages) > 1 else None
+
+    def _freeze_for_stage(self) -> None:
+        stage = self.stage
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(self._trainable[name] and stage.trains_parameter(name))
+
+    def _unfreeze(self) -> None:
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(self._trainable[name])
+
+    # ----------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
                 "cpu_gen": self.cpu_gen.get_state(), "dev_gen": self.dev_gen.get_state(),
-                "torch_rng": torch.get_rng_state()}
+                "torch_rng": torch.get_rng_state(), "stage": self.stage.name,
+                "stage_epochs": list(self.stage_epochs)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        if "stage_epochs" in state:
+            self.stage_epochs = [int(e) for e in state["stage_epochs"]]
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.cpu_gen.set_state(state["cpu_gen"])
         self.dev_gen.set_state(state["dev_gen"])
@@ -168,20 +242,36 @@ class Trainer:
         """One pass over the data (then the validation loss); ``on_batch(done, total)`` reports progress."""
         model, config, device = self.model, self.config, self.model.device
         model.train()
+        stage = self._objective_stage()
+        self._freeze_for_stage()
+        try:
+            record = self._train_batches(feats, mask, val, on_batch, stage)
+        finally:
+            self._unfreeze()
+        self.epoch += 1
+        model.eval()
+        return record
+
+    def _train_batches(self, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+                       val: tuple[Mapping[str, torch.Tensor], torch.Tensor] | None,
+                       on_batch: Callable[[int, int], None] | None, stage: str | None) -> EpochRecord:
+        model, config, device = self.model, self.config, self.model.device
         started, sums, seen = time.perf_counter(), {"loss": 0.0}, 0
         batches = _batches(mask.shape[0], config.batch_size, self.cpu_gen)
         for done, idx in enumerate(batches, 1):
             batch = {k: v[idx].to(device, non_blocking=True) for k, v in feats.items()}
             m = mask[idx].to(device)
-            out = compute_objective(model, batch, m, beta=config.beta(self.step), generator=self.dev_gen)
+            out = compute_objective(model, batch, m, beta=config.beta(self.step), generator=self.dev_gen,
+                                    stage=stage)
             loss = out.loss.mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at epoch {self.epoch} step {self.step}")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            self.optimizer.step()
+            if loss.requires_grad:             # False when no row of the batch has a term this stage trains
+                loss.backward()
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                self.optimizer.step()
             self.step += 1
             seen += m.shape[0]
             sums["loss"] += float(out.loss.detach().sum())
@@ -189,12 +279,12 @@ class Trainer:
                 sums[key] = sums.get(key, 0.0) + float(value.sum())
             if on_batch is not None:
                 on_batch(done, len(batches))
-        val_loss = evaluate_loss(model, val[0], val[1], beta=config.beta(self.step)) if val is not None else None
-        record = EpochRecord(self.epoch, sums.pop("loss") / max(seen, 1), val_loss, config.beta(self.step),
-                             time.perf_counter() - started, {k: v / max(seen, 1) for k, v in sums.items()})
-        self.epoch += 1
-        model.eval()
-        return record
+        val_loss = None
+        if val is not None:
+            val_loss = evaluate_loss(model, val[0], val[1], beta=config.beta(self.step), stage=stage)
+        return EpochRecord(self.epoch, sums.pop("loss") / max(seen, 1), val_loss, config.beta(self.step),
+                           time.perf_counter() - started, {k: v / max(seen, 1) for k, v in sums.items()},
+                           self.stage.name)
 
 
 def train(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor, config: TrainConfig,

@@ -1,14 +1,10 @@
-"""Model families: one module per training objective, each with its objective in its docstring.
+"""Model families: one module per family, each with its objective (and the survey's equation numbers)
+in its docstring and a ``FAMILY`` object (:class:`.base.Family`) that carries the networks it adds,
+its inference rule, its training stages and its row of the survey's Table 1.
 
-==========  ======  =====================================================================
-objective   fusion  module
-==========  ======  =====================================================================
-``elbo``    any     :mod:`.elbo`   joint VAE ELBO over the observed set
-``mvae``    poe     :mod:`.mvae`   joint + unimodal + k sub-sampled subset ELBOs
-``mopoe``   mopoe   :mod:`.mopoe`  mixture of subset PoEs, KL upper bound
-``mmvae``   moe     :mod:`.mmvae`  stratified looser IWAE with DReG
-``mmjsd``   moe     :mod:`.mmjsd`  JS divergence with a dynamic PoE prior
-==========  ======  =====================================================================
+The rest of the code asks ``model.family`` (or :func:`get_family`), never a family's name.
+``mdgm-ros families`` prints the table (:mod:`.table`). A new family registers itself with
+:func:`register_family` (no edit of the core needed).
 
 :func:`compute_objective` drops rows with no observed modality (they carry no information; their
 loss is 0) and returns per-sample values for the whole batch.
@@ -19,30 +15,54 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..model import MultimodalVAE
-from . import elbo, mmjsd, mmvae, mopoe, mvae
+from . import elbo, jmvae, jvae, m2vae, mmjsd, mmvae, mopoe, mvae, telbo, vaevae
+from .base import Family, FamilyError, Properties, Stage
 from .common import ObjectiveOutput
 
-OBJECTIVES: dict[str, Callable[..., ObjectiveOutput]] = {
-    "elbo": elbo.objective, "mvae": mvae.objective, "mopoe": mopoe.objective,
-    "mmvae": mmvae.objective, "mmjsd": mmjsd.objective,
-}
+FAMILIES: dict[str, Family] = {}
 
 
-def compute_objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+def register_family(family: Family, replace: bool = False) -> Family:
+    if family.name in FAMILIES and not replace:
+        raise ValueError(f"a family named {family.name!r} is already registered")
+    if family.default_fusion not in family.fusions:
+        raise ValueError(f"family {family.name!r}: default fusion {family.default_fusion!r} not in {family.fusions}")
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise FamilyError(f"unknown model family {name!r} (registered: {', '.join(FAMILIES)})") from None
+
+
+for _module in (elbo, mvae, mopoe, mmvae, mmjsd, jvae, jmvae, telbo, m2vae, vaevae):
+    register_family(_module.FAMILY)
+
+# name -> objective function (kept for callers of the first API)
+OBJECTIVES: dict[str, Callable[..., ObjectiveOutput]] = {n: f.objective_fn for n, f in FAMILIES.items()}
+
+
+def compute_objective(model, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
                       beta: float = 1.0, generator: torch.Generator | None = None,
-                      name: str | None = None, **options: Any) -> ObjectiveOutput:
-    """Per-sample objective of ``name`` (default: the model's configured objective and options)."""
+                      name: str | None = None, stage: str | None = None, **options: Any) -> ObjectiveOutput:
+    """Per-sample objective of family ``name`` (default: the model's own, with its configured options);
+    ``stage`` selects a training stage's terms (None: the whole objective)."""
     name = name or model.config.objective
     opts = {**model.config.objective_options, **options} if name == model.config.objective else options
-    fn = OBJECTIVES[name]
+    family = get_family(name)
     feats = model.complete(feats, mask)
     rows = mask.any(1)
+
+    def run(f, m):
+        return family.objective(model, f, m, beta=beta, generator=generator, stage=stage, **opts)
+
     if bool(rows.all()):
-        return fn(model, feats, mask, beta=beta, generator=generator, **opts)
+        return run(feats, mask)
     idx = rows.nonzero(as_tuple=True)[0]
-    out = fn(model, {k: v.index_select(0, idx) for k, v in feats.items()}, mask.index_select(0, idx),
-             beta=beta, generator=generator, **opts)
+    out = run({k: v.index_select(0, idx) for k, v in feats.items()}, mask.index_select(0, idx))
 
     def scatter(values: torch.Tensor) -> torch.Tensor:
         return torch.zeros(mask.shape[0], dtype=values.dtype, device=values.device).index_copy(0, idx, values)
@@ -50,4 +70,5 @@ def compute_objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], m
     return ObjectiveOutput(scatter(out.loss), {k: scatter(v) for k, v in out.terms.items()})
 
 
-__all__ = ["OBJECTIVES", "ObjectiveOutput", "compute_objective"]
+__all__ = ["FAMILIES", "Family", "FamilyError", "OBJECTIVES", "ObjectiveOutput", "Properties", "Stage",
+           "compute_objective", "get_family", "register_family"]

@@ -16,6 +16,7 @@ import torch
 
 from .. import posterior as post
 from ..model import MultimodalVAE
+from .base import Family, Properties
 from .common import ObjectiveOutput, weighted_reconstruction
 
 
@@ -34,3 +35,12 @@ def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: tor
     recon = weighted_reconstruction(model, feats, z, mask)
     elbo = recon - beta * kl
     return ObjectiveOutput(-elbo, {"elbo": elbo.detach(), "recon": recon.detach(), "kl": kl.detach()})
+
+
+FAMILY = Family(
+    name="elbo", objective_fn=objective, fusions=("poe", "moe", "mopoe"), default_fusion="poe",
+    properties=Properties(
+        aggregated_inference="PoE, MoE or MoPoE of the unimodal experts (by fusion)",
+        missing_modalities=True, modality_specific_latents=False, end_to_end=True, scalability="linear",
+        reference="Kingma & Welling 2014 (VAE ELBO) over an aggregated posterior",
+        notes="the joint ELBO alone; unimodal encoders learn only through the fused posterior"))

@@ -17,6 +17,7 @@ import torch
 
 from .. import posterior as post
 from ..model import MultimodalVAE
+from .base import Family, Properties
 from .common import ObjectiveOutput, masked_mean_over_experts, weighted_reconstruction
 
 
@@ -49,3 +50,11 @@ def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: tor
     jsd = jensen_shannon(mu, logvar, mask)
     elbo = recon - beta * jsd
     return ObjectiveOutput(-elbo, {"elbo": elbo.detach(), "recon": recon.detach(), "jsd": jsd.detach()})
+
+
+FAMILY = Family(
+    name="mmjsd", objective_fn=objective, fusions=("moe",), default_fusion="moe",
+    properties=Properties(
+        aggregated_inference="MoE of the unimodal experts (dynamic PoE prior in training)",
+        missing_modalities=True, modality_specific_latents=False, end_to_end=True, scalability="linear",
+        reference="Sutter et al. 2020, mmJSD"))

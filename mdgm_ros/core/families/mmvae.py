@@ -30,6 +30,7 @@ import torch
 
 from .. import posterior as post
 from ..model import MultimodalVAE
+from .base import Family, Properties
 from .common import ObjectiveOutput, masked_mean_over_experts, weighted_reconstruction
 
 
@@ -68,3 +69,12 @@ def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: tor
         z.register_hook(lambda grad: grad_wt.unsqueeze(-1) * grad)
     surrogate = masked_mean_over_experts((grad_wt * lw).sum(1), mask)
     return ObjectiveOutput(-surrogate, {"iwae": iwae.detach()})
+
+
+FAMILY = Family(
+    name="mmvae", objective_fn=objective, fusions=("moe",), default_fusion="moe",
+    eval_options={"estimator": "iwae"},
+    properties=Properties(
+        aggregated_inference="MoE (uniform mixture of the unimodal experts)", missing_modalities=True,
+        modality_specific_latents=False, end_to_end=True, scalability="linear",
+        reference="Shi et al. 2019, MMVAE (stratified looser IWAE, DReG)"))

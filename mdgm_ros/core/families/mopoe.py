@@ -21,6 +21,7 @@ import torch
 
 from .. import posterior as post
 from ..model import MultimodalVAE
+from .base import Family, Properties
 from .common import ObjectiveOutput, weighted_reconstruction
 
 
@@ -52,3 +53,12 @@ def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: tor
     kl = kl_upper_bound(model, mu, logvar, mask)
     elbo = recon - beta * kl
     return ObjectiveOutput(-elbo, {"elbo": elbo.detach(), "recon": recon.detach(), "kl_bound": kl.detach()})
+
+
+FAMILY = Family(
+    name="mopoe", objective_fn=objective, fusions=("mopoe",), default_fusion="mopoe",
+    properties=Properties(
+        aggregated_inference="mixture of the subsets' PoEs (generation: the observed set's PoE)",
+        missing_modalities=True, modality_specific_latents=False, end_to_end=True, scalability="linear",
+        reference="Sutter et al. 2021, MoPoE-VAE",
+        notes="parameters linear in M; the KL bound visits 2^M - 1 subsets per step (closed form)"))

@@ -20,6 +20,7 @@ import torch
 
 from .. import posterior as post
 from ..model import MultimodalVAE
+from .base import Family, Properties
 from .common import ObjectiveOutput, weighted_reconstruction
 
 
@@ -49,3 +50,11 @@ def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: tor
         terms[f"elbo_subset{i}"] = sampled.detach()
         total = total + sampled
     return ObjectiveOutput(-total, terms)
+
+
+FAMILY = Family(
+    name="mvae", objective_fn=objective, fusions=("poe",), default_fusion="poe",
+    properties=Properties(
+        aggregated_inference="PoE of the unimodal experts and the prior", missing_modalities=True,
+        modality_specific_latents=False, end_to_end=True, scalability="linear",
+        reference="Wu & Goodman 2018, MVAE (sub-sampled training)"))

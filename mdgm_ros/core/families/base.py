@@ -1,0 +1,149 @@
+"""What a model family is: its objective, the networks it adds, its inference rule, its training stages
+and its row of the survey's Table 1, in one object the rest of the code asks (never a name check).
+
+Experts layout (what :meth:`MultimodalVAE.experts` returns, ``(R, B, D)``): rows ``0..M-1`` are the
+unimodal encoders q(z | x_m) in model order (a family without unimodal encoders leaves prior
+placeholders there); rows ``M..`` are the family's subset encoders q(z | X_S), in the order of
+:meth:`Family.subsets`, filled for the rows where every modality of S is observed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from .. import posterior as post
+from .common import ObjectiveOutput
+
+if TYPE_CHECKING:
+    from ..model import ModelConfig, MultimodalVAE
+
+
+class FamilyError(ValueError):
+    """A family refuses a request (e.g. inference from a subset it has no network for)."""
+
+
+@dataclass(frozen=True)
+class Properties:
+    """The survey's Table 1 columns for one family, plus where it comes from."""
+
+    aggregated_inference: str          # how q(z | X_S) is formed, in words ("PoE", "joint encoder", ...)
+    missing_modalities: bool           # inference from every non-empty subset
+    modality_specific_latents: bool    # private latents per modality beside the shared one
+    end_to_end: bool                   # one training stage
+    scalability: str                   # parameter growth in M: "linear", "exponential", "pairwise"
+    reference: str
+    equations: str = ""                # the survey's equation numbers, where known
+    notes: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A training stage: the parameters it trains (name prefixes; empty = all) and its default share of
+    the epochs. ``objective_stage`` is passed to the family objective as ``stage=``."""
+
+    name: str
+    trains: tuple[str, ...] = ()
+    share: float = 1.0
+    description: str = ""
+
+    def trains_parameter(self, name: str) -> bool:
+        return not self.trains or any(name == p or name.startswith(p + ".") for p in self.trains)
+
+
+ObjectiveFn = Callable[..., ObjectiveOutput]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family whose inference aggregates the unimodal experts (PoE, MoE or MoPoE by the model's
+    fusion). Subclasses override the inference rule and the networks; see :mod:`.surrogate`."""
+
+    name: str
+    objective_fn: ObjectiveFn
+    properties: Properties
+    fusions: tuple[str, ...] = ("poe",)
+    default_fusion: str = "poe"
+    stages: tuple[Stage, ...] = (Stage("joint"),)
+    eval_options: Mapping[str, Any] = field(default_factory=dict)
+    unimodal_encoders: bool = True
+
+    # ---------------------------------------------------------------- description
+    @property
+    def doc(self) -> str:
+        module = __import__(self.objective_fn.__module__, fromlist=["__doc__"])
+        return (module.__doc__ or "").strip()
+
+    def inference_rule(self, config: "ModelConfig | None" = None) -> str:
+        return self.properties.aggregated_inference
+
+    def table_row(self) -> dict[str, Any]:
+        return {"family": self.name, **self.properties.to_dict(), "fusions": list(self.fusions),
+                "stages": [s.name for s in self.stages], "inference": self.inference_rule()}
+
+    # ---------------------------------------------------------------- networks
+    def subsets(self, config: "ModelConfig") -> list[tuple[str, ...]]:
+        """Subsets with their own encoder network (rows M.. of the experts), in model order."""
+        return []
+
+    def build_networks(self, model: "MultimodalVAE") -> dict[str, nn.Module]:
+        """Networks beyond encoders, decoders and subset encoders (bridges, heads...)."""
+        return {}
+
+    def closed_form_poe(self, model: "MultimodalVAE") -> bool:
+        """Is q(z | X_S) the PoE of the unimodal experts with the prior for the full observed set (the
+        Fuser's closed-form fast path)?"""
+        return model.fusion != "moe"
+
+    # ---------------------------------------------------------------- objective
+    def objective(self, model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+                  beta: float = 1.0, generator: torch.Generator | None = None, stage: str | None = None,
+                  **options: Any) -> ObjectiveOutput:
+        """Per-sample loss; ``stage`` (a stage name) selects the stage's terms, None the full objective."""
+        return self.objective_fn(model, feats, mask, beta=beta, generator=generator, **options)
+
+    # ---------------------------------------------------------------- inference rule
+    def check_inference(self, model: "MultimodalVAE", mask: torch.Tensor) -> None:
+        """Raise :class:`FamilyError` for observed sets the family cannot condition on."""
+
+    def posterior_summary(self, model: "MultimodalVAE", mu: torch.Tensor, logvar: torch.Tensor,
+                          mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of q(z | X_mask): (B, D) each."""
+        n = len(model.names)
+        if model.fusion == "moe":
+            return post.mixture_moments(mu[:n], logvar[:n], mask)
+        return model.subset_posterior(mu[:n], logvar[:n], mask)
+
+    def posterior_samples(self, model: "MultimodalVAE", mu: torch.Tensor, logvar: torch.Tensor,
+                          mask: torch.Tensor, n_samples: int,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+        """z ~ q(z | X_mask): (K, B, D). MoE draws each sample's expert uniformly among the observed."""
+        if model.fusion != "moe":
+            q_mu, q_lv = self.posterior_summary(model, mu, logvar, mask)
+            return post.reparameterize(q_mu, q_lv, n_samples, generator)
+        mu, logvar = mu[:len(model.names)], logvar[:len(model.names)]
+        all_z = post.stratified_mixture_samples(mu, logvar, n_samples, generator)       # (M, K, B, D)
+        weights = mask.float() + (~mask.any(1, keepdim=True)).float()                   # empty row: any
+        pick = torch.multinomial(weights, n_samples, replacement=True, generator=generator).t()  # (K, B)
+        batch_idx = torch.arange(mask.shape[0], device=mask.device).expand(n_samples, -1)
+        k_idx = torch.arange(n_samples, device=mask.device)[:, None].expand(-1, mask.shape[0])
+        z = all_z[pick, k_idx, batch_idx]
+        empty = ~mask.any(1)
+        prior = post.reparameterize(torch.zeros_like(z), torch.zeros_like(z), generator=generator)
+        return torch.where(empty[None, :, None], prior, z)
+
+    def posterior_log_prob(self, model: "MultimodalVAE", z: torch.Tensor, mu: torch.Tensor,
+                           logvar: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """log q(z | X_mask) for z (K, B, D), matching :meth:`posterior_samples`: (K, B)."""
+        if model.fusion != "moe":
+            q_mu, q_lv = self.posterior_summary(model, mu, logvar, mask)
+            return post.gaussian_log_prob(z, q_mu, q_lv)
+        mu, logvar = mu[:len(model.names)], logvar[:len(model.names)]
+        prior = post.standard_normal_log_prob(z)
+        mixture = post.mixture_log_prob(z, mu, logvar, mask | ~mask.any(1, keepdim=True))
+        return torch.where(mask.any(1)[None, :], mixture, prior)
