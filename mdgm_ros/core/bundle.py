@@ -238,8 +238,8 @@ class _Folder:
             raise
         return fd, info.st_size
 
-    def read(self, name: str, limit: int) -> tuple[bytes, str]:
-        """(content, sha256) of an entry; never more than ``limit`` bytes are read."""
+    def read(self, name: str, limit: int, keep: bool = True) -> tuple[bytes, str, int]:
+        """(content (b"" unless ``keep``), sha256, size) of an entry; never more than ``limit`` bytes are read."""
         fd, size = self._open(name, limit)
         digest, parts, total = hashlib.sha256(), [], 0
         try:
@@ -248,14 +248,15 @@ class _Folder:
                     block = fh.read(min(1 << 20, limit + 1 - total))
                     if not block:
                         break
-                    parts.append(block)
+                    if keep:
+                        parts.append(block)
                     digest.update(block)
                     total += len(block)
         except OSError as err:
             raise BundleError(f"{_shown(self.path)}: {name} cannot be read: {_os_reason(err)}") from None
         if total > limit:
             raise BundleError(f"{_shown(self.path)}: {name} grew past the limit of {limit} bytes while read")
-        return b"".join(parts), digest.hexdigest()
+        return b"".join(parts), digest.hexdigest(), total
 
 
 def _parse_json(folder: Path, name: str, blob: bytes) -> Any:
@@ -293,7 +294,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
 
 def _read_manifest(opened: _Folder) -> dict[str, Any]:
     try:
-        blob, _ = opened.read(MANIFEST, MAX_JSON_BYTES)
+        blob, _, _ = opened.read(MANIFEST, MAX_JSON_BYTES)
     except BundleError as err:
         if str(err).endswith(f"{MANIFEST} is missing"):
             raise BundleError(f"{_shown(opened.path)}: {MANIFEST} is missing (not a bundle, or an interrupted "
@@ -311,12 +312,13 @@ def _verified_contents(opened: _Folder, manifest: dict[str, Any],
     contents, total = {}, 0
     for name, expected in sorted(files.items()):
         limit = MAX_JSON_BYTES if name.endswith(".json") else MAX_FILE_BYTES
-        blob, actual = opened.read(name, min(limit, max(max_bytes - total, 0)))
-        total += len(blob)
+        parsed = name in (CONFIG, WEIGHTS, NORMALIZATION, CALIBRATION)
+        blob, actual, size = opened.read(name, min(limit, max(max_bytes - total, 0)), keep=parsed)
+        total += size
         if actual != expected:
             raise BundleError(f"{_shown(folder)}: {name} is corrupt or truncated (its sha256 does not match the "
-                              f"manifest; {len(blob)} bytes)")
-        if name in (CONFIG, WEIGHTS, NORMALIZATION, CALIBRATION):
+                              f"manifest; {size} bytes)")
+        if parsed:
             contents[name] = blob
     if content_hash(files) != manifest.get("content_hash"):
         raise BundleError(f"{_shown(folder)}: {MANIFEST} content_hash does not match its file list")

@@ -11,8 +11,11 @@ Topics (DESIGN.md section 2): ``~/latent`` and ``~/anomaly`` (sensor_msgs/JointS
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from collections import Counter, deque
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +23,10 @@ import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.task import Future
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
@@ -30,6 +35,7 @@ from std_srvs.srv import Trigger
 from ..streams import bridge
 from ..streams.alignment import Aligner, PushResult
 from ..core import Bundle, BundleError, Fuser, load_bundle, select_device
+from ..core.bundle import within_roots
 from ..streams.params import FusionParams, ParameterError, check_against_bundle, declare_fusion_params
 from ..streams.kinds import Stream, make_stream
 from .guard import GuardedNode
@@ -81,6 +87,8 @@ class FusionNode(GuardedNode, LifecycleNode):
         self._compute_ms: deque = deque(maxlen=1000)
         self._published = 0
         self._errors = Counter()
+        self._reloading = threading.Lock()
+        self.bundle_roots = self._declare_bundle_roots()
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -164,12 +172,32 @@ class FusionNode(GuardedNode, LifecycleNode):
         fuser = Fuser(bundle.model, bundle.calibration, impute_present=self.params.impute_present)
         return Runtime(bundle, streams, fuser, device)
 
-    def _on_reload(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        path = self.get_parameter("bundle").value
+    def _declare_bundle_roots(self) -> list[str]:
+        """Read-only: folders reloads may load bundles from (the start-up bundle's folder is always one)."""
+        roots = list(self.declare_parameter("bundle_roots", default_bundle_roots(), ParameterDescriptor(
+            description="folders ~/reload_model may load bundles from (read-only)", read_only=True)).value)
+        start = self.params.bundle if self.params is not None else ""
+        if start:
+            roots.append(os.path.dirname(os.path.abspath(start)))
+        return [r for r in roots if r]
+
+    async def _on_reload(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """Load in a background thread (the streams keep being served), then swap one reference."""
+        path = str(self.get_parameter("bundle").value)
+        if not self._reloading.acquire(blocking=False):
+            response.success, response.message = False, "refused: a reload is already in progress"
+            return response
         try:
-            runtime = self._load(path)
-        except (BundleError, ParameterError, RuntimeError, ValueError) as err:
-            response.success, response.message = False, f"refused {path!r}: {err}"
+            done: Future = Future()
+            threading.Thread(target=self._load_in_background, args=(path, done), daemon=True,
+                             name="bundle-reload").start()
+            runtime, error = await done
+        finally:
+            self._reloading.release()
+        if runtime is not None and self.runtime is None:
+            runtime, error = None, "the node was cleaned up during the reload"
+        if runtime is None:
+            response.success, response.message = False, f"refused {path[:300]!r}: {error}"
             self.get_logger().error(response.message)
             return response
         old = self.runtime.bundle.model_id if self.runtime else None
@@ -178,6 +206,19 @@ class FusionNode(GuardedNode, LifecycleNode):
         response.success, response.message = True, f"loaded {runtime.bundle.model_id} (was {old})"
         self.get_logger().info(response.message)
         return response
+
+    def _load_in_background(self, path: str, done: Future) -> None:
+        try:
+            within_roots(path, self.bundle_roots) if path else None
+            result = (self._load(path), None)
+        except (BundleError, ParameterError, RuntimeError, ValueError, OSError) as err:
+            result = (None, str(err)[:1000])
+        except Exception as err:  # noqa: BLE001 - the service must answer whatever broke
+            result = (None, f"{type(err).__name__}: {str(err)[:500]}")
+        done.set_result(result)
+        executor = self.executor
+        if executor is not None:
+            executor.wake()                                      # resume the waiting service callback
 
     def _publish_model_info(self) -> None:
         if self._info_pub is None or self.runtime is None:
@@ -343,6 +384,19 @@ class FusionNode(GuardedNode, LifecycleNode):
         if np.isfinite(stats.score) and np.isfinite(threshold) and stats.score > threshold:
             return DiagnosticStatus.WARN, f"anomalous (score {stats.score:.2f} > {threshold:.2f})"
         return DiagnosticStatus.OK, "ok"
+
+
+def default_bundle_roots() -> list[str]:
+    """The package's models/ (source checkout or installed share) and the user's model folder."""
+    roots = [str(Path(__file__).resolve().parents[2] / "models")]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        roots.append(str(Path(get_package_share_directory("mdgm_ros")) / "models"))
+    except Exception:  # noqa: BLE001 - not installed with colcon
+        pass
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    roots.append(os.path.join(data_home, "mdgm_ros", "models"))
+    return roots
 
 
 def _status(name: str, level: bytes, message: str, hardware_id: str, values: dict) -> DiagnosticStatus:
