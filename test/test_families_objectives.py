@@ -98,3 +98,28 @@ def test_vaevae_is_m2vae_without_the_joint_kl_to_the_prior():
     expected = recon + elbo_uni["a"] + elbo_uni["b"] - BETA * ALPHA * (kl_joint["a"] + kl_joint["b"])
     assert torch.allclose(loss(model, x), -expected, atol=1e-4)
     assert float(kl.detach().abs().sum()) > 0          # the dropped term is not zero by accident
+
+
+def test_bridged_stages_eq12_then_bridged_unimodal_objective():
+    gamma = 0.3
+    model, x = build("bridged", gamma=gamma)
+    joint_enc = model.subset_encoders["a__b"]
+    h_a, h_b = joint_enc.bodies[0](x["a"]), joint_enc.bodies[1](x["b"])
+    hat_b, = model.extra["bridge_a"](h_a)
+    hat_a, = model.extra["bridge_b"](h_b)
+    joint = joint_enc.head(torch.cat([h_a, h_b], -1))
+    q_a = joint_enc.head(torch.cat([h_a, hat_b], -1))
+    q_b = joint_enc.head(torch.cat([hat_a, h_b], -1))
+    prior = Normal(torch.zeros(2), torch.ones(2))
+    kl = lambda q: kl_divergence(gaussian(*q), prior).sum(-1)       # noqa: E731
+    elbo_joint = (loglik(model, "a", x["a"], joint[0]) + loglik(model, "b", x["b"], joint[0])
+                  - BETA * kl(joint))
+    bridge = (loglik(model, "a", x["a"], q_a[0]) - BETA * kl(q_a) + loglik(model, "b", x["b"], q_b[0])
+              - BETA * kl(q_b) - gamma * (((hat_b - h_b) ** 2).sum(-1) + ((hat_a - h_a) ** 2).sum(-1)))
+    assert torch.allclose(loss(model, x, stage="joint"), -elbo_joint, atol=1e-4)
+    assert torch.allclose(loss(model, x, stage="bridge"), -bridge, atol=1e-4)
+    assert torch.allclose(loss(model, x), -(elbo_joint + bridge), atol=1e-4)
+    # inference from one modality is the joint encoder fed the bridged encoding
+    mask = torch.tensor([[True, False]] * 3)
+    mu, logvar = model.experts(model.complete(x, mask), mask)
+    assert torch.allclose(model.posterior_summary(mu, logvar, mask)[0], q_a[0], atol=1e-5)

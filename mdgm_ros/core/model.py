@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -210,7 +210,7 @@ class MultimodalVAE(nn.Module):
         elsewhere it holds the prior's numbers, which the aggregation functions never read."""
         mus, logvars = [], []
         for j, name in enumerate(self.names):
-            encoder = self.encoders[name] if name in self.encoders else None
+            encoder = self.family.unimodal_encoder(self, name)
             mu, logvar = self._encode_rows(encoder, [feats[name]] if encoder else [], mask[:, j])
             mus.append(mu)
             logvars.append(logvar)
@@ -222,7 +222,7 @@ class MultimodalVAE(nn.Module):
             logvars.append(logvar)
         return torch.stack(mus), torch.stack(logvars)
 
-    def _encode_rows(self, encoder: nn.Module | None, inputs: list[torch.Tensor], rows: torch.Tensor
+    def _encode_rows(self, encoder: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None, inputs: list[torch.Tensor], rows: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         batch = rows.shape[0]
         mu = torch.zeros((batch, self.latent_dim), device=rows.device)

@@ -178,8 +178,15 @@ class SubsetEncoder(nn.Module):
         total = sum(out for _, out in bodies)
         self.head = GaussianHead(_mlp([total, width], final_activation=True), width, latent_dim)
 
+    def features(self, *feats: torch.Tensor) -> list[torch.Tensor]:
+        """Each modality's body output (the encodings a bridge maps between)."""
+        return [body(x) for body, x in zip(self.bodies, feats)]
+
+    def from_features(self, encodings: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(torch.cat(encodings, dim=-1))
+
     def forward(self, *feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.head(torch.cat([body(x) for body, x in zip(self.bodies, feats)], dim=-1))
+        return self.from_features(self.features(*feats))
 
 
 def build_decoder(spec: ModalitySpec, latent_dim: int) -> nn.Module:

@@ -95,6 +95,12 @@ class Family:
         """Networks beyond encoders, decoders and subset encoders (bridges, heads...)."""
         return {}
 
+    def unimodal_encoder(self, model: "MultimodalVAE", name: str
+                         ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+        """What computes expert row ``name`` (q(z | x_name)); None: the family has none (prior
+        placeholders, which its inference rule never reads)."""
+        return model.encoders[name] if name in model.encoders else None
+
     def closed_form_poe(self, model: "MultimodalVAE") -> bool:
         """Is q(z | X_S) the PoE of the unimodal experts with the prior for the full observed set (the
         Fuser's closed-form fast path)?"""

@@ -29,7 +29,7 @@ def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: tor
 
 
 FAMILY = SurrogateFamily(
-    name="jvae", objective_fn=objective, unimodal_encoders=False,
+    name="jvae", objective_fn=objective, unimodal_encoders=False, surrogates=False,
     properties=Properties(
         aggregated_inference="joint encoder q(z|X) only", missing_modalities=False,
         modality_specific_latents=False, end_to_end=True, scalability="linear",

@@ -61,7 +61,10 @@ def listed_subsets(config: "ModelConfig") -> list[tuple[str, ...]]:
 
 @dataclass(frozen=True)
 class SurrogateFamily(Family):
-    """A family with a joint encoder, optional subset encoders and unimodal surrogates."""
+    """A family with a joint encoder, optional subset encoders and unimodal surrogates (``surrogates``:
+    whether single modalities have a posterior of their own -- an encoder, or a bridge)."""
+
+    surrogates: bool = True
 
     def subsets(self, config: "ModelConfig") -> list[tuple[str, ...]]:
         return [config.names, *listed_subsets(config)]
@@ -70,7 +73,7 @@ class SurrogateFamily(Family):
         return False
 
     def inference_rule(self, config: "ModelConfig | None" = None) -> str:
-        if not self.unimodal_encoders:
+        if not self.surrogates:
             return "full set: the joint encoder; any other subset is refused"
         return ("full set: the joint encoder; single modality or listed subset: its own encoder; "
                 "other subsets: product of the unimodal surrogates (no prior expert)")
@@ -84,7 +87,7 @@ class SurrogateFamily(Family):
         return self.objective_fn(model, feats, mask, beta=beta, generator=generator, **options)
 
     def check_inference(self, model: "MultimodalVAE", mask: torch.Tensor) -> None:
-        if self.unimodal_encoders:
+        if self.surrogates:
             return
         partial = mask.any(1) & ~mask.all(1)
         if bool(partial.any()):
@@ -111,7 +114,7 @@ def units(model: "MultimodalVAE") -> list[Unit]:
     """The single modalities (if the family has surrogates) and the listed subsets, not the full set."""
     n = len(model.names)
     eye = torch.eye(n, dtype=torch.bool, device=model.device)
-    out = [Unit(name, eye[j], j) for j, name in enumerate(model.names)] if model.family.unimodal_encoders else []
+    out = [Unit(name, eye[j], j) for j, name in enumerate(model.names)] if model.family.surrogates else []
     for j, subset in enumerate(model.subset_masks(model.device)):
         if not bool(subset.all()):
             label = "+".join(model.subset_names[j])
