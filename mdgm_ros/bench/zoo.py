@@ -1,0 +1,327 @@
+"""``mdgm-ros bench zoo``: every model family on PolyDigits (the PolyMNIST protocol, offline).
+
+For each family and seed: train on the train tuples, then report on the test tuples
+- conditional coherence for k = 1..M-1 given modalities: for every subset S of size k and every target
+  t not in S, the plain accuracy of t's pretrained digit classifier on the image generated from S
+  (decoded from the posterior mean), averaged over targets and subsets; ``null`` where the family
+  refuses inference from a subset (Table 1: no missing modalities);
+- latent linear-probe accuracy (logistic regression on the full-set posterior mean);
+- joint NLL by IWAE (K samples, full-set proposal), in nats per tuple of normalised features;
+- training samples/s and wall time.
+The per-modality classifiers are trained once per seed and their test accuracies are reported.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core import ModelConfig, MultimodalVAE, impute, iwae_log_likelihood, training
+from ..core.families import FAMILIES, FamilyError
+from ..data.polydigits import PolyDigits, make_polydigits, specs
+
+
+@dataclass
+class ZooConfig:
+    families: tuple[str, ...] = tuple(FAMILIES)
+    seeds: int = 1
+    n_train: int = 10000
+    n_test: int = 2000
+    n_modalities: int = 5
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    latent_dim: int = 16
+    warmup_steps: int = 500
+    classifier_epochs: int = 4
+    iwae_k: int = 100
+    n_nll: int = 500
+    n_probe: int = 5000
+    threads: int = 1
+
+
+# ----------------------------------------------------------------------------- classifiers
+class DigitClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                 nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                                 nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _predict(net: nn.Module, images: np.ndarray | torch.Tensor, chunk: int = 1000) -> np.ndarray:
+    x = torch.as_tensor(images, dtype=torch.float32)
+    with torch.no_grad():
+        return torch.cat([net(x[i:i + chunk]).argmax(1) for i in range(0, len(x), chunk)]).numpy()
+
+
+def train_classifiers(train: PolyDigits, test: PolyDigits, epochs: int, seed: int
+                      ) -> tuple[dict[str, nn.Module], dict[str, float]]:
+    """One digit classifier per modality; returns them and their test accuracies."""
+    nets, accuracy = {}, {}
+    labels = torch.from_numpy(train.labels)
+    for j, name in enumerate(train.names):
+        torch.manual_seed(seed * 100 + j)
+        net = DigitClassifier()
+        opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+        x = torch.from_numpy(train.images[name])
+        gen = torch.Generator().manual_seed(seed * 100 + j)
+        for _ in range(epochs):
+            for idx in torch.randperm(len(x), generator=gen).split(128):
+                loss = nn.functional.cross_entropy(net(x[idx]), labels[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        nets[name] = net.eval()
+        accuracy[name] = float((_predict(net, test.images[name]) == test.labels).mean())
+    return nets, accuracy
+
+
+# ----------------------------------------------------------------------------- one family
+def _features(model: MultimodalVAE, data: PolyDigits) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    feats = {n: torch.from_numpy(data.images[n]) for n in model.names}
+    return feats, torch.ones((len(data), len(model.names)), dtype=torch.bool)
+
+
+def train_family(name: str, train: PolyDigits, config: ZooConfig, seed: int) -> tuple[MultimodalVAE, dict]:
+    torch.manual_seed(seed)
+    model = MultimodalVAE(ModelConfig(specs(config.n_modalities), latent_dim=config.latent_dim, objective=name))
+    raw, mask = _features(model, train)
+    training.fit_normalization(model, raw, mask)
+    feats = training.normalize_features(model, raw)
+    schedule = training.BetaSchedule("linear", 0.0, 1.0, config.warmup_steps)
+    tconfig = training.TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                                   beta=schedule, seed=seed)
+    started = time.perf_counter()
+    history = training.train(model, feats, mask, tconfig)
+    seconds = time.perf_counter() - started
+    return model, {"train_seconds": seconds, "samples_per_s": len(train) * len(history) / max(seconds, 1e-9),
+                   "final_train_loss": history[-1].train_loss if history else None}
+
+
+def _normalized(model: MultimodalVAE, data: PolyDigits, rows: slice) -> dict[str, torch.Tensor]:
+    return {n: model.normalize(n, torch.from_numpy(data.images[n][rows])) for n in model.names}
+
+
+@torch.no_grad()
+def coherence(model: MultimodalVAE, test: PolyDigits, classifiers: dict[str, nn.Module],
+              chunk: int = 500) -> dict[int, float] | None:
+    """k -> mean accuracy of the classifiers on the images generated from every subset of size k;
+    None if the family refuses inference from a proper subset."""
+    names, n_mod = model.names, len(model.names)
+    correct: dict[int, list[float]] = {k: [] for k in range(1, n_mod)}
+    for k in range(1, n_mod):
+        for given in itertools.combinations(range(n_mod), k):
+            targets = [names[j] for j in range(n_mod) if j not in given]
+            hits = {t: 0 for t in targets}
+            for start in range(0, len(test), chunk):
+                rows = slice(start, start + chunk)
+                feats = _normalized(model, test, rows)
+                mask = torch.zeros((len(test.labels[rows]), n_mod), dtype=torch.bool)
+                mask[:, list(given)] = True
+                try:
+                    imputed = impute(model, {names[j]: feats[names[j]] for j in given}, mask, targets)
+                except FamilyError:
+                    return None
+                for t in targets:
+                    image = model.denormalize(t, imputed[t].mean).clamp(0, 1)
+                    hits[t] += int((_predict(classifiers[t], image) == test.labels[rows]).sum())
+            correct[k] += [hits[t] / len(test) for t in targets]
+    return {k: float(np.mean(v)) for k, v in correct.items()}
+
+
+@torch.no_grad()
+def latent_means(model: MultimodalVAE, data: PolyDigits, n: int, chunk: int = 500) -> np.ndarray:
+    out = []
+    for start in range(0, min(n, len(data)), chunk):
+        rows = slice(start, min(start + chunk, n))
+        feats = _normalized(model, data, rows)
+        mask = torch.ones((len(data.labels[rows]), len(model.names)), dtype=torch.bool)
+        out.append(model.posterior_summary(*model.experts(feats, mask), mask)[0].numpy())
+    return np.concatenate(out)
+
+
+def latent_probe(model: MultimodalVAE, train: PolyDigits, test: PolyDigits, n_probe: int) -> float:
+    from sklearn.linear_model import LogisticRegression
+    z_train, z_test = latent_means(model, train, n_probe), latent_means(model, test, len(test))
+    probe = LogisticRegression(max_iter=2000).fit(z_train, train.labels[:len(z_train)])
+    return float(probe.score(z_test, test.labels))
+
+
+@torch.no_grad()
+def joint_nll(model: MultimodalVAE, test: PolyDigits, k: int, n: int, chunk: int = 25) -> float:
+    gen = torch.Generator().manual_seed(0)
+    values = []
+    for start in range(0, min(n, len(test)), chunk):
+        rows = slice(start, min(start + chunk, n))
+        feats = _normalized(model, test, rows)
+        mask = torch.ones((len(test.labels[rows]), len(model.names)), dtype=torch.bool)
+        values.append(-iwae_log_likelihood(model, feats, mask, n_samples=k, generator=gen))
+    return float(torch.cat(values).mean())
+
+
+def evaluate_family(name: str, train: PolyDigits, test: PolyDigits, classifiers: dict[str, nn.Module],
+                    config: ZooConfig, seed: int) -> dict[str, Any]:
+    model, stats = train_family(name, train, config, seed)
+    model.eval()
+    started = time.perf_counter()
+    result = {"family": name, "seed": seed, **stats,
+              "coherence": coherence(model, test, classifiers),
+              "latent_probe": latent_probe(model, train, test, config.n_probe),
+              "joint_nll": joint_nll(model, test, config.iwae_k, config.n_nll)}
+    result["eval_seconds"] = time.perf_counter() - started
+    return result
+
+
+# ----------------------------------------------------------------------------- the benchmark
+def run_zoo(config: ZooConfig, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    unknown = sorted(set(config.families) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown families {unknown} (registered: {', '.join(FAMILIES)})")
+    torch.set_num_threads(max(1, config.threads))
+    runs, classifier_acc = [], {}
+    started = time.perf_counter()
+    for seed in range(config.seeds):
+        train, test = make_polydigits(config.n_train, config.n_test, config.n_modalities, seed=seed)
+        classifiers, classifier_acc[seed] = train_classifiers(train, test, config.classifier_epochs, seed)
+        log(f"seed {seed}: classifier test accuracy {classifier_acc[seed]}")
+        for name in config.families:
+            run = evaluate_family(name, train, test, classifiers, config, seed)
+            log(f"seed {seed} {name}: coherence {run['coherence']} probe {run['latent_probe']:.3f} "
+                f"nll {run['joint_nll']:.1f} ({run['train_seconds']:.0f} s)")
+            runs.append(run)
+    return {"benchmark": "zoo", "dataset": "PolyDigits", "config": asdict(config),
+            "classifier_accuracy": {str(s): a for s, a in classifier_acc.items()},
+            "runs": runs, "summary": summarize(runs), "wall_seconds": time.perf_counter() - started,
+            "coherence_decoding": "posterior mean", "accuracy": "plain (not class-balanced)"}
+
+
+def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mean over seeds per family (coherence per k, probe, NLL, samples/s)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(r["family"] for r in runs):
+        mine = [r for r in runs if r["family"] == name]
+        coh = [r["coherence"] for r in mine if r["coherence"] is not None]
+        out[name] = {
+            "seeds": len(mine),
+            "coherence": ({str(k): float(np.mean([c[k] for c in coh])) for k in coh[0]} if coh else None),
+            "latent_probe": float(np.mean([r["latent_probe"] for r in mine])),
+            "joint_nll": float(np.mean([r["joint_nll"] for r in mine])),
+            "samples_per_s": float(np.mean([r["samples_per_s"] for r in mine])),
+            "train_seconds": float(np.mean([r["train_seconds"] for r in mine]))}
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    summary = report["summary"]
+    ks = next((list(s["coherence"]) for s in summary.values() if s["coherence"]), [])
+    head = ["family", *[f"coh k={k}" for k in ks], "latent probe", "joint NLL (IWAE)", "samples/s", "train s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, s in summary.items():
+        coh = [f"{s['coherence'][k]:.3f}" if s["coherence"] else "—" for k in ks]
+        lines.append("| " + " | ".join([name, *coh, f"{s['latent_probe']:.3f}", f"{s['joint_nll']:.1f}",
+                                        f"{s['samples_per_s']:.0f}", f"{s['train_seconds']:.0f}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, s in report["summary"].items():
+        if s["coherence"]:
+            ks = [int(k) for k in s["coherence"]]
+            ax.plot(ks, list(s["coherence"].values()), marker="o", label=name)
+    ax.set_xlabel("k (given modalities)")
+    ax.set_ylabel("conditional coherence")
+    ax.set_ylim(0, 1)
+    ax.axhline(0.1, color="grey", lw=0.8, ls=":")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("PolyDigits: coherence vs k")
+    fig.tight_layout()
+    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def _atomic(path: Path, write: Callable[[str], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_outputs(report: dict[str, Any], out: Path) -> None:
+    """zoo.json, zoo.md and coherence.png in ``out`` (each written atomically)."""
+    _atomic(out / "zoo.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
+    _atomic(out / "zoo.md", lambda tmp: Path(tmp).write_text(markdown(report)))
+    plot(report, out / "coherence.png")
+
+
+# ----------------------------------------------------------------------------- CLI glue
+def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``bench zoo`` (``--json`` and ``--device`` are the bench parser's own)."""
+    parser.add_argument("--families", default=",".join(FAMILIES),
+                        help="comma-separated families (default: every registered family)")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds (the README table uses 2)")
+    parser.add_argument("--out", default=None, help="folder for zoo.json, zoo.md and coherence.png")
+    parser.add_argument("--epochs", type=int, default=ZooConfig.epochs, help="training epochs per family")
+    parser.add_argument("--quick", action="store_true", help="a tiny run (seconds): a smoke test, not numbers")
+
+
+def zoo_config_from_args(args: argparse.Namespace) -> ZooConfig:
+    families = tuple(f.strip() for f in str(args.families).split(",") if f.strip())
+    if args.seeds < 1 or args.epochs < 1:
+        raise ValueError("--seeds and --epochs must be >= 1")
+    if getattr(args, "quick", False):
+        return ZooConfig(families=families, seeds=args.seeds, n_train=300, n_test=100, epochs=1,
+                         classifier_epochs=1, iwae_k=4, n_nll=20, n_probe=300)
+    return ZooConfig(families=families, seeds=args.seeds, epochs=args.epochs,
+                     threads=max(1, int(getattr(args, "threads", 1) or 1)))
+
+
+def zoo_command(args: argparse.Namespace, write: Callable[[str], Any] = print) -> int:
+    """Run ``bench zoo``; prints the Markdown table (or the JSON report with ``--json``)."""
+    try:
+        config = zoo_config_from_args(args)
+        report = run_zoo(config, log=lambda m: None if args.json else write(m))
+    except ValueError as err:
+        write(f"error: {err}")
+        return 2
+    if args.out:
+        write_outputs(report, Path(args.out))
+    write(json.dumps(report, indent=2) if args.json else markdown(report).rstrip("\n"))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mdgm_ros.bench.zoo`` until the CLI wires ``bench zoo``."""
+    parser = argparse.ArgumentParser(prog="mdgm-ros bench zoo")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    add_zoo_arguments(parser)
+    return zoo_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

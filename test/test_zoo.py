@@ -1,0 +1,67 @@
+"""PolyDigits (the PolyMNIST protocol from sklearn's digits) and a tiny `bench zoo`."""
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from mdgm_ros.bench import zoo
+from mdgm_ros.data.polydigits import make_polydigits, split_instances
+
+
+def test_polydigits_tuples_share_a_label_with_distinct_instances_and_disjoint_splits():
+    from sklearn.datasets import load_digits
+
+    train, test = make_polydigits(n_train=400, n_test=100, n_modalities=5, seed=3)
+    assert len(train) == 400 and len(test) == 100 and train.names == ["m0", "m1", "m2", "m3", "m4"]
+    digit_labels = load_digits().target
+    for data in (train, test):
+        assert all(img.shape == (len(data), 3, 16, 16) and img.dtype == np.float32 for img in data.images.values())
+        assert all(0.0 <= img.min() and img.max() <= 1.0 for img in data.images.values())
+        assert (digit_labels[data.instances] == data.labels[:, None]).all()          # one label per tuple
+        assert all(len(set(row)) == 5 for row in data.instances)                      # distinct instances
+    assert not set(train.instances.ravel()) & set(test.instances.ravel())            # split before tuples
+    again, _ = make_polydigits(n_train=400, n_test=100, n_modalities=5, seed=3)
+    assert all(np.array_equal(again.images[n], train.images[n]) for n in train.names)
+    # every modality has its own background: the mean colours differ
+    means = np.stack([train.images[n].mean(axis=(0, 2, 3)) for n in train.names])
+    assert np.min(np.abs(means[:, None] - means[None]).sum(-1) + np.eye(5)) > 0.02
+
+
+def test_split_is_stratified_and_disjoint():
+    labels = np.repeat(np.arange(10), 20)
+    train, test = split_instances(labels, 0.25, seed=0)
+    assert not set(train) & set(test) and len(train) + len(test) == 200
+    assert all((labels[test] == c).sum() == 5 for c in range(10))
+
+
+def test_tiny_zoo_reports_every_metric_and_writes_its_files(tmp_path):
+    config = zoo.ZooConfig(families=("mopoe", "jvae"), seeds=1, n_train=200, n_test=60, epochs=1,
+                           classifier_epochs=1, iwae_k=3, n_nll=10, n_probe=200, batch_size=64)
+    report = zoo.run_zoo(config)
+    assert set(report["classifier_accuracy"]["0"]) == {f"m{j}" for j in range(5)}
+    mopoe, jvae = report["summary"]["mopoe"], report["summary"]["jvae"]
+    assert list(mopoe["coherence"]) == ["1", "2", "3", "4"]
+    assert all(0.0 <= v <= 1.0 for v in mopoe["coherence"].values())
+    assert jvae["coherence"] is None                     # JVAE refuses inference from a subset
+    for s in (mopoe, jvae):
+        assert 0.0 <= s["latent_probe"] <= 1.0 and np.isfinite(s["joint_nll"]) and s["samples_per_s"] > 0
+    zoo.write_outputs(report, tmp_path)
+    assert json.loads((tmp_path / "zoo.json").read_text())["summary"].keys() == {"mopoe", "jvae"}
+    assert "| jvae | — | — | — | — |" in (tmp_path / "zoo.md").read_text()
+    assert (tmp_path / "coherence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_zoo_command_refuses_unknown_families_with_one_error_line():
+    lines = []
+    args = argparse.Namespace(families="mopoe,nope", seeds=1, epochs=1, quick=True, json=False, out=None)
+    assert zoo.zoo_command(args, write=lines.append) == 2
+    assert lines == ["error: unknown families ['nope'] (registered: " + ", ".join(zoo.FAMILIES) + ")"]
+
+
+@pytest.mark.parametrize("bad", [{"seeds": 0}, {"epochs": 0}])
+def test_zoo_command_refuses_bad_counts(bad):
+    lines = []
+    args = argparse.Namespace(**{"families": "mopoe", "seeds": 1, "epochs": 1, "quick": False, "json": False,
+                                 "out": None, **bad})
+    assert zoo.zoo_command(args, write=lines.append) == 2 and lines[0].startswith("error:")
