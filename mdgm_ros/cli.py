@@ -111,19 +111,23 @@ def _cmd_play(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .data.bags import BagError
     from .core import BundleError
+    from .data.bags import BagError
+    from .data.labels import LabelError
     from .streams.params import ParameterError
+    from .training.config import parse_set
     from .training.trainer import TrainError, run_training
 
-    overrides = {}
-    if args.epochs:
-        overrides["training.epochs"] = args.epochs
     try:
+        overrides = parse_set(args.set)
+        if args.epochs:
+            overrides["training.epochs"] = args.epochs
+        if args.seed is not None:
+            overrides["training.seed"] = args.seed
         result = run_training(args.bags, args.config, args.out, resume=args.resume, device=args.device,
                               overrides=overrides, log=lambda m: print(m, file=sys.stderr, flush=True),
-                              show_bar=not args.no_progress)
-    except (TrainError, BagError, BundleError, ParameterError, ValueError) as err:
+                              show_bar=not args.no_progress and sys.stderr.isatty())
+    except (TrainError, BagError, BundleError, ParameterError, LabelError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -135,30 +139,37 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .data.bags import BagError
     from .core import BundleError
-    from .data.dataset import default_cache_dir, load_bags
-    from .evaluation.evaluate import evaluate_offline, json_safe, load_eval_model
-    from .streams.params import ParameterError, fusion_params_from_file
+    from .data.bags import BagError
+    from .data.labels import LabelError
+    from .evaluation.evaluate import evaluate_bags, json_safe, summary_lines
 
     try:
-        em = load_eval_model(args.model, args.device)
-        alignment = em.bundle.manifest.get("extra", {}).get("training", {}).get("alignment", {})
-        overrides = {k: v for k, v in alignment.items() if k in ("anchor", "output_rate")}
-        params = fusion_params_from_file(args.params, overrides=overrides)
-        data = load_bags(args.bags, params, list(em.model.config.modalities), default_cache_dir(),
-                         log=lambda m: print(m, file=sys.stderr))
-        report = evaluate_offline(em, data, Path(args.plots) if args.plots else None, args.dropout)
-    except (BagError, BundleError, ParameterError, ValueError) as err:
+        report = evaluate_bags(args.model, args.bags, args.params, plots=args.plots or None, dropout_s=args.dropout,
+                               device=args.device, label_topic=args.label_topic,
+                               log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (BagError, BundleError, LabelError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(json_safe(report), indent=2, allow_nan=False))
     else:
-        from .demo import summary_lines
         print("\n".join(summary_lines(report)))
+    return 0
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    from .data.bags import BagError
+    from .data.labels import LabelError, label_bag
+
+    try:
+        path, labels, origin = label_bag(args.bag, args.add, replace=args.replace)
+    except (BagError, LabelError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{path}: {len(labels)} labels (seconds from the bag's first message)")
+    for label in labels:
+        print(f"  {(label.start_ns - origin) / 1e9:9.3f} {(label.end_ns - origin) / 1e9:9.3f}  {label.kind}")
     return 0
 
 
@@ -220,9 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", default=str(config_path("train.yaml")))
     train.add_argument("--out", required=True, help="bundle folder, e.g. models/NAME")
     train.add_argument("--resume", action="store_true", help="continue from <out>.train/checkpoint.pt")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a config value (YAML), e.g. --set training.lr=1e-3 "
+                            "--set fusion_overrides.camera.topic=/camera/color/image_raw (repeatable)")
     train.add_argument("--epochs", type=int, default=0, help="override training.epochs")
+    train.add_argument("--seed", type=int, default=None, help="override training.seed")
     train.add_argument("--device", default="auto")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (off anyway when not a terminal)")
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="imputation vs baselines, anomaly AUROC/AP per fault, latent stats")
@@ -231,9 +246,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--params", default=str(config_path("fusion.yaml")), help="the node's params file")
     ev.add_argument("--plots", default="", help="folder for the PNGs")
     ev.add_argument("--dropout", type=float, default=1.0, help="seconds of each simulated outage")
+    ev.add_argument("--label-topic", default=None,
+                    help="std_msgs/String JSON fault-label topic in the bags (default: the one the model was "
+                         "trained with, else /sim/fault_labels); sidecar files BAG.labels.yaml are read too")
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--device", default="cpu")
     ev.set_defaults(func=_cmd_evaluate)
+
+    label = sub.add_parser("label", help="write fault labels of a bag into its sidecar file BAG.labels.yaml")
+    label.add_argument("bag")
+    label.add_argument("--add", action="append", default=[], metavar="START:END:KIND",
+                       help="a fault from START to END seconds after the bag's first message (repeatable)")
+    label.add_argument("--replace", action="store_true", help="drop the labels already in the file")
+    label.set_defaults(func=_cmd_label)
 
     demo = sub.add_parser("demo", help="simulate, train, replay through the live node, evaluate")
     demo.add_argument("--out", default="demo_out")

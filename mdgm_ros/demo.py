@@ -65,15 +65,34 @@ def simulate_bags(out: Path, size: DemoSize, keep: bool) -> tuple[Path, Path]:
             continue
         if path.exists():
             shutil.rmtree(path)
-        log = open(out / f"{name}.log", "w")
-        running.append((name, subprocess.Popen(_module("mdgm_ros", "simulate", "--out", str(path), *args),
-                                               stdout=log, stderr=subprocess.STDOUT), log))
-        _log(f"simulating {name} ({args[1]} s of robot time)")
-    for name, proc, log in running:
-        if proc.wait() != 0:
+        proc = subprocess.Popen(_module("mdgm_ros", "simulate", "--out", str(path), *args), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        echo = threading.Thread(target=_tee_progress, args=(name, proc, out / f"{name}.log", 60.0), daemon=True)
+        echo.start()
+        running.append((name, proc, echo))
+        _log(f"simulating {name} ({args[1]} s of robot time; log: {out / (name + '.log')})")
+    for name, proc, echo in running:
+        code = proc.wait()
+        echo.join()
+        if code != 0:
             raise RuntimeError(f"simulating {name} failed; see {out / (name + '.log')}")
-        log.close()
     return out / "train_bag", out / "test_bag"
+
+
+def _tee_progress(name: str, proc: subprocess.Popen, log_path: Path, every_s: float) -> None:
+    """Copy a child's output to its log file; show its progress lines on screen every ``every_s`` s of
+    robot time (the simulator reports every 10 s)."""
+    shown = -every_s
+    with open(log_path, "w") as log:
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()
+            words = line.split()
+            if line.strip().startswith("simulated") and len(words) >= 4:
+                seconds, total = float(words[1]), float(words[3])
+                if seconds - shown >= every_s or seconds >= total - 10:
+                    shown = seconds
+                    _log(f"{name}: simulated {seconds:.0f} / {total:.0f} s")
 
 
 # ----------------------------------------------------------------------------- 3. live replay
@@ -138,8 +157,8 @@ def replay_live(out: Path, bundle: Path, test_bag: Path, settings, outages: dict
         for drop in drops:
             play_args += ["--drop", drop]
         with open(out / "play.log", "w") as play_log:
-            played = subprocess.run(_module(*play_args), env=env, stdout=play_log, stderr=subprocess.STDOUT,
-                                    timeout=(bag_end_ns - bag_start_ns) / NS + 120.0)
+            player = subprocess.Popen(_module(*play_args), env=env, stdout=play_log, stderr=subprocess.STDOUT)
+            played = _wait_reporting(player, recorder.recording, (bag_end_ns - bag_start_ns) / NS, out / "play.log")
         if played.returncode != 0:
             raise RuntimeError(f"play failed; see {out / 'play.log'}")
         time.sleep(1.0)
@@ -150,6 +169,24 @@ def replay_live(out: Path, bundle: Path, test_bag: Path, settings, outages: dict
         executor.shutdown()
         recorder.destroy_node()
         rclpy.try_shutdown()
+
+
+def _wait_reporting(player: subprocess.Popen, recording, bag_s: float, log_path: Path,
+                    every_s: float = 30.0) -> subprocess.CompletedProcess:
+    """Wait for ``mdgm-ros play`` (bag length + 120 s at most), saying every ``every_s`` how far it is."""
+    started = time.monotonic()
+    deadline = started + bag_s + 120.0
+    while True:
+        try:
+            code = player.wait(timeout=every_s)
+            return subprocess.CompletedProcess(player.args, code)
+        except subprocess.TimeoutExpired:
+            elapsed = time.monotonic() - started
+            if time.monotonic() > deadline:
+                stop_process(player, timeout=5)
+                raise RuntimeError(f"play did not finish in {bag_s + 120:.0f} s; see {log_path}") from None
+            _log(f"replay: {min(elapsed, bag_s):.0f} / {bag_s:.0f} s of the bag, {len(recording.latent)} latents "
+                 "received from fusion_node")
 
 
 # ----------------------------------------------------------------------------- 4. report
@@ -166,22 +203,6 @@ def check_report(report: dict[str, Any], modalities: list[str]) -> list[str]:
     return failures
 
 
-def summary_lines(report: dict[str, Any]) -> list[str]:
-    lines = ["imputation error (standardised MSE; lower is better):",
-             f"  {'modality':9s} {'model':>8s} {'mean':>8s} {'last':>8s}  samples"]
-    for name, v in report["imputation"].items():
-        lines.append(f"  {name:9s} {v['model']:8.3f} {v['baseline_mean']:8.3f} {v['baseline_last']:8.3f}  {v['samples']}")
-    a = report["anomaly"]
-    lines.append(f"anomaly: AUROC {a['auroc']:.3f}  AP {a['average_precision']:.3f}  "
-                 f"({a['fault_samples']} fault / {a['samples']} samples)")
-    for kind, v in a["per_fault"].items():
-        lines.append(f"  {kind:17s} AUROC {v['auroc']:.3f}  AP {v['average_precision']:.3f}  ({v['samples']} samples"
-                     f"{'' if v['pooled'] else ', not pooled'})")
-    lat = report["latent"]
-    lines.append(f"latent: {lat['active_dims']}/{lat['dim']} active dims, mean posterior std {lat['mean_posterior_std']:.3f}")
-    return lines
-
-
 def _write_json(path: Path, data: Any) -> None:
     from .evaluation.evaluate import json_safe
 
@@ -193,12 +214,14 @@ def _write_json(path: Path, data: Any) -> None:
 
 def run_demo(out: str | Path = "demo_out", quick: bool = False, device: str = "auto", keep: bool = False) -> int:
     from .data.dataset import align_bag
-    from .evaluation.evaluate import evaluate_live, load_eval_model
+    from .evaluation.evaluate import evaluate_live, load_eval_model, summary_lines
     from .training.trainer import TrainSettings, run_training
 
     size = QUICK if quick else FULL
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _log(f"demo{' --quick' if quick else ''}: simulate, train, replay through fusion_node, evaluate "
+         f"(about {'3' if quick else '9'} minutes on 2 cores); logs and figures go to {out.resolve()}")
     timings: dict[str, float] = {}
     started = time.perf_counter()
     train_bag, test_bag = simulate_bags(out, size, keep)
@@ -248,11 +271,9 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, device: str = "a
 
 
 def _fault_labels(bag: Path) -> list:
-    from .data.bags import messages
-    from .data.dataset import FAULT_TOPIC
-    from .data.labels import FaultLabel
+    from .data.dataset import bag_labels
 
-    return [FaultLabel.from_json(msg.data) for _, _, msg in messages(bag, [FAULT_TOPIC])]
+    return bag_labels(bag)
 
 
 def _bag_span(bag: Path) -> tuple[int, int]:

@@ -32,7 +32,7 @@ def test_invalid_specs_name_the_problem(kwargs, message):
 def test_spec_round_trip_and_unknown_fields():
     for spec in default_robot_modalities():
         assert ModalitySpec.from_dict(spec.to_dict()) == spec
-    with pytest.raises(SpecError, match="unknown fields"):
+    with pytest.raises(SpecError, match="unknown field 'colour'"):
         ModalitySpec.from_dict({"name": "j", "kind": "vector", "shape": [3], "colour": "red"})
     with pytest.raises(SpecError, match="unique"):
         ModelConfig(tuple(default_robot_modalities()) * 2)

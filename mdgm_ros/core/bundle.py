@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
+from .atomic import publish_modes, recover_dir, replace_dir
 from .inference import AnomalyCalibration
 from .modalities import Normalization, SpecError
 from .model import ModelConfig, MultimodalVAE
@@ -104,10 +105,12 @@ def save_bundle(path: str | os.PathLike, model: MultimodalVAE,
     ``attach(folder)`` may add more plain files (e.g. ONNX exports) before the manifest hashes them."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         _write_contents(tmp, model, calibration, name or target.name, extra or {}, attach)
-        _replace_dir(tmp, target)
+        publish_modes(tmp)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -142,22 +145,6 @@ def _write_contents(folder: Path, model: MultimodalVAE, calibration: AnomalyCali
         "extra": extra,
     }
     _write_json(folder / MANIFEST, manifest)
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished folder into place (rename is atomic; an old bundle is moved aside first)."""
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.rename(target, old / "bundle")
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 # --------------------------------------------------------------------------- loading

@@ -14,6 +14,7 @@ Raw shapes (per sample, no batch dimension):
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -163,14 +164,22 @@ def checked_fields(cls: type, data: Any, required: tuple[str, ...], label: str) 
     """``data`` as keyword arguments for dataclass ``cls``: a mapping with no unknown and no missing field."""
     if not isinstance(data, Mapping):
         raise SpecError(f"{label} must be a mapping, got {type(data).__name__}")
-    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(valid), key=str)
     if unknown:
         where = f"{label} {data['name']!r}" if "name" in data else label
-        raise SpecError(f"{where}: unknown fields {sorted(unknown)}")
+        raise SpecError(f"{where}: unknown field{'s' if len(unknown) > 1 else ''} "
+                        + ", ".join(_with_suggestion(str(u), valid) for u in unknown)
+                        + f" (valid: {', '.join(valid)})")
     missing = [name for name in required if name not in data]
     if missing:
         raise SpecError(f"{label} {dict(data)!r} lacks {missing}")
     return dict(data)
+
+
+def _with_suggestion(name: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    return f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 def check_unique(specs: Sequence[ModalitySpec]) -> None:

@@ -124,6 +124,37 @@ def topics(path: str | Path) -> dict[str, str]:
         reader.close()
 
 
+def topic_summary(path: str | Path) -> dict[str, tuple[str, int]]:
+    """topic -> (message type, message count) of a bag, from its metadata (nothing is deserialised)."""
+    reader = _open(Path(path))
+    try:
+        counts: dict[str, tuple[str, int]] = {}
+        for c in reader.connections:
+            _, before = counts.get(c.topic, (c.msgtype, 0))
+            counts[c.topic] = (c.msgtype, before + int(c.msgcount))
+        return counts
+    finally:
+        reader.close()
+
+
+def start_ns(path: str | Path) -> int:
+    """Log time of the bag's first message (0 for an empty bag): the origin of relative label times."""
+    reader = _open(Path(path))
+    try:
+        return int(reader.start_time) if reader.message_count else 0
+    finally:
+        reader.close()
+
+
+def duration_s(path: str | Path) -> float:
+    """Seconds from the bag's first to its last message."""
+    reader = _open(Path(path))
+    try:
+        return (int(reader.end_time) - int(reader.start_time)) / 1e9 if reader.message_count else 0.0
+    finally:
+        reader.close()
+
+
 def raw_messages(path: str | Path, only: Iterable[str] | None = None) -> Iterator[BagMessage]:
     """A bag's messages in log-time order as CDR bytes (for replay without deserialising)."""
     path = Path(path)
@@ -150,11 +181,21 @@ def messages(path: str | Path, only: Iterable[str] | None = None) -> Iterator[tu
 
 
 def content_hash(path: str | Path) -> str:
-    """sha256 over the bag's files (names and bytes): the cache key of its aligned samples."""
+    """sha256 over the bag's files (names and bytes): the cache key of its aligned samples. Memoised
+    per (file, size, mtime), so a training run reads each bag's bytes once for all its uses."""
     path = Path(path)
-    digest = hashlib.sha256()
+    if not path.exists():
+        raise BagError(f"bag {path} does not exist")
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
+    signature = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _content_hash(signature)
+
+
+@functools.lru_cache(maxsize=64)
+def _content_hash(signature: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for name, _, _ in signature:
+        file = Path(name)
         digest.update(file.name.encode())
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):

@@ -6,14 +6,16 @@ buffers, joint order; unstamped audio takes the bag's log time, as the node stam
 A sample is taken at each anchor message, or on the ``output_rate`` grid when the anchor is ''. So
 the presence mask, windows and staleness in training are exactly what the robot sees.
 
-Fault labels (``/sim/fault_labels``, JSON) mark samples inside a fault span; a bag without labels is
-normal operation. ``/sim/task_phase`` gives each sample its task phase (for plots).
+Fault labels (a JSON String topic, ``/sim/fault_labels`` by default, and the bag's sidecar label file,
+see :mod:`.labels`) mark samples inside a fault span; a bag without labels is normal operation.
+:func:`check_bags` checks every configured topic, its type and its message count before any work. ``/sim/task_phase`` gives each sample its task phase (for plots).
 
 The aligned samples of a bag are cached once (``.npz``), keyed by the bag's content hash and
 everything that shapes a sample; images are stored as uint8 (they come from 8-bit sources).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,16 +27,16 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import bags
+from ..core import ModalitySpec
 from ..streams import bridge
 from ..streams.alignment import NS, Aligner, PushResult
-from ..core import ModalitySpec
+from ..streams.kinds import INPUT_TYPES, make_stream
 from ..streams.params import FusionParams, check_against_bundle
-from .labels import FaultLabel
-from ..streams.kinds import make_stream
+from . import bags
+from .labels import DEFAULT_LABEL_TOPIC, FaultLabel, find_sidecar, mark_faults, read_sidecar
 
 CACHE_VERSION = 1
-FAULT_TOPIC = "/sim/fault_labels"
+FAULT_TOPIC = DEFAULT_LABEL_TOPIC
 PHASE_TOPIC = "/sim/task_phase"
 
 
@@ -92,8 +94,10 @@ def _alignment_key(params: FusionParams, specs: list[ModalitySpec]) -> dict[str,
                        "audio": None if s.audio is None else vars(s.audio)} for s in specs]}
 
 
-def cache_key(bag_hash: str, params: FusionParams, specs: list[ModalitySpec], settle_s: float) -> str:
-    text = json.dumps({"bag": bag_hash, "settle_s": settle_s, **_alignment_key(params, specs)},
+def cache_key(bag_hash: str, params: FusionParams, specs: list[ModalitySpec], settle_s: float,
+              label_topic: str = DEFAULT_LABEL_TOPIC) -> str:
+    text = json.dumps({"bag": bag_hash, "settle_s": settle_s, "label_topic": label_topic,
+                       **_alignment_key(params, specs)},
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -101,13 +105,15 @@ def cache_key(bag_hash: str, params: FusionParams, specs: list[ModalitySpec], se
 class _Collector:
     """Reads one bag's messages through the node's conversions into aligned samples."""
 
-    def __init__(self, params: FusionParams, specs: list[ModalitySpec], sample_at: np.ndarray | None = None):
+    def __init__(self, params: FusionParams, specs: list[ModalitySpec], sample_at: np.ndarray | None = None,
+                 label_topic: str = DEFAULT_LABEL_TOPIC):
         check_against_bundle(params, specs)
+        self.label_topic = label_topic
         self.sample_at = None if sample_at is None else np.sort(np.asarray(sample_at, np.int64))
         self.sample_index = 0
         self.params = params
         self.streams = {p.name: make_stream(p, spec) for p, spec in zip(params.streams, specs)}
-        self.by_topic = {s.params.topic: s for s in self.streams.values()}
+        self.by_topic = {absolute_topic(s.params.topic): s for s in self.streams.values()}
         self.aligner = Aligner([s.alignment_config() for s in self.streams.values()], params.reset_after)
         self.names = list(self.streams)
         self.arrays: dict[str, list] = {n: [] for n in self.names}
@@ -120,7 +126,7 @@ class _Collector:
         self.next_tick: int | None = None
 
     def feed(self, topic: str, log_ns: int, msg: Any) -> None:
-        if topic == FAULT_TOPIC:
+        if topic == self.label_topic:
             try:
                 self.labels.append(FaultLabel.from_json(msg.data))
             except (ValueError, KeyError, TypeError):
@@ -137,8 +143,9 @@ class _Collector:
             self.rejects[f"{stream.name}:{err.reason}"] += 1
             return
         stamp = bridge.stamp_to_ns(msg.header.stamp) if stream.stamped else log_ns
-        if self.aligner.push(stream.name, stamp, array) == PushResult.OUT_OF_ORDER:
-            self.rejects[f"{stream.name}:out_of_order"] += 1
+        pushed = self.aligner.push(stream.name, stamp, array)
+        if pushed in PushResult.REJECTED:          # out of order, zero stamp, an unconfirmed jump back
+            self.rejects[f"{stream.name}:{pushed}"] += 1
             return
         if stream.name == self.params.anchor and self.sample_at is None:
             self._take(stamp, (stream.name, array))
@@ -179,12 +186,7 @@ class _Collector:
             self._ticks_until(int(self.sample_at[-1]) if len(self.sample_at) else 0)
         n = len(self.stamps)
         stamps = np.asarray(self.stamps, np.int64)
-        fault = np.full(n, "", dtype=object)
-        near = np.zeros(n, bool)
-        for label in self.labels:
-            inside = (stamps >= label.start_ns) & (stamps <= label.end_ns)
-            fault[inside & (fault == "")] = label.kind
-            near |= (stamps >= label.start_ns) & (stamps <= label.end_ns + int(settle_s * NS))
+        fault, near = mark_faults(stamps, self.labels, settle_s)
         phase = np.full(n, "", dtype=object)
         if self.phases:
             times = np.asarray([t for t, _ in self.phases], np.int64)
@@ -194,16 +196,17 @@ class _Collector:
         raw = {k: (np.stack(v) if v else np.zeros((0, *self.streams[k].spec.shape), np.float32))
                for k, v in self.arrays.items()}
         return AlignedDataset(self.names, raw, np.asarray(self.masks, bool).reshape(n, len(self.names)), stamps,
-                              fault.astype(str), near, np.asarray(phase, dtype=str), np.full(n, bag_index),
+                              fault, near, np.asarray(phase, dtype=str), np.full(n, bag_index),
                               self.labels, dict(self.rejects))
 
 
 def align_bag(path: str | Path, params: FusionParams, specs: list[ModalitySpec], bag_index: int = 0,
-              settle_s: float = 0.5, sample_at: np.ndarray | None = None) -> AlignedDataset:
+              settle_s: float = 0.5, sample_at: np.ndarray | None = None,
+              label_topic: str = DEFAULT_LABEL_TOPIC) -> AlignedDataset:
     """One bag -> aligned samples (no cache); ``sample_at``: exactly these stamps (ground truth for
-    what a live node published at them)."""
-    collector = _Collector(params, specs, sample_at)
-    wanted = list(collector.by_topic) + [FAULT_TOPIC, PHASE_TOPIC]
+    what a live node published at them). Labels come from ``label_topic`` and the bag's sidecar file."""
+    collector = _Collector(params, specs, sample_at, label_topic)
+    wanted = list(collector.by_topic) + [label_topic, PHASE_TOPIC]
     available = bags.topics(path)
     missing = [t for t in collector.by_topic if t not in available]
     if len(missing) == len(collector.by_topic):
@@ -211,7 +214,89 @@ def align_bag(path: str | Path, params: FusionParams, specs: list[ModalitySpec],
                             f"(it has {sorted(available)})")
     for topic, log_ns, msg in bags.messages(path, [t for t in wanted if t in available]):
         collector.feed(topic, log_ns, msg)
-    return collector.finish(bag_index, settle_s)
+    return with_sidecar_labels(collector.finish(bag_index, settle_s), path, settle_s)
+
+
+def with_sidecar_labels(data: AlignedDataset, bag: str | Path, settle_s: float) -> AlignedDataset:
+    """``data`` with the labels of the bag's sidecar file added (fault marks recomputed)."""
+    sidecar = find_sidecar(bag)
+    if sidecar is None:
+        return data
+    labels = data.labels + read_sidecar(sidecar, bags.start_ns(bag))
+    fault, near = mark_faults(data.stamps, labels, settle_s)
+    return dataclasses.replace(data, fault=fault, near_fault=near, labels=labels)
+
+
+def bag_labels(bag: str | Path, label_topic: str = DEFAULT_LABEL_TOPIC) -> list[FaultLabel]:
+    """A bag's fault labels: its label topic (invalid messages skipped) and its sidecar file."""
+    labels = []
+    if label_topic in bags.topics(bag):
+        for _, _, msg in bags.messages(bag, [label_topic]):
+            try:
+                labels.append(FaultLabel.from_json(msg.data))
+            except (ValueError, KeyError, TypeError):
+                pass
+    sidecar = find_sidecar(bag)
+    return labels + (read_sidecar(sidecar, bags.start_ns(bag)) if sidecar else [])
+
+
+def absolute_topic(topic: str) -> str:
+    """Bags record fully qualified names; a relative parameter topic resolves against the root namespace."""
+    return topic if topic.startswith("/") else "/" + topic.removeprefix("~/")
+
+
+def _listing(summary: dict[str, tuple[str, int]]) -> str:
+    return ", ".join(f"{t} ({kind}, {n} messages)" for t, (kind, n) in sorted(summary.items())) or "no topics"
+
+
+def check_bag(path: str | Path, params: FusionParams, absent_ok: Iterable[str] = ()) -> list[str]:
+    """Before any epoch: every configured topic exists in the bag with the expected type and has
+    messages. Returns the modalities this bag lacks that ``absent_ok`` allows; raises BagError else."""
+    path = Path(path)
+    if not path.exists():
+        raise bags.BagError(f"bag {path} does not exist")
+    summary = bags.topic_summary(path)
+    absent = []
+    for stream in params.streams:
+        topic, expected = absolute_topic(stream.topic), bags.type_name(INPUT_TYPES[stream.message_type])
+        found, count = summary.get(topic, (None, 0))
+        if found is not None and found != expected:
+            raise bags.BagError(f"bag {path}: {stream.name} topic {topic} carries {found}, but "
+                                f"{stream.name}.message_type {stream.message_type} expects {expected}. "
+                                f"The bag has: {_listing(summary)}")
+        if count:
+            continue
+        if stream.name in absent_ok:
+            absent.append(stream.name)
+            continue
+        same_type = [t for t, (kind, n) in sorted(summary.items()) if kind == expected and n]
+        hint = (f"point it at one of them with --set fusion_overrides.{stream.name}.topic={same_type[0]}"
+                if same_type else f"no topic of type {expected} is in the bag")
+        raise bags.BagError(f"bag {path} has no {stream.name} messages on {topic} ({expected}): {hint}, or, if "
+                            f"this bag has no {stream.name} on purpose, --set data.absent_ok=[{stream.name}]. "
+                            f"The bag has: {_listing(summary)}")
+    return absent
+
+
+def check_bags(paths: Iterable[str | Path], params: FusionParams, absent_ok: Iterable[str] = ()) -> dict[str, list[str]]:
+    """:func:`check_bag` over all bags; a modality absent from every bag cannot be trained or scored."""
+    absent = {str(p): check_bag(p, params, absent_ok) for p in paths}
+    for stream in params.streams:
+        if absent and all(stream.name in lacking for lacking in absent.values()):
+            raise bags.BagError(f"{stream.name} ({absolute_topic(stream.topic)}) is absent from every bag: record "
+                                f"it, or leave it out of the model (model modalities and fusion params)")
+    return absent
+
+
+def _without_sidecar(data: AlignedDataset, bag: Path, settle_s: float) -> AlignedDataset:
+    """What the bag itself holds: the cache must not keep labels of an editable sidecar file."""
+    sidecar = find_sidecar(bag)
+    if sidecar is None:
+        return data
+    extra = read_sidecar(sidecar, bags.start_ns(bag))
+    labels = [label for label in data.labels if label not in extra]
+    fault, near = mark_faults(data.stamps, labels, settle_s)
+    return dataclasses.replace(data, fault=fault, near_fault=near, labels=labels)
 
 
 def _save(path: Path, data: AlignedDataset) -> None:
@@ -241,25 +326,28 @@ def _load(path: Path, bag_index: int) -> AlignedDataset:
 
 
 def load_bags(paths: Iterable[str | Path], params: FusionParams, specs: list[ModalitySpec],
-              cache_dir: Path | None = None, settle_s: float = 0.5, log=print) -> AlignedDataset:
-    """Aligned samples of several bags (each cached by content hash); ``cache_dir=None`` disables it."""
+              cache_dir: Path | None = None, settle_s: float = 0.5, log=print,
+              label_topic: str = DEFAULT_LABEL_TOPIC) -> AlignedDataset:
+    """Aligned samples of several bags (each cached by content hash); ``cache_dir=None`` disables it.
+    Sidecar labels are read afresh each time (they are not part of the bag's content)."""
     parts = []
     for index, path in enumerate(paths):
         path = Path(path)
         cached = None
         if cache_dir is not None:
-            cached = Path(cache_dir) / f"{cache_key(bags.content_hash(path), params, specs, settle_s)}.npz"
+            key = cache_key(bags.content_hash(path), params, specs, settle_s, label_topic)
+            cached = Path(cache_dir) / f"{key}.npz"
             if cached.is_file():
                 try:
-                    parts.append(_load(cached, index))
+                    parts.append(with_sidecar_labels(_load(cached, index), path, settle_s))
                     log(f"{path}: {len(parts[-1])} aligned samples from the cache ({cached.name})")
                     continue
                 except (OSError, ValueError, KeyError) as err:
                     log(f"{path}: cache entry {cached} unreadable ({err}); rebuilding it")
-        data = align_bag(path, params, specs, index, settle_s)
+        data = align_bag(path, params, specs, index, settle_s, label_topic=label_topic)
         log(f"{path}: {len(data)} aligned samples, {len(data.labels)} fault labels"
             + (f", rejected {data.rejects}" if data.rejects else ""))
         if cached is not None:
-            _save(cached, data)
+            _save(cached, _without_sidecar(data, path, settle_s))
         parts.append(data)
     return AlignedDataset.concat(parts)

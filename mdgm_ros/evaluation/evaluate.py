@@ -28,6 +28,7 @@ from ..core import Bundle, load_bundle
 from ..core.inference import anomaly_scores, impute
 from ..core.metrics import auroc, average_precision
 from ..data.dataset import AlignedDataset
+from ..data.labels import DEFAULT_LABEL_TOPIC
 from ..training.trainer import TRAINING_MEANS
 
 NS = 1_000_000_000
@@ -140,9 +141,11 @@ def offline_imputation(em: EvalModel, data: AlignedDataset, dropout_s: float = 1
 
 
 # ----------------------------------------------------------------------------- anomaly
-def anomaly_metrics(total: np.ndarray, fault: np.ndarray, valid: np.ndarray,
-                    threshold: float | None = None) -> dict[str, Any]:
-    """AUROC / AP of the total score: pooled over content faults, and per fault kind vs normal rows."""
+def anomaly_metrics(total: np.ndarray, fault: np.ndarray, valid: np.ndarray, threshold: float | None = None,
+                    stamps: np.ndarray | None = None, bag: np.ndarray | None = None) -> dict[str, Any]:
+    """AUROC / AP of the total score: pooled over content faults, and per fault kind vs normal rows.
+    With a threshold: detection and false-alarm rates there; with stamps, each fault event's detection
+    delay (from its first sample to its first flagged sample)."""
     total = np.asarray(total, np.float64)
     valid = valid & np.isfinite(total)
     normal = valid & (fault == "")
@@ -154,18 +157,89 @@ def anomaly_metrics(total: np.ndarray, fault: np.ndarray, valid: np.ndarray,
         out["average_precision"] = average_precision(labels[pooled], total[pooled])
     else:
         out["auroc"] = out["average_precision"] = float("nan")
-    if threshold is not None:
+    flagged = total > threshold if threshold is not None else None
+    if flagged is not None:
         out["threshold"] = threshold
-        out["detected_at_threshold"] = float(np.mean(total[pooled & labels] > threshold)) if (pooled & labels).any() else float("nan")
-        out["false_alarms_at_threshold"] = float(np.mean(total[normal] > threshold)) if normal.any() else float("nan")
+        out["detected_at_threshold"] = _rate(flagged, pooled & labels)
+        out["false_alarms_at_threshold"] = _rate(flagged, normal)
+    events = fault_events(fault, valid, stamps, bag) if stamps is not None else []
     out["per_fault"] = {}
     for kind in sorted(set(fault[valid]) - {""}):
         rows = normal | (valid & (fault == kind))
-        out["per_fault"][kind] = {"auroc": auroc(fault[rows] == kind, total[rows]),
-                                  "average_precision": average_precision(fault[rows] == kind, total[rows]),
-                                  "samples": int((valid & (fault == kind)).sum()),
-                                  "pooled": kind not in NOT_POOLED}
+        entry = {"auroc": auroc(fault[rows] == kind, total[rows]),
+                 "average_precision": average_precision(fault[rows] == kind, total[rows]),
+                 "samples": int((valid & (fault == kind)).sum()), "pooled": kind not in NOT_POOLED}
+        if flagged is not None:
+            entry["detected_at_threshold"] = _rate(flagged, valid & (fault == kind))
+            entry.update(_event_detection([e for e in events if e[0] == kind], flagged, stamps))
+        out["per_fault"][kind] = entry
     return out
+
+
+def _rate(flagged: np.ndarray, rows: np.ndarray) -> float:
+    return float(np.mean(flagged[rows])) if rows.any() else float("nan")
+
+
+def fault_events(fault: np.ndarray, valid: np.ndarray, stamps: np.ndarray,
+                 bag: np.ndarray | None = None) -> list[tuple[str, np.ndarray]]:
+    """(kind, row indices in time order) of each contiguous fault span, per bag."""
+    bag = np.zeros(len(fault), int) if bag is None else bag
+    events = []
+    for b in np.unique(bag):
+        rows = np.flatnonzero((bag == b) & valid)
+        rows = rows[np.argsort(stamps[rows], kind="stable")]
+        kinds = fault[rows]
+        breaks = np.flatnonzero(kinds[1:] != kinds[:-1]) + 1
+        for run in np.split(rows, breaks):
+            if len(run) and fault[run[0]] != "":
+                events.append((str(fault[run[0]]), run))
+    return events
+
+
+def _event_detection(events: list[tuple[str, np.ndarray]], flagged: np.ndarray,
+                     stamps: np.ndarray) -> dict[str, Any]:
+    delays = []
+    for _, run in events:
+        hits = run[flagged[run]]
+        if len(hits):
+            delays.append((int(stamps[hits[0]]) - int(stamps[run[0]])) / NS)
+    return {"events": len(events), "events_detected": len(delays),
+            "median_delay_s": float(np.median(delays)) if delays else float("nan")}
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """What ``mdgm-ros evaluate`` and the demo print."""
+    lines = []
+    if report.get("warnings"):
+        lines += [f"warning: {w}" for w in report["warnings"]]
+    lines += ["imputation error (standardised MSE; lower is better):",
+              f"  {'modality':9s} {'model':>8s} {'mean':>8s} {'last':>8s}  samples"]
+    for name, v in report["imputation"].items():
+        lines.append(f"  {name:9s} {v['model']:8.3f} {v['baseline_mean']:8.3f} {v['baseline_last']:8.3f}  {v['samples']}")
+    a = report["anomaly"]
+    lines.append(f"anomaly: AUROC {a['auroc']:.3f}  AP {a['average_precision']:.3f}  "
+                 f"({a['fault_samples']} fault / {a['samples']} samples)")
+    if "threshold" in a:
+        lines.append(f"  at the calibrated threshold {a['threshold']:.3g}: detects {_pct(a['detected_at_threshold'])} "
+                     f"of fault samples, false alarms on {_pct(a['false_alarms_at_threshold'])} of normal samples")
+    if a["per_fault"]:
+        lines.append(f"  {'fault':17s} {'AUROC':>6s} {'AP':>6s} {'detected':>9s} {'events':>7s} {'delay':>7s}  samples")
+    for kind, v in a["per_fault"].items():
+        events = f"{v['events_detected']}/{v['events']}" if "events" in v else "-"
+        delay = f"{v['median_delay_s']:.2f}s" if np.isfinite(v.get("median_delay_s", np.nan)) else "-"
+        lines.append(f"  {kind:17s} {v['auroc']:6.3f} {v['average_precision']:6.3f} "
+                     f"{_pct(v.get('detected_at_threshold', np.nan)):>9s} {events:>7s} {delay:>7s}  {v['samples']}"
+                     f"{'' if v['pooled'] else ' (not pooled)'}")
+    if not a["per_fault"]:
+        lines.append("  no fault labels in these bags: AUROC needs labels (a BAG.labels.yaml sidecar, see "
+                     "`mdgm-ros label`, or a label topic)")
+    lat = report["latent"]
+    lines.append(f"latent: {lat['active_dims']}/{lat['dim']} active dims, mean posterior std {lat['mean_posterior_std']:.3f}")
+    return lines
+
+
+def _pct(value: float) -> str:
+    return f"{value:.1%}" if np.isfinite(value) else "-"
 
 
 def _batched(em: EvalModel, data: AlignedDataset, step, batch: int = 256) -> list[np.ndarray]:
@@ -206,20 +280,21 @@ def latent_stats(means: np.ndarray, stds: np.ndarray) -> dict[str, Any]:
 
 
 def evaluate_offline(em: EvalModel, data: AlignedDataset, out_dir: Path | None = None,
-                     dropout_s: float = 1.0) -> dict[str, Any]:
+                     dropout_s: float = 1.0, title: str = "", bag_names: list[str] | None = None) -> dict[str, Any]:
     from . import plots
 
-    total, _ = offline_scores(em, data)
+    total, scores = offline_scores(em, data)
     valid = ~(data.near_fault & (data.fault == ""))            # settling after a fault: neither
     threshold = em.bundle.calibration.threshold["total"] if em.bundle.calibration else None
     means, stds = offline_latents(em, data)
     report = {"model_id": em.bundle.model_id, "samples": len(data),
               "imputation": offline_imputation(em, data, dropout_s),
-              "anomaly": anomaly_metrics(total, data.fault, valid, threshold),
+              "anomaly": anomaly_metrics(total, data.fault, valid, threshold, data.stamps, data.bag),
               "latent": latent_stats(means, stds),
               "protocol": {"mode": "offline", "dropout_s": dropout_s}}
     if out_dir is not None:
-        report["plots"] = plots.write_all(out_dir, em, data, total, threshold, means)
+        report["plots"] = plots.write_all(out_dir, em, data, total, scores, threshold, means,
+                                          title or em.bundle.model_id, bag_names)
     return report
 
 
@@ -289,7 +364,7 @@ def evaluate_live(em: EvalModel, truth: AlignedDataset, recording, outages: dict
     threshold = em.bundle.calibration.threshold["total"] if em.bundle.calibration else None
     report = {"model_id": em.bundle.model_id, "published": {"latent": int(len(stamps)), "anomaly": int(len(a_stamps)),
               "imputed": {k: len(v) for k, v in recording.imputed.items()}},
-              "imputation": imputation, "anomaly": anomaly_metrics(total, fault, valid, threshold),
+              "imputation": imputation, "anomaly": anomaly_metrics(total, fault, valid, threshold, a_stamps),
               "latent": latent_stats(lat_mean, lat_std),
               "protocol": {"mode": "live", "outages_s": {k: round(sum(e - s for s, e in v) / NS, 2)
                                                           for k, v in outages.items()}}}
@@ -297,9 +372,13 @@ def evaluate_live(em: EvalModel, truth: AlignedDataset, recording, outages: dict
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         t0 = int(stamps.min())
+        calibration = em.bundle.calibration
+        title = f"{em.bundle.model_id}, live fusion_node replay"
         files = {"anomaly_timeline": plots.anomaly_timeline(
             out_dir / "anomaly_timeline.png", a_stamps, total, truth.labels, threshold, t0,
-            [((s - t0) / NS, (e - t0) / NS) for s, e in all_spans])}
+            [((s - t0) / NS, (e - t0) / NS) for s, e in all_spans],
+            per_modality={n: a_values[:, 1 + j] for j, n in enumerate(em.model.names)}, title=title,
+            modality_thresholds=calibration.threshold if calibration else None)}
         if "camera" in pairs:
             cam_rows, cam_pred = pairs["camera"]
             pick = plots.pick_frames(8, np.arange(len(cam_rows)))
@@ -307,6 +386,43 @@ def evaluate_live(em: EvalModel, truth: AlignedDataset, recording, outages: dict
                 out_dir / "camera_imputation.png", truth.float_raw()["camera"][cam_rows[pick]], cam_pred[pick],
                 "camera published by the live node during camera outages (imputed from the other streams)")
         files["latent_2d"] = plots.latent_2d(out_dir / "latent_2d.png", lat_mean, truth.phase,
-                                             (truth.fault == "") & ~truth.near_fault)
+                                             (truth.fault == "") & ~truth.near_fault, truth.fault,
+                                             title=f"published latents, PCA of normal samples: {title}")
         report["plots"] = {k: str(v) for k, v in files.items()}
+    return report
+
+
+# ----------------------------------------------------------------------------- the command
+def evaluate_bags(model: str | Path, bag_paths: list[str], params_file: str | Path, plots: str | Path | None = None,
+                  dropout_s: float = 1.0, device: str = "cpu", label_topic: str | None = None,
+                  log=print) -> dict[str, Any]:
+    """The whole ``mdgm-ros evaluate``: the bundle's alignment settings, labels from the bags' label topic
+    and sidecar files, a warning for bags the bundle was trained on."""
+    from ..data import bags
+    from ..data.dataset import check_bags, default_cache_dir, load_bags
+    from ..streams.params import ParameterError, fusion_params_from_file
+
+    em = load_eval_model(model, device)
+    training = em.bundle.manifest.get("extra", {}).get("training", {})
+    overrides = {k: v for k, v in training.get("alignment", {}).items() if k in ("anchor", "output_rate")}
+    label_topic = label_topic or training.get("label_topic") or DEFAULT_LABEL_TOPIC
+    try:
+        params = fusion_params_from_file(str(params_file), overrides=overrides)
+    except ParameterError as err:
+        raise ValueError(str(err)) from None
+    names = list(em.model.names)
+    absent = check_bags(bag_paths, params, absent_ok=names)
+    warnings = [f"{bag} has no {', '.join(lacking)}: scored as missing" for bag, lacking in absent.items() if lacking]
+    trained_on = set(training.get("bag_hashes", []))
+    warnings += [f"{bag} was used to train this model: its figures say little about new data"
+                 for bag in bag_paths if bags.content_hash(bag) in trained_on]
+    for warning in warnings:
+        log(f"warning: {warning}")
+    data = load_bags(bag_paths, params, list(em.model.config.modalities), default_cache_dir(), log=log,
+                     label_topic=label_topic)
+    names = [Path(b).name for b in bag_paths]
+    report = evaluate_offline(em, data, Path(plots) if plots else None, dropout_s,
+                              title=f"{em.bundle.model_id} on {', '.join(names)}", bag_names=names)
+    report["warnings"] = warnings
+    report["bags"] = [str(b) for b in bag_paths]
     return report

@@ -17,33 +17,70 @@ def _pyplot():
 
 
 def anomaly_timeline(path: Path, stamps: np.ndarray, total: np.ndarray, labels: list[Any],
-                     threshold: float | None, t0: int, shade: list[tuple[float, float]] = ()) -> Path:
-    """Total anomaly score over time, fault spans shaded and named; optional grey spans (outages)."""
+                     threshold: float | None, t0: int, shade: list[tuple[float, float]] = (),
+                     per_modality: dict[str, np.ndarray] | None = None, title: str = "",
+                     modality_thresholds: dict[str, float] | None = None) -> Path:
+    """The total anomaly score over time (top) and one thin row per modality's score below it; fault
+    spans coloured and named, the calibrated threshold, flagged spans (total above it) as a red band,
+    and optional hatched spans (scripted stream outages, not faults)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(12, 3.5))
+    rows = list((per_modality or {}).items())
+    fig, axes = plt.subplots(1 + len(rows), 1, figsize=(14, 3.2 + 0.9 * len(rows)), sharex=True, squeeze=False,
+                             gridspec_kw={"height_ratios": [3.2] + [0.9] * len(rows)})
+    axes = axes[:, 0]
     t = (stamps - t0) / NS
-    colours = plt.get_cmap("tab10")
     kinds = sorted({label.kind for label in labels})
-    for label in labels:
-        c = colours(kinds.index(label.kind) % 10)
-        ax.axvspan((label.start_ns - t0) / NS, (label.end_ns - t0) / NS, color=c, alpha=0.3,
-                   label=label.kind)
-    for start, end in shade:
-        ax.axvspan(start, end, color="0.85", alpha=0.5, lw=0)
-    ax.plot(t, total, lw=0.8, color="k")
+    colours = {kind: plt.get_cmap("tab10")(i % 10) for i, kind in enumerate(kinds)}
+    for ax in axes:
+        for label in labels:
+            ax.axvspan((label.start_ns - t0) / NS, (label.end_ns - t0) / NS, color=colours[label.kind], alpha=0.25,
+                       lw=0, label=f"fault: {label.kind}")
+        for start, end in shade:
+            ax.axvspan(start, end, facecolor="none", edgecolor="0.55", hatch="////", lw=0,
+                       label="scripted stream outage (not a fault)")
+    top = axes[0]
+    top.plot(t, total, lw=0.8, color="k", label="total score")
     if threshold is not None:
-        ax.axhline(threshold, color="r", ls="--", lw=0.8, label="calibrated threshold")
-    handles, names = ax.get_legend_handles_labels()
+        top.axhline(threshold, color="r", ls="--", lw=0.8, label=f"calibrated threshold ({threshold:.3g})")
+        _flag_band(top, t, np.nan_to_num(total, nan=-np.inf) > threshold)
+    top.set_ylabel("total anomaly score")
+    _score_axis(top, total)
+    handles, names = top.get_legend_handles_labels()
     unique = dict(zip(names, handles))
-    ax.legend(unique.values(), unique.keys(), fontsize=7, ncol=5, loc="upper right")
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("total anomaly score")
-    ax.set_yscale("symlog", linthresh=5.0)          # faults range from subtle to hundreds of sigmas
-    ax.set_ylim(bottom=-5.0)
+    top.legend(unique.values(), unique.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0),
+               frameon=False)
+    for ax, (name, values) in zip(axes[1:], rows):
+        ax.plot(t, values, lw=0.6, color="C0")
+        if modality_thresholds and name in modality_thresholds:
+            ax.axhline(modality_thresholds[name], color="r", ls="--", lw=0.6)
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+        _score_axis(ax, values)
+        ax.tick_params(labelsize=7)
+    axes[-1].set_xlabel("time (s)")
+    if title:
+        top.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _score_axis(ax, values: np.ndarray) -> None:
+    """Linear for ordinary scores; symmetric-log when faults reach tens of sigmas (so both show)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    finite = np.asarray(values, float)[np.isfinite(values)]
+    if finite.size and np.abs(finite).max() > 30.0:
+        ax.set_yscale("symlog", linthresh=5.0)
+    else:
+        ax.yaxis.set_major_locator(MaxNLocator(4))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def _flag_band(ax, t: np.ndarray, flagged: np.ndarray) -> None:
+    """A thin red band at the bottom of ``ax`` where ``flagged``."""
+    ax.fill_between(t, 0.0, 0.04, where=flagged, transform=ax.get_xaxis_transform(), color="r", lw=0,
+                    step="mid", label="flagged (total above threshold)")
 
 
 def camera_grid(path: Path, real: np.ndarray, imputed: np.ndarray, title: str) -> Path:
@@ -64,28 +101,37 @@ def camera_grid(path: Path, real: np.ndarray, imputed: np.ndarray, title: str) -
     return path
 
 
-def latent_2d(path: Path, means: np.ndarray, phase: np.ndarray, normal: np.ndarray | None = None) -> Path:
-    """The latent means of normal samples projected on their first two principal components, coloured by
-    task phase (faults are left out: a blackout's latent is far off and would squash the rest)."""
+def latent_2d(path: Path, means: np.ndarray, phase: np.ndarray, normal: np.ndarray | None = None,
+              fault: np.ndarray | None = None, title: str = "") -> Path:
+    """Posterior means projected on the first two principal components of the normal samples: the
+    normal cloud coloured by task phase, fault samples overlaid as black-edged markers by kind."""
     plt = _pyplot()
-    keep = np.ones(len(means), bool) if normal is None else normal
-    means, phase = means[keep], phase[keep]
-    centred = means - means.mean(0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    xy = centred @ vt[:2].T
-    fig, ax = plt.subplots(figsize=(6, 5))
-    for i, name in enumerate(sorted(set(phase))):
-        rows = phase == name
-        ax.scatter(xy[rows, 0], xy[rows, 1], s=4, alpha=0.6, color=plt.get_cmap("tab20")(i % 20),
-                   label=name or "unknown")
-    lo, hi = np.percentile(xy, 0.5, axis=0), np.percentile(xy, 99.5, axis=0)
-    pad = 0.1 * (hi - lo)
-    ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+    normal = np.ones(len(means), bool) if normal is None else normal
+    centre = means[normal].mean(0)
+    _, singular, vt = np.linalg.svd(means[normal] - centre, full_matrices=False)
+    explained = singular ** 2 / max(float((singular ** 2).sum()), 1e-12)
+    xy = (means - centre) @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    phases = sorted(set(phase[normal]))
+    phase_colours = plt.get_cmap("tab10" if len(phases) <= 10 else "tab20")
+    for i, name in enumerate(phases):
+        rows = normal & (phase == name)
+        ax.scatter(xy[rows, 0], xy[rows, 1], s=5, alpha=0.6, color=phase_colours(i % 20),
+                   label=name or "unknown phase", rasterized=True)
+    markers = "XPD^vs*"
+    kinds = sorted(set(fault[fault != ""])) if fault is not None else []
+    for i, kind in enumerate(kinds):
+        rows = fault == kind
+        ax.scatter(xy[rows, 0], xy[rows, 1], s=30, marker=markers[i % len(markers)], facecolor="none",
+                   edgecolor=plt.get_cmap("Dark2")(i % 8), lw=1.0, label=f"fault: {kind}", zorder=3)
+    lo, hi = np.percentile(xy[normal], 0.5, axis=0), np.percentile(xy[normal], 99.5, axis=0)
+    pad = 0.25 * (hi - lo)
+    ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])      # faults far outside sit at the edge, not squash the cloud
     ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
-    ax.legend(fontsize=7, markerscale=3)
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
-    ax.set_title("posterior mean of normal samples, PCA, by task phase", fontsize=9)
+    ax.legend(fontsize=6.5, markerscale=1.5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.set_xlabel(f"PC 1 ({explained[0]:.0%} of the variance)")
+    ax.set_ylabel(f"PC 2 ({explained[1]:.0%} of the variance)" if len(explained) > 1 else "PC 2")
+    ax.set_title(title or "posterior means: normal samples by task phase, faults overlaid", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -99,20 +145,26 @@ def pick_frames(count: int, candidates: np.ndarray) -> np.ndarray:
     return candidates[np.linspace(0, len(candidates) - 1, count).round().astype(int)]
 
 
-def write_all(out_dir: Path, em, data, total: np.ndarray, threshold: float | None, means: np.ndarray) -> dict[str, str]:
-    """The three figures of an offline evaluation."""
+def write_all(out_dir: Path, em, data, total: np.ndarray, scores: np.ndarray, threshold: float | None,
+              means: np.ndarray, title: str = "", bag_names: list[str] | None = None) -> dict[str, str]:
+    """The three figures of an offline evaluation (the timeline shows the first bag)."""
     import torch
 
     from ..core.inference import impute
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = int(data.stamps.min()) if len(data) else 0
-    first_bag = data.bag == data.bag.min() if len(data) else np.zeros(0, bool)
-    files = {"anomaly_timeline": anomaly_timeline(out_dir / "anomaly_timeline.png", data.stamps[first_bag],
-                                                  total[first_bag], data.labels, threshold, t0)}
     model = em.model
     names = list(model.names)
+    first_bag = data.bag == data.bag.min() if len(data) else np.zeros(0, bool)
+    t0 = int(data.stamps[first_bag].min()) if first_bag.any() else 0
+    calibration = em.bundle.calibration
+    files = {"anomaly_timeline": anomaly_timeline(
+        out_dir / "anomaly_timeline.png", data.stamps[first_bag], total[first_bag],
+        [lb for lb in data.labels if first_bag.any() and _within(lb, data.stamps[first_bag])], threshold, t0,
+        per_modality={n: scores[first_bag, j] for j, n in enumerate(names)},
+        title=f"{em.bundle.model_id} on {bag_names[0]}" if bag_names else title,
+        modality_thresholds=calibration.threshold if calibration else None)}
     if "camera" in names:
         j = names.index("camera")
         rows = pick_frames(8, np.flatnonzero(data.mask.all(1) & (data.fault == "")))
@@ -123,6 +175,11 @@ def write_all(out_dir: Path, em, data, total: np.ndarray, threshold: float | Non
         with torch.no_grad():
             pred = model.denormalize("camera", impute(model, feats, mask, ["camera"])["camera"].mean)
         files["camera_imputation"] = camera_grid(out_dir / "camera_imputation.png", raw["camera"][rows],
-                                                 pred.cpu().numpy(), "camera imputed from joints, audio and tactile")
-    files["latent_2d"] = latent_2d(out_dir / "latent_2d.png", means, data.phase, (data.fault == "") & ~data.near_fault)
+                                                 pred.cpu().numpy(), "camera imputed from the other streams")
+    files["latent_2d"] = latent_2d(out_dir / "latent_2d.png", means, data.phase, (data.fault == "") & ~data.near_fault,
+                                   data.fault, title=f"posterior means, PCA of normal samples: {title}")
     return {k: str(v) for k, v in files.items()}
+
+
+def _within(label, stamps: np.ndarray) -> bool:
+    return bool(len(stamps)) and label.end_ns >= stamps.min() and label.start_ns <= stamps.max()

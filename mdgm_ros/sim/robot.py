@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
-import pybullet as pb
-import pybullet_data
 
 from .faults import FaultLabel, FaultSpec
+from .quiet import quiet_c_output
+
+with quiet_c_output():           # pybullet prints its build-time banner from C on import
+    import pybullet as pb
+    import pybullet_data
 from .sensors import AudioSynth, blackout, occlude, taxel_grid
 
 NS = 1_000_000_000

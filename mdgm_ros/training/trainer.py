@@ -17,100 +17,46 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-import yaml
 
-from ..data import bags
-from ..core import (BetaSchedule, ModelConfig, MultimodalVAE, TrainConfig, Trainer, calibrate_anomaly,
-                   save_bundle, select_device)
+from ..core import BetaSchedule, MultimodalVAE, TrainConfig, Trainer, calibrate_anomaly, save_bundle, select_device
 from ..core import training as core_training
 from ..core.modalities import Normalization
-from ..data.dataset import AlignedDataset, default_cache_dir, load_bags
-from ..streams.params import FusionParams, fusion_params_from_file
+from ..data import bags
+from ..data.dataset import AlignedDataset, check_bags, default_cache_dir, load_bags
+from .config import TrainError, TrainSettings
+
+__all__ = ["TrainError", "TrainResult", "TrainSettings", "run_training"]
 
 CHECKPOINT_VERSION = 1
 TRAINING_MEANS = "training_means.safetensors"
 
 
-class TrainError(RuntimeError):
-    """Bad training input (config, bags, resume state) with a specific message."""
-
-
-@dataclass
-class TrainSettings:
-    model: ModelConfig
-    fusion: FusionParams
-    val_fraction: float = 0.15
-    block_s: float = 10.0
-    settle_s: float = 0.5
-    cache: bool = True
-    train: TrainConfig = field(default_factory=TrainConfig)
-    warmup_epochs: float = 5.0
-    patience: int = 8
-    min_delta: float = 0.0
-    threads: int = 0
-    quantile: float = 0.99
-    onnx: bool = True
-    source: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_file(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "TrainSettings":
-        path = Path(path)
-        try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise TrainError(f"cannot read train config {path}: {err}") from err
-        for key, value in (overrides or {}).items():          # {"training.epochs": 3}
-            section, _, name = key.rpartition(".")
-            (doc.setdefault(section, {}) if section else doc)[name] = value
-        model = doc.get("model", "model.yaml")
-        if isinstance(model, str):
-            model = yaml.safe_load((path.parent / model).read_text(encoding="utf-8"))
-        model = {**model, **(doc.get("model_overrides") or {})}
-        weights = doc.get("modality_weights") or {}
-        unknown = set(weights) - {m["name"] for m in model["modalities"]}
-        if unknown:
-            raise TrainError(f"modality_weights names unknown modalities {sorted(unknown)}")
-        model["modalities"] = [{**m, "weight": float(weights.get(m["name"], m.get("weight", 1.0)))}
-                               for m in model["modalities"]]
-        fusion = fusion_params_from_file(str(path.parent / doc.get("fusion_params", "fusion.yaml")),
-                                         overrides=doc.get("fusion_overrides") or {})
-        data, opt = doc.get("data", {}), doc.get("training", {})
-        beta = opt.get("beta", {})
-        train = TrainConfig(epochs=int(opt.get("epochs", 40)), batch_size=int(opt.get("batch_size", 64)),
-                            lr=float(opt.get("lr", 2e-3)), weight_decay=float(opt.get("weight_decay", 0.0)),
-                            grad_clip=float(opt.get("grad_clip", 10.0)), seed=int(opt.get("seed", 0)),
-                            beta=BetaSchedule(beta.get("kind", "linear"), float(beta.get("start", 0.0)),
-                                              float(beta.get("end", 1.0)), 0))
-        settings = cls(ModelConfig.from_dict(model), fusion, float(data.get("val_fraction", 0.15)),
-                       float(data.get("block_s", 10.0)), float(data.get("settle_s", 0.5)),
-                       bool(data.get("cache", True)), train, float(beta.get("warmup_epochs", 5.0)),
-                       int(opt.get("patience", 8)), float(opt.get("min_delta", 0.0)), int(opt.get("threads", 0)),
-                       float(doc.get("calibration", {}).get("quantile", 0.99)),
-                       bool(doc.get("export", {}).get("onnx", True)), doc)
-        if not 0.0 < settings.val_fraction < 0.9:
-            raise TrainError(f"data.val_fraction must be in (0, 0.9), got {settings.val_fraction}")
-        return settings
-
-
-def split_blocks(stamps: np.ndarray, block_s: float, val_fraction: float, seed: int) -> np.ndarray:
+def split_blocks(stamps: np.ndarray, block_s: float, val_fraction: float, seed: int,
+                 bag: np.ndarray | None = None) -> np.ndarray:
     """Held-out rows: whole blocks of ``block_s`` seconds (neighbouring frames are near-duplicates,
-    so a row-wise split would leak). Returns a boolean 'is validation' array."""
-    if len(stamps) == 0:
-        return np.zeros(0, bool)
-    block = (stamps - stamps.min()) // int(block_s * 1e9)
-    ids = np.unique(block)
+    so a row-wise split would leak), drawn in every bag alike (``val_fraction`` of each bag's blocks,
+    at least one where the bag spans two or more), so every bag -- and what only it records -- is held
+    out too. Returns a boolean 'is validation' array."""
+    bag = np.zeros(len(stamps), int) if bag is None else np.asarray(bag)
     rng = np.random.default_rng(seed)
-    n_val = max(1, int(round(len(ids) * val_fraction)))
-    if len(ids) < 2:
-        raise TrainError(f"the data spans under 2 blocks of {block_s} s: too short to hold any out")
-    chosen = rng.choice(ids, size=min(n_val, len(ids) - 1), replace=False)
-    return np.isin(block, chosen)
+    is_val = np.zeros(len(stamps), bool)
+    for b in np.unique(bag):
+        rows = np.flatnonzero(bag == b)
+        block = (stamps[rows] - stamps[rows].min()) // int(block_s * 1e9)
+        ids = np.unique(block)
+        if len(ids) < 2:
+            continue
+        n_val = min(max(1, int(round(len(ids) * val_fraction))), len(ids) - 1)
+        is_val[rows] = np.isin(block, rng.choice(ids, size=n_val, replace=False))
+    if len(stamps) and not is_val.any():
+        raise TrainError(f"the data spans under 2 blocks of {block_s} s in every bag: too short to hold any out")
+    return is_val
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -234,25 +180,38 @@ class _Data:
     val: AlignedDataset
 
 
+def check_inputs(bag_paths: list[str], settings: TrainSettings, log: Callable[[str], None]) -> None:
+    """Every bag exists and has every configured topic with the expected type, before any work."""
+    absent = check_bags(bag_paths, settings.fusion, settings.data.absent_ok)
+    for bag, lacking in absent.items():
+        if lacking:
+            log(f"{bag}: no {', '.join(lacking)} (data.absent_ok): trained as missing in this bag")
+
+
 def _split_data(bag_paths: list[str], settings: TrainSettings, log: Callable[[str], None]) -> _Data:
     """Aligned samples of the bags, fault spans left out, whole blocks held out."""
-    cache = default_cache_dir() if settings.cache else None
-    data = load_bags(bag_paths, settings.fusion, list(settings.model.modalities), cache, settings.settle_s, log)
+    cache = default_cache_dir() if settings.data.cache else None
+    data = load_bags(bag_paths, settings.fusion, list(settings.model.modalities), cache, settings.data.settle_s, log,
+                     label_topic=settings.data.label_topic)
     clean = data.subset(~data.near_fault)
-    is_val = split_blocks(clean.stamps + clean.bag.astype(np.int64) * int(1e15), settings.block_s,
-                          settings.val_fraction, settings.train.seed)
+    is_val = split_blocks(clean.stamps, settings.data.block_s, settings.data.val_fraction, settings.train.seed,
+                          clean.bag)
     split = _Data(len(data), clean.subset(~is_val), clean.subset(is_val))
     log(f"{len(data)} samples: {len(split.train)} train, {len(split.val)} held out, "
         f"{len(data) - len(clean)} in or near fault spans left out")
     if len(split.train) < settings.train.batch_size or len(split.val) < 2:
         raise TrainError(f"too little fault-free data: {len(split.train)} train / {len(split.val)} held-out samples")
+    for j, name in enumerate(settings.model.names):
+        if int(split.val.mask[:, j].sum()) < 2:
+            raise TrainError(f"{name} is observed in {int(split.val.mask[:, j].sum())} held-out samples: too few to "
+                             "calibrate its anomaly score (record more of it, or lower data.block_s)")
     return split
 
 
 def _resume_key(bag_paths: list[str], settings: TrainSettings) -> str:
     """What a resumed run must share with its checkpoint (epochs, patience etc. may change)."""
-    shaping = {k: settings.source.get(k) for k in ("model", "model_overrides", "modality_weights", "fusion_params",
-                                                   "fusion_overrides", "data")}
+    shaping = {"model": settings.model.to_dict(), "fusion": repr(settings.fusion),
+               "data": {k: v for k, v in vars(settings.data).items() if k != "cache"}}
     return hashlib.sha256(json.dumps({"bags": [bags.content_hash(p) for p in bag_paths], "config": shaping,
                                       "seed": settings.train.seed, "batch_size": settings.train.batch_size},
                                      sort_keys=True, default=str).encode()).hexdigest()
@@ -270,17 +229,17 @@ def _fit(trainer: Trainer, train, val, settings: TrainSettings, workdir: Path, r
          best: dict[str, Any]) -> _Fit:
     """Epochs with metrics, a checkpoint after each, and early stopping on the held-out loss."""
     model, epochs = trainer.model, trainer.config.epochs
+    dims = feature_dims(model)
     metrics = MetricsLog(workdir)
     stopped_early = False
     try:
         while trainer.epoch < epochs and not should_stop():
-            bar = _progress_bar(trainer.epoch, epochs, show_bar)
-            record = trainer.run_epoch(*train, val, on_batch=lambda done, total: bar.update(1) if bar else None)
-            if bar:
-                bar.set_postfix(train=f"{record.train_loss:.1f}", val=f"{record.val_loss:.1f}")
+            bar = _progress_bar(trainer.epoch, epochs, steps_per_epoch(train[1], trainer), show_bar)
+            record = trainer.run_epoch(*train, val, on_batch=None if bar is None else lambda done, total: bar.update(1))
+            if bar is not None:
                 bar.close()
             metrics.write(record, trainer.optimizer.param_groups[0]["lr"])
-            if record.val_loss < best["val"] - settings.min_delta:
+            if record.val_loss < best["val"] - settings.opt.min_delta:
                 best = {"val": record.val_loss, "epoch": record.epoch,
                         "state": {k: v.detach().clone() for k, v in model.state_dict().items()}, "bad_epochs": 0}
             else:
@@ -288,13 +247,14 @@ def _fit(trainer: Trainer, train, val, settings: TrainSettings, workdir: Path, r
             _atomic_torch_save({"version": CHECKPOINT_VERSION, "data_key": resume_key, "model": model.state_dict(),
                                 "normalization": _normalization_state(model), "trainer": trainer.state_dict(),
                                 "best": best}, workdir / "checkpoint.pt")
-            log(f"epoch {record.epoch + 1}/{epochs}: train {record.train_loss:.2f} "
-                f"val {record.val_loss:.2f} beta {record.beta:.2f} ({record.seconds:.1f} s)")
+            log(f"epoch {record.epoch + 1}/{epochs}: loss {record.train_loss / dims:.4f} train, "
+                f"{record.val_loss / dims:.4f} held out (nats/dim over {dims} dims), beta {record.beta:.2f} "
+                f"({record.seconds:.1f} s)" + (" best" if best["epoch"] == record.epoch else ""))
             if progress is not None:
                 progress(trainer.epoch, epochs, record.val_loss)
-            if best["bad_epochs"] >= settings.patience:
+            if best["bad_epochs"] >= settings.opt.patience:
                 stopped_early = True
-                log(f"early stop: no held-out improvement for {settings.patience} epochs")
+                log(f"early stop: no held-out improvement for {settings.opt.patience} epochs")
                 break
     finally:
         metrics.close()
@@ -308,11 +268,13 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
     """The whole ``mdgm-ros train``; ``progress(epoch, epochs, val_loss)`` after each epoch."""
     started = time.perf_counter()
     settings = TrainSettings.from_file(config_path, overrides)
-    out = Path(out)
+    bag_paths = [str(Path(p).absolute()) for p in bag_paths]
+    check_inputs(bag_paths, settings, log)
+    out = Path(out).absolute()
     workdir = out.with_name(out.name + ".train")
     workdir.mkdir(parents=True, exist_ok=True)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    if settings.opt.threads:
+        torch.set_num_threads(settings.opt.threads)
     data = _split_data(bag_paths, settings, log)
 
     torch.manual_seed(settings.train.seed)
@@ -322,7 +284,7 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
     steps_per_epoch = -(-len(data.train) // settings.train.batch_size)
     beta = settings.train.beta
     trainer = Trainer(model, TrainConfig(**{**vars(settings.train), "beta": BetaSchedule(
-        beta.kind, beta.start, beta.end, int(settings.warmup_epochs * steps_per_epoch))}))
+        beta.kind, beta.start, beta.end, int(settings.beta.warmup_epochs * steps_per_epoch))}))
     resume_key = _resume_key(bag_paths, settings)
     checkpoint_path = workdir / "checkpoint.pt"
     best: dict[str, Any] = {"val": float("inf"), "epoch": -1, "state": None, "bad_epochs": 0}
@@ -346,21 +308,23 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
     if best["state"] is None:
         raise TrainError("no epoch finished; nothing to save")
     model.load_state_dict(best["state"])
-    log(f"best epoch {best['epoch'] + 1} (held-out loss {best['val']:.2f}); calibrating on "
+    log(f"best epoch {best['epoch'] + 1} (held-out loss {best['val'] / feature_dims(model):.4f} nats/dim); calibrating on "
         f"{len(data.val)} held-out fault-free samples")
     calibration = calibrate_anomaly(model, {k: v.to(model.device) for k, v in val_norm.items()},
-                                    val_mask.to(model.device), quantile=settings.quantile)
+                                    val_mask.to(model.device), quantile=settings.calibration.quantile)
     onnx_files: list[str] = []
 
     def attach(folder: Path) -> None:
         save_training_means(train_feats, train_mask, model.names, folder)
-        if settings.onnx:
+        if settings.export.onnx:
             onnx_files.extend(export_onnx(model, folder))
 
-    extra = {"training": {"bags": [str(p) for p in bag_paths], "epochs": fit.epochs,
+    extra = {"training": {"bags": [str(p) for p in bag_paths],
+                          "bag_hashes": [bags.content_hash(p) for p in bag_paths], "epochs": fit.epochs,
                           "best_epoch": best["epoch"] + 1, "best_val_loss": best["val"],
                           "train_samples": len(data.train), "val_samples": len(data.val),
-                          "alignment": {"anchor": settings.fusion.anchor, "output_rate": settings.fusion.output_rate}},
+                          "alignment": {"anchor": settings.fusion.anchor, "output_rate": settings.fusion.output_rate},
+                          "label_topic": settings.data.label_topic, "absent_ok": list(settings.data.absent_ok)},
              "onnx": {"inputs": "encoders: normalised features (normalization.json; audio = log-mel); "
                                 "decoders: z", "opset": 17}}
     save_bundle(out, model, calibration, name=out.name, extra=extra, attach=attach)
@@ -370,8 +334,18 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
                        round(time.perf_counter() - started, 1), onnx_files)
 
 
-def _progress_bar(epoch: int, epochs: int, enabled: bool):
+def feature_dims(model: MultimodalVAE) -> int:
+    """Values per sample over all modalities' features: the loss divided by this is in nats per dimension."""
+    return int(sum(np.prod(model.specs[name].feature_shape) for name in model.names))
+
+
+def steps_per_epoch(mask: torch.Tensor, trainer: Trainer) -> int:
+    return -(-int(mask.shape[0]) // trainer.config.batch_size)
+
+
+def _progress_bar(epoch: int, epochs: int, total: int, enabled: bool):
+    """A tqdm bar for one epoch (None when disabled). Test it with ``is None``: a tqdm has no truth value."""
     if not enabled:
         return None
     from tqdm import tqdm
-    return tqdm(desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, dynamic_ncols=True)
