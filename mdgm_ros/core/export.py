@@ -1,0 +1,57 @@
+"""The networks of a model as exportable parts (ONNX/TensorRT), whatever its family.
+
+Each part is a module with example inputs and input/output names: the per-modality decoders
+(z -> likelihood location), the unimodal encoders (normalised features -> mu, logvar) and every
+network the family adds (subset/joint encoders take one feature tensor per modality, in model order;
+bridged single-modality posteriors are wrapped as modules). Exporters loop over :func:`export_parts`
+instead of assuming one encoder per modality.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .model import MultimodalVAE
+
+
+@dataclass
+class ExportPart:
+    stem: str                       # file name stem, e.g. "onnx_camera_encoder"
+    module: nn.Module
+    args: tuple[torch.Tensor, ...]
+    inputs: list[str]
+    outputs: list[str]
+
+
+class UnimodalPosterior(nn.Module):
+    """q(z | x_name) as the family computes it (e.g. through a bridge), as one module."""
+
+    def __init__(self, model: MultimodalVAE, name: str):
+        super().__init__()
+        self.model = model
+        self.name = name
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.family.unimodal_encoder(self.model, self.name)(x)
+
+
+def export_parts(model: MultimodalVAE, batch: int = 2) -> list[ExportPart]:
+    device = model.device
+    feats = {n: torch.zeros(batch, *model.specs[n].feature_shape, device=device) for n in model.names}
+    z = torch.zeros(batch, model.latent_dim, device=device)
+    parts = []
+    for name in model.names:
+        encoder = model.encoders[name] if name in model.encoders else None
+        if encoder is None and model.family.unimodal_encoder(model, name) is not None:
+            encoder = UnimodalPosterior(model, name)
+        if encoder is not None:
+            parts.append(ExportPart(f"onnx_{name}_encoder", encoder, (feats[name],), ["features"], ["mu", "logvar"]))
+        parts.append(ExportPart(f"onnx_{name}_decoder", model.decoders[name], (z,), ["z"], ["loc"]))
+    for subset in model.subset_names:
+        key = "__".join(subset)
+        parts.append(ExportPart(f"onnx_subset_{key}_encoder", model.subset_encoders[key],
+                                tuple(feats[n] for n in subset), [f"features_{n}" for n in subset],
+                                ["mu", "logvar"]))
+    return parts
