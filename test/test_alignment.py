@@ -49,11 +49,29 @@ def test_backwards_stamps_reset_or_reject():
     aligner.push("camera", 10 * NS, np.zeros(1))
     aligner.push("joints", 10 * NS, np.zeros(1))
     assert aligner.push("joints", 10 * NS - 5 * MS, np.zeros(1)) == PushResult.OUT_OF_ORDER
-    assert aligner.push("joints", 2 * NS, np.ones(1)) == PushResult.RESET  # bag loop
+    for k in range(4):                                      # a bag loop: held until 5 messages confirm it
+        assert aligner.push("joints", 2 * NS + k * MS, np.ones(1)) == PushResult.JUMPED_BACK
+        assert aligner.buffers["camera"].newest == 10 * NS
+    assert aligner.push("joints", 2 * NS + 4 * MS, np.ones(1)) == PushResult.RESET
     assert aligner.resets == 1
-    assert aligner.buffers["camera"].newest is None and aligner.buffers["joints"].newest == 2 * NS
+    assert aligner.buffers["camera"].newest is None and list(aligner.buffers["joints"].stamps) == \
+        [2 * NS + k * MS for k in range(5)]                 # the held messages are kept
     aligner.push("joints", 3 * NS, np.zeros(1))
     assert aligner.note_anchor(1 * NS) is True and aligner.buffers["joints"].newest is None
+
+
+def test_one_odd_stamp_changes_nothing():
+    aligner = make()
+    aligner.push("camera", 10 * NS, np.zeros(1))
+    aligner.push("joints", 10 * NS, np.zeros(1))
+    assert aligner.push("joints", 0, np.ones(1)) == PushResult.ZERO_STAMP
+    assert aligner.push("joints", 1 * NS, np.ones(1)) == PushResult.JUMPED_BACK   # a single stray
+    assert aligner.push("joints", 10 * NS + MS, np.ones(1)) == PushResult.ACCEPTED  # the stray is dropped
+    assert aligner.push("joints", 1 * NS, np.ones(1)) == PushResult.JUMPED_BACK   # held afresh, not 2 of 5
+    assert aligner.push("camera", 99 * NS, np.ones(1), now_ns=10 * NS) == PushResult.FUTURE_STAMP
+    assert aligner.push("camera", 10 * NS + 500 * MS, np.ones(1), now_ns=10 * NS) == PushResult.ACCEPTED
+    assert aligner.resets == 0 and aligner.buffers["camera"].newest == 10 * NS + 500 * MS
+    assert aligner.note_clock(20 * NS) is False and aligner.note_clock(5 * NS) is True   # /clock reset
 
 
 def test_memory_is_bounded():

@@ -41,6 +41,8 @@ from ..streams.kinds import Stream, make_stream
 from .guard import GuardedNode
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+FUTURE_TOLERANCE_S = 1.0   # a stamp further ahead of the node's clock is refused (future_stamp)
+RESET_CONFIRM = 5          # messages in a row, far back, that confirm a backwards jump (bag loop)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
@@ -102,7 +104,8 @@ class FusionNode(GuardedNode, LifecycleNode):
             self.get_logger().error(f"cannot configure: {err}")
             return TransitionCallbackReturn.FAILURE
         self.aligner = Aligner([s.alignment_config() for s in self.runtime.streams.values()],
-                               reset_after_s=self.params.reset_after)
+                               reset_after_s=self.params.reset_after, future_tolerance_s=FUTURE_TOLERANCE_S,
+                               reset_confirm=RESET_CONFIRM)
         self.stats = {name: StreamStats() for name in self.params.names}
         self._info_pub = self.create_publisher(String, "~/model_info", LATCHED)
         self._reload_srv = self.create_service(Trigger, "~/reload_model", self._on_reload)
@@ -168,7 +171,8 @@ class FusionNode(GuardedNode, LifecycleNode):
         bundle = load_bundle(path, device=device, expect_modalities=self.params.names)
         specs = list(bundle.model.config.modalities)
         check_against_bundle(self.params, specs)
-        streams = {p.name: make_stream(p, spec) for p, spec in zip(self.params.streams, specs)}
+        streams = {p.name: make_stream(p, spec, _normalization(bundle.model, spec.name))
+                   for p, spec in zip(self.params.streams, specs)}
         fuser = Fuser(bundle.model, bundle.calibration, impute_present=self.params.impute_present)
         return Runtime(bundle, streams, fuser, device)
 
@@ -262,7 +266,11 @@ class FusionNode(GuardedNode, LifecycleNode):
         stats = self.stats[name]
         stats.received += 1
         stream = runtime.streams[name]
+        now_ns = self.get_clock().now().nanoseconds
+        if aligner.note_clock(now_ns):                   # /clock went back (sim reset, bag loop with --clock)
+            self.get_logger().info("clock jumped back: buffers cleared")
         try:
+            stamp_ns = bridge.header_stamp_ns(msg) if stream.stamped else now_ns
             array = stream.to_array(msg)
         except bridge.ConversionError as err:
             self._reject(name, err.reason, err.detail)
@@ -270,21 +278,21 @@ class FusionNode(GuardedNode, LifecycleNode):
         except Exception as err:  # an unforeseen malformed message must not kill the node
             self._reject(name, "invalid", f"{type(err).__name__}: {err}")
             return
-        stamp_ns = bridge.stamp_to_ns(msg.header.stamp) if stream.stamped else self.get_clock().now().nanoseconds
-        result = aligner.push(name, stamp_ns, array)
-        if result == PushResult.OUT_OF_ORDER:
-            self._reject(name, "out_of_order", f"stamp {stamp_ns} older than the last one")
+        result = aligner.push(name, stamp_ns, array, now_ns=now_ns)
+        if result in PushResult.REJECTED:
+            self._reject(name, result, f"stamp {stamp_ns} (newest {aligner.buffers[name].newest}, clock {now_ns})")
             return
         if result == PushResult.RESET:
-            self.get_logger().info(f"{name} stamp jumped back (bag loop or sim reset): buffers cleared")
+            self.get_logger().info(f"{name} stamps jumped back consistently (bag loop or sim reset): buffers cleared")
         stats.accepted += 1
         stats.arrivals.append(time.monotonic())
         if name == self.params.anchor:
-            frame = self.params.frame_id or getattr(getattr(msg, "header", None), "frame_id", "")
+            frame = self.params.frame_id or bridge.frame_id_of(msg)
             self._fuse(stamp_ns, (name, array), frame)
 
     def _on_tick(self) -> None:
         stamp_ns = self.get_clock().now().nanoseconds
+        self.aligner.note_clock(stamp_ns)
         if self.aligner.note_anchor(stamp_ns):           # the clock went back (sim time reset, bag loop)
             self.get_logger().info("clock jumped back: buffers cleared")
         self._fuse(stamp_ns, None, self.params.frame_id)
@@ -304,6 +312,12 @@ class FusionNode(GuardedNode, LifecycleNode):
         except Exception as err:  # keep running; the counter and the log say what broke
             self._errors[type(err).__name__] += 1
             self._warn(("inference", type(err).__name__), f"fusion step failed: {type(err).__name__}: {err}")
+            return
+        bad = _non_finite_part(result, sample.mask(runtime.streams))
+        if bad is not None:                              # never publish a NaN or inf: count and skip the step
+            self._errors["non_finite_output"] += 1
+            self._warn(("inference", "non_finite"), f"fusion step not published: non-finite {bad} "
+                                                    f"({self._errors['non_finite_output']} so far)")
             return
         self._publish_outputs(runtime, result, stamp_ns, frame_id)
         self._compute_ms.append((time.perf_counter() - started) * 1e3)
@@ -384,6 +398,26 @@ class FusionNode(GuardedNode, LifecycleNode):
         if np.isfinite(stats.score) and np.isfinite(threshold) and stats.score > threshold:
             return DiagnosticStatus.WARN, f"anomalous (score {stats.score:.2f} > {threshold:.2f})"
         return DiagnosticStatus.OK, "ok"
+
+
+def _normalization(model, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The bundle's (mean, std) of a modality's raw values for the range check (None if not normalised)."""
+    mean, std = (t.detach().cpu().numpy() for t in model.normalization_stats(name))
+    return (mean, std) if mean.ndim else None
+
+
+def _non_finite_part(result, present: list[bool]) -> str | None:
+    """Which output of a fusion step holds NaN or inf (scores of missing modalities are NaN by design)."""
+    if not (bool(torch.isfinite(result.latent_mean).all()) and bool(torch.isfinite(result.latent_std).all())):
+        return "latent"
+    if result.scores is not None:
+        scores = result.scores[0][torch.tensor(present, device=result.scores.device)]
+        if not (bool(torch.isfinite(scores).all()) and bool(torch.isfinite(result.total_score).all())):
+            return "anomaly score"
+    for name, imputed in result.imputed.items():
+        if not bool(torch.isfinite(imputed.mean).all()):
+            return f"imputed {name}"
+    return None
 
 
 def default_bundle_roots() -> list[str]:

@@ -12,8 +12,13 @@ takes, for every stream:
   of consecutive chunks ending at or before t; present if the newest chunk is within staleness, the
   chunks reach back far enough and no gap between them exceeds ``max_gap``.
 
-A stamp older than the stream's newest by more than ``reset_after`` (bag loop, simulator reset)
-clears every buffer; a smaller step backwards is rejected as out of order.
+Stamp sanity (one odd message never changes global state): a zero or negative stamp is rejected
+(``zero_stamp``), so is one more than ``future_tolerance`` ahead of the receiver's clock
+(``future_stamp``); a small step backwards is out of order. A stamp older than the stream's newest by
+more than ``reset_after`` (bag loop, simulator reset) is held back (``jumped_back``); only when
+``reset_confirm`` such messages in a row, in stamp order, confirm the jump are every buffer cleared and
+the held messages accepted. A reset of the receiver's clock (``note_clock``, e.g. ``/clock`` going
+back) clears at once.
 """
 from __future__ import annotations
 
@@ -44,8 +49,13 @@ class StreamConfig:
 
 class PushResult:
     ACCEPTED = "accepted"
-    RESET = "reset"
+    RESET = "reset"                  # a confirmed backwards jump: buffers cleared, the message accepted
     OUT_OF_ORDER = "out_of_order"
+    JUMPED_BACK = "jumped_back"      # far back, held until confirmed (rejected if it is not)
+    ZERO_STAMP = "zero_stamp"
+    FUTURE_STAMP = "future_stamp"
+
+    REJECTED = frozenset({OUT_OF_ORDER, JUMPED_BACK, ZERO_STAMP, FUTURE_STAMP})
 
 
 @dataclass
@@ -64,6 +74,7 @@ class _Buffer:
     config: StreamConfig
     stamps: deque = field(default_factory=deque)
     arrays: deque = field(default_factory=deque)
+    held: list = field(default_factory=list)       # (stamp, array) far behind, awaiting confirmation
 
     def __post_init__(self) -> None:
         self.stamps = deque(maxlen=self.config.capacity)
@@ -76,6 +87,7 @@ class _Buffer:
     def clear(self) -> None:
         self.stamps.clear()
         self.arrays.clear()
+        self.held.clear()
 
     def index_at_or_before(self, stamp_ns: int) -> int:
         """Index of the newest entry with stamp <= stamp_ns, or -1."""
@@ -83,32 +95,65 @@ class _Buffer:
 
 
 class Aligner:
-    def __init__(self, streams: list[StreamConfig], reset_after_s: float = 1.0):
+    def __init__(self, streams: list[StreamConfig], reset_after_s: float = 1.0, future_tolerance_s: float = 1.0,
+                 reset_confirm: int = 5):
         names = [s.name for s in streams]
         if len(set(names)) != len(names):
             raise ValueError(f"stream names must be unique: {names}")
+        if reset_confirm < 1 or future_tolerance_s < 0:
+            raise ValueError("reset_confirm must be >= 1 and future_tolerance >= 0")
         self.buffers = {s.name: _Buffer(s) for s in streams}
         self.reset_after_ns = int(reset_after_s * NS)
+        self.future_tolerance_ns = int(future_tolerance_s * NS)
+        self.reset_confirm = reset_confirm
         self.resets = 0
+        self._clock_ns: int | None = None
 
     def clear(self) -> None:
         for buffer in self.buffers.values():
             buffer.clear()
 
-    def push(self, name: str, stamp_ns: int, array: np.ndarray) -> str:
+    def push(self, name: str, stamp_ns: int, array: np.ndarray, now_ns: int | None = None) -> str:
+        """Add a message; returns a :class:`PushResult`. ``now_ns``: the receiver's clock, for the
+        future-stamp check (None: not checked)."""
         buffer = self.buffers[name]
+        if stamp_ns <= 0:
+            return PushResult.ZERO_STAMP
+        if now_ns is not None and stamp_ns - now_ns > self.future_tolerance_ns:
+            return PushResult.FUTURE_STAMP
         newest = buffer.newest
+        if newest is not None and newest - stamp_ns > self.reset_after_ns:
+            return self._hold(buffer, stamp_ns, array)
+        buffer.held.clear()                      # the far-back messages were strays, not a new timeline
         if newest is not None and stamp_ns < newest:
-            if newest - stamp_ns > self.reset_after_ns:
-                self.clear()
-                self.resets += 1
-                buffer.stamps.append(stamp_ns)
-                buffer.arrays.append(array)
-                return PushResult.RESET
             return PushResult.OUT_OF_ORDER
         buffer.stamps.append(stamp_ns)
         buffer.arrays.append(array)
         return PushResult.ACCEPTED
+
+    def _hold(self, buffer: _Buffer, stamp_ns: int, array: np.ndarray) -> str:
+        if buffer.held and stamp_ns < buffer.held[-1][0]:
+            buffer.held.clear()                  # not one consistent new timeline
+        buffer.held.append((stamp_ns, array))
+        if len(buffer.held) < self.reset_confirm:
+            return PushResult.JUMPED_BACK
+        held = list(buffer.held)
+        self.clear()
+        self.resets += 1
+        for stamp, kept in held:
+            buffer.stamps.append(stamp)
+            buffer.arrays.append(kept)
+        return PushResult.RESET
+
+    def note_clock(self, now_ns: int) -> bool:
+        """The receiver's clock; if it went back by more than ``reset_after`` (a /clock reset), clear.
+        True if cleared."""
+        previous, self._clock_ns = self._clock_ns, now_ns
+        if previous is not None and previous - now_ns > self.reset_after_ns:
+            self.clear()
+            self.resets += 1
+            return True
+        return False
 
     def note_anchor(self, stamp_ns: int) -> bool:
         """An anchor stamp far behind what the buffers hold means time went back: clear. True if cleared."""

@@ -12,6 +12,12 @@ diagnostics) and a specific message. Array conventions match :mod:`mdgm_ros.core
 * tactile ``sensor_msgs/Image`` 32FC1 / 16UC1 / mono8 with the pads stacked vertically
   (height = pads * rows) -> float32 (pads, rows, cols).
 
+Hostile input (DESIGN.md section 9): header stamps with nanosec >= 1e9 or a negative sec are refused
+(``invalid_stamp``), ``frame_id`` is capped at ``MAX_FRAME_ID`` characters, float PCM beyond
+``AUDIO_LIMIT`` times full scale is refused (``out_of_range``) and channels are averaged in float64, and
+a compressed image's width and height are read from its PNG/JPEG header and refused
+(``too_large``) before decoding when over :func:`max_pixels` of the model's input size.
+
 Outputs: the latent and the anomaly scores as ``sensor_msgs/JointState`` (DESIGN.md section 2),
 imputed modalities in their own message types; imputed audio is the model's log-mel spectrogram
 (``Float32MultiArray`` with dims ``mel`` x ``frame``), since a spectrogram has no phase to play back.
@@ -27,6 +33,11 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float32MultiArray, Header, Int16MultiArray, MultiArrayDimension
 
 JOINT_FIELDS = ("position", "velocity", "effort")
+MAX_FRAME_ID = 256
+AUDIO_LIMIT = 8.0                    # float PCM is [-1, 1]; beyond 8x full scale (+18 dB) it is not audio
+MIN_PIXEL_BOUND = 4096 * 4096        # compressed frames up to this size are always decoded
+PIXEL_BOUND_FACTOR = 256             # ... and up to this many times the model's input pixels
+MAX_SIDE = 16384
 _COLOUR_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 _TACTILE_ENCODINGS = {"32FC1": np.dtype(np.float32), "16UC1": np.dtype(np.uint16), "mono8": np.dtype(np.uint8)}
 
@@ -43,6 +54,20 @@ class ConversionError(ValueError):
 # --------------------------------------------------------------------------- stamps
 def stamp_to_ns(stamp: Time) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def header_stamp_ns(msg) -> int:
+    """A message header's stamp in ns; ConversionError for an invalid stamp (nanosec >= 1e9, sec < 0)."""
+    stamp = msg.header.stamp
+    if not 0 <= int(stamp.nanosec) < 1_000_000_000 or int(stamp.sec) < 0:
+        raise ConversionError("invalid_stamp", f"stamp sec={stamp.sec} nanosec={stamp.nanosec} is not a valid time")
+    return stamp_to_ns(stamp)
+
+
+def frame_id_of(msg, default: str = "") -> str:
+    """The message's header frame_id, capped at MAX_FRAME_ID characters."""
+    frame = getattr(getattr(msg, "header", None), "frame_id", default) or default
+    return frame[:MAX_FRAME_ID]
 
 
 def ns_to_stamp(ns: int) -> Time:
@@ -98,10 +123,51 @@ def image_to_array(msg: Image, shape: tuple[int, int, int]) -> np.ndarray:
     return _to_model_image(pixels, encoding[:-1], shape)
 
 
+def max_pixels(shape: tuple[int, int, int]) -> int:
+    """Largest compressed frame (width x height) decoded for a model input of ``shape`` (C, H, W)."""
+    return max(MIN_PIXEL_BOUND, PIXEL_BOUND_FACTOR * int(shape[1]) * int(shape[2]))
+
+
+def compressed_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG header without decoding; None if neither is recognised."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:                       # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):   # start of frame
+            if i + 9 > len(data):
+                return None
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        if marker == 0xDA or length < 2:         # scan data before any frame header: not a valid JPEG
+            return None
+        i += 2 + length
+    return None
+
+
 def compressed_image_to_array(msg: CompressedImage, shape: tuple[int, int, int]) -> np.ndarray:
     if len(msg.data) == 0:
         raise ConversionError("empty", "compressed image holds no data")
-    decoded = cv2.imdecode(np.frombuffer(msg.data, np.uint8), cv2.IMREAD_COLOR)
+    data = bytes(msg.data)
+    size = compressed_size(data)
+    if size is None:
+        raise ConversionError("decode", f"compressed image (format {msg.format[:40]!r}) is neither PNG nor JPEG")
+    width, height = size
+    if width == 0 or height == 0 or width > MAX_SIDE or height > MAX_SIDE or width * height > max_pixels(shape):
+        raise ConversionError("too_large", f"compressed image header claims {width}x{height}, over the bound of "
+                                           f"{max_pixels(shape)} pixels for a {shape[2]}x{shape[1]} model input")
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if decoded is None:
         raise ConversionError("decode", f"compressed image (format {msg.format!r}) could not be decoded")
     return _to_model_image(decoded, "bgr", shape)
@@ -151,10 +217,12 @@ def array_to_joint_state(array: np.ndarray, names: Sequence[str], fields: Sequen
 def audio_to_array(msg: Float32MultiArray | Int16MultiArray, channels: int = 1) -> np.ndarray:
     """PCM chunk -> float32 mono samples. Layout dims (channels, samples) are honoured when given."""
     if isinstance(msg, Int16MultiArray):
-        data = np.frombuffer(msg.data, np.int16).astype(np.float32) / 32768.0
-    else:
-        data = np.frombuffer(msg.data, np.float32) if len(msg.data) else np.zeros(0, np.float32)
+        data = np.frombuffer(msg.data, np.int16).astype(np.float64) / 32768.0
+    else:          # float64: averaging channels near float32's maximum must not overflow to inf
+        data = np.frombuffer(msg.data, np.float32).astype(np.float64) if len(msg.data) else np.zeros(0)
     _finite(data, "audio chunk")
+    if np.abs(data).max() > AUDIO_LIMIT:
+        raise ConversionError("out_of_range", f"audio sample {np.abs(data).max():.3g} beyond {AUDIO_LIMIT} x full scale")
     dims = list(msg.layout.dim)
     if dims:
         channels = int(dims[0].size) if len(dims) >= 2 else 1

@@ -19,13 +19,42 @@ INPUT_TYPES = {"image": Image, "compressed_image": CompressedImage, "joint_state
 OUTPUT_TYPES = {"image": Image, "vector": JointState, "audio": Float32MultiArray, "tactile": Image}
 # audio is unstamped: its chunks are stamped on arrival (end of the chunk)
 STAMPED = {"image", "compressed_image", "joint_state", "tactile_image"}
+# plausible range: a vector or tactile value more than Z_LIMIT training standard deviations from the
+# training mean (normalization.json) is refused as out_of_range, so it never reaches the networks raw;
+# images are bounded by their encoding and audio by bridge.AUDIO_LIMIT
+Z_LIMIT = 1000.0
+
+
+class RangeCheck:
+    """|x - mean| <= z_limit * std, elementwise, with the bundle's normalization statistics."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, z_limit: float = Z_LIMIT):
+        self.low = (np.asarray(mean, np.float64) - z_limit * np.asarray(std, np.float64))
+        self.high = (np.asarray(mean, np.float64) + z_limit * np.asarray(std, np.float64))
+        self.z_limit = z_limit
+
+    def __call__(self, array: np.ndarray) -> None:
+        values = np.asarray(array, np.float64)
+        outside = (values < self.low) | (values > self.high)
+        if outside.any():
+            worst = float(np.abs(values[outside]).max())
+            raise bridge.ConversionError("out_of_range", f"{int(outside.sum())} values beyond {self.z_limit:g} "
+                                                         f"training standard deviations (|x| up to {worst:.3g})")
 
 
 @dataclass
 class Stream:
     params: StreamParams
     spec: ModalitySpec
-    to_array: Callable[[Any], np.ndarray]
+    convert: Callable[[Any], np.ndarray]
+    range_check: RangeCheck | None = None
+
+    def to_array(self, msg: Any) -> np.ndarray:
+        """Message -> model input; ConversionError (with a reason key) when it cannot or must not be one."""
+        array = self.convert(msg)
+        if self.range_check is not None:
+            self.range_check(array)
+        return array
 
     @property
     def name(self) -> str:
@@ -64,7 +93,10 @@ class Stream:
         return bridge.array_to_multiarray(mean, ["mel", "frame"])
 
 
-def make_stream(params: StreamParams, spec: ModalitySpec) -> Stream:
+def make_stream(params: StreamParams, spec: ModalitySpec,
+                normalization: tuple[np.ndarray, np.ndarray] | None = None) -> Stream:
+    """``normalization`` (mean, std of the raw values, from the bundle) enables the range check of
+    vector and tactile streams."""
     kind = params.message_type
     if kind == "image":
         convert = lambda msg: bridge.image_to_array(msg, spec.shape)  # noqa: E731
@@ -76,4 +108,7 @@ def make_stream(params: StreamParams, spec: ModalitySpec) -> Stream:
         convert = lambda msg: bridge.audio_to_array(msg, params.channels)  # noqa: E731
     else:
         convert = lambda msg: bridge.tactile_to_array(msg, spec.shape, params.uint16_full_scale)  # noqa: E731
-    return Stream(params, spec, convert)
+    check = None
+    if normalization is not None and spec.kind in ("vector", "tactile"):
+        check = RangeCheck(*normalization)
+    return Stream(params, spec, convert, check)
