@@ -44,7 +44,7 @@ class ZooConfig:
     lr: float = 1e-3
     latent_dim: int = 16
     warmup_steps: int = 500
-    classifier_epochs: int = 4
+    classifier_epochs: int = 10
     iwae_k: int = 100
     n_nll: int = 500
     n_probe: int = 5000
@@ -57,7 +57,8 @@ class DigitClassifier(nn.Module):
         super().__init__()
         self.net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                                  nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                                 nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10))
+                                 nn.Dropout(0.3), nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Dropout(0.3),
+                                 nn.Linear(128, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -77,9 +78,10 @@ def train_classifiers(train: PolyDigits, test: PolyDigits, epochs: int, seed: in
     for j, name in enumerate(train.names):
         torch.manual_seed(seed * 100 + j)
         net = DigitClassifier()
-        opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+        opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-3)
         x = torch.from_numpy(train.images[name])
         gen = torch.Generator().manual_seed(seed * 100 + j)
+        net.train()
         for _ in range(epochs):
             for idx in torch.randperm(len(x), generator=gen).split(128):
                 loss = nn.functional.cross_entropy(net(x[idx]), labels[idx])
