@@ -42,30 +42,35 @@ def ros(tmp_path_factory):
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Float32MultiArray, String
+    from mdgm_ros.msg import AnomalyScores, ImputedArray, Latent, ModelInfo
 
     tmp = tmp_path_factory.mktemp("ros")
     bundles = {"a": _bundle(tmp / "model_a", 8, 0), "b": _bundle(tmp / "model_b", 6, 1)}
     env = private_ros_env()
     node = start("mdgm_ros.ros.fusion_node", "--ros-args", "--params-file", str(ROOT / "config" / "fusion.yaml"),
                  "-p", f"bundle:={bundles['a']}", "-p", f"audio.staleness:={AUDIO_STALENESS}",
+                 "-p", "standard_mirrors:=true",
                  env=env, log=tmp / "node.log")
     streams = start("mdgm_ros.ros.synthetic_streams", "--malformed", "--stop-audio-after", str(STOP_AUDIO_AFTER),
                     env=env, log=tmp / "streams.log")
     rclpy.init()
     probe = rclpy.create_node("probe")
     record = {"camera": [], "latent": [], "anomaly": [], "imputed_audio": [], "diagnostics": [], "info": [],
-              "events": []}
+              "events": [], "mirror_latent": [], "mirror_anomaly": [], "mirror_audio": []}
 
     def keep(key):
         return lambda msg: record[key].append((time.monotonic(), msg))
 
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
     probe.create_subscription(Image, "/camera/image_raw", keep("camera"), qos_profile_sensor_data)
-    probe.create_subscription(JointState, "/mdgm_fusion/latent", keep("latent"), 50)
-    probe.create_subscription(JointState, "/mdgm_fusion/anomaly", keep("anomaly"), 50)
-    probe.create_subscription(Float32MultiArray, "/mdgm_fusion/imputed/audio", keep("imputed_audio"), 50)
+    probe.create_subscription(Latent, "/mdgm_fusion/latent", keep("latent"), 50)
+    probe.create_subscription(AnomalyScores, "/mdgm_fusion/anomaly", keep("anomaly"), 50)
+    probe.create_subscription(ImputedArray, "/mdgm_fusion/imputed/audio", keep("imputed_audio"), 50)
+    probe.create_subscription(JointState, "/mdgm_fusion/mirror/latent", keep("mirror_latent"), 50)
+    probe.create_subscription(JointState, "/mdgm_fusion/mirror/anomaly", keep("mirror_anomaly"), 50)
+    probe.create_subscription(Float32MultiArray, "/mdgm_fusion/mirror/imputed/audio", keep("mirror_audio"), 50)
     probe.create_subscription(DiagnosticArray, "/diagnostics", keep("diagnostics"), 10)
-    probe.create_subscription(String, "/mdgm_fusion/model_info", keep("info"), latched)
+    probe.create_subscription(ModelInfo, "/mdgm_fusion/model_info", keep("info"), latched)
     probe.create_subscription(String, "/synthetic_streams/events", keep("events"), 10)
     try:
         assert spin_until(probe, lambda: len(record["latent"]) > 0, 60), (tmp / "node.log").read_text()[-3000:]
@@ -102,8 +107,11 @@ def test_latent_is_stamped_with_the_camera_stamp_and_laid_out_as_documented(ros)
     in_gaps = [m for m in seen if _ns(m) not in camera]
     assert len(in_gaps) <= 0.05 * len(seen), f"{len(in_gaps)} latents fall on frames this probe missed"
     last = latents[-1]
-    assert list(last.name) == [f"z{i}" for i in range(8)]
-    assert len(last.position) == len(last.effort) == 8 and all(s > 0 for s in last.effort)
+    assert last.model_id.startswith("test8-") and list(last.modalities) == ["camera", "joints", "audio", "tactile"]
+    assert len(last.mean) == len(last.std) == 8 and all(s > 0 for s in last.std)
+    assert list(last.present) == [True, True, False, True]             # the audio stopped before the end
+    mirror = ros["record"]["mirror_latent"][-1][1]                   # standard_mirrors: JointState layout
+    assert list(mirror.name) == [f"z{i}" for i in range(8)] and len(mirror.effort) == 8
     # delivered fraction over the steady part of the run
     first, final = _ns(latents[10]), _ns(latents[-10])
     frames = [s for s in camera if first <= s <= final]
@@ -112,7 +120,7 @@ def test_latent_is_stamped_with_the_camera_stamp_and_laid_out_as_documented(ros)
 
 
 def test_stopping_audio_makes_imputed_audio_appear_within_its_staleness(ros):
-    """Float32MultiArray has no header, so this uses receive times (same machine, same clock)."""
+    """Receive times (same machine, same clock), since the microphone's own chunks carry no stamp."""
     record = ros["record"]
     stopped_at = record["events"][0][0]
     imputed = [t for t, _ in record["imputed_audio"]]
@@ -131,9 +139,14 @@ def test_stopping_audio_makes_imputed_audio_appear_within_its_staleness(ros):
     assert delay <= AUDIO_STALENESS + 2 / 30 + 0.05, delay   # staleness + up to two camera frames
     msg = record["imputed_audio"][-1][1]
     assert [d.label for d in msg.layout.dim] == ["mel", "frame"] and len(msg.data) == 16 * 17
+    assert msg.modality == "audio" and _ns(msg) in {_ns(m) for _, m in record["latent"]}   # stamped now
+    assert record["mirror_audio"] and len(record["mirror_audio"][-1][1].data) == 16 * 17
     anomaly = record["anomaly"][-1][1]
-    assert list(anomaly.name) == ["total", "camera", "joints", "audio", "tactile"]
-    assert anomaly.position[3] != anomaly.position[3]                     # NaN: audio is missing
+    assert list(anomaly.modalities) == ["camera", "joints", "audio", "tactile"]
+    assert anomaly.score[2] != anomaly.score[2] and not anomaly.flagged[2]   # NaN: audio is missing
+    assert np.isfinite(anomaly.threshold[0]) and np.isfinite(anomaly.total_threshold)
+    mirror = record["mirror_anomaly"][-1][1]
+    assert list(mirror.name) == ["total", "camera", "joints", "audio", "tactile"]
 
 
 def test_malformed_messages_are_counted_and_the_node_keeps_publishing(ros):
@@ -141,24 +154,26 @@ def test_malformed_messages_are_counted_and_the_node_keeps_publishing(ros):
     assert ros["node"].poll() is None, "the node died"
     statuses = {s.name: s for s in record["diagnostics"][-1][1].status}
     values = {name: {kv.key: kv.value for kv in s.values} for name, s in statuses.items()}
-    assert int(values["mdgm_fusion: camera"]["rejected_encoding"]) >= 3
-    assert int(values["mdgm_fusion: joints"]["rejected_unknown_joints"]) >= 3
-    assert int(values["mdgm_fusion: audio"]["rejected_non_finite"]) >= 3
-    assert int(values["mdgm_fusion: tactile"]["rejected_size"]) >= 3
-    assert float(values["mdgm_fusion: camera"]["rate_hz"]) > 20
-    assert values["mdgm_fusion: audio"]["present"] == "False"
-    assert statuses["mdgm_fusion: audio"].level != b"\x00"              # WARN: missing
-    assert statuses["mdgm_fusion: model"].message == "publishing"
+    assert int(values["/mdgm_fusion: camera"]["rejected_encoding"]) >= 3
+    assert int(values["/mdgm_fusion: joints"]["rejected_unknown_joints"]) >= 3
+    assert int(values["/mdgm_fusion: audio"]["rejected_non_finite"]) >= 3
+    assert int(values["/mdgm_fusion: tactile"]["rejected_size"]) >= 3
+    assert float(values["/mdgm_fusion: camera"]["rate_hz"]) > 20
+    assert values["/mdgm_fusion: audio"]["present"] == "False"
+    assert statuses["/mdgm_fusion: audio"].level != b"\x00"              # WARN: missing
+    assert statuses["/mdgm_fusion: model"].message == "publishing"
     last_latent = record["latent"][-1][0]
     assert time.monotonic() - last_latent < 2.0
     assert "rejected camera message (encoding" in (ros["tmp"] / "node.log").read_text()
 
 
-def test_model_info_is_latched_json(ros):
-    info = json.loads(ros["record"]["info"][-1][1].data)
-    assert info["latent_dim"] == 8 and info["fusion"] == "poe" and info["model_id"].startswith("test8-")
-    assert [m["name"] for m in info["modalities"]] == ["camera", "joints", "audio", "tactile"]
-    assert info["latent"]["name"][:2] == ["z0", "z1"] and info["anomaly"]["name"][0] == "total"
+def test_model_info_is_latched(ros):
+    info = ros["record"]["info"][-1][1]
+    assert info.latent_dim == 8 and info.fusion == "poe" and info.model_id.startswith("test8-")
+    assert list(info.modalities) == ["camera", "joints", "audio", "tactile"]
+    assert info.imputed_topics[2] == "/mdgm_fusion/imputed/audio" and info.imputed_types[2] == "mdgm_ros/msg/ImputedArray"
+    details = json.loads(info.details_json)
+    assert details["latent"]["type"] == "mdgm_ros/msg/Latent" and "~/mirror/latent" in details["mirrors"]
 
 
 def _set_bundle(ros, path):
@@ -180,7 +195,7 @@ def _reload(ros):
 def _latent_dims_after(ros, since: float, count: int = 5) -> set[int]:
     record = ros["record"]
     spin_until(ros["probe"], lambda: sum(1 for t, _ in record["latent"] if t > since) >= count, 10)
-    return {len(m.name) for t, m in record["latent"] if t > since}
+    return {len(m.mean) for t, m in record["latent"] if t > since}
 
 
 def test_reload_model_swaps_and_a_bad_bundle_is_refused(ros):
@@ -189,8 +204,8 @@ def test_reload_model_swaps_and_a_bad_bundle_is_refused(ros):
     assert response.success, response.message
     swapped = time.monotonic()
     assert _latent_dims_after(ros, swapped) == {6}
-    spin_until(ros["probe"], lambda: json.loads(ros["record"]["info"][-1][1].data)["latent_dim"] == 6, 5)
-    assert json.loads(ros["record"]["info"][-1][1].data)["model_id"].startswith("test6-")
+    spin_until(ros["probe"], lambda: ros["record"]["info"][-1][1].latent_dim == 6, 5)
+    assert ros["record"]["info"][-1][1].model_id.startswith("test6-")
 
     broken = ros["tmp"] / "broken"
     broken.mkdir()

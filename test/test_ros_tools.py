@@ -100,17 +100,18 @@ def test_sim_robot_node_publishes_the_live_topics(probe, tmp_path):
 def test_trainer_node_trains_then_reloads_the_fusion_node(probe, sim_bag, trained_bundle, tmp_path):
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-    from std_msgs.msg import String
+    from mdgm_ros.msg import ModelInfo
 
     node, env = probe
     env = {**env, "MDGM_ROS_CACHE": str(tmp_path / "cache")}
     infos, diagnostics = [], []
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    node.create_subscription(String, "/mdgm_fusion/model_info", lambda m: infos.append(json.loads(m.data)), latched)
+    node.create_subscription(ModelInfo, "/mdgm_fusion/model_info", lambda m: infos.append({"model_id": m.model_id}), latched)
     node.create_subscription(DiagnosticArray, "/diagnostics",
                              lambda m: diagnostics.extend(s for s in m.status if s.name.startswith("mdgm_trainer")), 50)
     fusion = start("mdgm_ros.ros.fusion_node", "--ros-args", "--params-file", str(ROOT / "config" / "fusion.yaml"),
-                   "-p", f"bundle:={trained_bundle[0]}", env=env, log=tmp_path / "fusion.log")
+                   "-p", f"bundle:={trained_bundle[0]}", "-p", f"bundle_roots:=['{tmp_path}']",
+                   env=env, log=tmp_path / "fusion.log")
     trainer = None
     try:
         assert spin_until(node, lambda: infos, 60), (tmp_path / "fusion.log").read_text()[-2000:]

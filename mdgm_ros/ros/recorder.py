@@ -1,7 +1,6 @@
 """Record what a fusion node publishes (latent, anomaly, imputations) for evaluation.
 
-Imputed audio (``Float32MultiArray``) has no header: the node publishes it in the same step as, and
-right after, ``~/latent``, so it takes the stamp of the latest latent received (``model_info`` says so).
+Every output carries the source stamp of its fusion step (imputed audio as ``mdgm_ros/ImputedArray``).
 """
 from __future__ import annotations
 
@@ -13,8 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import JointState
-from std_msgs.msg import String
+
+from ..msg import AnomalyScores, ImputedArray, Latent, ModelInfo
 
 from ..streams import bridge
 from ..core import ModalitySpec
@@ -49,26 +48,29 @@ class OutputRecorder(GuardedNode, Node):
         super().__init__("mdgm_output_recorder")
         self.recording = Recording()
         self.lock = threading.Lock()
-        self._last_latent_stamp: int | None = None
-        self.create_subscription(String, f"{node}/model_info", self._on_info, LATCHED)
-        self.create_subscription(JointState, f"{node}/latent", self._on_latent, RELIABLE)
-        self.create_subscription(JointState, f"{node}/anomaly", self._on_anomaly, RELIABLE)
+        self.create_subscription(ModelInfo, f"{node}/model_info", self._on_info, LATCHED)
+        self.create_subscription(Latent, f"{node}/latent", self._on_latent, RELIABLE)
+        self.create_subscription(AnomalyScores, f"{node}/anomaly", self._on_anomaly, RELIABLE)
         for spec, params in zip(specs, streams):
-            self.create_subscription(OUTPUT_TYPES[spec.kind], f"{node}/imputed/{spec.name}",
+            kind = ImputedArray if spec.kind == "audio" else OUTPUT_TYPES[spec.kind]
+            self.create_subscription(kind, f"{node}/imputed/{spec.name}",
                                      lambda msg, s=spec, p=params: self._on_imputed(s, p, msg), RELIABLE)
 
-    def _on_info(self, msg: String) -> None:
-        self.recording.model_info = json.loads(msg.data)
+    def _on_info(self, msg: ModelInfo) -> None:
+        info = json.loads(msg.details_json or "{}")
+        info.update(model_id=msg.model_id, content_hash=msg.content_hash, fusion=msg.fusion,
+                    latent_dim=msg.latent_dim, modality_names=list(msg.modalities))
+        self.recording.model_info = info
 
-    def _on_latent(self, msg: JointState) -> None:
+    def _on_latent(self, msg: Latent) -> None:
         stamp = bridge.stamp_to_ns(msg.header.stamp)
         with self.lock:
-            self._last_latent_stamp = stamp
-            self.recording.latent.append((stamp, np.asarray(msg.position), np.asarray(msg.effort)))
+            self.recording.latent.append((stamp, np.asarray(msg.mean, np.float64), np.asarray(msg.std, np.float64)))
 
-    def _on_anomaly(self, msg: JointState) -> None:
+    def _on_anomaly(self, msg: AnomalyScores) -> None:
+        values = np.asarray([msg.total, *msg.score], np.float64)          # [total, per modality]
         with self.lock:
-            self.recording.anomaly.append((bridge.stamp_to_ns(msg.header.stamp), np.asarray(msg.position)))
+            self.recording.anomaly.append((bridge.stamp_to_ns(msg.header.stamp), values))
 
     def _on_imputed(self, spec: ModalitySpec, params: StreamParams, msg) -> None:
         try:
@@ -81,7 +83,7 @@ class OutputRecorder(GuardedNode, Node):
                 stamp = bridge.stamp_to_ns(msg.header.stamp)
             else:
                 dims = [d.size for d in msg.layout.dim]
-                array, stamp = np.asarray(msg.data, np.float32).reshape(dims), self._last_latent_stamp
+                array, stamp = np.asarray(msg.data, np.float32).reshape(dims), bridge.stamp_to_ns(msg.header.stamp)
         except (bridge.ConversionError, ValueError):
             self.recording.undecodable += 1
             return

@@ -6,6 +6,7 @@ which ones exist depends on ``<name>.message_type``. Defaults follow DESIGN.md s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rcl_interfaces.msg import ParameterDescriptor
@@ -30,6 +31,31 @@ class ParameterError(ValueError):
     """A parameter value is invalid or does not fit the model bundle."""
 
 
+SOURCE_DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "default"
+
+
+def _installed_default_bundle() -> Path | None:
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        folder = Path(get_package_share_directory("mdgm_ros")) / "models" / "default"
+    except Exception:  # no ament index, or the package is not installed with colcon
+        return None
+    return folder if (folder / "manifest.json").is_file() else None
+
+
+def resolve_bundle(value: str) -> tuple[str, str]:
+    """(bundle folder, where it came from): the parameter if set, else the shipped ``models/default``
+    from the installed share folder (colcon), else from the source tree (pip -e)."""
+    if value:
+        return value, "parameter bundle"
+    installed = _installed_default_bundle()
+    if installed is not None:
+        return str(installed), "default: the installed share folder"
+    if (SOURCE_DEFAULT_BUNDLE / "manifest.json").is_file():
+        return str(SOURCE_DEFAULT_BUNDLE), "default: the source tree"
+    raise ParameterError("parameter 'bundle' is empty and no models/default is installed: give the bundle folder")
+
+
 @dataclass
 class StreamParams:
     name: str
@@ -38,6 +64,9 @@ class StreamParams:
     qos: str
     staleness: float
     buffer_size: int
+    min_rate: float = 0.0
+    max_rate: float = 0.0
+    max_stamp_age: float = 0.0
     joint_names: list[str] = field(default_factory=list)
     joint_fields: list[str] = field(default_factory=list)
     sample_rate: int = 16000
@@ -54,8 +83,11 @@ class FusionParams:
     anchor: str
     output_rate: float
     impute_present: bool
+    standard_mirrors: bool
     frame_id: str
     diagnostics_period: float
+    diagnostics_window: float
+    rate_tolerance: float
     warn_throttle: float
     reset_after: float
     streams: list[StreamParams]
@@ -71,15 +103,21 @@ def _declare(node, name: str, default: Any, description: str) -> Any:
 
 def declare_fusion_params(node) -> FusionParams:
     g = {
-        "bundle": _declare(node, "bundle", "", "model bundle folder (see mdgm-ros info)"),
+        "bundle": _declare(node, "bundle", "", "model bundle folder; '' = the shipped models/default"),
         "device": _declare(node, "device", "auto", "auto | cpu | cuda | cuda:N"),
         "threads": _declare(node, "threads", 1, "torch intra-op threads for inference"),
         "autostart": _declare(node, "autostart", True, "configure and activate at start"),
         "anchor": _declare(node, "anchor", "camera", "modality whose messages trigger a fusion step; '' = use output_rate"),
         "output_rate": _declare(node, "output_rate", 0.0, "fixed output rate in Hz when anchor is ''"),
         "impute_present": _declare(node, "impute_present", False, "also publish reconstructions of present modalities"),
+        "standard_mirrors": _declare(node, "standard_mirrors", False,
+                                     "also publish ~/mirror/latent, ~/mirror/anomaly (JointState) and unstamped "
+                                     "imputed audio (Float32MultiArray) for PlotJuggler / Foxglove"),
         "frame_id": _declare(node, "frame_id", "", "frame_id of published headers ('' = the anchor's)"),
         "diagnostics_period": _declare(node, "diagnostics_period", 1.0, "seconds between /diagnostics messages"),
+        "diagnostics_window": _declare(node, "diagnostics_window", 1.0,
+                                       "s: rate window; no input (STALE) or no output (ERROR) for this long"),
+        "rate_tolerance": _declare(node, "rate_tolerance", 0.1, "relative slack on <stream>.min_rate/max_rate"),
         "warn_throttle": _declare(node, "warn_throttle", 5.0, "seconds between warnings of one kind"),
         "reset_after": _declare(node, "reset_after", 1.0, "a stamp this many seconds back clears the buffers"),
     }
@@ -101,6 +139,9 @@ def _declare_stream(node, name: str) -> StreamParams:
         "staleness": _declare(node, p + "staleness", known.get("staleness", 0.1),
                               "seconds after which the stream counts as missing"),
         "buffer_size": _declare(node, p + "buffer_size", 256, "ring buffer length (messages)"),
+        "min_rate": _declare(node, p + "min_rate", 0.0, "Hz: diagnostics WARN below (0 = no bound)"),
+        "max_rate": _declare(node, p + "max_rate", 0.0, "Hz: diagnostics WARN above (0 = no bound)"),
+        "max_stamp_age": _declare(node, p + "max_stamp_age", 0.0, "s: diagnostics WARN for older stamps (0 = off)"),
     }
     kind = kwargs["message_type"]
     if kind == "joint_state":
@@ -129,6 +170,8 @@ def check_params(params: FusionParams) -> None:
         raise ParameterError("with no anchor, output_rate must be > 0")
     if params.diagnostics_period <= 0 or params.warn_throttle < 0 or params.reset_after <= 0:
         raise ParameterError("diagnostics_period and reset_after must be > 0, warn_throttle >= 0")
+    if params.diagnostics_window <= 0 or not 0 <= params.rate_tolerance < 1:
+        raise ParameterError("diagnostics_window must be > 0 and rate_tolerance in [0, 1)")
     for s in params.streams:
         if s.message_type not in MESSAGE_TYPES:
             raise ParameterError(f"{s.name}.message_type {s.message_type!r} not in {list(MESSAGE_TYPES)}")
@@ -136,6 +179,8 @@ def check_params(params: FusionParams) -> None:
             raise ParameterError(f"{s.name}.qos {s.qos!r} not in {QOS_PRESETS}")
         if s.staleness <= 0 or s.buffer_size < 1:
             raise ParameterError(f"{s.name}: staleness must be > 0 and buffer_size >= 1")
+        if s.min_rate < 0 or s.max_rate < 0 or s.max_stamp_age < 0 or (s.max_rate and s.max_rate < s.min_rate):
+            raise ParameterError(f"{s.name}: min_rate, max_rate, max_stamp_age must be >= 0 and max_rate >= min_rate")
         bad_fields = set(s.joint_fields) - {"position", "velocity", "effort"}
         if bad_fields:
             raise ParameterError(f"{s.name}.joint_fields has unknown fields {sorted(bad_fields)}")

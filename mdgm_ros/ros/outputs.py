@@ -1,0 +1,168 @@
+"""The fusion node's output topics, in one place: the package's own messages (msg/), and the
+standard-type mirrors (``standard_mirrors``) for tools that only know common_interfaces.
+
+| topic | type | content |
+|---|---|---|
+| ``~/latent`` | ``mdgm_ros/Latent`` | posterior mean/std, presence mask, model id; stamp = source stamp |
+| ``~/anomaly`` | ``mdgm_ros/AnomalyScores`` | per-modality score, threshold, flagged; total |
+| ``~/imputed/<m>`` | the modality's own type; audio: ``mdgm_ros/ImputedArray`` (stamped log-mel) | |
+| ``~/model_info`` | ``mdgm_ros/ModelInfo`` (transient local) | what the node runs |
+| ``~/mirror/latent``, ``~/mirror/anomaly`` | ``sensor_msgs/JointState`` | name z0.., position = mean, effort = std; name total + modalities, position = score, effort = threshold |
+| ``~/mirror/imputed/<audio>`` | ``std_msgs/Float32MultiArray`` | the unstamped log-mel, as before |
+"""
+from __future__ import annotations
+
+import array
+import json
+from typing import Any, Sequence
+
+import numpy as np
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState
+
+from ..msg import AnomalyScores, ImputedArray, Latent, ModelInfo
+from ..streams import bridge
+from ..streams.kinds import Stream
+
+IMPUTED_AUDIO_LABELS = ["mel", "frame"]
+LATCHED_INFO = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def f32(values: Any) -> array.array:
+    """A float32 sequence field from a numpy array without a per-element Python loop."""
+    out = array.array("f")
+    out.frombytes(np.ascontiguousarray(values, dtype=np.float32).tobytes())
+    return out
+
+
+def latent_message(model_id: str, names: Sequence[str], present: Sequence[bool], mean: np.ndarray, std: np.ndarray,
+                   stamp_ns: int, frame_id: str) -> Latent:
+    msg = Latent(model_id=model_id, modalities=list(names), present=[bool(p) for p in present])
+    msg.header.stamp, msg.header.frame_id = bridge.ns_to_stamp(stamp_ns), frame_id
+    msg.mean, msg.std = f32(mean), f32(std)
+    return msg
+
+
+def anomaly_message(model_id: str, names: Sequence[str], scores: np.ndarray, thresholds: np.ndarray, total: float,
+                    total_threshold: float, stamp_ns: int, frame_id: str) -> AnomalyScores:
+    with np.errstate(invalid="ignore"):
+        flagged = (scores > thresholds).tolist()
+    msg = AnomalyScores(model_id=model_id, modalities=list(names), flagged=flagged, total=float(total),
+                        total_threshold=float(total_threshold), total_flagged=bool(total > total_threshold))
+    msg.header.stamp, msg.header.frame_id = bridge.ns_to_stamp(stamp_ns), frame_id
+    msg.score, msg.threshold = f32(scores), f32(thresholds)
+    return msg
+
+
+def imputed_array_message(model_id: str, name: str, values: np.ndarray, stamp_ns: int, frame_id: str) -> ImputedArray:
+    layout = bridge.array_to_multiarray(np.zeros(values.shape, np.float32), IMPUTED_AUDIO_LABELS).layout
+    msg = ImputedArray(model_id=model_id, modality=name, layout=layout)
+    msg.header.stamp, msg.header.frame_id = bridge.ns_to_stamp(stamp_ns), frame_id
+    msg.data = f32(values)
+    return msg
+
+
+class FusionOutputs:
+    """Publishers of one activation; ``publish`` sends one fusion step (latent first)."""
+
+    def __init__(self, node, streams: dict[str, Stream], mirrors: bool, qos: QoSProfile):
+        self.node, self.streams, self.mirrors = node, streams, mirrors
+        self.names = list(streams)
+        self.model_id = ""
+        self.thresholds = np.full(len(self.names), np.nan, np.float32)
+        self.total_threshold = float("nan")
+        self.latent_names: list[str] = []
+        self.pubs = {"latent": node.create_publisher(Latent, "~/latent", qos),
+                     "anomaly": node.create_publisher(AnomalyScores, "~/anomaly", qos)}
+        for name, stream in streams.items():
+            kind = ImputedArray if stream.spec.kind == "audio" else stream.output_type
+            self.pubs[f"imputed/{name}"] = node.create_publisher(kind, f"~/imputed/{name}", qos)
+            if mirrors and stream.spec.kind == "audio":
+                self.pubs[f"mirror/imputed/{name}"] = node.create_publisher(
+                    stream.output_type, f"~/mirror/imputed/{name}", qos)
+        if mirrors:
+            self.pubs["mirror/latent"] = node.create_publisher(JointState, "~/mirror/latent", qos)
+            self.pubs["mirror/anomaly"] = node.create_publisher(JointState, "~/mirror/anomaly", qos)
+
+    def set_model(self, model_id: str, thresholds: dict[str, float] | None) -> None:
+        """The bundle whose outputs follow (at activation, and after a reload)."""
+        th = thresholds or {}
+        self.model_id = model_id
+        self.thresholds = np.asarray([th.get(n, np.nan) for n in self.names], np.float32)
+        self.total_threshold = float(th.get("total", np.nan))
+
+    def destroy(self) -> None:
+        for pub in self.pubs.values():
+            self.node.destroy_publisher(pub)
+        self.pubs = {}
+
+    def publish(self, result, present: Sequence[bool], stamp_ns: int, frame_id: str) -> None:
+        """~/latent, then ~/anomaly, then ~/imputed/* (and their mirrors)."""
+        mean = result.latent_mean[0].cpu().numpy()
+        std = result.latent_std[0].cpu().numpy()
+        self.pubs["latent"].publish(latent_message(self.model_id, self.names, present, mean, std, stamp_ns, frame_id))
+        if self.mirrors:
+            if len(self.latent_names) != len(mean):
+                self.latent_names = bridge.latent_names(len(mean))
+            self.pubs["mirror/latent"].publish(bridge.named_vector(self.latent_names, mean, std, stamp_ns, frame_id))
+        if result.scores is not None:
+            self._publish_anomaly(result.scores[0].cpu().numpy(), float(result.total_score[0]), stamp_ns, frame_id)
+        for name, imputed in result.imputed.items():
+            self._publish_imputed(name, imputed.mean[0].cpu().numpy(), stamp_ns, frame_id)
+
+    def _publish_anomaly(self, scores: np.ndarray, total: float, stamp_ns: int, frame_id: str) -> None:
+        self.pubs["anomaly"].publish(anomaly_message(self.model_id, self.names, scores, self.thresholds, total,
+                                                     self.total_threshold, stamp_ns, frame_id))
+        if self.mirrors:
+            self.pubs["mirror/anomaly"].publish(bridge.named_vector(
+                ["total", *self.names], [total, *scores], [self.total_threshold, *self.thresholds], stamp_ns, frame_id))
+
+    def _publish_imputed(self, name: str, values: np.ndarray, stamp_ns: int, frame_id: str) -> None:
+        stream = self.streams[name]
+        if stream.spec.kind != "audio":
+            self.pubs[f"imputed/{name}"].publish(stream.output_message(values, stamp_ns, frame_id))
+            return
+        self.pubs[f"imputed/{name}"].publish(imputed_array_message(self.model_id, name, values, stamp_ns, frame_id))
+        if self.mirrors:
+            self.pubs[f"mirror/imputed/{name}"].publish(stream.output_message(values, stamp_ns, frame_id))
+
+
+def model_info_message(runtime, node, mirrors: bool) -> ModelInfo:
+    """The latched description of the loaded bundle; topics as the node resolves them."""
+    model = runtime.bundle.model
+    streams = list(runtime.streams.values())
+    details = {
+        "modalities": [{"name": s.name, "kind": s.spec.kind, "shape": list(s.spec.shape),
+                        "message_type": s.params.message_type} for s in streams],
+        "latent": {"topic": "~/latent", "type": "mdgm_ros/msg/Latent", "stamp": "the anchor's source stamp",
+                   "mean": "posterior mean", "std": "posterior standard deviation", "present": "presence mask"},
+        "anomaly": {"topic": "~/anomaly", "type": "mdgm_ros/msg/AnomalyScores",
+                    "score": "standardised score (NaN if missing)", "threshold": "calibrated threshold"},
+        "imputed_audio": "log-mel spectrogram, mdgm_ros/msg/ImputedArray, layout dims mel x frame",
+        "mirrors": {"~/mirror/latent": "sensor_msgs/JointState: name z0.., position = mean, effort = std",
+                    "~/mirror/anomaly": "sensor_msgs/JointState: name total + modalities, position = score, "
+                                        "effort = threshold",
+                    "~/mirror/imputed/<audio>": "std_msgs/Float32MultiArray, unstamped"} if mirrors else {},
+    }
+    return ModelInfo(
+        model_id=runtime.bundle.model_id, content_hash=runtime.bundle.content_hash, fusion=str(model.fusion),
+        objective=str(model.config.objective), latent_dim=int(model.latent_dim), device=str(runtime.device),
+        modalities=[s.name for s in streams], kinds=[s.spec.kind for s in streams],
+        input_topics=[resolve_topic(node, s.params.topic) for s in streams],
+        imputed_topics=[resolve_topic(node, f"~/imputed/{s.name}") for s in streams],
+        imputed_types=[imputed_type_name(s) for s in streams],
+        details_json=json.dumps(details))
+
+
+def imputed_type_name(stream: Stream) -> str:
+    kind = ImputedArray if stream.spec.kind == "audio" else stream.output_type
+    package = kind.__module__.split(".")[0]
+    return f"{package}/msg/{kind.__name__}"
+
+
+def resolve_topic(node, name: str) -> str:
+    """The fully qualified name the node uses for ``name`` (namespace, ``~`` and remaps applied)."""
+    try:
+        return node.resolve_topic_name(name)
+    except Exception:  # rclpy without resolve_topic_name (Humble): show the name as given
+        return name

@@ -1,0 +1,118 @@
+"""The fusion node as a user starts it (`ros2 run mdgm_ros fusion_node`, no parameters), over real DDS.
+
+One fusion node process with no parameters (the shipped models/default), the synthetic joints, audio and
+tactile streams in another process, and this process as the camera (so it can stop and restart it) and
+as the client of topics, diagnostics and parameters. Bounds are generous: a loaded 2-core machine.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from ros_env import ROOT, spin_for, spin_until, private_ros_env, start, stop
+
+CAMERA_HZ = 30.0
+
+
+class Camera:
+    """Publishes 64x64 rgb8 frames stamped now while ``on``."""
+
+    def __init__(self, node, topic: str = "/camera/image_raw"):
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import Image
+        from mdgm_ros.streams import bridge
+        self.on = True
+        self.node = node
+        self.pub = node.create_publisher(Image, topic, qos_profile_sensor_data)
+        self.frame = np.random.default_rng(0).random((3, 64, 64)).astype(np.float32)
+        self.make = bridge.array_to_image
+        node.create_timer(1.0 / CAMERA_HZ, self._tick)
+
+    def _tick(self) -> None:
+        if self.on:
+            self.pub.publish(self.make(self.frame, self.node.get_clock().now().nanoseconds, "camera"))
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory):
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from mdgm_ros.msg import Latent
+
+    tmp = tmp_path_factory.mktemp("runtime")
+    env = private_ros_env()
+    node = start("mdgm_ros.ros.fusion_node", env=env, log=tmp / "node.log")
+    streams = start("mdgm_ros.ros.synthetic_streams", "--ros-args", "-r", "/camera/image_raw:=/unused/camera",
+                    env=env, log=tmp / "streams.log")
+    rclpy.init()
+    probe = rclpy.create_node("runtime_probe")
+    record = {"latent": [], "diagnostics": []}
+    probe.create_subscription(Latent, "/mdgm_fusion/latent", lambda m: record["latent"].append((time.monotonic(), m)), 50)
+    probe.create_subscription(DiagnosticArray, "/diagnostics",
+                              lambda m: record["diagnostics"].append((time.monotonic(), m)), 50)
+    camera = Camera(probe)
+    try:
+        assert spin_until(probe, lambda: len(record["latent"]) > 10, 90), (tmp / "node.log").read_text()[-3000:]
+        yield {"probe": probe, "record": record, "camera": camera, "node": node, "tmp": tmp, "env": env}
+    finally:
+        stop(streams)
+        stop(node)
+        probe.destroy_node()
+        rclpy.try_shutdown()
+
+
+def _statuses(msg) -> dict:
+    return {s.name: s for s in msg.status}
+
+
+def _wait_status(runtime, since: float, predicate, timeout: float):
+    """The receive time and statuses of the first /diagnostics message after ``since`` that satisfies
+    ``predicate(statuses)``, or None."""
+    found = []
+
+    def check():
+        for t, msg in runtime["record"]["diagnostics"]:
+            statuses = _statuses(msg)
+            if t > since and "/mdgm_fusion: model" in statuses and predicate(statuses):
+                found.append((t, statuses))
+                return True
+        return False
+    spin_until(runtime["probe"], check, timeout)
+    return found[0] if found else None
+
+
+def test_no_parameters_runs_the_shipped_default_and_says_so(runtime):
+    first_line = (runtime["tmp"] / "node.log").read_text().splitlines()[0]
+    assert f"bundle {ROOT / 'models' / 'default'} (default: the source tree)" in first_line, first_line
+    manifest = json.loads((ROOT / "models" / "default" / "manifest.json").read_text())
+    latent = runtime["record"]["latent"][-1][1]
+    assert latent.model_id == manifest["model_id"] and len(latent.mean) > 0
+    assert list(latent.modalities) == ["camera", "joints", "audio", "tactile"] and latent.present[0]
+
+
+def test_diagnostics_go_stale_and_error_within_a_window_when_the_camera_stops_and_recover(runtime):
+    """Anchor mode: with the camera stopped there are no fusion steps, so nothing else would notice."""
+    from diagnostic_msgs.msg import DiagnosticStatus as S
+    ok = _wait_status(runtime, time.monotonic(), lambda s: s["/mdgm_fusion: camera"].level == S.OK
+                      and s["/mdgm_fusion: model"].level == S.OK, 20)
+    assert ok, [(s.name, s.message) for s in runtime["record"]["diagnostics"][-1][1].status]
+    window = period = 1.0                                   # diagnostics_window, diagnostics_period defaults
+    runtime["camera"].on = False
+    stopped = time.monotonic()
+    down = _wait_status(runtime, stopped, lambda s: s["/mdgm_fusion: camera"].level == S.STALE
+                        and s["/mdgm_fusion: model"].level == S.ERROR, 15)
+    assert down, [(s.name, s.level, s.message) for s in runtime["record"]["diagnostics"][-1][1].status]
+    # one window, plus one diagnostics period to report it, plus slack for a loaded machine
+    assert down[0] - stopped <= window + period + 1.5, down[0] - stopped
+    assert down[1]["/mdgm_fusion: joints"].level == S.OK                # the other streams still flow
+    assert "nothing received" in down[1]["/mdgm_fusion: camera"].message
+    assert "no output" in down[1]["/mdgm_fusion: model"].message
+    runtime["camera"].on = True
+    up = _wait_status(runtime, time.monotonic(), lambda s: s["/mdgm_fusion: camera"].level == S.OK
+                      and s["/mdgm_fusion: model"].level == S.OK, 20)
+    assert up, [(s.name, s.level, s.message) for s in runtime["record"]["diagnostics"][-1][1].status]
+    anomaly = up[1]["/mdgm_fusion: anomaly"]
+    assert anomaly.level == S.OK and (anomaly.message == "normal" or anomaly.message.startswith("anomalous"))
