@@ -116,3 +116,37 @@ def test_diagnostics_go_stale_and_error_within_a_window_when_the_camera_stops_an
     assert up, [(s.name, s.level, s.message) for s in runtime["record"]["diagnostics"][-1][1].status]
     anomaly = up[1]["/mdgm_fusion: anomaly"]
     assert anomaly.level == S.OK and (anomaly.message == "normal" or anomaly.message.startswith("anomalous"))
+
+
+def _set(runtime, node: str, **values):
+    from rcl_interfaces.msg import Parameter
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter as Param
+    from ros_env import call
+    probe = runtime["probe"]
+    client = probe.create_client(SetParameters, f"{node}/set_parameters")
+    request = SetParameters.Request(parameters=[Param(name.replace("__", "."), value=value).to_parameter_msg()
+                                                for name, value in values.items()])
+    return call(probe, client, request).results
+
+
+def test_invalid_parameters_are_refused_with_the_reason_and_a_live_one_takes_effect(runtime):
+    from sensor_msgs.msg import Image
+    node = "/mdgm_fusion"
+    refused = {"anchor": "lidar", "device": "quantum", "camera__staleness": -1.0, "camera__topic": "/other/camera",
+               "threads": 4}
+    reasons = {name: _set(runtime, node, **{name: value})[0] for name, value in refused.items()}
+    assert not any(r.successful for r in reasons.values()), reasons
+    assert "anchor 'lidar' is not one of the modalities" in reasons["anchor"].reason
+    assert "quantum" in reasons["device"].reason
+    assert reasons["camera__staleness"].reason                           # out of the descriptor's range
+    assert "cannot change while a model is loaded" in reasons["camera__topic"].reason
+    assert "threads" in reasons["threads"].reason
+    # impute_present is live: the node starts publishing reconstructions of the (present) camera
+    probe, frames = runtime["probe"], []
+    probe.create_subscription(Image, f"{node}/imputed/camera", frames.append, 10)
+    spin_for(probe, 1.0)
+    assert not frames, "the camera is present: no imputation before the change"
+    assert _set(runtime, node, impute_present=True)[0].successful
+    assert spin_until(probe, lambda: len(frames) >= 3, 15)
+    assert _set(runtime, node, impute_present=False)[0].successful

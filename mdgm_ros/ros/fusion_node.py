@@ -24,7 +24,7 @@ import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.task import Future
@@ -35,7 +35,8 @@ from ..streams import bridge
 from ..streams.alignment import Aligner, PushResult
 from ..core import Bundle, BundleError, Fuser, load_bundle, select_device
 from ..core.bundle import within_roots
-from ..streams.params import FusionParams, ParameterError, check_against_bundle, declare_fusion_params, resolve_bundle
+from ..streams.params import (FusionParams, ParameterError, blocked_while_configured, check_against_bundle,
+                              declare_fusion_params, fusion_params_with, resolve_bundle, unknown_overrides)
 from ..streams.kinds import Stream, make_stream
 from .guard import GuardedNode
 from .diagnostics import StreamCheck, StreamStats, anomaly_status, model_status, stream_status
@@ -85,12 +86,18 @@ class FusionNode(GuardedNode, LifecycleNode):
         self._errors = Counter()
         self._reloading = threading.Lock()
         self.bundle_roots = self._declare_bundle_roots()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:                                              # re-read: values set while unconfigured apply now
+            self.params, self.param_error = declare_fusion_params(self), None
+        except ParameterError as err:
+            self.params, self.param_error = None, str(err)
         if self.params is None:
             self.get_logger().error(f"cannot configure: {self.param_error}")
             return TransitionCallbackReturn.FAILURE
+        self._warn_unknown_parameters()
         torch.set_num_threads(self.params.threads)
         try:
             path, origin = resolve_bundle(self.params.bundle)
@@ -159,6 +166,40 @@ class FusionNode(GuardedNode, LifecycleNode):
         self._subs, self._timers, self._pubs, self._outputs = [], [], {}, None
         if self.aligner is not None:
             self.aligner.clear()
+
+    # ------------------------------------------------------------------ parameters
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        """Validate with the node's own checks; apply the cheap ones live; refuse, with the reason, what needs
+        a reconfigure while a model is loaded (deactivate, cleanup, set, configure)."""
+        changes = {p.name: p.value for p in parameters}
+        try:
+            candidate = fusion_params_with(self, changes)
+        except ParameterError as err:
+            return SetParametersResult(successful=False, reason=str(err))
+        if self.runtime is not None:
+            blocked = blocked_while_configured(list(changes), self.params.names if self.params else [])
+            if blocked:
+                return SetParametersResult(successful=False, reason=(
+                    f"{', '.join(blocked)} cannot change while a model is loaded: deactivate and clean up the "
+                    "node, set it, then configure (live: staleness, rate bounds, impute_present, warn_throttle)"))
+            self._apply_live(candidate)
+        return SetParametersResult(successful=True)
+
+    def _apply_live(self, params: FusionParams) -> None:
+        self.params = params
+        runtime, aligner = self.runtime, self.aligner
+        runtime.fuser.impute_present = params.impute_present
+        for stream_params in params.streams:
+            stream = runtime.streams[stream_params.name]
+            stream.params = stream_params
+            if aligner is not None:                      # staleness (and audio's gap bound follow it)
+                aligner.buffers[stream.name].config = stream.alignment_config()
+
+    def _warn_unknown_parameters(self) -> None:
+        overrides = list(getattr(self, "_parameter_overrides", {}))      # rclpy keeps the start-up values here
+        unknown = unknown_overrides(overrides, list(self._parameters))
+        if unknown:
+            self.get_logger().warn(f"unknown parameters ignored (typo or old name?): {', '.join(unknown)}")
 
     # ------------------------------------------------------------------ model loading
     def _load(self, path: str) -> Runtime:

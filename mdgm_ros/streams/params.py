@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from ..core import ModalitySpec
 
@@ -97,8 +97,76 @@ class FusionParams:
         return [s.name for s in self.streams]
 
 
+# Ranges in the descriptors (by the parameter's last name part), enforced by rclpy on every set.
+RANGES: dict[str, tuple[float, float]] = {
+    "threads": (1, 256), "output_rate": (0.0, 10000.0), "diagnostics_period": (0.01, 3600.0),
+    "diagnostics_window": (0.01, 3600.0), "rate_tolerance": (0.0, 0.99), "warn_throttle": (0.0, 3600.0),
+    "reset_after": (0.001, 3600.0), "staleness": (0.001, 3600.0), "buffer_size": (1, 100000),
+    "min_rate": (0.0, 100000.0), "max_rate": (0.0, 100000.0), "max_stamp_age": (0.0, 3600.0),
+    "sample_rate": (1, 1000000), "channels": (1, 64), "uint16_full_scale": (1.0, 65535.0),
+}
+READ_ONLY = {"modalities"}            # which parameters exist follows from it: fixed for the process
+# Applied while the node runs; "bundle" is taken by ~/reload_model or the next configure; anything else
+# changes subscriptions, devices or the model wiring and needs deactivate -> cleanup -> set -> configure.
+LIVE = {"impute_present", "warn_throttle", "diagnostics_window", "rate_tolerance"}
+LIVE_PER_STREAM = {"staleness", "min_rate", "max_rate", "max_stamp_age"}
+DEFERRED = {"bundle"}
+
+
+def _descriptor(name: str, description: str, default: Any) -> ParameterDescriptor:
+    descriptor = ParameterDescriptor(description=description, read_only=name in READ_ONLY)
+    bounds = RANGES.get(name.rsplit(".", 1)[-1])
+    if bounds is not None and isinstance(default, float):
+        descriptor.floating_point_range = [FloatingPointRange(from_value=float(bounds[0]), to_value=float(bounds[1]))]
+    elif bounds is not None and isinstance(default, int) and not isinstance(default, bool):
+        descriptor.integer_range = [IntegerRange(from_value=int(bounds[0]), to_value=int(bounds[1]))]
+    return descriptor
+
+
 def _declare(node, name: str, default: Any, description: str) -> Any:
-    return node.declare_parameter(name, default, ParameterDescriptor(description=description)).value
+    """Declare (or, when declared already, re-read) one parameter."""
+    has = getattr(node, "has_parameter", None)
+    if has is not None and has(name):
+        return node.get_parameter(name).value
+    return node.declare_parameter(name, default, _descriptor(name, description, default)).value
+
+
+def blocked_while_configured(names: list[str], modalities: list[str]) -> list[str]:
+    """The names among ``names`` that cannot change while a model is loaded (see LIVE)."""
+    blocked = []
+    for name in names:
+        head, _, tail = name.partition(".")
+        if name in LIVE or name in DEFERRED or name == "use_sim_time" or (head in modalities and tail in LIVE_PER_STREAM):
+            continue
+        blocked.append(name)
+    return blocked
+
+
+class _Overlay:
+    """A node's parameters with ``changes`` applied, to validate a set before it takes effect."""
+
+    def __init__(self, node, changes: dict[str, Any]):
+        self.node, self.changes = node, changes
+
+    def declare_parameter(self, name: str, default: Any, descriptor: Any = None) -> Any:
+        if name in self.changes:
+            value = self.changes[name]
+        elif self.node.has_parameter(name):
+            value = self.node.get_parameter(name).value
+        else:
+            value = default
+        return type("Parameter", (), {"value": value})()
+
+
+def fusion_params_with(node, changes: dict[str, Any]) -> FusionParams:
+    """The node's FusionParams if ``changes`` were applied; ParameterError if they are invalid."""
+    return declare_fusion_params(_Overlay(node, changes))
+
+
+def unknown_overrides(overrides: list[str], declared: list[str]) -> list[str]:
+    """Names given at start (params file, -p) that the node does not have (typos, old names)."""
+    ignored = ("qos_overrides.", "use_sim_time", "start_type_description_service", "bundle_roots")
+    return sorted(n for n in set(overrides) - set(declared) if not n.startswith(ignored))
 
 
 def declare_fusion_params(node) -> FusionParams:
