@@ -124,6 +124,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             overrides["training.epochs"] = args.epochs
         if args.seed is not None:
             overrides["training.seed"] = args.seed
+        if args.deterministic:
+            overrides["training.deterministic"] = True
         result = run_training(args.bags, args.config, args.out, resume=args.resume, device=args.device,
                               overrides=overrides, log=lambda m: print(m, file=sys.stderr, flush=True),
                               show_bar=not args.no_progress and sys.stderr.isatty())
@@ -131,7 +133,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted: the last finished epoch is in {args.out}.train/checkpoint.pt; "
+        print(f"interrupted: the last finished epoch is in {args.out}.train/; "
               "run again with --resume", file=sys.stderr)
         return 130
     print(json.dumps(result.to_dict(), indent=2))
@@ -230,12 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--bags", nargs="+", required=True)
     train.add_argument("--config", default=str(config_path("train.yaml")))
     train.add_argument("--out", required=True, help="bundle folder, e.g. models/NAME")
-    train.add_argument("--resume", action="store_true", help="continue from <out>.train/checkpoint.pt")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in <out>.train/")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a config value (YAML), e.g. --set training.lr=1e-3 "
                             "--set fusion_overrides.camera.topic=/camera/color/image_raw (repeatable)")
     train.add_argument("--epochs", type=int, default=0, help="override training.epochs")
     train.add_argument("--seed", type=int, default=None, help="override training.seed")
+    train.add_argument("--deterministic", action="store_true",
+                       help="deterministic kernels: two runs give bit-identical weights (training.deterministic)")
     train.add_argument("--device", default="auto")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (off anyway when not a terminal)")
     train.set_defaults(func=_cmd_train)

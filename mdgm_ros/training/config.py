@@ -56,6 +56,7 @@ class TrainingSection:
     patience: int = 8
     min_delta: float = 0.0
     threads: int = 0
+    deterministic: bool = False          # bit-identical reruns (deterministic kernels; matters on CUDA)
     beta: dict = field(default_factory=dict)
 
 

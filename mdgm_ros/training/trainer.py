@@ -8,7 +8,8 @@ checkpoint after every epoch (``--resume`` continues from it) and early stopping
 loss; restore the best epoch; calibrate anomaly scores on the held-out data; write the bundle (with
 ONNX encoders/decoders) atomically.
 
-Work files go to ``<out>.train/``: ``checkpoint.pt``, ``metrics.csv``, ``tensorboard/``.
+Work files go to ``<out>.train/``: ``checkpoint.pt`` (+ the previous generation, see
+:mod:`.checkpoints`), ``metrics.csv``, ``tensorboard/``.
 """
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ from ..core import training as core_training
 from ..core.modalities import Normalization
 from ..data import bags
 from ..data.dataset import AlignedDataset, check_bags, default_cache_dir, load_bags
+from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainError, TrainSettings
 
 __all__ = ["TrainError", "TrainResult", "TrainSettings", "run_training"]
 
-CHECKPOINT_VERSION = 1
 TRAINING_MEANS = "training_means.safetensors"
 
 
@@ -60,18 +61,6 @@ def split_blocks(stamps: np.ndarray, block_s: float, val_fraction: float, seed: 
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _normalization_state(model: MultimodalVAE) -> dict[str, Any]:
     return {m.name: {"mean": torch.from_numpy(np.asarray(m.normalization.mean)),
                      "std": torch.from_numpy(np.asarray(m.normalization.std))}
@@ -170,7 +159,13 @@ class TrainResult:
 
 
 def _features(model: MultimodalVAE, data: AlignedDataset) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    return core_training.raw_to_features(model, data.float_raw()), torch.from_numpy(data.mask)
+    """Features in fresh, contiguous torch memory. Vectorised reductions (the normalisation statistics)
+    round differently with the start address of their input, and numpy arrays from a fresh alignment and
+    from the cache start at different offsets: without the copy, cached and fresh runs differ in the
+    last bits of the statistics, then in every weight."""
+    feats = core_training.raw_to_features(model, data.float_raw())
+    return ({k: v.clone(memory_format=torch.contiguous_format) for k, v in feats.items()},
+            torch.from_numpy(data.mask).clone())
 
 
 @dataclass
@@ -244,9 +239,9 @@ def _fit(trainer: Trainer, train, val, settings: TrainSettings, workdir: Path, r
                         "state": {k: v.detach().clone() for k, v in model.state_dict().items()}, "bad_epochs": 0}
             else:
                 best["bad_epochs"] += 1
-            _atomic_torch_save({"version": CHECKPOINT_VERSION, "data_key": resume_key, "model": model.state_dict(),
+            save_checkpoint({"data_key": resume_key, "model": model.state_dict(),
                                 "normalization": _normalization_state(model), "trainer": trainer.state_dict(),
-                                "best": best}, workdir / "checkpoint.pt")
+                                "best": best}, workdir)
             log(f"epoch {record.epoch + 1}/{epochs}: loss {record.train_loss / dims:.4f} train, "
                 f"{record.val_loss / dims:.4f} held out (nats/dim over {dims} dims), beta {record.beta:.2f} "
                 f"({record.seconds:.1f} s)" + (" best" if best["epoch"] == record.epoch else ""))
@@ -275,6 +270,8 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
     workdir.mkdir(parents=True, exist_ok=True)
     if settings.opt.threads:
         torch.set_num_threads(settings.opt.threads)
+    if settings.opt.deterministic:
+        use_deterministic_kernels()
     data = _split_data(bag_paths, settings, log)
 
     torch.manual_seed(settings.train.seed)
@@ -286,18 +283,18 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
     trainer = Trainer(model, TrainConfig(**{**vars(settings.train), "beta": BetaSchedule(
         beta.kind, beta.start, beta.end, int(settings.beta.warmup_epochs * steps_per_epoch))}))
     resume_key = _resume_key(bag_paths, settings)
-    checkpoint_path = workdir / "checkpoint.pt"
     best: dict[str, Any] = {"val": float("inf"), "epoch": -1, "state": None, "bad_epochs": 0}
-    if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=model.device, weights_only=True)
-        if state.get("version") != CHECKPOINT_VERSION or state.get("data_key") != resume_key:
-            raise TrainError(f"{checkpoint_path} was made from other bags or another config; "
-                             "remove it or train without --resume")
+    if resume and any(workdir.glob("checkpoint*.pt")):
+        try:
+            state = load_checkpoint(workdir, model.device, resume_key, log)
+        except CheckpointError as err:
+            raise TrainError(f"cannot resume from {workdir}: {err}; train without --resume to start fresh "
+                             "(that replaces the checkpoints)") from None
         _restore_normalization(model, state["normalization"])
         model.load_state_dict(state["model"])
         trainer.load_state_dict(state["trainer"])
         best = state["best"]
-        log(f"resumed from {checkpoint_path} after epoch {trainer.epoch}")
+        log(f"resumed from {workdir} after epoch {trainer.epoch}")
     else:
         (workdir / "metrics.csv").unlink(missing_ok=True)
         core_training.fit_normalization(model, train_feats, train_mask)
@@ -332,6 +329,15 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
     return TrainResult(out, fit.epochs, best["epoch"] + 1, float(best["val"]), fit.stopped_early, len(data.train),
                        len(data.val), data.all_samples - len(data.train) - len(data.val),
                        round(time.perf_counter() - started, 1), onnx_files)
+
+
+def use_deterministic_kernels() -> None:
+    """Deterministic algorithms only (an error names any op without one), cuDNN autotuning off, cuBLAS
+    with a fixed workspace. Same seed, data, device and thread count: bit-identical runs."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
 def feature_dims(model: MultimodalVAE) -> int:
