@@ -2,22 +2,26 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from ros_env import ROOT, private_ros_env
+from terminal import run_in_terminal
 
 
-def test_quick_demo_runs_the_whole_loop_over_real_topics(tmp_path):
+def test_quick_demo_runs_the_whole_loop_over_real_topics_in_a_terminal(tmp_path):
+    """Attached to a terminal, as `make demo-quick` is: the progress bar is on, and every long step
+    says how far it is."""
     env = {**private_ros_env(), "MDGM_ROS_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "demo"
-    done = subprocess.run([sys.executable, "-m", "mdgm_ros", "demo", "--quick", "--out", str(out)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=1200)
+    code, screen = run_in_terminal(["-m", "mdgm_ros", "demo", "--quick", "--out", str(out)], cwd=ROOT, env=env,
+                                   timeout=1200)
     report_file = out / "report.json"
-    assert report_file.is_file(), done.stderr[-4000:]
+    assert report_file.is_file(), screen[-4000:]
     report = json.loads(report_file.read_text())
     # the quick run is a smoke test of the loop; its exit status follows its own checks
-    assert done.returncode == (1 if report["failures"] else 0), done.stderr[-3000:]
+    assert code == (1 if report["failures"] else 0), screen[-3000:]
+    for progress in ("train_bag: simulated 40 / 45 s", "epoch 1/3:", "batch/s", "fusion_node is active"):
+        assert progress in screen, progress
+    assert "pybullet build time" not in screen and "Traceback" not in screen
     assert report["published"]["latent"] >= 0.8 * report["expected_latents"]
     assert set(report["imputation"]) == {"camera", "joints", "audio", "tactile"}
     for name, entry in report["imputation"].items():
@@ -28,4 +32,4 @@ def test_quick_demo_runs_the_whole_loop_over_real_topics(tmp_path):
     assert report["latent"]["dim"] == 16
     for png in report["plots"].values():
         assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    assert "imputation error" in done.stdout and "anomaly: AUROC" in done.stdout
+    assert "imputation error" in screen and "anomaly: AUROC" in screen and "detected" in screen
