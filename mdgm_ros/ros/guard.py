@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
+import sys
 import time
 import traceback
 from collections import Counter
@@ -170,3 +172,38 @@ class GuardedNode:
     def remove_on_set_parameters_callback(self, callback):
         wrapped = self.__dict__.get("_guarded_parameter_callbacks", {}).pop(callback, callback)
         return super().remove_on_set_parameters_callback(wrapped)
+
+
+# --------------------------------------------------------------------------- start-up
+def startup_error_text(err: BaseException) -> str:
+    """One line for an error at start-up: rcl's source locations and the exception's repetitions cut."""
+    text = " ".join(str(err).split())
+    text = re.sub(r"(, )?at /\S+:\d+", "", text)
+    text = text.replace("failed to initialize rcl: ", "")
+    if type(err).__name__ == "InvalidParameterTypeException":
+        found = re.match(r"Trying to set parameter '([^']+)' to '(.*)' of type '(\w+)', expecting type '(\w+)'", text)
+        if found:
+            name, value, got, want = found.groups()
+            text = f"parameter {name}: {value!r} is a {got.lower()}, expected a {want.lower()}"
+    return text[:500]
+
+
+def node_main(main: Callable[..., int]) -> Callable[..., int]:
+    """Decorator for a node's ``main``: a bad command line, parameter type or params file ends with one
+    ``error:`` line on stderr and exit status 2 instead of a traceback."""
+    from rclpy.exceptions import ParameterException
+    from rclpy._rclpy_pybind11 import RCLError
+
+    @functools.wraps(main)
+    def run(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except (RCLError, ParameterException) as err:
+            print(f"error: {startup_error_text(err)}", file=sys.stderr)
+            try:
+                import rclpy
+                rclpy.try_shutdown()
+            except Exception:  # noqa: BLE001 - already failing; the error line is what matters
+                pass
+            return 2
+    return run

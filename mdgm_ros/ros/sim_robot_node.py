@@ -21,7 +21,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ..sim import PandaTableSim, SimConfig, schedule_faults
 from ..sim.faults import parse_kinds
 from ..sim.record import MESSAGE_TYPES, TOPICS, event_message
-from .guard import GuardedNode
+from .guard import GuardedNode, node_main
 
 SENSOR_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)   # reaches best-effort subscribers too
 LABEL_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -83,6 +83,7 @@ class SimRobotNode(GuardedNode, Node):
         self.sim.close()
 
 
+@node_main
 def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
     node = SimRobotNode()

@@ -25,7 +25,7 @@ from std_msgs.msg import Float32MultiArray, String
 from ..streams import bridge
 from ..core import synthetic
 from ..streams.params import PANDA_JOINTS
-from .guard import GuardedNode
+from .guard import GuardedNode, node_main
 
 RATES = {"camera": 30.0, "joints": 200.0, "audio": 50.0, "tactile": 100.0}
 
@@ -103,6 +103,7 @@ class SyntheticStreams(GuardedNode, Node):
             self.pubs[name].publish(msg)
 
 
+@node_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = forever)")

@@ -21,7 +21,7 @@ from rclpy.node import Node
 from std_srvs.srv import Trigger
 
 from ..config_files import config_path
-from .guard import GuardedNode
+from .guard import GuardedNode, node_main
 
 
 class TrainerNode(GuardedNode, Node):
@@ -101,6 +101,7 @@ def _wait(future, timeout: float = 30.0):
     return future.result() if future.done() else None
 
 
+@node_main
 def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
     node = TrainerNode()

@@ -1,0 +1,31 @@
+"""Start-up errors end with one `error:` line and a non-zero exit, never a traceback (issue 15)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from ros_env import ROOT, private_ros_env
+
+
+def _run(tmp_path, *ros_args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mdgm_ros.ros.fusion_node", "--ros-args", *ros_args], cwd=ROOT,
+                          env=private_ros_env(), capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["-p", "camera.staleness:=abc"], "parameter camera.staleness: 'abc' is a string, expected a double"),
+    (["--params-file", "/nonexistent/params.yaml"], "Couldn't parse params file"),
+    (["--params-file", "{bad}"], "Couldn't parse params file"),
+    (["-p", "camera.staleness:=-1.0"], "staleness"),
+])
+def test_bad_parameters_give_one_line(tmp_path, args, words):
+    if args[-1] == "{bad}":
+        (tmp_path / "bad.yaml").write_text("a: [\n  - {\n")
+        args = [args[0], str(tmp_path / "bad.yaml")]
+    done = _run(tmp_path, *args)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr + done.stdout
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and words in errors[0], done.stderr
