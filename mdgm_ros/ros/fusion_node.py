@@ -5,12 +5,13 @@ Lifecycle: configure loads the bundle and checks it against the parameters (and 
 deactivate destroys them and moves the model off the GPU; cleanup unloads the model. With
 ``autostart`` (default) the node configures and activates itself at start, as bringup nodes do.
 
-Topics (DESIGN.md section 2): ``~/latent`` and ``~/anomaly`` (sensor_msgs/JointState),
-``~/imputed/<modality>`` (the modality's own type), ``/diagnostics``, ``~/model_info`` (latched JSON).
+Topics (DESIGN.md section 2, :mod:`mdgm_ros.ros.outputs`): ``~/latent`` (mdgm_ros/Latent), ``~/anomaly``
+(mdgm_ros/AnomalyScores), ``~/imputed/<modality>`` (the modality's own type; audio: mdgm_ros/ImputedArray),
+``/diagnostics``, ``~/model_info`` (mdgm_ros/ModelInfo, latched); JointState mirrors with ``standard_mirrors``.
+With no ``bundle`` parameter the node runs the shipped ``models/default``.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -24,38 +25,28 @@ import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.task import Future
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import JointState
-from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from ..streams import bridge
 from ..streams.alignment import Aligner, PushResult
 from ..core import Bundle, BundleError, Fuser, load_bundle, select_device
 from ..core.bundle import within_roots
-from ..streams.params import FusionParams, ParameterError, check_against_bundle, declare_fusion_params
+from ..streams.params import (FusionParams, ParameterError, blocked_while_configured, check_against_bundle,
+                              declare_fusion_params, fusion_params_with, resolve_bundle, unknown_overrides)
 from ..streams.kinds import Stream, make_stream
 from .guard import GuardedNode, node_main
+from .diagnostics import StreamCheck, StreamStats, anomaly_status, model_status, stream_status
+from .outputs import LATCHED_INFO, FusionOutputs, ModelInfo, model_info_message
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 FUTURE_TOLERANCE_S = 1.0   # a stamp further ahead of the node's clock is refused (future_stamp)
 RESET_CONFIRM = 5          # messages in a row, far back, that confirm a backwards jump (bag loop)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
-@dataclass
-class StreamStats:
-    received: int = 0
-    accepted: int = 0
-    rejects: Counter = field(default_factory=Counter)
-    arrivals: deque = field(default_factory=lambda: deque(maxlen=2000))
-    present: bool = False
-    age_s: float = float("nan")
-    score: float = float("nan")
 
 
 @dataclass
@@ -84,23 +75,35 @@ class FusionNode(GuardedNode, LifecycleNode):
         self._subs: list = []
         self._timers: list = []
         self._pubs: dict[str, Any] = {}
+        self._outputs: FusionOutputs | None = None
+        self._topics: dict[str, str] = {}                 # modality -> resolved input topic
         self._info_pub = None
         self._reload_srv = None
         self._latency_ms: deque = deque(maxlen=1000)
         self._compute_ms: deque = deque(maxlen=1000)
         self._published = 0
+        self._last_output = float("-inf")
+        self._steady = rclpy.clock.Clock(clock_type=rclpy.clock.ClockType.STEADY_TIME)
         self._errors = Counter()
         self._reloading = threading.Lock()
         self.bundle_roots = self._declare_bundle_roots()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:                                              # re-read: values set while unconfigured apply now
+            self.params, self.param_error = declare_fusion_params(self), None
+        except ParameterError as err:
+            self.params, self.param_error = None, str(err)
         if self.params is None:
             self.get_logger().error(f"cannot configure: {self.param_error}")
             return TransitionCallbackReturn.FAILURE
+        self._warn_unknown_parameters()
         torch.set_num_threads(self.params.threads)
         try:
-            self.runtime = self._load(self.params.bundle)
+            path, origin = resolve_bundle(self.params.bundle)
+            self.get_logger().info(f"bundle {path} ({origin})")
+            self.runtime = self._load(path)
         except (BundleError, ParameterError, RuntimeError, ValueError) as err:
             self.get_logger().error(f"cannot configure: {err}")
             return TransitionCallbackReturn.FAILURE
@@ -108,7 +111,7 @@ class FusionNode(GuardedNode, LifecycleNode):
                                reset_after_s=self.params.reset_after, future_tolerance_s=FUTURE_TOLERANCE_S,
                                reset_confirm=RESET_CONFIRM)
         self.stats = {name: StreamStats() for name in self.params.names}
-        self._info_pub = self.create_publisher(String, "~/model_info", LATCHED)
+        self._info_pub = self.create_publisher(ModelInfo, "~/model_info", LATCHED_INFO)
         self._reload_srv = self.create_service(Trigger, "~/reload_model", self._on_reload)
         self._publish_model_info()
         self.get_logger().info(f"configured with {self.runtime.bundle.model_id} on {self.runtime.device}")
@@ -117,15 +120,15 @@ class FusionNode(GuardedNode, LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         assert self.runtime is not None and self.params is not None
         self.runtime.bundle.model.to(self.runtime.device)
-        self._pubs = {"latent": self.create_publisher(JointState, "~/latent", RELIABLE),
-                      "anomaly": self.create_publisher(JointState, "~/anomaly", RELIABLE),
-                      "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE)}
+        self._pubs = {"diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE)}
+        self._outputs = FusionOutputs(self, self.runtime.streams, self.params.standard_mirrors, RELIABLE)
         for name, stream in self.runtime.streams.items():
-            self._pubs[f"imputed/{name}"] = self.create_publisher(stream.output_type, f"~/imputed/{name}", RELIABLE)
             qos = qos_profile_sensor_data if stream.params.qos == "sensor_data" else RELIABLE
             self._subs.append(self.create_subscription(
                 stream.input_type, stream.params.topic, lambda msg, n=name: self._on_message(n, msg), qos))
-        self._timers.append(self.create_timer(self.params.diagnostics_period, self._publish_diagnostics))
+        # steady: diagnostics keep coming when use_sim_time is on and /clock is silent
+        self._timers.append(self.create_timer(self.params.diagnostics_period, self._publish_diagnostics,
+                                              clock=self._steady))
         if not self.params.anchor:
             self._timers.append(self.create_timer(1.0 / self.params.output_rate, self._on_tick))
         self.get_logger().info("active")
@@ -159,15 +162,50 @@ class FusionNode(GuardedNode, LifecycleNode):
             self.destroy_timer(timer)
         for pub in self._pubs.values():
             self.destroy_publisher(pub)
-        self._subs, self._timers, self._pubs = [], [], {}
+        if self._outputs is not None:
+            self._outputs.destroy()
+        self._subs, self._timers, self._pubs, self._outputs = [], [], {}, None
         if self.aligner is not None:
             self.aligner.clear()
+
+    # ------------------------------------------------------------------ parameters
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        """Validate with the node's own checks; apply the cheap ones live; refuse, with the reason, what needs
+        a reconfigure while a model is loaded (deactivate, cleanup, set, configure)."""
+        changes = {p.name: p.value for p in parameters}
+        try:
+            candidate = fusion_params_with(self, changes)
+        except ParameterError as err:
+            return SetParametersResult(successful=False, reason=str(err))
+        if self.runtime is not None:
+            blocked = blocked_while_configured(list(changes), self.params.names if self.params else [])
+            if blocked:
+                return SetParametersResult(successful=False, reason=(
+                    f"{', '.join(blocked)} cannot change while a model is loaded: deactivate and clean up the "
+                    "node, set it, then configure (live: staleness, rate bounds, impute_present, warn_throttle)"))
+            self._apply_live(candidate)
+        return SetParametersResult(successful=True)
+
+    def _apply_live(self, params: FusionParams) -> None:
+        self.params = params
+        runtime, aligner = self.runtime, self.aligner
+        runtime.fuser.impute_present = params.impute_present
+        for stream_params in params.streams:
+            stream = runtime.streams[stream_params.name]
+            stream.params = stream_params
+            if aligner is not None:                      # staleness (and audio's gap bound follow it)
+                aligner.buffers[stream.name].config = stream.alignment_config()
+
+    def _warn_unknown_parameters(self) -> None:
+        overrides = list(getattr(self, "_parameter_overrides", {}))      # rclpy keeps the start-up values here
+        unknown = unknown_overrides(overrides, list(self._parameters))
+        if unknown:
+            self.get_logger().warn(f"unknown parameters ignored (typo or old name?): {', '.join(unknown)}")
 
     # ------------------------------------------------------------------ model loading
     def _load(self, path: str) -> Runtime:
         assert self.params is not None
-        if not path:
-            raise ParameterError("parameter 'bundle' is empty: give the model bundle folder")
+        path = resolve_bundle(path)[0]
         device = select_device(self.params.device)
         bundle = load_bundle(path, device=device, expect_modalities=self.params.names)
         specs = list(bundle.model.config.modalities)
@@ -228,25 +266,7 @@ class FusionNode(GuardedNode, LifecycleNode):
     def _publish_model_info(self) -> None:
         if self._info_pub is None or self.runtime is None:
             return
-        model = self.runtime.bundle.model
-        info = {
-            "model_id": self.runtime.bundle.model_id, "content_hash": self.runtime.bundle.content_hash,
-            "fusion": model.fusion, "objective": model.config.objective, "latent_dim": model.latent_dim,
-            "device": str(self.runtime.device),
-            "modalities": [{"name": s.name, "kind": s.spec.kind, "shape": list(s.spec.shape),
-                            "topic": s.params.topic, "message_type": s.params.message_type,
-                            "imputed_topic": f"~/imputed/{s.name}", "imputed_type": s.output_type.__name__}
-                           for s in self.runtime.streams.values()],
-            "latent": {"topic": "~/latent", "type": "sensor_msgs/msg/JointState",
-                       "name": bridge.latent_names(model.latent_dim), "position": "posterior mean",
-                       "effort": "posterior standard deviation", "stamp": "the anchor's source stamp"},
-            "anomaly": {"topic": "~/anomaly", "type": "sensor_msgs/msg/JointState",
-                        "name": ["total", *model.names], "position": "standardised score (NaN if missing)",
-                        "effort": "calibrated threshold"},
-            "imputed_audio": "log-mel spectrogram, Float32MultiArray dims mel x frame; it has no header: it is "
-                             "published in the same step as, and right after, ~/latent with that step's stamp",
-        }
-        self._info_pub.publish(String(data=json.dumps(info)))
+        self._info_pub.publish(model_info_message(self.runtime, self, self.params.standard_mirrors))
 
     # ------------------------------------------------------------------ streams
     def _warn(self, key: tuple[str, str], text: str) -> None:
@@ -258,6 +278,7 @@ class FusionNode(GuardedNode, LifecycleNode):
     def _reject(self, name: str, reason: str, detail: str) -> None:
         stats = self.stats[name]
         stats.rejects[reason] += 1
+        stats.last_reject = time.monotonic()
         self._warn((name, reason), f"rejected {name} message ({reason}, {stats.rejects[reason]} so far): {detail}")
 
     def _on_message(self, name: str, msg: Any) -> None:
@@ -324,6 +345,7 @@ class FusionNode(GuardedNode, LifecycleNode):
         self._compute_ms.append((time.perf_counter() - started) * 1e3)
         self._latency_ms.append((self.get_clock().now().nanoseconds - stamp_ns) / 1e6)
         self._published += 1
+        self._last_output = time.monotonic()
 
     @staticmethod
     def _infer(runtime: Runtime, sample):
@@ -334,71 +356,62 @@ class FusionNode(GuardedNode, LifecycleNode):
         return runtime.fuser(raw, mask)
 
     def _publish_outputs(self, runtime: Runtime, result, stamp_ns: int, frame_id: str) -> None:
-        """~/latent, then ~/anomaly, then ~/imputed/* (the unstamped audio follows the stamped ones)."""
-        mean = result.latent_mean[0].cpu().numpy()
-        std = result.latent_std[0].cpu().numpy()
-        self._pubs["latent"].publish(bridge.named_vector(bridge.latent_names(len(mean)), mean, std, stamp_ns, frame_id))
-        if result.scores is not None:
-            self._publish_anomaly(runtime, result, stamp_ns, frame_id)
-        for name, imputed in result.imputed.items():
-            msg = runtime.streams[name].output_message(imputed.mean[0].cpu().numpy(), stamp_ns, frame_id)
-            self._pubs[f"imputed/{name}"].publish(msg)
-
-    def _publish_anomaly(self, runtime: Runtime, result, stamp_ns: int, frame_id: str) -> None:
-        scores = result.scores[0].cpu().numpy()
+        """~/latent, then ~/anomaly, then ~/imputed/* (see outputs.FusionOutputs)."""
         names = list(runtime.streams)
-        for name, score in zip(names, scores):
-            self.stats[name].score = float(score)
-        calibration = runtime.bundle.calibration
-        thresholds = [calibration.threshold[k] if calibration else float("nan") for k in ["total", *names]]
-        total = float(result.total_score[0])
-        self._pubs["anomaly"].publish(bridge.named_vector(["total", *names], [total, *scores], thresholds,
-                                                          stamp_ns, frame_id))
+        if result.scores is not None:
+            for name, score in zip(names, result.scores[0].cpu().numpy()):
+                self.stats[name].score = float(score)
+        outputs = self._outputs
+        if outputs.model_id != runtime.bundle.model_id:        # first step, or a reloaded bundle
+            calibration = runtime.bundle.calibration
+            outputs.set_model(runtime.bundle.model_id, calibration.threshold if calibration else None)
+        outputs.publish(result, [self.stats[n].present for n in names], stamp_ns, frame_id)
 
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:
         runtime = self.runtime
         if runtime is None or "diagnostics" not in self._pubs:
             return
-        now = time.monotonic()
-        period = self.params.diagnostics_period
-        calibration = runtime.bundle.calibration
+        params, now, window = self.params, time.monotonic(), self.params.diagnostics_window
+        prefix, model_id = self.get_fully_qualified_name(), runtime.bundle.model_id
+        clock_ns = self.get_clock().now().nanoseconds
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
-        for name, stats in self.stats.items():
-            rate = sum(1 for t in stats.arrivals if now - t <= max(period, 1.0)) / max(period, 1.0)
-            threshold = calibration.threshold[name] if calibration else float("nan")
-            level, message = self._stream_level(stats, rate, threshold)
-            values = {"present": stats.present, "age_s": round(stats.age_s, 4), "rate_hz": round(rate, 2),
-                      "received": stats.received, "accepted": stats.accepted, "score": round(stats.score, 3),
-                      "threshold": round(threshold, 3), "topic": runtime.streams[name].params.topic,
-                      **{f"rejected_{reason}": count for reason, count in sorted(stats.rejects.items())}}
-            array.status.append(_status(f"mdgm_fusion: {name}", level, message, runtime.bundle.model_id, values))
-        latency = np.asarray(self._latency_ms or [np.nan])
-        compute = np.asarray(self._compute_ms or [np.nan])
-        node_values = {"model_id": runtime.bundle.model_id, "fusion": runtime.bundle.model.fusion,
-                       "device": str(runtime.device), "published": self._published,
-                       "latency_p50_ms": round(float(np.median(latency)), 3),
-                       "latency_max_ms": round(float(latency.max()), 3),
-                       "inference_p50_ms": round(float(np.median(compute)), 3),
-                       "buffer_resets": self.aligner.resets if self.aligner else 0,
-                       "callback_errors": self.callback_error_total,
-                       **{f"errors_{k}": v for k, v in self._errors.items()}}
-        level = DiagnosticStatus.OK if self._published else DiagnosticStatus.WARN
-        array.status.append(_status("mdgm_fusion: model", level, "publishing" if self._published else "no output yet",
-                                    runtime.bundle.model_id, node_values))
+        for p in params.streams:
+            stats = self.stats[p.name]
+            newest = self.aligner.buffers[p.name].newest if self.aligner is not None else None
+            stamp_age = (clock_ns - newest) / 1e9 if newest is not None and clock_ns else float("nan")
+            check = StreamCheck(self._topics.get(p.name, p.topic), p.staleness, p.min_rate, p.max_rate,
+                                params.rate_tolerance, p.max_stamp_age)
+            array.status.append(stream_status(f"{prefix}: {p.name}", stats, check, now, window, stamp_age, model_id))
+        waiting_for_clock = self._waiting_for_clock(clock_ns)
+        array.status.append(model_status(f"{prefix}: model", self._model_values(runtime), self._published,
+                                         now - self._last_output, window, waiting_for_clock, model_id))
+        calibration = runtime.bundle.calibration
+        thresholds = dict(calibration.threshold) if calibration else {}
+        array.status.append(anomaly_status(f"{prefix}: anomaly", {n: self.stats[n].score for n in runtime.streams},
+                                           thresholds, model_id))
         self._pubs["diagnostics"].publish(array)
 
-    @staticmethod
-    def _stream_level(stats: StreamStats, rate: float, threshold: float) -> tuple[bytes, str]:
-        rejected = sum(stats.rejects.values())
-        if rate == 0 and rejected and not stats.present:
-            return DiagnosticStatus.ERROR, "every message is rejected"
-        if not stats.present:
-            return DiagnosticStatus.WARN, "missing (stale or not received)"
-        if np.isfinite(stats.score) and np.isfinite(threshold) and stats.score > threshold:
-            return DiagnosticStatus.WARN, f"anomalous (score {stats.score:.2f} > {threshold:.2f})"
-        return DiagnosticStatus.OK, "ok"
+    def _waiting_for_clock(self, clock_ns: int) -> bool:
+        """use_sim_time on and no /clock yet: warn (throttled), since nothing else would say why all is quiet."""
+        if not (self.get_parameter("use_sim_time").value and clock_ns == 0):
+            return False
+        self._warn(("clock", "missing"), "use_sim_time is true and no /clock has arrived: the node has no time "
+                                         "and publishes nothing (start the simulator or `play --clock`)")
+        return True
+
+    def _model_values(self, runtime: Runtime) -> dict:
+        latency = np.asarray(self._latency_ms or [np.nan])
+        compute = np.asarray(self._compute_ms or [np.nan])
+        return {"model_id": runtime.bundle.model_id, "fusion": runtime.bundle.model.fusion,
+                "device": str(runtime.device),
+                "latency_p50_ms": round(float(np.median(latency)), 3),
+                "latency_max_ms": round(float(latency.max()), 3),
+                "inference_p50_ms": round(float(np.median(compute)), 3),
+                "buffer_resets": self.aligner.resets if self.aligner else 0,
+                "callback_errors": self.callback_error_total,
+                **{f"errors_{k}": v for k, v in self._errors.items()}}
 
 
 def _normalization(model, name: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -432,11 +445,6 @@ def default_bundle_roots() -> list[str]:
     data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     roots.append(os.path.join(data_home, "mdgm_ros", "models"))
     return roots
-
-
-def _status(name: str, level: bytes, message: str, hardware_id: str, values: dict) -> DiagnosticStatus:
-    return DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
-                            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
 
 
 @node_main
