@@ -7,6 +7,11 @@ come from the ``rosbags`` typestore of the chosen distro (Jazzy or Kilted; Humbl
 same message classes the live node receives, so :mod:`mdgm_ros.streams.bridge` converts both paths alike.
 
 Writes are atomic: a bag is written into a temporary folder next to the target and renamed into place.
+MCAP bags are written with chunk CRCs (rosbags writes 0, "none"; they are filled in before the rename),
+and rosbags checks every non-zero chunk CRC on reading, so flipped bytes end the read with a BagError.
+
+A message that does not deserialise is skipped and counted per topic (``corrupt``); when more than
+``max_corrupt`` of a topic's messages are corrupt the read stops with a BagError naming the topic.
 """
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ import functools
 import hashlib
 import importlib
 import shutil
+import struct
+import zlib
+from collections import Counter
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +36,8 @@ STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 # bags (metadata version 5) are read but not written: rosbags writes versions 8 and 9 only
 DISTROS = {"jazzy": Stores.ROS2_JAZZY, "kilted": Stores.ROS2_KILTED}
 _BAG_VERSION = {"jazzy": 8, "kilted": 9}
+MAX_CORRUPT = 0.01          # default: stop when more than 1 % of a topic's messages do not deserialise
+_MCAP_MAGIC = b"\x89MCAP0\r\n"
 
 
 class BagError(RuntimeError):
@@ -91,6 +101,8 @@ class BagWriter:
         try:
             self._writer.close()
             if exc_type is None:
+                for file in (self._tmp_root / self.path.name).glob("*.mcap"):
+                    add_chunk_crcs(file)
                 (self._tmp_root / self.path.name).rename(self.path)
         finally:
             shutil.rmtree(self._tmp_root, ignore_errors=True)
@@ -174,10 +186,66 @@ def raw_messages(path: str | Path, only: Iterable[str] | None = None) -> Iterato
         reader.close()
 
 
-def messages(path: str | Path, only: Iterable[str] | None = None) -> Iterator[tuple[str, int, Any]]:
-    """(topic, log_ns, rclpy message) in log-time order."""
+def messages(path: str | Path, only: Iterable[str] | None = None, max_corrupt: float = MAX_CORRUPT,
+             corrupt: Counter | None = None) -> Iterator[tuple[str, int, Any]]:
+    """(topic, log_ns, rclpy message) in log-time order. A message that does not deserialise is skipped
+    and counted in ``corrupt`` (topic -> count); more than ``max_corrupt`` of a topic's messages
+    corrupt stops the read with a BagError."""
+    corrupt = Counter() if corrupt is None else corrupt
+    totals = {topic: count for topic, (_, count) in topic_summary(path).items()}
     for item in raw_messages(path, only):
-        yield item.topic, item.log_ns, deserialize_message(item.data, message_class(item.msgtype))
+        try:
+            msg = deserialize_message(item.data, message_class(item.msgtype))
+        except BagError:
+            raise
+        except Exception as err:  # rclpy raises RMWError / RuntimeError / ... for broken CDR
+            corrupt[item.topic] += 1
+            _check_corrupt(path, item.topic, corrupt[item.topic], totals.get(item.topic, 0), max_corrupt, err)
+            continue
+        yield item.topic, item.log_ns, msg
+
+
+def _check_corrupt(path, topic: str, count: int, total: int, max_corrupt: float, err: Exception) -> None:
+    if count > max_corrupt * max(total, 1):
+        raise BagError(f"bag {path}: {count} of {total} messages on {topic} do not deserialise (more than "
+                       f"{max_corrupt:.1%}; raise --max-corrupt to skip them): {type(err).__name__}: "
+                       f"{str(err)[:200]}")
+
+
+def add_chunk_crcs(file: Path) -> int:
+    """Fill in the CRC32 of every uncompressed MCAP chunk whose CRC is 0 (in place); returns how many."""
+    with open(file, "r+b") as fh:
+        data = bytearray(fh.read())
+        if data[:8] != _MCAP_MAGIC:
+            raise BagError(f"{file} is not an MCAP file")
+        patched, at = 0, 8
+        while at + 9 <= len(data):
+            opcode, length = data[at], struct.unpack_from("<Q", data, at + 1)[0]
+            body = at + 9
+            if opcode == 0x02:                                 # footer
+                break
+            if opcode == 0x06 and _patch_chunk(data, body, length):
+                patched += 1
+            at = body + length
+        if patched:
+            fh.seek(0)
+            fh.write(data)
+            fh.flush()
+    return patched
+
+
+def _patch_chunk(data: bytearray, body: int, length: int) -> bool:
+    crc_at = body + 24
+    (crc,) = struct.unpack_from("<I", data, crc_at)
+    (name_len,) = struct.unpack_from("<I", data, body + 28)
+    if crc or name_len:                                        # already set, or compressed: leave it
+        return False
+    records_at = body + 32
+    (size,) = struct.unpack_from("<Q", data, records_at)
+    if records_at + 8 + size > body + length:
+        raise BagError("MCAP chunk record overruns its length")
+    struct.pack_into("<I", data, crc_at, zlib.crc32(data[records_at + 8:records_at + 8 + size]))
+    return True
 
 
 def content_hash(path: str | Path) -> str:

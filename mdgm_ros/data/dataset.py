@@ -212,8 +212,10 @@ def align_bag(path: str | Path, params: FusionParams, specs: list[ModalitySpec],
     if len(missing) == len(collector.by_topic):
         raise bags.BagError(f"bag {path} has none of the input topics {sorted(collector.by_topic)} "
                             f"(it has {sorted(available)})")
-    for topic, log_ns, msg in bags.messages(path, [t for t in wanted if t in available]):
+    corrupt: Counter = Counter()                   # skipped messages that do not deserialise, per topic
+    for topic, log_ns, msg in bags.messages(path, [t for t in wanted if t in available], corrupt=corrupt):
         collector.feed(topic, log_ns, msg)
+    collector.rejects.update({f"{topic}:corrupt": n for topic, n in corrupt.items()})
     return with_sidecar_labels(collector.finish(bag_index, settle_s), path, settle_s)
 
 
