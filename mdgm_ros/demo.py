@@ -133,7 +133,8 @@ def replay_live(out: Path, bundle: Path, test_bag: Path, settings, outages: dict
 
     params_file = _node_params(out, bundle, settings, device)
     specs = list(load_bundle(bundle).model.config.modalities)
-    topics = {s.name: s.topic for s in settings.fusion.streams}
+    from .data.dataset import absolute_topic           # parameter topics may be relative; bags are not
+    topics = {s.name: absolute_topic(s.topic) for s in settings.fusion.streams}
     drops = [f"{topics[m]}:{(s - bag_start_ns) / NS:.3f}:{(e - bag_start_ns) / NS:.3f}"
              for m, spans in outages.items() for s, e in spans]
     node_log = open(out / "fusion_node.log", "w")

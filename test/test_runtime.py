@@ -150,3 +150,39 @@ def test_invalid_parameters_are_refused_with_the_reason_and_a_live_one_takes_eff
     assert _set(runtime, node, impute_present=True)[0].successful
     assert spin_until(probe, lambda: len(frames) >= 3, 15)
     assert _set(runtime, node, impute_present=False)[0].successful
+
+
+def test_a_wrong_input_type_gives_one_warning_and_a_diagnostics_entry(runtime):
+    from std_msgs.msg import Int16MultiArray
+    probe = runtime["probe"]
+    wrong = probe.create_publisher(Int16MultiArray, "/audio", 10)     # the node expects Float32MultiArray
+    log = runtime["tmp"] / "node.log"
+    text = "a publisher on /audio has another message type"
+    assert spin_until(probe, lambda: text in log.read_text(), 30), log.read_text()[-2000:]
+    entry = _wait_status(runtime, time.monotonic(), lambda s: any(
+        kv.key == "incompatible_type" for kv in s["/mdgm_fusion: audio"].values), 10)
+    assert entry, [(s.name, s.message) for s in runtime["record"]["diagnostics"][-1][1].status]
+    spin_for(probe, 1.0)
+    assert log.read_text().count(text) == 1                             # one WARN, then counted
+    probe.destroy_publisher(wrong)
+
+
+def test_a_namespaced_node_subscribes_to_namespaced_inputs(runtime):
+    """`-r __ns:=/left` moves inputs and outputs; diagnostics names carry the namespace; a typo warns."""
+    from mdgm_ros.msg import Latent
+    probe, tmp = runtime["probe"], runtime["tmp"]
+    left = start("mdgm_ros.ros.fusion_node", "--ros-args", "-r", "__ns:=/left", "-p", "camera.stalness:=0.2",
+                 env=runtime["env"], log=tmp / "left.log")
+    try:
+        latents = []
+        probe.create_subscription(Latent, "/left/mdgm_fusion/latent", latents.append, 10)
+        Camera(probe, "/left/camera/image_raw")
+        assert spin_until(probe, lambda: len(latents) >= 3, 90), (tmp / "left.log").read_text()[-2000:]
+        assert list(latents[-1].present) == [True, False, False, False]   # /left has only a camera
+        named = _wait_status(runtime, time.monotonic(), lambda s: "/left/mdgm_fusion: camera" in s, 10) or \
+            [(t, {s.name: s for s in m.status}) for t, m in runtime["record"]["diagnostics"]
+             if any(s.name.startswith("/left/mdgm_fusion: ") for s in m.status)]
+        assert named, "no diagnostics from /left/mdgm_fusion"
+        assert "unknown parameters ignored (typo or old name?): camera.stalness" in (tmp / "left.log").read_text()
+    finally:
+        stop(left)

@@ -29,7 +29,9 @@ from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.task import Future
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from std_srvs.srv import Trigger
 
 from ..streams import bridge
@@ -77,6 +79,7 @@ class FusionNode(GuardedNode, LifecycleNode):
         self._pubs: dict[str, Any] = {}
         self._outputs: FusionOutputs | None = None
         self._topics: dict[str, str] = {}                 # modality -> resolved input topic
+        self._incompatible_warned: set[tuple[str, str]] = set()
         self._info_pub = None
         self._reload_srv = None
         self._latency_ms: deque = deque(maxlen=1000)
@@ -123,9 +126,7 @@ class FusionNode(GuardedNode, LifecycleNode):
         self._pubs = {"diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE)}
         self._outputs = FusionOutputs(self, self.runtime.streams, self.params.standard_mirrors, RELIABLE)
         for name, stream in self.runtime.streams.items():
-            qos = qos_profile_sensor_data if stream.params.qos == "sensor_data" else RELIABLE
-            self._subs.append(self.create_subscription(
-                stream.input_type, stream.params.topic, lambda msg, n=name: self._on_message(n, msg), qos))
+            self._subscribe(name, stream)
         # steady: diagnostics keep coming when use_sim_time is on and /clock is silent
         self._timers.append(self.create_timer(self.params.diagnostics_period, self._publish_diagnostics,
                                               clock=self._steady))
@@ -133,6 +134,54 @@ class FusionNode(GuardedNode, LifecycleNode):
             self._timers.append(self.create_timer(1.0 / self.params.output_rate, self._on_tick))
         self.get_logger().info("active")
         return TransitionCallbackReturn.SUCCESS
+
+    def _subscribe(self, name: str, stream: Stream) -> None:
+        """Relative topic (namespace and remaps apply); the preset QoS, refined by qos_overrides.<topic>.*;
+        an incompatible publisher (type or QoS) gives one WARN and a diagnostics entry instead of silence."""
+        qos = _input_qos(stream.params.qos)              # a fresh profile: the overrides modify it in place
+        events = SubscriptionEventCallbacks(
+            incompatible_qos=lambda info, n=name: self._on_incompatible(n, "qos", info),
+            incompatible_type=lambda info, n=name: self._on_incompatible(n, "type", info))
+        sub = self.create_subscription(stream.input_type, stream.params.topic,
+                                       lambda msg, n=name: self._on_message(n, msg), qos, event_callbacks=events,
+                                       qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        self._subs.append(sub)
+        self._topics[name] = sub.topic_name
+
+    def _on_incompatible(self, name: str, kind: str, info: Any) -> None:
+        """rmw event (QoS; type where the rmw reports it)."""
+        stats = self.stats.get(name)
+        if stats is not None:
+            stats.incompatible[kind] += 1
+            policy = getattr(getattr(info, "last_policy_kind", None), "name", "")
+            self._warn_incompatible(name, kind, f"policy {policy}" if policy else "")
+
+    def _check_publisher_types(self) -> None:
+        """Publishers of another type on an input topic, from the graph (Fast DDS sends no incompatible_type
+        event to the subscription): counted while they exist, warned about once."""
+        for name, topic in self._topics.items():
+            expected = _type_name(self.runtime.streams[name].input_type)
+            wrong = sorted({i.topic_type for i in self.get_publishers_info_by_topic(topic)} - {expected})
+            stats = self.stats[name]
+            if wrong:
+                stats.incompatible["type"] = len(wrong)
+                self._warn_incompatible(name, "type", ", ".join(wrong))
+            else:
+                stats.incompatible.pop("type", None)
+
+    def _warn_incompatible(self, name: str, kind: str, detail: str) -> None:
+        if (name, kind) in self._incompatible_warned:
+            return
+        self._incompatible_warned.add((name, kind))
+        topic = self._topics.get(name, "?")
+        if kind == "type":
+            expected = _type_name(self.runtime.streams[name].input_type) if self.runtime else "?"
+            text = (f"a publisher on {topic} has another message type ({detail}): {name} expects {expected} "
+                    f"(set {name}.message_type, or remap the topic)")
+        else:
+            text = (f"a publisher on {topic} offers a QoS this subscription cannot match ({detail}): "
+                    f"set {name}.qos or qos_overrides.{topic}.subscription.*")
+        self.get_logger().warn(text)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release_io()
@@ -377,6 +426,7 @@ class FusionNode(GuardedNode, LifecycleNode):
         clock_ns = self.get_clock().now().nanoseconds
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
+        self._check_publisher_types()
         for p in params.streams:
             stats = self.stats[p.name]
             newest = self.aligner.buffers[p.name].newest if self.aligner is not None else None
@@ -432,6 +482,16 @@ def _non_finite_part(result, present: list[bool]) -> str | None:
         if not bool(torch.isfinite(imputed.mean).all()):
             return f"imputed {name}"
     return None
+
+
+def _type_name(kind: type) -> str:
+    return f"{kind.__module__.split('.')[0]}/msg/{kind.__name__}"
+
+
+def _input_qos(preset: str) -> QoSProfile:
+    if preset == "sensor_data":                          # rclpy's qos_profile_sensor_data, as a fresh copy
+        return QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+    return QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def default_bundle_roots() -> list[str]:

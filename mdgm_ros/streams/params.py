@@ -19,11 +19,11 @@ MESSAGE_TYPES = {  # message_type -> the model kinds it can feed
 }
 QOS_PRESETS = ("sensor_data", "reliable")
 PANDA_JOINTS = [f"panda_joint{i}" for i in range(1, 8)] + ["panda_finger_joint1", "panda_finger_joint2"]
-_KNOWN = {  # defaults for the design card's four streams
-    "camera": {"topic": "/camera/image_raw", "message_type": "image", "staleness": 0.1},
-    "joints": {"topic": "/joint_states", "message_type": "joint_state", "staleness": 0.05},
-    "audio": {"topic": "/audio", "message_type": "float32_multiarray", "staleness": 0.1},
-    "tactile": {"topic": "/tactile", "message_type": "tactile_image", "staleness": 0.05},
+_KNOWN = {  # defaults for the design card's four streams; relative, so a node namespace moves them too
+    "camera": {"topic": "camera/image_raw", "message_type": "image", "staleness": 0.1},
+    "joints": {"topic": "joint_states", "message_type": "joint_state", "staleness": 0.05},
+    "audio": {"topic": "audio", "message_type": "float32_multiarray", "staleness": 0.1},
+    "tactile": {"topic": "tactile", "message_type": "tactile_image", "staleness": 0.05},
 }
 
 
@@ -136,7 +136,8 @@ def blocked_while_configured(names: list[str], modalities: list[str]) -> list[st
     blocked = []
     for name in names:
         head, _, tail = name.partition(".")
-        if name in LIVE or name in DEFERRED or name == "use_sim_time" or (head in modalities and tail in LIVE_PER_STREAM):
+        if name in LIVE or name in DEFERRED or name == "use_sim_time" or name.startswith("qos_overrides.") \
+                or (head in modalities and tail in LIVE_PER_STREAM):
             continue
         blocked.append(name)
     return blocked
@@ -200,7 +201,8 @@ def _declare_stream(node, name: str) -> StreamParams:
     known = _KNOWN.get(name, {})
     p = f"{name}."
     kwargs: dict[str, Any] = {
-        "topic": _declare(node, p + "topic", known.get("topic", f"/{name}"), "input topic"),
+        "topic": _declare(node, p + "topic", known.get("topic", name),
+                          "input topic (relative names follow the node's namespace and remaps)"),
         "message_type": _declare(node, p + "message_type", known.get("message_type", "image"),
                                  " | ".join(MESSAGE_TYPES)),
         "qos": _declare(node, p + "qos", "sensor_data", "sensor_data (best effort) | reliable"),
