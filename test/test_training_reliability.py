@@ -142,3 +142,19 @@ def test_a_kill_at_every_step_of_a_bundle_replacement_leaves_the_old_or_the_new_
     recover_dir(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]          # no hidden leftovers
     assert json.loads((target / "manifest.json").read_text())["name"] == "new"
+
+
+def test_a_multi_stage_family_trains_each_stage_and_resumes_inside_the_right_one(sim_bag, tmp_path):
+    telbo = {"data.cache": False, "model_overrides.objective": "telbo", "model_overrides.fusion": None}
+    logs: list[str] = []
+    straight = _train(sim_bag[0], tmp_path / "straight", 4, overrides=telbo, log=logs.append)
+    assert straight.epochs == 4
+    assert any(line.startswith("epoch 1/4 [stage 1/2") for line in logs)
+    assert any(line.startswith("epoch 4/4 [stage 2/2") for line in logs)
+    assert any(line.startswith("stage 1 ends") for line in logs)
+    done: list[int] = []
+    _train(sim_bag[0], tmp_path / "resumed", 4, overrides=telbo, log=lambda m: None,
+           should_stop=lambda: len(done) >= 3, progress=lambda e, n, v: done.append(e))
+    resumed = _train(sim_bag[0], tmp_path / "resumed", 4, overrides=telbo, resume=True, log=logs.append)
+    assert resumed.epochs == 4 and "resumed from" in " ".join(logs)
+    assert _same(_weights(tmp_path / "straight"), _weights(tmp_path / "resumed"))

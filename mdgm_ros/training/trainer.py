@@ -222,38 +222,54 @@ class _Fit:
 def _fit(trainer: Trainer, train, val, settings: TrainSettings, workdir: Path, resume_key: str,
          log: Callable[[str], None], progress, show_bar: bool, should_stop: Callable[[], bool],
          best: dict[str, Any]) -> _Fit:
-    """Epochs with metrics, a checkpoint after each, and early stopping on the held-out loss."""
+    """Epochs with metrics, a checkpoint after each, and early stopping on the held-out loss. A family
+    with several stages gets each stage's own best epoch and patience (their held-out losses measure
+    different terms): a stage that ends, by its epochs or by early stopping, hands its best weights on."""
     model, epochs = trainer.model, trainer.config.epochs
-    dims = feature_dims(model)
+    dims, staged = feature_dims(model), len(trainer.stage_epochs) > 1
     metrics = MetricsLog(workdir)
     stopped_early = False
     try:
         while trainer.epoch < epochs and not should_stop():
+            stage = trainer.stage_index
+            if best.get("stage", 0) != stage:
+                best = _no_best(stage)
             bar = _progress_bar(trainer.epoch, epochs, steps_per_epoch(train[1], trainer), show_bar)
             record = trainer.run_epoch(*train, val, on_batch=None if bar is None else lambda done, total: bar.update(1))
             if bar is not None:
                 bar.close()
             metrics.write(record, trainer.optimizer.param_groups[0]["lr"])
             if record.val_loss < best["val"] - settings.opt.min_delta:
-                best = {"val": record.val_loss, "epoch": record.epoch,
-                        "state": {k: v.detach().clone() for k, v in model.state_dict().items()}, "bad_epochs": 0}
+                best = {"val": record.val_loss, "epoch": record.epoch, "stage": stage, "bad_epochs": 0,
+                        "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
             else:
                 best["bad_epochs"] += 1
-            save_checkpoint({"data_key": resume_key, "model": model.state_dict(),
-                                "normalization": _normalization_state(model), "trainer": trainer.state_dict(),
-                                "best": best}, workdir)
-            log(f"epoch {record.epoch + 1}/{epochs}: loss {record.train_loss / dims:.4f} train, "
+            stage_name = f" [stage {stage + 1}/{len(trainer.stage_epochs)} {trainer.stage.name}]" if staged else ""
+            log(f"epoch {record.epoch + 1}/{epochs}{stage_name}: loss {record.train_loss / dims:.4f} train, "
                 f"{record.val_loss / dims:.4f} held out (nats/dim over {dims} dims), beta {record.beta:.2f} "
                 f"({record.seconds:.1f} s)" + (" best" if best["epoch"] == record.epoch else ""))
-            if progress is not None:
-                progress(trainer.epoch, epochs, record.val_loss)
-            if best["bad_epochs"] >= settings.opt.patience:
+            patience_out = best["bad_epochs"] >= settings.opt.patience
+            if patience_out and not trainer.advance_stage():
                 stopped_early = True
                 log(f"early stop: no held-out improvement for {settings.opt.patience} epochs")
+            if trainer.stage_index != stage and trainer.epoch < epochs:
+                model.load_state_dict(best["state"])
+                log(f"stage {stage + 1} ends{' early' if patience_out else ''}: its best "
+                    f"epoch {best['epoch'] + 1} goes on to stage {trainer.stage_index + 1} ({trainer.stage.name})")
+            save_checkpoint({"data_key": resume_key, "model": model.state_dict(),
+                             "normalization": _normalization_state(model), "trainer": trainer.state_dict(),
+                             "best": best}, workdir)
+            if progress is not None:
+                progress(trainer.epoch, epochs, record.val_loss)
+            if stopped_early:
                 break
     finally:
         metrics.close()
     return _Fit(best, trainer.epoch, stopped_early)
+
+
+def _no_best(stage: int = 0) -> dict[str, Any]:
+    return {"val": float("inf"), "epoch": -1, "stage": stage, "state": None, "bad_epochs": 0}
 
 
 def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path, resume: bool = False,
@@ -283,7 +299,7 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
     trainer = Trainer(model, TrainConfig(**{**vars(settings.train), "beta": BetaSchedule(
         beta.kind, beta.start, beta.end, int(settings.beta.warmup_epochs * steps_per_epoch))}))
     resume_key = _resume_key(bag_paths, settings)
-    best: dict[str, Any] = {"val": float("inf"), "epoch": -1, "state": None, "bad_epochs": 0}
+    best = _no_best()
     if resume and any(workdir.glob("checkpoint*.pt")):
         try:
             state = load_checkpoint(workdir, model.device, resume_key, log)
