@@ -225,7 +225,8 @@ class MultimodalVAE(nn.Module):
     def _encode_rows(self, encoder: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None, inputs: list[torch.Tensor], rows: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         batch = rows.shape[0]
-        mu = torch.zeros((batch, self.latent_dim), device=rows.device)
+        dtype = inputs[0].dtype if inputs else None      # a float64 model keeps float64 placeholders
+        mu = torch.zeros((batch, self.latent_dim), device=rows.device, dtype=dtype)
         logvar = torch.zeros_like(mu)
         if encoder is None or not bool(rows.any()):
             return mu, logvar

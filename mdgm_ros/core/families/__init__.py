@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from . import bridged, elbo, jmvae, jvae, m2vae, mmjsd, mmvae, mopoe, mvae, telbo, vaevae
+from . import bridged, elbo, jmvae, jvae, m2vae, mmjsd, mmvae, mopoe, mvae, telbo, temporal, vaevae
 from .base import Family, FamilyError, Properties, Stage
 from .common import ObjectiveOutput
 
@@ -38,7 +38,7 @@ def get_family(name: str) -> Family:
         raise FamilyError(f"unknown model family {name!r} (registered: {', '.join(FAMILIES)})") from None
 
 
-for _module in (elbo, mvae, mopoe, mmvae, mmjsd, jvae, jmvae, telbo, m2vae, vaevae, bridged):
+for _module in (elbo, mvae, mopoe, mmvae, mmjsd, jvae, jmvae, telbo, m2vae, vaevae, bridged, temporal):
     register_family(_module.FAMILY)
 
 # name -> objective function (kept for callers of the first API)

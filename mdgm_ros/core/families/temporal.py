@@ -1,0 +1,222 @@
+"""Temporal multimodal VAE: a latent state-space model over sequences of aligned samples, filtered by a
+product of experts (the multimodal deep Markov model of Tan, Soh & Ong, AAAI 2020, with the
+RSSM/PlaNet-style learned Gaussian transition of Hafner et al. 2019; the survey's sec. 6-7 and Park et
+al.'s LSTM-based VAE motivate the temporal state for anomaly detection).
+
+Generative model, for a sequence of T aligned samples with presence masks O_t and optional actions u_t:
+
+.. math::
+    p(z_1) = \\mathcal{N}(0, I),\\quad p(z_t | z_{t-1}, u_t) = \\mathcal{N}\\big(z_{t-1} + f_\\mu(z_{t-1}, u_t),\\
+    \\mathrm{diag}\\, e^{f_\\sigma(z_{t-1}, u_t)}\\big),\\quad p(x_{m,t} | z_t) \\text{ as the per-frame model}
+
+Inference (filtering): the transition prior is one more Gaussian expert in the product, so any observed
+subset S (the empty one included: pure prediction) conditions the state,
+
+.. math::
+    q(z_t | x_t^{S}, z_{t-1}) \\propto p(z_t | z_{t-1}, u_t) \\prod_{m\\in S} q(z_t | x_{m,t})
+
+Objective (per sequence, then the caller's mean over sequences): with z_{t-1} sampled from the previous
+step's q (ancestral sampling through the filter, as the DMM),
+
+.. math::
+    \\mathcal{L} = \\sum_{t=1}^{T} \\mathbb{E}_{q}\\Big[\\sum_{m\\in O_t}\\lambda_m \\log p(x_{m,t} | z_t)\\Big]
+                 - \\beta\\, \\mathrm{KL}\\big(q(z_t | x_t^{S_t}, z_{t-1}) \\,\\|\\, p(z_t | z_{t-1}, u_t)\\big)
+
+The filter at step t uses a sub-sampled S_t ⊆ O_t while the reconstruction covers all of O_t. Any
+choice of q gives a lower bound of log p(x^{O}_{1:T}), so the sub-sampling keeps this an ELBO of all the
+observed data; it trains every subset to filter (and to predict the unobserved streams), as MVAE's and
+MoPoE's subset sampling do per frame: with probability ``p_full`` S_t = O_t, with ``p_empty`` S_t = ∅
+(the transition alone must predict), otherwise S_t is uniform over the non-empty subsets of O_t.
+
+A single frame is a sequence of length one: the per-frame objective and inference rule (what the
+per-frame code paths call) are the first filter step, a PoE with the N(0, I) prior, so a temporal model
+also runs memoryless. :mod:`mdgm_ros.core.temporal` has the filter, prediction, smoothing and scores.
+
+Options (``ModelConfig.objective_options``): ``action_dim`` (size of u_t, 0 = no action input, default
+0), ``transition_hidden`` (MLP width, default 128), ``p_full`` (0.5), ``p_empty`` (0.1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+import torch
+from torch import nn
+
+from .. import posterior as post
+from ..modalities import SpecError
+from .base import Family, Properties
+from .common import ObjectiveOutput, weighted_reconstruction
+
+if TYPE_CHECKING:
+    from ..model import ModelConfig, MultimodalVAE
+
+TRANSITION = "transition"
+INITIAL_TRANSITION_LOGVAR = -3.0
+
+
+class Transition(nn.Module):
+    """p(z_t | z_{t-1}, u_t): a residual MLP, (mean, logvar) of shape (..., D). The last layer starts at
+    zero, so an untrained transition is a random walk with variance exp(INITIAL_TRANSITION_LOGVAR)."""
+
+    def __init__(self, latent_dim: int, action_dim: int = 0, hidden: int = 128):
+        super().__init__()
+        self.latent_dim, self.action_dim = latent_dim, action_dim
+        self.net = nn.Sequential(nn.Linear(latent_dim + action_dim, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2 * latent_dim))
+        last = self.net[-1]
+        nn.init.zeros_(last.weight)
+        with torch.no_grad():
+            last.bias.zero_()
+            last.bias[latent_dim:] = INITIAL_TRANSITION_LOGVAR
+
+    def forward(self, z: torch.Tensor, action: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = z if action is None else torch.cat([z, action.to(z.dtype)], dim=-1)
+        delta, logvar = self.net(inputs).chunk(2, dim=-1)
+        return z + delta, logvar
+
+
+@dataclass(frozen=True)
+class TemporalOptions:
+    action_dim: int = 0
+    transition_hidden: int = 128
+    p_full: float = 0.5
+    p_empty: float = 0.1
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any]) -> "TemporalOptions":
+        unknown = set(options) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise SpecError(f"temporal objective_options: unknown {sorted(unknown)} "
+                            f"(known: {sorted(cls.__dataclass_fields__)})")
+        out = cls(**options)
+        if not (isinstance(out.action_dim, int) and 0 <= out.action_dim <= 4096):
+            raise SpecError(f"action_dim must be an integer in [0, 4096], got {out.action_dim!r}")
+        if not (isinstance(out.transition_hidden, int) and 1 <= out.transition_hidden <= 8192):
+            raise SpecError(f"transition_hidden must be an integer in [1, 8192], got {out.transition_hidden!r}")
+        if not (0 <= out.p_full and 0 <= out.p_empty and out.p_full + out.p_empty <= 1):
+            raise SpecError(f"p_full and p_empty must be >= 0 with a sum <= 1, got {out.p_full}, {out.p_empty}")
+        return out
+
+
+def options_of(model: "MultimodalVAE") -> TemporalOptions:
+    return TemporalOptions.from_config(model.config.objective_options)
+
+
+def poe_with_prior(mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor, prior_mu: torch.Tensor,
+                   prior_logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """PoE of the present experts (M, B, D) and a Gaussian prior expert (B, D), which is always present
+    (so the empty subset gives the prior itself): (mu, logvar) of shape (B, D)."""
+    stacked_mu = torch.cat([mu, prior_mu.unsqueeze(0)])
+    stacked_lv = torch.cat([logvar, prior_logvar.unsqueeze(0)])
+    always = torch.ones((mask.shape[0], 1), dtype=torch.bool, device=mask.device)
+    return post.product_of_experts(stacked_mu, stacked_lv, torch.cat([mask, always], 1), include_prior=False)
+
+
+def check_actions(model: "MultimodalVAE", actions: torch.Tensor | None, lead: tuple[int, ...]) -> None:
+    """Actions must be given exactly when the model has an action input, shaped (*lead, action_dim)."""
+    dim = options_of(model).action_dim
+    if dim == 0 and actions is not None:
+        raise ValueError("this temporal model has no action input (action_dim 0); pass actions=None")
+    if dim > 0 and (actions is None or tuple(actions.shape) != (*lead, dim)):
+        shown = None if actions is None else tuple(actions.shape)
+        raise ValueError(f"this temporal model needs actions of shape {(*lead, dim)}, got {shown}")
+
+
+def flatten_steps(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor
+                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """(B, T, ...) features and a (B, T, M) mask -> completed (B*T, ...) features and (B*T, M) mask."""
+    batch, steps, n_mod = mask.shape
+    flat_mask = mask.reshape(batch * steps, n_mod)
+    flat = {n: x.reshape(batch * steps, *x.shape[2:]) for n, x in feats.items()}
+    return model.complete(flat, flat_mask), flat_mask
+
+
+def sequence_experts(model: "MultimodalVAE", flat_feats: Mapping[str, torch.Tensor], flat_mask: torch.Tensor,
+                     batch: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every step's unimodal experts in one encoder call per modality: (M, B, T, D) each."""
+    mu, logvar = model.experts(flat_feats, flat_mask)
+    n_mod = len(model.names)
+    return (mu[:n_mod].reshape(n_mod, batch, steps, -1), logvar[:n_mod].reshape(n_mod, batch, steps, -1))
+
+
+def sample_filter_subsets(mask: torch.Tensor, p_full: float, p_empty: float,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    """S ⊆ O per row of ``mask`` (B, M): O with p_full, ∅ with p_empty, else uniform non-empty."""
+    draw = torch.rand(mask.shape[0], device=mask.device, generator=generator)
+    random_subset = post.sample_present_subsets(mask, generator)
+    subset = torch.where((draw < p_full)[:, None], mask, random_subset)
+    return torch.where((draw >= 1.0 - p_empty)[:, None], torch.zeros_like(mask), subset)
+
+
+def sequence_objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+                       actions: torch.Tensor | None = None, beta: float = 1.0,
+                       generator: torch.Generator | None = None, p_full: float | None = None,
+                       p_empty: float | None = None) -> ObjectiveOutput:
+    """The sequence ELBO above for normalised features (B, T, *fshape) and a mask (B, T, M); actions
+    (B, T, U) (u_1 is unused: z_1 has the fixed prior). Per-sequence loss (B,), summed over steps."""
+    batch, steps, _ = mask.shape
+    options = options_of(model)
+    p_full = options.p_full if p_full is None else p_full
+    p_empty = options.p_empty if p_empty is None else p_empty
+    check_actions(model, actions, (batch, steps))
+    flat_feats, flat_mask = flatten_steps(model, feats, mask)
+    mu, logvar = sequence_experts(model, flat_feats, flat_mask, batch, steps)
+    transition = model.extra[TRANSITION]
+    zs, kls = [], []
+    prior_mu = torch.zeros((batch, model.latent_dim), dtype=mu.dtype, device=mu.device)
+    prior_lv = torch.zeros_like(prior_mu)
+    for t in range(steps):
+        if t > 0:
+            prior_mu, prior_lv = transition(zs[-1], None if actions is None else actions[:, t])
+            prior_lv = post.clamp_logvar(prior_lv)
+        subset = sample_filter_subsets(mask[:, t], p_full, p_empty, generator)
+        q_mu, q_lv = poe_with_prior(mu[:, :, t], logvar[:, :, t], subset, prior_mu, prior_lv)
+        zs.append(post.reparameterize(q_mu, q_lv, generator=generator))
+        kls.append(post.kl_gaussians(q_mu, q_lv, prior_mu, prior_lv))
+    z = torch.stack(zs, 1).reshape(batch * steps, -1)
+    recon = weighted_reconstruction(model, flat_feats, z, flat_mask).reshape(batch, steps).sum(1)
+    kl = torch.stack(kls, 1).sum(1)
+    elbo = recon - beta * kl
+    return ObjectiveOutput(-elbo, {"elbo": elbo.detach(), "recon": recon.detach(), "kl": kl.detach()})
+
+
+def frame_objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+                    beta: float = 1.0, generator: torch.Generator | None = None,
+                    p_full: float | None = None, p_empty: float | None = None,
+                    **network_options: Any) -> ObjectiveOutput:
+    """Per-frame objective: each sample is a sequence of length one (the first filter step)."""
+    steps = {n: x.unsqueeze(1) for n, x in feats.items()}
+    actions = None
+    if options_of(model).action_dim:
+        actions = torch.zeros((mask.shape[0], 1, options_of(model).action_dim), device=mask.device)
+    return sequence_objective(model, steps, mask.unsqueeze(1), actions, beta, generator, p_full, p_empty)
+
+
+@dataclass(frozen=True)
+class TemporalFamily(Family):
+    """The per-frame rule is the PoE with N(0, I) (the first filter step); the transition is the
+    family's extra network. ``temporal`` tells the rest of the code to run the filter of
+    :mod:`mdgm_ros.core.temporal` when it has consecutive samples."""
+
+    temporal: bool = True
+
+    def build_networks(self, model: "MultimodalVAE") -> dict[str, nn.Module]:
+        options = TemporalOptions.from_config(model.config.objective_options)
+        return {TRANSITION: Transition(model.latent_dim, options.action_dim, options.transition_hidden)}
+
+
+def is_temporal(model: "MultimodalVAE") -> bool:
+    return bool(getattr(model.family, "temporal", False))
+
+
+FAMILY = TemporalFamily(
+    name="temporal", objective_fn=frame_objective, fusions=("poe",), default_fusion="poe",
+    properties=Properties(
+        aggregated_inference="PoE of the unimodal experts and the transition prior p(z_t|z_{t-1}, u_t) "
+                             "(filtering); one frame: PoE with N(0, I)",
+        missing_modalities=True, modality_specific_latents=False, end_to_end=True, scalability="linear",
+        reference="Tan, Soh & Ong 2020 (multimodal DMM); Hafner et al. 2019 (PlaNet/RSSM); "
+                  "Park et al. 2018 (LSTM-VAE anomaly detection)",
+        notes="sequence ELBO with sub-sampled filter subsets (the empty one included); a state that "
+              "remembers across frames: filtering, k-step prediction, fixed-lag smoothing"))
