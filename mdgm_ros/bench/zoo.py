@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import ModelConfig, MultimodalVAE, impute, iwae_log_likelihood, training
+from ..core import ModelConfig, MultimodalVAE, impute, iwae_log_likelihood, register_network, training
 from ..core.families import FAMILIES, FamilyError
 from ..data.polydigits import PolyDigits, make_polydigits, specs
 
@@ -49,6 +49,7 @@ class ZooConfig:
     n_nll: int = 500
     n_probe: int = 5000
     threads: int = 1
+    networks: str = "cnn"                # "cnn" (PolyMNIST-style) or "default" (the package's image nets)
 
 
 # ----------------------------------------------------------------------------- classifiers
@@ -93,6 +94,49 @@ def train_classifiers(train: PolyDigits, test: PolyDigits, epochs: int, seed: in
     return nets, accuracy
 
 
+# ----------------------------------------------------------------------------- networks
+class DigitEncoder(nn.Module):
+    """PolyMNIST-style conv encoder for 3x16x16 images -> (mu, logvar)."""
+
+    def __init__(self, spec, latent_dim: int, width: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, width, 4, 2, 1), nn.SiLU(), nn.Conv2d(width, 2 * width, 4, 2, 1),
+                                 nn.SiLU(), nn.Flatten(), nn.Linear(2 * width * 16, 256), nn.SiLU(),
+                                 nn.Linear(256, 2 * latent_dim))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.net(x).chunk(2, dim=-1)
+        return mu, logvar
+
+
+class DigitDecoder(nn.Module):
+    """Mirror of :class:`DigitEncoder` with transposed convs; any leading dimensions on z."""
+
+    def __init__(self, spec, latent_dim: int, width: int = 32):
+        super().__init__()
+        self.width = width
+        self.fc = nn.Sequential(nn.Linear(latent_dim, 256), nn.SiLU(), nn.Linear(256, 2 * width * 16), nn.SiLU())
+        self.up = nn.Sequential(nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.SiLU(),
+                                nn.ConvTranspose2d(width, 3, 4, 2, 1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        lead = z.shape[:-1]
+        h = self.fc(z.reshape(-1, z.shape[-1])).reshape(-1, 2 * self.width, 4, 4)
+        return self.up(h).reshape(*lead, 3, 16, 16)
+
+
+# registered through the public API, as a user's own networks would be
+register_network("encoder", "polydigits_cnn", DigitEncoder, replace=True)
+register_network("decoder", "polydigits_cnn", DigitDecoder, replace=True)
+
+
+def network_config(names: Sequence[str], choice: str) -> dict[str, Any]:
+    """``default``: the package's image nets; ``cnn``: the PolyMNIST-style pair above."""
+    if choice == "default":
+        return {}
+    return {n: {"encoder": {"name": "polydigits_cnn"}, "decoder": {"name": "polydigits_cnn"}} for n in names}
+
+
 # ----------------------------------------------------------------------------- one family
 def _features(model: MultimodalVAE, data: PolyDigits) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     feats = {n: torch.from_numpy(data.images[n]) for n in model.names}
@@ -101,7 +145,10 @@ def _features(model: MultimodalVAE, data: PolyDigits) -> tuple[dict[str, torch.T
 
 def train_family(name: str, train: PolyDigits, config: ZooConfig, seed: int) -> tuple[MultimodalVAE, dict]:
     torch.manual_seed(seed)
-    model = MultimodalVAE(ModelConfig(specs(config.n_modalities), latent_dim=config.latent_dim, objective=name))
+    modality_specs = specs(config.n_modalities)
+    networks = network_config([m.name for m in modality_specs], config.networks)
+    model = MultimodalVAE(ModelConfig(modality_specs, latent_dim=config.latent_dim, objective=name,
+                                      networks=networks))
     raw, mask = _features(model, train)
     training.fit_normalization(model, raw, mask)
     feats = training.normalize_features(model, raw)

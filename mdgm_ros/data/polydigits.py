@@ -1,8 +1,9 @@
 """PolyDigits: the PolyMNIST protocol (Sutter et al. 2021) built offline from scikit-learn's digits.
 
 M modalities (default 5). Each is the 8x8 digit upsampled to 12x12 and drawn, at a random shift, onto
-a random 16x16 crop of that modality's own seeded colour texture (the digit inverts the background
-under it, so it shows on any colour): images 3x16x16 in [0, 1]. A tuple shares one label but uses a
+a random 16x16 crop of that modality's own seeded colour texture (each digit pixel takes the inverted
+background colour at full contrast, 1 where the background is below 0.5 and 0 elsewhere, so the digit
+shows on any colour): images 3x16x16 in [0, 1]. A tuple shares one label but uses a
 different digit instance in every modality. The 1,797 instances are split train/test *before* tuples
 are formed, so no test tuple reuses a training instance. ``load_digits`` ships inside the
 scikit-learn wheel: nothing is downloaded.
@@ -110,7 +111,8 @@ def _render(digits: np.ndarray, instances: np.ndarray, textures: list[np.ndarray
         for i in range(n):
             alpha[i, shift_y[i]:shift_y[i] + DIGIT, shift_x[i]:shift_x[i] + DIGIT] = digits[instances[i, j]]
         alpha = alpha[:, None]
-        out[modality_names(n_mod)[j]] = (background * (1 - alpha) + (1 - background) * alpha).astype(np.float32)
+        ink = (background < 0.5).astype(np.float32)          # the digit inverts the background, full contrast
+        out[modality_names(n_mod)[j]] = (background * (1 - alpha) + ink * alpha).astype(np.float32)
     return out
 
 
