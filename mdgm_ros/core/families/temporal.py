@@ -49,7 +49,7 @@ from .base import Family, Properties
 from .common import ObjectiveOutput, weighted_reconstruction
 
 if TYPE_CHECKING:
-    from ..model import ModelConfig, MultimodalVAE
+    from ..model import MultimodalVAE
 
 TRANSITION = "transition"
 INITIAL_TRANSITION_LOGVAR = -3.0

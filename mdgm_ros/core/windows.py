@@ -1,0 +1,60 @@
+"""Windows of T consecutive aligned samples, for training and evaluating the temporal family.
+
+A run is a maximal stretch of rows of one bag, in row order, with strictly increasing stamps, gaps of
+at most ``max_gap_s`` and the same selection (e.g. all training rows or all rows of one held-out block):
+a window never crosses a bag, a recording gap, a backwards clock jump or a hold-out boundary. Windows
+start every ``stride`` rows of a run; a run shorter than T gives one window padded with index -1
+(padded steps have nothing observed: they add nothing to the sequence ELBO).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+
+
+def runs(stamps: np.ndarray, bag: np.ndarray, group: np.ndarray, max_gap_s: float) -> list[np.ndarray]:
+    """Row indices of every run (rows of a group < 0 belong to none), in row order within a bag."""
+    stamps, bag, group = np.asarray(stamps, np.int64), np.asarray(bag), np.asarray(group)
+    order = np.lexsort((np.arange(len(stamps)), bag))           # by bag, rows keep their order
+    order = order[group[order] >= 0]
+    if order.size == 0:
+        return []
+    gap = np.diff(stamps[order])
+    breaks = ((bag[order][1:] != bag[order][:-1]) | (group[order][1:] != group[order][:-1])
+              | (gap <= 0) | (gap > int(max_gap_s * 1e9)))
+    return np.split(order, np.nonzero(breaks)[0] + 1)
+
+
+def window_index(stamps: np.ndarray, bag: np.ndarray, group: np.ndarray, length: int, stride: int = 1,
+                 max_gap_s: float = 0.5) -> np.ndarray:
+    """(W, T) row indices of the windows, -1 for padding. ``group``: the selection each row belongs to
+    (-1: excluded), e.g. 0 for training rows and the held-out block number for validation rows."""
+    if length < 1 or stride < 1:
+        raise ValueError(f"window length and stride must be >= 1, got {length}, {stride}")
+    windows = []
+    for run in runs(stamps, bag, group, max_gap_s):
+        if run.size < length:
+            windows.append(np.concatenate([run, np.full(length - run.size, -1)]))
+            continue
+        starts = list(range(0, run.size - length + 1, stride))
+        if starts[-1] != run.size - length:
+            starts.append(run.size - length)                      # the run's tail is covered too
+        windows.extend(run[s:s + length] for s in starts)
+    return np.stack(windows).astype(np.int64) if windows else np.zeros((0, length), np.int64)
+
+
+def gather_windows(feats: Mapping[str, torch.Tensor], mask: torch.Tensor, index: np.ndarray
+                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Per-row features (N, ...) and mask (N, M) -> windows (W, T, ...) and (W, T, M); padded steps are
+    zeros with nothing observed."""
+    idx = torch.as_tensor(index, dtype=torch.long)
+    pad = idx < 0
+    safe = idx.clamp_min(0)
+    out = {}
+    for name, x in feats.items():
+        values = x[safe]
+        out[name] = torch.where(pad.view(*pad.shape, *([1] * (values.dim() - 2))),
+                                torch.zeros((), dtype=values.dtype), values)
+    return out, mask[safe] & ~pad.unsqueeze(-1)
