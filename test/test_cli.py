@@ -22,6 +22,8 @@ def test_bench_fusion_prints_the_latency_json():
         assert payload[key] > 0
     assert payload["p50_ms"] <= payload["p99_ms"]
     assert payload["imputed"] == ["audio"] and payload["threads"] == 1
+    assert payload["bare_forward"]["p50_ms"] > 0
+    assert payload["ratio_to_bare_p50"] == pytest.approx(payload["p50_ms"] / payload["bare_forward"]["p50_ms"], abs=2e-3)
 
 
 def test_example_runs_end_to_end_and_bundle_info_reads_it(tmp_path):
@@ -53,7 +55,10 @@ def test_bench_ros_runs_over_dds_and_prints_json():
     assert result.returncode == 0, result.stderr[-3000:]
     payload = json.loads(result.stdout)
     assert payload["latents"] > 0 and 0 < payload["delivered_fraction"] <= 1
-    for key in ("latency_p50_ms", "latency_p99_ms", "node_cpu_percent_of_one_core", "backlog_growth"):
+    assert payload["messages"] == "mdgm_ros/Latent" and payload["diagnostics_messages"] > 0
+    # publication (the writer's source timestamp) comes before arrival in the benchmark process
+    assert 0 < payload["latency_p50_ms"] <= payload["arrival_latency_p50_ms"]
+    for key in ("latency_p99_ms", "node_step_p50_ms", "node_cpu_percent_of_one_core", "backlog_growth", "target_met"):
         assert key in payload
 
 
