@@ -1,0 +1,41 @@
+"""Benchmark of the temporal fusion step (a command's building block, not a timed test): one live
+:class:`~mdgm_ros.core.temporal.TemporalFilter` step at batch 1 on the robot modalities, one missing."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from ..core import select_device
+from ..core.temporal import TemporalFilter, calibration_from_nll, predictive_nll_sequence
+from .models import _percentiles, _prepared_model, _sync
+
+
+def bench_temporal_step(iterations: int = 2000, warmup: int = 100, device: str = "auto",
+                        horizon: int = 0) -> dict[str, Any]:
+    """As ``bench_fusion``: 64x64 camera, joints, 0.5 s of audio, tactile; audio missing -> prediction
+    from the state, PoE with the three observed experts, imputation of the audio, one-step predictive
+    anomaly scores of the observed three, and ``horizon`` predicted latents. The state carries over
+    between iterations, as on a live node."""
+    dev = select_device(device)
+    model, (data, feats, mask) = _prepared_model("temporal", dev)
+    with torch.no_grad():
+        normalised = {n: model.normalize(n, x.to(dev)).unsqueeze(0) for n, x in feats.items()}
+        nll = predictive_nll_sequence(model, normalised, mask.to(dev).unsqueeze(0))
+    step = TemporalFilter(model, calibration_from_nll(model, nll[0]), horizon=horizon)
+    raw = {k: torch.from_numpy(v[:1]).to(dev) for k, v in data.raw.items()}
+    step_mask = torch.tensor([[True, True, False, True]], device=dev)
+    for _ in range(warmup):
+        step(raw, step_mask)
+    times = []
+    for _ in range(iterations):
+        started = time.perf_counter()
+        result = step(raw, step_mask)
+        _sync(dev)
+        times.append(time.perf_counter() - started)
+    assert set(result.imputed) == {"audio"} and bool(torch.isfinite(result.total_score).all())
+    return {"benchmark": "temporal_step", "batch": 1, "objective": "temporal", "horizon": horizon,
+            "observed": ["camera", "joints", "tactile"], "imputed": ["audio"], "iterations": iterations,
+            **_percentiles(times), "target": {"p50_ms": 2.5, "p99_ms": 5.0},
+            "parameters": sum(p.numel() for p in model.parameters())}
