@@ -29,6 +29,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.which in ("data", "all"):
         from .bench.data import bench_data
         results["data"] = bench_data(seconds=args.duration)
+    if args.which == "soak":                      # minutes long: never part of "all"
+        from .bench.soak import bench_soak
+        results["soak"] = bench_soak(minutes=args.minutes, warmup_s=args.warmup, bundle=args.bundle or None,
+                                     hostile=not args.no_hostile,
+                                     log=lambda text: print(text, file=sys.stderr, flush=True))
     results["environment"] = bench.environment(args.device)
     payload = results if args.which == "all" else {**results[args.which], "environment": results["environment"]}
     if args.json:
@@ -186,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     bench = sub.add_parser("bench", help="benchmarks; prints JSON with --json")
-    bench.add_argument("which", choices=["fusion", "train", "ros", "data", "all"])
+    bench.add_argument("which", choices=["fusion", "train", "ros", "data", "soak", "all"])
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--iterations", type=int, default=2000)
     bench.add_argument("--threads", type=int, default=1,
@@ -195,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="auto")
     bench.add_argument("--duration", type=float, default=20.0,
                        help="seconds measured by `bench ros`; seconds of robot time simulated by `bench data`")
+    bench.add_argument("--minutes", type=float, default=5.0, help="`bench soak`: minutes to run the node")
+    bench.add_argument("--warmup", type=float, default=60.0, help="`bench soak`: seconds before the RSS slope is fitted")
+    bench.add_argument("--bundle", default="", help="`bench soak`: bundle to run (default: a design-card-sized model)")
+    bench.add_argument("--no-hostile", action="store_true",
+                       help="`bench soak`: only the plain malformed messages, not the reliability issue's attacks")
     bench.set_defaults(func=_cmd_bench)
 
     example = sub.add_parser("example", help="the model core end to end on synthetic data")

@@ -48,6 +48,9 @@ class SyntheticStreams(GuardedNode, Node):
             self.create_timer(1.0 / rate, lambda n=name: self._tick(n))
         if args.malformed:
             self.create_timer(1.0, self._publish_malformed)
+        self.hostile_count = 0
+        if args.hostile:
+            self.create_timer(0.25, self._publish_hostile)
 
     def factors(self, t: float) -> np.ndarray:
         return np.array([[math.sin(0.7 * t), math.cos(0.45 * t)]])
@@ -103,6 +106,45 @@ class SyntheticStreams(GuardedNode, Node):
             self.pubs[name].publish(msg)
 
 
+    def _publish_hostile(self) -> None:
+        """One of the reliability issue's attacks, in turn: odd stamps, huge finite values, a 1 MB
+        frame_id, a big-endian tactile frame, a large valid frame."""
+        stamp = self.get_clock().now().nanoseconds
+        kind = HOSTILE[self.hostile_count % len(HOSTILE)]
+        self.hostile_count += 1
+        c = self.factors(time.monotonic() - self.started)
+        if kind in ("zero_stamp", "future_stamp", "invalid_nanosec", "huge_frame_id", "large_frame"):
+            msg = self._camera(c, stamp)
+            if kind == "zero_stamp":
+                msg.header.stamp = bridge.ns_to_stamp(0)
+            elif kind == "future_stamp":
+                msg.header.stamp = bridge.ns_to_stamp(stamp + 3600 * 10**9)
+            elif kind == "invalid_nanosec":
+                msg.header.stamp.nanosec = 3_000_000_000
+            elif kind == "huge_frame_id":
+                msg.header.frame_id = "f" * 1_000_000
+            else:
+                msg = bridge.array_to_image(self.rng.random((3, 480, 640), dtype=np.float32), stamp, "camera")
+            self.pubs["camera"].publish(msg)
+        elif kind == "huge_joints":
+            values = np.full(27, 3e38)
+            self.pubs["joints"].publish(bridge.array_to_joint_state(values, PANDA_JOINTS,
+                                                                    ["position", "velocity", "effort"], stamp))
+        elif kind == "loud_audio":
+            msg = Float32MultiArray()
+            msg.data = np.full(320, 1e20, np.float32)
+            self.pubs["audio"].publish(msg)
+        else:                                            # a valid tactile frame, sent big-endian
+            msg = self._tactile(c, stamp)
+            values = np.frombuffer(msg.data, "<f4").astype(">f4")
+            msg.is_bigendian, msg.data = 1, values.tobytes()
+            self.pubs["tactile"].publish(msg)
+
+
+HOSTILE = ("zero_stamp", "future_stamp", "invalid_nanosec", "huge_frame_id", "large_frame", "huge_joints",
+           "loud_audio", "bigendian_tactile")
+
+
 @node_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -110,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--camera-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--malformed", action="store_true", help="add one bad message per stream every second")
+    parser.add_argument("--hostile", action="store_true",
+                        help="add four of the reliability issue's attacks per second (odd stamps, huge values, ...)")
     parser.add_argument("--stop-audio-after", type=float, default=0.0, help="silence audio after this many seconds")
     args, ros_args = parser.parse_known_args(argv)
     rclpy.init(args=[sys.argv[0], *ros_args])
