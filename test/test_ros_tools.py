@@ -108,7 +108,7 @@ def test_trainer_node_trains_then_reloads_the_fusion_node(probe, sim_bag, traine
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
     node.create_subscription(ModelInfo, "/mdgm_fusion/model_info", lambda m: infos.append({"model_id": m.model_id}), latched)
     node.create_subscription(DiagnosticArray, "/diagnostics",
-                             lambda m: diagnostics.extend(s for s in m.status if s.name.startswith("mdgm_trainer")), 50)
+                             lambda m: diagnostics.extend(s for s in m.status if s.name.startswith("/mdgm_trainer")), 50)
     fusion = start("mdgm_ros.ros.fusion_node", "--ros-args", "--params-file", str(ROOT / "config" / "fusion.yaml"),
                    "-p", f"bundle:={trained_bundle[0]}", "-p", f"bundle_roots:=['{tmp_path}']",
                    env=env, log=tmp_path / "fusion.log")

@@ -1,91 +1,201 @@
-"""``trainer_node``: ``mdgm-ros train`` as a ROS node.
+"""``trainer_node``: ``mdgm-ros train`` as a ROS node, driven by the ``~/train`` action (mdgm_ros/action/Train).
 
-Parameters: ``bags`` (paths), ``config`` (train.yaml), ``out`` (bundle folder), ``device``, ``resume``,
-``epochs`` (0 = the config's), ``fusion_node`` (name of the fusion node to update, '' = none) and
-``exit_when_done``. Progress goes to ``/diagnostics`` (state, epoch, held-out loss) once a second.
-When the bundle is written, the node sets the fusion node's ``bundle`` parameter to it and calls its
-``~/reload_model``; the fusion node swaps models without stopping.
+Action ``~/train``: goal = bags, config, out, epochs, resume, overrides, fusion_node; feedback after every
+epoch (epoch, epochs, held-out loss); cancel takes effect at the next epoch boundary and writes no bundle;
+result = the bundle's absolute path. One training at a time (a second goal is rejected while one runs).
+On success with ``fusion_node`` set, the node sets that node's ``bundle`` parameter to the new bundle and
+calls its ``~/reload_model``; the fusion node swaps models without stopping.
+
+One-shot mode (as before): parameters ``bags`` and ``out`` given at start train once, then the node exits
+(``exit_when_done``); ``config``, ``epochs``, ``resume``, ``fusion_node`` (default /mdgm_fusion) apply.
+Progress goes to ``/diagnostics`` (state, epoch, held-out loss) once a second in both modes.
+Training runs off the executor (its own thread, or an executor thread of a MultiThreadedExecutor), so
+the action, cancel requests, diagnostics and the reload's service answers keep being served.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.action import CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from std_srvs.srv import Trigger
 
+from ..action import Train
 from ..config_files import config_path
 from .guard import GuardedNode, node_main
+
+
+class Cancelled(Exception):
+    """Raised from run_training's ``should_stop`` so a cancelled run ends without writing a bundle."""
+
+
+@dataclass
+class Job:
+    bags: list[str]
+    config: str
+    out: str
+    epochs: int = 0
+    resume: bool = False
+    overrides: list[str] = field(default_factory=list)
+    fusion_node: str = ""
+
+    @classmethod
+    def from_goal(cls, goal) -> "Job":
+        return cls([b for b in goal.bags if b], goal.config or str(config_path("train.yaml")), goal.out,
+                   int(goal.epochs), bool(goal.resume), list(goal.overrides), goal.fusion_node)
+
+
+@dataclass
+class Outcome:
+    bundle: str = ""
+    best_epoch: int = 0
+    best_loss: float = math.nan
+    message: str = ""
 
 
 class TrainerNode(GuardedNode, Node):
     def __init__(self) -> None:
         super().__init__("mdgm_trainer")
         p = lambda name, default, text: self.declare_parameter(name, default, ParameterDescriptor(description=text)).value  # noqa: E731
-        self.bags = list(p("bags", [""], "rosbag2 folders to train on"))
-        self.config = p("config", str(config_path("train.yaml")), "train config (config/train.yaml)")
-        self.out = p("out", "", "bundle folder to write, e.g. models/NAME")
+        bags = [b for b in p("bags", [""], "rosbag2 folders to train on at start (one-shot mode)") if b]
+        config = p("config", str(config_path("train.yaml")), "train config (config/train.yaml)")
+        out = p("out", "", "bundle folder to write at start, e.g. models/NAME (one-shot mode)")
         self.device = p("device", "auto", "auto | cpu | cuda | cuda:N")
-        self.resume = p("resume", False, "continue from <out>.train/checkpoint.pt")
-        self.epochs = p("epochs", 0, "override the config's epochs (0 = keep)")
-        self.fusion_node = p("fusion_node", "/mdgm_fusion", "fusion node to reload when done ('' = none)")
-        self.exit_when_done = p("exit_when_done", True, "shut down after training")
-        self.state = {"state": "starting", "epoch": "0", "epochs": "?", "val_loss": "nan", "message": ""}
+        resume = p("resume", False, "continue from <out>.train/checkpoint.pt")
+        epochs = p("epochs", 0, "override the config's epochs (0 = keep)")
+        fusion_node = p("fusion_node", "/mdgm_fusion", "fusion node to reload when the one-shot run is done ('' = none)")
+        self.exit_when_done = p("exit_when_done", True, "one-shot mode: shut down after training")
+        self.state = {"state": "idle", "epoch": "0", "epochs": "?", "val_loss": "nan", "message": ""}
         self.level = DiagnosticStatus.OK
+        self.busy = threading.Lock()
         self.done = threading.Event()
+        self.one_shot = bool(bags or out)
+        self._group = ReentrantCallbackGroup()
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0, self._publish_diagnostics)
-        self._thread = threading.Thread(target=self._train, daemon=True)
-        self._thread.start()
+        self._action = self.create_action_server(Train, "~/train", self._execute, goal_callback=self._on_goal,
+                                                 cancel_callback=lambda _: CancelResponse.ACCEPT,
+                                                 callback_group=self._group)
+        if self.one_shot:
+            job = Job(bags, config, out, int(epochs), bool(resume), [], fusion_node)
+            self.busy.acquire()
+            threading.Thread(target=self._one_shot, args=(job,), daemon=True).start()
+
+    # ------------------------------------------------------------------ modes
+    def _one_shot(self, job: Job) -> None:
+        try:
+            self._run(job, lambda: False, None)
+        except Exception:  # already logged and on /diagnostics by _run
+            pass
+        finally:
+            self.busy.release()
+            self.done.set()
+
+    def _on_goal(self, goal) -> GoalResponse:
+        if self.busy.locked():
+            self.get_logger().warning("train goal rejected: a training is already running")
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+
+    def _execute(self, goal_handle):
+        result = Train.Result()
+        if not self.busy.acquire(blocking=False):
+            goal_handle.abort()
+            result.message = "a training is already running"
+            return result
+        try:
+            outcome = self._run(Job.from_goal(goal_handle.request), lambda: _check_cancel(goal_handle),
+                                lambda e, n, v: goal_handle.publish_feedback(
+                                    Train.Feedback(epoch=int(e), epochs=int(n), heldout_loss=float(v))))
+            result.success, result.bundle, result.best_epoch = True, outcome.bundle, outcome.best_epoch
+            result.best_heldout_loss, result.message = outcome.best_loss, outcome.message
+            goal_handle.succeed()
+        except Cancelled:
+            result.message = f"cancelled after epoch {self.state['epoch']}: no bundle written"
+            goal_handle.canceled()
+        except Exception as err:  # bad goal or failed training: the goal aborts, the node keeps serving
+            result.message = f"{type(err).__name__}: {err}"
+            goal_handle.abort()
+        finally:
+            self.busy.release()
+        return result
+
+    # ------------------------------------------------------------------ training
+    def _run(self, job: Job, should_stop, feedback) -> Outcome:
+        """Train one job; state and errors go to the log and /diagnostics. Raises on failure or cancel."""
+        from ..training.config import parse_set
+        from ..training.trainer import run_training
+
+        def progress(epoch: int, epochs: int, val_loss: float) -> None:
+            self._set(epoch=epoch, epochs=epochs, val_loss=f"{val_loss:.3f}")
+            if feedback is not None:
+                feedback(epoch, epochs, val_loss)
+
+        self.level = DiagnosticStatus.OK
+        self._set(state="training", epoch=0, epochs="?", val_loss="nan", message=f"training {job.out}")
+        try:
+            if not job.out or not job.bags:
+                raise ValueError("'bags' and 'out' are required")
+            overrides = parse_set(job.overrides)
+            if job.epochs:
+                overrides["training.epochs"] = job.epochs
+            result = run_training(job.bags, job.config, job.out, resume=job.resume, device=self.device,
+                                  overrides=overrides or None, log=lambda m: self.get_logger().info(m), show_bar=False,
+                                  progress=progress, should_stop=should_stop)
+            outcome = Outcome(str(Path(result.bundle).absolute()), result.best_epoch, result.best_val_loss,
+                              f"bundle {Path(result.bundle).absolute()} (best epoch {result.best_epoch})")
+            if job.fusion_node:
+                outcome.message += "; " + self._reload(job.fusion_node, outcome.bundle)
+            self._set(state="done", message=outcome.message)
+            return outcome
+        except Cancelled:
+            self._set(state="cancelled", message=f"cancelled after epoch {self.state['epoch']}")
+            self.get_logger().info(self.state["message"])
+            raise
+        except Exception as err:
+            self.level = DiagnosticStatus.ERROR
+            self._set(state="failed", message=f"{type(err).__name__}: {err}")
+            self.get_logger().error(self.state["message"])
+            raise
+        finally:
+            self._publish_diagnostics()
 
     def _set(self, **values) -> None:
         self.state.update({k: str(v) for k, v in values.items()})
 
-    def _train(self) -> None:
-        from ..training.trainer import run_training
-
-        try:
-            if not self.out or not [b for b in self.bags if b]:
-                raise ValueError("parameters 'bags' and 'out' are required")
-            self._set(state="training")
-            result = run_training([b for b in self.bags if b], self.config, self.out, resume=self.resume,
-                                  device=self.device, overrides={"training.epochs": self.epochs} if self.epochs else None,
-                                  log=lambda m: self.get_logger().info(m), show_bar=False,
-                                  progress=lambda e, n, v: self._set(epoch=e, epochs=n, val_loss=f"{v:.3f}"))
-            self._set(state="done", message=f"bundle {result.bundle} (best epoch {result.best_epoch})")
-            if self.fusion_node:
-                self._set(message=self.state["message"] + "; " + self._reload(str(result.bundle)))
-        except Exception as err:  # reported on /diagnostics and in the log; the node stays up to say so
-            self.level = DiagnosticStatus.ERROR
-            self._set(state="failed", message=f"{type(err).__name__}: {err}")
-            self.get_logger().error(self.state["message"])
-        finally:
-            self._publish_diagnostics()
-            self.done.set()
-
-    def _reload(self, bundle: str) -> str:
+    def _reload(self, fusion_node: str, bundle: str) -> str:
         """Point the fusion node's ``bundle`` parameter at the new bundle, then call ~/reload_model."""
-        set_client = self.create_client(SetParameters, f"{self.fusion_node}/set_parameters")
-        reload_client = self.create_client(Trigger, f"{self.fusion_node}/reload_model")
-        if not (set_client.wait_for_service(timeout_sec=5.0) and reload_client.wait_for_service(timeout_sec=5.0)):
-            return f"fusion node {self.fusion_node} not reachable: not reloaded"
-        value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=bundle)
-        done = _wait(set_client.call_async(SetParameters.Request(parameters=[ParameterMsg(name="bundle", value=value)])))
-        if done is None or not done.results[0].successful:
-            return f"fusion node refused the bundle parameter: {done.results[0].reason if done else 'timeout'}"
-        answer = _wait(reload_client.call_async(Trigger.Request()))
-        text = answer.message if answer else "reload timed out"
-        self.get_logger().info(f"reload_model: {text}")
-        return f"reload_model: {text}"
+        set_client = self.create_client(SetParameters, f"{fusion_node}/set_parameters", callback_group=self._group)
+        reload_client = self.create_client(Trigger, f"{fusion_node}/reload_model", callback_group=self._group)
+        try:
+            if not (set_client.wait_for_service(timeout_sec=5.0) and reload_client.wait_for_service(timeout_sec=5.0)):
+                return f"fusion node {fusion_node} not reachable: not reloaded"
+            value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=bundle)
+            done = _wait(set_client.call_async(SetParameters.Request(parameters=[ParameterMsg(name="bundle", value=value)])))
+            if done is None or not done.results[0].successful:
+                return f"fusion node refused the bundle parameter: {done.results[0].reason if done else 'timeout'}"
+            answer = _wait(reload_client.call_async(Trigger.Request()))
+            text = answer.message if answer else "reload timed out"
+            self.get_logger().info(f"reload_model: {text}")
+            return f"reload_model: {text}"
+        finally:
+            self.destroy_client(set_client)
+            self.destroy_client(reload_client)
 
     def _publish_diagnostics(self) -> None:
-        status = DiagnosticStatus(level=self.level, name="mdgm_trainer: training", hardware_id="mdgm_ros",
+        status = DiagnosticStatus(level=self.level, name=f"{self.get_fully_qualified_name()}: training",
+                                  hardware_id="mdgm_ros",
                                   message=f"{self.state['state']} epoch {self.state['epoch']}/{self.state['epochs']}",
                                   values=[KeyValue(key=k, value=v) for k, v in self.state.items()])
         msg = DiagnosticArray(status=[status])
@@ -93,8 +203,14 @@ class TrainerNode(GuardedNode, Node):
         self.diag_pub.publish(msg)
 
 
+def _check_cancel(goal_handle) -> bool:
+    if goal_handle.is_cancel_requested:
+        raise Cancelled()
+    return False
+
+
 def _wait(future, timeout: float = 30.0):
-    """Wait for a service answer from the training thread (the main thread spins the node)."""
+    """Wait for a service answer from the training thread (executor threads complete the future)."""
     deadline = time.monotonic() + timeout
     while not future.done() and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -105,16 +221,17 @@ def _wait(future, timeout: float = 30.0):
 def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
     node = TrainerNode()
-    executor = SingleThreadedExecutor()
+    executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     failed = False
     try:
-        while rclpy.ok() and not (node.done.is_set() and node.exit_when_done):
+        while rclpy.ok() and not (node.one_shot and node.done.is_set() and node.exit_when_done):
             executor.spin_once(timeout_sec=0.1)
         failed = node.state["state"] == "failed"
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
     return 1 if failed else 0
