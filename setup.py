@@ -1,4 +1,4 @@
-"""ament_python package: builds with colcon on robots and installs with pip on workstations/CI."""
+"""pip/venv install of the Python package (`make install`); on robots `colcon build` uses CMakeLists.txt (ament_cmake)."""
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -26,10 +26,11 @@ setup(
         (f"share/{PACKAGE}/models", glob("models/*.md")),
         (f"share/{PACKAGE}/models/default", glob("models/default/*")),
     ],
-    # torch exactly 2.13.0 (any other spec can pull a multi-GB build); other exact pins live in
-    # requirements.txt. These are the import needs (rclpy and the message
-    # packages come from the ROS install on robots, see package.xml).
-    install_requires=["numpy", "torch==2.13.0", "safetensors", "PyYAML"],
+    # The import needs that pip may resolve. PyTorch is deliberately not listed: it comes from the
+    # platform (a Jetson's JetPack build, a CUDA or CPU build chosen by the user) or, on a workstation
+    # or CI, from requirements.txt, which pins it exactly; a requirement here would make pip replace a
+    # platform build. rclpy, the message packages and OpenCV come from the ROS install (package.xml).
+    install_requires=["numpy", "safetensors", "PyYAML"],
     zip_safe=True,
     maintainer="mdgm_ros developers",
     maintainer_email="mdgm-ros@example.org",

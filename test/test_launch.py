@@ -6,8 +6,7 @@ import json
 import re
 import subprocess
 import sys
-import threading
-import time
+import signal
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,40 @@ def _node_calls(path: Path) -> list[dict[str, str]]:
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("Node", "LifecycleNode"):
             calls.append({k.arg: k.value.value for k in node.keywords if isinstance(k.value, ast.Constant)})
     return calls
+
+
+def _node_calls_with_includes(path: Path) -> list[dict[str, str]]:
+    """The nodes a launch file starts itself and through the launch files of this package it includes."""
+    text = path.read_text()
+    included = [p for p in LAUNCH_FILES if p != path and f'"launch", "{p.name}"' in text]
+    return [call for p in [path, *included] for call in _node_calls(p)]
+
+
+def _declared_arguments(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument":
+            names.add(node.args[0].value)
+    return names
+
+
+FORWARDED = {"namespace", "params_file", "use_sim_time", "log_level", "autostart"}
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_launch_files_take_the_usual_arguments(path):
+    assert FORWARDED <= _declared_arguments(path)
+
+
+def test_the_arguments_reach_the_fusion_node():
+    fusion = (ROOT / "launch" / "fusion.launch.py").read_text()
+    for name in ("namespace", "params_file", "use_sim_time", "log_level", "autostart", "model", "device"):
+        assert f'LaunchConfiguration("{name}")' in fusion, name
+    assert '"autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool)' in fusion
+    assert 'ros_arguments=["--log-level", LaunchConfiguration("log_level")]' in fusion
+    sim = ast.parse((ROOT / "launch" / "sim.launch.py").read_text())
+    forwarded = next(n for n in sim.body if isinstance(n, ast.Assign) and n.targets[0].id == "FORWARDED")
+    assert FORWARDED | {"model"} == set(ast.literal_eval(forwarded.value))
 
 
 def _default_params_files(path: Path) -> list[Path]:
@@ -87,7 +120,7 @@ def test_params_files_load_and_only_name_declared_parameters(path):
     for params_file in files:
         data = yaml.safe_load(params_file.read_text())
         for node_name, section in data.items():
-            assert node_name in {c.get("name") for c in _node_calls(path)}
+            assert node_name in {c.get("name") for c in _node_calls_with_includes(path)}
             declared = _declared_parameters(params_file)
             undeclared = _flatten(section["ros__parameters"]) - declared
             assert not undeclared, f"{params_file.name} sets undeclared parameters {sorted(undeclared)}"
@@ -95,33 +128,57 @@ def test_params_files_load_and_only_name_declared_parameters(path):
             assert overrides <= declared
 
 
-def test_launch_files_run_where_launch_ros_imports(tmp_path):
-    pytest.importorskip("launch_ros", reason="launch_ros is not installable from pip: launch files were "
-                                             "checked statically only")
-    from launch import LaunchDescription, LaunchService
-    from launch.actions import IncludeLaunchDescription
-    from launch.launch_description_sources import PythonLaunchDescriptionSource
+LAUNCH_SCRIPT = """
+import sys
+from launch import LaunchDescription, LaunchService
+from launch.actions import IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
 
+path, model, params, namespace = sys.argv[1:5]
+service = LaunchService()
+service.include_launch_description(LaunchDescription([IncludeLaunchDescription(
+    PythonLaunchDescriptionSource(path), launch_arguments={
+        "model": model, "params_file": params, "namespace": namespace, "log_level": "debug",
+        "autostart": "true", "use_sim_time": "false"}.items())]))
+sys.exit(service.run())   # in the main thread, as launch requires; SIGINT shuts it down
+"""
+
+PROBE_SCRIPT = """
+import sys, time
+import rclpy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from mdgm_ros.msg import ModelInfo
+rclpy.init(); node = rclpy.create_node("launch_probe"); got = []
+node.create_subscription(ModelInfo, sys.argv[1], got.append, QoSProfile(
+    depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+end = time.time() + 90
+while not got and time.time() < end:
+    rclpy.spin_once(node, timeout_sec=0.2)
+print("model_id " + got[-1].model_id if got else "none")
+"""
+
+
+def test_launch_files_run_where_launch_ros_imports(tmp_path):
+    pytest.importorskip("launch_ros", reason="launch_ros (the ROS launch system) has no pip wheel: the launch "
+                                             "files were checked statically only; this test runs where it imports")
     from ros_env import private_ros_env
     from test_fusion_node import _bundle
-    private_ros_env()
+    env = private_ros_env()
     bundle = _bundle(tmp_path / "model", 8, 0)
-    service = LaunchService()
-    service.include_launch_description(LaunchDescription([IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(str(ROOT / "launch" / "fusion.launch.py")),
-        launch_arguments={"model": str(bundle), "params_file": str(ROOT / "config" / "fusion.yaml")}.items())]))
-    runner = threading.Thread(target=service.run, daemon=True)
-    runner.start()
+    launch = subprocess.Popen([sys.executable, "-c", LAUNCH_SCRIPT, str(ROOT / "launch" / "fusion.launch.py"),
+                               str(bundle), str(ROOT / "config" / "fusion.yaml"), "launch_test"],
+                              env=env, cwd=tmp_path, stdout=open(tmp_path / "launch.log", "w"),
+                              stderr=subprocess.STDOUT)
     try:
-        check = subprocess.run([sys.executable, "-c", (
-            "import rclpy, time\nfrom std_msgs.msg import String\nfrom rclpy.qos import QoSProfile, DurabilityPolicy\n"
-            "rclpy.init(); n = rclpy.create_node('p'); got = []\n"
-            "n.create_subscription(String, '/mdgm_fusion/model_info', got.append, "
-            "QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))\n"
-            "end = time.time() + 60\nwhile not got and time.time() < end: rclpy.spin_once(n, timeout_sec=0.2)\n"
-            "print('ok' if got else 'none')")], capture_output=True, text=True, timeout=120)
-        assert check.stdout.strip().endswith("ok"), check.stdout + check.stderr
+        check = subprocess.run([sys.executable, "-c", PROBE_SCRIPT, "/launch_test/mdgm_fusion/model_info"],
+                               capture_output=True, text=True, timeout=150, env=env, cwd=tmp_path)
+        log = (tmp_path / "launch.log").read_text()[-3000:]
+        assert check.stdout.strip().startswith("model_id "), check.stdout + check.stderr + log
+        assert launch.poll() is None, log
     finally:
-        service.shutdown()
-        runner.join(timeout=20)
-        time.sleep(0.5)
+        launch.send_signal(signal.SIGINT)
+        try:
+            launch.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            launch.kill()
+            launch.wait()

@@ -22,10 +22,22 @@ def test_package_manifest_is_format_3_ament_cmake_with_interfaces():
     assert {"ament_cmake", "ament_cmake_python", "rosidl_default_generators"} <= {d.name for d in package.buildtool_depends}
     runtime = {d.name for d in package.exec_depends}
     assert {"rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "std_srvs", "rosidl_default_runtime",
-            "builtin_interfaces", "action_msgs", "python3-opencv", "launch", "launch_ros"} <= runtime
+            "builtin_interfaces", "action_msgs", "python3-opencv", "launch", "launch_ros", "ament_index_python",
+            "lifecycle_msgs", "rcl_interfaces", "python3-yaml", "python3-numpy"} <= runtime
     assert "rosidl_interface_packages" in {g.name for g in package.member_of_groups}
     from mdgm_ros import __version__
     assert package.version == __version__
+
+
+def test_install_requires_leaves_torch_to_the_platform():
+    """A Jetson's own PyTorch build must survive `pip install`: setup.py names no torch at all
+    (requirements.txt pins it for this machine), and every requirement is a plain name pip can resolve."""
+    import ast
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+    requires = ast.literal_eval(next(k.value for k in call.keywords if k.arg == "install_requires"))
+    assert requires and not [r for r in requires if r.lower().startswith("torch")]
+    assert "torch==2.13.0" in (ROOT / "requirements.txt").read_text().split()
 
 
 def test_ros2_run_layout():
