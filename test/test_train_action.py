@@ -3,6 +3,8 @@ epoch, a cancelled goal writes no bundle, a bad goal aborts with its reason, suc
 fusion_node (bundle_roots allows the folder)."""
 from __future__ import annotations
 
+import signal
+
 import pytest
 from action_msgs.msg import GoalStatus
 
@@ -88,6 +90,14 @@ def test_train_action_feedback_cancel_and_reload(client_node, sim_bag, trained_b
         assert spin_until(node, lambda: infos[-1] != first_id, 30)
         assert infos[-1].startswith("retrained-")
         assert trainer.poll() is None   # the action server stays up after each goal
+
+        feedback.clear()                 # Ctrl-C mid-training ends the node without waiting for the run
+        _send(node, client, Train.Goal(out=str(tmp_path / "interrupted"), epochs=50, **goal), feedback.append)
+        assert spin_until(node, lambda: feedback, 240), logs()
+        trainer.send_signal(signal.SIGINT)
+        assert trainer.wait(timeout=30) == 0, logs()
+        assert not (tmp_path / "interrupted").exists()
+        assert "Traceback" not in logs(), logs()
     finally:
         stop(trainer)
         stop(fusion)

@@ -15,6 +15,8 @@ the action, cancel requests, diagnostics and the reload's service answers keep b
 from __future__ import annotations
 
 import math
+import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -80,7 +82,9 @@ class TrainerNode(GuardedNode, Node):
         self.level = DiagnosticStatus.OK
         self.busy = threading.Lock()
         self.done = threading.Event()
+        self.stopping = threading.Event()
         self.one_shot = bool(bags or out)
+        self.worker: threading.Thread | None = None
         self._group = ReentrantCallbackGroup()
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0, self._publish_diagnostics)
@@ -90,7 +94,16 @@ class TrainerNode(GuardedNode, Node):
         if self.one_shot:
             job = Job(bags, config, out, int(epochs), bool(resume), [], fusion_node)
             self.busy.acquire()
-            threading.Thread(target=self._one_shot, args=(job,), daemon=True).start()
+            self._start_worker(self._one_shot, job)
+
+    def _start_worker(self, target, *args) -> threading.Thread:
+        """The training thread (a daemon: a node that shuts down does not wait for a run to finish)."""
+        self.worker = threading.Thread(target=target, args=args, daemon=True)
+        self.worker.start()
+        return self.worker
+
+    def training_alive(self) -> bool:
+        return self.worker is not None and self.worker.is_alive()
 
     # ------------------------------------------------------------------ modes
     def _one_shot(self, job: Job) -> None:
@@ -109,27 +122,40 @@ class TrainerNode(GuardedNode, Node):
         return GoalResponse.ACCEPT
 
     def _execute(self, goal_handle):
+        """Train in a daemon thread and wait for it here (an executor thread), so a node shutting down
+        mid-training ends at once instead of waiting for the run: the goal then aborts."""
         result = Train.Result()
         if not self.busy.acquire(blocking=False):
             goal_handle.abort()
             result.message = "a training is already running"
             return result
+        ending: list[str] = []
+        worker = self._start_worker(self._train_goal, goal_handle, result, ending)
+        while worker.is_alive() and not self.stopping.is_set():
+            worker.join(0.2)
+        if worker.is_alive():        # shutting down: the context is going away, leave the goal alone
+            result.message = "the trainer node is shutting down: training stopped"
+            return result
+        self.busy.release()
+        ended = ending[0] if ending else "abort"
+        {"succeed": goal_handle.succeed, "canceled": goal_handle.canceled}.get(ended, goal_handle.abort)()
+        return result
+
+    def _train_goal(self, goal_handle, result, ending: list[str]) -> None:
+        """One goal: fills ``result`` and says how it ended (succeed / canceled / abort) in ``ending``."""
         try:
             outcome = self._run(Job.from_goal(goal_handle.request), lambda: _check_cancel(goal_handle),
                                 lambda e, n, v: goal_handle.publish_feedback(
                                     Train.Feedback(epoch=int(e), epochs=int(n), heldout_loss=float(v))))
             result.success, result.bundle, result.best_epoch = True, outcome.bundle, outcome.best_epoch
             result.best_heldout_loss, result.message = outcome.best_loss, outcome.message
-            goal_handle.succeed()
+            ending.append("succeed")
         except Cancelled:
             result.message = f"cancelled after epoch {self.state['epoch']}: no bundle written"
-            goal_handle.canceled()
+            ending.append("canceled")
         except Exception as err:  # bad goal or failed training: the goal aborts, the node keeps serving
             result.message = f"{type(err).__name__}: {err}"
-            goal_handle.abort()
-        finally:
-            self.busy.release()
-        return result
+            ending.append("abort")
 
     # ------------------------------------------------------------------ training
     def _run(self, job: Job, should_stop, feedback) -> Outcome:
@@ -231,9 +257,19 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        node.stopping.set()
         executor.shutdown(timeout_sec=1.0)
+        interrupted = node.training_alive()
+        epoch = node.state["epoch"]
         node.destroy_node()
         rclpy.try_shutdown()
+    if interrupted:
+        # torch is still running in the training thread: end here, without interpreter finalisation
+        # (which would abort the process under it). Checkpoints of finished epochs are on disk.
+        print(f"trainer_node: training interrupted after epoch {epoch}; `resume` continues from the "
+              "last checkpoint", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1 if failed else 0)
     return 1 if failed else 0
 
 
