@@ -255,7 +255,8 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, device: str = "a
         return 1
     truth = align_bag(test_bag, settings.fusion, list(em.model.config.modalities), sample_at=stamps)
     staleness = {s.name: int(s.staleness * NS) for s in settings.fusion.streams}
-    report = evaluate_live(em, truth, recording, outages, staleness, out)
+    report = evaluate_live(em, truth, recording, outages, staleness, out,
+                           source=f"{test_bag.name}, replayed live through fusion_node")
     timings["evaluate_s"] = round(time.perf_counter() - mark, 1)
     timings["total_s"] = round(time.perf_counter() - started, 1)
     report.update({"timings": timings, "quick": quick, "bags": {"train": str(train_bag), "test": str(test_bag)},

@@ -346,7 +346,8 @@ def live_imputation(em: EvalModel, truth: AlignedDataset, recording, outages: di
 
 
 def evaluate_live(em: EvalModel, truth: AlignedDataset, recording, outages: dict[str, list[tuple[int, int]]],
-                  staleness_ns: dict[str, int], out_dir: Path | None = None) -> dict[str, Any]:
+                  staleness_ns: dict[str, int], out_dir: Path | None = None,
+                  source: str = "a bag replayed live through fusion_node") -> dict[str, Any]:
     """Metrics of a live replay. ``truth`` is the bag aligned at the published latent stamps."""
     from . import plots
 
@@ -373,7 +374,7 @@ def evaluate_live(em: EvalModel, truth: AlignedDataset, recording, outages: dict
         out_dir.mkdir(parents=True, exist_ok=True)
         t0 = int(stamps.min())
         calibration = em.bundle.calibration
-        title = f"{em.bundle.model_id}, live fusion_node replay"
+        title = f"{em.bundle.model_id} on {source}"
         files = {"anomaly_timeline": plots.anomaly_timeline(
             out_dir / "anomaly_timeline.png", a_stamps, total, truth.labels, threshold, t0,
             [((s - t0) / NS, (e - t0) / NS) for s, e in all_spans],

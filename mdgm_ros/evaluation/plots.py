@@ -67,11 +67,12 @@ def anomaly_timeline(path: Path, stamps: np.ndarray, total: np.ndarray, labels: 
 
 def _score_axis(ax, values: np.ndarray) -> None:
     """Linear for ordinary scores; symmetric-log when faults reach tens of sigmas (so both show)."""
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, SymmetricalLogLocator
 
     finite = np.asarray(values, float)[np.isfinite(values)]
     if finite.size and np.abs(finite).max() > 30.0:
         ax.set_yscale("symlog", linthresh=5.0)
+        ax.yaxis.set_major_locator(SymmetricalLogLocator(base=10, linthresh=10.0, subs=[1.0]))
     else:
         ax.yaxis.set_major_locator(MaxNLocator(4))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
