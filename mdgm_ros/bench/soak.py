@@ -1,13 +1,14 @@
 """``mdgm-ros bench soak``: the fusion node for N minutes on synthetic streams with malformed input.
 
-The node and ``synthetic_streams --malformed --hostile`` (one bad message per stream per second, and four
-of the reliability issue's attacks per second: odd stamps, huge values, a 1 MB frame_id, ...) run in their own
-processes on a private ROS_DOMAIN_ID; this process subscribes to the camera and to ``~/latent`` and
-samples the node's resident memory (``/proc/<pid>/status`` VmRSS) every few seconds. Reported: the RSS
-slope after the warm-up (least squares, MB/min) and per half, latency p50/p99 per tenth of the run and
-their drift (last tenth minus first tenth after the warm-up), the fraction of anchor frames answered,
-(the valid ones: malformed and hostile frames are rejected by design), and the node's reject and error counters from its last ``/diagnostics``. The issue's target:
-RSS growth <= 0.5 MB/min after the first minute, no p99 drift, >= 99 % of anchor frames answered.
+The node and ``synthetic_streams --malformed --hostile`` (one bad message per stream per second, and
+four of the reliability issue's attacks per second: odd stamps, huge values, a 1 MB frame_id, ...) run
+in their own processes on a private ROS_DOMAIN_ID; this process subscribes to the camera and to
+``~/latent`` and samples the node's resident memory (``/proc/<pid>/status`` VmRSS) every few seconds.
+Reported: the RSS slope after the warm-up (least squares, MB/min) and per half, latency p50/p99 per
+tenth of the run and their drift (last tenth minus first), the fraction of the valid anchor frames
+answered (malformed and hostile frames are rejected by design and counted apart), and the node's
+reject and error counters from its last ``/diagnostics``. The issue's target: RSS growth <= 0.5 MB/min
+after the first minute, no p99 drift, >= 99 % of anchor frames answered.
 """
 from __future__ import annotations
 

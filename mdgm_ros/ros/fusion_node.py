@@ -301,7 +301,8 @@ class FusionNode(GuardedNode, LifecycleNode):
 
     def _load_in_background(self, path: str, done: Future) -> None:
         try:
-            within_roots(path, self.bundle_roots) if path else None
+            if path:                                     # '' = the shipped default, inside the roots
+                within_roots(path, self.bundle_roots)
             result = (self._load(path), None)
         except (BundleError, ParameterError, RuntimeError, ValueError, OSError) as err:
             result = (None, str(err)[:1000])
