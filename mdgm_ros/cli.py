@@ -131,6 +131,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             overrides["training.seed"] = args.seed
         if args.deterministic:
             overrides["training.deterministic"] = True
+        if args.max_corrupt is not None:
+            overrides["data.max_corrupt"] = args.max_corrupt
         result = run_training(args.bags, args.config, args.out, resume=args.resume, device=args.device,
                               overrides=overrides, log=lambda m: print(m, file=sys.stderr, flush=True),
                               show_bar=not args.no_progress and sys.stderr.isatty())
@@ -153,7 +155,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         report = evaluate_bags(args.model, args.bags, args.params, plots=args.plots or None, dropout_s=args.dropout,
-                               device=args.device, label_topic=args.label_topic,
+                               device=args.device, label_topic=args.label_topic, max_corrupt=args.max_corrupt,
                                log=lambda m: print(m, file=sys.stderr, flush=True))
     except (BagError, BundleError, LabelError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -248,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "--set fusion_overrides.camera.topic=/camera/color/image_raw (repeatable)")
     train.add_argument("--epochs", type=int, default=0, help="override training.epochs")
     train.add_argument("--seed", type=int, default=None, help="override training.seed")
+    train.add_argument("--max-corrupt", type=float, default=None, metavar="FRACTION",
+                       help="skip at most this fraction of a topic's messages that do not deserialise "
+                            "(data.max_corrupt, default 0.01); above it the run stops naming the topic")
     train.add_argument("--deterministic", action="store_true",
                        help="deterministic kernels: two runs give bit-identical weights (training.deterministic)")
     train.add_argument("--device", default="auto")
@@ -263,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--label-topic", default=None,
                     help="std_msgs/String JSON fault-label topic in the bags (default: the one the model was "
                          "trained with, else /sim/fault_labels); sidecar files BAG.labels.yaml are read too")
+    ev.add_argument("--max-corrupt", type=float, default=0.01, metavar="FRACTION",
+                    help="skip at most this fraction of a topic's messages that do not deserialise")
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--device", default="cpu")
     ev.set_defaults(func=_cmd_evaluate)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -26,9 +27,9 @@ def mdgm(*args: str, env: dict | None = None, timeout: float = 600) -> subproces
                           env=env, timeout=timeout)
 
 
-def rewrite_bag(src: Path, dst: Path, renames: dict[str, str | None]) -> Path:
+def rewrite_bag(src: Path, dst: Path, renames: dict[str, str | None], storage: str = "mcap") -> Path:
     """A copy of ``src`` with topics renamed (None: dropped), as another robot would record it."""
-    with BagWriter(dst) as bag:
+    with BagWriter(dst, storage=storage) as bag:
         for topic, stamp, msg in messages(src):
             new = renames.get(topic, topic)
             if new is not None:
@@ -145,3 +146,21 @@ def test_bundles_are_readable_by_a_node_running_as_another_user(trained_bundle):
         assert stat.S_IMODE(file.stat().st_mode) == 0o666 & ~_umask(), file.name
     manifest = json.loads((folder / "manifest.json").read_text())
     assert all(Path(b).is_absolute() for b in manifest["extra"]["training"]["bags"])
+
+
+def test_corrupt_messages_stop_training_naming_the_topic_unless_max_corrupt_allows_them(sim_bag, tmp_path):
+    bag = rewrite_bag(sim_bag[0], tmp_path / "damaged", {}, storage="sqlite3")
+    db = sqlite3.connect(next(bag.glob("*.db3")))
+    ids = [r[0] for r in db.execute("SELECT m.id FROM messages m JOIN topics t ON m.topic_id = t.id "
+                                    "WHERE t.name = '/tactile' ORDER BY m.id LIMIT 80")]        # 5 % of 1600
+    db.executemany("UPDATE messages SET data = ? WHERE id = ?", [(b"\x00\x01\xff\xff\xff\x7f", i) for i in ids])
+    db.commit()
+    db.close()
+    done = mdgm("train", "--bags", str(bag), "--out", str(tmp_path / "m"), "--epochs", "1", *FAST)
+    line = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and line.startswith("error: ") and "messages on /tactile do not deserialise" in line
+    assert "--max-corrupt" in line and "Traceback" not in done.stderr
+    done = mdgm("train", "--bags", str(bag), "--out", str(tmp_path / "m"), "--epochs", "1", *FAST,
+                "--max-corrupt", "0.1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "'/tactile:corrupt': 80" in done.stderr

@@ -208,7 +208,8 @@ def messages(path: str | Path, only: Iterable[str] | None = None, max_corrupt: f
 def _check_corrupt(path, topic: str, count: int, total: int, max_corrupt: float, err: Exception) -> None:
     if count > max_corrupt * max(total, 1):
         raise BagError(f"bag {path}: {count} of {total} messages on {topic} do not deserialise (more than "
-                       f"the {max_corrupt:.1%} that are skipped): {type(err).__name__}: {str(err)[:200]}")
+                       f"the {max_corrupt:.1%} that are skipped; --max-corrupt raises that): {type(err).__name__}: "
+                       f"{str(err)[:200]}")
 
 
 def add_chunk_crcs(file: Path) -> int:

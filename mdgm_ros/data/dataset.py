@@ -202,7 +202,7 @@ class _Collector:
 
 def align_bag(path: str | Path, params: FusionParams, specs: list[ModalitySpec], bag_index: int = 0,
               settle_s: float = 0.5, sample_at: np.ndarray | None = None,
-              label_topic: str = DEFAULT_LABEL_TOPIC) -> AlignedDataset:
+              label_topic: str = DEFAULT_LABEL_TOPIC, max_corrupt: float = bags.MAX_CORRUPT) -> AlignedDataset:
     """One bag -> aligned samples (no cache); ``sample_at``: exactly these stamps (ground truth for
     what a live node published at them). Labels come from ``label_topic`` and the bag's sidecar file."""
     collector = _Collector(params, specs, sample_at, label_topic)
@@ -213,7 +213,8 @@ def align_bag(path: str | Path, params: FusionParams, specs: list[ModalitySpec],
         raise bags.BagError(f"bag {path} has none of the input topics {sorted(collector.by_topic)} "
                             f"(it has {sorted(available)})")
     corrupt: Counter = Counter()                   # skipped messages that do not deserialise, per topic
-    for topic, log_ns, msg in bags.messages(path, [t for t in wanted if t in available], corrupt=corrupt):
+    for topic, log_ns, msg in bags.messages(path, [t for t in wanted if t in available], corrupt=corrupt,
+                                           max_corrupt=max_corrupt):
         collector.feed(topic, log_ns, msg)
     collector.rejects.update({f"{topic}:corrupt": n for topic, n in corrupt.items()})
     return with_sidecar_labels(collector.finish(bag_index, settle_s), path, settle_s)
@@ -329,7 +330,7 @@ def _load(path: Path, bag_index: int) -> AlignedDataset:
 
 def load_bags(paths: Iterable[str | Path], params: FusionParams, specs: list[ModalitySpec],
               cache_dir: Path | None = None, settle_s: float = 0.5, log=print,
-              label_topic: str = DEFAULT_LABEL_TOPIC) -> AlignedDataset:
+              label_topic: str = DEFAULT_LABEL_TOPIC, max_corrupt: float = bags.MAX_CORRUPT) -> AlignedDataset:
     """Aligned samples of several bags (each cached by content hash); ``cache_dir=None`` disables it.
     Sidecar labels are read afresh each time (they are not part of the bag's content)."""
     parts = []
@@ -346,7 +347,7 @@ def load_bags(paths: Iterable[str | Path], params: FusionParams, specs: list[Mod
                     continue
                 except (OSError, ValueError, KeyError) as err:
                     log(f"{path}: cache entry {cached} unreadable ({err}); rebuilding it")
-        data = align_bag(path, params, specs, index, settle_s, label_topic=label_topic)
+        data = align_bag(path, params, specs, index, settle_s, label_topic=label_topic, max_corrupt=max_corrupt)
         log(f"{path}: {len(data)} aligned samples, {len(data.labels)} fault labels"
             + (f", rejected {data.rejects}" if data.rejects else ""))
         if cached is not None:

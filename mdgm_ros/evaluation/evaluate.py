@@ -396,7 +396,7 @@ def evaluate_live(em: EvalModel, truth: AlignedDataset, recording, outages: dict
 # ----------------------------------------------------------------------------- the command
 def evaluate_bags(model: str | Path, bag_paths: list[str], params_file: str | Path, plots: str | Path | None = None,
                   dropout_s: float = 1.0, device: str = "cpu", label_topic: str | None = None,
-                  log=print) -> dict[str, Any]:
+                  log=print, max_corrupt: float = 0.01) -> dict[str, Any]:
     """The whole ``mdgm-ros evaluate``: the bundle's alignment settings, labels from the bags' label topic
     and sidecar files, a warning for bags the bundle was trained on."""
     from ..data import bags
@@ -420,7 +420,7 @@ def evaluate_bags(model: str | Path, bag_paths: list[str], params_file: str | Pa
     for warning in warnings:
         log(f"warning: {warning}")
     data = load_bags(bag_paths, params, list(em.model.config.modalities), default_cache_dir(), log=log,
-                     label_topic=label_topic)
+                     label_topic=label_topic, max_corrupt=max_corrupt)
     names = [Path(b).name for b in bag_paths]
     report = evaluate_offline(em, data, Path(plots) if plots else None, dropout_s,
                               title=f"{em.bundle.model_id} on {', '.join(names)}", bag_names=names)

@@ -35,6 +35,7 @@ class DataSection:
     cache: bool = True
     absent_ok: list = field(default_factory=list)      # modalities some bags may lack (trained as missing there)
     label_topic: str = DEFAULT_LABEL_TOPIC              # std_msgs/String JSON fault labels inside the bags
+    max_corrupt: float = 0.01                           # fraction of a topic's messages skipped as corrupt, at most
 
 
 @dataclass
@@ -229,6 +230,8 @@ def _check_values(s: TrainSettings) -> None:
         raise TrainError(f"data.val_fraction must be in (0, 0.9), got {s.data.val_fraction}")
     if s.opt.epochs < 1 or s.opt.batch_size < 1 or s.opt.lr <= 0:
         raise TrainError("training.epochs and training.batch_size must be >= 1 and training.lr > 0")
+    if not 0.0 <= s.data.max_corrupt <= 1.0:
+        raise TrainError(f"data.max_corrupt must be in [0, 1], got {s.data.max_corrupt}")
     if not 0.5 <= s.calibration.quantile < 1.0:
         raise TrainError(f"calibration.quantile must be in [0.5, 1), got {s.calibration.quantile}")
     unknown = set(s.data.absent_ok) - set(s.model.names)

@@ -187,7 +187,7 @@ def _split_data(bag_paths: list[str], settings: TrainSettings, log: Callable[[st
     """Aligned samples of the bags, fault spans left out, whole blocks held out."""
     cache = default_cache_dir() if settings.data.cache else None
     data = load_bags(bag_paths, settings.fusion, list(settings.model.modalities), cache, settings.data.settle_s, log,
-                     label_topic=settings.data.label_topic)
+                     label_topic=settings.data.label_topic, max_corrupt=settings.data.max_corrupt)
     clean = data.subset(~data.near_fault)
     is_val = split_blocks(clean.stamps, settings.data.block_s, settings.data.val_fraction, settings.train.seed,
                           clean.bag)
