@@ -13,6 +13,10 @@ from .config_files import config_path
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
+    if args.which == "zoo":
+        from .bench import zoo
+        return zoo.zoo_command(args)
+
     from .bench import models as bench
 
     results = {}
@@ -189,11 +193,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench import zoo
+    from .core.families import FAMILIES
+    from .core.families import table as families_table
+
     parser = argparse.ArgumentParser(prog="mdgm-ros", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     bench = sub.add_parser("bench", help="benchmarks; prints JSON with --json")
-    bench.add_argument("which", choices=["fusion", "train", "ros", "data", "soak", "all"])
+    bench.add_argument("which", choices=["fusion", "train", "ros", "data", "soak", "zoo", "all"],
+                       help="zoo: the PolyDigits benchmark of every model family (not part of 'all')")
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--iterations", type=int, default=2000)
     bench.add_argument("--threads", type=int, default=1,
@@ -207,12 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--bundle", default="", help="`bench soak`: bundle to run (default: a design-card-sized model)")
     bench.add_argument("--no-hostile", action="store_true",
                        help="`bench soak`: only the plain malformed messages, not the reliability issue's attacks")
+    zoo.add_zoo_arguments(bench)
     bench.set_defaults(func=_cmd_bench)
+    families_table.add_cli(sub)
 
     example = sub.add_parser("example", help="the model core end to end on synthetic data")
     example.add_argument("--out", default="demo_out")
     example.add_argument("--quick", action="store_true")
-    example.add_argument("--objective", default="mvae", choices=["elbo", "mvae", "mopoe", "mmvae", "mmjsd"])
+    example.add_argument("--objective", default="mvae", choices=list(FAMILIES))
     example.add_argument("--device", default="auto")
     example.add_argument("--seed", type=int, default=0)
     example.set_defaults(func=_cmd_example)
@@ -296,7 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:              # `mdgm-ros families | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import torch
 
 from ..core import BetaSchedule, MultimodalVAE, TrainConfig, Trainer, calibrate_anomaly, save_bundle, select_device
 from ..core import training as core_training
+from ..core.export import export_parts
 from ..core.modalities import Normalization
 from ..data import bags
 from ..data.dataset import AlignedDataset, check_bags, default_cache_dir, load_bags
@@ -74,27 +75,21 @@ def _restore_normalization(model: MultimodalVAE, state: dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------- ONNX
 def export_onnx(model: MultimodalVAE, folder: Path) -> list[str]:
-    """Encoders (normalised features -> mu, logvar) and decoders (z -> likelihood location) as ONNX,
-    batch dimension dynamic, for TensorRT on Jetson. Audio features are the log-mel spectrogram."""
+    """Every network of the model's family (encoders: normalised features -> mu, logvar; decoders: z ->
+    likelihood location; joint/subset encoders, bridges; see :func:`~mdgm_ros.core.export.export_parts`)
+    as ONNX, batch dimension dynamic, for TensorRT on Jetson. Audio features are the log-mel spectrogram."""
     import warnings
 
     model = model.eval()
     written = []
-    device = model.device
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name in model.names:
-            spec = model.specs[name]
-            x = torch.zeros(2, *spec.feature_shape, device=device)
-            z = torch.zeros(2, model.latent_dim, device=device)
-            for part, module, args, inputs, outputs in (
-                    ("encoder", model.encoders[name], (x,), ["features"], ["mu", "logvar"]),
-                    ("decoder", model.decoders[name], (z,), ["z"], ["loc"])):
-                file = folder / f"onnx_{name}_{part}.onnx"
-                torch.onnx.export(module, args, str(file), input_names=inputs, output_names=outputs,
-                                  dynamic_axes={inputs[0]: {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
-                                  dynamo=False, opset_version=17)
-                written.append(file.name)
+        for part in export_parts(model):
+            file = folder / f"{part.stem}.onnx"
+            torch.onnx.export(part.module, part.args, str(file), input_names=part.inputs, output_names=part.outputs,
+                              dynamic_axes={name: {0: "batch"} for name in (*part.inputs, *part.outputs)},
+                              dynamo=False, opset_version=17)
+            written.append(file.name)
     return written
 
 
@@ -321,10 +316,14 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
     if best["state"] is None:
         raise TrainError("no epoch finished; nothing to save")
     model.load_state_dict(best["state"])
-    log(f"best epoch {best['epoch'] + 1} (held-out loss {best['val'] / feature_dims(model):.4f} nats/dim); calibrating on "
-        f"{len(data.val)} held-out fault-free samples")
-    calibration = calibrate_anomaly(model, {k: v.to(model.device) for k, v in val_norm.items()},
-                                    val_mask.to(model.device), quantile=settings.calibration.quantile)
+    log(f"best epoch {best['epoch'] + 1} (held-out loss {best['val'] / feature_dims(model):.4f} nats/dim)")
+    calibration = None
+    if model.family.properties.missing_modalities:        # scores need inference without each modality
+        log(f"calibrating anomaly scores on {len(data.val)} held-out fault-free samples")
+        calibration = calibrate_anomaly(model, {k: v.to(model.device) for k, v in val_norm.items()},
+                                        val_mask.to(model.device), quantile=settings.calibration.quantile)
+    else:
+        log(f"no anomaly calibration: the {model.family.name} family infers only from all modalities")
     onnx_files: list[str] = []
 
     def attach(folder: Path) -> None:
