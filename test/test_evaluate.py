@@ -21,10 +21,23 @@ def test_anomaly_metrics_pool_content_faults_and_keep_dropouts_apart():
     out = anomaly_metrics(total, fault, valid, threshold=3.0)
     assert out["auroc"] == 1.0 and out["samples"] == 8 and out["fault_samples"] == 2
     assert out["per_fault"]["stream_dropout"] == {"auroc": 0.0, "average_precision": pytest.approx((1 / 7 + 2 / 8) / 2),
-                                                  "samples": 2, "pooled": False}
+                                                  "samples": 2, "pooled": False, "detected_at_threshold": 0.0}
     assert out["detected_at_threshold"] == 1.0 and out["false_alarms_at_threshold"] == 0.0
     valid[6] = False                                       # excluded rows (outages) do not count
     assert anomaly_metrics(total, fault, valid)["fault_samples"] == 1
+
+
+def test_fault_events_are_counted_per_span_with_their_detection_delay():
+    stamps = np.arange(12) * NS // 10                       # 10 Hz
+    fault = np.array([""] * 2 + ["collision"] * 3 + [""] * 2 + ["collision"] * 3 + [""] * 2)
+    total = np.array([0, 0, 1, 5, 5, 0, 0, 1, 1, 1, 0, 0], float)
+    out = anomaly_metrics(total, fault, np.ones(12, bool), threshold=3.0, stamps=stamps)
+    collision = out["per_fault"]["collision"]
+    assert collision["events"] == 2 and collision["events_detected"] == 1
+    assert collision["median_delay_s"] == pytest.approx(0.1) and collision["detected_at_threshold"] == pytest.approx(2 / 6)
+    bag = np.array([0] * 6 + [1] * 6)                        # a span never joins rows of two bags
+    assert anomaly_metrics(total, fault, np.ones(12, bool), 3.0, stamps % (6 * NS // 10), bag)["per_fault"][
+        "collision"]["events"] == 2
 
 
 def test_last_value_is_the_row_before_each_outage_block():

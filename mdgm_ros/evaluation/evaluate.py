@@ -171,7 +171,8 @@ def anomaly_metrics(total: np.ndarray, fault: np.ndarray, valid: np.ndarray, thr
                  "samples": int((valid & (fault == kind)).sum()), "pooled": kind not in NOT_POOLED}
         if flagged is not None:
             entry["detected_at_threshold"] = _rate(flagged, valid & (fault == kind))
-            entry.update(_event_detection([e for e in events if e[0] == kind], flagged, stamps))
+            if stamps is not None:
+                entry.update(_event_detection([e for e in events if e[0] == kind], flagged, stamps))
         out["per_fault"][kind] = entry
     return out
 
