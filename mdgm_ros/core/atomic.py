@@ -76,8 +76,9 @@ def recover_dir(target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (its entries) by path."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -95,4 +96,4 @@ def replace_dir(tmp: Path, target: Path) -> None:
         os.rename(target, old / "bundle")
         os.rename(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(target.parent)
+    fsync_path(target.parent)

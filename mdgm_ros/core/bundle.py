@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
-from .atomic import publish_modes, recover_dir, replace_dir
+from .atomic import fsync_path, publish_modes, recover_dir, replace_dir
 from .inference import AnomalyCalibration
 from .modalities import Normalization, SpecError
 from .model import ModelConfig, MultimodalVAE
@@ -84,14 +84,6 @@ def _write_json(path: Path, data: Any) -> None:
         os.fsync(fh.fileno())
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def content_hash(file_hashes: dict[str, str]) -> str:
     joined = "".join(f"{name}:{digest}\n" for name, digest in sorted(file_hashes.items()))
     return hashlib.sha256(joined.encode()).hexdigest()
@@ -121,7 +113,7 @@ def _write_contents(folder: Path, model: MultimodalVAE, calibration: AnomalyCali
                     name: str, extra: dict[str, Any], attach: Callable[[Path], None] | None = None) -> None:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS), metadata={"format": FORMAT})
-    _fsync_file(folder / WEIGHTS)
+    fsync_path(folder / WEIGHTS)
     _write_json(folder / CONFIG, model.config.to_dict())
     norms = {m.name: m.normalization.to_dict() for m in model.config.modalities if m.normalization is not None}
     _write_json(folder / NORMALIZATION, norms)
@@ -132,7 +124,7 @@ def _write_contents(folder: Path, model: MultimodalVAE, calibration: AnomalyCali
         for path in folder.iterdir():
             if not path.is_file():
                 raise BundleError(f"attached {path.name!r} is not a plain file")
-            _fsync_file(path)
+            fsync_path(path)
     files = {p.name: _sha256(p) for p in sorted(folder.iterdir())}
     digest = content_hash(files)
     from .. import __version__

@@ -191,6 +191,28 @@ def anomaly_scores(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask
     return standardize_scores(model, nll, calibration)
 
 
+def calibration_from_nll(model: MultimodalVAE, nll: torch.Tensor, quantile: float = 0.99,
+                         n_samples: int = 0) -> AnomalyCalibration:
+    """Anomaly calibration from normal-data NLLs (N, M; NaN where a modality is missing): per-modality
+    mean/std of the NLL, and the ``quantile`` of the standardised scores as thresholds."""
+    if not 0.5 <= quantile < 1.0:
+        raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
+    values = nll.detach().cpu().double().numpy()
+    mean, std = {}, {}
+    for j, name in enumerate(model.names):
+        column = values[:, j][~np.isnan(values[:, j])]
+        if column.size < 2:
+            raise ValueError(f"anomaly calibration needs >= 2 samples where {name!r} is observed")
+        mean[name], std[name] = float(column.mean()), float(max(column.std(), 1e-6))
+    calibration = AnomalyCalibration(mean, std, {}, quantile, n_samples, int(values.shape[0]))
+    scores, total = standardize_scores(model, torch.from_numpy(values), calibration)
+    for j, name in enumerate(model.names):
+        column = scores[:, j][~torch.isnan(scores[:, j])]
+        calibration.threshold[name] = float(torch.quantile(column, quantile))
+    calibration.threshold["total"] = float(torch.quantile(total[~torch.isnan(total)], quantile))
+    return calibration
+
+
 def calibrate_anomaly(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
                       quantile: float = 0.99, n_samples: int = 0, batch_size: int = 256,
                       generator: torch.Generator | None = None) -> AnomalyCalibration:
@@ -205,21 +227,7 @@ def calibrate_anomaly(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], m
             full = model.complete(part, m)
             mu, logvar = model.experts(full, m)
             chunks.append(leave_one_out_nll(model, full, mu, logvar, m, n_samples, generator))
-    nll = torch.cat(chunks).cpu().numpy()
-    mean, std = {}, {}
-    for j, name in enumerate(model.names):
-        column = nll[:, j][~np.isnan(nll[:, j])]
-        if column.size < 2:
-            raise ValueError(f"anomaly calibration needs >= 2 samples where {name!r} is observed")
-        mean[name] = float(column.mean())
-        std[name] = float(max(column.std(), 1e-6))
-    calibration = AnomalyCalibration(mean, std, {}, quantile, n_samples, int(mask.shape[0]))
-    scores, total = standardize_scores(model, torch.from_numpy(nll), calibration)
-    for j, name in enumerate(model.names):
-        column = scores[:, j][~torch.isnan(scores[:, j])]
-        calibration.threshold[name] = float(torch.quantile(column, quantile))
-    calibration.threshold["total"] = float(torch.quantile(total[~torch.isnan(total)], quantile))
-    return calibration
+    return calibration_from_nll(model, torch.cat(chunks), quantile, n_samples)
 
 
 # --------------------------------------------------------------------------- the fusion step

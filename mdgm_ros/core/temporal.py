@@ -33,7 +33,7 @@ from . import posterior as post
 from .families.base import FamilyError
 from .families.temporal import (TRANSITION, check_actions, flatten_steps, is_temporal, options_of,
                                 poe_with_prior, sequence_experts, sequence_objective)
-from .inference import AnomalyCalibration, FusionResult, Imputation, standardize_scores
+from .inference import AnomalyCalibration, FusionResult, Imputation, calibration_from_nll, standardize_scores
 from .model import MultimodalVAE
 from .training import EpochRecord, TrainConfig
 
@@ -261,26 +261,6 @@ def predictive_nll_sequence(model: MultimodalVAE, feats: Mapping[str, torch.Tens
                          filtered.prior_mean.reshape(batch * steps, dim),
                          filtered.prior_logvar.reshape(batch * steps, dim))
     return nll.reshape(batch, steps, n_mod)
-
-
-def calibration_from_nll(model: MultimodalVAE, nll: torch.Tensor, quantile: float = 0.99) -> AnomalyCalibration:
-    """Anomaly calibration (per-modality mean/std, quantile thresholds) from normal-data NLLs (N, M)."""
-    if not 0.5 <= quantile < 1.0:
-        raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
-    values = nll.detach().cpu().double().numpy()
-    mean, std = {}, {}
-    for j, name in enumerate(model.names):
-        column = values[:, j][~np.isnan(values[:, j])]
-        if column.size < 2:
-            raise ValueError(f"anomaly calibration needs >= 2 samples where {name!r} is observed")
-        mean[name], std[name] = float(column.mean()), float(max(column.std(), 1e-6))
-    calibration = AnomalyCalibration(mean, std, {}, quantile, 0, int(values.shape[0]))
-    scores, total = standardize_scores(model, torch.from_numpy(values), calibration)
-    for j, name in enumerate(model.names):
-        column = scores[:, j][~torch.isnan(scores[:, j])]
-        calibration.threshold[name] = float(torch.quantile(column, quantile))
-    calibration.threshold["total"] = float(torch.quantile(total[~torch.isnan(total)], quantile))
-    return calibration
 
 
 @torch.no_grad()
