@@ -37,6 +37,20 @@ def test_train_writes_a_bundle_of_every_family(family_bundles):
         assert (bundle.calibration is not None) == bundle.model.family.properties.missing_modalities, family
 
 
+def test_evaluate_runs_on_every_family(family_bundles, sim_bag, tmp_path):
+    from mdgm_ros.evaluation.evaluate import evaluate_bags
+
+    _, bundles = family_bundles
+    for family in ("jvae", "telbo", "bridged"):
+        report = evaluate_bags(bundles[family], [str(sim_bag[0])], ROOT / "config" / "fusion.yaml",
+                               plots=tmp_path / family, log=lambda m: None)
+        assert report["latent"]["samples"] > 0 and (tmp_path / family / "latent_2d.png").is_file(), family
+        if load_bundle(bundles[family]).model.family.properties.missing_modalities:
+            assert set(report["imputation"]) == {"camera", "joints", "audio", "tactile"} and not report["notes"]
+        else:
+            assert report["imputation"] == {} and "infers only from all modalities" in report["notes"][0]
+
+
 def test_the_fusion_node_runs_every_family_bundle_over_dds(family_bundles, tmp_path):
     import rclpy
     from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue

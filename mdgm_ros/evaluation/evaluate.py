@@ -210,9 +210,7 @@ def _event_detection(events: list[tuple[str, np.ndarray]], flagged: np.ndarray,
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """What ``mdgm-ros evaluate`` and the demo print."""
-    lines = []
-    if report.get("warnings"):
-        lines += [f"warning: {w}" for w in report["warnings"]]
+    lines = [f"warning: {w}" for w in report.get("warnings", [])] + [f"note: {n}" for n in report.get("notes", [])]
     lines += ["imputation error (standardised MSE; lower is better):",
               f"  {'modality':9s} {'model':>8s} {'mean':>8s} {'last':>8s}  samples"]
     for name, v in report["imputation"].items():
@@ -231,7 +229,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"  {kind:17s} {v['auroc']:6.3f} {v['average_precision']:6.3f} "
                      f"{_pct(v.get('detected_at_threshold', np.nan)):>9s} {events:>7s} {delay:>7s}  {v['samples']}"
                      f"{'' if v['pooled'] else ' (not pooled)'}")
-    if not a["per_fault"]:
+    if not a["per_fault"] and not report.get("notes"):
         lines.append("  no fault labels in these bags: AUROC needs labels (a BAG.labels.yaml sidecar, see "
                      "`mdgm-ros label`, or a label topic)")
     lat = report["latent"]
@@ -284,14 +282,22 @@ def evaluate_offline(em: EvalModel, data: AlignedDataset, out_dir: Path | None =
                      dropout_s: float = 1.0, title: str = "", bag_names: list[str] | None = None) -> dict[str, Any]:
     from . import plots
 
-    total, scores = offline_scores(em, data)
+    family = em.model.family
+    notes = []
+    if not family.properties.missing_modalities:          # e.g. JVAE: inference from all modalities only
+        notes.append(f"the {family.name} family infers only from all modalities: {int((~data.mask.all(1)).sum())} "
+                     "samples with a missing stream left out; no imputation or anomaly scores")
+        data = data.subset(data.mask.all(1))
+        total, scores = np.full(len(data), np.nan), np.full((len(data), len(em.model.names)), np.nan)
+    else:
+        total, scores = offline_scores(em, data)
     valid = ~(data.near_fault & (data.fault == ""))            # settling after a fault: neither
     threshold = em.bundle.calibration.threshold["total"] if em.bundle.calibration else None
     means, stds = offline_latents(em, data)
     report = {"model_id": em.bundle.model_id, "samples": len(data),
-              "imputation": offline_imputation(em, data, dropout_s),
+              "imputation": offline_imputation(em, data, dropout_s) if not notes else {},
               "anomaly": anomaly_metrics(total, data.fault, valid, threshold, data.stamps, data.bag),
-              "latent": latent_stats(means, stds),
+              "latent": latent_stats(means, stds), "notes": notes,
               "protocol": {"mode": "offline", "dropout_s": dropout_s}}
     if out_dir is not None:
         report["plots"] = plots.write_all(out_dir, em, data, total, scores, threshold, means,

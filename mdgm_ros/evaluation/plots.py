@@ -166,7 +166,7 @@ def write_all(out_dir: Path, em, data, total: np.ndarray, scores: np.ndarray, th
         per_modality={n: scores[first_bag, j] for j, n in enumerate(names)},
         title=f"{em.bundle.model_id} on {bag_names[0]}" if bag_names else title,
         modality_thresholds=calibration.threshold if calibration else None)}
-    if "camera" in names:
+    if "camera" in names and model.family.properties.missing_modalities:
         j = names.index("camera")
         rows = pick_frames(8, np.flatnonzero(data.mask.all(1) & (data.fault == "")))
         raw = data.float_raw()
