@@ -118,3 +118,19 @@ def trained_bundle(sim_bag, tmp_path_factory):
                           overrides={"training.epochs": 2, "data.cache": False, "data.block_s": 3.0},
                           log=lambda m: None, show_bar=False)
     return out, result
+
+
+@pytest.fixture
+def ros_node():
+    """(an rclpy node in this process, the environment of a private ROS domain for child processes)."""
+    import rclpy
+
+    from mdgm_ros.ros.processes import private_ros_env
+    env = private_ros_env()
+    rclpy.init()
+    node = rclpy.create_node("test_client")
+    try:
+        yield node, env
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from ros_env import ROOT, private_ros_env, spin_until, stop
+from ros_env import private_ros_env, spin_until, stop
 
 ECHO = textwrap.dedent("""
     import rclpy

@@ -11,22 +11,9 @@ import pytest
 
 from mdgm_ros.data import bags
 
-from ros_env import ROOT, private_ros_env, spin_for, spin_until, start, stop
+from ros_env import ROOT, spin_for, spin_until, start, stop
 
 NS = 1_000_000_000
-
-
-@pytest.fixture
-def probe():
-    import rclpy
-    env = private_ros_env()
-    rclpy.init()
-    node = rclpy.create_node("probe")
-    try:
-        yield node, env
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
 
 
 def _subscribe_all(node, record):
@@ -46,8 +33,8 @@ def _stamp(msg) -> int:
     return msg.header.stamp.sec * NS + msg.header.stamp.nanosec
 
 
-def test_play_replays_a_bag_with_its_timing_clock_and_drops(probe, sim_bag, tmp_path):
-    node, env = probe
+def test_play_replays_a_bag_with_its_timing_clock_and_drops(ros_node, sim_bag, tmp_path):
+    node, env = ros_node
     record = defaultdict(list)
     _subscribe_all(node, record)
     bag, result = sim_bag
@@ -76,8 +63,8 @@ def test_play_replays_a_bag_with_its_timing_clock_and_drops(probe, sim_bag, tmp_
     assert clocks == sorted(clocks) and clocks[-1] - clocks[0] > 15 * NS
 
 
-def test_sim_robot_node_publishes_the_live_topics(probe, tmp_path):
-    node, env = probe
+def test_sim_robot_node_publishes_the_live_topics(ros_node, tmp_path):
+    node, env = ros_node
     record = defaultdict(list)
     _subscribe_all(node, record)
     proc = start("mdgm_ros.ros.sim_robot_node", "--ros-args", "-p", "duration:=4.0", env=env, log=tmp_path / "sim.log")
@@ -98,12 +85,12 @@ def test_sim_robot_node_publishes_the_live_topics(probe, tmp_path):
     assert abs(stamps[-1] / NS - time.time()) < 5                     # stamped with the node's (wall) clock
 
 
-def test_trainer_node_trains_then_reloads_the_fusion_node(probe, sim_bag, trained_bundle, tmp_path):
+def test_trainer_node_trains_then_reloads_the_fusion_node(ros_node, sim_bag, trained_bundle, tmp_path):
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from mdgm_ros.msg import ModelInfo
 
-    node, env = probe
+    node, env = ros_node
     env = {**env, "MDGM_ROS_CACHE": str(tmp_path / "cache")}
     infos, diagnostics = [], []
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -144,10 +131,10 @@ def test_cli_simulate_writes_sqlite3_and_refuses_an_existing_bag(tmp_path):
     assert again.returncode == 2 and "exists" in again.stderr
 
 
-def test_play_loops_and_the_stamps_start_over(probe, tmp_path):
+def test_play_loops_and_the_stamps_start_over(ros_node, tmp_path):
     from mdgm_ros.sim.record import simulate_to_bag
 
-    node, env = probe
+    node, env = ros_node
     record = defaultdict(list)
     _subscribe_all(node, record)
     bag = tmp_path / "short"

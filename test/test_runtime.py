@@ -119,7 +119,6 @@ def test_diagnostics_go_stale_and_error_within_a_window_when_the_camera_stops_an
 
 
 def _set(runtime, node: str, **values):
-    from rcl_interfaces.msg import Parameter
     from rcl_interfaces.srv import SetParameters
     from rclpy.parameter import Parameter as Param
     from ros_env import call

@@ -5,23 +5,9 @@ from __future__ import annotations
 
 import signal
 
-import pytest
 from action_msgs.msg import GoalStatus
 
-from ros_env import ROOT, private_ros_env, spin_until, start, stop
-
-
-@pytest.fixture
-def client_node():
-    import rclpy
-    env = private_ros_env()
-    rclpy.init()
-    node = rclpy.create_node("train_client")
-    try:
-        yield node, env
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+from ros_env import ROOT, spin_until, start, stop
 
 
 def _send(node, client, goal, on_feedback, timeout=30.0):
@@ -38,14 +24,14 @@ def _result(node, handle, timeout):
     return future.result()
 
 
-def test_train_action_feedback_cancel_and_reload(client_node, sim_bag, trained_bundle, tmp_path):
+def test_train_action_feedback_cancel_and_reload(ros_node, sim_bag, trained_bundle, tmp_path):
     from rclpy.action import ActionClient
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
     from mdgm_ros.action import Train
     from mdgm_ros.msg import ModelInfo
 
-    node, env = client_node
+    node, env = ros_node
     env = {**env, "MDGM_ROS_CACHE": str(tmp_path / "cache")}
     infos = []
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)

@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 

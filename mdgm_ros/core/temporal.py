@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 
 from . import posterior as post

@@ -240,7 +240,7 @@ class Trainer:
                   val: tuple[Mapping[str, torch.Tensor], torch.Tensor] | None = None,
                   on_batch: Callable[[int, int], None] | None = None) -> EpochRecord:
         """One pass over the data (then the validation loss); ``on_batch(done, total)`` reports progress."""
-        model, config, device = self.model, self.config, self.model.device
+        model = self.model
         model.train()
         stage = self._objective_stage()
         self._freeze_for_stage()

@@ -36,7 +36,6 @@ from . import bags
 from .labels import DEFAULT_LABEL_TOPIC, FaultLabel, find_sidecar, mark_faults, read_sidecar
 
 CACHE_VERSION = 1
-FAULT_TOPIC = DEFAULT_LABEL_TOPIC
 PHASE_TOPIC = "/sim/task_phase"
 
 

@@ -6,7 +6,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.labels import FaultLabel
 
 # kind -> what happens (see robot.PandaTableSim for the mechanics)
 FAULT_KINDS = {

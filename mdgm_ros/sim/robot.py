@@ -13,7 +13,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .faults import FaultLabel, FaultSpec
+from ..data.labels import FaultLabel
+from .faults import FaultSpec
 from .quiet import quiet_c_output
 
 with quiet_c_output():           # pybullet prints its build-time banner from C on import
