@@ -1,8 +1,9 @@
 """The networks of a model as exportable parts (ONNX/TensorRT), whatever its family.
 
 Each part is a module with example inputs and input/output names: the per-modality decoders
-(z -> likelihood location), the unimodal encoders (normalised features -> mu, logvar) and every
-network the family adds (subset/joint encoders take one feature tensor per modality, in model order;
+(z -> likelihood location; with private latents z = [c, s_m]), the unimodal encoders (normalised
+features -> mu, logvar), the private encoders q(s_m | x_m) (same signature) and every network the
+family adds (subset/joint encoders take one feature tensor per modality, in model order;
 bridged single-modality posteriors are wrapped as modules). Exporters loop over :func:`export_parts`
 instead of assuming one encoder per modality.
 """
@@ -40,7 +41,7 @@ class UnimodalPosterior(nn.Module):
 def export_parts(model: MultimodalVAE, batch: int = 2) -> list[ExportPart]:
     device = model.device
     feats = {n: torch.zeros(batch, *model.specs[n].feature_shape, device=device) for n in model.names}
-    z = torch.zeros(batch, model.latent_dim, device=device)
+    z = torch.zeros(batch, model.latent_dim + model.private_dim, device=device)    # [c, s_m] with private latents
     parts = []
     for name in model.names:
         encoder = model.encoders[name] if name in model.encoders else None
@@ -49,6 +50,9 @@ def export_parts(model: MultimodalVAE, batch: int = 2) -> list[ExportPart]:
         if encoder is not None:
             parts.append(ExportPart(f"onnx_{name}_encoder", encoder, (feats[name],), ["features"], ["mu", "logvar"]))
         parts.append(ExportPart(f"onnx_{name}_decoder", model.decoders[name], (z,), ["z"], ["loc"]))
+        if name in model.private_encoders:
+            parts.append(ExportPart(f"onnx_{name}_private_encoder", model.private_encoders[name], (feats[name],),
+                                    ["features"], ["mu", "logvar"]))
     for subset in model.subset_names:
         key = "__".join(subset)
         parts.append(ExportPart(f"onnx_subset_{key}_encoder", model.subset_encoders[key],

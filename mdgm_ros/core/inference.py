@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from . import posterior as post
+from .families.private import private_codes
 from .model import MultimodalVAE
 
 
@@ -37,12 +38,13 @@ def _targets_mask(model: MultimodalVAE, targets: Sequence[str], batch: int, devi
 
 
 def _log_likelihood_sum(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], z: torch.Tensor,
-                        target_mask: torch.Tensor) -> torch.Tensor:
-    """sum over targets of log p(x_m | z), unweighted, for z (..., B, D): (..., B)."""
+                        target_mask: torch.Tensor, private: torch.Tensor | None = None) -> torch.Tensor:
+    """sum over targets of log p(x_m | z [, s_m = private[m]]), unweighted, for z (..., B, D): (..., B)."""
     total = torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
     for j, name in enumerate(model.names):
         if bool(target_mask[:, j].any()):
-            ll = model.log_likelihood(name, feats[name], model.decode(name, z))
+            s = None if private is None else private[j]
+            ll = model.log_likelihood(name, feats[name], model.decode(name, z, s))
             total = total + torch.where(target_mask[:, j], ll, torch.zeros((), dtype=z.dtype, device=z.device))
     return total
 
@@ -56,9 +58,23 @@ def iwae_log_likelihood(model: MultimodalVAE, feats: Mapping[str, torch.Tensor],
     feats = model.complete(feats, mask)
     mu, logvar = model.experts(feats, mask)
     z = posterior_samples(model, mu, logvar, mask, n_samples, generator)
-    log_w = (_log_likelihood_sum(model, feats, z, mask) + post.standard_normal_log_prob(z)
-             - posterior_log_prob(model, z, mu, logvar, mask))
+    log_w = post.standard_normal_log_prob(z) - posterior_log_prob(model, z, mu, logvar, mask)
+    if model.private_dim:
+        log_w = log_w + _private_log_weights(model, feats, mask, z, generator)
+    else:
+        log_w = log_w + _log_likelihood_sum(model, feats, z, mask)
     return torch.logsumexp(log_w, 0) - math.log(n_samples)
+
+
+def _private_log_weights(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+                         z: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """The private part of log w with the proposal q(s_m | x_m) for the observed m: sum over m in O of
+    log p(x_m | z, s_m) + log p(s_m) - log q(s_m | x_m), s_m ~ q(s_m | x_m): (K, B)."""
+    s_mu, s_lv = model.private_experts(feats, mask)
+    s = post.reparameterize(s_mu, s_lv, z.shape[0], generator).transpose(0, 1)        # (M, K, B, P)
+    log_ratio = post.standard_normal_log_prob(s) - post.gaussian_log_prob(s, s_mu[:, None], s_lv[:, None])
+    log_ratio = torch.where(mask.t()[:, None, :], log_ratio, torch.zeros_like(log_ratio)).sum(0)
+    return _log_likelihood_sum(model, feats, z, mask, s) + log_ratio
 
 
 def conditional_log_likelihood(model: MultimodalVAE, feats: Mapping[str, torch.Tensor],
@@ -70,7 +86,8 @@ def conditional_log_likelihood(model: MultimodalVAE, feats: Mapping[str, torch.T
     feats = model.complete(feats, cond_mask | target_mask)
     mu, logvar = model.experts(feats, cond_mask)
     z = posterior_samples(model, mu, logvar, cond_mask, n_samples, generator)
-    return torch.logsumexp(_log_likelihood_sum(model, feats, z, target_mask), 0) - math.log(n_samples)
+    private = private_codes(model, feats, cond_mask, n_samples, generator) if model.private_dim else None
+    return torch.logsumexp(_log_likelihood_sum(model, feats, z, target_mask, private), 0) - math.log(n_samples)
 
 
 # --------------------------------------------------------------------------- imputation
@@ -84,16 +101,20 @@ class Imputation:
 
 def impute_from_experts(model: MultimodalVAE, mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor,
                         targets: Sequence[str], n_samples: int = 0,
-                        generator: torch.Generator | None = None) -> dict[str, Imputation]:
+                        generator: torch.Generator | None = None,
+                        private: torch.Tensor | None = None) -> dict[str, Imputation]:
     """Decode ``targets`` from q(z | X_mask). ``n_samples=0`` decodes the posterior mean (fast, the
-    decoder's own spread); K > 0 averages K posterior samples and adds their spread (total variance)."""
+    decoder's own spread); K > 0 averages K posterior samples and adds their spread (total variance).
+    ``private``: each modality's s_m for families with private latents (:func:`private_codes`; None:
+    the generation prior's mean)."""
     if n_samples == 0:
         z = model.posterior_summary(mu, logvar, mask)[0]
     else:
         z = posterior_samples(model, mu, logvar, mask, n_samples, generator)
     out = {}
     for name in targets:
-        mean, std = model.output_moments(name, model.decode(name, z))
+        s = None if private is None else private[model.names.index(name)]
+        mean, std = model.output_moments(name, model.decode(name, z, s))
         if n_samples:
             variance = (std ** 2).mean(0) + mean.var(0, unbiased=False)
             mean, std = mean.mean(0), variance.sqrt()
@@ -107,7 +128,8 @@ def impute(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.
     """Impute any target modalities from the observed subset ``mask`` (normalised feature units)."""
     feats = model.complete(feats, mask)
     mu, logvar = model.experts(feats, mask)
-    return impute_from_experts(model, mu, logvar, mask, targets, n_samples, generator)
+    private = private_codes(model, feats, mask, n_samples, generator) if model.private_dim else None
+    return impute_from_experts(model, mu, logvar, mask, targets, n_samples, generator, private)
 
 
 # --------------------------------------------------------------------------- anomaly scores
@@ -154,15 +176,24 @@ def leave_one_out_nll(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], m
         z = posterior_samples(model, mu_rep, lv_rep, loo_mask, n_samples, generator)
         z = z.reshape(n_samples, n_mod, batch, dim)
     nll = torch.full((batch, n_mod), float("nan"), dtype=mu.dtype, device=mu.device)
+    private = _left_out_private(model, feats, mask, n_samples, generator)
     for j, name in enumerate(model.names):
         if not bool(mask[:, j].any()):
             continue
         z_j = z[j] if n_samples == 0 else z[:, j]
-        ll = model.log_likelihood(name, feats[name], model.decode(name, z_j))
+        ll = model.log_likelihood(name, feats[name], model.decode(name, z_j, None if private is None else private[j]))
         if n_samples:
             ll = torch.logsumexp(ll, 0) - math.log(n_samples)
         nll[:, j] = torch.where(mask[:, j], -ll, nll[:, j])
     return nll
+
+
+def _left_out_private(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+                      n_samples: int, generator: torch.Generator | None) -> torch.Tensor | None:
+    """s_m for decoding x_m with m left out: the generation prior's samples (None: its mean)."""
+    if not model.private_dim or n_samples == 0:
+        return None
+    return private_codes(model, feats, torch.zeros_like(mask), n_samples, generator)
 
 
 def standardize_scores(model: MultimodalVAE, nll: torch.Tensor, calibration: AnomalyCalibration | None
@@ -241,6 +272,9 @@ class FusionResult:
     imputed: dict[str, Imputation] = field(default_factory=dict)
     scores: torch.Tensor | None = None
     total_score: torch.Tensor | None = None
+    # families with private latents: q(s_m | .) of each observed modality, mean and std (B, P)
+    private_mean: dict[str, torch.Tensor] = field(default_factory=dict)
+    private_std: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Fuser:
@@ -271,12 +305,22 @@ class Fuser:
         z_mean, z_logvar = model.posterior_summary(mu, logvar, mask)
         result = FusionResult(z_mean, torch.exp(0.5 * z_logvar))
         targets = [n for j, n in enumerate(model.names) if self.impute_present or not bool(mask[:, j].all())]
-        imputed = impute_from_experts(model, mu, logvar, mask, targets, self.n_samples)
+        private = self._private_latents(result, feats, mask, observed) if model.private_dim else None
+        imputed = impute_from_experts(model, mu, logvar, mask, targets, self.n_samples, private=private)
         self._store_imputations(result, {n: (i.mean, i.std) for n, i in imputed.items()})
         if self.anomaly and self.model.family.properties.missing_modalities:
             nll = leave_one_out_nll(model, feats, mu, logvar, mask, self.n_samples)
             result.scores, result.total_score = standardize_scores(model, nll, self.calibration)
         return result
+
+    def _private_latents(self, result: FusionResult, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+                         observed: list[str]) -> torch.Tensor:
+        """Store q(s_m | .) of the observed modalities in ``result``; return the codes to decode with."""
+        s_mu, s_lv = self.model.private_experts(feats, mask)
+        for name in observed:
+            j = self.model.names.index(name)
+            result.private_mean[name], result.private_std[name] = s_mu[j], torch.exp(0.5 * s_lv[j])
+        return private_codes(self.model, feats, mask, self.n_samples)
 
     def _fused_closed_form(self, raw: Mapping[str, torch.Tensor], observed: list[str]) -> FusionResult:
         """Every row observes the same modalities (always so at batch 1) and the posterior is a PoE:

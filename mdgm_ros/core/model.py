@@ -49,6 +49,9 @@ class ModelConfig:
     # builders by name (mdgm_ros.core.networks.register_network): {"<modality>": {"encoder": {"name":
     # ..., **options}, "decoder": {...}}, "subset": {"name": ..., **options}}; empty = the defaults
     networks: Mapping[str, Any] = field(default_factory=dict)
+    # size of each modality's private latent s_m (families with modality-specific latents; decoders
+    # then take [c, s_m]); None: the family's default, 0 for families without private latents
+    private_dim: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modalities", tuple(self.modalities))
@@ -69,6 +72,7 @@ class ModelConfig:
             raise SpecError("at most 8 modalities (subset enumeration grows as 2^M)")
         object.__setattr__(self, "objective_options", dict(self.objective_options))
         object.__setattr__(self, "networks", _checked_networks(self.networks, self.names))
+        object.__setattr__(self, "private_dim", _checked_private_dim(self.private_dim, family))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -78,13 +82,25 @@ class ModelConfig:
         return {"modalities": [m.to_dict() for m in self.modalities], "latent_dim": self.latent_dim,
                 "objective": self.objective, "fusion": self.fusion,
                 "proper_subsets_include_prior": self.proper_subsets_include_prior,
-                "objective_options": dict(self.objective_options), "networks": dict(self.networks)}
+                "objective_options": dict(self.objective_options), "networks": dict(self.networks),
+                **({"private_dim": self.private_dim} if self.private_dim else {})}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
         kwargs = checked_fields(cls, data, ("modalities",), "model config")
         kwargs["modalities"] = tuple(ModalitySpec.from_dict(m) for m in data["modalities"])
         return cls(**kwargs)
+
+
+def _checked_private_dim(value: Any, family: Any) -> int:
+    default = int(getattr(family, "private_latent_dims", 0) or 0)
+    value = default if value is None else value
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1024:
+        raise SpecError(f"private_dim must be an integer in [0, 1024], got {value!r}")
+    if bool(value) != bool(default):
+        state = "needs private latents (private_dim >= 1)" if default else "has no private latents (private_dim 0)"
+        raise SpecError(f"objective {family.name!r} {state}, got private_dim={value}")
+    return value
 
 
 def _checked_networks(networks: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
@@ -94,8 +110,8 @@ def _checked_networks(networks: Mapping[str, Any], names: tuple[str, ...]) -> di
         if key != "subset" and key not in names:
             raise SpecError(f"networks: {key!r} is neither a modality {list(names)} nor 'subset'")
         entries = {"subset": value} if key == "subset" else value
-        if not isinstance(entries, Mapping) or (key != "subset" and set(entries) - {"encoder", "decoder"}):
-            raise SpecError(f"networks[{key!r}] must map 'encoder'/'decoder' to {{'name': ..., **options}}")
+        if not isinstance(entries, Mapping) or (key != "subset" and set(entries) - {"encoder", "decoder", "private"}):
+            raise SpecError(f"networks[{key!r}] must map 'encoder'/'decoder'/'private' to {{'name': ..., **options}}")
         for entry in entries.values():
             if not isinstance(entry, Mapping) or not isinstance(entry.get("name", "default"), str):
                 raise SpecError(f"networks[{key!r}]: each entry is {{'name': <registered builder>, **options}}")
@@ -118,9 +134,15 @@ class MultimodalVAE(nn.Module):
         self.encoders = nn.ModuleDict({
             m.name: build_network("encoder", nets.get(m.name, {}).get("encoder"), m, config.latent_dim)
             for m in config.modalities if self.family.unimodal_encoders})
+        self.private_dim = int(config.private_dim or 0)
         self.decoders = nn.ModuleDict({
-            m.name: build_network("decoder", nets.get(m.name, {}).get("decoder"), m, config.latent_dim)
+            m.name: build_network("decoder", nets.get(m.name, {}).get("decoder"), m,
+                                  config.latent_dim + self.private_dim)
             for m in config.modalities})
+        # q(s_m | x_m): one encoder per modality (role "encoder", config key "private"); none without s_m
+        self.private_encoders = nn.ModuleDict({
+            m.name: build_network("encoder", nets.get(m.name, {}).get("private"), m, self.private_dim)
+            for m in config.modalities if self.private_dim})
         try:
             self.subset_names = self.family.subsets(config)
         except ValueError as err:
@@ -222,11 +244,17 @@ class MultimodalVAE(nn.Module):
             logvars.append(logvar)
         return torch.stack(mus), torch.stack(logvars)
 
-    def _encode_rows(self, encoder: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None, inputs: list[torch.Tensor], rows: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    def private_experts(self, feats: Mapping[str, torch.Tensor], mask: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The private posteriors q(s_m | .) stacked (M, B, P), by the family's rule (default: the
+        modality's private encoder); rows where m is missing hold N(0, I)'s numbers, never read."""
+        return self.family.private_posteriors(self, feats, mask)
+
+    def _encode_rows(self, encoder: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None, inputs: list[torch.Tensor], rows: torch.Tensor,
+                     dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         batch = rows.shape[0]
         dtype = inputs[0].dtype if inputs else None      # a float64 model keeps float64 placeholders
-        mu = torch.zeros((batch, self.latent_dim), device=rows.device, dtype=dtype)
+        mu = torch.zeros((batch, dim or self.latent_dim), device=rows.device, dtype=dtype)
         logvar = torch.zeros_like(mu)
         if encoder is None or not bool(rows.any()):
             return mu, logvar
@@ -253,7 +281,14 @@ class MultimodalVAE(nn.Module):
         return self.family.posterior_summary(self, mu, logvar, mask)
 
     # ----------------------------------------------------------------- decoding / likelihood
-    def decode(self, name: str, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, name: str, z: torch.Tensor, private: torch.Tensor | None = None) -> torch.Tensor:
+        """Likelihood location of ``name`` from the shared z (..., D); with private latents the decoder
+        takes [z, s_m], s_m = ``private`` (broadcast to z's leading dims) or, if None, the mean of the
+        family's generation prior for s_m (cross-modal generation by the mean)."""
+        if self.private_dim:
+            if private is None:
+                private = self.family.private_prior(self, name)[0].to(z.dtype)
+            z = torch.cat([z, private.expand(*z.shape[:-1], self.private_dim)], dim=-1)
         return self.decoders[name](z)
 
     def log_scale(self, name: str) -> torch.Tensor:

@@ -1,0 +1,116 @@
+"""MMVAE+ (Palumbo, Daunhawer & Vogt 2023; not in the survey): MMVAE's mixture of experts for the shared
+c, a private w_m per modality, and an *auxiliary prior* r_m(w_m) that supplies w_n whenever x_n is
+reconstructed from another modality's c, so c alone must carry what the modalities share.
+
+.. math::
+    q(c|X_O) = \\frac{1}{|O|}\\sum_{m\\in O} q(c|x_m)
+
+    \\mathcal{L}(X_O) = \\frac{1}{|O|}\\sum_{m\\in O}\\mathbb{E}_{(c, w_m)^{1:K}\\sim q(c|x_m)q(w_m|x_m),\\
+        w_{n\\neq m}^{1:K}\\sim r_n}\\Big[\\log\\frac{1}{K}\\sum_{k=1}^{K}
+        \\frac{\\big(p(c^k)\\,p(w_m^k)\\big)^{\\beta}\\,\\prod_{n\\in O}p(x_n|c^k, w_n^k)^{\\lambda_n}}
+             {\\big(q(c^k|X_O)\\,q(w_m^k|x_m)\\big)^{\\beta}}\\Big]
+
+(the survey's eq. 28 generative model, with MMVAE's stratified "looser" IWAE bound, DReG gradients:
+:mod:`.mmvae`). p(c) = p(w_m) = N(0, I); r_n = N(0, diag exp(rho_n)) with a learned log-variance rho_n
+per modality (``model.extra["aux_prior"]``, initialised at 0). Cross-modal generation draws the missing
+modalities' w from r_n (its mean when decoding the posterior mean); self-reconstruction uses the own w_m.
+
+Options: ``K`` (samples per expert, 8), ``estimator`` (``"dreg"`` for training, ``"iwae"`` for
+evaluation). ``ModelConfig.private_dim``: size of each w_m (default 4).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping
+
+import torch
+from torch import nn
+
+from .. import posterior as post
+from .base import Properties
+from .common import ObjectiveOutput, masked_mean_over_experts
+from .private import PrivateFamily, private_reconstruction
+
+if TYPE_CHECKING:
+    from ..model import MultimodalVAE
+
+
+class AuxiliaryPrior(nn.Module):
+    """r_m(w_m) = N(0, diag exp(rho_m)) per modality: ``logvar`` (M, P), learned."""
+
+    def __init__(self, n_modalities: int, private_dim: int):
+        super().__init__()
+        self.logvar = nn.Parameter(torch.zeros(n_modalities, private_dim))
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        logvar = post.clamp_logvar(self.logvar)
+        return torch.zeros_like(logvar), logvar
+
+
+def log_weights(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor, K: int,
+                beta: float, detach_q: bool, generator: torch.Generator | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stratified samples c (M, K, B, D), own w (M, K, B, P) and log weights (M, K, B); row m of each is
+    the expert of modality m."""
+    mu, logvar = model.experts(feats, mask)
+    w_mu, w_logvar = model.private_experts(feats, mask)
+    c = post.stratified_mixture_samples(mu, logvar, K, generator)
+    w = post.stratified_mixture_samples(w_mu, w_logvar, K, generator)
+    r_mu, r_logvar = model.extra["aux_prior"]()
+    w_aux = post.reparameterize(r_mu[:, None, None, :].expand_as(w), r_logvar[:, None, None, :].expand_as(w),
+                                generator=generator)                                  # w_aux[n] ~ r_n
+    if detach_q:
+        mu, logvar, w_mu, w_logvar = mu.detach(), logvar.detach(), w_mu.detach(), w_logvar.detach()
+    own = torch.eye(len(model.names), dtype=torch.bool, device=mask.device)
+    # decoding x_n from source m's c: w_n = own sample if n == m, else r_n's
+    codes = torch.stack([torch.where(own[:, n, None, None, None], w, w_aux[n]) for n in range(len(model.names))])
+    recon = private_reconstruction(model, feats, c, codes, mask)                        # (M, K, B)
+    log_q = post.mixture_log_prob(c, mu, logvar, mask) + post.gaussian_log_prob(w, w_mu[:, None], w_logvar[:, None])
+    log_p = post.standard_normal_log_prob(c) + post.standard_normal_log_prob(w)
+    return c, w, recon + beta * (log_p - log_q)
+
+
+def objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+              beta: float = 1.0, generator: torch.Generator | None = None, K: int = 8,
+              estimator: str = "dreg") -> ObjectiveOutput:
+    if estimator not in ("dreg", "iwae"):
+        raise ValueError(f"MMVAE+ estimator must be 'dreg' or 'iwae', got {estimator!r}")
+    if estimator == "dreg" and not torch.is_grad_enabled():
+        raise RuntimeError("the DReG estimator registers gradient hooks and cannot run under no_grad; "
+                           "evaluate with estimator='iwae'")
+    c, w, lw = log_weights(model, feats, mask, K, beta, estimator == "dreg", generator)
+    present = mask.t().unsqueeze(1)                                                   # (M, 1, B)
+    lw = torch.where(present, lw, torch.zeros_like(lw))
+    iwae = masked_mean_over_experts(torch.logsumexp(lw, dim=1) - math.log(K), mask)
+    if estimator == "iwae":
+        return ObjectiveOutput(-iwae, {"iwae": iwae.detach()})
+    with torch.no_grad():
+        grad_wt = torch.softmax(lw, dim=1) * present
+    for sample in (c, w):
+        if sample.requires_grad:
+            sample.register_hook(lambda grad: grad_wt.unsqueeze(-1) * grad)
+    surrogate = masked_mean_over_experts((grad_wt * lw).sum(1), mask)
+    return ObjectiveOutput(-surrogate, {"iwae": iwae.detach()})
+
+
+@dataclass(frozen=True)
+class MMVAEPlusFamily(PrivateFamily):
+    def build_networks(self, model: "MultimodalVAE") -> dict[str, nn.Module]:
+        return {"aux_prior": AuxiliaryPrior(len(model.names), model.private_dim)}
+
+    def private_prior(self, model: "MultimodalVAE", name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        r_mu, r_logvar = model.extra["aux_prior"]()
+        j = model.names.index(name)
+        return r_mu[j], r_logvar[j]
+
+
+FAMILY = MMVAEPlusFamily(
+    name="mmvae_plus", objective_fn=objective, fusions=("moe",), default_fusion="moe",
+    eval_options={"estimator": "iwae"},
+    properties=Properties(
+        aggregated_inference="c: MoE (uniform mixture of the unimodal experts)", missing_modalities=True,
+        modality_specific_latents=True, end_to_end=True, scalability="linear",
+        reference="Palumbo et al. 2023, MMVAE+ (stratified looser IWAE, DReG)", equations="eq. 28 (not in the survey)",
+        notes="private w_m per modality (default 4 dims); cross-modal generation draws w from the learned "
+              "auxiliary prior r_m"))

@@ -1,0 +1,292 @@
+"""Families with modality-specific (private) latents: objectives against a hand computation, the latent
+layout and its use by the decoders, generation rules, bundles and ONNX export."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from mdgm_ros.core import (Fuser, ModalitySpec, ModelConfig, MultimodalVAE, SpecError, compute_objective,
+                           impute, iwae_log_likelihood, load_bundle, save_bundle, training)
+from mdgm_ros.core import posterior as post
+from mdgm_ros.core.export import export_parts
+from mdgm_ros.core.families import FAMILIES
+from mdgm_ros.core.families.private import private_codes
+
+PRIVATE = [n for n, f in FAMILIES.items() if f.properties.modality_specific_latents]
+BETA = 0.7
+
+
+def test_the_private_latent_families_are_registered_and_only_they_have_private_latents():
+    assert {"mopoe_ms", "mmjsd_ms", "mmvae_plus"} <= set(PRIVATE)
+    for name, family in FAMILIES.items():
+        dim = ModelConfig(specs(2), objective=name).private_dim
+        assert bool(dim) == family.properties.modality_specific_latents, name
+
+
+def specs(n_mod=2, dim=5, hidden=(16,)):
+    return tuple(ModalitySpec(f"m{j}", "vector", (dim,), scale=0.3, learn_scale=True, hidden=hidden)
+                 for j in range(n_mod))
+
+
+# ----------------------------------------------------------------------------- config and layout
+def test_private_dim_is_validated_and_sizes_the_decoders_and_private_encoders():
+    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, objective="mopoe_ms", private_dim=6))
+    assert model.private_dim == 6 and set(model.private_encoders) == set(model.names)
+    assert model.decoders["m0"].net[0].in_features == 9
+    assert model.private_encoders["m1"](torch.randn(2, 5))[0].shape == (2, 6)
+    assert ModelConfig(specs(), objective="mmvae_plus").private_dim == FAMILIES["mmvae_plus"].private_latent_dims
+    with pytest.raises(SpecError, match="has no private latents"):
+        ModelConfig(specs(), objective="mopoe", private_dim=2)
+    with pytest.raises(SpecError, match="needs private latents"):
+        ModelConfig(specs(), objective="mopoe_ms", private_dim=0)
+    with pytest.raises(SpecError, match="private_dim must be an integer"):
+        ModelConfig(specs(), objective="mopoe_ms", private_dim=-1)
+    # families without private latents keep their config (and so their bundles and model ids) as before
+    assert "private_dim" not in ModelConfig(specs(), objective="mopoe").to_dict()
+    assert ModelConfig.from_dict(ModelConfig(specs(), objective="mmjsd_ms", private_dim=3).to_dict()).private_dim == 3
+
+
+def test_custom_private_encoders_plug_in_through_the_network_registry():
+    from mdgm_ros.core.networks import register_network
+
+    class Linear(torch.nn.Module):
+        def __init__(self, spec, latent_dim):
+            super().__init__()
+            self.net = torch.nn.Linear(spec.shape[0], 2 * latent_dim)
+
+        def forward(self, x):
+            return self.net(x).chunk(2, dim=-1)
+
+    register_network("encoder", "private_linear_test", Linear, replace=True)
+    config = ModelConfig(specs(), objective="mopoe_ms", networks={"m0": {"private": {"name": "private_linear_test"}}})
+    model = MultimodalVAE(config)
+    assert isinstance(model.private_encoders["m0"], Linear) and not isinstance(model.private_encoders["m1"], Linear)
+
+
+# ----------------------------------------------------------------------------- objectives by hand
+@pytest.fixture
+def mean_z(monkeypatch):
+    monkeypatch.setattr(post, "reparameterize", lambda mu, logvar, n_samples=None, generator=None:
+                        mu if n_samples is None else mu.expand(n_samples, *mu.shape))
+    monkeypatch.setattr(post, "sample_present_subsets", lambda mask, generator=None: mask)
+
+
+def build(name, **options):
+    torch.manual_seed(2)
+    two = (ModalitySpec("a", "vector", (3,), scale=0.6, weight=2.0, hidden=(8,)),
+           ModalitySpec("b", "vector", (4,), scale=0.9, hidden=(8,)))
+    model = MultimodalVAE(ModelConfig(two, latent_dim=2, objective=name, private_dim=3, objective_options=options))
+    with torch.no_grad():                   # experts away from N(0, I), so every KL term is non-zero
+        for enc in (*model.encoders.values(), *model.private_encoders.values()):
+            enc.head.bias.add_(0.3)
+    return model, {"a": torch.randn(3, 3), "b": torch.randn(3, 4)}
+
+
+def gaussian(mu, logvar):
+    return Normal(mu, torch.exp(0.5 * logvar))
+
+
+def loglik(model, name, x, c, s):
+    loc = model.decoders[name](torch.cat([c, s], -1))
+    return Normal(loc, math.exp(float(model.log_scales[name]))).log_prob(x).sum(-1) * model.specs[name].weight
+
+
+def experts(model, x):
+    shared = {n: model.encoders[n](x[n]) for n in ("a", "b")}
+    private = {n: model.private_encoders[n](x[n]) for n in ("a", "b")}
+    return shared, private
+
+
+def std_kl(q):
+    return kl_divergence(gaussian(*q), Normal(torch.zeros_like(q[0]), torch.ones_like(q[0]))).sum(-1)
+
+
+def full_poe(shared):
+    precision = 1.0 + sum(torch.exp(-lv) for _, lv in shared.values())
+    mean = sum(mu * torch.exp(-lv) for mu, lv in shared.values()) / precision
+    return mean, -torch.log(precision)
+
+
+def test_mopoe_ms_objective_by_hand(mean_z):
+    model, x = build("mopoe_ms", beta_private=0.5)
+    shared, private = experts(model, x)
+    c, c_lv = full_poe(shared)                             # the sampled subset is the full set (patched)
+    recon = sum(loglik(model, n, x[n], c, private[n][0]) for n in ("a", "b"))
+    kl_c = (std_kl(shared["a"]) + std_kl(shared["b"]) + std_kl((c, c_lv))) / 3    # proper subsets: no prior
+    kl_s = std_kl(private["a"]) + std_kl(private["b"])
+    out = compute_objective(model, x, torch.ones(3, 2, dtype=torch.bool), beta=BETA)
+    assert torch.allclose(out.loss, -(recon - BETA * kl_c - BETA * 0.5 * kl_s), atol=1e-4)
+    assert torch.allclose(out.terms["kl_private"], kl_s, atol=1e-5) and float(kl_s.min()) > 0
+    # a row without b: only a's terms, and b's private KL is not counted
+    mask = torch.tensor([[True, False]] * 3)
+    one = compute_objective(model, x, mask, beta=BETA)
+    c_a = full_poe({"a": shared["a"]})
+    expected = (loglik(model, "a", x["a"], c_a[0], private["a"][0]) - BETA * std_kl(c_a)
+                - BETA * 0.5 * std_kl(private["a"]))
+    assert torch.allclose(one.loss, -expected, atol=1e-4)
+
+
+def test_mmjsd_ms_objective_eq31_by_hand(mean_z):
+    model, x = build("mmjsd_ms")
+    shared, private = experts(model, x)
+    recon = sum(loglik(model, n, x[n], shared[m][0], private[n][0]) for m in ("a", "b") for n in ("a", "b")) / 2
+    # dynamic prior f: PoE of q_a, q_b and p(c), each to the power 1/3
+    precision = (1.0 + torch.exp(-shared["a"][1]) + torch.exp(-shared["b"][1])) / 3
+    f_mu = (shared["a"][0] * torch.exp(-shared["a"][1]) + shared["b"][0] * torch.exp(-shared["b"][1])) / 3 / precision
+    f = Normal(f_mu, precision.rsqrt())
+    prior = Normal(torch.zeros(2), torch.ones(2))
+    jsd = (kl_divergence(gaussian(*shared["a"]), f).sum(-1) + kl_divergence(gaussian(*shared["b"]), f).sum(-1)
+           + kl_divergence(prior, f).sum(-1)) / 3
+    kl_s = std_kl(private["a"]) + std_kl(private["b"])
+    out = compute_objective(model, x, torch.ones(3, 2, dtype=torch.bool), beta=BETA)
+    assert torch.allclose(out.loss, -(recon - BETA * jsd - BETA * kl_s), atol=1e-4)
+
+
+def test_mmvae_plus_objective_by_hand(mean_z):
+    model, x = build("mmvae_plus", K=3)
+    with torch.no_grad():
+        model.extra["aux_prior"].logvar.fill_(0.4)
+    shared, private = experts(model, x)
+    prior_c, prior_w = Normal(torch.zeros(2), torch.ones(2)), Normal(torch.zeros(3), torch.ones(3))
+    r_mean = torch.zeros(3, 3)                   # samples are the means (patched): r's mean is 0
+    lws = []
+    for m in ("a", "b"):
+        c, w = shared[m][0], private[m][0]
+        recon = sum(loglik(model, n, x[n], c, w if n == m else r_mean) for n in ("a", "b"))
+        log_q_c = torch.logsumexp(torch.stack([gaussian(*shared[e]).log_prob(c).sum(-1) for e in ("a", "b")]), 0) \
+            - math.log(2)
+        log_q_w = gaussian(*private[m]).log_prob(w).sum(-1)
+        log_p = prior_c.log_prob(c).sum(-1) + prior_w.log_prob(w).sum(-1)
+        lws.append(recon + BETA * (log_p - log_q_c - log_q_w))
+    expected = (lws[0] + lws[1]) / 2                 # K identical samples: the IWAE term is the weight
+    mask = torch.ones(3, 2, dtype=torch.bool)
+    with torch.no_grad():
+        out = compute_objective(model, x, mask, beta=BETA, estimator="iwae")
+    assert torch.allclose(out.loss, -expected, atol=1e-4)
+    dreg = compute_objective(model, x, mask, beta=BETA)               # the training surrogate
+    assert torch.allclose(dreg.terms["iwae"], expected, atol=1e-4)
+
+
+def test_mmvae_plus_generation_draws_missing_private_latents_from_the_auxiliary_prior():
+    model = MultimodalVAE(ModelConfig(specs(2), latent_dim=2, objective="mmvae_plus", private_dim=3))
+    with torch.no_grad():
+        model.extra["aux_prior"].logvar.fill_(math.log(4.0))
+    feats = {n: torch.randn(4000, 5) for n in model.names}
+    mask = torch.tensor([[True, False]] * 4000)
+    with torch.no_grad():
+        codes = private_codes(model, feats, mask, n_samples=2, generator=torch.Generator().manual_seed(0))
+        own_mu, own_lv = model.private_experts(feats, mask)
+    assert codes.shape == (2, 2, 4000, 3)
+    assert abs(float(codes[1].std()) - 2.0) < 0.1 and abs(float(codes[1].mean())) < 0.1     # r_b: std 2
+    assert abs(float((codes[0] - own_mu[0]).std()) - float(torch.exp(0.5 * own_lv[0]).mean())) < 0.1
+
+
+# ----------------------------------------------------------------------------- generation rules
+@pytest.mark.parametrize("name", PRIVATE)
+def test_cross_modal_generation_uses_the_prior_and_self_reconstruction_the_own_private_latent(name):
+    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, objective=name)).eval()
+    feats = {n: torch.randn(4, 5) for n in model.names}
+    mask = torch.tensor([[True, True, False]] * 4)
+    with torch.no_grad():
+        mu, logvar = model.experts(model.complete(feats, mask), mask)
+        c = model.posterior_summary(mu, logvar, mask)[0]
+        s_mu, _ = model.private_experts(model.complete(feats, mask), mask)
+        prior_mean = model.family.private_prior(model, "m2")[0]
+        result = Fuser(model, impute_present=True, anomaly=False)({n: feats[n] for n in ("m0", "m1")}, mask)
+        missing = model.decoders["m2"](torch.cat([c, prior_mean.expand(4, -1)], -1))
+        present = model.decoders["m0"](torch.cat([c, s_mu[0]], -1))
+    assert torch.allclose(result.imputed["m2"].mean, model.denormalize("m2", missing), atol=1e-5)
+    assert torch.allclose(result.imputed["m0"].mean, model.denormalize("m0", present), atol=1e-5)
+    assert set(result.private_mean) == {"m0", "m1"} and torch.allclose(result.private_mean["m1"], s_mu[1])
+    assert torch.allclose(impute(model, feats, mask, ["m2"])["m2"].mean, missing, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- training: s_m is used
+def private_factor_data(n, seed, n_mod=3, dim=5):
+    """x_m = tanh(A_m c + B_m s_m) + noise: a shared 2-d factor c and a private 1-d factor s_m each."""
+    rng = np.random.default_rng(seed)
+    fixed = np.random.default_rng(11)
+    c = rng.uniform(-1, 1, (n, 2))
+    feats = {}
+    for j in range(n_mod):
+        a, b = fixed.normal(0, 1.2, (2, dim)), fixed.normal(0, 1.5, (1, dim))
+        s = rng.uniform(-1, 1, (n, 1))
+        feats[f"m{j}"] = torch.from_numpy(np.tanh(c @ a + s @ b) + rng.normal(0, 0.05, (n, dim))).float()
+    return feats, torch.ones((n, n_mod), dtype=torch.bool)
+
+
+@pytest.mark.parametrize("name", PRIVATE)
+def test_private_latents_are_used_by_the_decoders_and_cross_modal_generation_beats_the_mean(name):
+    """Would fail if the decoders ignored s_m: then every row's own s_m and another row's decode alike."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, objective=name, private_dim=2))
+    raw, mask = private_factor_data(768, 0)
+    training.fit_normalization(model, raw, mask)
+    feats = training.normalize_features(model, raw)
+    config = training.TrainConfig(epochs=25, batch_size=64, lr=3e-3,
+                                  beta=training.BetaSchedule("linear", 0.0, 1.0, 200), seed=0)
+    training.train(model, feats, mask, config)
+    test_raw, test_mask = private_factor_data(300, 1)
+    test = training.normalize_features(model, test_raw)
+    model.eval()
+    with torch.no_grad():
+        mu, logvar = model.experts(test, test_mask)
+        c = model.posterior_summary(mu, logvar, test_mask)[0]
+        s_mu, _ = model.private_experts(test, test_mask)
+        shuffled = torch.randperm(300, generator=torch.Generator().manual_seed(0))
+        for j, n in enumerate(model.names):
+            own = float(((model.decode(n, c, s_mu[j]) - test[n]) ** 2).mean())
+            other = float(((model.decode(n, c, s_mu[j][shuffled]) - test[n]) ** 2).mean())
+            assert own < 0.8 * other, (n, own, other)
+        for j, source in enumerate(model.names):
+            cond = torch.zeros_like(test_mask)
+            cond[:, j] = True
+            targets = [n for n in model.names if n != source]
+            imputed = impute(model, test, cond, targets)
+            for n in targets:
+                baseline = float(((test[n] - feats[n].mean(0)) ** 2).mean())
+                assert float(((imputed[n].mean - test[n]) ** 2).mean()) < 0.9 * baseline, (source, n)
+        assert torch.isfinite(iwae_log_likelihood(model, test, test_mask, n_samples=8)).all()
+
+
+# ----------------------------------------------------------------------------- bundles and ONNX
+@pytest.mark.parametrize("name", PRIVATE)
+def test_private_latent_bundle_round_trip(name, tmp_path):
+    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, objective=name, private_dim=2)).eval()
+    loaded = load_bundle(save_bundle(tmp_path / name, model)).model
+    assert loaded.config.private_dim == 2 and loaded.family is model.family
+    x = {n: torch.randn(2, 5) for n in model.names}
+    mask = torch.tensor([[True, False, True]] * 2)
+    with torch.no_grad():
+        for a, b in zip(loaded.private_experts(x, mask), model.private_experts(x, mask)):
+            assert torch.equal(a, b)
+        assert torch.equal(impute(loaded, x, mask, ["m1"])["m1"].mean, impute(model, x, mask, ["m1"])["m1"].mean)
+
+
+@pytest.mark.parametrize("name", PRIVATE)
+def test_every_network_of_a_private_latent_family_exports_to_onnx(name, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model = MultimodalVAE(ModelConfig(specs(2), latent_dim=3, objective=name, private_dim=2)).eval()
+    parts = export_parts(model)
+    stems = {p.stem for p in parts}
+    assert {f"onnx_{n}_private_encoder" for n in model.names} <= stems
+    for part in parts:
+        file = tmp_path / f"{part.stem}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(part.module, part.args, str(file), input_names=part.inputs, output_names=part.outputs,
+                              dynamo=False, opset_version=17,
+                              dynamic_axes={n: {0: "batch"} for n in part.inputs + part.outputs})
+        args = tuple(torch.randn(3, *a.shape[1:]) for a in part.args)
+        session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+        got = session.run(None, {n: a.numpy() for n, a in zip(part.inputs, args)})
+        with torch.no_grad():
+            want = part.module(*args)
+        want = want if isinstance(want, tuple) else (want,)
+        assert all(np.allclose(g, w.numpy(), atol=1e-4) for g, w in zip(got, want)), part.stem
+    decoder = next(p for p in parts if p.stem == "onnx_m0_decoder")
+    assert decoder.args[0].shape[-1] == 5                       # [c, s_m]
