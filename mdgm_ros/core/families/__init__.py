@@ -17,6 +17,7 @@ import torch
 
 from . import bridged, elbo, jmvae, jvae, m2vae, mmjsd, mmvae, mopoe, mvae, telbo, temporal, vaevae
 from . import mmjsd_ms, mmvae_plus, mopoe_ms
+from . import bivcca, cadavae, scan, yin
 from .base import Family, FamilyError, Properties, Stage
 from .common import ObjectiveOutput
 
@@ -42,6 +43,9 @@ def get_family(name: str) -> Family:
 for _module in (elbo, mvae, mopoe, mmvae, mmjsd, jvae, jmvae, telbo, m2vae, vaevae, bridged, temporal):
     register_family(_module.FAMILY)
 for _module in (mopoe_ms, mmjsd_ms, mmvae_plus):          # modality-specific latents (issue 12)
+    register_family(_module.FAMILY)
+
+for _module in (yin, bivcca, cadavae, scan):           # coordinated models (issue 13)
     register_family(_module.FAMILY)
 
 # name -> objective function (kept for callers of the first API)

@@ -1,0 +1,175 @@
+"""Coordinated models (issue 13): each objective against the survey's two-modality formula on a tiny
+batch (z at the posterior mean, the hand computation with torch.distributions), the pairwise rule
+for M > 2, the stages of the multi-stage families and their Table 1 rows.
+
+The registry-wide checks (inference from every subset, parameter growth, stages training only their
+parameters and resuming bit for bit, short training beating the mean predictor and the prior, bundles)
+run on these families too, from test/test_families.py's parametrisation."""
+import itertools
+import math
+
+import pytest
+import torch
+from torch.distributions import Laplace, Normal, kl_divergence
+
+from mdgm_ros.core import ModalitySpec, ModelConfig, MultimodalVAE, compute_objective
+from mdgm_ros.core import posterior as post
+from mdgm_ros.core.families import FAMILIES
+
+BETA = 0.7
+COORDINATED = ["yin", "bivcca", "cadavae", "scan"]
+
+
+@pytest.fixture(autouse=True)
+def mean_z(monkeypatch):
+    monkeypatch.setattr(post, "reparameterize", lambda mu, logvar, n_samples=None, generator=None: mu)
+
+
+def build(name: str, n_mod: int = 2, **options):
+    torch.manual_seed(1)
+    specs = (ModalitySpec("a", "vector", (3,), scale=0.6, weight=2.0, hidden=(8,)),
+             ModalitySpec("b", "vector", (4,), scale=0.9, hidden=(8,)),
+             ModalitySpec("c", "vector", (2,), scale=0.5, hidden=(8,)))[:n_mod]
+    model = MultimodalVAE(ModelConfig(specs, latent_dim=2, objective=name, objective_options=options))
+    x = {"a": torch.randn(3, 3), "b": torch.randn(3, 4), "c": torch.randn(3, 2)}
+    return model, {n: x[n] for n in model.names}
+
+
+def encoder(model, name):
+    return model.family.unimodal_encoder(model, name)
+
+
+def q(model, x, name):
+    mu, logvar = encoder(model, name)(x[name])
+    return Normal(mu, torch.exp(0.5 * logvar))
+
+
+def loglik(model, name, x, z):
+    scale = math.exp(float(model.log_scales[name]))
+    return Normal(model.decoders[name](z), scale).log_prob(x[name]).sum(-1) * model.specs[name].weight
+
+
+def elbo(model, x, name):
+    qm = q(model, x, name)
+    prior = Normal(torch.zeros(2), torch.ones(2))
+    return loglik(model, name, x, qm.mean) - BETA * kl_divergence(qm, prior).sum(-1)
+
+
+def loss(model, x, mask=None, **kw):
+    mask = torch.ones(3, len(model.names), dtype=torch.bool) if mask is None else mask
+    return compute_objective(model, x, mask, beta=BETA, **kw).loss
+
+
+def yin_pair(model, x, i, j, alpha):
+    qi, qj = q(model, x, i), q(model, x, j)
+    kl = kl_divergence(qi, qj).sum(-1) + kl_divergence(qj, qi).sum(-1)
+    return elbo(model, x, i) + elbo(model, x, j) - alpha * kl
+
+
+# ----------------------------------------------------------------------------- M = 2 against the paper
+def test_yin_eq6():
+    model, x = build("yin", alpha=0.4)
+    assert torch.allclose(loss(model, x), -yin_pair(model, x, "a", "b", 0.4), atol=1e-4)
+
+
+def test_bivcca_eq8():
+    mu = 0.3
+    model, x = build("bivcca", mu=mu)
+    prior = Normal(torch.zeros(2), torch.ones(2))
+    qa, qb = q(model, x, "a"), q(model, x, "b")
+    both = lambda z: loglik(model, "a", x, z) + loglik(model, "b", x, z)        # noqa: E731
+    expected = (mu * (both(qa.mean) - BETA * kl_divergence(qa, prior).sum(-1))
+                + (1 - mu) * (both(qb.mean) - BETA * kl_divergence(qb, prior).sum(-1)))
+    assert torch.allclose(loss(model, x), -expected, atol=1e-4)
+    with pytest.raises(ValueError, match="mu must be in"):
+        loss(model, x, mu=1.5)
+
+
+def test_cadavae_eq9():
+    gamma, delta = 0.3, 0.6
+    model, x = build("cadavae", gamma=gamma, delta=delta)
+    qa, qb = q(model, x, "a"), q(model, x, "b")
+    cross = ((x["b"] - model.decoders["b"](qa.mean)).abs().sum(-1)
+             + (x["a"] - model.decoders["a"](qb.mean)).abs().sum(-1))
+    w2 = torch.sqrt(((qa.mean - qb.mean) ** 2).sum(-1) + ((qa.stddev - qb.stddev) ** 2).sum(-1))
+    expected = elbo(model, x, "a") + elbo(model, x, "b") - gamma * cross - delta * w2
+    assert torch.allclose(loss(model, x), -expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("pivot", ["a", "b"])
+def test_scan_eq7_stages_against_the_pivot(pivot):
+    lam = 2.5
+    model, x = build("scan", lam=lam, pivot=pivot)
+    other = "b" if pivot == "a" else "a"
+    stage1 = elbo(model, x, pivot)
+    stage2 = elbo(model, x, other) - lam * kl_divergence(q(model, x, pivot), q(model, x, other)).sum(-1)
+    assert torch.allclose(loss(model, x, stage="pivot"), -stage1, atol=1e-4)
+    assert torch.allclose(loss(model, x, stage="coordinated"), -stage2, atol=1e-4)
+    assert torch.allclose(loss(model, x), -(stage1 + stage2), atol=1e-4)
+    assert model.extra["pivot"] is encoder(model, pivot)
+    with pytest.raises(ValueError, match="stages"):
+        loss(model, x, stage="joint")
+
+
+def test_scan_refuses_an_unknown_pivot():
+    with pytest.raises(ValueError, match="'pivot' 'z' is not a modality"):
+        build("scan", pivot="z")
+
+
+# ----------------------------------------------------------------------------- rows and M > 2
+@pytest.mark.parametrize("name", ["yin", "bivcca", "cadavae"])
+def test_a_row_with_one_modality_trains_its_elbo_and_a_row_with_none_nothing(name):
+    model, x = build(name)
+    mask = torch.tensor([[True, False], [False, True], [False, False]])
+    out = loss(model, x, mask)
+    assert torch.allclose(out[0], -elbo(model, x, "a")[0], atol=1e-4)
+    assert torch.allclose(out[1], -elbo(model, x, "b")[1], atol=1e-4)
+    assert out[2] == 0
+
+
+def test_three_modalities_sum_the_two_modality_objective_over_every_observed_pair():
+    model, x = build("yin", n_mod=3, alpha=0.4)
+    expected = sum(yin_pair(model, x, i, j, 0.4) for i, j in itertools.combinations(model.names, 2))
+    assert torch.allclose(loss(model, x), -expected, atol=1e-4)
+    mask = torch.tensor([[True, False, True]] * 3)           # one pair observed
+    assert torch.allclose(loss(model, x, mask), -yin_pair(model, x, "a", "c", 0.4), atol=1e-4)
+
+
+def test_scan_with_three_modalities_puts_every_other_modality_against_the_pivot():
+    model, x = build("scan", n_mod=3, pivot="b")
+    mask = torch.tensor([[True, True, True], [True, False, True], [False, True, False]])
+    out = loss(model, x, mask, stage="coordinated")
+    kl = lambda m: kl_divergence(q(model, x, "b"), q(model, x, m)).sum(-1)      # noqa: E731
+    full = elbo(model, x, "a") - kl("a") + elbo(model, x, "c") - kl("c")
+    assert torch.allclose(out[0], -full[0], atol=1e-4)
+    assert torch.allclose(out[1], -(elbo(model, x, "a") + elbo(model, x, "c"))[1], atol=1e-4)   # no pivot
+    assert out[2] == 0                                                           # the pivot alone: stage 1
+
+
+# ----------------------------------------------------------------------------- Table 1
+@pytest.mark.parametrize("name", COORDINATED)
+def test_table_row_says_no_aggregated_inference_and_pairwise(name):
+    props = FAMILIES[name].properties
+    assert props.aggregated_inference.startswith("×") and props.scalability.startswith("pairwise")
+    assert props.missing_modalities and not props.modality_specific_latents
+    assert props.equations.startswith("eq.") and FAMILIES[name].doc.count("math::") >= 1
+
+
+@pytest.mark.parametrize("name", COORDINATED)
+def test_one_modality_infers_its_own_posterior_and_several_the_poe_without_prior(name):
+    model, x = build(name, n_mod=3)
+    mask = torch.tensor([[True, False, True]] * 3)
+    with torch.no_grad():
+        mu, logvar = model.experts(model.complete(x, mask), mask)
+        got_mu, got_lv = model.posterior_summary(mu, logvar, mask)
+        experts = [encoder(model, n)(x[n]) for n in ("a", "c")]
+    precision = sum(torch.exp(-lv) for _, lv in experts)
+    expected = sum(m * torch.exp(-lv) for m, lv in experts) / precision
+    assert torch.allclose(got_mu, expected, atol=1e-5) and torch.allclose(got_lv, -torch.log(precision), atol=1e-4)
+    single = torch.tensor([[False, True, False]] * 3)
+    with torch.no_grad():
+        mu, logvar = model.experts(model.complete(x, single), single)
+        one = model.posterior_summary(mu, logvar, single)
+        own = encoder(model, "b")(x["b"])
+    assert torch.allclose(one[0], own[0], atol=1e-5) and torch.allclose(one[1], own[1], atol=1e-5)
+    assert not model.family.closed_form_poe(model)
