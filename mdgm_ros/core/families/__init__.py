@@ -17,7 +17,7 @@ import torch
 
 from . import bridged, elbo, jmvae, jvae, m2vae, mmjsd, mmvae, mopoe, mvae, telbo, temporal, vaevae
 from . import mmjsd_ms, mmvae_plus, mopoe_ms
-from . import bivcca, cadavae, scan, yin
+from . import bivcca, cadavae, contrastive, scan, yin
 from .base import Family, FamilyError, Properties, Stage
 from .common import ObjectiveOutput
 
@@ -62,9 +62,11 @@ def compute_objective(model, feats: Mapping[str, torch.Tensor], mask: torch.Tens
     family = get_family(name)
     feats = model.complete(feats, mask)
     rows = mask.any(1)
+    extra = opts.pop("contrastive", None)           # Shi et al.'s term over pairs, for any family
 
     def run(f, m):
-        return family.objective(model, f, m, beta=beta, generator=generator, stage=stage, **opts)
+        out = family.objective(model, f, m, beta=beta, generator=generator, stage=stage, **opts)
+        return contrastive.add_term(model, f, m, out, extra, generator) if extra else out
 
     if bool(rows.all()):
         return run(feats, mask)
