@@ -53,9 +53,24 @@ def export_parts(model: MultimodalVAE, batch: int = 2) -> list[ExportPart]:
         if name in model.private_encoders:
             parts.append(ExportPart(f"onnx_{name}_private_encoder", model.private_encoders[name], (feats[name],),
                                     ["features"], ["mu", "logvar"]))
+    parts.extend(_transition_parts(model, batch))
     for subset in model.subset_names:
         key = "__".join(subset)
         parts.append(ExportPart(f"onnx_subset_{key}_encoder", model.subset_encoders[key],
                                 tuple(feats[n] for n in subset), [f"features_{n}" for n in subset],
                                 ["mu", "logvar"]))
     return parts
+
+def _transition_parts(model: MultimodalVAE, batch: int) -> list[ExportPart]:
+    """The temporal family's transition p(z_t | z_{t-1}, u_t): z (and u) -> mean, logvar."""
+    from .families.temporal import TRANSITION, is_temporal, options_of
+
+    if not is_temporal(model):
+        return []
+    z = torch.zeros(batch, model.latent_dim, device=model.device)
+    action_dim = options_of(model).action_dim
+    if action_dim:
+        args, inputs = (z, torch.zeros(batch, action_dim, device=model.device)), ["z", "u"]
+    else:
+        args, inputs = (z,), ["z"]
+    return [ExportPart("onnx_transition", model.extra[TRANSITION], args, inputs, ["mean", "logvar"])]

@@ -34,7 +34,8 @@ from .families.temporal import (TRANSITION, check_actions, flatten_steps, is_tem
                                 poe_with_prior, sequence_experts, sequence_objective)
 from .inference import AnomalyCalibration, FusionResult, Imputation, calibration_from_nll, standardize_scores
 from .model import MultimodalVAE
-from .training import EpochRecord, TrainConfig
+from .training import EpochRecord, TrainConfig, Trainer, _batches
+from .windows import gather_windows
 
 
 def require_temporal(model: MultimodalVAE) -> None:
@@ -264,10 +265,21 @@ def predictive_nll_sequence(model: MultimodalVAE, feats: Mapping[str, torch.Tens
 
 @torch.no_grad()
 def calibrate_predictive_anomaly(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
-                                 actions: torch.Tensor | None = None, quantile: float = 0.99) -> AnomalyCalibration:
-    """Calibrate the one-step predictive scores on normal sequences (B, T, ...)."""
-    nll = predictive_nll_sequence(model, feats, mask, actions)
-    return calibration_from_nll(model, nll.reshape(-1, mask.shape[2]), quantile)
+                                 actions: torch.Tensor | None = None, quantile: float = 0.99,
+                                 windows: torch.Tensor | None = None, batch_size: int = 16) -> AnomalyCalibration:
+    """Calibrate the one-step predictive scores on normal sequences (B, T, ...); with ``windows``
+    (W, T), ``feats``/``mask``/``actions`` are rows and each window is filtered from a fresh state
+    (padded steps are left out)."""
+    if windows is None:
+        nll = predictive_nll_sequence(model, feats, mask, actions)
+        return calibration_from_nll(model, nll.reshape(-1, mask.shape[-1]), quantile)
+    parts = []
+    for start in range(0, windows.shape[0], batch_size):
+        chunk = windows[start:start + batch_size]
+        part, m, act = _gather(feats, mask, chunk, actions, model.device)
+        nll = predictive_nll_sequence(model, part, m, act)
+        parts.append(nll[chunk.to(nll.device) >= 0])
+    return calibration_from_nll(model, torch.cat(parts), quantile)
 
 
 # --------------------------------------------------------------------------- live use
@@ -320,67 +332,116 @@ class TemporalFilter:
 
 
 # --------------------------------------------------------------------------- training
-def _sequence_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    order = torch.randperm(n, generator=generator)
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+def _gather(values: Mapping[str, torch.Tensor], mask: torch.Tensor, windows: torch.Tensor,
+            actions: torch.Tensor | None, device: torch.device
+            ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+    """Rows -> (B, T, ...) windows on ``device`` (padded steps: zeros, nothing observed)."""
+    feats, seq_mask = gather_windows(values, mask, windows)
+    act = None
+    if actions is not None:
+        act = gather_windows({"u": actions}, mask, windows)[0]["u"].to(device)
+    return {k: v.to(device) for k, v in feats.items()}, seq_mask.to(device), act
 
 
 @torch.no_grad()
 def sequence_loss(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
                   actions: torch.Tensor | None = None, beta: float = 1.0, batch_size: int = 64,
-                  seed: int = 0) -> float:
-    """Mean per-sequence loss (the filter from the full observed sets: p_full = 1)."""
+                  seed: int = 0, windows: torch.Tensor | None = None) -> float:
+    """Mean loss per step of the windows (the filter from the full observed sets: p_full = 1, no
+    outages). Without ``windows``, ``feats``/``mask``/``actions`` are already (N, T, ...) sequences;
+    with them, they are rows and ``windows`` (W, T) indexes them."""
     model.eval()
     generator = torch.Generator(device=model.device).manual_seed(seed)
+    if windows is None:
+        n, steps = mask.shape[:2]
+        feats = {k: v.reshape(n * steps, *v.shape[2:]) for k, v in feats.items()}
+        actions = None if actions is None else actions.reshape(n * steps, -1)
+        mask, windows = mask.reshape(n * steps, -1), torch.arange(n * steps).reshape(n, steps)
     total = 0.0
-    for start in range(0, mask.shape[0], batch_size):
-        part = {k: v[start:start + batch_size].to(model.device) for k, v in feats.items()}
-        act = None if actions is None else actions[start:start + batch_size].to(model.device)
-        out = sequence_objective(model, part, mask[start:start + batch_size].to(model.device), act, beta,
-                                 generator, p_full=1.0, p_empty=0.0)
+    for start in range(0, windows.shape[0], batch_size):
+        part, m, act = _gather(feats, mask, windows[start:start + batch_size], actions, model.device)
+        out = sequence_objective(model, part, m, act, beta, generator, p_full=1.0, p_empty=0.0, p_outage=0.0)
         total += float(out.loss.sum())
-    return total / max(mask.shape[0], 1)
+    return total / max(windows.numel(), 1)
+
+
+class SequenceTrainer(Trainer):
+    """:class:`~mdgm_ros.core.training.Trainer` for the temporal family: batches of windows of T
+    consecutive rows (``windows`` (W, T) row indices, -1 for padding, see :mod:`.windows`), the sequence
+    ELBO, the same checkpointable state (optimizer, epoch, step, RNGs) and stages. :meth:`run_epoch`
+    takes per-row features and masks, so the windows share memory with the rows. Losses in the records
+    are per step (per-sequence loss / T), comparable with the per-frame trainer's per-sample losses.
+    ``actions``: per-row u_t (N, U), ``val_actions`` the same for the validation rows."""
+
+    def __init__(self, model: MultimodalVAE, config: TrainConfig, windows, val_windows=None,
+                 actions: torch.Tensor | None = None, val_actions: torch.Tensor | None = None):
+        require_temporal(model)
+        options_of(model)
+        super().__init__(model, config)
+        self.windows = torch.as_tensor(windows, dtype=torch.long)
+        self.val_windows = None if val_windows is None else torch.as_tensor(val_windows, dtype=torch.long)
+        self.actions, self.val_actions = actions, val_actions
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return -(-int(self.windows.shape[0]) // self.config.batch_size)
+
+    def _train_batches(self, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+                       val: tuple[Mapping[str, torch.Tensor], torch.Tensor] | None,
+                       on_batch: Callable[[int, int], None] | None, stage: str | None) -> EpochRecord:
+        model, config = self.model, self.config
+        started, sums, seen = time.perf_counter(), {"loss": 0.0}, 0
+        batches = _batches(self.windows.shape[0], config.batch_size, self.cpu_gen)
+        for done, idx in enumerate(batches, 1):
+            part, m, act = _gather(feats, mask, self.windows[idx], self.actions, model.device)
+            out = sequence_objective(model, part, m, act, config.beta(self.step), self.dev_gen)
+            loss = out.loss.mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at epoch {self.epoch} step {self.step}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            self.optimizer.step()
+            self.step += 1
+            seen += int(m.shape[0] * m.shape[1])
+            sums["loss"] += float(out.loss.detach().sum())
+            for key, value in out.terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value.sum())
+            if on_batch is not None:
+                on_batch(done, len(batches))
+        val_loss = None
+        if val is not None:
+            windows = self.val_windows
+            if windows is None:
+                raise ValueError("validation rows need val_windows")
+            val_loss = sequence_loss(model, val[0], val[1], self.val_actions, config.beta(self.step),
+                                     seed=config.seed, windows=windows)
+        return EpochRecord(self.epoch, sums.pop("loss") / max(seen, 1), val_loss, config.beta(self.step),
+                           time.perf_counter() - started, {k: v / max(seen, 1) for k, v in sums.items()},
+                           self.stage.name)
 
 
 def train_sequences(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
                     config: TrainConfig, actions: torch.Tensor | None = None,
                     val: tuple[Mapping[str, torch.Tensor], torch.Tensor] | None = None,
                     on_epoch: Callable[[EpochRecord], bool | None] | None = None) -> list[EpochRecord]:
-    """Minimise the mean per-sequence loss over windows: normalised features (N, T, ...), masks (N, T, M),
-    actions (N, T, U) or None. Losses in the records are per sequence (summed over its T steps)."""
-    require_temporal(model)
-    options_of(model)
-    torch.manual_seed(config.seed)
-    cpu_gen = torch.Generator().manual_seed(config.seed)
-    dev_gen = torch.Generator(device=model.device).manual_seed(config.seed + 1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    """Minimise the sequence loss over sequences: normalised features (N, T, ...), masks (N, T, M),
+    actions (N, T, U) or None; ``val`` sequences the same way (without actions). Losses per step."""
+    n, steps = mask.shape[:2]
+    rows = {k: v.reshape(n * steps, *v.shape[2:]) for k, v in feats.items()}
+    flat_actions = None if actions is None else actions.reshape(n * steps, -1)
+    val_rows = val_windows = None
+    if val is not None:
+        vn, vsteps = val[1].shape[:2]
+        val_rows = ({k: v.reshape(vn * vsteps, *v.shape[2:]) for k, v in val[0].items()},
+                    val[1].reshape(vn * vsteps, -1))
+        val_windows = torch.arange(vn * vsteps).reshape(vn, vsteps)
+    trainer = SequenceTrainer(model, config, torch.arange(n * steps).reshape(n, steps), val_windows,
+                              flat_actions)
     history: list[EpochRecord] = []
-    step = 0
-    for epoch in range(config.epochs):
-        model.train()
-        started, total, sums = time.perf_counter(), 0.0, {}
-        for idx in _sequence_batches(mask.shape[0], config.batch_size, cpu_gen):
-            batch = {k: v[idx].to(model.device) for k, v in feats.items()}
-            act = None if actions is None else actions[idx].to(model.device)
-            out = sequence_objective(model, batch, mask[idx].to(model.device), act, config.beta(step), dev_gen)
-            loss = out.loss.mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            step += 1
-            total += float(out.loss.detach().sum())
-            for key, value in out.terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value.sum())
-        val_loss = None
-        if val is not None:
-            val_loss = sequence_loss(model, val[0], val[1], beta=config.beta(step), seed=config.seed)
-        n = max(mask.shape[0], 1)
-        record = EpochRecord(epoch, total / n, val_loss, config.beta(step), time.perf_counter() - started,
-                             {k: v / n for k, v in sums.items()})
+    while trainer.epoch < config.epochs:
+        record = trainer.run_epoch(rows, mask.reshape(n * steps, -1), val_rows)
         history.append(record)
         if on_epoch is not None and on_epoch(record):
             break
@@ -393,5 +454,5 @@ __all__ = [
     "calibrate_predictive_anomaly", "calibration_from_nll", "decode_latents", "filter_sequence",
     "filter_step", "impute_sequence", "initial_state", "predict", "predict_ahead", "predictive_nll",
     "predictive_nll_sequence", "propagate", "require_temporal", "reset_state", "smooth_fixed_lag",
-    "train_sequences", "sequence_loss",
+    "train_sequences", "sequence_loss", "SequenceTrainer",
 ]

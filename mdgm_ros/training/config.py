@@ -36,6 +36,8 @@ class DataSection:
     absent_ok: list = field(default_factory=list)      # modalities some bags may lack (trained as missing there)
     label_topic: str = DEFAULT_LABEL_TOPIC              # std_msgs/String JSON fault labels inside the bags
     max_corrupt: float = 0.01                           # fraction of a topic's messages skipped as corrupt, at most
+    window: int = 32                                    # temporal family: consecutive samples per training window
+    window_stride: int = 8                              # temporal family: a window starts every this many samples
 
 
 @dataclass
@@ -230,6 +232,9 @@ def _check_values(s: TrainSettings) -> None:
         raise TrainError(f"data.val_fraction must be in (0, 0.9), got {s.data.val_fraction}")
     if s.opt.epochs < 1 or s.opt.batch_size < 1 or s.opt.lr <= 0:
         raise TrainError("training.epochs and training.batch_size must be >= 1 and training.lr > 0")
+    if s.data.window < 2 or s.data.window_stride < 1:
+        raise TrainError(f"data.window must be >= 2 and data.window_stride >= 1, got {s.data.window}, "
+                         f"{s.data.window_stride}")
     if not 0.0 <= s.data.max_corrupt <= 1.0:
         raise TrainError(f"data.max_corrupt must be in [0, 1], got {s.data.max_corrupt}")
     if not 0.5 <= s.calibration.quantile < 1.0:

@@ -27,8 +27,11 @@ import torch
 
 from ..core import BetaSchedule, MultimodalVAE, TrainConfig, Trainer, calibrate_anomaly, save_bundle, select_device
 from ..core import training as core_training
+from ..core import temporal as core_temporal
 from ..core.export import export_parts
+from ..core.families.temporal import is_temporal
 from ..core.modalities import Normalization
+from ..core.windows import window_index
 from ..data import bags
 from ..data.dataset import AlignedDataset, check_bags, default_cache_dir, load_bags
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
@@ -198,6 +201,37 @@ def _split_data(bag_paths: list[str], settings: TrainSettings, log: Callable[[st
     return split
 
 
+@dataclass
+class _Windows:
+    """Temporal family: (W, T) row indices of the training and held-out windows, -1 for padding."""
+    train: np.ndarray
+    val: np.ndarray
+    calibration: np.ndarray         # long held-out windows (whole runs up to CALIBRATION_WINDOW_S)
+    max_gap_s: float
+
+
+CALIBRATION_WINDOW_S = 20.0
+
+
+def _windows(data: _Data, settings: TrainSettings, log: Callable[[str], None]) -> _Windows:
+    """Windows of consecutive aligned samples (the node's alignment) that never cross a bag, a gap of
+    more than 3 sample periods, a fault span or a held-out block (those rows are gone, which is a gap)."""
+    rate = settings.fusion.output_rate
+    gap = 3.0 / rate if rate > 0 else 0.5
+    length, stride = settings.data.window, settings.data.window_stride
+
+    def index(part: AlignedDataset, size: int, step: int) -> np.ndarray:
+        return window_index(part.stamps, part.bag, np.zeros(len(part), int), size, step, gap)
+
+    long = max(length, int(CALIBRATION_WINDOW_S * rate) if rate > 0 else 4 * length)
+    out = _Windows(index(data.train, length, stride), index(data.val, length, length), index(data.val, long, long), gap)
+    log(f"temporal: {len(out.train)} training windows of {length} samples (stride {stride}), {len(out.val)} "
+        f"held out; a gap over {gap:.3f} s starts a new window")
+    if len(out.train) == 0 or len(out.val) == 0:
+        raise TrainError("no windows of consecutive samples to train the temporal model on")
+    return out
+
+
 def _resume_key(bag_paths: list[str], settings: TrainSettings) -> str:
     """What a resumed run must share with its checkpoint (epochs, patience etc. may change)."""
     shaping = {"model": settings.model.to_dict(), "fusion": repr(settings.fusion),
@@ -289,10 +323,14 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
     model = MultimodalVAE(settings.model).to(select_device(device))
     train_feats, train_mask = _features(model, data.train)
     val_feats, val_mask = _features(model, data.val)
-    steps_per_epoch = -(-len(data.train) // settings.train.batch_size)
+    windows = _windows(data, settings, log) if is_temporal(model) else None
+    units = len(data.train) if windows is None else len(windows.train)       # rows, or windows
+    steps_per_epoch = -(-units // settings.train.batch_size)
     beta = settings.train.beta
-    trainer = Trainer(model, TrainConfig(**{**vars(settings.train), "beta": BetaSchedule(
-        beta.kind, beta.start, beta.end, int(settings.beta.warmup_epochs * steps_per_epoch))}))
+    train_config = TrainConfig(**{**vars(settings.train), "beta": BetaSchedule(
+        beta.kind, beta.start, beta.end, int(settings.beta.warmup_epochs * steps_per_epoch))})
+    trainer = (Trainer(model, train_config) if windows is None else
+               core_temporal.SequenceTrainer(model, train_config, windows.train, windows.val))
     resume_key = _resume_key(bag_paths, settings)
     best = _no_best()
     if resume and any(workdir.glob("checkpoint*.pt")):
@@ -318,7 +356,13 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
     model.load_state_dict(best["state"])
     log(f"best epoch {best['epoch'] + 1} (held-out loss {best['val'] / feature_dims(model):.4f} nats/dim)")
     calibration = None
-    if model.family.properties.missing_modalities:        # scores need inference without each modality
+    if windows is not None:
+        log(f"calibrating one-step predictive anomaly scores on {len(windows.calibration)} held-out runs "
+            f"({len(data.val)} fault-free samples)")
+        calibration = core_temporal.calibrate_predictive_anomaly(
+            model, val_norm, val_mask, quantile=settings.calibration.quantile,
+            windows=torch.as_tensor(windows.calibration))
+    elif model.family.properties.missing_modalities:        # scores need inference without each modality
         log(f"calibrating anomaly scores on {len(data.val)} held-out fault-free samples")
         calibration = calibrate_anomaly(model, {k: v.to(model.device) for k, v in val_norm.items()},
                                         val_mask.to(model.device), quantile=settings.calibration.quantile)
@@ -339,11 +383,26 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
                           "label_topic": settings.data.label_topic, "absent_ok": list(settings.data.absent_ok)},
              "onnx": {"inputs": "encoders: normalised features (normalization.json; audio = log-mel); "
                                 "decoders: z", "opset": 17}}
+    if windows is not None:
+        extra["temporal"] = temporal_manifest(model, settings, windows)
     save_bundle(out, model, calibration, name=out.name, extra=extra, attach=attach)
     log(f"bundle written: {out}")
     return TrainResult(out, fit.epochs, best["epoch"] + 1, float(best["val"]), fit.stopped_early, len(data.train),
                        len(data.val), data.all_samples - len(data.train) - len(data.val),
                        round(time.perf_counter() - started, 1), onnx_files)
+
+
+def temporal_manifest(model: MultimodalVAE, settings: TrainSettings, windows: _Windows) -> dict[str, Any]:
+    """What a temporal bundle says about its training windows, time step and anomaly scores."""
+    options = core_temporal.options_of(model)
+    rate = settings.fusion.output_rate
+    return {"window": settings.data.window, "window_stride": settings.data.window_stride,
+            "train_windows": int(len(windows.train)), "max_gap_s": windows.max_gap_s,
+            "step_s": 1.0 / rate if rate > 0 else None, "transition": options.transition,
+            "action_dim": options.action_dim,
+            "anomaly": "one-step predictive NLL of each stream given the past and the other streams now "
+                       "(calibration.json), calibrated by filtering held-out runs from a fresh state",
+            "onnx_transition": "onnx_transition.onnx: z (and u) -> mean, logvar of p(z_t | z_{t-1}, u_t)"}
 
 
 def use_deterministic_kernels() -> None:
@@ -361,6 +420,8 @@ def feature_dims(model: MultimodalVAE) -> int:
 
 
 def steps_per_epoch(mask: torch.Tensor, trainer: Trainer) -> int:
+    if hasattr(trainer, "batches_per_epoch"):              # the temporal trainer: batches of windows
+        return trainer.batches_per_epoch
     return -(-int(mask.shape[0]) // trainer.config.batch_size)
 
 

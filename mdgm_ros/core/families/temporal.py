@@ -32,8 +32,19 @@ A single frame is a sequence of length one: the per-frame objective and inferenc
 per-frame code paths call) are the first filter step, a PoE with the N(0, I) prior, so a temporal model
 also runs memoryless. :mod:`mdgm_ros.core.temporal` has the filter, prediction, smoothing and scores.
 
+Outage augmentation: with probability ``p_outage`` per sequence and modality, that modality is also
+left out of S_t over one random contiguous span of steps (it is still reconstructed there), so the state
+learns to carry a stream through the multi-second outages the node meets (still any q: still an ELBO).
+
+Transitions (``transition``): ``mlp``, a residual MLP, mean = z + f(z, u); or ``gru``, the gated update
+of a GRU cell with the state z as its hidden vector (the deterministic, gated path of RSSM/PlaNet and the
+DMM's gated transition): r, g = σ(W[z, u]), c = MLP(r ⊙ z, u), mean = (1 − g) ⊙ z + g ⊙ c; unlike
+RSSM there is no separate deterministic vector h, so the filter's Gaussian belief over z stays the
+whole state. Both have log-variance = MLP(z, u).
+
 Options (``ModelConfig.objective_options``): ``action_dim`` (size of u_t, 0 = no action input, default
-0), ``transition_hidden`` (MLP width, default 128), ``p_full`` (0.5), ``p_empty`` (0.1).
+0), ``transition`` (``mlp`` or ``gru``, default ``mlp``), ``transition_hidden`` (width, default 128),
+``p_full`` (0.5), ``p_empty`` (0.1), ``p_outage`` (0.0).
 """
 from __future__ import annotations
 
@@ -76,12 +87,44 @@ class Transition(nn.Module):
         return z + delta, logvar
 
 
+class GRUTransition(nn.Module):
+    """p(z_t | z_{t-1}, u_t) with a GRU-cell update of the state z (see the module docstring). The gate
+    starts nearly closed and the candidate at zero, so an untrained transition is close to a random walk
+    with variance exp(INITIAL_TRANSITION_LOGVAR)."""
+
+    def __init__(self, latent_dim: int, action_dim: int = 0, hidden: int = 128):
+        super().__init__()
+        self.latent_dim, self.action_dim = latent_dim, action_dim
+        inputs = latent_dim + action_dim
+        self.gates = nn.Linear(inputs, 2 * latent_dim)
+        self.candidate = nn.Sequential(nn.Linear(inputs, hidden), nn.SiLU(), nn.Linear(hidden, latent_dim))
+        self.logvar = nn.Sequential(nn.Linear(inputs, hidden), nn.SiLU(), nn.Linear(hidden, latent_dim))
+        with torch.no_grad():
+            self.gates.bias[latent_dim:] = -4.0
+            for last in (self.candidate[-1], self.logvar[-1]):
+                last.weight.zero_()
+                last.bias.zero_()
+            self.logvar[-1].bias.fill_(INITIAL_TRANSITION_LOGVAR)
+
+    def forward(self, z: torch.Tensor, action: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = z if action is None else torch.cat([z, action.to(z.dtype)], dim=-1)
+        reset, update = torch.sigmoid(self.gates(inputs)).chunk(2, dim=-1)
+        gated = reset * z if action is None else torch.cat([reset * z, action.to(z.dtype)], dim=-1)
+        mean = (1.0 - update) * z + update * self.candidate(gated)
+        return mean, self.logvar(inputs)
+
+
+TRANSITIONS = {"mlp": Transition, "gru": GRUTransition}
+
+
 @dataclass(frozen=True)
 class TemporalOptions:
     action_dim: int = 0
+    transition: str = "mlp"
     transition_hidden: int = 128
     p_full: float = 0.5
     p_empty: float = 0.1
+    p_outage: float = 0.0
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any]) -> "TemporalOptions":
@@ -96,6 +139,10 @@ class TemporalOptions:
             raise SpecError(f"transition_hidden must be an integer in [1, 8192], got {out.transition_hidden!r}")
         if not (0 <= out.p_full and 0 <= out.p_empty and out.p_full + out.p_empty <= 1):
             raise SpecError(f"p_full and p_empty must be >= 0 with a sum <= 1, got {out.p_full}, {out.p_empty}")
+        if out.transition not in TRANSITIONS:
+            raise SpecError(f"transition must be one of {sorted(TRANSITIONS)}, got {out.transition!r}")
+        if not (isinstance(out.p_outage, (int, float)) and 0 <= out.p_outage <= 1):
+            raise SpecError(f"p_outage must be in [0, 1], got {out.p_outage!r}")
         return out
 
 
@@ -149,10 +196,23 @@ def sample_filter_subsets(mask: torch.Tensor, p_full: float, p_empty: float,
     return torch.where((draw >= 1.0 - p_empty)[:, None], torch.zeros_like(mask), subset)
 
 
+def sample_outages(mask: torch.Tensor, p_outage: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, T, M) steps to leave out of the filter: per row and modality, with probability ``p_outage``,
+    one contiguous span with a uniform start and a uniform length in [1, T]."""
+    batch, steps, n_mod = mask.shape
+    if p_outage <= 0 or steps < 2:
+        return torch.zeros_like(mask)
+    draws = torch.rand((3, batch, 1, n_mod), device=mask.device, generator=generator)
+    start = (draws[1] * steps).floor()
+    length = 1 + (draws[2] * steps).floor()
+    t = torch.arange(steps, device=mask.device, dtype=start.dtype).view(1, steps, 1)
+    return (draws[0] < p_outage) & (t >= start) & (t < start + length)
+
+
 def sequence_objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
                        actions: torch.Tensor | None = None, beta: float = 1.0,
                        generator: torch.Generator | None = None, p_full: float | None = None,
-                       p_empty: float | None = None) -> ObjectiveOutput:
+                       p_empty: float | None = None, p_outage: float | None = None) -> ObjectiveOutput:
     """The sequence ELBO above for normalised features (B, T, *fshape) and a mask (B, T, M); actions
     (B, T, U) (u_1 is unused: z_1 has the fixed prior). Per-sequence loss (B,), summed over steps."""
     batch, steps, _ = mask.shape
@@ -163,6 +223,8 @@ def sequence_objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor]
     flat_feats, flat_mask = flatten_steps(model, feats, mask)
     mu, logvar = sequence_experts(model, flat_feats, flat_mask, batch, steps)
     transition = model.extra[TRANSITION]
+    p_outage = options.p_outage if p_outage is None else p_outage
+    seen = mask & ~sample_outages(mask, p_outage, generator)
     zs, kls = [], []
     prior_mu = torch.zeros((batch, model.latent_dim), dtype=mu.dtype, device=mu.device)
     prior_lv = torch.zeros_like(prior_mu)
@@ -170,7 +232,7 @@ def sequence_objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor]
         if t > 0:
             prior_mu, prior_lv = transition(zs[-1], None if actions is None else actions[:, t])
             prior_lv = post.clamp_logvar(prior_lv)
-        subset = sample_filter_subsets(mask[:, t], p_full, p_empty, generator)
+        subset = sample_filter_subsets(seen[:, t], p_full, p_empty, generator)
         q_mu, q_lv = poe_with_prior(mu[:, :, t], logvar[:, :, t], subset, prior_mu, prior_lv)
         zs.append(post.reparameterize(q_mu, q_lv, generator=generator))
         kls.append(post.kl_gaussians(q_mu, q_lv, prior_mu, prior_lv))
@@ -203,7 +265,8 @@ class TemporalFamily(Family):
 
     def build_networks(self, model: "MultimodalVAE") -> dict[str, nn.Module]:
         options = TemporalOptions.from_config(model.config.objective_options)
-        return {TRANSITION: Transition(model.latent_dim, options.action_dim, options.transition_hidden)}
+        cls = TRANSITIONS[options.transition]
+        return {TRANSITION: cls(model.latent_dim, options.action_dim, options.transition_hidden)}
 
 
 def is_temporal(model: "MultimodalVAE") -> bool:
