@@ -5,7 +5,8 @@ For each family and seed: train on the train tuples, then report on the test tup
   t not in S, the plain accuracy of t's pretrained digit classifier on the image generated from S
   (decoded from the posterior mean), averaged over targets and subsets; ``null`` where the family
   refuses inference from a subset (Table 1: no missing modalities);
-- latent linear-probe accuracy (logistic regression on the full-set posterior mean);
+- latent linear-probe accuracy (logistic regression on the full-set posterior mean); for families with
+  private latents also on the s_m and a style-transfer PNG (:mod:`.zoo_private`);
 - joint NLL by IWAE (K samples, full-set proposal), in nats per tuple of normalised features;
 - training samples/s and wall time.
 The per-modality classifiers are trained once per seed and their test accuracies are reported.
@@ -29,6 +30,7 @@ from torch import nn
 from ..core import ModelConfig, MultimodalVAE, impute, iwae_log_likelihood, register_network, training
 from ..core.families import FAMILIES, FamilyError
 from ..data.polydigits import PolyDigits, make_polydigits, specs
+from . import zoo_private
 
 
 @dataclass
@@ -230,7 +232,8 @@ def evaluate_family(name: str, train: PolyDigits, test: PolyDigits, classifiers:
     result = {"family": name, "seed": seed, **stats,
               "coherence": coherence(model, test, classifiers),
               "latent_probe": latent_probe(model, train, test, config.n_probe),
-              "joint_nll": joint_nll(model, test, config.iwae_k, config.n_nll)}
+              "joint_nll": joint_nll(model, test, config.iwae_k, config.n_nll),
+              **zoo_private.private_metrics(model, train, test, config.n_probe)}     # private latents (issue 12)
     result["eval_seconds"] = time.perf_counter() - started
     return result
 
@@ -268,6 +271,8 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "seeds": len(mine),
             "coherence": ({str(k): float(np.mean([c[k] for c in coh])) for k in coh[0]} if coh else None),
             "latent_probe": float(np.mean([r["latent_probe"] for r in mine])),
+            "latent_probe_private": (float(np.mean([r["latent_probe_private"] for r in mine]))
+                                     if "latent_probe_private" in mine[0] else None),
             "joint_nll": float(np.mean([r["joint_nll"] for r in mine])),
             "samples_per_s": float(np.mean([r["samples_per_s"] for r in mine])),
             "train_seconds": float(np.mean([r["train_seconds"] for r in mine]))}
@@ -277,11 +282,14 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def markdown(report: dict[str, Any]) -> str:
     summary = report["summary"]
     ks = next((list(s["coherence"]) for s in summary.values() if s["coherence"]), [])
-    head = ["family", *[f"coh k={k}" for k in ks], "latent probe", "joint NLL (IWAE)", "samples/s", "train s"]
+    head = ["family", *[f"coh k={k}" for k in ks], "latent probe", "probe on s_m", "joint NLL (IWAE)", "samples/s",
+            "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, s in summary.items():
         coh = [f"{s['coherence'][k]:.3f}" if s["coherence"] else "—" for k in ks]
-        lines.append("| " + " | ".join([name, *coh, f"{s['latent_probe']:.3f}", f"{s['joint_nll']:.1f}",
+        private = s.get("latent_probe_private")
+        lines.append("| " + " | ".join([name, *coh, f"{s['latent_probe']:.3f}",
+                                        "—" if private is None else f"{private:.3f}", f"{s['joint_nll']:.1f}",
                                         f"{s['samples_per_s']:.0f}", f"{s['train_seconds']:.0f}"]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -324,6 +332,7 @@ def write_outputs(report: dict[str, Any], out: Path) -> None:
     _atomic(out / "zoo.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
     _atomic(out / "zoo.md", lambda tmp: Path(tmp).write_text(markdown(report)))
     plot(report, out / "coherence.png")
+    zoo_private.write_style_transfer(report["runs"], out)
 
 
 # ----------------------------------------------------------------------------- CLI glue
