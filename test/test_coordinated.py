@@ -17,7 +17,7 @@ from mdgm_ros.core import posterior as post
 from mdgm_ros.core.families import FAMILIES
 
 BETA = 0.7
-COORDINATED = ["yin", "bivcca", "cadavae", "scan"]
+COORDINATED = ["yin", "bivcca", "cadavae", "scan", "avae"]
 
 
 @pytest.fixture(autouse=True)
@@ -116,6 +116,53 @@ def test_scan_refuses_an_unknown_pivot():
         build("scan", pivot="z")
 
 
+def own_q(model, x, name):
+    mu, logvar = model.encoders[name](x[name])
+    return Normal(mu, torch.exp(0.5 * logvar))
+
+
+@pytest.mark.parametrize("pivot", ["a", "b"])
+def test_avae_eqs10_11_stages(pivot):
+    model, x = build("avae", pivot=pivot)
+    other = "b" if pivot == "a" else "a"
+    prior = Normal(torch.zeros(2), torch.ones(2))
+
+    def elbo_own(name):
+        qm = own_q(model, x, name)
+        return loglik(model, name, x, qm.mean) - BETA * kl_divergence(qm, prior).sum(-1)
+
+    def associate(source, target):
+        mu, logvar = model.extra["associators"][f"{source}_to_{target}"](own_q(model, x, source).mean)
+        a = Normal(mu, torch.exp(0.5 * logvar))
+        return loglik(model, target, x, a.mean) - BETA * kl_divergence(a, prior).sum(-1)
+
+    stage1 = elbo_own("a") + elbo_own("b")
+    stage2 = associate(pivot, other) + associate(other, pivot)
+    assert torch.allclose(loss(model, x, stage="unimodal"), -stage1, atol=1e-4)
+    assert torch.allclose(loss(model, x, stage="associators"), -stage2, atol=1e-4)
+    assert torch.allclose(loss(model, x), -(stage1 + stage2), atol=1e-4)
+    assert sorted(model.extra["associators"]) == sorted([f"{pivot}_to_{other}", f"{other}_to_{pivot}"])
+    # the model's space is the pivot's: the other modality is encoded through its associator and
+    # decoded through the pivot's associator to it
+    with torch.no_grad():
+        z = torch.randn(3, 2)
+        to_other = model.extra["associators"][f"{pivot}_to_{other}"](z)[0]
+        assert torch.allclose(model.decode(other, z), model.decoders[other](to_other))
+        assert torch.allclose(model.decode(pivot, z), model.decoders[pivot](z))
+        via = model.extra["associators"][f"{other}_to_{pivot}"](model.encoders[other](x[other])[0])
+        assert torch.allclose(encoder(model, other)(x[other])[0], via[0])
+    with pytest.raises(ValueError, match="stages"):
+        loss(model, x, stage="pivot")
+
+
+def test_avae_with_three_modalities_has_associators_to_and_from_the_pivot_only():
+    model, x = build("avae", n_mod=3)
+    assert sorted(model.extra["associators"]) == ["a_to_b", "a_to_c", "b_to_a", "c_to_a"]
+    mask = torch.tensor([[False, True, True]] * 3)             # no pivot: no association term
+    out = compute_objective(model, x, mask, beta=BETA, stage="associators")
+    assert (out.loss == 0).all() and not out.terms
+
+
 # ----------------------------------------------------------------------------- rows and M > 2
 @pytest.mark.parametrize("name", ["yin", "bivcca", "cadavae"])
 def test_a_row_with_one_modality_trains_its_elbo_and_a_row_with_none_nothing(name):
@@ -152,7 +199,7 @@ def test_table_row_says_no_aggregated_inference_and_pairwise(name):
     props = FAMILIES[name].properties
     assert props.aggregated_inference.startswith("×") and props.scalability.startswith("pairwise")
     assert props.missing_modalities and not props.modality_specific_latents
-    assert props.equations.startswith("eq.") and FAMILIES[name].doc.count("math::") >= 1
+    assert props.equations.startswith("eq") and FAMILIES[name].doc.count("math::") >= 1
 
 
 @pytest.mark.parametrize("name", COORDINATED)

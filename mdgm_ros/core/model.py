@@ -284,7 +284,11 @@ class MultimodalVAE(nn.Module):
     def decode(self, name: str, z: torch.Tensor, private: torch.Tensor | None = None) -> torch.Tensor:
         """Likelihood location of ``name`` from the shared z (..., D); with private latents the decoder
         takes [z, s_m], s_m = ``private`` (broadcast to z's leading dims) or, if None, the mean of the
-        family's generation prior for s_m (cross-modal generation by the mean)."""
+        family's generation prior for s_m (cross-modal generation by the mean). A family whose
+        modalities have latent spaces of their own (AVAE) maps z into ``name``'s space first."""
+        to_own_space = getattr(self.family, "modality_latent", None)
+        if to_own_space is not None:
+            z = to_own_space(self, name, z)
         if self.private_dim:
             if private is None:
                 private = self.family.private_prior(self, name)[0].to(z.dtype)

@@ -17,7 +17,7 @@ import torch
 
 from . import bridged, elbo, jmvae, jvae, m2vae, mmjsd, mmvae, mopoe, mvae, telbo, temporal, vaevae
 from . import mmjsd_ms, mmvae_plus, mopoe_ms
-from . import bivcca, cadavae, contrastive, scan, yin
+from . import avae, bivcca, cadavae, contrastive, scan, yin
 from .base import Family, FamilyError, Properties, Stage
 from .common import ObjectiveOutput
 
@@ -45,7 +45,7 @@ for _module in (elbo, mvae, mopoe, mmvae, mmjsd, jvae, jmvae, telbo, m2vae, vaev
 for _module in (mopoe_ms, mmjsd_ms, mmvae_plus):          # modality-specific latents (issue 12)
     register_family(_module.FAMILY)
 
-for _module in (yin, bivcca, cadavae, scan):           # coordinated models (issue 13)
+for _module in (yin, bivcca, cadavae, scan, avae):     # coordinated models (issue 13)
     register_family(_module.FAMILY)
 
 # name -> objective function (kept for callers of the first API)
