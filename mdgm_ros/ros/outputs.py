@@ -4,6 +4,7 @@ standard-type mirrors (``standard_mirrors``) for tools that only know common_int
 | topic | type | content |
 |---|---|---|
 | ``~/latent`` | ``mdgm_ros/Latent`` | posterior mean/std, presence mask, model id; stamp = source stamp |
+| ``~/latent_private/<m>`` | ``mdgm_ros/Latent`` | families with private latents: q(s_m) mean/std of each observed m |
 | ``~/anomaly`` | ``mdgm_ros/AnomalyScores`` | per-modality score, threshold, flagged; total |
 | ``~/imputed/<m>`` | the modality's own type; audio: ``mdgm_ros/ImputedArray`` (stamped log-mel) | |
 | ``~/model_info`` | ``mdgm_ros/ModelInfo`` (transient local) | what the node runs |
@@ -36,8 +37,8 @@ def f32(values: Any) -> array.array:
 
 
 def latent_message(model_id: str, names: Sequence[str], present: Sequence[bool], mean: np.ndarray, std: np.ndarray,
-                   stamp_ns: int, frame_id: str) -> Latent:
-    msg = Latent(model_id=model_id, modalities=list(names), present=[bool(p) for p in present])
+                   stamp_ns: int, frame_id: str, step: int = 0) -> Latent:
+    msg = Latent(model_id=model_id, modalities=list(names), present=[bool(p) for p in present], step=int(step))
     msg.header.stamp, msg.header.frame_id = bridge.ns_to_stamp(stamp_ns), frame_id
     msg.mean, msg.std = f32(mean), f32(std)
     return msg
@@ -66,7 +67,7 @@ class FusionOutputs:
     """Publishers of one activation; ``publish`` sends one fusion step (latent first)."""
 
     def __init__(self, node, streams: dict[str, Stream], mirrors: bool, qos: QoSProfile):
-        self.node, self.streams, self.mirrors = node, streams, mirrors
+        self.node, self.streams, self.mirrors, self.qos = node, streams, mirrors, qos
         self.names = list(streams)
         self.model_id = ""
         self.thresholds = np.full(len(self.names), np.nan, np.float32)
@@ -98,17 +99,37 @@ class FusionOutputs:
 
     def publish(self, result, present: Sequence[bool], stamp_ns: int, frame_id: str) -> None:
         """~/latent, then ~/anomaly, then ~/imputed/* (and their mirrors)."""
+        self.publish_latent(result, present, stamp_ns, frame_id)
+        self.publish_derived(result, present, stamp_ns, frame_id)
+
+    def publish_latent(self, result, present: Sequence[bool], stamp_ns: int, frame_id: str, step: int = 0) -> None:
+        """~/latent (and its mirror): the node sends it as soon as the posterior exists, before decoding."""
         mean = result.latent_mean[0].cpu().numpy()
         std = result.latent_std[0].cpu().numpy()
-        self.pubs["latent"].publish(latent_message(self.model_id, self.names, present, mean, std, stamp_ns, frame_id))
+        self.pubs["latent"].publish(latent_message(self.model_id, self.names, present, mean, std, stamp_ns, frame_id,
+                                                   step))
         if self.mirrors:
             if len(self.latent_names) != len(mean):
                 self.latent_names = bridge.latent_names(len(mean))
             self.pubs["mirror/latent"].publish(bridge.named_vector(self.latent_names, mean, std, stamp_ns, frame_id))
+
+    def publish_derived(self, result, present: Sequence[bool], stamp_ns: int, frame_id: str) -> None:
+        """What the decoders give, after the latent: ~/anomaly, ~/imputed/*, the private latents."""
         if result.scores is not None:
             self._publish_anomaly(result.scores[0].cpu().numpy(), float(result.total_score[0]), stamp_ns, frame_id)
         for name, imputed in result.imputed.items():
             self._publish_imputed(name, imputed.mean[0].cpu().numpy(), stamp_ns, frame_id)
+        for name, private_mean in getattr(result, "private_mean", {}).items():
+            self._publish_private(name, private_mean[0].cpu().numpy(), result.private_std[name][0].cpu().numpy(),
+                                  present, stamp_ns, frame_id)
+
+    def _publish_private(self, name: str, mean: np.ndarray, std: np.ndarray, present: Sequence[bool],
+                         stamp_ns: int, frame_id: str) -> None:
+        """~/latent_private/<name>: the modality's private latent (publisher made at first use)."""
+        key = f"latent_private/{name}"
+        if key not in self.pubs:
+            self.pubs[key] = self.node.create_publisher(Latent, f"~/{key}", self.qos)
+        self.pubs[key].publish(latent_message(self.model_id, self.names, present, mean, std, stamp_ns, frame_id))
 
     def _publish_anomaly(self, scores: np.ndarray, total: float, stamp_ns: int, frame_id: str) -> None:
         self.pubs["anomaly"].publish(anomaly_message(self.model_id, self.names, scores, self.thresholds, total,
@@ -139,6 +160,12 @@ def model_info_message(runtime, node, mirrors: bool) -> ModelInfo:
         "anomaly": {"topic": "~/anomaly", "type": "mdgm_ros/msg/AnomalyScores",
                     "score": "standardised score (NaN if missing)", "threshold": "calibrated threshold"},
         "imputed_audio": "log-mel spectrogram, mdgm_ros/msg/ImputedArray, layout dims mel x frame",
+        **({"latent_private": {"topic": "~/latent_private/<modality>", "type": "mdgm_ros/msg/Latent",
+                               "dim": int(model.private_dim), "mean": "mean of q(s_m | x_m), the modality's private "
+                               "latent", "std": "its standard deviation", "present": "presence mask (as ~/latent); "
+                               "published only while the modality is observed",
+                               "latent": "~/latent carries the shared c"}}
+           if getattr(model, "private_dim", 0) else {}),
         "mirrors": {"~/mirror/latent": "sensor_msgs/JointState: name z0.., position = mean, effort = std",
                     "~/mirror/anomaly": "sensor_msgs/JointState: name total + modalities, position = score, "
                                         "effort = threshold",
