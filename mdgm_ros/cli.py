@@ -151,6 +151,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str) -> tuple[float, ...] | None:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--outages: expected seconds separated by commas, got {text!r}") from None
+    if any(not 0 < v < 3600 for v in values):
+        raise ValueError(f"--outages: every length must be in (0, 3600) s, got {text!r}")
+    return values or None
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .core import BundleError
     from .data.bags import BagError
@@ -160,7 +170,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         report = evaluate_bags(args.model, args.bags, args.params, plots=args.plots or None, dropout_s=args.dropout,
                                device=args.device, label_topic=args.label_topic, max_corrupt=args.max_corrupt,
-                               log=lambda m: print(m, file=sys.stderr, flush=True))
+                               log=lambda m: print(m, file=sys.stderr, flush=True), compare=args.compare or None,
+                               outages_s=_floats(args.outages))
     except (BagError, BundleError, LabelError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -276,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--params", default=str(config_path("fusion.yaml")), help="the node's params file")
     ev.add_argument("--plots", default="", help="folder for the PNGs")
     ev.add_argument("--dropout", type=float, default=1.0, help="seconds of each simulated outage")
+    ev.add_argument("--compare", default="", metavar="BUNDLE",
+                    help="with a temporal --model: the per-frame bundle to compare it with on the same bags")
+    ev.add_argument("--outages", default="0.5,1,1.5,3", metavar="SECONDS",
+                    help="temporal model: outage lengths of the comparison, comma-separated")
     ev.add_argument("--label-topic", default=None,
                     help="std_msgs/String JSON fault-label topic in the bags (default: the one the model was "
                          "trained with, else /sim/fault_labels); sidecar files BAG.labels.yaml are read too")

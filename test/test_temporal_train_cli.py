@@ -77,3 +77,55 @@ def test_an_interrupted_temporal_run_resumes_to_the_same_weights(sim_bag, tmp_pa
     assert isinstance(a.extra[TRANSITION], Transition)
     sa, sb = a.state_dict(), b.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_evaluate_compares_the_temporal_and_the_per_frame_model_on_one_bag(gru_bundle, trained_bundle, sim_bag,
+                                                                           tmp_path):
+    from mdgm_ros.evaluation.evaluate import evaluate_bags, summary_lines
+
+    report = evaluate_bags(str(gru_bundle[0]), [str(sim_bag[0])], "config/fusion.yaml", plots=tmp_path,
+                           compare=str(trained_bundle[0]), outages_s=(0.5, 1.0), log=lambda m: None)
+    comparison = report["temporal"]
+    assert set(comparison["imputation"]) == {"0.5", "1"}
+    for per in comparison["imputation"].values():
+        for entry in per.values():
+            assert entry["samples"] > 0 and all(np.isfinite(entry[k]) for k in
+                                                ("temporal", "per_frame", "baseline_mean", "baseline_last"))
+    assert report["imputation"]["joints"]["model"] == comparison["imputation"]["1"]["joints"]["temporal"]
+    assert set(comparison["anomaly"]) == {"temporal", "per_frame"}
+    assert comparison["anomaly"]["temporal"]["per_fault"]["camera_blackout"]["samples"] > 0
+    assert set(comparison["prediction"]) == {"latent_1_step", "joints_10_step"}
+    assert (tmp_path / "fault_timeline_compare.png").stat().st_size > 10_000
+    assert isinstance(comparison["verdict"]["passed"], bool)
+    assert any(line.startswith("issue 11 bars:") for line in summary_lines(report))
+
+
+def test_the_evaluation_filter_over_rows_is_the_offline_filter(gru_bundle, sim_bag):
+    from mdgm_ros.data.dataset import load_bags
+    from mdgm_ros.evaluation import temporal as te
+    from mdgm_ros.evaluation.evaluate import load_eval_model
+    from mdgm_ros.streams.params import fusion_params_from_file
+
+    em = load_eval_model(gru_bundle[0])
+    params = fusion_params_from_file("config/fusion.yaml", overrides={"anchor": "", "output_rate": 30.0})
+    data = load_bags([str(sim_bag[0])], params, list(em.model.config.modalities), None, log=lambda m: None)
+    data = data.subset(np.arange(len(data)) < 120)
+    ex = te.row_experts(em, data)
+    run = te.data_runs(data, 0.1)[0]
+    mask = data.mask.copy()
+    mask[run[20:50], 3] = False                                       # a tactile outage
+    rows = te.filter_rows(em.model, ex, mask, [run])
+    with torch.no_grad():
+        seq = tp.filter_sequence(em.model, {n: v[run].unsqueeze(0) for n, v in ex.feats.items()},
+                                 torch.from_numpy(mask[run]).unsqueeze(0))
+    torch.testing.assert_close(rows["mean"][run], seq.mean[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rows["prior_logvar"][run], seq.prior_logvar[0], rtol=1e-5, atol=1e-5)
+
+
+def test_compare_needs_a_temporal_model(trained_bundle, sim_bag):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "mdgm_ros", "evaluate", "--model", str(trained_bundle[0]), "--bags",
+                          str(sim_bag[0]), "--compare", str(trained_bundle[0])], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith("error: --compare needs a temporal")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..core import Bundle, load_bundle
+from ..core.families.temporal import is_temporal
 from ..core.inference import anomaly_scores, impute
 from ..core.metrics import auroc, average_precision
 from ..data.dataset import AlignedDataset
@@ -232,6 +233,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if not a["per_fault"] and not report.get("notes"):
         lines.append("  no fault labels in these bags: AUROC needs labels (a BAG.labels.yaml sidecar, see "
                      "`mdgm-ros label`, or a label topic)")
+    if "temporal" in report:
+        from .temporal import summary_lines as temporal_lines
+        lines += temporal_lines(report["temporal"])
     lat = report["latent"]
     lines.append(f"latent: {lat['active_dims']}/{lat['dim']} active dims, mean posterior std {lat['mean_posterior_std']:.3f}")
     return lines
@@ -403,9 +407,11 @@ def evaluate_live(em: EvalModel, truth: AlignedDataset, recording, outages: dict
 # ----------------------------------------------------------------------------- the command
 def evaluate_bags(model: str | Path, bag_paths: list[str], params_file: str | Path, plots: str | Path | None = None,
                   dropout_s: float = 1.0, device: str = "cpu", label_topic: str | None = None,
-                  log=print, max_corrupt: float = 0.01) -> dict[str, Any]:
+                  log=print, max_corrupt: float = 0.01, compare: str | Path | None = None,
+                  outages_s: tuple[float, ...] | None = None) -> dict[str, Any]:
     """The whole ``mdgm-ros evaluate``: the bundle's alignment settings, labels from the bags' label topic
-    and sidecar files, a warning for bags the bundle was trained on."""
+    and sidecar files, a warning for bags the bundle was trained on. A temporal model is filtered over
+    the bags (:mod:`.temporal`), against the per-frame bundle ``compare`` when given."""
     from ..data import bags
     from ..data.dataset import check_bags, default_cache_dir, load_bags
     from ..streams.params import ParameterError, fusion_params_from_file
@@ -433,4 +439,28 @@ def evaluate_bags(model: str | Path, bag_paths: list[str], params_file: str | Pa
                               title=f"{em.bundle.model_id} on {', '.join(names)}", bag_names=names)
     report["warnings"] = warnings
     report["bags"] = [str(b) for b in bag_paths]
+    if is_temporal(em.model):
+        _add_temporal(report, em, load_eval_model(compare, device) if compare else None, data, params.output_rate,
+                      outages_s, dropout_s, Path(plots) if plots else None, names)
+    elif compare:
+        raise ValueError("--compare needs a temporal model as --model (the per-frame bundle goes to --compare)")
     return report
+
+
+def _add_temporal(report: dict[str, Any], em: EvalModel, frame: EvalModel | None, data: AlignedDataset,
+                  rate: float, outages_s, dropout_s: float, plots: Path | None, bag_names: list[str]) -> None:
+    """The temporal comparison; its filtered imputation (the outage closest to ``dropout_s``) and
+    one-step predictive scores replace the per-frame rule's in the main report."""
+    from . import temporal
+
+    lengths = tuple(outages_s) if outages_s else temporal.OUTAGES_S
+    comparison = temporal.compare(em, frame, data, rate, lengths, plots,
+                                  title=f"anomaly scores on {', '.join(bag_names)}")
+    report["temporal"] = comparison
+    nearest = min(comparison["imputation"], key=lambda k: abs(float(k) - dropout_s))
+    report["imputation"] = {n: {"model": v["temporal"], "baseline_mean": v["baseline_mean"],
+                                "baseline_last": v["baseline_last"], "samples": v["samples"]}
+                            for n, v in comparison["imputation"][nearest].items()}
+    report["anomaly"] = comparison["anomaly"]["temporal"]
+    report["protocol"] = {"mode": "offline, temporal filter", "dropout_s": float(nearest), "outages_s": list(lengths)}
+    report.setdefault("plots", {}).update(comparison.get("plots", {}))

@@ -184,3 +184,34 @@ def write_all(out_dir: Path, em, data, total: np.ndarray, scores: np.ndarray, th
 
 def _within(label, stamps: np.ndarray) -> bool:
     return bool(len(stamps)) and label.end_ns >= stamps.min() and label.start_ns <= stamps.max()
+
+
+def compare_timeline(path: Path, stamps: np.ndarray, totals: dict[str, np.ndarray], thresholds: dict[str, Any],
+                     labels: list[Any], t0: int, title: str = "") -> Path:
+    """One row per model: its total anomaly score over time, fault spans coloured and named, its
+    calibrated threshold and the flagged band (the temporal and the per-frame model on one bag)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(totals), 1, figsize=(14, 2.8 * len(totals) + 0.6), sharex=True, squeeze=False)
+    t = (np.asarray(stamps) - t0) / NS
+    kinds = sorted({label.kind for label in labels})
+    colours = {kind: plt.get_cmap("tab10")(i % 10) for i, kind in enumerate(kinds)}
+    for ax, (name, total) in zip(axes[:, 0], totals.items()):
+        for label in labels:
+            ax.axvspan((label.start_ns - t0) / NS, (label.end_ns - t0) / NS, color=colours[label.kind], alpha=0.25,
+                       lw=0, label=f"fault: {label.kind}")
+        ax.plot(t, total, lw=0.7, color="k", label=f"{name} total score")
+        threshold = thresholds.get(name)
+        if threshold is not None:
+            ax.axhline(threshold, color="r", ls="--", lw=0.8, label=f"threshold ({threshold:.3g})")
+            _flag_band(ax, t, np.nan_to_num(total, nan=-np.inf) > threshold)
+        ax.set_ylabel(f"{name}\nscore")
+        _score_axis(ax, total)
+        handles, names = ax.get_legend_handles_labels()
+        unique = dict(zip(names, handles))
+        ax.legend(unique.values(), unique.keys(), fontsize=7, loc="upper left", ncol=4)
+    axes[-1, 0].set_xlabel("time in the bag (s)")
+    fig.suptitle(title or "anomaly scores of both models", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -60,6 +60,7 @@ class TrainingSection:
     min_delta: float = 0.0
     threads: int = 0
     deterministic: bool = False          # bit-identical reruns (deterministic kernels; matters on CUDA)
+    init_from: str = ""                  # a bundle whose weights of the same name and shape start this model
     beta: dict = field(default_factory=dict)
 
 

@@ -237,7 +237,8 @@ def _resume_key(bag_paths: list[str], settings: TrainSettings) -> str:
     shaping = {"model": settings.model.to_dict(), "fusion": repr(settings.fusion),
                "data": {k: v for k, v in vars(settings.data).items() if k != "cache"}}
     return hashlib.sha256(json.dumps({"bags": [bags.content_hash(p) for p in bag_paths], "config": shaping,
-                                      "seed": settings.train.seed, "batch_size": settings.train.batch_size},
+                                      "seed": settings.train.seed, "batch_size": settings.train.batch_size,
+                                      "init_from": settings.opt.init_from},
                                      sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -297,6 +298,23 @@ def _fit(trainer: Trainer, train, val, settings: TrainSettings, workdir: Path, r
     return _Fit(best, trainer.epoch, stopped_early)
 
 
+def init_weights(model: MultimodalVAE, bundle_path: str, log: Callable[[str], None]) -> None:
+    """Start from another bundle's weights wherever name and shape match (e.g. a temporal model from the
+    per-frame encoders, decoders and likelihood scales trained on the same bags); the rest stays new."""
+    from ..core import BundleError, load_bundle
+
+    try:
+        source = load_bundle(bundle_path, device=str(model.device)).model.state_dict()
+    except (BundleError, OSError) as err:
+        raise TrainError(f"training.init_from: {err}") from None
+    own = model.state_dict()
+    shared = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    if not shared:
+        raise TrainError(f"training.init_from: {bundle_path} has no weights of this model's names and shapes")
+    model.load_state_dict(shared, strict=False)
+    log(f"started from {len(shared)}/{len(own)} tensors of {bundle_path}")
+
+
 def _no_best(stage: int = 0) -> dict[str, Any]:
     return {"val": float("inf"), "epoch": -1, "stage": stage, "state": None, "bad_epochs": 0}
 
@@ -347,6 +365,8 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
     else:
         (workdir / "metrics.csv").unlink(missing_ok=True)
         core_training.fit_normalization(model, train_feats, train_mask)
+        if settings.opt.init_from:
+            init_weights(model, settings.opt.init_from, log)
     val_norm = core_training.normalize_features(model, val_feats)
     fit = _fit(trainer, (core_training.normalize_features(model, train_feats), train_mask), (val_norm, val_mask),
                settings, workdir, resume_key, log, progress, show_bar, should_stop, best)
