@@ -8,7 +8,7 @@ import torch
 
 from mdgm_ros.core import (Fuser, ModalitySpec, ModelConfig, MultimodalVAE, compute_objective,
                            conditional_log_likelihood, impute, iwae_log_likelihood, synthetic, training)
-from mdgm_ros.core.families import FAMILIES, FamilyError, get_family
+from mdgm_ros.core.families import FAMILIES, LABELS, FamilyError, get_family
 from mdgm_ros.core.families.table import families_command, markdown_table
 
 NAMES = list(FAMILIES)
@@ -166,7 +166,16 @@ def _data(model, n=128, seed=0):
     feats = training.raw_to_features(model, data.raw)
     mask = torch.from_numpy(data.mask)
     training.fit_normalization(model, feats, mask)
-    return training.normalize_features(model, feats), mask
+    return _with_labels(model, training.normalize_features(model, feats), data), mask
+
+
+def _with_labels(model, feats, data):
+    """Families with a label head (Tian et al.) get class labels: the cell of the hidden factor c on a
+    4 x 4 grid (as the digit on PolyDigits, the task phase in bags)."""
+    if getattr(model.family, "uses_labels", False):
+        cells = np.clip(((data.factors + 1) * 2).astype(int), 0, 3)
+        feats = {**feats, LABELS: torch.from_numpy(cells[:, 0] * 4 + cells[:, 1])}
+    return feats
 
 
 @pytest.mark.parametrize("name", MULTI_STAGE)
@@ -258,7 +267,7 @@ def test_short_training_beats_the_mean_predictor_and_the_prior(name):
 def _data_like(model, n, seed):
     data = synthetic.make_dataset(model.config.modalities, n, seed=seed)
     feats = training.raw_to_features(model, data.raw)
-    return training.normalize_features(model, feats), torch.from_numpy(data.mask)
+    return _with_labels(model, training.normalize_features(model, feats), data), torch.from_numpy(data.mask)
 
 
 def test_get_family_answers_for_the_model_config():

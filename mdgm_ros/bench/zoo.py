@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..core import ModelConfig, MultimodalVAE, impute, iwae_log_likelihood, register_network, training
-from ..core.families import FAMILIES, FamilyError
+from ..core.families import FAMILIES, LABELS, FamilyError
 from ..data.polydigits import PolyDigits, make_polydigits, specs
 from . import zoo_private
 
@@ -153,6 +153,8 @@ def train_family(name: str, train: PolyDigits, config: ZooConfig, seed: int) -> 
     raw, mask = _features(model, train)
     training.fit_normalization(model, raw, mask)
     feats = training.normalize_features(model, raw)
+    if getattr(model.family, "uses_labels", False):          # label heads (Tian et al.): the digit
+        feats[LABELS] = torch.from_numpy(train.labels)
     schedule = training.BetaSchedule("linear", 0.0, 1.0, config.warmup_steps)
     tconfig = training.TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                                    beta=schedule, seed=seed)

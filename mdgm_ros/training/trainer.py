@@ -368,7 +368,8 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
         if settings.opt.init_from:
             init_weights(model, settings.opt.init_from, log)
     val_norm = core_training.normalize_features(model, val_feats)
-    fit = _fit(trainer, (core_training.normalize_features(model, train_feats), train_mask), (val_norm, val_mask),
+    train_norm = with_phase_labels(model, core_training.normalize_features(model, train_feats), data)
+    fit = _fit(trainer, (train_norm, train_mask), (with_phase_labels(model, val_norm, data, val=True), val_mask),
                settings, workdir, resume_key, log, progress, show_bar, should_stop, best)
     best = fit.best
     if best["state"] is None:
@@ -423,6 +424,24 @@ def temporal_manifest(model: MultimodalVAE, settings: TrainSettings, windows: _W
             "anomaly": "one-step predictive NLL of each stream given the past and the other streams now "
                        "(calibration.json), calibrated by filtering held-out runs from a fresh state",
             "onnx_transition": "onnx_transition.onnx: z (and u) -> mean, logvar of p(z_t | z_{t-1}, u_t)"}
+
+
+def with_phase_labels(model: MultimodalVAE, feats: dict[str, torch.Tensor], data: _Data,
+                      val: bool = False) -> dict[str, torch.Tensor]:
+    """For a family with a label head (Tian et al.): each sample's task phase as a class index (sorted
+    phase names of the train and held-out rows; -1 where the bag has no phase)."""
+    if not getattr(model.family, "uses_labels", False):
+        return feats
+    from ..core.families import LABELS
+
+    names = sorted({str(p) for p in np.concatenate([data.train.phase, data.val.phase])} - {""})
+    limit = int(model.config.objective_options.get("n_labels", 16))
+    if len(names) > limit:
+        raise TrainError(f"{len(names)} task phases but the label head has {limit} classes: set "
+                         f"model_overrides.objective_options.n_labels to at least {len(names)}")
+    index = {name: i for i, name in enumerate(names)}
+    phases = (data.val if val else data.train).phase
+    return {**feats, LABELS: torch.tensor([index.get(str(p), -1) for p in phases], dtype=torch.long)}
 
 
 def use_deterministic_kernels() -> None:

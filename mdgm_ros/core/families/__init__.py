@@ -17,11 +17,12 @@ import torch
 
 from . import bridged, elbo, jmvae, jvae, m2vae, mmjsd, mmvae, mopoe, mvae, telbo, temporal, vaevae
 from . import mmjsd_ms, mmvae_plus, mopoe_ms
-from . import avae, bivcca, cadavae, contrastive, scan, yin
+from . import avae, bivcca, cadavae, contrastive, scan, tian, yin
 from .base import Family, FamilyError, Properties, Stage
 from .common import ObjectiveOutput
 
 FAMILIES: dict[str, Family] = {}
+LABELS = tian.LABELS                # the batch entry of class labels, for families that use them
 
 
 def register_family(family: Family, replace: bool = False) -> Family:
@@ -45,7 +46,7 @@ for _module in (elbo, mvae, mopoe, mmvae, mmjsd, jvae, jmvae, telbo, m2vae, vaev
 for _module in (mopoe_ms, mmjsd_ms, mmvae_plus):          # modality-specific latents (issue 12)
     register_family(_module.FAMILY)
 
-for _module in (yin, bivcca, cadavae, scan, avae):     # coordinated models (issue 13)
+for _module in (yin, bivcca, cadavae, scan, avae, tian):     # coordinated models (issue 13)
     register_family(_module.FAMILY)
 
 # name -> objective function (kept for callers of the first API)
@@ -60,7 +61,10 @@ def compute_objective(model, feats: Mapping[str, torch.Tensor], mask: torch.Tens
     name = name or model.config.objective
     opts = {**model.config.objective_options, **options} if name == model.config.objective else options
     family = get_family(name)
+    labels = feats.get(LABELS) if getattr(family, "uses_labels", False) else None
     feats = model.complete(feats, mask)
+    if labels is not None:                          # per-row class labels (-1: none) for label heads
+        feats[LABELS] = labels
     rows = mask.any(1)
     extra = opts.pop("contrastive", None)           # Shi et al.'s term over pairs, for any family
 
