@@ -74,11 +74,12 @@ def mean_z(monkeypatch):
     monkeypatch.setattr(post, "sample_present_subsets", lambda mask, generator=None: mask)
 
 
-def build(name, **options):
+def build(name, proper_subsets_include_prior=None, **options):
     torch.manual_seed(2)
     two = (ModalitySpec("a", "vector", (3,), scale=0.6, weight=2.0, hidden=(8,)),
            ModalitySpec("b", "vector", (4,), scale=0.9, hidden=(8,)))
-    model = MultimodalVAE(ModelConfig(two, latent_dim=2, objective=name, private_dim=3, objective_options=options))
+    model = MultimodalVAE(ModelConfig(two, latent_dim=2, objective=name, private_dim=3, objective_options=options,
+                                      proper_subsets_include_prior=proper_subsets_include_prior))
     with torch.no_grad():                   # experts away from N(0, I), so every KL term is non-zero
         for enc in (*model.encoders.values(), *model.private_encoders.values()):
             enc.head.bias.add_(0.3)
@@ -120,7 +121,10 @@ def test_mopoe_ms_objective_by_hand(mean_z):
     out = compute_objective(model, x, torch.ones(3, 2, dtype=torch.bool), beta=BETA)
     assert torch.allclose(out.loss, -(recon - BETA * kl_c - BETA * 0.5 * kl_s), atol=1e-4)
     assert torch.allclose(out.terms["kl_private"], kl_s, atol=1e-5) and float(kl_s.min()) > 0
-    # a row without b: only a's terms, and b's private KL is not counted
+    # a row without b: only a's terms, and b's private KL is not counted (the prior expert in every
+    # product, so the hand computation does not hang on MoPoE's rule for proper subsets)
+    model, x = build("mopoe_ms", beta_private=0.5, proper_subsets_include_prior=True)
+    shared, private = experts(model, x)
     mask = torch.tensor([[True, False]] * 3)
     one = compute_objective(model, x, mask, beta=BETA)
     c_a = full_poe({"a": shared["a"]})
