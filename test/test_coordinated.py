@@ -288,3 +288,37 @@ def test_task_phases_become_class_labels_for_a_family_with_a_label_head():
     small, _ = build("tian", n_labels=2)
     with pytest.raises(TrainError, match="3 task phases but the label head has 2 classes"):
         with_phase_labels(small, x, data)
+
+
+@pytest.mark.parametrize("name", ["scan", "avae", "tian"])
+def test_exported_networks_compute_what_inference_computes_and_match_onnx(name, tmp_path):
+    """Encoders give q(z|x_m) in the model's space, decoders take that space's z (AVAE/Tian: through
+    the map into the modality's own space)."""
+    import warnings
+
+    import numpy as np
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from mdgm_ros.core.export import export_parts
+
+    model, x = build(name)
+    model.eval()
+    parts = {p.stem: p for p in export_parts(model)}
+    z = torch.randn(3, 2)
+    for n in model.names:
+        enc, dec = parts[f"onnx_{n}_encoder"], parts[f"onnx_{n}_decoder"]
+        with torch.no_grad():
+            assert torch.allclose(enc.module(x[n])[0], encoder(model, n)(x[n])[0])
+            assert torch.allclose(dec.module(z), model.decode(n, z))
+        for part, args in ((enc, (x[n],)), (dec, (z,))):
+            file = tmp_path / f"{part.stem}.onnx"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(part.module, part.args, str(file), input_names=part.inputs,
+                                  output_names=part.outputs, dynamo=False, opset_version=17,
+                                  dynamic_axes={k: {0: "batch"} for k in part.inputs + part.outputs})
+            got = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"]).run(
+                None, {k: a.numpy() for k, a in zip(part.inputs, args)})
+            with torch.no_grad():
+                want = part.module(*args)
+            want = want if isinstance(want, tuple) else (want,)
+            assert all(np.allclose(g, w.numpy(), atol=1e-4) for g, w in zip(got, want)), part.stem

@@ -38,18 +38,33 @@ class UnimodalPosterior(nn.Module):
         return self.model.family.unimodal_encoder(self.model, self.name)(x)
 
 
+class OwnSpaceDecoder(nn.Module):
+    """p(x_name | z) for a family whose modalities have latent spaces of their own (AVAE, Tian et al.):
+    z is mapped into name's space, then decoded (:meth:`MultimodalVAE.decode`), as one module."""
+
+    def __init__(self, model: MultimodalVAE, name: str):
+        super().__init__()
+        self.model = model
+        self.name = name
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(self.name, z)
+
+
 def export_parts(model: MultimodalVAE, batch: int = 2) -> list[ExportPart]:
     device = model.device
     feats = {n: torch.zeros(batch, *model.specs[n].feature_shape, device=device) for n in model.names}
     z = torch.zeros(batch, model.latent_dim + model.private_dim, device=device)    # [c, s_m] with private latents
     parts = []
     for name in model.names:
-        encoder = model.encoders[name] if name in model.encoders else None
+        own_space = getattr(model.family, "modality_latent", None) is not None
+        encoder = model.encoders[name] if name in model.encoders and not own_space else None
         if encoder is None and model.family.unimodal_encoder(model, name) is not None:
             encoder = UnimodalPosterior(model, name)
         if encoder is not None:
             parts.append(ExportPart(f"onnx_{name}_encoder", encoder, (feats[name],), ["features"], ["mu", "logvar"]))
-        parts.append(ExportPart(f"onnx_{name}_decoder", model.decoders[name], (z,), ["z"], ["loc"]))
+        decoder = OwnSpaceDecoder(model, name) if own_space else model.decoders[name]
+        parts.append(ExportPart(f"onnx_{name}_decoder", decoder, (z,), ["z"], ["loc"]))
         if name in model.private_encoders:
             parts.append(ExportPart(f"onnx_{name}_private_encoder", model.private_encoders[name], (feats[name],),
                                     ["features"], ["mu", "logvar"]))
