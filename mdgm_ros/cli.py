@@ -147,7 +147,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"interrupted: the last finished epoch is in {args.out}.train/; "
               "run again with --resume", file=sys.stderr)
         return 130
-    print(json.dumps(result.to_dict(), indent=2))
+    if os.environ.get("RANK", "0") == "0":          # one result of a torchrun launch, from rank 0
+        print(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from .data import cache
+
+    try:
+        if args.action == "list":
+            found = cache.entries()
+            if args.json:
+                print(json.dumps({"root": str(cache.cache_root()), "bound_gb": cache.max_bytes() / 1e9,
+                                  "entries": [e.to_dict() for e in found]}, indent=2))
+            else:
+                for e in found:
+                    print(f"{e.kind:8s} {e.bytes / 1e6:9.1f} MB  {e.to_dict()['last_used']}  {e.path}  {e.bag}")
+                print(f"{len(found)} entries, {sum(e.bytes for e in found) / 1e6:.1f} MB in {cache.cache_root()} "
+                      f"(bound {cache.max_bytes() / 1e9:.0f} GB, $MDGM_ROS_CACHE_MAX_GB)")
+            return 0
+        limit = None if args.max_gb is None else int(args.max_gb * 1e9)
+        if args.all:
+            limit = 0
+        if limit is None and args.older_than is None:
+            limit = cache.max_bytes()
+        removed = cache.prune(limit_bytes=limit, older_than_days=args.older_than, dry_run=args.dry_run,
+                              log=lambda m: print(m, file=sys.stderr))
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{'would remove' if args.dry_run else 'removed'} {len(removed)} entries, "
+          f"{sum(e.bytes for e in removed) / 1e6:.1f} MB")
     return 0
 
 
@@ -313,6 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto")
     demo.add_argument("--keep", action="store_true", help="reuse bags and model already in --out")
     demo.set_defaults(func=_cmd_demo)
+
+    cache = sub.add_parser("cache", help="list or prune the aligned-sample and shard cache ($MDGM_ROS_CACHE)")
+    cache.add_argument("action", choices=["list", "prune"])
+    cache.add_argument("--json", action="store_true", help="list: JSON")
+    cache.add_argument("--max-gb", type=float, default=None,
+                       help="prune: least recently used entries until the rest fit (default $MDGM_ROS_CACHE_MAX_GB)")
+    cache.add_argument("--older-than", type=float, default=None, metavar="DAYS", help="prune: entries unused this long")
+    cache.add_argument("--all", action="store_true", help="prune: everything")
+    cache.add_argument("--dry-run", action="store_true", help="prune: only say what would go")
+    cache.set_defaults(func=_cmd_cache)
 
     info = sub.add_parser("info", help="verify a model bundle and print its summary")
     info.add_argument("bundle")

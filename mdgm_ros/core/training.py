@@ -180,6 +180,7 @@ class Trainer:
                                            weight_decay=config.weight_decay)
         self.epoch = 0
         self.step = 0
+        self.amp = None
 
     # ----------------------------------------------------------------- stages
     @property
@@ -252,6 +253,50 @@ class Trainer:
         model.eval()
         return record
 
+    def train_step(self, batch: Mapping[str, torch.Tensor], m: torch.Tensor, stage: str | None,
+                   objective: Callable[..., Any] | None = None, loss_scale: float | None = None):
+        """One optimiser step on a batch already on the model's device; returns the objective's output.
+        ``objective(batch, mask, beta=, generator=, stage=)`` replaces :func:`compute_objective` on the
+        model (e.g. through a DistributedDataParallel wrapper); the step minimises the rows' mean, or
+        their sum times ``loss_scale``. Mixed precision: :attr:`amp` (None, torch.bfloat16 or
+        torch.float16; fp16 with a gradient scaler)."""
+        model, config = self.model, self.config
+        objective = objective or (lambda *a, **kw: compute_objective(model, *a, **kw))
+        with torch.autocast(model.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            out = objective(batch, m, beta=config.beta(self.step), generator=self.dev_gen, stage=stage)
+        loss = out.loss.float().mean() if loss_scale is None else out.loss.float().sum() * loss_scale
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at epoch {self.epoch} step {self.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        if loss.requires_grad:             # False when no row of the batch has a term this stage trains
+            self._backward_and_step(loss)
+        self.step += 1
+        return out
+
+    def _backward_and_step(self, loss: torch.Tensor) -> None:
+        scaler = self._scaler
+        if scaler is None:
+            loss.backward()
+        else:
+            scaler.scale(loss).backward()
+            scaler.unscale_(self.optimizer)
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        if scaler is None:
+            self.optimizer.step()
+        else:
+            scaler.step(self.optimizer)
+            scaler.update()
+
+    @property
+    def amp(self) -> torch.dtype | None:
+        return self._amp
+
+    @amp.setter
+    def amp(self, dtype: torch.dtype | None) -> None:
+        self._amp = dtype
+        self._scaler = torch.amp.GradScaler(self.model.device.type) if dtype == torch.float16 else None
+
     def _train_batches(self, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
                        val: tuple[Mapping[str, torch.Tensor], torch.Tensor] | None,
                        on_batch: Callable[[int, int], None] | None, stage: str | None) -> EpochRecord:
@@ -261,18 +306,7 @@ class Trainer:
         for done, idx in enumerate(batches, 1):
             batch = {k: v[idx].to(device, non_blocking=True) for k, v in feats.items()}
             m = mask[idx].to(device)
-            out = compute_objective(model, batch, m, beta=config.beta(self.step), generator=self.dev_gen,
-                                    stage=stage)
-            loss = out.loss.mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at epoch {self.epoch} step {self.step}")
-            self.optimizer.zero_grad(set_to_none=True)
-            if loss.requires_grad:             # False when no row of the batch has a term this stage trains
-                loss.backward()
-                if config.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                self.optimizer.step()
-            self.step += 1
+            out = self.train_step(batch, m, stage)
             seen += m.shape[0]
             sums["loss"] += float(out.loss.detach().sum())
             for key, value in out.terms.items():

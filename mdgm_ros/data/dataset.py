@@ -33,6 +33,7 @@ from ..streams.alignment import NS, Aligner, PushResult
 from ..streams.kinds import INPUT_TYPES, make_stream
 from ..streams.params import FusionParams, check_against_bundle
 from . import bags
+from .cache import cache_root, enforce_bound, touch
 from .labels import DEFAULT_LABEL_TOPIC, FaultLabel, find_sidecar, mark_faults, read_sidecar
 
 CACHE_VERSION = 1
@@ -40,7 +41,7 @@ PHASE_TOPIC = "/sim/task_phase"
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("MDGM_ROS_CACHE", Path.home() / ".cache" / "mdgm_ros")) / "aligned"
+    return cache_root() / "aligned"
 
 
 @dataclass
@@ -201,10 +202,12 @@ class _Collector:
 
 def align_bag(path: str | Path, params: FusionParams, specs: list[ModalitySpec], bag_index: int = 0,
               settle_s: float = 0.5, sample_at: np.ndarray | None = None,
-              label_topic: str = DEFAULT_LABEL_TOPIC, max_corrupt: float = bags.MAX_CORRUPT) -> AlignedDataset:
+              label_topic: str = DEFAULT_LABEL_TOPIC, max_corrupt: float = bags.MAX_CORRUPT,
+              collector: _Collector | None = None) -> AlignedDataset:
     """One bag -> aligned samples (no cache); ``sample_at``: exactly these stamps (ground truth for
-    what a live node published at them). Labels come from ``label_topic`` and the bag's sidecar file."""
-    collector = _Collector(params, specs, sample_at, label_topic)
+    what a live node published at them). Labels come from ``label_topic`` and the bag's sidecar file.
+    ``collector``: a :class:`_Collector` of the same parameters that keeps the samples elsewhere (shards)."""
+    collector = collector or _Collector(params, specs, sample_at, label_topic)
     wanted = list(collector.by_topic) + [label_topic, PHASE_TOPIC]
     available = bags.topics(path)
     missing = [t for t in collector.by_topic if t not in available]
@@ -332,14 +335,16 @@ def load_bags(paths: Iterable[str | Path], params: FusionParams, specs: list[Mod
               label_topic: str = DEFAULT_LABEL_TOPIC, max_corrupt: float = bags.MAX_CORRUPT) -> AlignedDataset:
     """Aligned samples of several bags (each cached by content hash); ``cache_dir=None`` disables it.
     Sidecar labels are read afresh each time (they are not part of the bag's content)."""
-    parts = []
+    parts, used = [], []
     for index, path in enumerate(paths):
         path = Path(path)
         cached = None
         if cache_dir is not None:
             key = cache_key(bags.content_hash(path), params, specs, settle_s, label_topic)
             cached = Path(cache_dir) / f"{key}.npz"
+            used.append(cached)
             if cached.is_file():
+                touch(cached)                      # its least-recently-used age for the cache bound
                 try:
                     parts.append(with_sidecar_labels(_load(cached, index), path, settle_s))
                     log(f"{path}: {len(parts[-1])} aligned samples from the cache ({cached.name})")
@@ -352,4 +357,6 @@ def load_bags(paths: Iterable[str | Path], params: FusionParams, specs: list[Mod
         if cached is not None:
             _save(cached, _without_sidecar(data, path, settle_s))
         parts.append(data)
+    if cache_dir is not None:
+        enforce_bound(used, log, Path(cache_dir).parent)
     return AlignedDataset.concat(parts)

@@ -36,6 +36,11 @@ class DataSection:
     absent_ok: list = field(default_factory=list)      # modalities some bags may lack (trained as missing there)
     label_topic: str = DEFAULT_LABEL_TOPIC              # std_msgs/String JSON fault labels inside the bags
     max_corrupt: float = 0.01                           # fraction of a topic's messages skipped as corrupt, at most
+    shards: bool = False                                # stream from on-disk shards (always under torchrun)
+    shard_size: int = 1024                              # samples per shard
+    shuffle_buffer: int = 2048                          # rows shuffled together (shards come in random order)
+    workers: int = 0                                    # bags aligned at once (0: one per core)
+    loader_workers: int = 2                             # DataLoader processes reading shards (0: in process)
     window: int = 32                                    # temporal family: consecutive samples per training window
     window_stride: int = 8                              # temporal family: a window starts every this many samples
 
@@ -61,6 +66,7 @@ class TrainingSection:
     threads: int = 0
     deterministic: bool = False          # bit-identical reruns (deterministic kernels; matters on CUDA)
     init_from: str = ""                  # a bundle whose weights of the same name and shape start this model
+    precision: str = "fp32"              # fp32, bf16, fp16 (CUDA) or auto: mixed precision (torch.autocast)
     beta: dict = field(default_factory=dict)
 
 
@@ -236,6 +242,8 @@ def _check_values(s: TrainSettings) -> None:
     if s.data.window < 2 or s.data.window_stride < 1:
         raise TrainError(f"data.window must be >= 2 and data.window_stride >= 1, got {s.data.window}, "
                          f"{s.data.window_stride}")
+    if s.data.shard_size < 1 or s.data.workers < 0 or s.data.loader_workers < 0:
+        raise TrainError("data.shard_size must be >= 1, data.workers and data.loader_workers >= 0")
     if not 0.0 <= s.data.max_corrupt <= 1.0:
         raise TrainError(f"data.max_corrupt must be in [0, 1], got {s.data.max_corrupt}")
     if not 0.5 <= s.calibration.quantile < 1.0:

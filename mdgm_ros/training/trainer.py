@@ -36,6 +36,7 @@ from ..data import bags
 from ..data.dataset import AlignedDataset, check_bags, default_cache_dir, load_bags
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainError, TrainSettings
+from .distributed import amp_dtype, launched_by_torchrun
 
 __all__ = ["TrainError", "TrainResult", "TrainSettings", "run_training"]
 
@@ -235,7 +236,7 @@ def _windows(data: _Data, settings: TrainSettings, log: Callable[[str], None]) -
 def _resume_key(bag_paths: list[str], settings: TrainSettings) -> str:
     """What a resumed run must share with its checkpoint (epochs, patience etc. may change)."""
     shaping = {"model": settings.model.to_dict(), "fusion": repr(settings.fusion),
-               "data": {k: v for k, v in vars(settings.data).items() if k != "cache"}}
+               "data": {k: v for k, v in vars(settings.data).items() if k not in ("cache", "workers", "loader_workers")}}
     return hashlib.sha256(json.dumps({"bags": [bags.content_hash(p) for p in bag_paths], "config": shaping,
                                       "seed": settings.train.seed, "batch_size": settings.train.batch_size,
                                       "init_from": settings.opt.init_from},
@@ -251,13 +252,13 @@ class _Fit:
 
 def _fit(trainer: Trainer, train, val, settings: TrainSettings, workdir: Path, resume_key: str,
          log: Callable[[str], None], progress, show_bar: bool, should_stop: Callable[[], bool],
-         best: dict[str, Any]) -> _Fit:
+         best: dict[str, Any], primary: bool = True) -> _Fit:
     """Epochs with metrics, a checkpoint after each, and early stopping on the held-out loss. A family
     with several stages gets each stage's own best epoch and patience (their held-out losses measure
     different terms): a stage that ends, by its epochs or by early stopping, hands its best weights on."""
     model, epochs = trainer.model, trainer.config.epochs
     dims, staged = feature_dims(model), len(trainer.stage_epochs) > 1
-    metrics = MetricsLog(workdir)
+    metrics = MetricsLog(workdir) if primary else None      # rank 0 of a distributed run writes
     stopped_early = False
     try:
         while trainer.epoch < epochs and not should_stop():
@@ -268,7 +269,8 @@ def _fit(trainer: Trainer, train, val, settings: TrainSettings, workdir: Path, r
             record = trainer.run_epoch(*train, val, on_batch=None if bar is None else lambda done, total: bar.update(1))
             if bar is not None:
                 bar.close()
-            metrics.write(record, trainer.optimizer.param_groups[0]["lr"])
+            if metrics is not None:
+                metrics.write(record, trainer.optimizer.param_groups[0]["lr"])
             if record.val_loss < best["val"] - settings.opt.min_delta:
                 best = {"val": record.val_loss, "epoch": record.epoch, "stage": stage, "bad_epochs": 0,
                         "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
@@ -286,15 +288,17 @@ def _fit(trainer: Trainer, train, val, settings: TrainSettings, workdir: Path, r
                 model.load_state_dict(best["state"])
                 log(f"stage {stage + 1} ends{' early' if patience_out else ''}: its best "
                     f"epoch {best['epoch'] + 1} goes on to stage {trainer.stage_index + 1} ({trainer.stage.name})")
-            save_checkpoint({"data_key": resume_key, "model": model.state_dict(),
-                             "normalization": _normalization_state(model), "trainer": trainer.state_dict(),
-                             "best": best}, workdir)
+            state = {"data_key": resume_key, "model": model.state_dict(),
+                     "normalization": _normalization_state(model), "trainer": trainer.state_dict(), "best": best}
+            if primary:
+                save_checkpoint(state, workdir)
             if progress is not None:
                 progress(trainer.epoch, epochs, record.val_loss)
             if stopped_early:
                 break
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
     return _Fit(best, trainer.epoch, stopped_early)
 
 
@@ -335,6 +339,10 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
         torch.set_num_threads(settings.opt.threads)
     if settings.opt.deterministic:
         use_deterministic_kernels()
+    if settings.data.shards or launched_by_torchrun():      # streamed from shards; torchrun: DDP
+        from .streaming import train_from_shards
+        return train_from_shards(bag_paths, settings, out, workdir, resume, device, log, progress, show_bar,
+                                 should_stop, started)
     data = _split_data(bag_paths, settings, log)
 
     torch.manual_seed(settings.train.seed)
@@ -349,6 +357,7 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
         beta.kind, beta.start, beta.end, int(settings.beta.warmup_epochs * steps_per_epoch))})
     trainer = (Trainer(model, train_config) if windows is None else
                core_temporal.SequenceTrainer(model, train_config, windows.train, windows.val))
+    trainer.amp = amp_dtype(settings.opt.precision, model.device)
     resume_key = _resume_key(bag_paths, settings)
     best = _no_best()
     if resume and any(workdir.glob("checkpoint*.pt")):

@@ -1,0 +1,132 @@
+"""Where training runs: ranks of a ``torchrun`` launch, DistributedDataParallel, device and precision.
+
+``torchrun --nproc-per-node N -m mdgm_ros train --bags ... --out ...`` (``--nnodes``/``--rdzv-endpoint``
+for several machines) starts N copies of the train command; each finds its rank in the environment
+torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), joins the process group (gloo on CPU, NCCL on
+GPU, one GPU per local rank) and trains the same model wrapped in PyTorch's
+:class:`~torch.nn.parallel.DistributedDataParallel`, which averages the gradients across ranks. Rank 0
+alone logs, writes metrics, checkpoints and the bundle; the others wait for it at a barrier.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from ..core import select_device
+from ..core.families import compute_objective
+from .config import TrainError
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def primary(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, str(default))
+    try:
+        return int(text)
+    except ValueError:
+        raise TrainError(f"{name}={text!r} is not an integer (set by torchrun)") from None
+
+
+def start(device: str, timeout_s: float = 1800.0) -> tuple[Ranks, torch.device]:
+    """Join the process group of a torchrun launch (a no-op outside one): the ranks and this rank's device."""
+    if not launched_by_torchrun():
+        return Ranks(), select_device(device)
+    ranks = Ranks(_env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0))
+    wanted = select_device(device)
+    if wanted.type == "cuda":
+        wanted = select_device(f"cuda:{ranks.local_rank}")
+        torch.cuda.set_device(wanted)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if wanted.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    return ranks, wanted
+
+
+def stop() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ranks: Ranks) -> None:
+    if ranks.distributed:
+        dist.barrier()
+
+
+def gather(ranks: Ranks, value: Any) -> list[Any]:
+    """Every rank's ``value`` (picklable), in rank order, on every rank."""
+    if not ranks.distributed:
+        return [value]
+    out: list[Any] = [None] * ranks.world
+    dist.all_gather_object(out, value)
+    return out
+
+
+def total(ranks: Ranks, values: list[float]) -> list[float]:
+    """Element-wise sums over the ranks (float64)."""
+    if not ranks.distributed:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor)
+    return tensor.cpu().tolist()
+
+
+class _Objective(torch.nn.Module):
+    """The model's training objective as a module, so that DDP's forward (and gradient hooks) run it."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, feats, mask, **kw):
+        return compute_objective(self.model, feats, mask, **kw)
+
+
+def wrap(model: torch.nn.Module, ranks: Ranks) -> Callable[..., Any] | None:
+    """A DistributedDataParallel objective over ``model`` (None outside a distributed run). Built per
+    training stage: a stage that freezes parameters changes which ones DDP must reduce."""
+    if not ranks.distributed:
+        return None
+    device_ids = [model.device.index] if model.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(_Objective(model), device_ids=device_ids,
+                                                     find_unused_parameters=True)
+
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``training.precision`` on ``device`` (None: plain fp32). ``auto``: bf16 on a
+    GPU that supports it, else fp16 on a GPU, fp32 on CPU. fp16 needs a GPU (it trains with a gradient
+    scaler); bf16 runs on CPU too."""
+    if precision not in PRECISIONS:
+        raise TrainError(f"training.precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    cuda = device.type == "cuda"
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    if precision == "fp16" and not cuda:
+        raise TrainError("training.precision fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
