@@ -176,6 +176,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modalities", type=int, default=None, help="M (default: 5; contrastive: 2)")
     parser.add_argument("--train", type=int, default=WeakConfig.n_train, help="training tuples")
     parser.add_argument("--epochs", type=int, default=WeakConfig.epochs)
+    parser.add_argument("--batch", type=int, default=WeakConfig.batch_size)
+    parser.add_argument("--classifier-epochs", type=int, default=WeakConfig.classifier_epochs)
+    parser.add_argument("--missing", default="0,0.5,0.8", help="shares of missing modalities (missing)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", default=None, help="write weak_<experiment>.json and .md here")
     parser.add_argument("--quick", action="store_true", help="a tiny run (seconds): a smoke test, not numbers")
@@ -187,8 +190,12 @@ def config_from_args(args: argparse.Namespace) -> WeakConfig:
     if args.quick:
         return WeakConfig(args.experiment, families, args.seeds, 200, 100, modalities, 1, 64,
                           classifier_epochs=1, missing=(0.0, 0.5))
+    missing = tuple(float(p) for p in args.missing.split(",") if p.strip())
+    if any(not 0 <= p < 1 for p in missing):
+        raise ValueError(f"--missing shares must be in [0, 1), got {args.missing!r}")
     return WeakConfig(args.experiment, families, args.seeds, args.train, n_modalities=modalities,
-                      epochs=args.epochs)
+                      epochs=args.epochs, batch_size=args.batch, classifier_epochs=args.classifier_epochs,
+                      missing=missing)
 
 
 def main(argv: Sequence[str] | None = None, write: Callable[[str], Any] = print) -> int:
