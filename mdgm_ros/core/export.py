@@ -74,7 +74,11 @@ def export_parts(model: MultimodalVAE, batch: int = 2) -> list[ExportPart]:
         parts.append(ExportPart(f"onnx_subset_{key}_encoder", model.subset_encoders[key],
                                 tuple(feats[n] for n in subset), [f"features_{n}" for n in subset],
                                 ["mu", "logvar"]))
+    extra = getattr(model.family, "extra_export_parts", None)      # the family's other networks
+    if extra is not None:
+        parts.extend(extra(model, feats))
     return parts
+
 
 def _transition_parts(model: MultimodalVAE, batch: int) -> list[ExportPart]:
     """The temporal family's transition p(z_t | z_{t-1}, u_t): z (and u) -> mean, logvar."""
