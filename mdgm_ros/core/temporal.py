@@ -295,7 +295,12 @@ class TemporalFilter:
     """The live temporal fusion step, stateful: raw arrays of the observed modalities in (B rows, one
     sample each), the filtered posterior, imputations of the missing modalities (from the memory and
     the present streams), one-step predictive anomaly scores and ``horizon``-step predicted latents out.
-    :meth:`reset` forgets the past (on a clock jump, a stream reset, a lifecycle deactivate)."""
+    :meth:`reset` forgets the past (on a clock jump, a stream reset, a lifecycle deactivate).
+
+    At batch 1 (a live node) the step runs in closed form (:meth:`_closed_form_step`): the transition's
+    prediction, then the product of the Gaussian experts of the observed modalities with it over
+    precisions, and the leave-one-out products for the scores, with none of the masked subset machinery
+    of :func:`filter_step` (a test checks both agree)."""
 
     def __init__(self, model: MultimodalVAE, calibration: AnomalyCalibration | None = None,
                  impute_present: bool = False, anomaly: bool = True, horizon: int = 0, batch: int = 1):
@@ -304,23 +309,33 @@ class TemporalFilter:
         self.calibration, self.impute_present, self.anomaly = calibration, impute_present, anomaly
         self.horizon = horizon
         self.state = initial_state(model, batch)
+        self.steps = 0                                   # filter steps since the last reset
+        self.closed_form = not getattr(model, "private_dim", 0)
 
     def reset(self, rows: torch.Tensor | None = None) -> None:
         self.state = reset_state(self.state, rows)
+        if rows is None:
+            self.steps = 0
 
     @torch.inference_mode()
     def __call__(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor, action: torch.Tensor | None = None,
-                 future_actions: torch.Tensor | None = None) -> TemporalFusionResult:
+                 future_actions: torch.Tensor | None = None,
+                 on_latent: Callable[[FusionResult], "bool | None"] | None = None) -> TemporalFusionResult | None:
+        """One step. ``on_latent(result)`` runs as soon as the filtered posterior exists (before any
+        decoder); if it returns False, the state still advances but the step returns None."""
         model = self.model
         observed = [n for j, n in enumerate(model.names) if bool(mask[:, j].any())]
+        self.steps += 1
+        if self.closed_form and mask.shape[0] == 1:
+            return self._closed_form_step(raw, observed, action, future_actions, on_latent)
         feats = model.complete(model.features({n: raw[n] for n in observed}), mask)
         step = filter_step(model, self.state, feats, mask, action)
         self.state = step.state
         result = TemporalFusionResult(step.mean, torch.exp(0.5 * step.logvar))
+        if on_latent is not None and on_latent(result) is False:
+            return None
         targets = [n for j, n in enumerate(model.names) if self.impute_present or not bool(mask[:, j].all())]
-        for name, imputed in decode_latents(model, step.mean, targets).items():
-            _, std_scale = model.normalization_stats(name)
-            result.imputed[name] = Imputation(model.denormalize(name, imputed.mean), imputed.std * std_scale)
+        self._store_imputations(result, step.mean, targets)
         if self.anomaly:
             nll = predictive_nll(model, feats, step.expert_mean, step.expert_logvar, mask,
                                  step.prediction.mean, step.prediction.logvar)
@@ -329,6 +344,63 @@ class TemporalFilter:
             mean, logvar = predict_ahead(model, self.state, self.horizon, future_actions)
             result.predicted_mean, result.predicted_std = mean, torch.exp(0.5 * logvar)
         return result
+
+    def _closed_form_step(self, raw: Mapping[str, torch.Tensor], observed: list[str], action: torch.Tensor | None,
+                          future_actions: torch.Tensor | None, on_latent) -> TemporalFusionResult | None:
+        """Batch 1: precisions P = exp(-logvar) of the prediction and the observed experts; the filtered
+        posterior is T = P_prior + sum_m P_m, mean = (P_prior mu_prior + sum_m P_m mu_m) / T, and the
+        leave-one-out posterior of m drops P_m and P_m mu_m from both sums."""
+        model, state = self.model, self.state
+        check_actions(model, action, (1,))
+        if bool(state.started[0]):
+            moved = propagate(model, state.mean, state.logvar, action)
+            prior_mean, prior_logvar = moved.mean, moved.logvar
+        else:                                            # no past: N(0, I)
+            prior_mean, prior_logvar = torch.zeros_like(state.mean), torch.zeros_like(state.logvar)
+        total = torch.exp(-post.clamp_logvar(prior_logvar))
+        total_weighted = total * prior_mean
+        feats = model.features({n: raw[n] for n in observed})
+        precisions, weighted = [], []
+        for name in observed:
+            mu, logvar = model.family.unimodal_encoder(model, name)(feats[name])
+            precision = torch.exp(-post.clamp_logvar(logvar))
+            precisions.append(precision)
+            weighted.append(precision * mu)
+            total, total_weighted = total + precision, total_weighted + precision * mu
+        mean, logvar = total_weighted / total, post.clamp_logvar(-torch.log(total))
+        self.state = FilterState(mean, logvar, torch.ones_like(state.started))
+        result = TemporalFusionResult(mean, torch.exp(0.5 * logvar))
+        if on_latent is not None and on_latent(result) is False:
+            return None
+        targets = [n for n in model.names if self.impute_present or n not in observed]
+        self._store_imputations(result, mean, targets)
+        if self.anomaly:
+            nll = torch.full((1, len(model.names)), float("nan"), dtype=mean.dtype, device=mean.device)
+            for name, precision, part in zip(observed, precisions, weighted):
+                loo_mean = (total_weighted - part) / (total - precision)
+                nll[:, model.names.index(name)] = -model.log_likelihood(name, feats[name], model.decode(name, loo_mean))
+            result.scores, result.total_score = standardize_scores(model, nll, self.calibration)
+        if self.horizon > 0:
+            result.predicted_mean, result.predicted_std = self._predicted(mean, logvar, future_actions)
+        return result
+
+    def _predicted(self, mean: torch.Tensor, logvar: torch.Tensor, future_actions: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``horizon`` steps of the transition from the just-filtered belief: mean/std (1, k, D)."""
+        check_actions(self.model, future_actions, (1, self.horizon))
+        means, logvars = [], []
+        for k in range(self.horizon):
+            moved = propagate(self.model, mean, logvar, None if future_actions is None else future_actions[:, k])
+            mean, logvar = moved.mean, moved.logvar
+            means.append(mean)
+            logvars.append(logvar)
+        return torch.stack(means, 1), torch.exp(0.5 * torch.stack(logvars, 1))
+
+    def _store_imputations(self, result: FusionResult, latent: torch.Tensor, targets: Sequence[str]) -> None:
+        model = self.model
+        for name, imputed in decode_latents(model, latent, targets).items():
+            _, std_scale = model.normalization_stats(name)
+            result.imputed[name] = Imputation(model.denormalize(name, imputed.mean), imputed.std * std_scale)
 
 
 # --------------------------------------------------------------------------- training

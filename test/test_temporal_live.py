@@ -1,0 +1,59 @@
+"""The live temporal step at batch 1: the closed-form path equals the generic masked filter."""
+import pytest
+import torch
+
+from mdgm_ros.core import temporal as tp
+from mdgm_ros.core.families.temporal import TRANSITION
+
+from test_temporal import random_sequences, temporal_model
+
+
+def _calibration(model):
+    names = model.names
+    return tp.AnomalyCalibration({n: 0.5 for n in names}, {n: 2.0 for n in names},
+                                 {**{n: 1.0 for n in names}, "total": 1.5})
+
+
+@pytest.mark.parametrize("transition", ["mlp", "gru"])
+def test_closed_form_step_equals_the_generic_filter_step(transition):
+    model = temporal_model(n_mod=4, action_dim=2, transition=transition).double()   # float64: 1e-6 is not rounding
+    with torch.no_grad():
+        for p in model.extra[TRANSITION].parameters():          # a transition that is not the identity
+            p.add_(0.3 * torch.randn_like(p))
+    feats, mask = random_sequences(model, batch=1, steps=12, p_present=0.6, seed=3)
+    feats = {n: x.double() for n, x in feats.items()}
+    mask[0, 0] = False                                          # a first step with nothing observed
+    mask[0, 5:7] = False                                        # an outage of everything
+    actions, future = torch.randn(1, 12, 2).double(), torch.randn(1, 3, 2).double()
+    fast = tp.TemporalFilter(model, _calibration(model), horizon=3)
+    generic = tp.TemporalFilter(model, _calibration(model), horizon=3)
+    generic.closed_form = False
+    for t in range(12):
+        raw = {n: x[:, t] for n, x in feats.items() if bool(mask[0, t, model.names.index(n)])}
+        a = fast(raw, mask[:, t], actions[:, t], future)
+        b = generic(raw, mask[:, t], actions[:, t], future)
+        for x, y in [(a.latent_mean, b.latent_mean), (a.latent_std, b.latent_std),
+                     (a.predicted_mean, b.predicted_mean), (a.predicted_std, b.predicted_std),
+                     (fast.state.mean, generic.state.mean), (fast.state.logvar, generic.state.logvar)]:
+            torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(a.scores, b.scores, atol=1e-6, rtol=1e-6, equal_nan=True)
+        torch.testing.assert_close(a.total_score, b.total_score, atol=1e-6, rtol=1e-6, equal_nan=True)
+        assert set(a.imputed) == set(b.imputed)
+        for name in a.imputed:
+            torch.testing.assert_close(a.imputed[name].mean, b.imputed[name].mean, atol=1e-6, rtol=1e-6)
+    assert fast.steps == 12
+
+
+def test_the_latent_hook_runs_before_the_decoders_and_can_stop_the_step():
+    model = temporal_model()
+    feats, mask = random_sequences(model, batch=1, steps=2, p_present=1.0)
+    live = tp.TemporalFilter(model, horizon=2)
+    seen = []
+    out = live({n: x[:, 0] for n, x in feats.items()}, mask[:, 0],
+               on_latent=lambda r: seen.append((r.latent_mean.clone(), dict(r.imputed), r.scores)) or False)
+    assert out is None and len(seen) == 1
+    assert seen[0][1] == {} and seen[0][2] is None               # nothing decoded yet when the hook ran
+    assert bool(live.state.started.all())                        # the state still advanced
+    torch.testing.assert_close(live.state.mean, seen[0][0])
+    live.reset()
+    assert live.steps == 0 and not bool(live.state.started.any())
