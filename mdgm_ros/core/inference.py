@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -277,6 +277,9 @@ class FusionResult:
     private_std: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+LatentHook = Callable[[FusionResult], "bool | None"]
+
+
 class Fuser:
     """What a live node calls per sample: raw arrays of the observed modalities in, the posterior,
     imputations of the missing (optionally also of the present) modalities and anomaly scores out."""
@@ -290,20 +293,25 @@ class Fuser:
         self.n_samples = n_samples
 
     @torch.inference_mode()
-    def __call__(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor) -> FusionResult:
+    def __call__(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor,
+                 on_latent: LatentHook | None = None) -> FusionResult | None:
+        """``on_latent(result)`` runs as soon as the posterior exists, before any decoder (a live node
+        publishes the latent there); if it returns False the step stops and None is returned."""
         observed = [n for j, n in enumerate(self.model.names) if bool(mask[:, j].any())]
         uniform = mask.shape[0] == 1 or bool((mask == mask[:1]).all())
         if uniform and observed and self.model.family.closed_form_poe(self.model) and self.n_samples == 0:
-            return self._fused_closed_form(raw, observed)
-        return self._fused_general(raw, mask, observed)
+            return self._fused_closed_form(raw, observed, on_latent)
+        return self._fused_general(raw, mask, observed, on_latent)
 
     def _fused_general(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor,
-                       observed: list[str]) -> FusionResult:
+                       observed: list[str], on_latent: LatentHook | None = None) -> FusionResult | None:
         model = self.model
         feats = model.complete(model.features({n: raw[n] for n in observed}), mask)
         mu, logvar = model.experts(feats, mask)
         z_mean, z_logvar = model.posterior_summary(mu, logvar, mask)
         result = FusionResult(z_mean, torch.exp(0.5 * z_logvar))
+        if on_latent is not None and on_latent(result) is False:
+            return None
         targets = [n for j, n in enumerate(model.names) if self.impute_present or not bool(mask[:, j].all())]
         private = self._private_latents(result, feats, mask, observed) if model.private_dim else None
         imputed = impute_from_experts(model, mu, logvar, mask, targets, self.n_samples, private=private)
@@ -322,7 +330,8 @@ class Fuser:
             result.private_mean[name], result.private_std[name] = s_mu[j], torch.exp(0.5 * s_lv[j])
         return private_codes(self.model, feats, mask, self.n_samples)
 
-    def _fused_closed_form(self, raw: Mapping[str, torch.Tensor], observed: list[str]) -> FusionResult:
+    def _fused_closed_form(self, raw: Mapping[str, torch.Tensor], observed: list[str],
+                           on_latent: LatentHook | None = None) -> FusionResult | None:
         """Every row observes the same modalities (always so at batch 1) and the posterior is a PoE:
         the joint and all leave-one-out posteriors over the observed experts only, in closed form
         (:func:`posterior.dense_product_with_leave_one_out`; a test checks it equals the masked path)."""
@@ -332,6 +341,8 @@ class Fuser:
         z_mean, z_std, z_loo = post.dense_product_with_leave_one_out(
             torch.stack([e[0] for e in experts]), torch.stack([e[1] for e in experts]))
         result = FusionResult(z_mean, z_std)
+        if on_latent is not None and on_latent(result) is False:
+            return None
         targets = [n for n in model.names if self.impute_present or n not in observed]
         self._store_imputations(result, {n: model.output_moments(n, model.decode(n, z_mean)) for n in targets})
         if self.anomaly:

@@ -38,6 +38,7 @@ from ..streams import bridge
 from ..streams.alignment import Aligner, PushResult
 from ..core import Bundle, BundleError, Fuser, load_bundle, select_device
 from ..core.bundle import within_roots
+from ..core.temporal import TemporalFilter, is_temporal, options_of
 from ..streams.params import (FusionParams, ParameterError, blocked_while_configured, check_against_bundle,
                               declare_fusion_params, fusion_params_with, resolve_bundle, unknown_overrides)
 from ..streams.kinds import Stream, make_stream
@@ -57,8 +58,13 @@ class Runtime:
 
     bundle: Bundle
     streams: dict[str, Stream]
-    fuser: Fuser
+    fuser: Fuser | TemporalFilter
     device: torch.device
+    step_s: float | None = None          # temporal bundles: the time step the model was trained at
+
+    @property
+    def temporal(self) -> bool:
+        return isinstance(self.fuser, TemporalFilter)
 
 
 class FusionNode(GuardedNode, LifecycleNode):
@@ -89,6 +95,9 @@ class FusionNode(GuardedNode, LifecycleNode):
         self._steady = rclpy.clock.Clock(clock_type=rclpy.clock.ClockType.STEADY_TIME)
         self._errors = Counter()
         self._reloading = threading.Lock()
+        self._last_step_ns: int | None = None             # temporal bundles: the last step's stamp
+        self._step_periods: deque = deque(maxlen=64)
+        self._filter_resets = 0
         self.bundle_roots = self._declare_bundle_roots()
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -185,6 +194,7 @@ class FusionNode(GuardedNode, LifecycleNode):
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release_io()
+        self._reset_filter("deactivated")
         if self.runtime is not None:
             self.runtime.bundle.model.to("cpu")
             if torch.cuda.is_available():
@@ -231,7 +241,8 @@ class FusionNode(GuardedNode, LifecycleNode):
             if blocked:
                 return SetParametersResult(successful=False, reason=(
                     f"{', '.join(blocked)} cannot change while a model is loaded: deactivate and clean up the "
-                    "node, set it, then configure (live: staleness, rate bounds, impute_present, warn_throttle)"))
+                    "node, set it, then configure (live: staleness, rate bounds, impute_present, warn_throttle, "
+                    "prediction_horizon)"))
             self._apply_live(candidate)
         return SetParametersResult(successful=True)
 
@@ -239,6 +250,8 @@ class FusionNode(GuardedNode, LifecycleNode):
         self.params = params
         runtime, aligner = self.runtime, self.aligner
         runtime.fuser.impute_present = params.impute_present
+        if runtime.temporal:
+            runtime.fuser.horizon = params.prediction_horizon
         for stream_params in params.streams:
             stream = runtime.streams[stream_params.name]
             stream.params = stream_params
@@ -261,8 +274,21 @@ class FusionNode(GuardedNode, LifecycleNode):
         check_against_bundle(self.params, specs)
         streams = {p.name: make_stream(p, spec, _normalization(bundle.model, spec.name))
                    for p, spec in zip(self.params.streams, specs)}
+        if is_temporal(bundle.model):                    # the family says it carries a state
+            return self._temporal_runtime(bundle, streams, device)
         fuser = Fuser(bundle.model, bundle.calibration, impute_present=self.params.impute_present)
         return Runtime(bundle, streams, fuser, device)
+
+    def _temporal_runtime(self, bundle: Bundle, streams: dict[str, Stream], device: torch.device) -> Runtime:
+        """A stateful filter (one state, batch 1); anomaly scores are its one-step predictive ones, which
+        the bundle's calibration standardises (the trainer calibrates them so for a temporal bundle)."""
+        if options_of(bundle.model).action_dim:
+            raise ValueError(f"this temporal bundle needs an action input of size {options_of(bundle.model).action_dim}"
+                             "; the fusion node has none (train with action_dim 0)")
+        step_s = (bundle.manifest.get("extra") or {}).get("temporal", {}).get("step_s")
+        fuser = TemporalFilter(bundle.model, bundle.calibration, impute_present=self.params.impute_present,
+                               horizon=self.params.prediction_horizon)
+        return Runtime(bundle, streams, fuser, device, float(step_s) if step_s else None)
 
     def _declare_bundle_roots(self) -> list[str]:
         """Read-only: folders reloads may load bundles from (the start-up bundle's folder is always one)."""
@@ -293,7 +319,8 @@ class FusionNode(GuardedNode, LifecycleNode):
             self.get_logger().error(response.message)
             return response
         old = self.runtime.bundle.model_id if self.runtime else None
-        self.runtime = runtime                                   # one reference: an atomic swap
+        self.runtime = runtime                                   # one reference: an atomic swap (a fresh state)
+        self._last_step_ns = None
         self._publish_model_info()
         response.success, response.message = True, f"loaded {runtime.bundle.model_id} (was {old})"
         self.get_logger().info(response.message)
@@ -341,6 +368,7 @@ class FusionNode(GuardedNode, LifecycleNode):
         now_ns = self.get_clock().now().nanoseconds
         if aligner.note_clock(now_ns):                   # /clock went back (sim reset, bag loop with --clock)
             self.get_logger().info("clock jumped back: buffers cleared")
+            self._reset_filter("clock jumped back")
         try:
             stamp_ns = bridge.header_stamp_ns(msg) if stream.stamped else now_ns
             array = stream.to_array(msg)
@@ -356,6 +384,7 @@ class FusionNode(GuardedNode, LifecycleNode):
             return
         if result == PushResult.RESET:
             self.get_logger().info(f"{name} stamps jumped back consistently (bag loop or sim reset): buffers cleared")
+            self._reset_filter(f"{name} stamps jumped back")
         stats.accepted += 1
         stats.arrivals.append(time.monotonic())
         if name == self.params.anchor:
@@ -367,55 +396,111 @@ class FusionNode(GuardedNode, LifecycleNode):
         self.aligner.note_clock(stamp_ns)
         if self.aligner.note_anchor(stamp_ns):           # the clock went back (sim time reset, bag loop)
             self.get_logger().info("clock jumped back: buffers cleared")
+            self._reset_filter("clock jumped back")
         self._fuse(stamp_ns, None, self.params.frame_id)
 
     # ------------------------------------------------------------------ fusion
     def _fuse(self, stamp_ns: int, anchor: tuple[str, np.ndarray] | None, frame_id: str) -> None:
+        """Align, then run the model; the latent goes out as soon as the posterior exists (before the
+        decoders), the anomaly scores, imputations and (temporal bundles) predicted latents after it."""
         runtime = self.runtime
         started = time.perf_counter()
         sample = self.aligner.sample(stamp_ns, anchor)
-        names = list(runtime.streams)
-        for name in names:
-            self.stats[name].present, self.stats[name].age_s = sample.present[name], sample.age_s[name]
-        if not any(sample.present.values()):
-            return
-        try:
-            result = self._infer(runtime, sample)
-        except Exception as err:  # keep running; the counter and the log say what broke
-            self._errors[type(err).__name__] += 1
-            self._warn(("inference", type(err).__name__), f"fusion step failed: {type(err).__name__}: {err}")
-            return
-        bad = _non_finite_part(result, sample.mask(runtime.streams))
-        if bad is not None:                              # never publish a NaN or inf: count and skip the step
-            self._errors["non_finite_output"] += 1
-            self._warn(("inference", "non_finite"), f"fusion step not published: non-finite {bad} "
-                                                    f"({self._errors['non_finite_output']} so far)")
-            return
-        self._publish_outputs(runtime, result, stamp_ns, frame_id)
-        self._compute_ms.append((time.perf_counter() - started) * 1e3)
-        self._latency_ms.append((self.get_clock().now().nanoseconds - stamp_ns) / 1e6)
-        self._published += 1
-        self._last_output = time.monotonic()
-
-    @staticmethod
-    def _infer(runtime: Runtime, sample):
-        device = runtime.device
-        raw = {n: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None].to(device)
-               for n, a in sample.arrays.items()}
-        mask = torch.tensor([sample.mask(runtime.streams)], dtype=torch.bool, device=device)
-        return runtime.fuser(raw, mask)
-
-    def _publish_outputs(self, runtime: Runtime, result, stamp_ns: int, frame_id: str) -> None:
-        """~/latent, then ~/anomaly, then ~/imputed/* (see outputs.FusionOutputs)."""
-        names = list(runtime.streams)
-        if result.scores is not None:
-            for name, score in zip(names, result.scores[0].cpu().numpy()):
-                self.stats[name].score = float(score)
+        present = sample.mask(runtime.streams)
+        for name, stats in self.stats.items():
+            stats.present, stats.age_s = sample.present[name], sample.age_s[name]
+        temporal = runtime.temporal
+        if temporal:
+            self._check_filter_time(runtime, stamp_ns)
+        if not any(present) and not (temporal and bool(runtime.fuser.state.started[0])):
+            return                                       # nothing observed and no memory to predict from
         outputs = self._outputs
         if outputs.model_id != runtime.bundle.model_id:        # first step, or a reloaded bundle
             calibration = runtime.bundle.calibration
             outputs.set_model(runtime.bundle.model_id, calibration.threshold if calibration else None)
-        outputs.publish(result, [self.stats[n].present for n in names], stamp_ns, frame_id)
+
+        def publish_latent(result) -> bool:
+            if _non_finite_latent(result):               # never publish a NaN or inf: count and skip the step
+                self._skip_non_finite("latent")
+                return False
+            outputs.publish_latent(result, present, stamp_ns, frame_id, runtime.fuser.steps if temporal else 0)
+            self._latency_ms.append((self.get_clock().now().nanoseconds - stamp_ns) / 1e6)
+            return True
+
+        try:
+            result = self._infer(runtime, sample, present, publish_latent)
+        except Exception as err:  # keep running; the counter and the log say what broke
+            self._errors[type(err).__name__] += 1
+            self._warn(("inference", type(err).__name__), f"fusion step failed: {type(err).__name__}: {err}")
+            if temporal:                                 # a half-done step leaves no trustworthy state
+                self._reset_filter("the step failed")
+            return
+        if result is None:                               # the latent was not finite: nothing published
+            if temporal:
+                self._reset_filter("non-finite state")
+            return
+        self._published += 1
+        self._last_output = time.monotonic()
+        bad = _non_finite_part(result, present)
+        if bad is not None:                              # the latent is out; the rest of this step is not
+            self._skip_non_finite(bad)
+            return
+        if result.scores is not None:
+            for name, score in zip(runtime.streams, result.scores[0].tolist()):
+                self.stats[name].score = score
+        outputs.publish_derived(result, present, stamp_ns, frame_id)
+        if temporal and getattr(result, "predicted_mean", None) is not None:
+            self._publish_prediction(runtime, result, stamp_ns, frame_id)
+        self._compute_ms.append((time.perf_counter() - started) * 1e3)
+
+    # ------------------------------------------------------------------ temporal state
+    def _check_filter_time(self, runtime: Runtime, stamp_ns: int) -> None:
+        """The state belongs to a time line: a step back in time, or a gap longer than reset_after,
+        starts it afresh (the buffer resets and clock jumps reset it where they are seen)."""
+        last, self._last_step_ns = self._last_step_ns, stamp_ns
+        if last is None:
+            return
+        if stamp_ns <= last:
+            self._reset_filter("the step's stamp went back")
+        elif stamp_ns - last > self.params.reset_after * 1e9:
+            self._reset_filter(f"no step for {(stamp_ns - last) / 1e9:.2f} s")
+        else:
+            self._step_periods.append(stamp_ns - last)
+
+    def _reset_filter(self, reason: str) -> None:
+        runtime = self.runtime
+        if runtime is None or not runtime.temporal:
+            return
+        if bool(runtime.fuser.state.started.any()):
+            self._filter_resets += 1
+            self.get_logger().info(f"temporal state reset: {reason} ({self._filter_resets} so far)")
+        runtime.fuser.reset()
+        self._step_periods.clear()
+
+    def _publish_prediction(self, runtime: Runtime, result, stamp_ns: int, frame_id: str) -> None:
+        """~/latent_prediction: k future steps from this one, one model time step apart (the bundle's
+        step, else the median period of this node's steps; nothing until one is known)."""
+        if runtime.step_s:
+            step_ns = int(runtime.step_s * 1e9)
+        elif self._step_periods:
+            step_ns = int(np.median(self._step_periods))
+        else:
+            return
+        self._outputs.publish_prediction(result.predicted_mean[0].cpu().numpy(),
+                                         result.predicted_std[0].cpu().numpy(), stamp_ns, step_ns, frame_id)
+
+    def _skip_non_finite(self, part: str) -> None:
+        self._errors["non_finite_output"] += 1
+        self._warn(("inference", "non_finite"), f"fusion step output not published: non-finite {part} "
+                                                f"({self._errors['non_finite_output']} so far)")
+
+    @staticmethod
+    def _infer(runtime: Runtime, sample, present: list[bool], on_latent):
+        device = runtime.device
+        raw = {n: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None].to(device)
+               for n, a in sample.arrays.items()}
+        mask = torch.tensor([present], dtype=torch.bool, device=device)
+        return runtime.fuser(raw, mask, on_latent=on_latent)
 
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:
@@ -461,6 +546,8 @@ class FusionNode(GuardedNode, LifecycleNode):
                 "latency_max_ms": round(float(latency.max()), 3),
                 "inference_p50_ms": round(float(np.median(compute)), 3),
                 "buffer_resets": self.aligner.resets if self.aligner else 0,
+                **({"filter_steps": runtime.fuser.steps, "filter_resets": self._filter_resets}
+                   if runtime.temporal else {}),
                 "callback_errors": self.callback_error_total,
                 **{f"errors_{k}": v for k, v in self._errors.items()}}
 
@@ -471,9 +558,13 @@ def _normalization(model, name: str) -> tuple[np.ndarray, np.ndarray] | None:
     return (mean, std) if mean.ndim else None
 
 
+def _non_finite_latent(result) -> bool:
+    return not bool(torch.isfinite(torch.cat([result.latent_mean, result.latent_std], -1)).all())
+
+
 def _non_finite_part(result, present: list[bool]) -> str | None:
     """Which output of a fusion step holds NaN or inf (scores of missing modalities are NaN by design)."""
-    if not (bool(torch.isfinite(result.latent_mean).all()) and bool(torch.isfinite(result.latent_std).all())):
+    if _non_finite_latent(result):
         return "latent"
     if result.scores is not None:
         scores = result.scores[0][torch.tensor(present, device=result.scores.device)]

@@ -6,6 +6,7 @@ standard-type mirrors (``standard_mirrors``) for tools that only know common_int
 | ``~/latent`` | ``mdgm_ros/Latent`` | posterior mean/std, presence mask, model id; stamp = source stamp |
 | ``~/latent_private/<m>`` | ``mdgm_ros/Latent`` | families with private latents: q(s_m) mean/std of each observed m |
 | ``~/anomaly`` | ``mdgm_ros/AnomalyScores`` | per-modality score, threshold, flagged; total |
+| ``~/latent_prediction`` | ``mdgm_ros/LatentPrediction`` | temporal bundles: k predicted latents; stamp = source stamp |
 | ``~/imputed/<m>`` | the modality's own type; audio: ``mdgm_ros/ImputedArray`` (stamped log-mel) | |
 | ``~/model_info`` | ``mdgm_ros/ModelInfo`` (transient local) | what the node runs |
 | ``~/mirror/latent``, ``~/mirror/anomaly`` | ``sensor_msgs/JointState`` | name z0.., position = mean, effort = std; name total + modalities, position = score, effort = threshold |
@@ -21,7 +22,7 @@ import numpy as np
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 
-from ..msg import AnomalyScores, ImputedArray, Latent, ModelInfo
+from ..msg import AnomalyScores, ImputedArray, Latent, LatentPrediction, ModelInfo
 from ..streams import bridge
 from ..streams.kinds import Stream
 
@@ -52,6 +53,17 @@ def anomaly_message(model_id: str, names: Sequence[str], scores: np.ndarray, thr
                         total_threshold=float(total_threshold), total_flagged=bool(total > total_threshold))
     msg.header.stamp, msg.header.frame_id = bridge.ns_to_stamp(stamp_ns), frame_id
     msg.score, msg.threshold = f32(scores), f32(thresholds)
+    return msg
+
+
+def prediction_message(model_id: str, mean: np.ndarray, std: np.ndarray, stamp_ns: int, step_ns: int,
+                       frame_id: str) -> LatentPrediction:
+    """k predicted latents (k, D) from the step stamped ``stamp_ns``; step i+1 stands for stamp + (i+1) step."""
+    horizon, dim = mean.shape
+    msg = LatentPrediction(model_id=model_id, horizon=horizon, latent_dim=dim,
+                           stamps=[bridge.ns_to_stamp(stamp_ns + (k + 1) * step_ns) for k in range(horizon)])
+    msg.header.stamp, msg.header.frame_id = bridge.ns_to_stamp(stamp_ns), frame_id
+    msg.mean, msg.std = f32(mean), f32(std)
     return msg
 
 
@@ -131,6 +143,15 @@ class FusionOutputs:
             self.pubs[key] = self.node.create_publisher(Latent, f"~/{key}", self.qos)
         self.pubs[key].publish(latent_message(self.model_id, self.names, present, mean, std, stamp_ns, frame_id))
 
+    def publish_prediction(self, mean: np.ndarray, std: np.ndarray, stamp_ns: int, step_ns: int,
+                           frame_id: str) -> None:
+        """~/latent_prediction (publisher made at first use: only temporal bundles have one)."""
+        if "latent_prediction" not in self.pubs:
+            self.pubs["latent_prediction"] = self.node.create_publisher(LatentPrediction, "~/latent_prediction",
+                                                                        self.qos)
+        self.pubs["latent_prediction"].publish(prediction_message(self.model_id, mean, std, stamp_ns, step_ns,
+                                                                  frame_id))
+
     def _publish_anomaly(self, scores: np.ndarray, total: float, stamp_ns: int, frame_id: str) -> None:
         self.pubs["anomaly"].publish(anomaly_message(self.model_id, self.names, scores, self.thresholds, total,
                                                      self.total_threshold, stamp_ns, frame_id))
@@ -160,6 +181,7 @@ def model_info_message(runtime, node, mirrors: bool) -> ModelInfo:
         "anomaly": {"topic": "~/anomaly", "type": "mdgm_ros/msg/AnomalyScores",
                     "score": "standardised score (NaN if missing)", "threshold": "calibrated threshold"},
         "imputed_audio": "log-mel spectrogram, mdgm_ros/msg/ImputedArray, layout dims mel x frame",
+        **({"temporal": temporal_info(runtime, node)} if getattr(runtime, "temporal", False) else {}),
         **({"latent_private": {"topic": "~/latent_private/<modality>", "type": "mdgm_ros/msg/Latent",
                                "dim": int(model.private_dim), "mean": "mean of q(s_m | x_m), the modality's private "
                                "latent", "std": "its standard deviation", "present": "presence mask (as ~/latent); "
@@ -179,6 +201,23 @@ def model_info_message(runtime, node, mirrors: bool) -> ModelInfo:
         imputed_topics=[resolve_topic(node, f"~/imputed/{s.name}") for s in streams],
         imputed_types=[imputed_type_name(s) for s in streams],
         details_json=json.dumps(details))
+
+
+def temporal_info(runtime, node) -> dict[str, Any]:
+    """What a temporal bundle adds: the filter state and ~/latent_prediction."""
+    horizon = int(node.params.prediction_horizon) if getattr(node, "params", None) else 0
+    return {
+        "state": "a filter state carried between steps; reset on a backwards clock or stamp jump, a buffer "
+                 "reset, a gap longer than reset_after, deactivate and a model reload; Latent.step counts "
+                 "the steps since the last reset",
+        "anomaly": "one-step predictive NLL of each stream given the past and the other streams now, "
+                   "standardised by the bundle's calibration",
+        "latent_prediction": {
+            "topic": resolve_topic(node, "~/latent_prediction"), "type": "mdgm_ros/msg/LatentPrediction",
+            "horizon": horizon, "parameter": "prediction_horizon (0 = none, live)",
+            "step_s": runtime.step_s, "stamp": "the source stamp of the step predicted from",
+            "stamps": "stamp + k time steps (the bundle's step_s, else the node's median step period)",
+            "mean": "horizon x latent_dim, row-major", "std": "horizon x latent_dim, row-major"}}
 
 
 def imputed_type_name(stream: Stream) -> str:
