@@ -1,0 +1,39 @@
+"""training.precision: mixed precision through the trainer's own step (bf16 autocast runs on CPU too)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import prepared
+from mdgm_ros.core import TrainConfig, Trainer
+from mdgm_ros.core import training
+from mdgm_ros.training.config import TrainError
+from mdgm_ros.training.distributed import amp_dtype
+
+
+def test_precision_names_resolve_per_device():
+    cpu = torch.device("cpu")
+    assert amp_dtype("fp32", cpu) is None and amp_dtype("auto", cpu) is None
+    assert amp_dtype("bf16", cpu) is torch.bfloat16
+    with pytest.raises(TrainError, match="fp16 needs a CUDA device"):
+        amp_dtype("fp16", cpu)
+    with pytest.raises(TrainError, match="training.precision"):
+        amp_dtype("fp8", cpu)
+
+
+def test_bf16_steps_train_and_stay_close_to_fp32(small_model_factory):
+    losses = {}
+    for amp in (None, torch.bfloat16):
+        model = small_model_factory("mopoe")      # the default family; see the README for the others
+        feats, mask, _ = prepared(model, 64, seed=0)
+        training.fit_normalization(model, feats, mask)
+        feats = training.normalize_features(model, feats)
+        trainer = Trainer(model, TrainConfig(batch_size=64, lr=1e-2))
+        trainer.amp = amp
+        first = [p.detach().clone() for p in model.parameters()]
+        losses[amp] = [float(trainer.train_step(feats, mask, None).loss.float().mean()) for _ in range(5)]
+        assert any(not torch.equal(a, b) for a, b in zip(first, model.parameters()))     # it trained
+        assert all(p.dtype == torch.float32 for p in model.parameters())                # master weights
+    fp32, bf16 = losses[None], losses[torch.bfloat16]
+    assert bf16[-1] < bf16[0]
+    assert abs(bf16[0] - fp32[0]) / abs(fp32[0]) < 0.05          # the same first step, to bf16 precision
