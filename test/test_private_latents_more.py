@@ -86,3 +86,163 @@ def test_pvae_exports_its_joint_private_encoder():
     model, _ = build("pvae")
     stems = {p.stem for p in export_parts(model)}
     assert {"onnx_joint_private_encoder", "onnx_subset_a__b_encoder", "onnx_a_private_encoder"} <= stems
+
+
+# ----------------------------------------------------------------------------- DMVAE, Lee & Pavlovic
+def tc_parts_by_hand(z, mu, logvar, n_data):
+    """(MI, TC, dimension-wise KL) with minibatch-weighted sampling, every row of the batch."""
+    pairs = Normal(mu[None], torch.exp(0.5 * logvar[None])).log_prob(z[:, None])       # (i, j, d)
+    norm = math.log(z.shape[0] * n_data)
+    log_qz = torch.logsumexp(pairs.sum(-1), 1) - norm
+    log_marg = (torch.logsumexp(pairs, 1) - norm).sum(-1)
+    log_q = gaussian(mu, logvar).log_prob(z).sum(-1)
+    log_p = Normal(0.0, 1.0).log_prob(z).sum(-1)
+    return log_q - log_qz, log_qz - log_marg, log_marg - log_p
+
+
+def test_dmvae_lee_objective_by_hand(mean_z):
+    from test_private_latents import full_poe
+    model, x = build("dmvae_lee", tc_weight=4.0, mi_weight=0.5, dim_kl_weight=1.5, dataset_size=50)
+    shared, private = experts(model, x)
+    poe = full_poe(shared)
+    recon, reg = 0.0, 0.0
+    for c_mu, c_lv in (poe, shared["a"], shared["b"]):          # every expert reconstructs both modalities
+        recon = recon + sum(loglik(model, n, x[n], c_mu, private[n][0]) for n in "ab")
+        mi, tc, dkl = tc_parts_by_hand(c_mu, c_mu, c_lv, 50)
+        reg = reg + 0.5 * mi + 4.0 * tc + 1.5 * dkl
+    for n in "ab":
+        mi, tc, dkl = tc_parts_by_hand(private[n][0], *private[n], 50)
+        reg = reg + 0.5 * mi + 4.0 * tc + 1.5 * dkl
+    out = compute_objective(model, x, ALL, beta=BETA)
+    assert torch.allclose(out.loss, -(recon - BETA * reg), atol=1e-3)
+    assert float(out.terms["tc_c_poe"].abs().sum()) > 0
+
+
+def test_dmvae_lee_unit_weights_give_the_one_sample_kl_and_the_tc_weight_adds_the_total_correlation():
+    from mdgm_ros.core.families.dmvae_lee import tc_decomposition
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(6, 3) * torch.tensor([1.0, 0.2, 1.0]), torch.randn(6, 3) * 0.3 - 1.0
+    z = mu + torch.randn(6, 3) * torch.exp(0.5 * logvar)
+    rows = torch.tensor([True, True, False, True, True, True])
+    mi, tc, dkl = tc_decomposition(z, mu, logvar, rows)
+    one_sample_kl = post.gaussian_log_prob(z, mu, logvar) - post.standard_normal_log_prob(z)
+    assert torch.allclose(mi + tc + dkl, torch.where(rows, one_sample_kl, torch.zeros(())), atol=1e-5)
+    keep = rows.nonzero()[:, 0]                  # a missing row is left out of the aggregate estimate
+    by_hand = tc_parts_by_hand(z[keep], mu[keep], logvar[keep], 1)
+    assert all(torch.allclose(a[keep], b, atol=1e-5) for a, b in zip((mi, tc, dkl), by_hand))
+    assert float(mi[2]) == float(tc[2]) == 0.0
+
+
+# ----------------------------------------------------------------------------- DMVAE, Daunhawer et al.
+def test_dmvae_daunhawer_objective_by_hand(mean_z):
+    from test_private_latents import full_poe
+    model, x = build("dmvae_daunhawer", omega=0.7, temperature=0.4, kappa=1.3)
+    shared, private = experts(model, x)
+    c, c_lv = full_poe(shared)
+    recon = sum(loglik(model, n, x[n], c, private[n][0]) for n in "ab")
+    elbo = recon - BETA * std_kl((c, c_lv)) - BETA * (std_kl(private["a"]) + std_kl(private["b"]))
+    nce = 0.0
+    for m, n in (("a", "b"), ("b", "a")):                      # the paired modalities' shared means
+        u, v = shared[m][0], shared[n][0]
+        scores = torch.stack([torch.stack([torch.dot(u[i], v[j]) / (u[i].norm() * v[j].norm())
+                                           for j in range(4)]) for i in range(4)]) / 0.4
+        nce = nce + scores.diagonal() - torch.logsumexp(scores, 1) + math.log(4)
+    logit = model.extra["tc_discriminator"](torch.cat([c, private["a"][0], private["b"][0]], -1))
+    out = compute_objective(model, x, ALL, beta=BETA)
+    assert torch.allclose(out.loss, -(elbo + 0.7 * nce - 1.3 * logit), atol=1e-4)
+    # rows missing a modality: no TC term there, and its InfoNCE term runs over the rows observing it
+    mask = torch.tensor([[True, True], [True, False], [True, True], [True, True]])
+    part = compute_objective(model, x, mask, beta=BETA)
+    assert float(part.terms["tc_estimate"][1]) == 0.0 and float(part.terms["tc_estimate"][0]) != 0.0
+
+
+def test_dmvae_daunhawer_discriminator_has_its_own_optimiser_step_and_learns_the_dependence():
+    """The trainer leaves D out of the VAE's optimiser and lets the family step it after each VAE step;
+    on codes where c and the s_m are functions of one factor, D's own steps tell joint from permuted
+    samples (the BCE falls well below chance, 2 log 2)."""
+    from mdgm_ros.core import training
+    from mdgm_ros.core.families.dmvae_daunhawer import discriminator_loss
+    torch.set_num_threads(1)
+    model, _ = build("dmvae_daunhawer", disc_lr=1e-2)
+    disc = model.extra["tc_discriminator"]
+    trainer = training.Trainer(model, training.TrainConfig(epochs=1, batch_size=64, lr=1e-3, seed=0))
+    main_ids = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not main_ids & {id(p) for p in disc.parameters()} and trainer.family_optimizer is not None
+    a = torch.randn(128, 3)
+    feats = {"a": a, "b": torch.cat([a, a[:, :1]], -1)}
+    mask = torch.ones(128, 2, dtype=torch.bool)
+    before = {k: v.clone() for k, v in disc.state_dict().items()}
+    out = trainer.train_step(feats, mask, None)
+    assert any(not torch.equal(before[k], v) for k, v in disc.state_dict().items())
+    assert "discriminator_bce" in out.terms and "family_optimizer" in trainer.state_dict()
+    with torch.no_grad():                       # near-deterministic codes: the dependence is visible
+        for enc in (*model.encoders.values(), *model.private_encoders.values()):
+            enc.head.bias[enc.head.bias.shape[0] // 2:] -= 6.0
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        start = float(discriminator_loss(model, feats, mask, gen))
+    for _ in range(100):
+        model.family.own_step(model, feats, mask, trainer.family_optimizer, gen)
+    with torch.no_grad():
+        end = float(discriminator_loss(model, feats, mask, gen))
+    assert start > 1.3 and end < 1.0, (start, end)
+
+
+def test_dmvae_daunhawer_exports_its_discriminator():
+    model, _ = build("dmvae_daunhawer")
+    part = next(p for p in export_parts(model) if p.stem == "onnx_tc_discriminator")
+    assert part.args[0].shape[-1] == 2 + 2 * 3
+
+
+# ----------------------------------------------------------------------------- MFM (eq. 32)
+def mmd_by_hand(a, b):
+    n, scale = a.shape[0], 2.0 * a.shape[1]
+    k = lambda u, v: scale / (scale + ((u - v) ** 2).sum())                     # noqa: E731
+    within = sum(k(a[i], a[j]) + k(b[i], b[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    return within - 2.0 * sum(k(a[i], b[j]) for i in range(n) for j in range(n)) / n ** 2
+
+
+def test_mfm_objective_eq32_by_hand(mean_z, monkeypatch):
+    from mdgm_ros.core.families import LABELS, mfm
+    torch.manual_seed(5)
+    priors = iter([torch.randn(4, 2), torch.randn(4, 3), torch.randn(4, 3)])
+    drawn = []
+    monkeypatch.setattr(mfm, "prior_samples", lambda n, d, like, generator: drawn.append(next(priors)) or drawn[-1])
+    model, x = build("mfm", mmd_weight=3.0, kappa=0.8, eta=0.6, n_labels=5)
+    shared, private = experts(model, x)
+    c_mu, c_lv = model.subset_encoders["a__b"](x["a"], x["b"])
+    labels = torch.tensor([1, -1, 4, 0])
+    recon = sum(loglik(model, n, x[n], c_mu, private[n][0]) for n in "ab")
+    logits = model.extra["label_head"](c_mu)
+    label = torch.where(labels >= 0, torch.log_softmax(logits, -1)[torch.arange(4), labels.clamp(min=0)], torch.zeros(()))
+    surrogate = sum(gaussian(*shared[n]).log_prob(c_mu.detach()).sum(-1) for n in "ab")
+    out = compute_objective(model, {**x, LABELS: labels}, ALL, beta=BETA)
+    divergence = mmd_by_hand(c_mu, drawn[0]) + mmd_by_hand(private["a"][0], drawn[1]) + mmd_by_hand(private["b"][0], drawn[2])
+    expected = recon + 0.8 * label + 0.6 * surrogate - BETA * 3.0 * divergence
+    assert torch.allclose(out.loss, -expected, atol=1e-4)
+    assert float(out.terms["label_loglik"][1]) == 0.0 and float(out.terms["label_loglik"][0]) < 0
+    # without labels (a bag without task phases) the label term is off, the rest unchanged
+    priors = iter(drawn[:3])
+    drawn.clear()
+    unlabelled = compute_objective(model, x, ALL, beta=BETA)
+    assert torch.allclose(unlabelled.loss, -(expected - 0.8 * label), atol=1e-4)
+    assert "label_loglik" not in unlabelled.terms
+
+
+def test_mfm_missing_modalities_take_c_from_the_product_of_the_surrogates(mean_z):
+    model, x = build("mfm")
+    shared, _ = experts(model, x)
+    mask = torch.tensor([[True, True], [True, False], [False, True], [True, True]])
+    with torch.no_grad():
+        mu, logvar = model.experts(model.complete(x, mask), mask)
+        c = model.posterior_summary(mu, logvar, mask)[0]
+        joint = model.subset_encoders["a__b"](x["a"], x["b"])[0]
+    assert torch.allclose(c[[0, 3]], joint[[0, 3]], atol=1e-6)
+    assert torch.allclose(c[1], shared["a"][0][1], atol=1e-6) and torch.allclose(c[2], shared["b"][0][2], atol=1e-6)
+
+
+def test_mfm_labels_reach_the_head_through_the_family_flag_and_the_head_exports():
+    from mdgm_ros.core.families import FAMILIES
+    assert FAMILIES["mfm"].uses_labels and "label term off" in FAMILIES["mfm"].properties.notes
+    model, _ = build("mfm")
+    assert "onnx_label_head" in {p.stem for p in export_parts(model)}

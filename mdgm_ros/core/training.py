@@ -176,8 +176,13 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.cpu_gen = torch.Generator().manual_seed(config.seed)
         self.dev_gen = torch.Generator(device=model.device).manual_seed(config.seed + 1)
-        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                           weight_decay=config.weight_decay)
+        # a family may step some parameters with an optimiser of its own (an adversary, e.g. a
+        # discriminator): asked through own_step_parameters / own_optimizer / own_step
+        own = getattr(model.family, "own_step_parameters", None)
+        own_ids = {id(p) for p in own(model)} if own is not None else set()
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad and id(p) not in own_ids],
+                                           lr=config.lr, weight_decay=config.weight_decay)
+        self.family_optimizer = model.family.own_optimizer(model) if own_ids else None
         self.epoch = 0
         self.step = 0
         self.amp = None
@@ -223,13 +228,18 @@ class Trainer:
 
     # ----------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
-                "cpu_gen": self.cpu_gen.get_state(), "dev_gen": self.dev_gen.get_state(),
-                "torch_rng": torch.get_rng_state(), "stage": self.stage.name,
-                "stage_epochs": list(self.stage_epochs)}
+        state = {"optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
+                 "cpu_gen": self.cpu_gen.get_state(), "dev_gen": self.dev_gen.get_state(),
+                 "torch_rng": torch.get_rng_state(), "stage": self.stage.name,
+                 "stage_epochs": list(self.stage_epochs)}
+        if self.family_optimizer is not None:
+            state["family_optimizer"] = self.family_optimizer.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.family_optimizer is not None and "family_optimizer" in state:
+            self.family_optimizer.load_state_dict(state["family_optimizer"])
         if "stage_epochs" in state:
             self.stage_epochs = [int(e) for e in state["stage_epochs"]]
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -270,6 +280,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if loss.requires_grad:             # False when no row of the batch has a term this stage trains
             self._backward_and_step(loss)
+        if self.family_optimizer is not None:          # the family's own step (e.g. its discriminator)
+            own = model.family.own_step(model, batch, m, self.family_optimizer, self.dev_gen)
+            out.terms.update({k: torch.full_like(out.loss, v) for k, v in own.items()})
         self.step += 1
         return out
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from . import bridged, elbo, jmvae, jvae, m2vae, mmjsd, mmvae, mopoe, mvae, telbo, temporal, vaevae
-from . import mmjsd_ms, mmvae_plus, mopoe_ms, pvae
+from . import dmvae_daunhawer, dmvae_lee, mfm, mmjsd_ms, mmvae_plus, mopoe_ms, pvae
 from . import avae, bivcca, cadavae, contrastive, scan, tian, yin
 from .base import Family, FamilyError, Properties, Stage
 from .common import ObjectiveOutput
@@ -43,7 +43,7 @@ def get_family(name: str) -> Family:
 
 for _module in (elbo, mvae, mopoe, mmvae, mmjsd, jvae, jmvae, telbo, m2vae, vaevae, bridged, temporal):
     register_family(_module.FAMILY)
-for _module in (mopoe_ms, mmjsd_ms, mmvae_plus, pvae):          # modality-specific latents (issue 12)
+for _module in (mopoe_ms, mmjsd_ms, mmvae_plus, pvae, dmvae_lee, dmvae_daunhawer, mfm):    # issue 12
     register_family(_module.FAMILY)
 
 for _module in (yin, bivcca, cadavae, scan, avae, tian):     # coordinated models (issue 13)
