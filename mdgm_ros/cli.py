@@ -30,12 +30,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.which in ("train", "all"):
         torch.set_num_threads(args.train_threads or os.cpu_count() or 1)
         results["train"] = {**bench.bench_train(device=args.device), "threads": torch.get_num_threads()}
+        if bench.select_device(args.device).type == "cuda":             # AMP and pinned copies, on a GPU
+            from .bench.gpu import bench_train_gpu
+            results["train"]["gpu"] = bench_train_gpu(args.device)
     if args.which in ("ros", "all"):
         from .bench.ros import bench_ros
         results["ros"] = bench_ros(duration=args.duration)
     if args.which in ("data", "all"):
-        from .bench.data import bench_data
+        from .bench.data import bench_data, bench_fleet
         results["data"] = bench_data(seconds=args.duration)
+        if args.bags > 1:
+            results["data"]["fleet"] = bench_fleet(args.bags, args.duration, args.bag_dir, device=args.device,
+                                                   log=lambda m: print(m, file=sys.stderr, flush=True))
     if args.which == "soak":                      # minutes long: never part of "all"
         from .bench.soak import bench_soak
         results["soak"] = bench_soak(minutes=args.minutes, warmup_s=args.warmup, bundle=args.bundle or None,
@@ -254,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="torch intra-op threads for the live fusion step (default 1, as the node runs)")
     bench.add_argument("--train-threads", type=int, default=0, help="threads for training (default: all cores)")
     bench.add_argument("--device", default="auto")
+    bench.add_argument("--bags", type=int, default=1,
+                       help="`bench data`: also shard this many simulated bags of --duration s with every core "
+                            "and train streaming from 1 and from all of them (peak RSS)")
+    bench.add_argument("--bag-dir", default="", help="`bench data --bags`: keep (and reuse) the simulated bags here")
     bench.add_argument("--duration", type=float, default=20.0,
                        help="seconds measured by `bench ros`; seconds of robot time simulated by `bench data`")
     bench.add_argument("--minutes", type=float, default=5.0, help="`bench soak`: minutes to run the node")
