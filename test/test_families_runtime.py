@@ -1,5 +1,5 @@
-"""Every family of the registry through the user's path: `mdgm-ros train` on a simulator bag writes a
-bundle, and a running fusion_node loads each bundle through ~/reload_model and publishes its latents over
+"""Every family of the registry through the user's path: `mdgm-ros train` on two simulator bags, one
+of them recorded without the tactile glove (the topic absent from the whole bag), writes a bundle, and a running fusion_node loads each bundle through ~/reload_model and publishes its latents over
 real DDS (one node process, another for the streams, the probe in this one)."""
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from mdgm_ros.core.families import FAMILIES
 from mdgm_ros.training.trainer import run_training
 
 from ros_env import ROOT, call, private_ros_env, spin_until, start, stop
+from test_training_ux import rewrite_bag
 
 ONE_EPOCH = {"training.epochs": 1, "data.block_s": 3.0, "export.onnx": False, "model_overrides.fusion": None}
 
@@ -19,12 +20,16 @@ ONE_EPOCH = {"training.epochs": 1, "data.block_s": 3.0, "export.onnx": False, "m
 @pytest.fixture(scope="module")
 def family_bundles(sim_bag, tmp_path_factory):
     roots = tmp_path_factory.mktemp("family_bundles")
+    no_tactile = rewrite_bag(sim_bag[0], tmp_path_factory.mktemp("gloveless") / "no_tactile", {"/tactile": None})
     out = {}
     for family in FAMILIES:
         path = roots / family
-        run_training([str(sim_bag[0])], ROOT / "config" / "train.yaml", path, device="cpu", show_bar=False,
-                     overrides={**ONE_EPOCH, "data.cache": False, "model_overrides.objective": family},
-                     log=lambda m: None)
+        lines: list[str] = []
+        run_training([str(sim_bag[0]), str(no_tactile)], ROOT / "config" / "train.yaml", path, device="cpu",
+                     show_bar=False, log=lines.append,
+                     overrides={**ONE_EPOCH, "data.cache": False, "model_overrides.objective": family,
+                                "data.absent_ok": ["tactile"]})
+        assert any("no_tactile: no tactile (data.absent_ok): trained as missing" in line for line in lines), family
         out[family] = path
     return roots, out
 
@@ -35,6 +40,8 @@ def test_train_writes_a_bundle_of_every_family(family_bundles):
         bundle = load_bundle(path)
         assert bundle.model.config.objective == family and bundle.model.family.name == family
         assert (bundle.calibration is not None) == bundle.model.family.properties.missing_modalities, family
+        training = bundle.manifest["extra"]["training"]
+        assert len(training["bags"]) == 2 and training["absent_ok"] == ["tactile"], family
 
 
 def test_evaluate_runs_on_every_family(family_bundles, sim_bag, tmp_path):
