@@ -154,3 +154,53 @@ def test_loss_reduction_is_per_sample_then_mean(small_model_factory):
                                     generator=torch.Generator().manual_seed(1)).loss
     assert doubled.shape == (10,)
     assert math.isclose(float(single.mean()), float(doubled.mean()), rel_tol=0.05)
+
+
+def test_mopoe_batched_kl_bound_equals_the_subset_loop(small_model_factory):
+    model = small_model_factory("mopoe")
+    mu, logvar = torch.randn(4, 6, 8), torch.randn(4, 6, 8)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1], [0, 0, 1, 0], [1, 1, 0, 0], [0, 1, 1, 1], [1, 0, 0, 1]],
+                        dtype=torch.bool)
+    torch.testing.assert_close(mopoe.kl_upper_bound(model, mu, logvar, mask),
+                               mopoe.kl_upper_bound_loop(model, mu, logvar, mask))
+
+
+def test_mopoe_sampled_kl_is_an_unbiased_estimate_of_the_bound(small_model_factory):
+    model = small_model_factory("mopoe")
+    mu, logvar = torch.randn(4, 1, 8), torch.randn(4, 1, 8) * 0.5
+    mask = torch.tensor([[True, False, True, True]])
+    exact = mopoe.kl_upper_bound(model, mu, logvar, mask)
+    gen = torch.Generator().manual_seed(0)
+    subsets = post.sample_present_subsets(mask.expand(20000, 4), gen)
+    draws = post.kl_to_standard_normal(*model.subset_posterior(mu.expand(4, 20000, 8), logvar.expand(4, 20000, 8),
+                                                               subsets, mask.expand(20000, 4)))
+    assert float(draws.mean()) == pytest.approx(float(exact), rel=0.02)
+    assert mopoe.resolve_kl_estimator("auto", mopoe.EXACT_KL_MAX_MODALITIES) == "exact"
+    assert mopoe.resolve_kl_estimator("auto", mopoe.EXACT_KL_MAX_MODALITIES + 1) == "sampled"
+    with pytest.raises(ValueError, match="kl_estimator"):
+        mopoe.resolve_kl_estimator("closed", 4)
+
+
+def test_mopoe_prior_only_in_the_product_of_all_modalities(small_model_factory):
+    """As the reference: a subset's generation uses the prior-free PoE it was trained with."""
+    model = small_model_factory("mopoe")
+    mu, logvar = torch.randn(4, 2, 8), torch.randn(4, 2, 8)
+    mask = torch.tensor([[True, False, True, False], [True, True, True, True]])
+    got = model.posterior_summary(mu, logvar, mask)
+    for b, with_prior in ((0, False), (1, True)):
+        ref = post.product_of_experts(mu[:, b:b + 1], logvar[:, b:b + 1], mask[b:b + 1], include_prior=with_prior)
+        torch.testing.assert_close(got[0][b], ref[0][0])
+        torch.testing.assert_close(got[1][b], ref[1][0])
+    assert not model.family.closed_form_poe(model)
+
+
+@pytest.mark.parametrize("objective, options", [("mopoe", {}), ("mmvae", {"estimator": "iwae", "K": 3})])
+def test_fast_paths_equal_the_previous_code_path(objective, options, small_model_factory):
+    model = small_model_factory(objective)
+    raw, mask, _ = prepared(model, 10, seed=2, missing_rate=0.4)
+    training.fit_normalization(model, raw, mask)
+    feats = training.normalize_features(model, raw)
+    fast = compute_objective(model, feats, mask, generator=torch.Generator().manual_seed(1), **options)
+    slow = compute_objective(model, feats, mask, generator=torch.Generator().manual_seed(1), fast=False, **options)
+    assert not bool(mask.all())
+    torch.testing.assert_close(fast.loss, slow.loss)

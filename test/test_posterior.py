@@ -81,7 +81,21 @@ def test_subset_prior_switch():
     torch.testing.assert_close(lv_without, torch.zeros(1, 3))                # one unit expert alone
     torch.testing.assert_close(lv_with, torch.full((1, 3), -math.log(2.0)))  # plus the prior
     _, lv_full = post.subset_product_of_experts(mu, logvar, present, present, False)
-    torch.testing.assert_close(lv_full, torch.full((1, 3), -math.log(3.0)))  # full set: prior always
+    torch.testing.assert_close(lv_full, torch.full((1, 3), -math.log(3.0)))  # all modalities: prior always
+    # the observed set of a row missing a modality is a proper subset: no prior (as the MoPoE reference)
+    _, lv_observed = post.subset_product_of_experts(mu, logvar, proper, proper, False)
+    torch.testing.assert_close(lv_observed, torch.zeros(1, 3))
+
+
+def test_all_subset_products_equal_one_product_per_subset():
+    mu, logvar = torch.randn(3, 4, 5), torch.randn(3, 4, 5) * 2
+    subsets = post.enumerate_subsets(3)
+    include = subsets.all(1)
+    got_mu, got_lv = post.all_subset_products(mu, logvar, subsets, include)
+    for s, subset in enumerate(subsets):
+        ref_mu, ref_lv = post.product_of_experts(mu, logvar, subset.expand(4, 3), include_prior=bool(include[s]))
+        torch.testing.assert_close(got_mu[s], ref_mu)
+        torch.testing.assert_close(got_lv[s], ref_lv)
 
 
 def test_weighted_poe_scales_precisions():

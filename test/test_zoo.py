@@ -65,3 +65,22 @@ def test_zoo_command_refuses_bad_counts(bad):
     args = argparse.Namespace(**{"families": "mopoe", "seeds": 1, "epochs": 1, "quick": False, "json": False,
                                  "out": None, **bad})
     assert zoo.zoo_command(args, write=lines.append) == 2 and lines[0].startswith("error:")
+
+
+def test_zoo_options_parse_and_reports_merge():
+    assert zoo.parse_family_options(["mmvae.K=1", "mopoe.kl_estimator=sampled"]) == {
+        "mmvae": {"K": 1}, "mopoe": {"kl_estimator": "sampled"}}
+    with pytest.raises(ValueError, match="FAMILY.KEY=VALUE"):
+        zoo.parse_family_options(["K=1"])
+    args = argparse.Namespace(families="mopoe", seeds=1, epochs=3, quick=False, json=False, out=None,
+                              first_seed=1, train_tuples=500, test_tuples=50, option=["mopoe.kl_estimator=exact"])
+    config = zoo.zoo_config_from_args(args)
+    assert (config.first_seed, config.n_train, config.n_test, config.normalize) == (1, 500, 50, False)
+    assert config.family_options == {"mopoe": {"kl_estimator": "exact"}}
+    run = {"family": "mopoe", "coherence": {1: 0.5}, "latent_probe": 0.9, "joint_nll": 1.0,
+           "samples_per_s": 10.0, "train_seconds": 5.0}
+    reports = [{"config": {}, "classifier_accuracy": {str(s): {}}, "wall_seconds": 10.0,
+                "runs": [{**run, "seed": s, "latent_probe": 0.8 + 0.1 * s}]} for s in (0, 1)]
+    merged = zoo.merge_reports(reports)
+    assert merged["summary"]["mopoe"]["seeds"] == 2 and merged["wall_seconds"] == 20.0
+    assert merged["summary"]["mopoe"]["latent_probe"] == pytest.approx(0.85)

@@ -92,34 +92,89 @@ def bench_fusion(iterations: int = 2000, warmup: int = 100, device: str = "auto"
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
+PREVIOUS_PATH = {"mopoe": {"fast": False}, "mmvae": {"fast": False}}   # issue 14: today's code path
+
+
+def _train_setup(model: MultimodalVAE, batch_size: int, dev: torch.device) -> tuple[dict, torch.Tensor, Any]:
+    data = synthetic.make_dataset(model.config.modalities, batch_size, seed=1, missing_rate=0.2)
+    feats = {k: v.to(dev) for k, v in training.normalize_features(
+        model, training.raw_to_features(model, data.raw)).items()}
+    model.train()
+    return feats, torch.from_numpy(data.mask).to(dev), torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
+def _timed_steps(model: MultimodalVAE, feats: dict, mask: torch.Tensor, optimizer: Any, steps: int,
+                 dev: torch.device, options: dict[str, Any]) -> list[float]:
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        loss = compute_objective(model, feats, mask, **options).loss.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _sync(dev)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def _throughput(times: list[float], batch_size: int) -> dict[str, float]:
+    return {"samples_per_s": round(batch_size / float(np.median(times)), 1),
+            "step_ms": round(1e3 * float(np.median(times)), 1)}
+
+
 def bench_train(steps: int = 20, batch_size: int = 64, device: str = "auto",
-                objectives: tuple[str, ...] = tuple(DEFAULT_FUSION)) -> dict[str, Any]:
-    """Training throughput (samples/s) of each objective at batch 64 on the four robot modalities,
-    20 % of modalities missing at random."""
+                objectives: tuple[str, ...] = tuple(DEFAULT_FUSION),
+                modality_counts: tuple[int, ...] = tuple(range(2, 9))) -> dict[str, Any]:
+    """Training throughput (samples/s, from the median step) of each objective at batch 64 on the four
+    robot modalities, 20 % of modalities missing at random. Where the code path changed (MoPoE, MMVAE;
+    :data:`PREVIOUS_PATH`) the previous path is timed in the same loop, alternating rounds, so
+    ``speedup`` compares like with like on a loaded machine. ``mopoe_step_vs_modalities``: MoPoE step
+    time from M = 2 to 8 vector modalities (default KL estimator, and the exact bound for contrast)."""
     dev = select_device(device)
     out: dict[str, Any] = {"benchmark": "train", "batch": batch_size, "steps": steps, "objectives": {}}
     for objective in objectives:
         model, _ = _prepared_model(objective, dev, n=8)
-        data = synthetic.make_dataset(model.config.modalities, batch_size, seed=1, missing_rate=0.2)
-        feats = {k: v.to(dev) for k, v in training.normalize_features(
-            model, training.raw_to_features(model, data.raw)).items()}
-        mask = torch.from_numpy(data.mask).to(dev)
-        model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        times = []
-        for step in range(steps + 3):
-            started = time.perf_counter()
-            loss = compute_objective(model, feats, mask).loss.mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            _sync(dev)
-            if step >= 3:
-                times.append(time.perf_counter() - started)
-        out["objectives"][objective] = {"fusion": model.fusion,
-                                        "samples_per_s": round(batch_size * len(times) / sum(times), 1),
-                                        "step_ms": round(1e3 * float(np.median(times)), 1)}
+        feats, mask, optimizer = _train_setup(model, batch_size, dev)
+        paths = {"new": {}, **({"previous": PREVIOUS_PATH[objective]} if objective in PREVIOUS_PATH else {})}
+        times: dict[str, list[float]] = {name: [] for name in paths}
+        for name, options in paths.items():
+            _timed_steps(model, feats, mask, optimizer, 2, dev, options)               # warm-up
+        rounds = 4
+        for _ in range(rounds):
+            for name, options in paths.items():
+                times[name] += _timed_steps(model, feats, mask, optimizer, max(1, steps // rounds), dev, options)
+        row = {"fusion": model.fusion, **_throughput(times["new"], batch_size)}
+        if "previous" in times:
+            row["previous_path"] = _throughput(times["previous"], batch_size)
+            row["speedup"] = round(row["samples_per_s"] / row["previous_path"]["samples_per_s"], 2)
+        out["objectives"][objective] = row
+    if "mopoe" in objectives and modality_counts:
+        out["mopoe_step_vs_modalities"] = mopoe_step_curve(modality_counts, batch_size, dev, steps)
     return out
+
+
+def mopoe_step_curve(counts: tuple[int, ...], batch_size: int, dev: torch.device, steps: int
+                     ) -> list[dict[str, Any]]:
+    """MoPoE step time for M vector modalities (27-d, the joints' size), default vs exact KL bound."""
+    from ..core.families.mopoe import resolve_kl_estimator
+    from ..core.modalities import ModalitySpec
+
+    rows = []
+    for count in counts:
+        specs = tuple(ModalitySpec(f"v{j}", "vector", (27,), scale=0.5) for j in range(count))
+        torch.manual_seed(0)
+        model = MultimodalVAE(ModelConfig(specs, latent_dim=16, objective="mopoe")).to(dev)
+        feats, mask, optimizer = _train_setup(model, batch_size, dev)
+        default, exact = [], []
+        _timed_steps(model, feats, mask, optimizer, 2, dev, {})
+        for _ in range(4):
+            default += _timed_steps(model, feats, mask, optimizer, max(1, steps // 4), dev, {})
+            exact += _timed_steps(model, feats, mask, optimizer, max(1, steps // 4), dev, {"kl_estimator": "exact"})
+        default_ms = 1e3 * float(np.median(default))
+        rows.append({"modalities": count, "kl_estimator": resolve_kl_estimator("auto", count),
+                     "step_ms": round(default_ms, 2), "step_ms_per_modality": round(default_ms / count, 2),
+                     "exact_kl_step_ms": round(1e3 * float(np.median(exact)), 2)})
+    return rows
 
 
 def environment(device: str = "auto") -> dict[str, Any]:

@@ -103,11 +103,29 @@ def dense_product_with_leave_one_out(mu: torch.Tensor, logvar: torch.Tensor
 def subset_product_of_experts(mu: torch.Tensor, logvar: torch.Tensor, subset: torch.Tensor,
                               present: torch.Tensor, proper_subsets_include_prior: bool
                               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """PoE of ``subset`` (B, M); the prior is included for the full present set always and for
-    proper subsets only if ``proper_subsets_include_prior`` (MVAE: yes; MoPoE/MultiVae: no)."""
-    is_full = (subset == present).all(dim=1)
-    include = is_full | torch.as_tensor(proper_subsets_include_prior, device=mu.device)
+    """PoE of ``subset`` (B, M). With ``proper_subsets_include_prior`` (MVAE) every subset's product has
+    the prior expert; without it (MoPoE) only the subset of *all* the model's modalities has it, as in
+    the reference code (thomassutter/MoPoE and MultiVae's ``poe_fusion`` add the prior iff the subset
+    holds every modality): a row that observes only some modalities, in training or at inference, gets
+    the same prior-free product as that subset inside the mixture. ``present`` is the observed set; it
+    is kept for the callers' symmetry and does not change the rule."""
+    include = subset.all(dim=1) | torch.as_tensor(proper_subsets_include_prior, device=mu.device)
     return product_of_experts(mu, logvar, subset, include_prior=include)
+
+
+def all_subset_products(mu: torch.Tensor, logvar: torch.Tensor, subsets: torch.Tensor,
+                        include_prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PoE of every subset at once: ``subsets`` (S, M) bool, ``include_prior`` (S,) bool; experts
+    (M, B, D) as everywhere (all read: callers drop the subsets a row does not observe). Returns
+    ``(mu, logvar)`` of shape (S, B, D), the same numbers as :func:`product_of_experts` per subset
+    (clamped log-variances), by two matrix products over the precisions instead of a loop."""
+    n_mod, batch, dim = mu.shape
+    precision = torch.exp(-clamp_logvar(logvar)).reshape(n_mod, batch * dim)
+    weights = subsets.to(mu.dtype)
+    total = weights @ precision + include_prior.to(mu.dtype)[:, None]          # (S, B*D)
+    mean = (weights @ (precision * mu.reshape(n_mod, batch * dim))) / total
+    shape = (subsets.shape[0], batch, dim)
+    return mean.reshape(shape), clamp_logvar(-torch.log(total)).reshape(shape)
 
 
 def mixture_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,

@@ -21,18 +21,25 @@ class ObjectiveOutput:
 
 
 def weighted_reconstruction(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], z: torch.Tensor,
-                            recon_mask: torch.Tensor, weighted: bool = True) -> torch.Tensor:
+                            recon_mask: torch.Tensor, weighted: bool = True,
+                            skip_missing: bool = True) -> torch.Tensor:
     """sum_m [recon_mask[:, m]] * lambda_m * log p(x_m | z) for z of shape (..., B, D); returns (..., B).
 
-    Only modalities that some row reconstructs are decoded."""
+    Only modalities that some row reconstructs are decoded, and (``skip_missing``) only on the rows
+    that reconstruct them; the other rows add exactly 0 either way."""
     total = torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
     for j, name in enumerate(model.names):
         column = recon_mask[:, j]
         if not bool(column.any()):
             continue
-        loglik = model.log_likelihood(name, feats[name], model.decode(name, z))
-        if weighted:
-            loglik = loglik * model.specs[name].weight
+        weight = model.specs[name].weight if weighted else 1.0
+        if skip_missing and not bool(column.all()):
+            rows = column.nonzero(as_tuple=True)[0]
+            loc = model.decode(name, z.index_select(-2, rows))
+            loglik = model.log_likelihood(name, feats[name].index_select(0, rows), loc) * weight
+            total = total.index_add(-1, rows, loglik)
+            continue
+        loglik = model.log_likelihood(name, feats[name], model.decode(name, z)) * weight
         total = total + torch.where(column, loglik, torch.zeros((), dtype=z.dtype, device=z.device))
     return total
 
