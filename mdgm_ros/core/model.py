@@ -42,8 +42,8 @@ class ModelConfig:
     latent_dim: int = 16
     objective: str = "mvae"                    # the model family (a name in the family registry)
     fusion: str | None = None                  # None: the family's default fusion
-    # Does the PoE of a proper subset of the observed modalities include the N(0, I) prior expert?
-    # None: family default -- True for PoE models (MVAE), False for MoPoE (as the reference code).
+    # Does the PoE of a proper subset of the modalities include the N(0, I) prior expert? (The product
+    # of all modalities always does.) None: family default -- True for MVAE, False for MoPoE (as the reference).
     proper_subsets_include_prior: bool | None = None
     objective_options: Mapping[str, Any] = field(default_factory=dict)
     # builders by name (mdgm_ros.core.networks.register_network): {"<modality>": {"encoder": {"name":
