@@ -138,7 +138,8 @@ class BagShards:
         self.shard_size = int(self.manifest["shaping"]["shard_size"])
         self.shard_rows = [int(n) for n in self.manifest["shard_rows"]]
         if sum(self.shard_rows) != len(self.stamps):
-            raise ValueError(f"{self.folder}: the shards hold {sum(self.shard_rows)} rows, the index {len(self.stamps)}")
+            raise ValueError(f"{self.folder}: the shards hold {sum(self.shard_rows)} rows, "
+                             f"the index {len(self.stamps)}")
 
     def __len__(self) -> int:
         return len(self.stamps)
@@ -237,7 +238,8 @@ def _build(missing: list[str], shared: tuple, workers: int, log: Callable[[str],
     seconds = time.perf_counter() - started
     for bag, manifest, _ in results:
         log(f"{bag}: {manifest['count']} aligned samples into {len(manifest['shard_rows'])} shards, "
-            f"{len(manifest['labels'])} fault labels" + (f", rejected {manifest['rejects']}" if manifest["rejects"] else ""))
+            f"{len(manifest['labels'])} fault labels"
+            + (f", rejected {manifest['rejects']}" if manifest["rejects"] else ""))
     log(f"sharded {len(missing)} bags with {workers} processes: {count} samples in {seconds:.1f} s "
         f"({count / max(seconds, 1e-9):.0f} samples/s)")
 

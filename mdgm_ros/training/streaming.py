@@ -18,6 +18,7 @@ ranks sees the same batches as a single process (the reparameterisation noise di
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +138,8 @@ class BatchSource(torch.utils.data.Dataset):
 
 
 # ----------------------------------------------------------------------------- features and statistics
-def device_features(model: MultimodalVAE, raw: dict[str, torch.Tensor], normalized: bool = True) -> dict[str, torch.Tensor]:
+def device_features(model: MultimodalVAE, raw: dict[str, torch.Tensor],
+                    normalized: bool = True) -> dict[str, torch.Tensor]:
     """Raw batch arrays (uint8 images) -> features on the model's device (copied non-blocking)."""
     out = {}
     with torch.no_grad():
@@ -343,9 +345,9 @@ def train_from_shards(bag_paths: list[str], settings: TrainSettings, out: Path, 
     ranks, dev = distributed.start(device)
     say = log if ranks.primary else (lambda m: None)
     if ranks.distributed:
-        log(f"rank {ranks.rank}/{ranks.world} (local {ranks.local_rank}) on {dev}, pid {__import__('os').getpid()}")
+        log(f"rank {ranks.rank}/{ranks.world} (local {ranks.local_rank}) on {dev}, pid {os.getpid()}")
     try:
-        return _train(bag_paths, settings, out, workdir, resume, ranks, dev, say, progress,
+        return _train(bag_paths, settings, out, workdir, resume, ranks, dev, say, progress if ranks.primary else None,
                       show_bar and ranks.primary, should_stop, started)
     finally:
         distributed.stop()

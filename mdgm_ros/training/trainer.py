@@ -233,10 +233,13 @@ def _windows(data: _Data, settings: TrainSettings, log: Callable[[str], None]) -
     return out
 
 
+_NOT_SHAPING = ("cache", "workers", "loader_workers")      # data settings a resumed run may change
+
+
 def _resume_key(bag_paths: list[str], settings: TrainSettings) -> str:
     """What a resumed run must share with its checkpoint (epochs, patience etc. may change)."""
     shaping = {"model": settings.model.to_dict(), "fusion": repr(settings.fusion),
-               "data": {k: v for k, v in vars(settings.data).items() if k not in ("cache", "workers", "loader_workers")}}
+               "data": {k: v for k, v in vars(settings.data).items() if k not in _NOT_SHAPING}}
     return hashlib.sha256(json.dumps({"bags": [bags.content_hash(p) for p in bag_paths], "config": shaping,
                                       "seed": settings.train.seed, "batch_size": settings.train.batch_size,
                                       "init_from": settings.opt.init_from},
