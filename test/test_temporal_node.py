@@ -10,6 +10,8 @@ model whose transition is perturbed so that it moves the state.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import time
 
 import numpy as np
@@ -104,7 +106,8 @@ def temporal_run(tmp_path_factory):
         play(50.0, 20)                                    # the clock jumps back 50 s
         spin_until(probe, lambda: any(_ns(m.header.stamp) >= 50 * NS + 15 * STEP_S * NS and
                                       _ns(m.header.stamp) < 100 * NS for m in record["latent"]), 10)
-        yield {"record": record, "expected": _expected_steps(model, raw_camera, 40), "log": tmp / "node.log"}
+        yield {"record": record, "expected": _expected_steps(model, raw_camera, 40), "log": tmp / "node.log",
+               "node": node, "play": play}
     finally:
         stop(node)
         probe.destroy_node()
@@ -157,3 +160,18 @@ def test_latent_prediction_has_the_source_stamp_and_the_horizon(temporal_run):
         assert all(s > 0 for s in p.std)
     details = json.loads(record["info"][-1].details_json)["temporal"]
     assert details["latent_prediction"]["horizon"] == HORIZON and details["latent_prediction"]["step_s"] == STEP_S
+
+
+def test_sigint_ends_the_node_cleanly_while_it_is_fusing(temporal_run):
+    """Ctrl-C (what launch sends) in the middle of the stream: exit 0, and no step fails on the way out."""
+    node = temporal_run["node"]
+    temporal_run["play"](200.0, 10)
+    node.send_signal(signal.SIGINT)
+    temporal_run["play"](200.0 + 10 * STEP_S, 5)        # frames keep coming while it stops
+    try:
+        status = node.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the node did not stop within 60 s of SIGINT")
+    log = temporal_run["log"].read_text()
+    assert status == 0, log[-2000:]
+    assert "fusion step failed" not in log and "Traceback" not in log

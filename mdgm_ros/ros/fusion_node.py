@@ -430,6 +430,8 @@ class FusionNode(GuardedNode, LifecycleNode):
         try:
             result = self._infer(runtime, sample, present, publish_latent)
         except Exception as err:  # keep running; the counter and the log say what broke
+            if not self.context.ok():                    # shutting down (SIGINT): the publishers are gone
+                return
             self._errors[type(err).__name__] += 1
             self._warn(("inference", type(err).__name__), f"fusion step failed: {type(err).__name__}: {err}")
             if temporal:                                 # a half-done step leaves no trustworthy state
@@ -558,8 +560,13 @@ def _normalization(model, name: str) -> tuple[np.ndarray, np.ndarray] | None:
     return (mean, std) if mean.ndim else None
 
 
+def _finite(values: torch.Tensor) -> bool:
+    """One numpy check (no torch op dispatch on the hot path; a CPU tensor's numpy view is free)."""
+    return bool(np.isfinite(values.detach().cpu().numpy()).all())
+
+
 def _non_finite_latent(result) -> bool:
-    return not bool(torch.isfinite(torch.cat([result.latent_mean, result.latent_std], -1)).all())
+    return not (_finite(result.latent_mean) and _finite(result.latent_std))
 
 
 def _non_finite_part(result, present: list[bool]) -> str | None:
@@ -567,11 +574,11 @@ def _non_finite_part(result, present: list[bool]) -> str | None:
     if _non_finite_latent(result):
         return "latent"
     if result.scores is not None:
-        scores = result.scores[0][torch.tensor(present, device=result.scores.device)]
-        if not (bool(torch.isfinite(scores).all()) and bool(torch.isfinite(result.total_score).all())):
+        scores = result.scores[0].detach().cpu().numpy()[np.asarray(present, bool)]
+        if not (bool(np.isfinite(scores).all()) and _finite(result.total_score)):
             return "anomaly score"
     for name, imputed in result.imputed.items():
-        if not bool(torch.isfinite(imputed.mean).all()):
+        if not _finite(imputed.mean):
             return f"imputed {name}"
     return None
 
@@ -623,7 +630,17 @@ def main(args: list[str] | None = None) -> int:
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+    _exit_without_teardown(0)
     return 0
+
+
+def _exit_without_teardown(status: int) -> None:
+    """Everything is closed (node, executor, DDS context): skip the interpreter's teardown of torch and
+    the middleware's objects, which took seconds after SIGINT on a loaded machine (launch escalates
+    to SIGTERM after a few)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ standard-type mirrors (``standard_mirrors``) for tools that only know common_int
 from __future__ import annotations
 
 import array
+import functools
 import json
 from typing import Any, Sequence
 
@@ -47,8 +48,7 @@ def latent_message(model_id: str, names: Sequence[str], present: Sequence[bool],
 
 def anomaly_message(model_id: str, names: Sequence[str], scores: np.ndarray, thresholds: np.ndarray, total: float,
                     total_threshold: float, stamp_ns: int, frame_id: str) -> AnomalyScores:
-    with np.errstate(invalid="ignore"):
-        flagged = (scores > thresholds).tolist()
+    flagged = (scores > thresholds).tolist()           # NaN compares False, without a warning
     msg = AnomalyScores(model_id=model_id, modalities=list(names), flagged=flagged, total=float(total),
                         total_threshold=float(total_threshold), total_flagged=bool(total > total_threshold))
     msg.header.stamp, msg.header.frame_id = bridge.ns_to_stamp(stamp_ns), frame_id
@@ -67,9 +67,14 @@ def prediction_message(model_id: str, mean: np.ndarray, std: np.ndarray, stamp_n
     return msg
 
 
+@functools.lru_cache(maxsize=8)
+def _imputed_audio_layout(shape: tuple[int, ...]):
+    """One layout per shape, shared by the messages (never modified)."""
+    return bridge.array_to_multiarray(np.zeros(shape, np.float32), IMPUTED_AUDIO_LABELS).layout
+
+
 def imputed_array_message(model_id: str, name: str, values: np.ndarray, stamp_ns: int, frame_id: str) -> ImputedArray:
-    layout = bridge.array_to_multiarray(np.zeros(values.shape, np.float32), IMPUTED_AUDIO_LABELS).layout
-    msg = ImputedArray(model_id=model_id, modality=name, layout=layout)
+    msg = ImputedArray(model_id=model_id, modality=name, layout=_imputed_audio_layout(values.shape))
     msg.header.stamp, msg.header.frame_id = bridge.ns_to_stamp(stamp_ns), frame_id
     msg.data = f32(values)
     return msg
