@@ -246,3 +246,44 @@ def test_mfm_labels_reach_the_head_through_the_family_flag_and_the_head_exports(
     assert FAMILIES["mfm"].uses_labels and "label term off" in FAMILIES["mfm"].properties.notes
     model, _ = build("mfm")
     assert "onnx_label_head" in {p.stem for p in export_parts(model)}
+
+
+def test_dmvae_daunhawer_training_resumes_bit_for_bit_with_the_discriminator_optimiser():
+    from mdgm_ros.core import training
+    torch.set_num_threads(1)
+    feats = {"a": torch.randn(96, 3), "b": torch.randn(96, 4)}
+    mask = torch.ones(96, 2, dtype=torch.bool)
+    mask[::5, 1] = False
+    config = training.TrainConfig(epochs=2, batch_size=32, lr=1e-3, seed=0, grad_clip=1.0)
+    straight, _ = build("dmvae_daunhawer")
+    training.train(straight, feats, mask, config)
+    resumed, _ = build("dmvae_daunhawer")
+    first = training.Trainer(resumed, config)
+    first.run_epoch(feats, mask)
+    state, weights = first.state_dict(), {k: v.clone() for k, v in resumed.state_dict().items()}
+    again, _ = build("dmvae_daunhawer")
+    again.load_state_dict(weights)
+    second = training.Trainer(again, config)
+    second.load_state_dict(state)
+    second.run_epoch(feats, mask)
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
+
+
+def test_mfm_takes_task_phases_as_labels_and_a_bag_without_phases_trains_without_the_label_term():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from mdgm_ros.core.families import LABELS
+    from mdgm_ros.training.trainer import with_phase_labels
+    model, x = build("mfm", n_labels=3)
+    phased = SimpleNamespace(train=SimpleNamespace(phase=np.array(["reach", "", "push", "grasp"])),
+                             val=SimpleNamespace(phase=np.array(["push"])))
+    labelled = with_phase_labels(model, x, phased)
+    assert labelled[LABELS].tolist() == [2, -1, 1, 0]
+    assert float(compute_objective(model, labelled, ALL).terms["label_loglik"].abs().sum()) > 0
+    bare = SimpleNamespace(train=SimpleNamespace(phase=np.array([""] * 4)), val=SimpleNamespace(phase=np.array([""])))
+    unlabelled = with_phase_labels(model, x, bare)
+    assert unlabelled[LABELS].tolist() == [-1] * 4
+    assert float(compute_objective(model, unlabelled, ALL).terms["label_loglik"].abs().sum()) == 0.0

@@ -294,7 +294,8 @@ class Trainer:
             scaler.scale(loss).backward()
             scaler.unscale_(self.optimizer)
         if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)      # not the family's own
         if scaler is None:
             self.optimizer.step()
         else:
