@@ -80,10 +80,12 @@ class _ShardingCollector(_Collector):
 
 
 def build_bag_shards(bag: str | Path, params: FusionParams, specs: Sequence[ModalitySpec], settle_s: float,
-                     label_topic: str, max_corrupt: float, shard_size: int, root: Path) -> dict[str, Any]:
-    """Align one bag into ``root/<key>/`` (atomically); returns its manifest. Runs in a worker process."""
+                     label_topic: str, max_corrupt: float, shard_size: int, root: Path,
+                     bag_hash: str = "") -> dict[str, Any]:
+    """Align one bag into ``root/<key>/`` (atomically); returns its manifest. Runs in a worker process;
+    ``bag_hash``: its content hash where the caller has it (a worker need not read the bag twice)."""
     bag = Path(bag)
-    bag_hash = bags.content_hash(bag)
+    bag_hash = bag_hash or bags.content_hash(bag)
     target = root / shard_key(bag_hash, params, specs, settle_s, label_topic, shard_size)
     root.mkdir(parents=True, exist_ok=True)
     recover_dir(target)
@@ -207,8 +209,9 @@ def ensure_shards(paths: Sequence[str | Path], params: FusionParams, specs: Sequ
     if shard_size < 1:
         raise ValueError(f"data.shard_size must be >= 1, got {shard_size}")
     root = shards_dir() if root is None else Path(root)
-    folders = [root / shard_key(bags.content_hash(p), params, specs, settle_s, label_topic, shard_size) for p in paths]
-    missing = [str(p) for p, folder in zip(paths, folders) if not (folder / MANIFEST).is_file()]
+    hashes = [bags.content_hash(p) for p in paths]
+    folders = [root / shard_key(h, params, specs, settle_s, label_topic, shard_size) for h in hashes]
+    missing = {str(p): h for p, h, folder in zip(paths, hashes, folders) if not (folder / MANIFEST).is_file()}
     if missing:
         _build(missing, (params, list(specs), settle_s, label_topic, max_corrupt, shard_size, root), workers, log)
     opened = []
@@ -220,10 +223,11 @@ def ensure_shards(paths: Sequence[str | Path], params: FusionParams, specs: Sequ
     return opened
 
 
-def _build(missing: list[str], shared: tuple, workers: int, log: Callable[[str], None]) -> None:
+def _build(missing: dict[str, str], shared: tuple, workers: int, log: Callable[[str], None]) -> None:
+    """Build the shards of ``missing`` (bag -> content hash), ``workers`` bags at once."""
     workers = min(len(missing), workers or os.cpu_count() or 1)
     started = time.perf_counter()
-    jobs = [(bag, *shared) for bag in missing]
+    jobs = [(bag, *shared, bag_hash) for bag, bag_hash in missing.items()]
     if workers == 1:
         results = [_build_job(job) for job in jobs]
     else:
