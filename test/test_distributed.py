@@ -87,3 +87,18 @@ def test_a_killed_rank_resumes_from_the_last_checkpoint(two_bags, cache_env, tmp
     epochs = [int(r["epoch"]) for r in csv.DictReader(open(out.with_name("model.train") / "metrics.csv"))]
     assert set(epochs) == {1, 2, 3} and epochs[-1] == 3
     assert load_bundle(out).manifest["extra"]["training"]["epochs"] == 3
+
+
+def test_a_rank_without_its_gpu_is_one_clear_error(monkeypatch):
+    import torch
+
+    from mdgm_ros.training import distributed
+    from mdgm_ros.training.config import TrainError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(TrainError, match="local rank 1.*--nproc-per-node"):
+        distributed.start("cuda")

@@ -54,10 +54,14 @@ def start(device: str, timeout_s: float = 1800.0) -> tuple[Ranks, torch.device]:
     if not launched_by_torchrun():
         return Ranks(), select_device(device)
     ranks = Ranks(_env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0))
-    wanted = select_device(device)
-    if wanted.type == "cuda":
-        wanted = select_device(f"cuda:{ranks.local_rank}")
-        torch.cuda.set_device(wanted)
+    try:
+        wanted = select_device(device)
+        if wanted.type == "cuda":                      # one GPU per local rank
+            wanted = select_device(f"cuda:{ranks.local_rank}")
+            torch.cuda.set_device(wanted)
+    except RuntimeError as err:
+        raise TrainError(f"rank {ranks.rank} (local rank {ranks.local_rank}): {err}; start at most as many "
+                         "processes per node as it has GPUs (--nproc-per-node)") from None
     if not dist.is_initialized():
         dist.init_process_group("nccl" if wanted.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(seconds=timeout_s))
