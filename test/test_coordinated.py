@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Laplace, Normal, kl_divergence
+from torch.distributions import Normal, kl_divergence
 
 from mdgm_ros.core import ModalitySpec, ModelConfig, MultimodalVAE, compute_objective
 from mdgm_ros.core import posterior as post
