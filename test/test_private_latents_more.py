@@ -40,8 +40,8 @@ def test_pvae_objective_eqs_29_30_by_hand(mean_z):
     model, x = build("pvae", alpha=0.6, gamma=0.8, margin=0.5)
     shared, private = experts(model, x)
     c_mu, c_lv = model.subset_encoders["a__b"](x["a"], x["b"])
-    js_mu, js_lv = model.extra["joint_private"](x["a"], x["b"])
-    c_lv, js_lv = post.clamp_logvar(c_lv), js_lv
+    js_mu, js_lv = (v.transpose(0, 1) for v in model.extra["joint_private"](x["a"], x["b"]))   # (B, M, P)
+    c_lv = post.clamp_logvar(c_lv)
     joint = (sum(loglik(model, n, x[n], c_mu, js_mu[j]) for j, n in enumerate("ab"))
              - BETA * (std_kl((c_mu, c_lv)) + std_kl((js_mu[0], js_lv[0])) + std_kl((js_mu[1], js_lv[1]))))
     unimodal = sum(loglik(model, n, x[n], shared[n][0], private[n][0])
@@ -76,7 +76,7 @@ def test_pvae_private_latents_come_from_the_joint_encoder_on_complete_rows_only(
     mask = torch.tensor([[True, True], [True, False], [True, True], [False, True]])
     with torch.no_grad():
         s_mu, _ = model.private_experts(x, mask)
-        js_mu, _ = model.extra["joint_private"](x["a"], x["b"])
+        js_mu = model.extra["joint_private"](x["a"], x["b"])[0].transpose(0, 1)
         own = model.private_encoders["a"](x["a"])[0]
     assert torch.allclose(s_mu[:, [0, 2]], js_mu[:, [0, 2]]) and torch.allclose(s_mu[0, 1], own[1])
     assert not torch.allclose(js_mu[0, 1], own[1])

@@ -45,7 +45,7 @@ JOINT_PRIVATE = "joint_private"
 
 
 class JointPrivateEncoder(nn.Module):
-    """q(S | X): every modality's features -> (M, B, P) means and log-variances."""
+    """q(S | X): every modality's features -> (B, M, P) means and log-variances (batch first, as exported)."""
 
     def __init__(self, net: nn.Module, n_mod: int, private_dim: int):
         super().__init__()
@@ -54,7 +54,7 @@ class JointPrivateEncoder(nn.Module):
     def forward(self, *feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.net(*feats)
         shape = (mu.shape[0], self.n_mod, self.private_dim)
-        return mu.reshape(shape).transpose(0, 1), post.clamp_logvar(logvar.reshape(shape).transpose(0, 1))
+        return mu.reshape(shape), post.clamp_logvar(logvar.reshape(shape))
 
 
 def unimodal_private(model: "MultimodalVAE", feats, mask) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +71,7 @@ def joint_private(model: "MultimodalVAE", feats, mask) -> tuple[torch.Tensor, to
         return mu, logvar
     idx = full.nonzero(as_tuple=True)[0]
     j_mu, j_lv = model.extra[JOINT_PRIVATE](*(feats[n].index_select(0, idx) for n in model.names))
-    return mu.index_copy(1, idx, j_mu), logvar.index_copy(1, idx, j_lv)
+    return mu.index_copy(1, idx, j_mu.transpose(0, 1)), logvar.index_copy(1, idx, j_lv.transpose(0, 1))
 
 
 def hinge(mu: torch.Tensor, mask: torch.Tensor, margin: float) -> torch.Tensor:
