@@ -357,6 +357,7 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--first-seed", type=int, default=0, help="first seed (run seeds in parallel processes)")
     parser.add_argument("--train-tuples", type=int, default=ZooConfig.n_train, help="training tuples")
     parser.add_argument("--test-tuples", type=int, default=ZooConfig.n_test, help="test tuples")
+    parser.add_argument("--batch-size", type=int, default=ZooConfig.batch_size, help="training batch size")
     parser.add_argument("--merge", default=None,
                         help="comma-separated zoo.json files: print (and with --out write) their runs as one table")
     parser.add_argument("--option", action="append", default=[], metavar="FAMILY.KEY=VALUE",
@@ -373,13 +374,15 @@ def zoo_config_from_args(args: argparse.Namespace) -> ZooConfig:
     n_test = int(getattr(args, "test_tuples", ZooConfig.n_test))
     if args.seeds < 1 or args.epochs < 1 or first_seed < 0:
         raise ValueError("--seeds and --epochs must be >= 1, --first-seed >= 0")
-    if n_train < 10 or n_test < 10:
-        raise ValueError("--train-tuples and --test-tuples must be >= 10")
+    batch_size = int(getattr(args, "batch_size", ZooConfig.batch_size))
+    if n_train < 10 or n_test < 10 or batch_size < 1:
+        raise ValueError("--train-tuples and --test-tuples must be >= 10, --batch-size >= 1")
     if getattr(args, "quick", False):
         return ZooConfig(families=families, seeds=args.seeds, first_seed=first_seed, n_train=300, n_test=100,
                          epochs=1, classifier_epochs=1, iwae_k=4, n_nll=20, n_probe=300)
     return ZooConfig(families=families, seeds=args.seeds, first_seed=first_seed, epochs=args.epochs,
-                     n_train=n_train, n_test=n_test, threads=max(1, int(getattr(args, "threads", 1) or 1)),
+                     n_train=n_train, n_test=n_test, batch_size=batch_size,
+                     threads=max(1, int(getattr(args, "threads", 1) or 1)),
                      normalize=bool(getattr(args, "normalize", False)),
                      family_options=parse_family_options(getattr(args, "option", []) or []))
 
