@@ -33,3 +33,7 @@ def test_quick_demo_runs_the_whole_loop_over_real_topics_in_a_terminal(tmp_path)
     for png in report["plots"].values():
         assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert "imputation error" in screen and "anomaly: AUROC" in screen and "detected" in screen
+    temporal = report["temporal"]                       # step 5: the temporal model against the per-frame one
+    assert set(temporal["imputation"]) == {"0.5", "1", "1.5", "3"} and set(temporal["anomaly"]) == {"temporal",
+                                                                                                   "per_frame"}
+    assert "fault_timeline_compare" in report["plots"] and "issue 11 bars:" in screen

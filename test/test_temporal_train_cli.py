@@ -129,3 +129,23 @@ def test_compare_needs_a_temporal_model(trained_bundle, sim_bag):
     run = subprocess.run([sys.executable, "-m", "mdgm_ros", "evaluate", "--model", str(trained_bundle[0]), "--bags",
                           str(sim_bag[0]), "--compare", str(trained_bundle[0])], capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.strip().splitlines()[-1].startswith("error: --compare needs a temporal")
+
+
+def test_init_from_takes_the_per_frame_encoders_decoders_and_normalisation(trained_bundle):
+    from mdgm_ros.core import MultimodalVAE
+    from mdgm_ros.training.trainer import TrainError, TrainSettings, init_weights
+
+    settings = TrainSettings.from_file("config/train_temporal.yaml")
+    model = MultimodalVAE(settings.model)
+    logs = []
+    init_weights(model, str(trained_bundle[0]), logs.append)
+    source = load_bundle(trained_bundle[0]).model
+    own, theirs = model.state_dict(), source.state_dict()
+    encoder_keys = [k for k in theirs if k.startswith(("encoders.", "decoders."))]
+    assert encoder_keys and all(torch.equal(own[k], theirs[k]) for k in encoder_keys)
+    for name in model.names:
+        np.testing.assert_array_equal(model.specs[name].normalization.mean, source.specs[name].normalization.mean)
+    assert "transition" in "".join(k for k in model.state_dict() if k not in source.state_dict())
+    assert logs and "normalisation of camera, joints, audio, tactile" in logs[0]
+    with pytest.raises(TrainError, match="init_from"):
+        init_weights(model, "/nonexistent/bundle", logs.append)

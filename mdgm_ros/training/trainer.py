@@ -307,19 +307,27 @@ def _fit(trainer: Trainer, train, val, settings: TrainSettings, workdir: Path, r
 
 def init_weights(model: MultimodalVAE, bundle_path: str, log: Callable[[str], None]) -> None:
     """Start from another bundle's weights wherever name and shape match (e.g. a temporal model from the
-    per-frame encoders, decoders and likelihood scales trained on the same bags); the rest stays new."""
+    per-frame encoders, decoders and likelihood scales trained on the same bags), and from its feature
+    normalisation (so the weights see inputs scaled as in their training); the rest stays new."""
     from ..core import BundleError, load_bundle
 
     try:
-        source = load_bundle(bundle_path, device=str(model.device)).model.state_dict()
+        source_model = load_bundle(bundle_path, device=str(model.device)).model
     except (BundleError, OSError) as err:
         raise TrainError(f"training.init_from: {err}") from None
+    source = source_model.state_dict()
     own = model.state_dict()
     shared = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
     if not shared:
         raise TrainError(f"training.init_from: {bundle_path} has no weights of this model's names and shapes")
     model.load_state_dict(shared, strict=False)
-    log(f"started from {len(shared)}/{len(own)} tensors of {bundle_path}")
+    copied = [m.name for m in source_model.config.modalities
+              if m.normalization is not None and m.name in model.specs and
+              tuple(m.feature_shape) == tuple(model.specs[m.name].feature_shape)]
+    for name in copied:               # its weights expect the inputs scaled as it was trained
+        model.set_normalization(name, source_model.specs[name].normalization)
+    log(f"started from {len(shared)}/{len(own)} tensors of {bundle_path} and its normalisation of "
+        f"{', '.join(copied) or 'no modality'}")
 
 
 def _no_best(stage: int = 0) -> dict[str, Any]:
