@@ -25,8 +25,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         results["fusion"] = {**bench.bench_fusion(iterations=args.iterations, device=args.device),
                              "threads": args.threads}
         from .bench.temporal import bench_temporal_step
-        results["fusion"]["temporal_step"] = bench_temporal_step(iterations=args.iterations, device=args.device,
-                                                                 horizon=5)
+        results["fusion"]["temporal_step"] = bench_temporal_step(iterations=args.iterations, device=args.device)
     if args.which in ("train", "all"):
         torch.set_num_threads(args.train_threads or os.cpu_count() or 1)
         results["train"] = {**bench.bench_train(device=args.device), "threads": torch.get_num_threads()}
