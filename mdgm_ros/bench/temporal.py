@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..core import select_device
+from ..core import Fuser, select_device
 from ..core.temporal import TemporalFilter, calibration_from_nll, predictive_nll_sequence
 from .models import _percentiles, _prepared_model, _sync
 
@@ -21,7 +21,7 @@ def bench_temporal_step(iterations: int = 2000, warmup: int = 100, device: str =
     Timed in the same loop, alternating (ratios compare like with like on a loaded machine): the
     closed-form batch-1 step (what the node runs; the target), the generic masked filter step, and the
     closed-form step that also predicts ``horizon`` latents (the node's ~/latent_prediction, after the
-    latent is out)."""
+    latent is out), and the per-frame :class:`~mdgm_ros.core.inference.Fuser` step of the same networks."""
     dev = select_device(device)
     model, (data, feats, mask) = _prepared_model("temporal", dev)
     with torch.no_grad():
@@ -34,7 +34,8 @@ def bench_temporal_step(iterations: int = 2000, warmup: int = 100, device: str =
     ahead = TemporalFilter(model, calibration, horizon=horizon)
     step_mask = torch.tensor([[True, True, False, True]], device=dev)
     raw = {k: torch.from_numpy(v[:1]).to(dev) for k, v in data.raw.items() if k != "audio"}
-    steps = {"fast": fast, "generic": generic, **({"ahead": ahead} if horizon else {})}
+    per_frame = Fuser(model, calibration)               # the same networks, one frame, no state
+    steps = {"fast": fast, "generic": generic, "per_frame": per_frame, **({"ahead": ahead} if horizon else {})}
     for _ in range(warmup):
         for step in steps.values():
             step(raw, step_mask)
@@ -51,6 +52,8 @@ def bench_temporal_step(iterations: int = 2000, warmup: int = 100, device: str =
             "observed": ["camera", "joints", "tactile"], "imputed": ["audio"], "iterations": iterations,
             **stats, "generic_filter_step": generic_stats,
             "ratio_to_generic_p50": round(stats["p50_ms"] / generic_stats["p50_ms"], 3),
+            "per_frame_step": _percentiles(times["per_frame"]),
+            "ratio_to_per_frame_p50": round(stats["p50_ms"] / _percentiles(times["per_frame"])["p50_ms"], 3),
             **({"with_prediction": {"horizon": horizon, **_percentiles(times["ahead"])}} if horizon else {}),
             "target": {"p50_ms": 2.5, "p99_ms": 5.0},
             "parameters": sum(p.numel() for p in model.parameters())}
