@@ -75,7 +75,7 @@ def test_zoo_options_parse_and_reports_merge():
     args = argparse.Namespace(families="mopoe", seeds=1, epochs=3, quick=False, json=False, out=None,
                               first_seed=1, train_tuples=500, test_tuples=50, option=["mopoe.kl_estimator=exact"])
     config = zoo.zoo_config_from_args(args)
-    assert (config.first_seed, config.n_train, config.n_test, config.normalize) == (1, 500, 50, False)
+    assert (config.first_seed, config.n_train, config.n_test, config.normalize) == (1, 500, 50, True)
     assert config.family_options == {"mopoe": {"kl_estimator": "exact"}}
     run = {"family": "mopoe", "coherence": {1: 0.5}, "latent_probe": 0.9, "joint_nll": 1.0,
            "samples_per_s": 10.0, "train_seconds": 5.0}
