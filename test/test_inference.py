@@ -126,6 +126,7 @@ def test_trained_model_imputes_each_modality_better_than_the_mean(small_model_fa
 @pytest.mark.parametrize("objective", ["mvae", "mopoe"])
 def test_fuser_closed_form_path_equals_the_general_masked_path(objective, small_model_factory):
     model = small_model_factory(objective)
+    assert model.family.closed_form_poe(model)         # MoPoE too: its prior rule is in the closed form
     raw_feats, mask, data = prepared(model, 64, seed=0)
     training.fit_normalization(model, raw_feats, mask)
     calibration = calibrate_anomaly(model, training.normalize_features(model, raw_feats), mask)

@@ -338,8 +338,10 @@ class Fuser:
         model = self.model
         feats = model.features({n: raw[n] for n in observed})
         experts = [model.encoders[n](feats[n]) for n in observed]
+        every_prior = bool(model.config.proper_subsets_include_prior)     # else only the product of all
         z_mean, z_std, z_loo = post.dense_product_with_leave_one_out(
-            torch.stack([e[0] for e in experts]), torch.stack([e[1] for e in experts]))
+            torch.stack([e[0] for e in experts]), torch.stack([e[1] for e in experts]),
+            joint_prior=every_prior or len(observed) == len(model.names), loo_prior=every_prior)
         result = FusionResult(z_mean, z_std)
         if on_latent is not None and on_latent(result) is False:
             return None

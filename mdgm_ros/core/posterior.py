@@ -84,19 +84,23 @@ def product_of_experts(mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tenso
     return joint_mu, clamp_logvar(-log_total)
 
 
-def dense_product_with_leave_one_out(mu: torch.Tensor, logvar: torch.Tensor
-                                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PoE with the prior of M experts that are *all* present, and the M leave-one-out products.
+def dense_product_with_leave_one_out(mu: torch.Tensor, logvar: torch.Tensor, joint_prior: bool = True,
+                                     loo_prior: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PoE of M experts that are *all* present, and the M leave-one-out products.
 
-    Closed form over precisions P_m = exp(-logvar_m): T = 1 + sum_m P_m, mean = sum_m P_m mu_m / T,
-    leave-one-out T_-m = T - P_m (the same maths as :func:`product_of_experts` with the prior and a full
-    mask, without the masking; the fast path of a live fusion step). Returns the joint mean (B, D),
-    the joint std (B, D) and the leave-one-out means (M, B, D)."""
+    Closed form over precisions P_m = exp(-logvar_m): T = [1] + sum_m P_m, mean = sum_m P_m mu_m / T,
+    leave-one-out T_-m = T - P_m; ``joint_prior`` / ``loo_prior`` say whether the joint / the
+    leave-one-out products have the N(0, I) expert (a leave-one-out set that is empty always gets it, as
+    in :func:`product_of_experts`). The same maths as the masked path without the masking: the fast
+    path of a live fusion step. Returns the joint mean (B, D), the joint std (B, D) and the
+    leave-one-out means (M, B, D)."""
     precision = torch.exp(-clamp_logvar(logvar))
     weighted = precision * mu
-    total_precision = 1.0 + precision.sum(0)
+    sum_precision = precision.sum(0)
     total_weighted = weighted.sum(0)
-    loo_mean = (total_weighted - weighted) / (total_precision - precision)
+    total_precision = sum_precision + float(joint_prior)
+    loo_prior_precision = 1.0 if loo_prior or mu.shape[0] == 1 else 0.0
+    loo_mean = (total_weighted - weighted) / (sum_precision - precision + loo_prior_precision)
     return total_weighted / total_precision, total_precision.rsqrt(), loo_mean
 
 

@@ -102,9 +102,9 @@ class Family:
         return model.encoders[name] if name in model.encoders else None
 
     def closed_form_poe(self, model: "MultimodalVAE") -> bool:
-        """Is q(z | X_S) the PoE of the unimodal experts with the prior for every subset (the Fuser's
-        closed-form fast path)? Not for MoPoE, whose proper subsets have no prior expert."""
-        return model.fusion != "moe" and bool(model.config.proper_subsets_include_prior)
+        """Is q(z | X_S) the PoE of the unimodal experts (with the prior by the config's rule) for the
+        observed set and its leave-one-out sets (the Fuser's closed-form fast path)?"""
+        return model.fusion != "moe"
 
     # ---------------------------------------------------------------- objective
     def objective(self, model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
