@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks; prints JSON with --json")
     bench.add_argument("which", choices=["fusion", "train", "ros", "data", "soak", "zoo", "all"],
-                       help="zoo: the PolyDigits benchmark of every model family (not part of 'all')")
+                       help="zoo: the PolyDigits benchmark of every model family (not part of 'all'); "
+                            "`mdgm-ros bench weak {missing,contrastive} --help`: weak supervision on PolyDigits")
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--iterations", type=int, default=2000)
     bench.add_argument("--threads", type=int, default=1,
@@ -374,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["bench", "weak"]:           # its own arguments (an experiment, then options)
+        from .bench import weak
+        return weak.main(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

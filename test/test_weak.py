@@ -102,3 +102,13 @@ def test_weak_bench_trains_on_incomplete_rows_and_reports_coherence():
     assert 0.5 < report["runs"][1]["observed_share"] < 1.0
     assert all(0.0 <= r["coherence"][1] <= 1.0 for r in report["runs"])
     assert "| mvae | 50% missing |" in markdown(report)
+
+
+def test_bench_weak_from_the_cli_writes_its_report_and_refuses_bad_shares(tmp_path, capsys):
+    from mdgm_ros.cli import main
+
+    torch.set_num_threads(1)
+    assert main(["bench", "weak", "contrastive", "--quick", "--families", "mvae", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "weak_contrastive.json").is_file()
+    assert main(["bench", "weak", "missing", "--missing", "0,1.5"]) == 2
+    assert "error: --missing shares must be in [0, 1)" in capsys.readouterr().out
