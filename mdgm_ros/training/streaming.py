@@ -36,10 +36,9 @@ from ..data import bags
 from ..data import cache as data_cache
 from ..data.shards import BagShards, RowReader, ensure_shards
 from . import distributed
-from .checkpoints import CheckpointError, load_checkpoint
 from .config import TrainError, TrainSettings
-from .trainer import (TRAINING_MEANS, TrainResult, _fit, _no_best, _restore_normalization, _resume_key,
-                      export_onnx, feature_dims, split_blocks)
+from .trainer import (TRAINING_MEANS, TrainResult, _fit, _no_best, _resume_key, export_onnx, feature_dims,
+                      resumed_best, split_blocks)
 
 EVAL_BATCH = 256
 
@@ -381,19 +380,10 @@ def _train(bag_paths, settings: TrainSettings, out: Path, workdir: Path, resume:
         beta.kind, beta.start, beta.end, int(settings.beta.warmup_epochs * steps))}), feed)
     trainer.amp = distributed.amp_dtype(settings.opt.precision, dev)
     stats = streaming_statistics(model, feed)
-    resume_key, best = _resume_key(bag_paths, settings), _no_best()
-    if resume and any(workdir.glob("checkpoint*.pt")):
-        try:
-            state = load_checkpoint(workdir, model.device, resume_key, log)
-        except CheckpointError as err:
-            raise TrainError(f"cannot resume from {workdir}: {err}; train without --resume to start fresh "
-                             "(that replaces the checkpoints)") from None
-        _restore_normalization(model, state["normalization"])
-        model.load_state_dict(state["model"])
-        trainer.load_state_dict(state["trainer"])
-        best = state["best"]
-        log(f"resumed from {workdir} after epoch {trainer.epoch}")
-    else:
+    resume_key = _resume_key(bag_paths, settings)
+    best = resumed_best(workdir, model, trainer, resume_key, log) if resume else None
+    if best is None:
+        best = _no_best()
         if ranks.primary:
             (workdir / "metrics.csv").unlink(missing_ok=True)
         stats.apply(model)

@@ -334,6 +334,24 @@ def _no_best(stage: int = 0) -> dict[str, Any]:
     return {"val": float("inf"), "epoch": -1, "stage": stage, "state": None, "bad_epochs": 0}
 
 
+def resumed_best(workdir: Path, model: MultimodalVAE, trainer: Any, resume_key: Any,
+                 log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Restore model, normalisation and trainer from the newest checkpoint in ``workdir``; return its
+    best-epoch record (None: nothing to resume, start fresh)."""
+    if not any(workdir.glob("checkpoint*.pt")):
+        return None
+    try:
+        state = load_checkpoint(workdir, model.device, resume_key, log)
+    except CheckpointError as err:
+        raise TrainError(f"cannot resume from {workdir}: {err}; train without --resume to start fresh "
+                         "(that replaces the checkpoints)") from None
+    _restore_normalization(model, state["normalization"])
+    model.load_state_dict(state["model"])
+    trainer.load_state_dict(state["trainer"])
+    log(f"resumed from {workdir} after epoch {trainer.epoch}")
+    return state["best"]
+
+
 def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path, resume: bool = False,
                  device: str = "auto", overrides: dict[str, Any] | None = None, log: Callable[[str], None] = print,
                  progress: Callable[[int, int, float], None] | None = None, show_bar: bool = True,
@@ -370,19 +388,9 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
                core_temporal.SequenceTrainer(model, train_config, windows.train, windows.val))
     trainer.amp = amp_dtype(settings.opt.precision, model.device)
     resume_key = _resume_key(bag_paths, settings)
-    best = _no_best()
-    if resume and any(workdir.glob("checkpoint*.pt")):
-        try:
-            state = load_checkpoint(workdir, model.device, resume_key, log)
-        except CheckpointError as err:
-            raise TrainError(f"cannot resume from {workdir}: {err}; train without --resume to start fresh "
-                             "(that replaces the checkpoints)") from None
-        _restore_normalization(model, state["normalization"])
-        model.load_state_dict(state["model"])
-        trainer.load_state_dict(state["trainer"])
-        best = state["best"]
-        log(f"resumed from {workdir} after epoch {trainer.epoch}")
-    else:
+    best = resumed_best(workdir, model, trainer, resume_key, log) if resume else None
+    if best is None:
+        best = _no_best()
         (workdir / "metrics.csv").unlink(missing_ok=True)
         core_training.fit_normalization(model, train_feats, train_mask)
         if settings.opt.init_from:
