@@ -23,7 +23,7 @@ the associator m -> pivot applied to the mean of q(z_m|x_m); several modalities:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import torch
 from torch import nn
@@ -117,8 +117,6 @@ class AvaeFamily(CoordinatedFamily):
         pivot = pivot_name(model.config)
         return z if name == pivot else model.extra["associators"][key(pivot, name)](z)[0]
 
-    def objective(self, model, feats, mask, beta=1.0, generator=None, stage=None, **options: Any) -> ObjectiveOutput:
-        return self.objective_fn(model, feats, mask, beta=beta, generator=generator, stage=stage, **options)
 
 
 FAMILY = AvaeFamily(

@@ -110,7 +110,10 @@ class Family:
     def objective(self, model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
                   beta: float = 1.0, generator: torch.Generator | None = None, stage: str | None = None,
                   **options: Any) -> ObjectiveOutput:
-        """Per-sample loss; ``stage`` (a stage name) selects the stage's terms, None the full objective."""
+        """Per-sample loss; ``stage`` (a stage name) selects the stage's terms, None the full objective.
+        A family of several stages gets ``stage=`` in its objective function; a one-stage family does not."""
+        if len(self.stages) > 1:
+            options["stage"] = stage
         return self.objective_fn(model, feats, mask, beta=beta, generator=generator, **options)
 
     # ---------------------------------------------------------------- inference rule

@@ -24,7 +24,7 @@ posteriors (no prior expert).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import torch
 from torch import nn
@@ -91,8 +91,6 @@ class ScanFamily(CoordinatedFamily):
                          ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         return model.extra["pivot"] if name == pivot_name(model.config) else model.extra["coordinated"][name]
 
-    def objective(self, model, feats, mask, beta=1.0, generator=None, stage=None, **options: Any) -> ObjectiveOutput:
-        return self.objective_fn(model, feats, mask, beta=beta, generator=generator, stage=stage, **options)
 
 
 FAMILY = ScanFamily(

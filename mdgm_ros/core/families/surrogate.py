@@ -82,9 +82,7 @@ class SurrogateFamily(Family):
                   beta: float = 1.0, generator: torch.Generator | None = None, stage: str | None = None,
                   **options: Any) -> ObjectiveOutput:
         options.pop("subsets", None)              # read by the model when it builds the encoders
-        if len(self.stages) > 1:
-            options["stage"] = stage
-        return self.objective_fn(model, feats, mask, beta=beta, generator=generator, **options)
+        return super().objective(model, feats, mask, beta=beta, generator=generator, stage=stage, **options)
 
     def check_inference(self, model: "MultimodalVAE", mask: torch.Tensor) -> None:
         if self.surrogates:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import torch
 from torch import nn
@@ -162,8 +162,6 @@ class TianFamily(CoordinatedFamily):
         """A shared code u -> modality ``name``'s own latent space (the shared decoder g(u, m))."""
         return model.extra["bridge"].decode(z, model.names.index(name))
 
-    def objective(self, model, feats, mask, beta=1.0, generator=None, stage=None, **options: Any) -> ObjectiveOutput:
-        return self.objective_fn(model, feats, mask, beta=beta, generator=generator, stage=stage, **options)
 
 
 FAMILY = TianFamily(
