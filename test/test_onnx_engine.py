@@ -8,7 +8,7 @@ from mdgm_ros.core import Fuser, load_bundle
 from mdgm_ros.core import synthetic
 
 pytest.importorskip("onnxruntime")
-from mdgm_ros.core.onnx_engine import OrtNetwork, load_ort_bundle  # noqa: E402
+from mdgm_ros.onnx_engine import OrtNetwork, load_ort_bundle  # noqa: E402
 
 
 def test_onnxruntime_networks_give_the_torch_fusion_results(trained_bundle):

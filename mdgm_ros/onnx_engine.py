@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bundle import load_bundle
-from .export import UnimodalPosterior, export_parts
+from .core import load_bundle
+from .core.export import UnimodalPosterior, export_parts
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
