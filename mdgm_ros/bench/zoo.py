@@ -205,20 +205,29 @@ def coherence(model: MultimodalVAE, test: PolyDigits, classifiers: dict[str, nn.
     return {k: float(np.mean(v)) for k, v in correct.items()}
 
 
+def shared_code(model: MultimodalVAE, feats: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """The mean of q(c | all modalities): (B, D)."""
+    return model.posterior_summary(*model.experts(feats, mask), mask)[0]
+
+
 @torch.no_grad()
-def latent_means(model: MultimodalVAE, data: PolyDigits, n: int, chunk: int = 500) -> np.ndarray:
+def latent_means(model: MultimodalVAE, data: PolyDigits, n: int, chunk: int = 500,
+                 code: Callable[..., torch.Tensor] = shared_code) -> np.ndarray:
+    """``code(model, feats, mask)`` of the first n tuples, every modality observed: (min(n, N), ...)."""
     out = []
     for start in range(0, min(n, len(data)), chunk):
         rows = slice(start, min(start + chunk, n))
         feats = _normalized(model, data, rows)
         mask = torch.ones((len(data.labels[rows]), len(model.names)), dtype=torch.bool)
-        out.append(model.posterior_summary(*model.experts(feats, mask), mask)[0].numpy())
+        out.append(code(model, feats, mask).numpy())
     return np.concatenate(out)
 
 
-def latent_probe(model: MultimodalVAE, train: PolyDigits, test: PolyDigits, n_probe: int) -> float:
+def latent_probe(model: MultimodalVAE, train: PolyDigits, test: PolyDigits, n_probe: int,
+                 code: Callable[..., torch.Tensor] = shared_code) -> float:
+    """Test accuracy of a logistic regression of the label on ``code`` (default: the shared latent)."""
     from sklearn.linear_model import LogisticRegression
-    z_train, z_test = latent_means(model, train, n_probe), latent_means(model, test, len(test))
+    z_train, z_test = latent_means(model, train, n_probe, code=code), latent_means(model, test, len(test), code=code)
     probe = LogisticRegression(max_iter=2000).fit(z_train, train.labels[:len(z_train)])
     return float(probe.score(z_test, test.labels))
 

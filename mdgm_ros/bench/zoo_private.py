@@ -23,25 +23,16 @@ def _normalized(model: MultimodalVAE, data: PolyDigits, rows: slice) -> dict[str
     return {n: model.normalize(n, torch.from_numpy(data.images[n][rows])) for n in model.names}
 
 
-@torch.no_grad()
-def private_means(model: MultimodalVAE, data: PolyDigits, n: int, chunk: int = 500) -> np.ndarray:
-    """Every modality's q(s_m | x_m) mean, concatenated: (min(n, N), M * P)."""
-    out = []
-    for start in range(0, min(n, len(data)), chunk):
-        rows = slice(start, min(start + chunk, n))
-        feats = _normalized(model, data, rows)
-        mask = torch.ones((len(data.labels[rows]), len(model.names)), dtype=torch.bool)
-        s_mu, _ = model.private_experts(feats, mask)                    # (M, B, P)
-        out.append(s_mu.permute(1, 0, 2).reshape(s_mu.shape[1], -1).numpy())
-    return np.concatenate(out)
+def private_code(model: MultimodalVAE, feats: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """Every modality's q(s_m | x_m) mean, concatenated: (B, M * P)."""
+    s_mu, _ = model.private_experts(feats, mask)                      # (M, B, P)
+    return s_mu.permute(1, 0, 2).reshape(s_mu.shape[1], -1)
 
 
 def private_probe(model: MultimodalVAE, train: PolyDigits, test: PolyDigits, n_probe: int) -> float:
     """Test accuracy of a logistic regression of the label on the private latents."""
-    from sklearn.linear_model import LogisticRegression
-    s_train, s_test = private_means(model, train, n_probe), private_means(model, test, len(test))
-    probe = LogisticRegression(max_iter=2000).fit(s_train, train.labels[:len(s_train)])
-    return float(probe.score(s_test, test.labels))
+    from .zoo import latent_probe                                     # zoo imports this module
+    return latent_probe(model, train, test, n_probe, code=private_code)
 
 
 @torch.no_grad()
