@@ -28,7 +28,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         results["fusion"]["temporal_step"] = bench_temporal_step(iterations=args.iterations, device=args.device)
     if args.which in ("train", "all"):
         torch.set_num_threads(args.train_threads or os.cpu_count() or 1)
-        results["train"] = {**bench.bench_train(device=args.device), "threads": torch.get_num_threads()}
+        results["train"] = {**bench.bench_train(device=args.device, objectives=_bench_families(args)),
+                            "threads": torch.get_num_threads()}
         if bench.select_device(args.device).type == "cuda":             # AMP and pinned copies, on a GPU
             from .bench.gpu import bench_train_gpu
             results["train"]["gpu"] = bench_train_gpu(args.device)
@@ -240,6 +241,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(args.out, quick=args.quick, device=args.device, keep=args.keep)
+
+
+def _bench_families(args: argparse.Namespace) -> tuple[str, ...]:
+    """``--families a,b`` of ``bench train`` (default: every registered family), checked against the registry."""
+    from .core.families import FAMILIES
+    names = tuple(f.strip() for f in str(args.families).split(",") if f.strip())
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown:
+        print(f"error: unknown families {', '.join(unknown)} (known: {', '.join(FAMILIES)})", file=sys.stderr)
+        raise SystemExit(2)
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,18 @@ def test_bench_fusion_prints_the_latency_json():
     assert payload["ratio_to_bare_p50"] == pytest.approx(payload["p50_ms"] / payload["bare_forward"]["p50_ms"], abs=2e-3)
 
 
+def test_bench_train_times_only_the_families_asked_for():
+    result = run("bench", "train", "--json", "--families", "mopoe", "--train-threads", "1")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert list(payload["objectives"]) == ["mopoe"]
+    row = payload["objectives"]["mopoe"]
+    assert row["samples_per_s"] > 0 and row["previous_path"]["samples_per_s"] > 0
+    assert [p["modalities"] for p in payload["mopoe_step_vs_modalities"]] == list(range(2, 9))
+    unknown = run("bench", "train", "--families", "mopoe,nonsense")
+    assert unknown.returncode == 2 and "unknown families nonsense" in unknown.stderr
+
+
 def test_example_runs_end_to_end_and_bundle_info_reads_it(tmp_path):
     result = run("example", "--quick", "--out", str(tmp_path))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

@@ -360,7 +360,7 @@ def write_outputs(report: dict[str, Any], out: Path) -> None:
 def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``bench zoo`` (``--json`` and ``--device`` are the bench parser's own)."""
     parser.add_argument("--families", default=",".join(FAMILIES),
-                        help="comma-separated families (default: every registered family)")
+                        help="`bench zoo`, `bench train`: comma-separated families (default: every registered family)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds (the README table uses 2)")
     parser.add_argument("--out", default=None, help="folder for zoo.json, zoo.md and coherence.png")
     parser.add_argument("--epochs", type=int, default=ZooConfig.epochs, help="training epochs per family")
