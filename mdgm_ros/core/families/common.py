@@ -27,7 +27,8 @@ def weighted_reconstruction(model: MultimodalVAE, feats: Mapping[str, torch.Tens
 
     Only modalities that some row reconstructs are decoded, and (``skip_missing``) only on the rows
     that reconstruct them; the other rows add exactly 0 either way."""
-    total = torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
+    dtype = torch.promote_types(z.dtype, torch.float32)          # bf16 samples under autocast: sum in fp32
+    total = torch.zeros(z.shape[:-1], dtype=dtype, device=z.device)
     for j, name in enumerate(model.names):
         column = recon_mask[:, j]
         if not bool(column.any()):
@@ -37,10 +38,10 @@ def weighted_reconstruction(model: MultimodalVAE, feats: Mapping[str, torch.Tens
             rows = column.nonzero(as_tuple=True)[0]
             loc = model.decode(name, z.index_select(-2, rows))
             loglik = model.log_likelihood(name, feats[name].index_select(0, rows), loc) * weight
-            total = total.index_add(-1, rows, loglik)
+            total = total.index_add(-1, rows, loglik.to(dtype))
             continue
         loglik = model.log_likelihood(name, feats[name], model.decode(name, z)) * weight
-        total = total + torch.where(column, loglik, torch.zeros((), dtype=z.dtype, device=z.device))
+        total = total + torch.where(column, loglik, torch.zeros((), dtype=dtype, device=z.device))
     return total
 
 

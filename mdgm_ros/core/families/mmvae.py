@@ -88,7 +88,7 @@ def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: tor
     with torch.no_grad():
         grad_wt = torch.softmax(lw, dim=1) * present                           # (M, K, B)
     if z.requires_grad:
-        z.register_hook(lambda grad: grad_wt.unsqueeze(-1) * grad)
+        z.register_hook(lambda grad: (grad_wt.unsqueeze(-1) * grad).to(grad.dtype))
     surrogate = masked_mean_over_experts((grad_wt * lw).sum(1), mask)
     return ObjectiveOutput(-surrogate, {"iwae": iwae.detach()})
 

@@ -89,7 +89,7 @@ def objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: t
         grad_wt = torch.softmax(lw, dim=1) * present
     for sample in (c, w):
         if sample.requires_grad:
-            sample.register_hook(lambda grad: grad_wt.unsqueeze(-1) * grad)
+            sample.register_hook(lambda grad: (grad_wt.unsqueeze(-1) * grad).to(grad.dtype))
     surrogate = masked_mean_over_experts((grad_wt * lw).sum(1), mask)
     return ObjectiveOutput(-surrogate, {"iwae": iwae.detach()})
 
