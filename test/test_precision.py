@@ -53,3 +53,31 @@ def test_every_family_takes_bf16_steps_with_and_without_missing_modalities(small
         loss = trainer.train_step(training.normalize_features(model, feats), mask, None).loss
         assert bool(torch.isfinite(loss.detach().float()).all()), (family, missing_rate)
         assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_the_sequence_trainer_steps_through_the_same_mixed_precision_step():
+    """The temporal family's windows go through Trainer.train_step (autocast, scaler, clipping), as the
+    per-frame families do: a bf16 epoch trains, keeps fp32 weights and lands near the fp32 epoch."""
+    from mdgm_ros.core import ModalitySpec, ModelConfig, MultimodalVAE
+    from mdgm_ros.core import temporal as tp
+    from mdgm_ros.core.synthetic_sequences import make_sequences
+    specs = (ModalitySpec("joints", "vector", (8,), hidden=(16,)),
+             ModalitySpec("tactile", "tactile", (2, 4, 4), hidden=(8, 16)))
+    losses = {}
+    for amp in (None, torch.bfloat16):
+        torch.manual_seed(0)
+        model = MultimodalVAE(ModelConfig(specs, latent_dim=4, objective="temporal"))
+        data = make_sequences(specs, 16, 8, seed=0, missing_rate=0.2)
+        raw = {k: v.reshape(16 * 8, *v.shape[2:]) for k, v in data.raw.items()}
+        feats = training.raw_to_features(model, raw)
+        mask = torch.from_numpy(data.mask.reshape(16 * 8, -1))
+        training.fit_normalization(model, feats, mask)
+        trainer = tp.SequenceTrainer(model, TrainConfig(batch_size=4, lr=1e-2, seed=0),
+                                     torch.arange(16 * 8).reshape(16, 8))
+        trainer.amp = amp
+        losses[amp] = [trainer.run_epoch(training.normalize_features(model, feats), mask).train_loss
+                       for _ in range(3)]
+        assert trainer.step == 12 and all(p.dtype == torch.float32 for p in model.parameters())
+    assert losses[torch.bfloat16][-1] < losses[torch.bfloat16][0]
+    assert abs(losses[torch.bfloat16][0] - losses[None][0]) / abs(losses[None][0]) < 0.05
+    assert losses[torch.bfloat16][0] != losses[None][0]           # autocast did run (bf16 rounding)

@@ -466,16 +466,8 @@ class SequenceTrainer(Trainer):
         batches = _batches(self.windows.shape[0], config.batch_size, self.cpu_gen)
         for done, idx in enumerate(batches, 1):
             part, m, act = _gather(feats, mask, self.windows[idx], self.actions, model.device)
-            out = sequence_objective(model, part, m, act, config.beta(self.step), self.dev_gen)
-            loss = out.loss.mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at epoch {self.epoch} step {self.step}")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            self.optimizer.step()
-            self.step += 1
+            out = self.train_step(part, m, stage, objective=lambda b, mm, beta, generator, stage, a=act:
+                                  sequence_objective(model, b, mm, a, beta, generator))   # AMP, clipping
             seen += int(m.shape[0] * m.shape[1])
             sums["loss"] += float(out.loss.detach().sum())
             for key, value in out.terms.items():
