@@ -177,7 +177,7 @@ class Trainer:
         self.cpu_gen = torch.Generator().manual_seed(config.seed)
         self.dev_gen = torch.Generator(device=model.device).manual_seed(config.seed + 1)
         # a family may step some parameters with an optimiser of its own (an adversary, e.g. a
-        # discriminator): asked through own_step_parameters / own_optimizer / own_step
+        # discriminator): asked through own_step_parameters / own_optimizer / own_loss
         own = getattr(model.family, "own_step_parameters", None)
         own_ids = {id(p) for p in own(model)} if own is not None else set()
         self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad and id(p) not in own_ids],
@@ -281,10 +281,27 @@ class Trainer:
         if loss.requires_grad:             # False when no row of the batch has a term this stage trains
             self._backward_and_step(loss)
         if self.family_optimizer is not None:          # the family's own step (e.g. its discriminator)
-            own = model.family.own_step(model, batch, m, self.family_optimizer, self.dev_gen)
+            own = self._family_step(batch, m)
             out.terms.update({k: torch.full_like(out.loss, v) for k, v in own.items()})
         self.step += 1
         return out
+
+    def _family_step(self, batch: Mapping[str, torch.Tensor], m: torch.Tensor) -> dict[str, float]:
+        """One step of the family's own optimiser on its ``own_loss`` ({name: loss}, or {} when the batch
+        has nothing for it); :meth:`reduce_own_gradients` runs either way, so ranks stay in step."""
+        model = self.model
+        losses = model.family.own_loss(model, batch, m, self.dev_gen)
+        self.family_optimizer.zero_grad(set_to_none=True)
+        if losses:
+            sum(losses.values()).backward()
+        if self.reduce_own_gradients(bool(losses)):
+            self.family_optimizer.step()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def reduce_own_gradients(self, had_loss: bool) -> bool:
+        """Whether the family's own optimiser steps; a distributed trainer averages those gradients
+        across its ranks here (their parameters are outside DistributedDataParallel)."""
+        return had_loss
 
     def _backward_and_step(self, loss: torch.Tensor) -> None:
         scaler = self._scaler

@@ -115,8 +115,51 @@ def wrap(model: torch.nn.Module, ranks: Ranks) -> Callable[..., Any] | None:
     if not ranks.distributed:
         return None
     device_ids = [model.device.index] if model.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(_Objective(model), device_ids=device_ids,
-                                                     find_unused_parameters=True)
+    objective = _Objective(model)
+    own = {id(p) for p in own_parameters(model)}                 # stepped apart: average_gradients
+    DDP = torch.nn.parallel.DistributedDataParallel
+    DDP._set_params_and_buffers_to_ignore_for_model(
+        objective, [name for name, p in objective.named_parameters() if id(p) in own])
+    return DDP(objective, device_ids=device_ids, find_unused_parameters=True)
+
+
+def own_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters a family steps with an optimiser of its own (e.g. a discriminator)."""
+    own = getattr(model.family, "own_step_parameters", None)
+    return list(own(model)) if own is not None else []
+
+
+def average_gradients(params: list[torch.nn.Parameter], had_loss: bool) -> bool:
+    """Average ``params``' gradients over the ranks that had a loss (a rank without one sends zeros);
+    True when any rank had one, so that every rank takes the same step or none."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flag = torch.ones(1, device=grads[0].device if grads else "cpu") * float(had_loss)
+    flat = torch.cat([g.reshape(-1) for g in grads] + [flag])
+    dist.all_reduce(flat)
+    count = float(flat[-1])
+    if count == 0:
+        return False
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = (flat[offset:offset + g.numel()] / count).view_as(g).to(g.dtype)
+        offset += g.numel()
+    return True
+
+
+def check_in_step(model: torch.nn.Module, ranks: Ranks) -> None:
+    """Every rank holds the same weights (a checksum per parameter tensor): a TrainError naming the
+    first that differs otherwise, instead of a bundle that is rank 0's alone."""
+    if not ranks.distributed:
+        return
+    names = [name for name, _ in model.named_parameters()]
+    sums = torch.stack([p.detach().double().sum() for _, p in model.named_parameters()]).cpu()
+    every = gather(ranks, sums)
+    for rank, other in enumerate(every[1:], 1):
+        differ = (other - every[0]).abs() > 1e-9 * (1 + every[0].abs())
+        if bool(differ.any()):
+            name = names[int(differ.nonzero()[0])]
+            raise TrainError(f"rank {rank} diverged from rank 0 in {name}: its weights are no longer "
+                             "those of the other ranks")
 
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")

@@ -275,6 +275,7 @@ class StreamingTrainer(Trainer):
                 sums[key] = sums.get(key, 0.0) + float(value.float().sum())
             if on_batch is not None:
                 on_batch(done, len(loader))
+        distributed.check_in_step(self.model, self.ranks)
         keys = sorted(sums)
         totals = distributed.total(self.ranks, [sums[k] for k in keys] + [seen])
         sums, seen = dict(zip(keys, totals[:-1])), totals[-1]
@@ -286,6 +287,11 @@ class StreamingTrainer(Trainer):
         return EpochRecord(self.epoch, sums.pop("loss") / max(seen, 1), val_loss, beta,
                            time.perf_counter() - started, {k: v / max(seen, 1) for k, v in sums.items()},
                            self.stage.name)
+
+    def reduce_own_gradients(self, had_loss: bool) -> bool:
+        if not self.ranks.distributed:
+            return had_loss
+        return distributed.average_gradients(distributed.own_parameters(self.model), had_loss)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "ranks": self.rank_states}

@@ -146,7 +146,7 @@ class DaunhawerFamily(PrivateFamily):
         width = int(model.config.objective_options.get("disc_width", 64))
         return {DISCRIMINATOR: Discriminator(model.latent_dim + len(model.names) * model.private_dim, width)}
 
-    # the trainer's hook: parameters with an optimiser of their own, stepped after each VAE step
+    # the trainer's hook: parameters with an optimiser of their own, stepped after each VAE step on own_loss
     def own_step_parameters(self, model: "MultimodalVAE") -> list[nn.Parameter]:
         return list(model.extra[DISCRIMINATOR].parameters())
 
@@ -154,16 +154,11 @@ class DaunhawerFamily(PrivateFamily):
         lr = float(model.config.objective_options.get("disc_lr", 1e-3))
         return torch.optim.Adam(self.own_step_parameters(model), lr=lr, betas=(0.5, 0.9))
 
-    def own_step(self, model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
-                 optimizer: torch.optim.Optimizer, generator: torch.Generator | None) -> dict[str, Any]:
-        """One optimiser step of the discriminator; returns its loss (empty without complete rows)."""
+    def own_loss(self, model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+                 generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """The discriminator's loss, named (empty without two complete rows); the trainer steps it."""
         loss = discriminator_loss(model, model.complete(feats, mask), mask, generator)
-        optimizer.zero_grad(set_to_none=True)
-        if loss is None:
-            return {}
-        loss.backward()
-        optimizer.step()
-        return {"discriminator_bce": float(loss.detach())}
+        return {} if loss is None else {"discriminator_bce": loss}
 
     def extra_export_parts(self, model: "MultimodalVAE", feats: Mapping[str, torch.Tensor]):
         from ..export import ExportPart
