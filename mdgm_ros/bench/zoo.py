@@ -18,6 +18,7 @@ import argparse
 import itertools
 import json
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -441,7 +442,7 @@ def zoo_command(args: argparse.Namespace, write: Callable[[str], Any] = print) -
             report = merge_reports(_load_reports(args.merge))
         else:
             config = zoo_config_from_args(args)
-            report = run_zoo(config, log=lambda m: None if args.json else write(m))
+            report = run_zoo(config, log=_progress if args.json else write)    # --json: progress on stderr
     except ValueError as err:
         write(f"error: {err}")
         return 2
@@ -451,14 +452,5 @@ def zoo_command(args: argparse.Namespace, write: Callable[[str], Any] = print) -
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mdgm_ros.bench.zoo`` until the CLI wires ``bench zoo``."""
-    parser = argparse.ArgumentParser(prog="mdgm-ros bench zoo")
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--threads", type=int, default=1)
-    add_zoo_arguments(parser)
-    return zoo_command(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
