@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None, write: Callable[[str], Any] = print)
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
-        report = run_weak(config, log=zoo._progress if args.json else write)      # --json: progress on stderr
+        report = run_weak(config, log=zoo.log_to_stderr if args.json else write)      # --json: progress on stderr
     except ValueError as err:
         write(f"error: {err}")
         return 2

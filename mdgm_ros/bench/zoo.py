@@ -442,7 +442,7 @@ def zoo_command(args: argparse.Namespace, write: Callable[[str], Any] = print) -
             report = merge_reports(_load_reports(args.merge))
         else:
             config = zoo_config_from_args(args)
-            report = run_zoo(config, log=_progress if args.json else write)    # --json: progress on stderr
+            report = run_zoo(config, log=log_to_stderr if args.json else write)    # --json: progress on stderr
     except ValueError as err:
         write(f"error: {err}")
         return 2
@@ -452,5 +452,5 @@ def zoo_command(args: argparse.Namespace, write: Callable[[str], Any] = print) -
     return 0
 
 
-def _progress(message: str) -> None:
+def log_to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
