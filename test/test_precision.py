@@ -81,3 +81,41 @@ def test_the_sequence_trainer_steps_through_the_same_mixed_precision_step():
     assert losses[torch.bfloat16][-1] < losses[torch.bfloat16][0]
     assert abs(losses[torch.bfloat16][0] - losses[None][0]) / abs(losses[None][0]) < 0.05
     assert losses[torch.bfloat16][0] != losses[None][0]           # autocast did run (bf16 rounding)
+
+
+def _close_in_bf16(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.dtype == torch.float32 and b.dtype == torch.float32
+    torch.testing.assert_close(a, b, atol=0.1, rtol=0.1, equal_nan=True)     # bf16 keeps ~3 digits
+
+
+def test_the_fusion_step_runs_in_bf16_and_hands_back_float32(small_model_factory):
+    """Fuser(amp=bfloat16), as fusion_node's precision parameter sets it: the networks run under
+    autocast, the latent hook and the result see float32, and the numbers stay near the fp32 step."""
+    from mdgm_ros.core import Fuser
+    model = small_model_factory("mopoe")
+    feats, mask, data = prepared(model, 4, seed=2)
+    training.fit_normalization(model, feats, mask)
+    raw = {n: torch.as_tensor(data.raw[n][:1]) for n in model.names[1:]}
+    present = torch.tensor([[False] + [True] * (len(model.names) - 1)])
+    hooked = []
+    full = Fuser(model)(raw, present)
+    half = Fuser(model, amp=torch.bfloat16)(raw, present, on_latent=lambda r: hooked.append(r.latent_mean.dtype))
+    assert hooked == [torch.float32]
+    for a, b in [(half.latent_mean, full.latent_mean), (half.latent_std, full.latent_std),
+                 (half.scores, full.scores), (half.imputed[model.names[0]].mean, full.imputed[model.names[0]].mean)]:
+        _close_in_bf16(a, b)
+    assert not torch.equal(half.latent_mean, full.latent_mean)               # autocast did run
+
+
+def test_the_temporal_filter_runs_in_bf16_and_keeps_its_memory_in_float32():
+    from mdgm_ros.core import temporal as tp
+    from test_temporal import random_sequences, temporal_model
+    model = temporal_model()
+    feats, mask = random_sequences(model, batch=1, steps=6, p_present=0.7, seed=4)
+    full, half = tp.TemporalFilter(model, horizon=2), tp.TemporalFilter(model, horizon=2, amp=torch.bfloat16)
+    for t in range(6):
+        raw = {n: x[:, t] for n, x in feats.items() if bool(mask[0, t, model.names.index(n)])}
+        a, b = half(raw, mask[:, t]), full(raw, mask[:, t])
+        assert half.state.mean.dtype == half.state.logvar.dtype == torch.float32
+        for x, y in [(a.latent_mean, b.latent_mean), (a.latent_std, b.latent_std), (a.predicted_mean, b.predicted_mean)]:
+            _close_in_bf16(x, y)

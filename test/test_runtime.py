@@ -133,7 +133,7 @@ def test_invalid_parameters_are_refused_with_the_reason_and_a_live_one_takes_eff
     from sensor_msgs.msg import Image
     node = "/mdgm_fusion"
     refused = {"anchor": "lidar", "device": "quantum", "camera__staleness": -1.0, "camera__topic": "/other/camera",
-               "threads": 4}
+               "threads": 4, "precision": "fp8"}
     reasons = {name: _set(runtime, node, **{name: value})[0] for name, value in refused.items()}
     assert not any(r.successful for r in reasons.values()), reasons
     assert "anchor 'lidar' is not one of the modalities" in reasons["anchor"].reason
@@ -141,6 +141,7 @@ def test_invalid_parameters_are_refused_with_the_reason_and_a_live_one_takes_eff
     assert reasons["camera__staleness"].reason                           # out of the descriptor's range
     assert "cannot change while a model is loaded" in reasons["camera__topic"].reason
     assert "threads" in reasons["threads"].reason
+    assert "precision 'fp8' is not one of fp32 | bf16 | fp16 | auto" in reasons["precision"].reason
     # impute_present is live: the node starts publishing reconstructions of the (present) camera
     probe, frames = runtime["probe"], []
     probe.create_subscription(Image, f"{node}/imputed/camera", frames.append, 10)
@@ -167,17 +168,19 @@ def test_a_wrong_input_type_gives_one_warning_and_a_diagnostics_entry(runtime):
 
 
 def test_a_namespaced_node_subscribes_to_namespaced_inputs(runtime):
-    """`-r __ns:=/left` moves inputs and outputs; diagnostics names carry the namespace; a typo warns."""
+    """`-r __ns:=/left` moves inputs and outputs; diagnostics names carry the namespace; a typo warns.
+    This node also runs its networks in bf16 (``precision``), as a Jetson would in fp16."""
     from mdgm_ros.msg import Latent
     probe, tmp = runtime["probe"], runtime["tmp"]
     left = start("mdgm_ros.ros.fusion_node", "--ros-args", "-r", "__ns:=/left", "-p", "camera.stalness:=0.2",
-                 env=runtime["env"], log=tmp / "left.log")
+                 "-p", "precision:=bf16", env=runtime["env"], log=tmp / "left.log")
     try:
         latents = []
         probe.create_subscription(Latent, "/left/mdgm_fusion/latent", latents.append, 10)
         Camera(probe, "/left/camera/image_raw")
         assert spin_until(probe, lambda: len(latents) >= 3, 90), (tmp / "left.log").read_text()[-2000:]
         assert list(latents[-1].present) == [True, False, False, False]   # /left has only a camera
+        assert np.isfinite(latents[-1].mean).all() and "networks under autocast (bf16)" in (tmp / "left.log").read_text()
         named = _wait_status(runtime, time.monotonic(), lambda s: "/left/mdgm_fusion: camera" in s, 10) or \
             [(t, {s.name: s for s in m.status}) for t, m in runtime["record"]["diagnostics"]
              if any(s.name.startswith("/left/mdgm_fusion: ") for s in m.status)]

@@ -6,7 +6,7 @@ All functions work on normalised features (see :meth:`MultimodalVAE.features`) a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -280,28 +280,67 @@ class FusionResult:
 LatentHook = Callable[[FusionResult], "bool | None"]
 
 
+def _float32(value: Any) -> Any:
+    if torch.is_tensor(value):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, Imputation):
+        return Imputation(value.mean.float(), value.std.float())
+    if isinstance(value, dict):
+        return {k: _float32(v) for k, v in value.items()}
+    return value
+
+
+def as_float32(result: Any) -> Any:
+    """Every floating tensor of a dataclass result (a fusion result, a filter state) in float32, in place:
+    what a mixed-precision step hands to numpy, messages and the next step."""
+    for f in fields(result):
+        setattr(result, f.name, _float32(getattr(result, f.name)))
+    return result
+
+
+def mixed_precision_call(step: Callable[..., Any], amp: torch.dtype | None, device: torch.device,
+                         *args: Any, on_latent: LatentHook | None = None, **kw: Any) -> Any:
+    """``step(*args, on_latent=, **kw)`` under ``torch.autocast(amp)`` (networks in half precision, the
+    Gaussian algebra where autocast keeps it in fp32); the latent hook and the caller get float32."""
+    if amp is None:
+        return step(*args, on_latent=on_latent, **kw)
+    hook = None if on_latent is None else (lambda result: on_latent(as_float32(result)))
+    with torch.autocast(device.type, dtype=amp):
+        result = step(*args, on_latent=hook, **kw)
+    return None if result is None else as_float32(result)
+
+
 class Fuser:
     """What a live node calls per sample: raw arrays of the observed modalities in, the posterior,
     imputations of the missing (optionally also of the present) modalities and anomaly scores out."""
 
     def __init__(self, model: MultimodalVAE, calibration: AnomalyCalibration | None = None,
-                 impute_present: bool = False, anomaly: bool = True, n_samples: int = 0):
+                 impute_present: bool = False, anomaly: bool = True, n_samples: int = 0,
+                 amp: torch.dtype | None = None):
         self.model = model.eval()
         self.calibration = calibration
         self.impute_present = impute_present
         self.anomaly = anomaly
         self.n_samples = n_samples
+        self.amp = amp                                   # autocast dtype of the step (None: fp32)
 
-    @torch.inference_mode()
     def __call__(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor,
                  on_latent: LatentHook | None = None) -> FusionResult | None:
         """``on_latent(result)`` runs as soon as the posterior exists, before any decoder (a live node
-        publishes the latent there); if it returns False the step stops and None is returned."""
-        observed = [n for j, n in enumerate(self.model.names) if bool(mask[:, j].any())]
-        uniform = mask.shape[0] == 1 or bool((mask == mask[:1]).all())
+        publishes the latent there); if it returns False the step stops and None is returned. ``mask``
+        may stay on the CPU (a live node's does): which modalities are observed is then read without a
+        device round trip."""
+        return mixed_precision_call(self._step, self.amp, self.model.device, raw, mask, on_latent=on_latent)
+
+    @torch.inference_mode()
+    def _step(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor,
+              on_latent: LatentHook | None = None) -> FusionResult | None:
+        host = mask.cpu()
+        observed = [n for j, n in enumerate(self.model.names) if bool(host[:, j].any())]
+        uniform = host.shape[0] == 1 or bool((host == host[:1]).all())
         if uniform and observed and self.model.family.closed_form_poe(self.model) and self.n_samples == 0:
             return self._fused_closed_form(raw, observed, on_latent)
-        return self._fused_general(raw, mask, observed, on_latent)
+        return self._fused_general(raw, mask.to(self.model.device), observed, on_latent)
 
     def _fused_general(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor,
                        observed: list[str], on_latent: LatentHook | None = None) -> FusionResult | None:

@@ -32,7 +32,8 @@ from . import posterior as post
 from .families.base import FamilyError
 from .families.temporal import (TRANSITION, check_actions, flatten_steps, is_temporal, options_of,
                                 poe_with_prior, sequence_experts, sequence_objective)
-from .inference import AnomalyCalibration, FusionResult, Imputation, calibration_from_nll, standardize_scores
+from .inference import (AnomalyCalibration, FusionResult, Imputation, as_float32, calibration_from_nll,
+                        mixed_precision_call, standardize_scores)
 from .model import MultimodalVAE
 from .training import EpochRecord, TrainConfig, Trainer, _batches
 from .windows import gather_windows
@@ -303,11 +304,13 @@ class TemporalFilter:
     of :func:`filter_step` (a test checks both agree)."""
 
     def __init__(self, model: MultimodalVAE, calibration: AnomalyCalibration | None = None,
-                 impute_present: bool = False, anomaly: bool = True, horizon: int = 0, batch: int = 1):
+                 impute_present: bool = False, anomaly: bool = True, horizon: int = 0, batch: int = 1,
+                 amp: torch.dtype | None = None):
         require_temporal(model)
         self.model = model.eval()
         self.calibration, self.impute_present, self.anomaly = calibration, impute_present, anomaly
         self.horizon = horizon
+        self.amp = amp                                   # autocast dtype of the step (None: fp32)
         self.state = initial_state(model, batch)
         self.steps = 0                                   # filter steps since the last reset
         self.closed_form = not getattr(model, "private_dim", 0)
@@ -317,14 +320,26 @@ class TemporalFilter:
         if rows is None:
             self.steps = 0
 
-    @torch.inference_mode()
     def __call__(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor, action: torch.Tensor | None = None,
                  future_actions: torch.Tensor | None = None,
                  on_latent: Callable[[FusionResult], "bool | None"] | None = None) -> TemporalFusionResult | None:
         """One step. ``on_latent(result)`` runs as soon as the filtered posterior exists (before any
-        decoder); if it returns False, the state still advances but the step returns None."""
+        decoder); if it returns False, the state still advances but the step returns None. ``mask`` may
+        stay on the CPU (as :class:`~mdgm_ros.core.inference.Fuser`'s)."""
+        try:
+            return mixed_precision_call(self._step, self.amp, self.model.device, raw, mask, action,
+                                        future_actions, on_latent=on_latent)
+        finally:
+            if self.amp is not None:                     # the memory stays in fp32 between steps
+                self.state = as_float32(self.state)
+
+    @torch.inference_mode()
+    def _step(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor, action: torch.Tensor | None = None,
+              future_actions: torch.Tensor | None = None,
+              on_latent: Callable[[FusionResult], "bool | None"] | None = None) -> TemporalFusionResult | None:
         model = self.model
-        observed = [n for j, n in enumerate(model.names) if bool(mask[:, j].any())]
+        host, mask = mask.cpu(), mask.to(model.device)
+        observed = [n for j, n in enumerate(model.names) if bool(host[:, j].any())]
         self.steps += 1
         if self.closed_form and mask.shape[0] == 1:
             return self._closed_form_step(raw, observed, action, future_actions, on_latent)

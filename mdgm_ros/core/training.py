@@ -36,6 +36,22 @@ def select_device(name: str = "auto") -> torch.device:
     raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
 
 
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The torch.autocast dtype of a precision name on ``device`` (None: plain fp32). ``auto``: bf16 on a
+    GPU that has it, else fp16 on a GPU, fp32 on CPU; fp16 needs a GPU; bf16 runs on CPU too."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    cuda = device.type == "cuda"
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    if precision == "fp16" and not cuda:
+        raise ValueError("precision fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 @dataclass(frozen=True)
 class BetaSchedule:
     """beta(step): ``constant`` (= end), ``linear`` warm-up from start to end over ``warmup_steps``,

@@ -38,6 +38,7 @@ from ..streams import bridge
 from ..streams.alignment import Aligner, PushResult
 from ..core import Bundle, BundleError, Fuser, load_bundle, select_device
 from ..core.bundle import within_roots
+from ..core.training import autocast_dtype
 from ..core.temporal import TemporalFilter, is_temporal, options_of
 from ..streams.params import (FusionParams, ParameterError, blocked_while_configured, check_against_bundle,
                               declare_fusion_params, fusion_params_with, resolve_bundle, unknown_overrides)
@@ -126,7 +127,8 @@ class FusionNode(GuardedNode, LifecycleNode):
         self._info_pub = self.create_publisher(ModelInfo, "~/model_info", LATCHED_INFO)
         self._reload_srv = self.create_service(Trigger, "~/reload_model", self._on_reload)
         self._publish_model_info()
-        self.get_logger().info(f"configured with {self.runtime.bundle.model_id} on {self.runtime.device}")
+        precision = "" if self.params.precision == "fp32" else f", networks under autocast ({self.params.precision})"
+        self.get_logger().info(f"configured with {self.runtime.bundle.model_id} on {self.runtime.device}{precision}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -274,12 +276,14 @@ class FusionNode(GuardedNode, LifecycleNode):
         check_against_bundle(self.params, specs)
         streams = {p.name: make_stream(p, spec, _normalization(bundle.model, spec.name))
                    for p, spec in zip(self.params.streams, specs)}
+        amp = autocast_dtype(self.params.precision, device)             # ValueError: fp16 on a CPU
         if is_temporal(bundle.model):                    # the family says it carries a state
-            return self._temporal_runtime(bundle, streams, device)
-        fuser = Fuser(bundle.model, bundle.calibration, impute_present=self.params.impute_present)
+            return self._temporal_runtime(bundle, streams, device, amp)
+        fuser = Fuser(bundle.model, bundle.calibration, impute_present=self.params.impute_present, amp=amp)
         return Runtime(bundle, streams, fuser, device)
 
-    def _temporal_runtime(self, bundle: Bundle, streams: dict[str, Stream], device: torch.device) -> Runtime:
+    def _temporal_runtime(self, bundle: Bundle, streams: dict[str, Stream], device: torch.device,
+                          amp: torch.dtype | None) -> Runtime:
         """A stateful filter (one state, batch 1); anomaly scores are its one-step predictive ones, which
         the bundle's calibration standardises (the trainer calibrates them so for a temporal bundle)."""
         if options_of(bundle.model).action_dim:
@@ -287,7 +291,7 @@ class FusionNode(GuardedNode, LifecycleNode):
                              "; the fusion node has none (train with action_dim 0)")
         step_s = (bundle.manifest.get("extra") or {}).get("temporal", {}).get("step_s")
         fuser = TemporalFilter(bundle.model, bundle.calibration, impute_present=self.params.impute_present,
-                               horizon=self.params.prediction_horizon)
+                               horizon=self.params.prediction_horizon, amp=amp)
         return Runtime(bundle, streams, fuser, device, float(step_s) if step_s else None)
 
     def _declare_bundle_roots(self) -> list[str]:
@@ -501,7 +505,7 @@ class FusionNode(GuardedNode, LifecycleNode):
         device = runtime.device
         raw = {n: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None].to(device)
                for n, a in sample.arrays.items()}
-        mask = torch.tensor([present], dtype=torch.bool, device=device)
+        mask = torch.tensor([present], dtype=torch.bool)     # stays on the host: no device round trip
         return runtime.fuser(raw, mask, on_latent=on_latent)
 
     # ------------------------------------------------------------------ diagnostics

@@ -12,6 +12,7 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from ..core import ModalitySpec
+from ..core.training import PRECISIONS
 
 MESSAGE_TYPES = {  # message_type -> the model kinds it can feed
     "image": ("image",), "compressed_image": ("image",), "joint_state": ("vector",),
@@ -92,6 +93,7 @@ class FusionParams:
     reset_after: float
     streams: list[StreamParams]
     prediction_horizon: int = 10
+    precision: str = "fp32"
 
     @property
     def names(self) -> list[str]:
@@ -177,6 +179,8 @@ def declare_fusion_params(node) -> FusionParams:
         "bundle": _declare(node, "bundle", "", "model bundle folder; '' = the shipped models/default"),
         "device": _declare(node, "device", "auto", "auto | cpu | cuda | cuda:N"),
         "threads": _declare(node, "threads", 1, "torch intra-op threads for inference"),
+        "precision": _declare(node, "precision", "fp32",
+                              "fp32 | bf16 | fp16 (CUDA) | auto: autocast of the fusion step's networks"),
         "autostart": _declare(node, "autostart", True, "configure and activate at start"),
         "anchor": _declare(node, "anchor", "camera", "modality whose messages trigger a fusion step; '' = use output_rate"),
         "output_rate": _declare(node, "output_rate", 0.0, "fixed output rate in Hz when anchor is ''"),
@@ -238,6 +242,8 @@ def check_params(params: FusionParams) -> None:
         raise ParameterError(f"device {params.device!r} is not auto | cpu | cuda | cuda:N")
     if params.threads < 1:
         raise ParameterError("threads must be >= 1")
+    if params.precision not in PRECISIONS:
+        raise ParameterError(f"precision {params.precision!r} is not one of {' | '.join(PRECISIONS)}")
     if params.anchor and params.anchor not in names:
         raise ParameterError(f"anchor {params.anchor!r} is not one of the modalities {names}")
     if not params.anchor and params.output_rate <= 0:

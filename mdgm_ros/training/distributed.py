@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ..core import select_device
+from ..core.training import autocast_dtype
 from ..core.families import compute_objective
 from .config import TrainError
 
@@ -162,18 +163,9 @@ def check_in_step(model: torch.nn.Module, ranks: Ranks) -> None:
                              "those of the other ranks")
 
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-
-
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``training.precision`` on ``device`` (None: plain fp32). ``auto``: bf16 on a
-    GPU that supports it, else fp16 on a GPU, fp32 on CPU. fp16 needs a GPU (it trains with a gradient
-    scaler); bf16 runs on CPU too."""
-    if precision not in PRECISIONS:
-        raise TrainError(f"training.precision must be one of {list(PRECISIONS)}, got {precision!r}")
-    cuda = device.type == "cuda"
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
-    if precision == "fp16" and not cuda:
-        raise TrainError("training.precision fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    """``training.precision`` as an autocast dtype (:func:`mdgm_ros.core.training.autocast_dtype`)."""
+    try:
+        return autocast_dtype(precision, device)
+    except ValueError as err:
+        raise TrainError(f"training.{err}") from None
