@@ -35,7 +35,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             results["train"]["gpu"] = bench_train_gpu(args.device)
     if args.which in ("ros", "all"):
         from .bench.ros import bench_ros
-        results["ros"] = bench_ros(duration=args.duration)
+        results["ros"] = {**bench_ros(duration=args.duration, bundle=args.bundle), "bundle": args.bundle or "bench"}
     if args.which in ("data", "all"):
         from .bench.data import bench_data, bench_fleet
         results["data"] = bench_data(seconds=args.duration)
@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds measured by `bench ros`; seconds of robot time simulated by `bench data`")
     bench.add_argument("--minutes", type=float, default=5.0, help="`bench soak`: minutes to run the node")
     bench.add_argument("--warmup", type=float, default=60.0, help="`bench soak`: seconds before the RSS slope is fitted")
-    bench.add_argument("--bundle", default="", help="`bench soak`: bundle to run (default: a design-card-sized model)")
+    bench.add_argument("--bundle", default="", help="`bench soak`, `bench ros`: bundle to run (default: a design-card-sized model)")
     bench.add_argument("--no-hostile", action="store_true",
                        help="`bench soak`: only the plain malformed messages, not the reliability issue's attacks")
     zoo.add_zoo_arguments(bench)

@@ -92,12 +92,14 @@ class _Probe:
             raise RuntimeError(f"the fusion node published no latent within {timeout:.0f} s")
 
 
-def bench_ros(duration: float = 20.0, warmup: float = 5.0) -> dict[str, Any]:
+def bench_ros(duration: float = 20.0, warmup: float = 5.0, bundle: str = "") -> dict[str, Any]:
+    """``bundle``: a bundle of the four default streams to run instead of the design-card-sized model
+    (a temporal bundle measures the filter's step)."""
     env = private_ros_env()
     import rclpy
 
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = _bench_bundle(Path(tmp))
+        bundle = bundle or _bench_bundle(Path(tmp))
         node = subprocess.Popen([sys.executable, "-m", "mdgm_ros.ros.fusion_node", "--ros-args", "--params-file",
                                  str(config_path("fusion.yaml")), "-p", f"bundle:={bundle}"],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
