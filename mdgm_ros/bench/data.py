@@ -81,15 +81,15 @@ def bench_shards(bags: list[str], root: Path, workers: int = 0) -> dict[str, Any
 
 
 _TRAIN_AND_REPORT = """
-import json, resource, sys
+import json, sys
+from mdgm_ros.bench.memory import PeakMemory
 from mdgm_ros.config_files import config_path
 from mdgm_ros.training.trainer import run_training
-result = run_training(sys.argv[2:], config_path('train.yaml'), sys.argv[1] + '/model', device='{device}',
-                      log=lambda m: None, show_bar=False, overrides={overrides})
-own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+with PeakMemory() as peak:
+    result = run_training(sys.argv[2:], config_path('train.yaml'), sys.argv[1] + '/model', device='{device}',
+                          log=lambda m: None, show_bar=False, overrides={overrides})
 print(json.dumps({{"train_samples": result.train_samples, "seconds": result.seconds,
-                  "peak_rss_mb": round(own, 1), "loader_worker_peak_rss_mb": round(workers, 1)}}))
+                  "peak_rss_mb": peak.own_mb(), "loader_worker_peak_rss_mb": peak.children_mb}}))
 """
 
 

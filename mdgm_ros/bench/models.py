@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 import time
 from typing import Any
 
@@ -14,6 +13,7 @@ from ..core import (Fuser, ModelConfig, MultimodalVAE, calibrate_anomaly, comput
                    default_robot_modalities, select_device)
 from ..core import synthetic, training
 from ..core.model import DEFAULT_FUSION
+from .memory import status_mb
 
 
 def _prepared_model(objective: str, device: torch.device, n: int = 256) -> tuple[MultimodalVAE, Any]:
@@ -181,4 +181,4 @@ def environment(device: str = "auto") -> dict[str, Any]:
     return {"device": str(select_device(device)), "torch": torch.__version__,
             "cpu_count": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
             "python": platform.python_version(),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mb": round(status_mb("self", "VmHWM"), 1)}

@@ -23,16 +23,14 @@ import numpy as np
 
 from ..config_files import config_path
 from ..ros.processes import private_ros_env, stop_process
+from .memory import status_mb
 from .ros import _bench_bundle, _cpu_seconds
 
 RSS_PERIOD_S = 5.0
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024.0
-    return float("nan")
+    return status_mb(pid, "VmRSS")
 
 
 def slope_mb_per_min(samples: list[tuple[float, float]]) -> float:
