@@ -77,6 +77,10 @@ def test_zoo_options_parse_and_reports_merge():
     config = zoo.zoo_config_from_args(args)
     assert (config.first_seed, config.n_train, config.n_test, config.normalize) == (1, 500, 50, True)
     assert config.family_options == {"mopoe": {"kl_estimator": "exact"}}
+    wider = zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "latent_dim": 64, "beta": 2.5}))
+    assert (wider.latent_dim, wider.beta, config.latent_dim) == (64, 2.5, zoo.ZooConfig.latent_dim)
+    with pytest.raises(ValueError, match="--beta > 0"):
+        zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "beta": 0.0}))
     run = {"family": "mopoe", "coherence": {1: 0.5}, "latent_probe": 0.9, "joint_nll": 1.0,
            "samples_per_s": 10.0, "train_seconds": 5.0}
     reports = [{"config": {}, "classifier_accuracy": {str(s): {}}, "wall_seconds": 10.0,

@@ -375,6 +375,8 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an objective option of one family, e.g. mmvae.K=1 (repeatable)")
     parser.add_argument("--raw-pixels", action="store_true",
                         help="likelihood on raw [0, 1] pixels (the PolyMNIST reference's) instead of standardised ones")
+    parser.add_argument("--latent-dim", type=int, default=ZooConfig.latent_dim, help="shared latent size")
+    parser.add_argument("--beta", type=float, default=ZooConfig.beta, help="KL weight after the warm-up")
     parser.add_argument("--quick", action="store_true", help="a tiny run (seconds): a smoke test, not numbers")
 
 
@@ -386,13 +388,16 @@ def zoo_config_from_args(args: argparse.Namespace) -> ZooConfig:
     if args.seeds < 1 or args.epochs < 1 or first_seed < 0:
         raise ValueError("--seeds and --epochs must be >= 1, --first-seed >= 0")
     batch_size = int(getattr(args, "batch_size", ZooConfig.batch_size))
-    if n_train < 10 or n_test < 10 or batch_size < 1:
-        raise ValueError("--train-tuples and --test-tuples must be >= 10, --batch-size >= 1")
+    latent_dim = int(getattr(args, "latent_dim", ZooConfig.latent_dim))
+    beta = float(getattr(args, "beta", ZooConfig.beta))
+    if n_train < 10 or n_test < 10 or batch_size < 1 or latent_dim < 1 or not beta > 0:
+        raise ValueError("--train-tuples and --test-tuples must be >= 10, --batch-size and --latent-dim >= 1, "
+                         "--beta > 0")
     if getattr(args, "quick", False):
         return ZooConfig(families=families, seeds=args.seeds, first_seed=first_seed, n_train=300, n_test=100,
                          epochs=1, classifier_epochs=1, iwae_k=4, n_nll=20, n_probe=300)
     return ZooConfig(families=families, seeds=args.seeds, first_seed=first_seed, epochs=args.epochs,
-                     n_train=n_train, n_test=n_test, batch_size=batch_size,
+                     n_train=n_train, n_test=n_test, batch_size=batch_size, latent_dim=latent_dim, beta=beta,
                      threads=max(1, int(getattr(args, "threads", 1) or 1)),
                      normalize=not bool(getattr(args, "raw_pixels", False)),
                      family_options=parse_family_options(getattr(args, "option", []) or []))
