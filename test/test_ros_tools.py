@@ -75,10 +75,14 @@ def test_sim_robot_node_publishes_the_live_topics(ros_node, tmp_path):
         stop(proc)
     assert proc.returncode == 0, (tmp_path / "sim.log").read_text()
     counts = {t: len(v) for t, v in record.items()}
-    # discovery takes a moment, and a loaded 2-core machine simulates slower than real time: about half of
-    # the 4 s at 200 / 100 / 50 Hz is enough to show every stream flows
-    assert counts["/joint_states"] > 400 and counts["/tactile"] > 200 and counts["/audio"] > 100
-    assert counts["/camera/image_raw"] > 90 and counts["/sim/task_phase"] >= 1
+    # discovery takes a moment (longer on a loaded machine, and what is published before it is lost), so
+    # the counts only show that every stream flows; the rates come from the stamps of what arrived
+    assert counts["/joint_states"] > 100 and counts["/tactile"] > 50 and counts["/audio"] > 25
+    assert counts["/camera/image_raw"] > 20 and counts["/sim/task_phase"] >= 1
+    for topic, hz in (("/joint_states", 200.0), ("/tactile", 100.0), ("/camera/image_raw", 30.0)):
+        stamps = [_stamp(m) for _, m in record[topic]]
+        rate = (len(stamps) - 1) / ((stamps[-1] - stamps[0]) / NS)
+        assert 0.5 * hz < rate < 1.2 * hz, (topic, rate)             # best effort may drop some
     cams = [m for _, m in record["/camera/image_raw"]]
     assert cams[0].encoding == "rgb8" and (cams[0].height, cams[0].width) == (64, 64)
     stamps = [_stamp(m) for m in cams]
