@@ -32,7 +32,7 @@ def test_bf16_steps_train_and_stay_close_to_fp32(small_model_factory):
         trainer = Trainer(model, TrainConfig(batch_size=64, lr=1e-2))
         trainer.amp = amp
         first = [p.detach().clone() for p in model.parameters()]
-        losses[amp] = [float(trainer.train_step(feats, mask, None).loss.float().mean()) for _ in range(5)]
+        losses[amp] = [float(trainer.train_step(feats, mask, None).loss.detach().float().mean()) for _ in range(5)]
         assert any(not torch.equal(a, b) for a, b in zip(first, model.parameters()))     # it trained
         assert all(p.dtype == torch.float32 for p in model.parameters())                # master weights
     fp32, bf16 = losses[None], losses[torch.bfloat16]
