@@ -194,8 +194,7 @@ class Trainer:
         self.dev_gen = torch.Generator(device=model.device).manual_seed(config.seed + 1)
         # a family may step some parameters with an optimiser of its own (an adversary, e.g. a
         # discriminator): asked through own_step_parameters / own_optimizer / own_loss
-        own = getattr(model.family, "own_step_parameters", None)
-        own_ids = {id(p) for p in own(model)} if own is not None else set()
+        own_ids = {id(p) for p in model.family.own_step_parameters(model)}
         self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad and id(p) not in own_ids],
                                            lr=config.lr, weight_decay=config.weight_decay)
         self.family_optimizer = model.family.own_optimizer(model) if own_ids else None

@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 
 from ..core import select_device
-from ..core.training import autocast_dtype
 from ..core.families import compute_objective
+from ..core.training import autocast_dtype
 from .config import TrainError
 
 
@@ -117,17 +117,11 @@ def wrap(model: torch.nn.Module, ranks: Ranks) -> Callable[..., Any] | None:
         return None
     device_ids = [model.device.index] if model.device.type == "cuda" else None
     objective = _Objective(model)
-    own = {id(p) for p in own_parameters(model)}                 # stepped apart: average_gradients
+    own = {id(p) for p in model.family.own_step_parameters(model)}     # stepped apart: average_gradients
     DDP = torch.nn.parallel.DistributedDataParallel
     DDP._set_params_and_buffers_to_ignore_for_model(
         objective, [name for name, p in objective.named_parameters() if id(p) in own])
     return DDP(objective, device_ids=device_ids, find_unused_parameters=True)
-
-
-def own_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The parameters a family steps with an optimiser of its own (e.g. a discriminator)."""
-    own = getattr(model.family, "own_step_parameters", None)
-    return list(own(model)) if own is not None else []
 
 
 def average_gradients(params: list[torch.nn.Parameter], had_loss: bool) -> bool:

@@ -291,7 +291,7 @@ class StreamingTrainer(Trainer):
     def reduce_own_gradients(self, had_loss: bool) -> bool:
         if not self.ranks.distributed:
             return had_loss
-        return distributed.average_gradients(distributed.own_parameters(self.model), had_loss)
+        return distributed.average_gradients(self.model.family.own_step_parameters(self.model), had_loss)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "ranks": self.rank_states}

@@ -118,7 +118,6 @@ class AvaeFamily(CoordinatedFamily):
         return z if name == pivot else model.extra["associators"][key(pivot, name)](z)[0]
 
 
-
 FAMILY = AvaeFamily(
     name="avae", objective_fn=objective, fusions=("poe",), default_fusion="poe",
     stages=(Stage("unimodal", ("encoders", "decoders", "log_scales"), 0.5, "one VAE per modality (eq. 10)"),

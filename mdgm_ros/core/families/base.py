@@ -95,6 +95,12 @@ class Family:
         """Networks beyond encoders, decoders and subset encoders (bridges, heads...)."""
         return {}
 
+    def own_step_parameters(self, model: "MultimodalVAE") -> list[nn.Parameter]:
+        """Parameters the family steps with an optimiser of its own (an adversary, e.g. a discriminator),
+        after each training step on ``own_loss``; a family with some also defines ``own_optimizer`` and
+        ``own_loss``. None by default."""
+        return []
+
     def unimodal_encoder(self, model: "MultimodalVAE", name: str
                          ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
         """What computes expert row ``name`` (q(z | x_name)); None: the family has none (prior

@@ -92,7 +92,6 @@ class ScanFamily(CoordinatedFamily):
         return model.extra["pivot"] if name == pivot_name(model.config) else model.extra["coordinated"][name]
 
 
-
 FAMILY = ScanFamily(
     name="scan", objective_fn=objective, fusions=("poe",), default_fusion="poe", unimodal_encoders=False,
     stages=(Stage("pivot", ("extra.pivot", "decoders", "log_scales"), 0.5, "the pivot's VAE (x_1)"),

@@ -163,7 +163,6 @@ class TianFamily(CoordinatedFamily):
         return model.extra["bridge"].decode(z, model.names.index(name))
 
 
-
 FAMILY = TianFamily(
     name="tian", objective_fn=objective, fusions=("poe",), default_fusion="poe",
     stages=(Stage("unimodal", ("encoders", "decoders", "log_scales"), 0.5, "one VAE per modality"),
