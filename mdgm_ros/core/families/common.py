@@ -50,3 +50,16 @@ def masked_mean_over_experts(values: torch.Tensor, mask: torch.Tensor) -> torch.
     present = mask.t()
     zero = torch.zeros((), dtype=values.dtype, device=values.device)
     return torch.where(present, values, zero).sum(0) / present.sum(0).clamp_min(1).to(values.dtype)
+
+
+NEGLIGIBLE_WEIGHT = 1e-12
+
+
+def dreg_weights(log_weights: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """The normalised importance weights over the K samples (dim 1) that DReG scales gradients by,
+    without graph; weights below 1e-12 are set to 0: they change no gradient in fp32, but scaling by
+    them filled the decoders' backward with subnormal floats, which CPUs compute up to ~10x slower."""
+    with torch.no_grad():
+        weights = torch.softmax(log_weights, dim=1) * present
+        return torch.where(weights < NEGLIGIBLE_WEIGHT, torch.zeros_like(weights), weights)
+

@@ -35,7 +35,7 @@ import torch
 from .. import posterior as post
 from ..model import MultimodalVAE
 from .base import Family, Properties
-from .common import ObjectiveOutput, masked_mean_over_experts, weighted_reconstruction
+from .common import ObjectiveOutput, dreg_weights, masked_mean_over_experts, weighted_reconstruction
 
 
 def observed_expert_reconstruction(model: MultimodalVAE, feats: Mapping[str, torch.Tensor],
@@ -85,8 +85,7 @@ def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: tor
     iwae = masked_mean_over_experts(iwae_each, mask)
     if estimator == "iwae":
         return ObjectiveOutput(-iwae, {"iwae": iwae.detach()})
-    with torch.no_grad():
-        grad_wt = torch.softmax(lw, dim=1) * present                           # (M, K, B)
+    grad_wt = dreg_weights(lw, present)
     if z.requires_grad:
         z.register_hook(lambda grad: (grad_wt.unsqueeze(-1) * grad).to(grad.dtype))
     surrogate = masked_mean_over_experts((grad_wt * lw).sum(1), mask)

@@ -29,7 +29,7 @@ from torch import nn
 
 from .. import posterior as post
 from .base import Properties
-from .common import ObjectiveOutput, masked_mean_over_experts
+from .common import ObjectiveOutput, dreg_weights, masked_mean_over_experts
 from .private import PrivateFamily, private_reconstruction
 
 if TYPE_CHECKING:
@@ -85,8 +85,7 @@ def objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: t
     iwae = masked_mean_over_experts(torch.logsumexp(lw, dim=1) - math.log(K), mask)
     if estimator == "iwae":
         return ObjectiveOutput(-iwae, {"iwae": iwae.detach()})
-    with torch.no_grad():
-        grad_wt = torch.softmax(lw, dim=1) * present
+    grad_wt = dreg_weights(lw, present)
     for sample in (c, w):
         if sample.requires_grad:
             sample.register_hook(lambda grad: (grad_wt.unsqueeze(-1) * grad).to(grad.dtype))
