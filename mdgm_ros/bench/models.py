@@ -100,7 +100,7 @@ def _train_setup(model: MultimodalVAE, batch_size: int, dev: torch.device) -> tu
     feats = {k: v.to(dev) for k, v in training.normalize_features(
         model, training.raw_to_features(model, data.raw)).items()}
     model.train()
-    return feats, torch.from_numpy(data.mask).to(dev), torch.optim.AdamW(model.parameters(), lr=1e-3)
+    return feats, torch.from_numpy(data.mask).to(dev), training.make_optimizer(model.parameters(), lr=1e-3)
 
 
 def _timed_steps(model: MultimodalVAE, feats: dict, mask: torch.Tensor, optimizer: Any, steps: int,

@@ -113,6 +113,13 @@ def normalize_features(model: MultimodalVAE, features: Mapping[str, torch.Tensor
         return {name: model.normalize(name, x.to(model.device)).cpu() for name, x in features.items()}
 
 
+def make_optimizer(parameters, lr: float, weight_decay: float = 1e-2) -> torch.optim.AdamW:
+    """AdamW over multi-tensor (foreach) kernels: on CPU torch defaults to the per-parameter loop,
+    which gives the same weights bit for bit at about 1.5x the optimiser time. (The fused kernel is
+    faster still but not bit-identical, and the shipped default model is reproduced bit for bit.)"""
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, foreach=True)
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 50
@@ -195,8 +202,8 @@ class Trainer:
         # a family may step some parameters with an optimiser of its own (an adversary, e.g. a
         # discriminator): asked through own_step_parameters / own_optimizer / own_loss
         own_ids = {id(p) for p in model.family.own_step_parameters(model)}
-        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad and id(p) not in own_ids],
-                                           lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad and id(p) not in own_ids],
+                                        lr=config.lr, weight_decay=config.weight_decay)
         self.family_optimizer = model.family.own_optimizer(model) if own_ids else None
         self.epoch = 0
         self.step = 0
