@@ -15,6 +15,8 @@ from ros_env import ROOT, call, private_ros_env, spin_until, start, stop
 from test_training_ux import rewrite_bag
 
 ONE_EPOCH = {"training.epochs": 1, "data.block_s": 3.0, "export.onnx": False, "model_overrides.fusion": None}
+# bundle name -> (family, objective options): every family with its defaults, and DMVAE-Lee's concrete c
+VARIANTS = {**{name: (name, {}) for name in FAMILIES}, "dmvae_lee-concrete": ("dmvae_lee", {"shared": "concrete"})}
 
 
 @pytest.fixture(scope="module")
@@ -28,23 +30,26 @@ def _train_every_family(sim_bag, tmp_path_factory):
     roots = tmp_path_factory.mktemp("family_bundles")
     no_tactile = rewrite_bag(sim_bag[0], tmp_path_factory.mktemp("gloveless") / "no_tactile", {"/tactile": None})
     out = {}
-    for family in FAMILIES:
-        path = roots / family
+    for name, (family, options) in VARIANTS.items():
+        path = roots / name
         lines: list[str] = []
         run_training([str(sim_bag[0]), str(no_tactile)], ROOT / "config" / "train.yaml", path, device="cpu",
                      show_bar=False, log=lines.append,
                      overrides={**ONE_EPOCH, "model_overrides.objective": family,
+                                **({"model_overrides.objective_options": options} if options else {}),
                                 "data.absent_ok": ["tactile"]})
-        assert any("no_tactile: no tactile (data.absent_ok): trained as missing" in line for line in lines), family
-        out[family] = path
+        assert any("no_tactile: no tactile (data.absent_ok): trained as missing" in line for line in lines), name
+        out[name] = path
     return roots, out
 
 
 def test_train_writes_a_bundle_of_every_family(family_bundles):
     _, bundles = family_bundles
-    for family, path in bundles.items():
+    for name, path in bundles.items():
         bundle = load_bundle(path)
+        family, options = VARIANTS[name]
         assert bundle.model.config.objective == family and bundle.model.family.name == family
+        assert all(bundle.model.config.objective_options.get(k) == v for k, v in options.items()), name
         assert (bundle.calibration is not None) == bundle.model.family.properties.missing_modalities, family
         training = bundle.manifest["extra"]["training"]
         assert len(training["bags"]) == 2 and training["absent_ok"] == ["tactile"], family
@@ -54,7 +59,7 @@ def test_evaluate_runs_on_every_family(family_bundles, sim_bag, tmp_path):
     from mdgm_ros.evaluation.evaluate import evaluate_bags
 
     _, bundles = family_bundles
-    for family in ("jvae", "telbo", "bridged"):
+    for family in ("jvae", "telbo", "bridged", "dmvae_lee-concrete"):
         report = evaluate_bags(bundles[family], [str(sim_bag[0])], ROOT / "config" / "fusion.yaml",
                                plots=tmp_path / family, log=lambda m: None)
         assert report["latent"]["samples"] > 0 and (tmp_path / family / "latent_2d.png").is_file(), family
@@ -81,8 +86,13 @@ def test_the_fusion_node_runs_every_family_bundle_over_dds(family_bundles, tmp_p
     rclpy.init()
     probe = rclpy.create_node("family_probe")
     seen: dict[str, int] = {}
-    probe.create_subscription(Latent, "/mdgm_fusion/latent",
-                              lambda m: seen.__setitem__(m.model_id, seen.get(m.model_id, 0) + 1), 50)
+    last_mean: dict[str, list[float]] = {}
+
+    def on_latent(message):
+        seen[message.model_id] = seen.get(message.model_id, 0) + 1
+        last_mean[message.model_id] = list(message.mean)
+
+    probe.create_subscription(Latent, "/mdgm_fusion/latent", on_latent, 50)
     setter = probe.create_client(SetParameters, "/mdgm_fusion/set_parameters")
     reload = probe.create_client(Trigger, "/mdgm_fusion/reload_model")
     try:
@@ -97,6 +107,8 @@ def test_the_fusion_node_runs_every_family_bundle_over_dds(family_bundles, tmp_p
             assert spin_until(probe, lambda: seen.get(model_id, 0) >= 3, 60), \
                 f"{family}: no latents from {model_id} {time.monotonic() - since:.0f} s after the reload; " \
                 + (tmp_path / "node.log").read_text()[-2000:]
+            if VARIANTS[family][1].get("shared") == "concrete":     # one group: category probabilities
+                assert abs(sum(last_mean[model_id]) - 1.0) < 1e-3 and min(last_mean[model_id]) >= 0.0, family
             assert node.poll() is None
     finally:
         stop(streams)

@@ -16,6 +16,9 @@ from mdgm_ros.core.families import FAMILIES
 from mdgm_ros.core.families.private import private_codes
 
 PRIVATE = [n for n, f in FAMILIES.items() if f.properties.modality_specific_latents]
+# every private-latent family with its default options, and DMVAE-Lee's discrete (concrete) shared c
+VARIANTS = [(n, {}) for n in PRIVATE] + [("dmvae_lee", {"shared": "concrete"})]
+VARIANT_IDS = [n + ("-" + "-".join(map(str, o.values())) if o else "") for n, o in VARIANTS]
 BETA = 0.7
 
 
@@ -120,7 +123,7 @@ def test_mopoe_ms_objective_by_hand(mean_z):
     kl_s = std_kl(private["a"]) + std_kl(private["b"])
     out = compute_objective(model, x, torch.ones(3, 2, dtype=torch.bool), beta=BETA)
     assert torch.allclose(out.loss, -(recon - BETA * kl_c - BETA * 0.5 * kl_s), atol=1e-4)
-    assert torch.allclose(out.terms["kl_private"], kl_s, atol=1e-5) and float(kl_s.min()) > 0
+    assert torch.allclose(out.terms["kl_private"], kl_s, atol=1e-5) and float(kl_s.detach().min()) > 0
     # a row without b: only a's terms, and b's private KL is not counted (the prior expert in every
     # product, so the hand computation does not hang on MoPoE's rule for proper subsets)
     model, x = build("mopoe_ms", beta_private=0.5, proper_subsets_include_prior=True)
@@ -189,9 +192,9 @@ def test_mmvae_plus_generation_draws_missing_private_latents_from_the_auxiliary_
 
 
 # ----------------------------------------------------------------------------- generation rules
-@pytest.mark.parametrize("name", PRIVATE)
-def test_cross_modal_generation_uses_the_prior_and_self_reconstruction_the_own_private_latent(name):
-    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, objective=name)).eval()
+@pytest.mark.parametrize("name,options", VARIANTS, ids=VARIANT_IDS)
+def test_cross_modal_generation_uses_the_prior_and_self_reconstruction_the_own_private_latent(name, options):
+    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, objective=name, objective_options=options)).eval()
     feats = {n: torch.randn(4, 5) for n in model.names}
     mask = torch.tensor([[True, True, False]] * 4)
     with torch.no_grad():
@@ -222,7 +225,7 @@ def private_factor_data(n, seed, n_mod=3, dim=5):
     return feats, torch.ones((n, n_mod), dtype=torch.bool)
 
 
-@pytest.mark.parametrize("name", PRIVATE)
+@pytest.mark.parametrize("name", PRIVATE)    # the concrete c: a categorical factor, test_private_latents_more.py
 def test_private_latents_are_used_by_the_decoders_and_cross_modal_generation_beats_the_mean(name):
     """Would fail if the decoders ignored s_m: then every row's own s_m and another row's decode alike."""
     torch.set_num_threads(1)
@@ -258,9 +261,10 @@ def test_private_latents_are_used_by_the_decoders_and_cross_modal_generation_bea
 
 
 # ----------------------------------------------------------------------------- bundles and ONNX
-@pytest.mark.parametrize("name", PRIVATE)
-def test_private_latent_bundle_round_trip(name, tmp_path):
-    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, objective=name, private_dim=2)).eval()
+@pytest.mark.parametrize("name,options", VARIANTS, ids=VARIANT_IDS)
+def test_private_latent_bundle_round_trip(name, options, tmp_path):
+    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, objective=name, objective_options=options,
+                                      private_dim=2)).eval()
     loaded = load_bundle(save_bundle(tmp_path / name, model)).model
     assert loaded.config.private_dim == 2 and loaded.family is model.family
     x = {n: torch.randn(2, 5) for n in model.names}
@@ -271,10 +275,11 @@ def test_private_latent_bundle_round_trip(name, tmp_path):
         assert torch.equal(impute(loaded, x, mask, ["m1"])["m1"].mean, impute(model, x, mask, ["m1"])["m1"].mean)
 
 
-@pytest.mark.parametrize("name", PRIVATE)
-def test_every_network_of_a_private_latent_family_exports_to_onnx(name, tmp_path):
+@pytest.mark.parametrize("name,options", VARIANTS, ids=VARIANT_IDS)
+def test_every_network_of_a_private_latent_family_exports_to_onnx(name, options, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
-    model = MultimodalVAE(ModelConfig(specs(2), latent_dim=3, objective=name, private_dim=2)).eval()
+    model = MultimodalVAE(ModelConfig(specs(2), latent_dim=3, objective=name, objective_options=options,
+                                      private_dim=2)).eval()
     parts = export_parts(model)
     stems = {p.stem for p in parts}
     assert {f"onnx_{n}_private_encoder" for n in model.names} <= stems

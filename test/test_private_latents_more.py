@@ -4,11 +4,12 @@ private encoder's export, the adversarial discriminator step, labels). Generatio
 short training, bundles and ONNX run for every private-latent family in test_private_latents.py."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from mdgm_ros.core import ModalitySpec, ModelConfig, MultimodalVAE, compute_objective
+from mdgm_ros.core import Fuser, ModalitySpec, ModelConfig, MultimodalVAE, compute_objective, iwae_log_likelihood
 from mdgm_ros.core import posterior as post
 from mdgm_ros.core.export import export_parts
 
@@ -288,3 +289,174 @@ def test_mfm_takes_task_phases_as_labels_and_a_bag_without_phases_trains_without
     unlabelled = with_phase_labels(model, x, bare)
     assert unlabelled[LABELS].tolist() == [-1] * 4
     assert float(compute_objective(model, unlabelled, ALL).terms["label_loglik"].abs().sum()) == 0.0
+
+
+# ----------------------------------------------------------------------------- DMVAE-Lee, concrete c
+CONCRETE = {"shared": "concrete", "categories": 3, "temperature": 0.5}
+
+
+def test_concrete_log_density_is_torchs_relaxed_one_hot_categorical_per_group():
+    from torch.distributions import RelaxedOneHotCategorical
+
+    from mdgm_ros.core import concrete
+    torch.manual_seed(0)
+    logits = torch.randn(5, 6)
+    c = concrete.sample(logits, 0.5, 3, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(c.unflatten(-1, (2, 3)).sum(-1), torch.ones(5, 2), atol=1e-6)
+    by_torch = RelaxedOneHotCategorical(torch.tensor(0.5), logits=logits.unflatten(-1, (2, 3))).log_prob(
+        c.unflatten(-1, (2, 3)))
+    assert torch.allclose(concrete.log_prob(c, logits, 0.5, 3), by_torch, atol=1e-4)
+    uniform = RelaxedOneHotCategorical(torch.tensor(0.5), logits=torch.zeros(2, 3)).log_prob(c.unflatten(-1, (2, 3)))
+    assert torch.allclose(concrete.prior_log_prob(c, 0.5, 3), uniform.sum(-1), atol=1e-4)
+
+
+def test_the_product_of_categorical_experts_is_the_normalised_product_of_their_probabilities():
+    from mdgm_ros.core import concrete
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 6)                                      # (M, B, D): 2 groups of 3
+    mask = torch.tensor([[True, True, True], [True, False, True], [False, False, False], [False, True, False]])
+    product = concrete.probabilities(concrete.product_logits(logits, mask, 3), 3).unflatten(-1, (2, 3))
+    probs = torch.softmax(logits.unflatten(-1, (2, 3)), -1)
+    for b in range(4):
+        by_hand = torch.ones(2, 3)
+        for m in range(3):
+            if mask[b, m]:
+                by_hand = by_hand * probs[m, b]
+        assert torch.allclose(product[b], by_hand / by_hand.sum(-1, keepdim=True), atol=1e-6)
+    assert torch.allclose(product[2], torch.full((2, 3), 1 / 3))          # nothing observed: the uniform prior
+
+
+@pytest.fixture
+def mean_c(monkeypatch):
+    from mdgm_ros.core import concrete
+    monkeypatch.setattr(concrete, "sample", lambda logits, temperature, categories, n_samples=None, generator=None:
+                        concrete.probabilities(logits, categories))
+
+
+def test_dmvae_lee_concrete_objective_by_hand(mean_z, mean_c):
+    from torch.distributions import Categorical
+    torch.manual_seed(2)
+    two = (ModalitySpec("a", "vector", (3,), scale=0.6, weight=2.0, hidden=(8,)),
+           ModalitySpec("b", "vector", (4,), scale=0.9, hidden=(8,)))
+    model = MultimodalVAE(ModelConfig(two, latent_dim=6, objective="dmvae_lee", private_dim=3,
+                                      objective_options={**CONCRETE, "tc_weight": 4.0, "mi_weight": 0.5,
+                                                         "dim_kl_weight": 1.5, "dataset_size": 50}))
+    x = {"a": torch.randn(4, 3), "b": torch.randn(4, 4)}
+    shared, private = experts(model, x)
+    probs = {n: Categorical(logits=shared[n][0].unflatten(-1, (2, 3))).probs for n in "ab"}
+    poe = probs["a"] * probs["b"]                                   # the uniform prior: a constant
+    poe_logits = torch.log(poe / poe.sum(-1, keepdim=True)).flatten(-2)
+    recon, reg = 0.0, 0.0
+    for logits in (poe_logits, shared["a"][0], shared["b"][0]):
+        log_pmf = Categorical(logits=logits.unflatten(-1, (2, 3))).logits                 # (j, group, k)
+        c = log_pmf.exp()                                           # the sample is the mean (patched)
+        recon = recon + sum(loglik(model, n, x[n], c.flatten(-2), private[n][0]) for n in "ab")
+        pairs = torch.stack([torch.stack([(c[i] * log_pmf[j]).sum(-1) for j in range(4)]) for i in range(4)])
+        norm = math.log(4 * 50)
+        log_qc = torch.logsumexp(pairs.sum(-1), 1) - norm
+        log_marg = (torch.logsumexp(pairs, 1) - norm).sum(-1)
+        log_q = (c * log_pmf).sum((-1, -2))
+        log_p = 2 * math.log(1 / 3)
+        reg = reg + 0.5 * (log_q - log_qc) + 4.0 * (log_qc - log_marg) + 1.5 * (log_marg - log_p)
+    for n in "ab":
+        mi, tc, dkl = tc_parts_by_hand(private[n][0], *private[n], 50)
+        reg = reg + 0.5 * mi + 4.0 * tc + 1.5 * dkl
+    out = compute_objective(model, x, ALL, beta=BETA)
+    assert torch.allclose(out.loss, -(recon - BETA * reg), atol=1e-3)
+
+
+def test_dmvae_lee_concrete_unit_weights_give_the_one_sample_kl_of_the_categorical():
+    """With unit weights R is log q(c|x) - log p(c) with the categorical pmf at the relaxed sample; at a
+    one-hot c that is the log-ratio of the pmfs at that category, at the mean its KL to the uniform."""
+    from mdgm_ros.core import concrete
+    from mdgm_ros.core.families.dmvae_lee import SharedLatent, concrete_tc_decomposition
+    torch.manual_seed(0)
+    latent = SharedLatent.from_options(CONCRETE, 6)
+    logits = torch.randn(6, 6) * 2
+    rows = torch.tensor([True, True, False, True, True, True])
+    c = concrete.sample(logits, 0.5, 3, generator=torch.Generator().manual_seed(3))
+    mi, tc, dkl = concrete_tc_decomposition(c, logits, rows, latent)
+    one_sample = concrete.soft_log_pmf(c, logits, 3).sum(-1) + 2 * math.log(3)
+    assert torch.allclose(mi + tc + dkl, torch.where(rows, one_sample, torch.zeros(())), atol=1e-5)
+    assert float(mi[2]) == float(tc[2]) == float(dkl[2]) == 0.0
+    mean = concrete.probabilities(logits, 3)
+    mi, tc, dkl = concrete_tc_decomposition(mean, logits, rows, latent)
+    assert torch.allclose((mi + tc + dkl)[rows], concrete.kl_to_uniform(logits, 3)[rows], atol=1e-5)
+
+
+def categorical_factor_data(n, seed, n_mod=3, dim=5):
+    """x_m = tanh(A_m c + B_m s_m) + noise with a shared c that is one of 4 classes (the corners of a
+    square) and a private 1-d s_m: the labels to recover."""
+    rng = np.random.default_rng(seed)
+    fixed = np.random.default_rng(11)
+    label = rng.integers(0, 4, n)
+    c = np.array([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])[label]
+    feats = {}
+    for j in range(n_mod):
+        a, b = fixed.normal(0, 1.2, (2, dim)), fixed.normal(0, 0.7, (1, dim))
+        s = rng.uniform(-1, 1, (n, 1))
+        feats[f"m{j}"] = torch.from_numpy(np.tanh(c @ a + s @ b) + rng.normal(0, 0.05, (n, dim))).float()
+    return feats, torch.ones((n, n_mod), dtype=torch.bool), label
+
+
+def test_dmvae_lee_concrete_c_recovers_a_categorical_shared_factor_from_every_single_modality():
+    """Would fail for a c unused (uniform) or not shared: the class read off q(c | x_m) of every single
+    modality must be nearly pure, and cross-modal generation must beat the mean predictor."""
+    from mdgm_ros.core import impute, training
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    specs = tuple(ModalitySpec(f"m{j}", "vector", (5,), scale=0.3, learn_scale=True, hidden=(16,)) for j in range(3))
+    model = MultimodalVAE(ModelConfig(specs, latent_dim=4, objective="dmvae_lee", private_dim=2,
+                                      objective_options={"shared": "concrete"}))
+    raw, mask, _ = categorical_factor_data(768, 0)
+    training.fit_normalization(model, raw, mask)
+    feats = training.normalize_features(model, raw)
+    training.train(model, feats, mask, training.TrainConfig(
+        epochs=25, batch_size=64, lr=3e-3, beta=training.BetaSchedule("linear", 0.0, 1.0, 200), seed=0))
+    test_raw, test_mask, label = categorical_factor_data(300, 1)
+    test = training.normalize_features(model, test_raw)
+    model.eval()
+    with torch.no_grad():
+        mu, logvar = model.experts(test, test_mask)
+        for j, source in enumerate(model.names):
+            alone = torch.zeros_like(test_mask)
+            alone[:, j] = True
+            pick = model.posterior_summary(mu, logvar, alone)[0].argmax(-1).numpy()
+            purity = sum(np.bincount(label[pick == k]).max() for k in set(pick)) / len(label)
+            assert purity > 0.85, (source, purity)
+            targets = [n for n in model.names if n != source]
+            imputed = impute(model, test, alone, targets)
+            for n in targets:
+                baseline = float(((test[n] - feats[n].mean(0)) ** 2).mean())
+                assert float(((imputed[n].mean - test[n]) ** 2).mean()) < 0.8 * baseline, (source, n)
+
+
+def test_dmvae_lee_refuses_bad_concrete_options():
+    from mdgm_ros.core import SpecError
+    for options, words in (({"shared": "binary"}, "shared must be"),
+                           ({"shared": "concrete", "categories": 4}, "dividing latent_dim 6"),
+                           ({"shared": "concrete", "categories": 3, "temperature": 0.0}, "temperature")):
+        with pytest.raises(SpecError, match=words):
+            MultimodalVAE(ModelConfig((ModalitySpec("a", "vector", (3,)),), latent_dim=6, objective="dmvae_lee",
+                                      objective_options=options))
+
+
+def test_dmvae_lee_concrete_inference_gives_probabilities_and_a_finite_relaxed_likelihood():
+    torch.manual_seed(0)
+    specs = tuple(ModalitySpec(f"m{j}", "vector", (5,), hidden=(16,)) for j in range(3))
+    model = MultimodalVAE(ModelConfig(specs, latent_dim=6, objective="dmvae_lee", objective_options=CONCRETE)).eval()
+    feats = {n: torch.randn(4, 5) for n in model.names}
+    mask = torch.tensor([[True, True, False], [False, True, False], [False, False, False], [True, True, True]])
+    with torch.no_grad():
+        mean, logvar = model.posterior_summary(*model.experts(feats, mask), mask)
+        result = Fuser(model, impute_present=True, anomaly=False)({n: feats[n] for n in model.names}, mask)
+        nll = iwae_log_likelihood(model, feats, mask, n_samples=16, generator=torch.Generator().manual_seed(0))
+    groups = mean.unflatten(-1, (2, 3))
+    assert torch.allclose(groups.sum(-1), torch.ones(4, 2), atol=1e-6) and bool((mean >= 0).all())
+    assert torch.allclose(groups[2], torch.full((2, 3), 1 / 3))            # nothing observed: uniform
+    assert torch.allclose(torch.exp(logvar), mean * (1 - mean), atol=1e-6)
+    assert torch.allclose(result.latent_mean, mean, atol=1e-6)
+    assert torch.isfinite(nll[[0, 1, 3]]).all()
+    info = model.family.latent_description(model.config)
+    assert info["categories"] == 3 and info["groups"] == 2 and "probabilities" in info["mean"]
+    assert "concrete" in model.family.inference_rule(model.config)

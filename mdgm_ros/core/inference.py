@@ -58,7 +58,7 @@ def iwae_log_likelihood(model: MultimodalVAE, feats: Mapping[str, torch.Tensor],
     feats = model.complete(feats, mask)
     mu, logvar = model.experts(feats, mask)
     z = posterior_samples(model, mu, logvar, mask, n_samples, generator)
-    log_w = post.standard_normal_log_prob(z) - posterior_log_prob(model, z, mu, logvar, mask)
+    log_w = model.family.prior_log_prob(model, z) - posterior_log_prob(model, z, mu, logvar, mask)
     if model.private_dim:
         log_w = log_w + _private_log_weights(model, feats, mask, z, generator)
     else:

@@ -182,7 +182,7 @@ def model_info_message(runtime, node, mirrors: bool) -> ModelInfo:
         "modalities": [{"name": s.name, "kind": s.spec.kind, "shape": list(s.spec.shape),
                         "message_type": s.params.message_type} for s in streams],
         "latent": {"topic": "~/latent", "type": "mdgm_ros/msg/Latent", "stamp": "the anchor's source stamp",
-                   "mean": "posterior mean", "std": "posterior standard deviation", "present": "presence mask"},
+                   **model.family.latent_description(model.config), "present": "presence mask"},
         "anomaly": {"topic": "~/anomaly", "type": "mdgm_ros/msg/AnomalyScores",
                     "score": "standardised score (NaN if missing)", "threshold": "calibrated threshold"},
         "imputed_audio": "log-mel spectrogram, mdgm_ros/msg/ImputedArray, layout dims mel x frame",

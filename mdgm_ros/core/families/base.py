@@ -152,6 +152,14 @@ class Family:
         prior = post.reparameterize(torch.zeros_like(z), torch.zeros_like(z), generator=generator)
         return torch.where(empty[None, :, None], prior, z)
 
+    def prior_log_prob(self, model: "MultimodalVAE", z: torch.Tensor) -> torch.Tensor:
+        """log p(z) of the shared latent for z (..., D): (...). N(0, I) by default."""
+        return post.standard_normal_log_prob(z)
+
+    def latent_description(self, config: "ModelConfig") -> dict[str, Any]:
+        """What the published latent's mean and std are (the node's model_info)."""
+        return {"distribution": "Gaussian", "mean": "posterior mean", "std": "posterior standard deviation"}
+
     def posterior_log_prob(self, model: "MultimodalVAE", z: torch.Tensor, mu: torch.Tensor,
                            logvar: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """log q(z | X_mask) for z (K, B, D), matching :meth:`posterior_samples`: (K, B)."""

@@ -23,8 +23,20 @@ log q(z_i) ≈ logsumexp_j log q(z_i|x_j) - log(N·B'), with N the data-set size
 row's value depends on the other rows of its batch.
 
 Options: ``tc_weight`` (β_tc, 2.0), ``mi_weight`` (α, 1.0), ``dim_kl_weight`` (γ, 1.0),
-``dataset_size`` (None). The concrete (Gumbel-softmax) discrete shared latent of the paper is not
-implemented: c is Gaussian.
+``dataset_size`` (None), and the shared latent's kind, ``shared``:
+
+* ``"gaussian"`` (default): c ~ N, the unimodal experts and the PoE are Gaussian.
+* ``"concrete"``: c is discrete, relaxed by the concrete (Gumbel-softmax) distribution
+  (:mod:`..concrete`): ``latent_dim`` = G groups of ``categories`` K (default: one group of
+  ``latent_dim``), at ``temperature`` τ (0.66, as the reference code). Each expert gives logits; the
+  PoE of categorical experts with the uniform prior adds their log-probabilities; c_e is a relaxed
+  one-hot sample that the decoders take, and the decomposition R above runs over the groups (a group
+  is one "dimension" d) with the categorical log-pmf at the relaxed sample,
+  log q(c|x) = sum_g sum_k c_gk log q_gk (at τ -> 0 the pmf of the exact Gumbel-max sample), the
+  prior's being -G log K. (The concrete log-densities themselves, which the reference's probtorch
+  objective would use, grow without bound as q sharpens and drove c to the uniform prior in our
+  tests; they serve only as importance weights, in IWAE likelihoods.) Inference gives the category
+  probabilities as the mean (std sqrt(p(1 - p))).
 """
 from __future__ import annotations
 
@@ -33,12 +45,65 @@ from typing import Mapping
 
 import torch
 
+from dataclasses import dataclass
+from typing import Any
+
+from .. import concrete
 from .. import posterior as post
 from ..model import MultimodalVAE
+from ..modalities import SpecError
 from .base import Properties
 from .common import ObjectiveOutput
 from .private import PrivateFamily, private_reconstruction
 from .surrogate import masked
+
+
+@dataclass(frozen=True)
+class SharedLatent:
+    """The kind of the shared c (option ``shared``) and, for ``"concrete"``, its groups and temperature."""
+
+    kind: str = "gaussian"
+    categories: int = 0
+    temperature: float = 0.66
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], latent_dim: int) -> "SharedLatent":
+        kind = options.get("shared", "gaussian")
+        if kind not in ("gaussian", "concrete"):
+            raise SpecError(f"dmvae_lee option shared must be 'gaussian' or 'concrete', got {kind!r}")
+        if kind == "gaussian":
+            return cls()
+        categories = options.get("categories") or latent_dim
+        temperature = options.get("temperature", 0.66)
+        if not isinstance(categories, int) or categories < 2 or latent_dim % categories:
+            raise SpecError(f"dmvae_lee option categories must be an integer >= 2 dividing latent_dim "
+                            f"{latent_dim}, got {categories!r}")
+        if not isinstance(temperature, (int, float)) or not 0.05 <= float(temperature) <= 10.0:
+            raise SpecError(f"dmvae_lee option temperature must be in [0.05, 10], got {temperature!r}")
+        return cls("concrete", int(categories), float(temperature))
+
+    @property
+    def discrete(self) -> bool:
+        return self.kind == "concrete"
+
+    # q(c | X_O) for the concrete c, from the experts' logits (M, B, D) and the mask (B, M)
+    def product(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return concrete.product_logits(logits, mask, self.categories)
+
+    def sample(self, logits: torch.Tensor, n_samples: int | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        return concrete.sample(logits, self.temperature, self.categories, n_samples, generator)
+
+    def log_prob(self, c: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Per group: (..., G)."""
+        return concrete.log_prob(c, logits, self.temperature, self.categories)
+
+    def prior_log_prob(self, c: torch.Tensor) -> torch.Tensor:
+        return concrete.prior_log_prob(c, self.temperature, self.categories)
+
+
+def shared_latent(model: MultimodalVAE) -> SharedLatent:
+    return SharedLatent.from_options(model.config.objective_options, model.latent_dim)
 
 
 def per_dim_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -47,40 +112,73 @@ def per_dim_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) ->
     return -0.5 * (post._LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar))
 
 
-def tc_decomposition(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, rows: torch.Tensor,
-                     dataset_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(index-code MI, total correlation, dimension-wise KL) of q at its samples z (B, D), estimated over
-    the batch rows ``rows`` (B,); 0 on the other rows."""
-    pairs = per_dim_log_prob(z, mu, logvar)
-    pairs = torch.where(rows[None, :, None], pairs, torch.full((), -math.inf, dtype=z.dtype, device=z.device))
-    count = rows.sum().clamp_min(1).to(z.dtype)
+def batch_decomposition(pairs: torch.Tensor, log_q_given_x: torch.Tensor, log_p: torch.Tensor,
+                        rows: torch.Tensor, dataset_size: int | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(index-code MI, total correlation, dimension-wise KL) from the per-dimension log-densities of
+    every sample i under every row j's q, ``pairs`` (B, B, D'), estimated over the batch rows ``rows``
+    (B,) by minibatch-weighted sampling; 0 on the other rows."""
+    pairs = torch.where(rows[None, :, None], pairs,
+                        torch.full((), -math.inf, dtype=pairs.dtype, device=pairs.device))
+    count = rows.sum().clamp_min(1).to(pairs.dtype)
     norm = torch.log(count * dataset_size) if dataset_size else torch.log(count)
     log_qz = torch.logsumexp(pairs.sum(-1), dim=1) - norm
     log_marginals = (torch.logsumexp(pairs, dim=1) - norm).sum(-1)
-    log_q_given_x = post.gaussian_log_prob(z, mu, logvar)
-    log_p = post.standard_normal_log_prob(z)
     parts = (log_q_given_x - log_qz, log_qz - log_marginals, log_marginals - log_p)
     return tuple(masked(p, rows) for p in parts)
 
 
+def tc_decomposition(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, rows: torch.Tensor,
+                     dataset_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The decomposition of a Gaussian q at its samples z (B, D)."""
+    return batch_decomposition(per_dim_log_prob(z, mu, logvar), post.gaussian_log_prob(z, mu, logvar),
+                               post.standard_normal_log_prob(z), rows, dataset_size)
+
+
+def concrete_tc_decomposition(c: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor, latent: SharedLatent,
+                              dataset_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The decomposition of a categorical q at its relaxed samples c (B, D), one group per dimension,
+    with the categorical log-pmf at c (:func:`concrete.soft_log_pmf`; the prior's is -log K a group)."""
+    k = latent.categories
+    pairs = concrete.soft_log_pmf(c[:, None], logits[None], k)                      # (B, B, G)
+    log_p = torch.full(c.shape[:-1], -(c.shape[-1] // k) * math.log(k), dtype=c.dtype, device=c.device)
+    return batch_decomposition(pairs, concrete.soft_log_pmf(c, logits, k).sum(-1), log_p, rows, dataset_size)
+
+
+def shared_experts(model: MultimodalVAE, mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor,
+                   latent: SharedLatent) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(label, mean or logits, log-variance, rows) of the PoE of the observed set and of each unimodal
+    expert."""
+    if latent.discrete:
+        poe = (latent.product(mu, mask), torch.zeros_like(mu[0]))
+    else:
+        poe = model.subset_posterior(mu, logvar, mask)
+    experts = [("poe", *poe, mask.any(1))]
+    return experts + [(name, mu[j], logvar[j], mask[:, j]) for j, name in enumerate(model.names)]
+
+
 def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
               beta: float = 1.0, generator: torch.Generator | None = None, tc_weight: float = 2.0,
-              mi_weight: float = 1.0, dim_kl_weight: float = 1.0, dataset_size: int | None = None
+              mi_weight: float = 1.0, dim_kl_weight: float = 1.0, dataset_size: int | None = None,
+              shared: str = "gaussian", categories: int | None = None, temperature: float = 0.66
               ) -> ObjectiveOutput:
     weights = (mi_weight, tc_weight, dim_kl_weight)
+    latent = SharedLatent.from_options({"shared": shared, "categories": categories, "temperature": temperature},
+                                       model.latent_dim)
     mu, logvar = model.experts(feats, mask)
     s_mu, s_lv = model.private_experts(feats, mask)
     s = post.reparameterize(s_mu, s_lv, generator=generator)                         # (M, B, P)
-    poe_mu, poe_lv = model.subset_posterior(mu, logvar, mask)
-    experts = [("poe", poe_mu, poe_lv, mask.any(1))]
-    experts += [(name, mu[j], logvar[j], mask[:, j]) for j, name in enumerate(model.names)]
     recon = torch.zeros(mask.shape[0], dtype=mu.dtype, device=mu.device)
     reg = torch.zeros_like(recon)
     terms: dict[str, torch.Tensor] = {}
-    for label, e_mu, e_lv, rows in experts:
-        c = post.reparameterize(e_mu, e_lv, generator=generator)
+    for label, e_mu, e_lv, rows in shared_experts(model, mu, logvar, mask, latent):
+        if latent.discrete:
+            c = latent.sample(e_mu, generator=generator)
+            mi, tc, dim_kl = concrete_tc_decomposition(c, e_mu, rows, latent, dataset_size)
+        else:
+            c = post.reparameterize(e_mu, e_lv, generator=generator)
+            mi, tc, dim_kl = tc_decomposition(c, e_mu, e_lv, rows, dataset_size)
         recon_e = masked(private_reconstruction(model, feats, c, s, mask), rows)
-        mi, tc, dim_kl = tc_decomposition(c, e_mu, e_lv, rows, dataset_size)
         terms[f"recon_from_{label}"], terms[f"tc_c_{label}"] = recon_e.detach(), tc.detach()
         recon = recon + recon_e
         reg = reg + weights[0] * mi + weights[1] * tc + weights[2] * dim_kl
@@ -93,7 +191,55 @@ def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: tor
     return ObjectiveOutput(-value, terms)
 
 
-FAMILY = PrivateFamily(
+@dataclass(frozen=True)
+class DMVAELeeFamily(PrivateFamily):
+    """Asks the option ``shared`` how q(c | X_O) is formed: the Gaussian PoE, or the categorical PoE of
+    the concrete c."""
+
+    def build_networks(self, model: MultimodalVAE) -> dict:
+        shared_latent(model)                             # refuse bad options when the model is built
+        return super().build_networks(model)
+
+    def inference_rule(self, config=None) -> str:
+        rule = super().inference_rule(config)
+        if config is not None and SharedLatent.from_options(config.objective_options, config.latent_dim).discrete:
+            return rule.replace("c: PoE", "c (concrete): PoE of categorical experts")
+        return rule
+
+    def latent_description(self, config) -> dict[str, Any]:
+        latent = SharedLatent.from_options(config.objective_options, config.latent_dim)
+        if not latent.discrete:
+            return super().latent_description(config)
+        return {"distribution": "concrete (Gumbel-softmax relaxed categorical)",
+                "groups": config.latent_dim // latent.categories, "categories": latent.categories,
+                "temperature": latent.temperature,
+                "mean": "category probabilities of q(c | observed), group after group",
+                "std": "sqrt(p (1 - p)) of each category"}
+
+    def posterior_summary(self, model, mu, logvar, mask):
+        latent = shared_latent(model)
+        if not latent.discrete:
+            return super().posterior_summary(model, mu, logvar, mask)
+        return concrete.summary(latent.product(mu[:len(model.names)], mask), latent.categories)
+
+    def posterior_samples(self, model, mu, logvar, mask, n_samples, generator=None):
+        latent = shared_latent(model)
+        if not latent.discrete:
+            return super().posterior_samples(model, mu, logvar, mask, n_samples, generator)
+        return latent.sample(latent.product(mu[:len(model.names)], mask), n_samples, generator)
+
+    def posterior_log_prob(self, model, z, mu, logvar, mask):
+        latent = shared_latent(model)
+        if not latent.discrete:
+            return super().posterior_log_prob(model, z, mu, logvar, mask)
+        return latent.log_prob(z, latent.product(mu[:len(model.names)], mask)).sum(-1)
+
+    def prior_log_prob(self, model, z):
+        latent = shared_latent(model)
+        return latent.prior_log_prob(z) if latent.discrete else super().prior_log_prob(model, z)
+
+
+FAMILY = DMVAELeeFamily(
     name="dmvae_lee", objective_fn=objective, fusions=("poe",), default_fusion="poe",
     properties=Properties(
         aggregated_inference="c: PoE of the unimodal experts with the prior", missing_modalities=True,
@@ -102,4 +248,5 @@ FAMILY = PrivateFamily(
         equations="ref. [48] (no number); eq. 28 generative model",
         notes="reconstruction of every modality from every expert (PoE and each unimodal c) with the own "
               "s_m; β-TCVAE KL split with a total-correlation weight (minibatch-weighted sampling); "
-              "Gaussian c only (the concrete/Gumbel-softmax c is left out)"))
+              "c Gaussian, or discrete by the concrete/Gumbel-softmax relaxation "
+              "(objective_options shared: concrete)"))
