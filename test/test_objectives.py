@@ -102,6 +102,26 @@ def test_mmvae_iwae_value_is_the_bound_for_both_estimators(small_model_factory):
     torch.testing.assert_close(b.loss, -b.terms["iwae"])
 
 
+def test_mmvae_dreg_on_the_weighted_samples_only_gives_the_full_graphs_gradients(small_model_factory):
+    """The fast DReG path builds the decoders' graph only for samples of non-negligible weight; every
+    parameter's gradient and the bound must equal those of the path that decodes every sample with graph."""
+    model = small_model_factory("mmvae", objective_options={"K": 5})
+    raw, mask, _ = prepared(model, 8, seed=6, missing_rate=0.3)
+    training.fit_normalization(model, raw, mask)
+    feats = training.normalize_features(model, raw)
+    grads, bounds = [], []
+    for fast in (True, False):
+        model.zero_grad()
+        out = compute_objective(model, feats, mask, generator=torch.Generator().manual_seed(7), fast=fast)
+        out.loss.sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        bounds.append(out.terms["iwae"])
+    torch.testing.assert_close(bounds[0], bounds[1])
+    assert set(grads[0]) == set(grads[1]) and any(n.startswith("encoders.") for n in grads[0])
+    for name in grads[1]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_mopoe_kl_bound_is_the_average_over_observed_subsets(small_model_factory):
     model = small_model_factory("mopoe")
     mu, logvar = torch.randn(4, 1, 8), torch.randn(4, 1, 8) * 0.3

@@ -21,9 +21,11 @@ Estimators (option ``estimator``):
 The returned ``terms["iwae"]`` is always the bound's value; for DReG ``loss`` is a surrogate whose
 gradients are right but whose value is not the bound. Options: ``K`` (samples per expert, default 8);
 ``fast`` (default True): the M*K*B samples are decoded in one decoder call per modality, on the
-(expert, row) pairs whose expert is observed and, per modality, the rows that observe it; ``fast=False``
-is the previous code path (every expert's samples on every row decoded, then masked), which ``bench
-train`` times beside the new one. Both give the same numbers.
+(expert, row) pairs whose expert is observed and, per modality, the rows that observe it; for DReG
+that pass runs without graph, and the decoders' graph is built again only for the samples whose
+normalised weight is not negligible (below 1e-12), the only ones with a gradient. ``fast=False`` is
+the previous code path (every expert's samples on every row decoded with graph, then masked), which
+``bench train`` times beside the new one. Both give the same bound and gradients.
 """
 from __future__ import annotations
 
@@ -52,6 +54,18 @@ def observed_expert_reconstruction(model: MultimodalVAE, feats: Mapping[str, tor
     return out.reshape(n_mod, batch, k).transpose(1, 2)
 
 
+def log_weights_at(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], z: torch.Tensor, q_mu: torch.Tensor,
+                   q_lv: torch.Tensor, mask: torch.Tensor, beta: float, fast: bool = True) -> torch.Tensor:
+    """log importance weights (M, K, B) of the samples z (M, K, B, D)."""
+    log_q = post.mixture_log_prob(z, q_mu, q_lv, mask)
+    log_prior = post.standard_normal_log_prob(z)
+    if fast:
+        recon = observed_expert_reconstruction(model, feats, z, mask)
+    else:
+        recon = weighted_reconstruction(model, feats, z, mask, skip_missing=False)
+    return recon + beta * (log_prior - log_q)
+
+
 def log_weights(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mu: torch.Tensor,
                 logvar: torch.Tensor, mask: torch.Tensor, K: int, beta: float, detach_q: bool,
                 generator: torch.Generator | None = None, fast: bool = True
@@ -59,13 +73,35 @@ def log_weights(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mu: tor
     """Stratified samples z (M, K, B, D) and log importance weights (M, K, B)."""
     z = post.stratified_mixture_samples(mu, logvar, K, generator)
     q_mu, q_lv = (mu.detach(), logvar.detach()) if detach_q else (mu, logvar)
-    log_q = post.mixture_log_prob(z, q_mu, q_lv, mask)
-    log_prior = post.standard_normal_log_prob(z)
-    if fast:
-        recon = observed_expert_reconstruction(model, feats, z, mask)
-    else:
-        recon = weighted_reconstruction(model, feats, z, mask, skip_missing=False)
-    return z, recon + beta * (log_prior - log_q)
+    return z, log_weights_at(model, feats, z, q_mu, q_lv, mask, beta, fast)
+
+
+def dreg_on_weighted_samples(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mu: torch.Tensor,
+                             logvar: torch.Tensor, mask: torch.Tensor, K: int, beta: float,
+                             generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(surrogate, bound) per row, DReG. The weights come from a pass without graph over all M*K*B
+    samples; the graph (decoders forward and backward) is built only for the samples whose normalised
+    weight is not negligible (:func:`.common.dreg_weights`), the only ones with a gradient: on a
+    trained model one in K or so, since image likelihoods put the log-weights tens of nats apart."""
+    z = post.stratified_mixture_samples(mu, logvar, K, generator)                   # graph to the encoders
+    present = mask.t().unsqueeze(1)
+    q_mu, q_lv = mu.detach(), logvar.detach()
+    with torch.no_grad():
+        lw = log_weights_at(model, feats, z.detach(), q_mu, q_lv, mask, beta)
+        lw = torch.where(present, lw, torch.zeros_like(lw))
+    weights = dreg_weights(lw, present)
+    bound = masked_mean_over_experts(torch.logsumexp(lw, dim=1) - math.log(K), mask)
+    expert, sample, row = weights.nonzero(as_tuple=True)
+    z_kept, w_kept = z[expert, sample, row], weights[expert, sample, row]                 # (N, D), (N,)
+    recon = weighted_reconstruction(model, {n: x.index_select(0, row) for n, x in feats.items()},
+                                    z_kept, mask.index_select(0, row))
+    log_q = post.mixture_log_prob(z_kept, q_mu[:, row], q_lv[:, row], mask.index_select(0, row))
+    lw_kept = recon + beta * (post.standard_normal_log_prob(z_kept) - log_q)
+    if z_kept.requires_grad:
+        z_kept.register_hook(lambda grad: (w_kept.unsqueeze(-1) * grad).to(grad.dtype))
+    per_expert = torch.zeros(mask.shape[1] * mask.shape[0], dtype=lw_kept.dtype, device=lw_kept.device)
+    per_expert = per_expert.index_add(0, expert * mask.shape[0] + row, w_kept.to(lw_kept.dtype) * lw_kept)
+    return masked_mean_over_experts(per_expert.reshape(mask.shape[1], mask.shape[0]), mask), bound
 
 
 def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
@@ -77,6 +113,9 @@ def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: tor
         raise RuntimeError("the DReG estimator registers a gradient hook and cannot run under no_grad; "
                            "evaluate with estimator='iwae'")
     mu, logvar = model.experts(feats, mask)
+    if estimator == "dreg" and fast:
+        surrogate, iwae = dreg_on_weighted_samples(model, feats, mu, logvar, mask, K, beta, generator)
+        return ObjectiveOutput(-surrogate, {"iwae": iwae.detach()})
     z, lw = log_weights(model, feats, mu, logvar, mask, K, beta, detach_q=(estimator == "dreg"),
                         generator=generator, fast=fast)
     present = mask.t().unsqueeze(1)                                           # (M, 1, B)
