@@ -105,6 +105,12 @@ def test_a_copied_train_config_finds_the_shipped_includes_and_unknown_keys_are_r
     copy.write_text(yaml.safe_dump(doc))
     with pytest.raises(TrainError, match="'missing_model.yaml' is neither next to"):
         TrainSettings.from_file(copy)
+    # another family than the config's: its fusion does not fit, and the error says what to set
+    other = {"model_overrides.objective": "dmvae_lee"}
+    with pytest.raises(TrainError, match=r"needs fusion in \('poe',\), got 'mopoe' .*--set model_overrides.fusion=null"):
+        TrainSettings.from_file(ROOT / "config" / "train.yaml", other)
+    assert TrainSettings.from_file(ROOT / "config" / "train.yaml",
+                                   {**other, "model_overrides.fusion": None}).model.fusion == "poe"
 
 
 def test_label_command_and_evaluate_on_a_real_format_bag(bags, trained_bundle, sim_bag, tmp_path):

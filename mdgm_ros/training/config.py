@@ -223,7 +223,9 @@ def _model_config(top: TrainFile, path: Path) -> ModelConfig:
     try:
         return ModelConfig.from_dict(model)
     except (SpecError, ValueError, TypeError) as err:
-        raise TrainError(f"model: {err}") from None
+        hint = (" (the config sets model_overrides.fusion for another family: --set model_overrides.fusion=null "
+                "takes this family's default)" if "needs fusion in" in str(err) else "")
+        raise TrainError(f"model: {err}{hint}") from None
 
 
 def _fusion_params(top: TrainFile, path: Path) -> FusionParams:
