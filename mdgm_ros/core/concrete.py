@@ -79,6 +79,6 @@ def soft_log_pmf(c: torch.Tensor, logits: torch.Tensor, categories: int) -> torc
 
 
 def kl_to_uniform(logits: torch.Tensor, categories: int) -> torch.Tensor:
-    """KL(Cat(softmax(logits)) || uniform), summed over groups: (...). (Reported, not optimised.)"""
+    """KL(Cat(softmax(logits)) || uniform), summed over groups: (...). (A diagnostic term.)"""
     log_p = torch.log_softmax(grouped(logits, categories), dim=-1)
     return (log_p.exp() * (log_p + math.log(categories))).sum((-1, -2))

@@ -62,4 +62,3 @@ def dreg_weights(log_weights: torch.Tensor, present: torch.Tensor) -> torch.Tens
     with torch.no_grad():
         weights = torch.softmax(log_weights, dim=1) * present
         return torch.where(weights < NEGLIGIBLE_WEIGHT, torch.zeros_like(weights), weights)
-

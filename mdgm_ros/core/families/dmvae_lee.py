@@ -41,12 +41,10 @@ Options: ``tc_weight`` (β_tc, 2.0), ``mi_weight`` (α, 1.0), ``dim_kl_weight`` 
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
-
-from dataclasses import dataclass
-from typing import Any
 
 from .. import concrete
 from .. import posterior as post
@@ -175,6 +173,7 @@ def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: tor
         if latent.discrete:
             c = latent.sample(e_mu, generator=generator)
             mi, tc, dim_kl = concrete_tc_decomposition(c, e_mu, rows, latent, dataset_size)
+            terms[f"kl_c_{label}"] = masked(concrete.kl_to_uniform(e_mu, latent.categories), rows).detach()
         else:
             c = post.reparameterize(e_mu, e_lv, generator=generator)
             mi, tc, dim_kl = tc_decomposition(c, e_mu, e_lv, rows, dataset_size)
