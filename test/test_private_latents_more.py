@@ -295,19 +295,22 @@ def test_mfm_takes_task_phases_as_labels_and_a_bag_without_phases_trains_without
 CONCRETE = {"shared": "concrete", "categories": 3, "temperature": 0.5}
 
 
-def test_concrete_log_density_is_torchs_relaxed_one_hot_categorical_per_group():
-    from torch.distributions import RelaxedOneHotCategorical
-
+def test_concrete_samples_relaxed_for_training_and_exact_one_hot_categoricals_for_inference():
     from mdgm_ros.core import concrete
     torch.manual_seed(0)
-    logits = torch.randn(5, 6)
-    c = concrete.sample(logits, 0.5, 3, generator=torch.Generator().manual_seed(1))
-    assert torch.allclose(c.unflatten(-1, (2, 3)).sum(-1), torch.ones(5, 2), atol=1e-6)
-    by_torch = RelaxedOneHotCategorical(torch.tensor(0.5), logits=logits.unflatten(-1, (2, 3))).log_prob(
-        c.unflatten(-1, (2, 3)))
-    assert torch.allclose(concrete.log_prob(c, logits, 0.5, 3), by_torch, atol=1e-4)
-    uniform = RelaxedOneHotCategorical(torch.tensor(0.5), logits=torch.zeros(2, 3)).log_prob(c.unflatten(-1, (2, 3)))
-    assert torch.allclose(concrete.prior_log_prob(c, 0.5, 3), uniform.sum(-1), atol=1e-4)
+    logits = torch.randn(5, 6) * 2                                     # 2 groups of 3 categories
+    relaxed = concrete.sample(logits, 0.5, 3, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(relaxed.unflatten(-1, (2, 3)).sum(-1), torch.ones(5, 2), atol=1e-6)
+    assert bool(((relaxed > 0) & (relaxed < 1)).all())
+    hard = concrete.hard_sample(logits, 3, n_samples=20000, generator=torch.Generator().manual_seed(2))
+    assert set(hard.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(hard.unflatten(-1, (2, 3)).sum(-1), torch.ones(20000, 5, 2))
+    frequencies = hard.mean(0)                                         # Gumbel-max: the categorical's own
+    assert torch.allclose(frequencies, concrete.probabilities(logits, 3), atol=0.015)
+    pmf = concrete.soft_log_pmf(hard[:3], logits, 3)                   # at a one-hot: log q(category)
+    picked = (hard[:3].unflatten(-1, (2, 3)) * torch.log_softmax(logits.unflatten(-1, (2, 3)), -1)).sum(-1)
+    assert torch.allclose(pmf, picked) and torch.allclose(concrete.prior_log_pmf(hard[:3], 3),
+                                                          torch.full((3, 5), 2 * math.log(1 / 3)))
 
 
 def test_the_product_of_categorical_experts_is_the_normalised_product_of_their_probabilities():
@@ -457,6 +460,9 @@ def test_dmvae_lee_concrete_inference_gives_probabilities_and_a_finite_relaxed_l
     assert torch.allclose(torch.exp(logvar), mean * (1 - mean), atol=1e-6)
     assert torch.allclose(result.latent_mean, mean, atol=1e-6)
     assert torch.isfinite(nll[[0, 1, 3]]).all()
+    with torch.no_grad():                                 # posterior samples: one-hot categoricals
+        samples = model.family.posterior_samples(model, *model.experts(feats, mask), mask, 4)
+    assert samples.shape == (4, 4, 6) and torch.equal(samples.unflatten(-1, (2, 3)).sum(-1), torch.ones(4, 4, 2))
     info = model.family.latent_description(model.config)
     assert info["categories"] == 3 and info["groups"] == 2 and "probabilities" in info["mean"]
     assert "concrete" in model.family.inference_rule(model.config)

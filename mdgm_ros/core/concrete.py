@@ -4,14 +4,12 @@
 
 Experts give unnormalised logits (B, D). A product of categorical experts adds their log-probabilities
 (the uniform prior adds a constant), so the PoE of any subset, the empty one included, is closed form.
-Sampling is c = softmax((logits + g) / tau), g ~ Gumbel(0, 1); its density on the simplex is
-
-    log p(c) = log (K-1)! + (K-1) log tau + sum_k (l_k - (tau + 1) log c_k) - K logsumexp_k (l_k - tau log c_k)
-
-per group; the prior is the same with l = 0 (uniform). Relaxed densities are unbounded as q sharpens
-(their KL grows with the logit gap, where the categorical's is at most log K), so objectives penalise
-the categorical log-pmf at the relaxed sample (:func:`soft_log_pmf`) and keep the densities for
-importance weights.
+Training samples are relaxed, c = softmax((logits + g) / tau), g ~ Gumbel(0, 1), so gradients pass;
+inference draws the categorical itself, one_hot(argmax(logits + g)) (the Gumbel-max trick), and
+scores it with the pmf. The relaxed densities are not used: as q sharpens they grow without bound
+(their KL grows with the logit gap, the categorical's is at most log K) and their small entries
+underflow, so objectives penalise the categorical log-pmf at the relaxed sample (:func:`soft_log_pmf`),
+which at a one-hot c is the pmf of that category.
 """
 from __future__ import annotations
 
@@ -55,25 +53,26 @@ def sample(logits: torch.Tensor, temperature: float, categories: int, n_samples:
     return probabilities((logits + gumbel) / temperature, categories)
 
 
-def log_prob(c: torch.Tensor, logits: torch.Tensor, temperature: float, categories: int) -> torch.Tensor:
-    """Concrete log-density of relaxed one-hot ``c`` per group (broadcasting c and logits): (..., G)."""
-    log_c = torch.log(grouped(c, categories).clamp_min(torch.finfo(c.dtype).tiny))
-    l = grouped(logits, categories)
-    k = categories
-    const = math.lgamma(k) + (k - 1) * math.log(temperature)
-    return (const + (l - (temperature + 1.0) * log_c).sum(-1)
-            - k * torch.logsumexp(l - temperature * log_c, dim=-1))
+def hard_sample(logits: torch.Tensor, categories: int, n_samples: int | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Exact categorical samples as one-hot vectors (Gumbel-max): (B, D), or (n, B, D)."""
+    shape = logits.shape if n_samples is None else (n_samples, *logits.shape)
+    u = torch.rand(shape, dtype=logits.dtype, device=logits.device, generator=generator)
+    noisy = grouped(logits - torch.log(-torch.log(u.clamp(torch.finfo(logits.dtype).tiny, 1.0 - 1e-7))),
+                    categories)
+    return torch.nn.functional.one_hot(noisy.argmax(-1), categories).to(logits.dtype).flatten(-2)
 
 
-def prior_log_prob(c: torch.Tensor, temperature: float, categories: int) -> torch.Tensor:
-    """log p(c) under the uniform concrete prior, summed over groups: (...)."""
-    return log_prob(c, torch.zeros_like(c), temperature, categories).sum(-1)
+def prior_log_pmf(c: torch.Tensor, categories: int) -> torch.Tensor:
+    """log p(c) of the uniform categorical prior, summed over groups: (...)."""
+    return torch.full(c.shape[:-1], -(c.shape[-1] // categories) * math.log(categories), dtype=c.dtype,
+                      device=c.device)
 
 
 def soft_log_pmf(c: torch.Tensor, logits: torch.Tensor, categories: int) -> torch.Tensor:
     """The categorical log-pmf at a relaxed one-hot c, sum_k c_k log softmax(l)_k per group (broadcasting
-    c and logits): (..., G). Bounded (<= 0); at tau -> 0, c is one-hot and this is log q(k) of the exact
-    categorical sample k = argmax(l + g) (the Gumbel-max trick)."""
+    c and logits): (..., G). Bounded (<= 0); at a one-hot c (tau -> 0, or :func:`hard_sample`) it is
+    log q(k) of that category."""
     log_p = torch.log_softmax(grouped(logits, categories), dim=-1)
     return (grouped(c, categories) * log_p).sum(-1)
 

@@ -35,8 +35,9 @@ Options: ``tc_weight`` (β_tc, 2.0), ``mi_weight`` (α, 1.0), ``dim_kl_weight`` 
   log q(c|x) = sum_g sum_k c_gk log q_gk (at τ -> 0 the pmf of the exact Gumbel-max sample), the
   prior's being -G log K. (The concrete log-densities themselves, which the reference's probtorch
   objective would use, grow without bound as q sharpens and drove c to the uniform prior in our
-  tests; they serve only as importance weights, in IWAE likelihoods.) Inference gives the category
-  probabilities as the mean (std sqrt(p(1 - p))).
+  tests.) Inference gives the category probabilities as the mean (std sqrt(p(1 - p))); posterior
+  samples are the categorical's own, one-hot (Gumbel-max), scored by the pmf, so IWAE likelihoods are
+  those of the discrete model.
 """
 from __future__ import annotations
 
@@ -92,12 +93,16 @@ class SharedLatent:
                generator: torch.Generator | None = None) -> torch.Tensor:
         return concrete.sample(logits, self.temperature, self.categories, n_samples, generator)
 
-    def log_prob(self, c: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Per group: (..., G)."""
-        return concrete.log_prob(c, logits, self.temperature, self.categories)
+    def hard_sample(self, logits: torch.Tensor, n_samples: int | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        return concrete.hard_sample(logits, self.categories, n_samples, generator)
 
-    def prior_log_prob(self, c: torch.Tensor) -> torch.Tensor:
-        return concrete.prior_log_prob(c, self.temperature, self.categories)
+    def log_pmf(self, c: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Per group: (..., G)."""
+        return concrete.soft_log_pmf(c, logits, self.categories)
+
+    def prior_log_pmf(self, c: torch.Tensor) -> torch.Tensor:
+        return concrete.prior_log_pmf(c, self.categories)
 
 
 def shared_latent(model: MultimodalVAE) -> SharedLatent:
@@ -137,10 +142,9 @@ def concrete_tc_decomposition(c: torch.Tensor, logits: torch.Tensor, rows: torch
                               dataset_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The decomposition of a categorical q at its relaxed samples c (B, D), one group per dimension,
     with the categorical log-pmf at c (:func:`concrete.soft_log_pmf`; the prior's is -log K a group)."""
-    k = latent.categories
-    pairs = concrete.soft_log_pmf(c[:, None], logits[None], k)                      # (B, B, G)
-    log_p = torch.full(c.shape[:-1], -(c.shape[-1] // k) * math.log(k), dtype=c.dtype, device=c.device)
-    return batch_decomposition(pairs, concrete.soft_log_pmf(c, logits, k).sum(-1), log_p, rows, dataset_size)
+    pairs = latent.log_pmf(c[:, None], logits[None])                                # (B, B, G)
+    return batch_decomposition(pairs, latent.log_pmf(c, logits).sum(-1), latent.prior_log_pmf(c), rows,
+                               dataset_size)
 
 
 def shared_experts(model: MultimodalVAE, mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor,
@@ -225,17 +229,17 @@ class DMVAELeeFamily(PrivateFamily):
         latent = shared_latent(model)
         if not latent.discrete:
             return super().posterior_samples(model, mu, logvar, mask, n_samples, generator)
-        return latent.sample(latent.product(mu[:len(model.names)], mask), n_samples, generator)
+        return latent.hard_sample(latent.product(mu[:len(model.names)], mask), n_samples, generator)
 
     def posterior_log_prob(self, model, z, mu, logvar, mask):
         latent = shared_latent(model)
         if not latent.discrete:
             return super().posterior_log_prob(model, z, mu, logvar, mask)
-        return latent.log_prob(z, latent.product(mu[:len(model.names)], mask)).sum(-1)
+        return latent.log_pmf(z, latent.product(mu[:len(model.names)], mask)).sum(-1)
 
     def prior_log_prob(self, model, z):
         latent = shared_latent(model)
-        return latent.prior_log_prob(z) if latent.discrete else super().prior_log_prob(model, z)
+        return latent.prior_log_pmf(z) if latent.discrete else super().prior_log_prob(model, z)
 
 
 FAMILY = DMVAELeeFamily(
