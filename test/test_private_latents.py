@@ -177,6 +177,34 @@ def test_mmvae_plus_objective_by_hand(mean_z):
     assert torch.allclose(dreg.terms["iwae"], expected, atol=1e-4)
 
 
+def test_mmvae_plus_dreg_on_the_weighted_samples_only_gives_the_full_graphs_gradients():
+    """The objective builds the graph only for samples of non-negligible weight; the reference here builds
+    it for all M*K*B samples (DReG hooks on every c and w): every parameter's gradient must agree."""
+    from mdgm_ros.core.families import mmvae_plus as mp
+    from mdgm_ros.core.families.common import dreg_weights, masked_mean_over_experts
+    torch.manual_seed(0)
+    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, objective="mmvae_plus", private_dim=2,
+                                      objective_options={"K": 4}))
+    feats = {n: torch.randn(6, 5) for n in model.names}
+    mask = torch.tensor([[True, True, True], [True, False, True], [False, True, False]] * 2)
+    model.zero_grad()
+    compute_objective(model, feats, mask, beta=BETA, generator=torch.Generator().manual_seed(3)).loss.sum().backward()
+    fast = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    d = mp.draw(model, feats, mask, 4, torch.Generator().manual_seed(3))
+    c, w, lw = mp.log_weights_at(model, feats, mask, d, *mp.every_sample(mask, 4), BETA, detach_q=True)
+    present = mask.t().unsqueeze(1)
+    lw = torch.where(present, lw.reshape(3, 4, 6), torch.zeros(()))
+    weights = dreg_weights(lw, present)
+    for value in (c, w):
+        value.register_hook(lambda grad: weights.reshape(-1, 1) * grad)
+    masked_mean_over_experts((weights * lw).sum(1), mask).sum().neg().backward()
+    full = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert set(fast) == set(full) and any("aux_prior" in n for n in full)
+    for name in full:
+        torch.testing.assert_close(fast[name], full[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_mmvae_plus_generation_draws_missing_private_latents_from_the_auxiliary_prior():
     model = MultimodalVAE(ModelConfig(specs(2), latent_dim=2, objective="mmvae_plus", private_dim=3))
     with torch.no_grad():

@@ -16,7 +16,9 @@ per modality (``model.extra["aux_prior"]``, initialised at 0). Cross-modal gener
 modalities' w from r_n (its mean when decoding the posterior mean); self-reconstruction uses the own w_m.
 
 Options: ``K`` (samples per expert, 8), ``estimator`` (``"dreg"`` for training, ``"iwae"`` for
-evaluation). ``ModelConfig.private_dim``: size of each w_m (default 4).
+evaluation). ``ModelConfig.private_dim``: size of each w_m (default 4). As in :mod:`.mmvae`, DReG
+takes the weights from a pass without graph over all M*K*B samples and builds the decoders' graph only
+for the samples of non-negligible weight.
 """
 from __future__ import annotations
 
@@ -48,27 +50,55 @@ class AuxiliaryPrior(nn.Module):
         return torch.zeros_like(logvar), logvar
 
 
-def log_weights(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor, K: int,
-                beta: float, detach_q: bool, generator: torch.Generator | None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stratified samples c (M, K, B, D), own w (M, K, B, P) and log weights (M, K, B); row m of each is
-    the expert of modality m."""
+@dataclass
+class Draws:
+    """The experts' parameters and the stratified samples: c (M, K, B, D), own w (M, K, B, P), and
+    w_aux (M, K, B, P) with w_aux[n] ~ r_n (one per target modality n, shared by the experts)."""
+
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    w_mu: torch.Tensor
+    w_logvar: torch.Tensor
+    c: torch.Tensor
+    w: torch.Tensor
+    w_aux: torch.Tensor
+
+
+def draw(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor, K: int,
+         generator: torch.Generator | None) -> Draws:
     mu, logvar = model.experts(feats, mask)
     w_mu, w_logvar = model.private_experts(feats, mask)
     c = post.stratified_mixture_samples(mu, logvar, K, generator)
     w = post.stratified_mixture_samples(w_mu, w_logvar, K, generator)
     r_mu, r_logvar = model.extra["aux_prior"]()
     w_aux = post.reparameterize(r_mu[:, None, None, :].expand_as(w), r_logvar[:, None, None, :].expand_as(w),
-                                generator=generator)                                  # w_aux[n] ~ r_n
-    if detach_q:
-        mu, logvar, w_mu, w_logvar = mu.detach(), logvar.detach(), w_mu.detach(), w_logvar.detach()
-    own = torch.eye(len(model.names), dtype=torch.bool, device=mask.device)
-    # decoding x_n from source m's c: w_n = own sample if n == m, else r_n's
-    codes = torch.stack([torch.where(own[:, n, None, None, None], w, w_aux[n]) for n in range(len(model.names))])
-    recon = private_reconstruction(model, feats, c, codes, mask)                        # (M, K, B)
-    log_q = post.mixture_log_prob(c, mu, logvar, mask) + post.gaussian_log_prob(w, w_mu[:, None], w_logvar[:, None])
+                                generator=generator)
+    return Draws(mu, logvar, w_mu, w_logvar, c, w, w_aux)
+
+
+def log_weights_at(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor, d: Draws,
+                   expert: torch.Tensor, sample: torch.Tensor, row: torch.Tensor, beta: float,
+                   detach_q: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(c, w, log weight) of the samples (expert, sample, row) (N,) each: (N, D), (N, P), (N,). Source m's
+    c decodes x_n with w_n = its own w if n == m, else r_n's sample."""
+    c, w = d.c[expert, sample, row], d.w[expert, sample, row]
+    targets = torch.arange(len(model.names), device=mask.device)[:, None]
+    codes = torch.where((targets == expert[None])[..., None], w[None], d.w_aux[:, sample, row])   # (M, N, P)
+    rows_mask = mask.index_select(0, row)
+    recon = private_reconstruction(model, {n: x.index_select(0, row) for n, x in feats.items()}, c, codes, rows_mask)
+    q = (d.mu, d.logvar, d.w_mu, d.w_logvar)
+    mu, logvar, w_mu, w_logvar = (t.detach() for t in q) if detach_q else q
+    log_q = (post.mixture_log_prob(c, mu[:, row], logvar[:, row], rows_mask)
+             + post.gaussian_log_prob(w, w_mu[expert, row], w_logvar[expert, row]))
     log_p = post.standard_normal_log_prob(c) + post.standard_normal_log_prob(w)
     return c, w, recon + beta * (log_p - log_q)
+
+
+def every_sample(mask: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(expert, sample, row) indices of all M * K * B samples, expert-major."""
+    grid = torch.meshgrid(*(torch.arange(n, device=mask.device) for n in (mask.shape[1], K, mask.shape[0])),
+                          indexing="ij")
+    return tuple(g.reshape(-1) for g in grid)
 
 
 def objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
@@ -79,17 +109,25 @@ def objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: t
     if estimator == "dreg" and not torch.is_grad_enabled():
         raise RuntimeError("the DReG estimator registers gradient hooks and cannot run under no_grad; "
                            "evaluate with estimator='iwae'")
-    c, w, lw = log_weights(model, feats, mask, K, beta, estimator == "dreg", generator)
+    d = draw(model, feats, mask, K, generator)
     present = mask.t().unsqueeze(1)                                                   # (M, 1, B)
-    lw = torch.where(present, lw, torch.zeros_like(lw))
+    shape = (mask.shape[1], K, mask.shape[0])
+    with torch.set_grad_enabled(estimator == "iwae" and torch.is_grad_enabled()):
+        lw = log_weights_at(model, feats, mask, d, *every_sample(mask, K), beta, estimator == "dreg")[2]
+    lw = torch.where(present, lw.reshape(shape), torch.zeros((), dtype=lw.dtype, device=lw.device))
     iwae = masked_mean_over_experts(torch.logsumexp(lw, dim=1) - math.log(K), mask)
     if estimator == "iwae":
         return ObjectiveOutput(-iwae, {"iwae": iwae.detach()})
-    grad_wt = dreg_weights(lw, present)
-    for sample in (c, w):
-        if sample.requires_grad:
-            sample.register_hook(lambda grad: (grad_wt.unsqueeze(-1) * grad).to(grad.dtype))
-    surrogate = masked_mean_over_experts((grad_wt * lw).sum(1), mask)
+    weights = dreg_weights(lw, present)                   # DReG: the graph only where a weight is not negligible
+    expert, sample, row = weights.nonzero(as_tuple=True)
+    c, w, lw_kept = log_weights_at(model, feats, mask, d, expert, sample, row, beta, detach_q=True)
+    w_kept = weights[expert, sample, row]
+    for value in (c, w):
+        if value.requires_grad:
+            value.register_hook(lambda grad: (w_kept.unsqueeze(-1) * grad).to(grad.dtype))
+    per_expert = torch.zeros(shape[0] * shape[2], dtype=lw_kept.dtype, device=lw_kept.device)
+    per_expert = per_expert.index_add(0, expert * shape[2] + row, w_kept.to(lw_kept.dtype) * lw_kept)
+    surrogate = masked_mean_over_experts(per_expert.reshape(shape[0], shape[2]), mask)
     return ObjectiveOutput(-surrogate, {"iwae": iwae.detach()})
 
 
