@@ -62,3 +62,13 @@ def dreg_weights(log_weights: torch.Tensor, present: torch.Tensor) -> torch.Tens
     with torch.no_grad():
         weights = torch.softmax(log_weights, dim=1) * present
         return torch.where(weights < NEGLIGIBLE_WEIGHT, torch.zeros_like(weights), weights)
+
+
+def dreg_surrogate(log_weights: torch.Tensor, weights: torch.Tensor, expert: torch.Tensor, row: torch.Tensor,
+                   mask: torch.Tensor) -> torch.Tensor:
+    """DReG's surrogate from the kept samples (N,) of experts ``expert`` on rows ``row``: per (expert, row)
+    the weighted sum of their log weights, then the mean over the present experts: (B,)."""
+    n_rows, n_mod = mask.shape
+    per_expert = torch.zeros(n_mod * n_rows, dtype=log_weights.dtype, device=log_weights.device)
+    per_expert = per_expert.index_add(0, expert * n_rows + row, weights.to(log_weights.dtype) * log_weights)
+    return masked_mean_over_experts(per_expert.reshape(n_mod, n_rows), mask)

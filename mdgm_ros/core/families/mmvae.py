@@ -37,7 +37,8 @@ import torch
 from .. import posterior as post
 from ..model import MultimodalVAE
 from .base import Family, Properties
-from .common import ObjectiveOutput, dreg_weights, masked_mean_over_experts, weighted_reconstruction
+from .common import (ObjectiveOutput, dreg_surrogate, dreg_weights, masked_mean_over_experts,
+                     weighted_reconstruction)
 
 
 def observed_expert_reconstruction(model: MultimodalVAE, feats: Mapping[str, torch.Tensor],
@@ -99,9 +100,7 @@ def dreg_on_weighted_samples(model: MultimodalVAE, feats: Mapping[str, torch.Ten
     lw_kept = recon + beta * (post.standard_normal_log_prob(z_kept) - log_q)
     if z_kept.requires_grad:
         z_kept.register_hook(lambda grad: (w_kept.unsqueeze(-1) * grad).to(grad.dtype))
-    per_expert = torch.zeros(mask.shape[1] * mask.shape[0], dtype=lw_kept.dtype, device=lw_kept.device)
-    per_expert = per_expert.index_add(0, expert * mask.shape[0] + row, w_kept.to(lw_kept.dtype) * lw_kept)
-    return masked_mean_over_experts(per_expert.reshape(mask.shape[1], mask.shape[0]), mask), bound
+    return dreg_surrogate(lw_kept, w_kept, expert, row, mask), bound
 
 
 def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,

@@ -31,7 +31,7 @@ from torch import nn
 
 from .. import posterior as post
 from .base import Properties
-from .common import ObjectiveOutput, dreg_weights, masked_mean_over_experts
+from .common import ObjectiveOutput, dreg_surrogate, dreg_weights, masked_mean_over_experts
 from .private import PrivateFamily, private_reconstruction
 
 if TYPE_CHECKING:
@@ -125,10 +125,7 @@ def objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: t
     for value in (c, w):
         if value.requires_grad:
             value.register_hook(lambda grad: (w_kept.unsqueeze(-1) * grad).to(grad.dtype))
-    per_expert = torch.zeros(shape[0] * shape[2], dtype=lw_kept.dtype, device=lw_kept.device)
-    per_expert = per_expert.index_add(0, expert * shape[2] + row, w_kept.to(lw_kept.dtype) * lw_kept)
-    surrogate = masked_mean_over_experts(per_expert.reshape(shape[0], shape[2]), mask)
-    return ObjectiveOutput(-surrogate, {"iwae": iwae.detach()})
+    return ObjectiveOutput(-dreg_surrogate(lw_kept, w_kept, expert, row, mask), {"iwae": iwae.detach()})
 
 
 @dataclass(frozen=True)
