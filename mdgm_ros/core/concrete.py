@@ -43,23 +43,24 @@ def summary(logits: torch.Tensor, categories: int) -> tuple[torch.Tensor, torch.
     return p, torch.log((p * (1.0 - p)).clamp_min(1e-12))
 
 
+def gumbel_noise(logits: torch.Tensor, n_samples: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gumbel(0, 1) noise shaped like ``logits``, with a leading sample dimension for ``n_samples``."""
+    shape = logits.shape if n_samples is None else (n_samples, *logits.shape)
+    u = torch.rand(shape, dtype=logits.dtype, device=logits.device, generator=generator)
+    return -torch.log(-torch.log(u.clamp(torch.finfo(logits.dtype).tiny, 1.0 - 1e-7)))
+
+
 def sample(logits: torch.Tensor, temperature: float, categories: int, n_samples: int | None = None,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """Relaxed one-hot samples (reparameterised): (B, D), or (n, B, D) with ``n_samples``."""
-    shape = logits.shape if n_samples is None else (n_samples, *logits.shape)
-    u = torch.rand(shape, dtype=logits.dtype, device=logits.device, generator=generator)
-    tiny = torch.finfo(logits.dtype).tiny
-    gumbel = -torch.log(-torch.log(u.clamp(tiny, 1.0 - 1e-7)))
-    return probabilities((logits + gumbel) / temperature, categories)
+    return probabilities((logits + gumbel_noise(logits, n_samples, generator)) / temperature, categories)
 
 
 def hard_sample(logits: torch.Tensor, categories: int, n_samples: int | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Exact categorical samples as one-hot vectors (Gumbel-max): (B, D), or (n, B, D)."""
-    shape = logits.shape if n_samples is None else (n_samples, *logits.shape)
-    u = torch.rand(shape, dtype=logits.dtype, device=logits.device, generator=generator)
-    noisy = grouped(logits - torch.log(-torch.log(u.clamp(torch.finfo(logits.dtype).tiny, 1.0 - 1e-7))),
-                    categories)
+    noisy = grouped(logits + gumbel_noise(logits, n_samples, generator), categories)
     return torch.nn.functional.one_hot(noisy.argmax(-1), categories).to(logits.dtype).flatten(-2)
 
 

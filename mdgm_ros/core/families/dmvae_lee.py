@@ -194,6 +194,11 @@ def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: tor
     return ObjectiveOutput(-value, terms)
 
 
+def poe_logits(model: MultimodalVAE, latent: SharedLatent, mu: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Logits of q(c | X_mask) for the concrete c, from the unimodal experts' rows of ``mu``."""
+    return latent.product(mu[:len(model.names)], mask)
+
+
 @dataclass(frozen=True)
 class DMVAELeeFamily(PrivateFamily):
     """Asks the option ``shared`` how q(c | X_O) is formed: the Gaussian PoE, or the categorical PoE of
@@ -223,19 +228,19 @@ class DMVAELeeFamily(PrivateFamily):
         latent = shared_latent(model)
         if not latent.discrete:
             return super().posterior_summary(model, mu, logvar, mask)
-        return concrete.summary(latent.product(mu[:len(model.names)], mask), latent.categories)
+        return concrete.summary(poe_logits(model, latent, mu, mask), latent.categories)
 
     def posterior_samples(self, model, mu, logvar, mask, n_samples, generator=None):
         latent = shared_latent(model)
         if not latent.discrete:
             return super().posterior_samples(model, mu, logvar, mask, n_samples, generator)
-        return latent.hard_sample(latent.product(mu[:len(model.names)], mask), n_samples, generator)
+        return latent.hard_sample(poe_logits(model, latent, mu, mask), n_samples, generator)
 
     def posterior_log_prob(self, model, z, mu, logvar, mask):
         latent = shared_latent(model)
         if not latent.discrete:
             return super().posterior_log_prob(model, z, mu, logvar, mask)
-        return latent.log_pmf(z, latent.product(mu[:len(model.names)], mask)).sum(-1)
+        return latent.log_pmf(z, poe_logits(model, latent, mu, mask)).sum(-1)
 
     def prior_log_prob(self, model, z):
         latent = shared_latent(model)
