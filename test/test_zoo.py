@@ -81,6 +81,8 @@ def test_zoo_options_parse_and_reports_merge():
     assert (wider.latent_dim, wider.beta, config.latent_dim) == (64, 2.5, zoo.ZooConfig.latent_dim)
     with pytest.raises(ValueError, match="--beta > 0"):
         zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "beta": 0.0}))
+    with pytest.raises(ValueError, match="--private-dim >= 0"):
+        zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "private_dim": -1}))
     run = {"family": "mopoe", "coherence": {1: 0.5}, "latent_probe": 0.9, "joint_nll": 1.0,
            "samples_per_s": 10.0, "train_seconds": 5.0}
     reports = [{"config": {}, "classifier_accuracy": {str(s): {}}, "wall_seconds": 10.0,
@@ -88,3 +90,13 @@ def test_zoo_options_parse_and_reports_merge():
     merged = zoo.merge_reports(reports)
     assert merged["summary"]["mopoe"]["seeds"] == 2 and merged["wall_seconds"] == 20.0
     assert merged["summary"]["mopoe"]["latent_probe"] == pytest.approx(0.85)
+
+
+def test_private_dim_flag_sizes_only_the_families_with_private_latents():
+    args = argparse.Namespace(families="mmvae_plus,mmvae", seeds=1, epochs=1, quick=False, json=False, out=None,
+                              private_dim=32)
+    config = zoo.zoo_config_from_args(args)
+    assert zoo.private_dim_for("mmvae_plus", config) == 32
+    assert zoo.private_dim_for("mmvae", config) is None           # no s_m: the flag does not apply
+    default = zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "private_dim": 0}))
+    assert zoo.private_dim_for("mmvae_plus", default) is None     # the family's own default size

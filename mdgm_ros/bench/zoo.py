@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..core import ModelConfig, MultimodalVAE, impute, iwae_log_likelihood, register_network, training
-from ..core.families import FAMILIES, LABELS, FamilyError
+from ..core.families import FAMILIES, LABELS, FamilyError, get_family
 from ..data.polydigits import PolyDigits, make_polydigits, specs
 from . import zoo_private
 
@@ -47,6 +47,7 @@ class ZooConfig:
     batch_size: int = 128
     lr: float = 1e-3
     latent_dim: int = 16
+    private_dim: int = 0                 # size of each s_m for families with private latents (0: the family's default)
     warmup_steps: int = 500
     beta: float = 1.0                    # final KL weight after the linear warm-up
     # True: Laplace(0.75) on per-channel standardised pixels (about 5x sharper than on raw pixels, so the
@@ -153,12 +154,19 @@ def _features(model: MultimodalVAE, data: PolyDigits) -> tuple[dict[str, torch.T
     return feats, torch.ones((len(data), len(model.names)), dtype=torch.bool)
 
 
+def private_dim_for(name: str, config: ZooConfig) -> int | None:
+    """``config.private_dim`` for a family with private latents; None (the family's default) otherwise."""
+    has_private = bool(getattr(get_family(name), "private_latent_dims", 0))
+    return config.private_dim if has_private and config.private_dim else None
+
+
 def train_family(name: str, train: PolyDigits, config: ZooConfig, seed: int) -> tuple[MultimodalVAE, dict]:
     torch.manual_seed(seed)
     modality_specs = specs(config.n_modalities)
     networks = network_config([m.name for m in modality_specs], config.networks)
     model = MultimodalVAE(ModelConfig(modality_specs, latent_dim=config.latent_dim, objective=name,
-                                      networks=networks, objective_options=config.family_options.get(name, {})))
+                                      networks=networks, objective_options=config.family_options.get(name, {}),
+                                      private_dim=private_dim_for(name, config)))
     raw, mask = _features(model, train)
     if config.normalize:
         training.fit_normalization(model, raw, mask)
@@ -376,6 +384,8 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw-pixels", action="store_true",
                         help="likelihood on raw [0, 1] pixels (the PolyMNIST reference's) instead of standardised ones")
     parser.add_argument("--latent-dim", type=int, default=ZooConfig.latent_dim, help="shared latent size")
+    parser.add_argument("--private-dim", type=int, default=0,
+                        help="size of each private latent s_m for the families that have them (0: each family's default)")
     parser.add_argument("--beta", type=float, default=ZooConfig.beta, help="KL weight after the warm-up")
     parser.add_argument("--quick", action="store_true", help="a tiny run (seconds): a smoke test, not numbers")
 
@@ -390,14 +400,16 @@ def zoo_config_from_args(args: argparse.Namespace) -> ZooConfig:
     batch_size = int(getattr(args, "batch_size", ZooConfig.batch_size))
     latent_dim = int(getattr(args, "latent_dim", ZooConfig.latent_dim))
     beta = float(getattr(args, "beta", ZooConfig.beta))
-    if n_train < 10 or n_test < 10 or batch_size < 1 or latent_dim < 1 or not beta > 0:
+    private_dim = int(getattr(args, "private_dim", 0) or 0)
+    if n_train < 10 or n_test < 10 or batch_size < 1 or latent_dim < 1 or not beta > 0 or private_dim < 0:
         raise ValueError("--train-tuples and --test-tuples must be >= 10, --batch-size and --latent-dim >= 1, "
-                         "--beta > 0")
+                         "--beta > 0, --private-dim >= 0")
     if getattr(args, "quick", False):
         return ZooConfig(families=families, seeds=args.seeds, first_seed=first_seed, n_train=300, n_test=100,
                          epochs=1, classifier_epochs=1, iwae_k=4, n_nll=20, n_probe=300)
     return ZooConfig(families=families, seeds=args.seeds, first_seed=first_seed, epochs=args.epochs,
                      n_train=n_train, n_test=n_test, batch_size=batch_size, latent_dim=latent_dim, beta=beta,
+                     private_dim=private_dim,
                      threads=max(1, int(getattr(args, "threads", 1) or 1)),
                      normalize=not bool(getattr(args, "raw_pixels", False)),
                      family_options=parse_family_options(getattr(args, "option", []) or []))
