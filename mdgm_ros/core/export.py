@@ -82,11 +82,11 @@ def export_parts(model: MultimodalVAE, batch: int = 2) -> list[ExportPart]:
 
 def _transition_parts(model: MultimodalVAE, batch: int) -> list[ExportPart]:
     """The temporal family's transition p(z_t | z_{t-1}, u_t): z (and u) -> mean, logvar."""
-    from .families.temporal import TRANSITION, is_temporal, options_of
+    from .families.temporal import TRANSITION, is_temporal, options_of, state_dim
 
     if not is_temporal(model):
         return []
-    z = torch.zeros(batch, model.latent_dim, device=model.device)
+    z = torch.zeros(batch, state_dim(model), device=model.device)     # the filter's state
     action_dim = options_of(model).action_dim
     if action_dim:
         args, inputs = (z, torch.zeros(batch, action_dim, device=model.device)), ["z", "u"]

@@ -30,8 +30,9 @@ import torch
 
 from . import posterior as post
 from .families.base import FamilyError
-from .families.temporal import (TRANSITION, check_actions, flatten_steps, is_temporal, options_of,
-                                poe_with_prior, sequence_experts, sequence_objective)
+from .families.temporal import (TRANSITION, check_actions, decode_state, flatten_steps, is_temporal, options_of,
+                                poe_with_prior, sequence_experts, sequence_objective, state_coverage, state_dim,
+                                state_experts)
 from .inference import (AnomalyCalibration, FusionResult, Imputation, as_float32, calibration_from_nll,
                         mixed_precision_call, standardize_scores)
 from .model import MultimodalVAE
@@ -47,7 +48,8 @@ def require_temporal(model: MultimodalVAE) -> None:
 # --------------------------------------------------------------------------- state and one step
 @dataclass
 class FilterState:
-    """Belief over z after the last step: mean/logvar (B, D); rows with ``started`` False have seen no
+    """Belief over the state after the last step: mean/logvar (B, S) (S = D, or D + M·P with private
+    states: :func:`~mdgm_ros.core.families.temporal.state_dim`); rows with ``started`` False have seen no
     step yet (their next prediction is the initial prior N(0, I))."""
 
     mean: torch.Tensor
@@ -60,7 +62,7 @@ class FilterState:
 
 
 def initial_state(model: MultimodalVAE, batch: int = 1) -> FilterState:
-    zeros = torch.zeros((batch, model.latent_dim), device=model.device,
+    zeros = torch.zeros((batch, state_dim(model)), device=model.device,
                         dtype=next(model.parameters()).dtype)
     return FilterState(zeros, zeros.clone(), torch.zeros(batch, dtype=torch.bool, device=model.device))
 
@@ -124,9 +126,8 @@ def filter_step(model: MultimodalVAE, state: FilterState, feats: Mapping[str, to
     of any observed set ``mask`` (B, M)."""
     prediction = predict(model, state, action)
     full = model.complete(feats, mask)
-    mu, logvar = model.experts(full, mask)
-    mu, logvar = mu[:len(model.names)], logvar[:len(model.names)]
-    q_mu, q_lv = poe_with_prior(mu, logvar, mask, prediction.mean, prediction.logvar)
+    mu, logvar = state_experts(model, full, mask)
+    q_mu, q_lv = poe_with_prior(mu, logvar, mask, prediction.mean, prediction.logvar, state_coverage(model, mask.device))
     started = torch.ones_like(state.started)
     return StepResult(prediction, mu, logvar, q_mu, q_lv, FilterState(q_mu, q_lv, started))
 
@@ -141,12 +142,12 @@ def predictive_nll(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], expe
     eye = torch.eye(n_mod, dtype=torch.bool, device=mask.device)
     loo_mask = (mask.unsqueeze(0) & ~eye.unsqueeze(1)).reshape(n_mod * batch, n_mod)
     z, _ = poe_with_prior(expert_mean.repeat(1, n_mod, 1), expert_logvar.repeat(1, n_mod, 1), loo_mask,
-                          prior_mean.repeat(n_mod, 1), prior_logvar.repeat(n_mod, 1))
+                          prior_mean.repeat(n_mod, 1), prior_logvar.repeat(n_mod, 1), state_coverage(model, mask.device))
     z = z.reshape(n_mod, batch, -1)
     nll = torch.full((batch, n_mod), float("nan"), dtype=z.dtype, device=z.device)
     for j, name in enumerate(model.names):
         if bool(mask[:, j].any()):
-            ll = model.log_likelihood(name, feats[name], model.decode(name, z[j]))
+            ll = model.log_likelihood(name, feats[name], decode_state(model, name, z[j]))
             nll[:, j] = torch.where(mask[:, j], -ll, nll[:, j])
     return nll
 
@@ -169,10 +170,10 @@ def predict_ahead(model: MultimodalVAE, state: FilterState, steps: int,
 
 
 def decode_latents(model: MultimodalVAE, latents: torch.Tensor, names: Sequence[str]) -> dict[str, Imputation]:
-    """Decode latents (..., D) into modality means and spreads (normalised units, (..., *fshape))."""
+    """Decode filter states (..., S) into modality means and spreads (normalised units, (..., *fshape))."""
     out = {}
     for name in names:
-        mean, std = model.output_moments(name, model.decode(name, latents))
+        mean, std = model.output_moments(name, decode_state(model, name, latents))
         out[name] = Imputation(mean, std)
     return out
 
@@ -202,11 +203,13 @@ def filter_sequence(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mas
     flat_feats, flat_mask = flatten_steps(model, feats, mask)
     mu, logvar = sequence_experts(model, flat_feats, flat_mask, batch, steps)
     state = initial_state(model, batch) if state is None else state
+    coverage = state_coverage(model, mask.device)
     keys = ("prior_mean", "prior_logvar", "cross", "mean", "logvar")
     out: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     for t in range(steps):
         prediction = predict(model, state, None if actions is None else actions[:, t])
-        q_mu, q_lv = poe_with_prior(mu[:, :, t], logvar[:, :, t], mask[:, t], prediction.mean, prediction.logvar)
+        q_mu, q_lv = poe_with_prior(mu[:, :, t], logvar[:, :, t], mask[:, t], prediction.mean, prediction.logvar,
+                                    coverage)
         state = FilterState(q_mu, q_lv, torch.ones_like(state.started))
         for key, value in zip(keys, (prediction.mean, prediction.logvar, prediction.cross, q_mu, q_lv)):
             out[key].append(value)
@@ -256,7 +259,7 @@ def predictive_nll_sequence(model: MultimodalVAE, feats: Mapping[str, torch.Tens
     filtered = filter_sequence(model, feats, mask, actions)
     batch, steps, n_mod = mask.shape
     flat_feats, flat_mask = flatten_steps(model, feats, mask)
-    dim = model.latent_dim
+    dim = state_dim(model)
     nll = predictive_nll(model, flat_feats, filtered.expert_mean.reshape(n_mod, batch * steps, dim),
                          filtered.expert_logvar.reshape(n_mod, batch * steps, dim), flat_mask,
                          filtered.prior_mean.reshape(batch * steps, dim),
@@ -346,7 +349,7 @@ class TemporalFilter:
         feats = model.complete(model.features({n: raw[n] for n in observed}), mask)
         step = filter_step(model, self.state, feats, mask, action)
         self.state = step.state
-        result = TemporalFusionResult(step.mean, torch.exp(0.5 * step.logvar))
+        result = self._result(step.mean, step.logvar)
         if on_latent is not None and on_latent(result) is False:
             return None
         targets = [n for j, n in enumerate(model.names) if self.impute_present or not bool(mask[:, j].all())]
@@ -357,7 +360,19 @@ class TemporalFilter:
             result.scores, result.total_score = standardize_scores(model, nll, self.calibration)
         if self.horizon > 0:
             mean, logvar = predict_ahead(model, self.state, self.horizon, future_actions)
-            result.predicted_mean, result.predicted_std = mean, torch.exp(0.5 * logvar)
+            dim = model.latent_dim                       # the shared latent's prediction (as ~/latent)
+            result.predicted_mean, result.predicted_std = mean[..., :dim], torch.exp(0.5 * logvar[..., :dim])
+        return result
+
+    def _result(self, mean: torch.Tensor, logvar: torch.Tensor) -> TemporalFusionResult:
+        """The filtered belief as a result: the shared z, and with private states every modality's s_m
+        (the remembered one where the modality is missing)."""
+        model, dim, size = self.model, self.model.latent_dim, self.model.private_dim
+        std = torch.exp(0.5 * logvar)
+        result = TemporalFusionResult(mean[:, :dim], std[:, :dim])
+        for j, name in enumerate(model.names if size else ()):
+            block = slice(dim + j * size, dim + (j + 1) * size)
+            result.private_mean[name], result.private_std[name] = mean[:, block], std[:, block]
         return result
 
     def _closed_form_step(self, raw: Mapping[str, torch.Tensor], observed: list[str], action: torch.Tensor | None,

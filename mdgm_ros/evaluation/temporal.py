@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..core import temporal as tp
-from ..core.families.temporal import is_temporal, poe_with_prior
+from ..core.families.temporal import is_temporal, poe_with_prior, state_coverage, state_dim, state_experts
 from ..core.windows import runs
 from ..data.dataset import AlignedDataset
 from .evaluate import EvalModel, _mse, anomaly_metrics, offline_scores
@@ -34,7 +34,8 @@ CHUNK = 256
 
 @dataclass
 class Experts:
-    """Every row's standardised features and unimodal experts (M, N, D), computed once."""
+    """Every row's standardised features and unimodal experts (M, N, D; a temporal model's over its
+    state, (M, N, S)), computed once."""
     feats: dict[str, torch.Tensor]
     mean: torch.Tensor
     logvar: torch.Tensor
@@ -49,7 +50,7 @@ def row_experts(em: EvalModel, data: AlignedDataset) -> Experts:
         sl = slice(start, start + CHUNK)
         mask = torch.from_numpy(data.mask[sl]).to(model.device)
         part = model.complete({n: em.features(n, raw[n][sl]) for n in model.names}, mask)
-        mu, lv = model.experts(part, mask)
+        mu, lv = state_experts(model, part, mask) if is_temporal(model) else model.experts(part, mask)
         means.append(mu[:len(model.names)])
         logvars.append(lv[:len(model.names)])
         for n in model.names:
@@ -66,7 +67,8 @@ def filter_rows(model, experts: Experts, mask: np.ndarray, run_rows: list[np.nda
                 ) -> dict[str, torch.Tensor]:
     """The filter over every run (fresh state at each run's start), with presence ``mask`` (N, M):
     per row the prediction (prior) and the filtered posterior, (N, D) each."""
-    n, dim = mask.shape[0], model.latent_dim
+    n, dim = mask.shape[0], state_dim(model)
+    coverage = state_coverage(model, model.device)
     out = {k: torch.zeros(n, dim, device=model.device) for k in ("prior_mean", "prior_logvar", "mean", "logvar")}
     present = torch.from_numpy(mask).to(model.device)
     for rows in run_rows:
@@ -74,7 +76,7 @@ def filter_rows(model, experts: Experts, mask: np.ndarray, run_rows: list[np.nda
         for row in rows.tolist():
             prediction = tp.predict(model, state)
             q_mu, q_lv = poe_with_prior(experts.mean[:, row:row + 1], experts.logvar[:, row:row + 1],
-                                        present[row:row + 1], prediction.mean, prediction.logvar)
+                                        present[row:row + 1], prediction.mean, prediction.logvar, coverage)
             state = tp.FilterState(q_mu, q_lv, torch.ones(1, dtype=torch.bool, device=model.device))
             for key, value in (("prior_mean", prediction.mean), ("prior_logvar", prediction.logvar),
                                ("mean", q_mu), ("logvar", q_lv)):
@@ -172,9 +174,10 @@ def prediction_errors(em: EvalModel, ex: Experts, data: AlignedDataset, filtered
     out: dict[str, Any] = {}
     if nxt:
         a, b = (np.asarray(x) for x in zip(*nxt))
-        target = filtered["mean"][b]
-        out["latent_1_step"] = {"temporal": float(_mse(filtered["prior_mean"][b], target).mean()),
-                                "nothing_changes": float(_mse(filtered["mean"][a], target).mean()),
+        dim = model.latent_dim                           # the shared latent, as published on ~/latent
+        target = filtered["mean"][b, :dim]
+        out["latent_1_step"] = {"temporal": float(_mse(filtered["prior_mean"][b, :dim], target).mean()),
+                                "nothing_changes": float(_mse(filtered["mean"][a, :dim], target).mean()),
                                 "samples": int(len(a))}
     if "joints" in model.names and ahead:
         j = model.names.index("joints")

@@ -174,6 +174,17 @@ class FusionOutputs:
             self.pubs[f"mirror/imputed/{name}"].publish(stream.output_message(values, stamp_ns, frame_id))
 
 
+def private_latent_info(model, temporal: bool) -> dict:
+    """model_info's ~/latent_private/<m>: q(s_m | x_m) while m is observed, or a temporal model's
+    filtered private state on every step."""
+    mean = ("mean of the filtered private state s_m (during m's outages: carried by the transition)" if temporal
+            else "mean of q(s_m | x_m), the modality's private latent")
+    published = "published every step" if temporal else "published only while the modality is observed"
+    return {"topic": "~/latent_private/<modality>", "type": "mdgm_ros/msg/Latent", "dim": int(model.private_dim),
+            "mean": mean, "std": "its standard deviation", "present": f"presence mask (as ~/latent); {published}",
+            "latent": "~/latent carries the shared c"}
+
+
 def model_info_message(runtime, node, mirrors: bool) -> ModelInfo:
     """The latched description of the loaded bundle; topics as the node resolves them."""
     model = runtime.bundle.model
@@ -187,11 +198,7 @@ def model_info_message(runtime, node, mirrors: bool) -> ModelInfo:
                     "score": "standardised score (NaN if missing)", "threshold": "calibrated threshold"},
         "imputed_audio": "log-mel spectrogram, mdgm_ros/msg/ImputedArray, layout dims mel x frame",
         **({"temporal": temporal_info(runtime, node)} if getattr(runtime, "temporal", False) else {}),
-        **({"latent_private": {"topic": "~/latent_private/<modality>", "type": "mdgm_ros/msg/Latent",
-                               "dim": int(model.private_dim), "mean": "mean of q(s_m | x_m), the modality's private "
-                               "latent", "std": "its standard deviation", "present": "presence mask (as ~/latent); "
-                               "published only while the modality is observed",
-                               "latent": "~/latent carries the shared c"}}
+        **({"latent_private": private_latent_info(model, getattr(runtime, "temporal", False))}
            if getattr(model, "private_dim", 0) else {}),
         "mirrors": {"~/mirror/latent": "sensor_msgs/JointState: name z0.., position = mean, effort = std",
                     "~/mirror/anomaly": "sensor_msgs/JointState: name total + modalities, position = score, "

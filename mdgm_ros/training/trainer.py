@@ -305,6 +305,21 @@ def _fit(trainer: Trainer, train, val, settings: TrainSettings, workdir: Path, r
     return _Fit(best, trainer.epoch, stopped_early)
 
 
+def widened_inputs(source: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Linear weights of the same name whose layer gained inputs at the end (a decoder that reads
+    [z, s_m] where the source read z): the source's columns, zeros for the new inputs, so the layer
+    starts as the source's function of z."""
+    out = {}
+    for key, value in source.items():
+        mine = own.get(key)
+        if (mine is not None and key.endswith("weight") and value.dim() == mine.dim() == 2
+                and value.shape[0] == mine.shape[0] and value.shape[1] < mine.shape[1]):
+            grown = torch.zeros_like(mine)
+            grown[:, :value.shape[1]] = value
+            out[key] = grown
+    return out
+
+
 def init_weights(model: MultimodalVAE, bundle_path: str, log: Callable[[str], None]) -> None:
     """Start from another bundle's weights wherever name and shape match (e.g. a temporal model from the
     per-frame encoders, decoders and likelihood scales trained on the same bags), and from its feature
@@ -318,6 +333,7 @@ def init_weights(model: MultimodalVAE, bundle_path: str, log: Callable[[str], No
     source = source_model.state_dict()
     own = model.state_dict()
     shared = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    shared.update(widened_inputs(source, own))
     if not shared:
         raise TrainError(f"training.init_from: {bundle_path} has no weights of this model's names and shapes")
     model.load_state_dict(shared, strict=False)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from . import bridged, elbo, jmvae, jvae, m2vae, mmjsd, mmvae, mopoe, mvae, telbo, temporal, vaevae
+from . import bridged, elbo, jmvae, jvae, m2vae, mmjsd, mmvae, mopoe, mvae, telbo, temporal, temporal_ms, vaevae
 from . import dmvae_daunhawer, dmvae_lee, mfm, mmjsd_ms, mmvae_plus, mopoe_ms, pvae
 from . import avae, bivcca, cadavae, contrastive, scan, tian, yin
 from .base import Family, FamilyError, Properties, Stage
@@ -43,6 +43,7 @@ def get_family(name: str) -> Family:
 
 for _module in (elbo, mvae, mopoe, mmvae, mmjsd, jvae, jmvae, telbo, m2vae, vaevae, bridged, temporal):
     register_family(_module.FAMILY)
+register_family(temporal_ms.FAMILY)                                               # issue 11
 for _module in (mopoe_ms, mmjsd_ms, mmvae_plus, pvae, dmvae_lee, dmvae_daunhawer, mfm):    # issue 12
     register_family(_module.FAMILY)
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -22,11 +22,14 @@ class ObjectiveOutput:
 
 def weighted_reconstruction(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], z: torch.Tensor,
                             recon_mask: torch.Tensor, weighted: bool = True,
-                            skip_missing: bool = True) -> torch.Tensor:
+                            skip_missing: bool = True,
+                            decode: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """sum_m [recon_mask[:, m]] * lambda_m * log p(x_m | z) for z of shape (..., B, D); returns (..., B).
 
     Only modalities that some row reconstructs are decoded, and (``skip_missing``) only on the rows
-    that reconstruct them; the other rows add exactly 0 either way."""
+    that reconstruct them; the other rows add exactly 0 either way. ``decode(name, z)`` (default
+    ``model.decode``) maps z to the likelihood location (the temporal family decodes its state)."""
+    decode = model.decode if decode is None else decode
     dtype = torch.promote_types(z.dtype, torch.float32)          # bf16 samples under autocast: sum in fp32
     total = torch.zeros(z.shape[:-1], dtype=dtype, device=z.device)
     for j, name in enumerate(model.names):
@@ -36,11 +39,11 @@ def weighted_reconstruction(model: MultimodalVAE, feats: Mapping[str, torch.Tens
         weight = model.specs[name].weight if weighted else 1.0
         if skip_missing and not bool(column.all()):
             rows = column.nonzero(as_tuple=True)[0]
-            loc = model.decode(name, z.index_select(-2, rows))
+            loc = decode(name, z.index_select(-2, rows))
             loglik = model.log_likelihood(name, feats[name].index_select(0, rows), loc) * weight
             total = total.index_add(-1, rows, loglik.to(dtype))
             continue
-        loglik = model.log_likelihood(name, feats[name], model.decode(name, z)) * weight
+        loglik = model.log_likelihood(name, feats[name], decode(name, z)) * weight
         total = total + torch.where(column, loglik, torch.zeros((), dtype=dtype, device=z.device))
     return total
 

@@ -58,6 +58,7 @@ from .. import posterior as post
 from ..modalities import SpecError
 from .base import Family, Properties
 from .common import ObjectiveOutput, weighted_reconstruction
+from .private import PrivateFamily
 
 if TYPE_CHECKING:
     from ..model import MultimodalVAE
@@ -150,14 +151,67 @@ def options_of(model: "MultimodalVAE") -> TemporalOptions:
     return TemporalOptions.from_config(model.config.objective_options)
 
 
+def state_dim(model: "MultimodalVAE") -> int:
+    """Size of the filter's state: the shared z, then each modality's private state s_m if the family
+    has them (:mod:`.temporal_ms`): D + M * P."""
+    return model.latent_dim + len(model.names) * model.private_dim
+
+
+def state_coverage(model: "MultimodalVAE", device: torch.device | None = None) -> torch.Tensor | None:
+    """(M, S) which state dimensions expert m informs: the shared z and its own s_m block; None when
+    the state is the shared z alone (every expert informs every dimension)."""
+    if not model.private_dim:
+        return None
+    n_mod, dim, size = len(model.names), model.latent_dim, model.private_dim
+    blocks = torch.eye(n_mod, dtype=torch.bool, device=device).repeat_interleave(size, dim=1)
+    return torch.cat([torch.ones((n_mod, dim), dtype=torch.bool, device=device), blocks], 1)
+
+
+def state_experts(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each modality's expert over the state (M, B, S): its shared expert q(z | x_m), then, with private
+    states, its private encoder q(s_m | x_m) in its own block (the other blocks are never read:
+    :func:`state_coverage`)."""
+    mu, logvar = model.experts(feats, mask)
+    n_mod = len(model.names)
+    mu, logvar = mu[:n_mod], logvar[:n_mod]
+    if not model.private_dim:
+        return mu, logvar
+    s_mu, s_lv = PrivateFamily.private_posteriors(model.family, model, feats, mask)     # (M, B, P), raw
+    place = torch.eye(n_mod, dtype=s_mu.dtype, device=s_mu.device)[:, None, :, None]
+    batch = mu.shape[1]
+    s_mu = (place * s_mu[:, :, None, :]).reshape(n_mod, batch, -1)
+    s_lv = (place * s_lv[:, :, None, :]).reshape(n_mod, batch, -1)
+    return torch.cat([mu, s_mu], -1), torch.cat([logvar, s_lv], -1)
+
+
+def decode_state(model: "MultimodalVAE", name: str, state: torch.Tensor) -> torch.Tensor:
+    """The decoder of ``name`` from filter states (..., S): from z, or [z, s_name] with private states."""
+    if not model.private_dim:
+        return model.decode(name, state)
+    dim, size, j = model.latent_dim, model.private_dim, model.names.index(name)
+    return model.decode(name, state[..., :dim], state[..., dim + j * size:dim + (j + 1) * size])
+
+
 def poe_with_prior(mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor, prior_mu: torch.Tensor,
-                   prior_logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """PoE of the present experts (M, B, D) and a Gaussian prior expert (B, D), which is always present
-    (so the empty subset gives the prior itself): (mu, logvar) of shape (B, D)."""
-    stacked_mu = torch.cat([mu, prior_mu.unsqueeze(0)])
-    stacked_lv = torch.cat([logvar, prior_logvar.unsqueeze(0)])
-    always = torch.ones((mask.shape[0], 1), dtype=torch.bool, device=mask.device)
-    return post.product_of_experts(stacked_mu, stacked_lv, torch.cat([mask, always], 1), include_prior=False)
+                   prior_logvar: torch.Tensor, coverage: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """PoE of the present experts (M, B, S) and a Gaussian prior expert (B, S), which is always present
+    (so the empty subset gives the prior itself): (mu, logvar) of shape (B, S). ``coverage`` (M, S):
+    expert m multiplies in only on its dimensions (:func:`state_coverage`); None: on all of them."""
+    if coverage is None:
+        stacked_mu = torch.cat([mu, prior_mu.unsqueeze(0)])
+        stacked_lv = torch.cat([logvar, prior_logvar.unsqueeze(0)])
+        always = torch.ones((mask.shape[0], 1), dtype=torch.bool, device=mask.device)
+        return post.product_of_experts(stacked_mu, stacked_lv, torch.cat([mask, always], 1), include_prior=False)
+    present = mask.t().unsqueeze(-1) & coverage.unsqueeze(1)                       # (M, B, S)
+    neg_inf = torch.tensor(float("-inf"), dtype=mu.dtype, device=mu.device)
+    log_prec = torch.cat([torch.where(present, -post.clamp_logvar(logvar), neg_inf),
+                          -post.clamp_logvar(prior_logvar).unsqueeze(0)])
+    log_total = torch.logsumexp(log_prec, 0)
+    share = torch.exp(log_prec - log_total)
+    mean = (share[:-1] * torch.where(present, mu, torch.zeros_like(mu))).sum(0) + share[-1] * prior_mu
+    return mean, post.clamp_logvar(-log_total)
 
 
 def check_actions(model: "MultimodalVAE", actions: torch.Tensor | None, lead: tuple[int, ...]) -> None:
@@ -181,10 +235,10 @@ def flatten_steps(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mas
 
 def sequence_experts(model: "MultimodalVAE", flat_feats: Mapping[str, torch.Tensor], flat_mask: torch.Tensor,
                      batch: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every step's unimodal experts in one encoder call per modality: (M, B, T, D) each."""
-    mu, logvar = model.experts(flat_feats, flat_mask)
+    """Every step's experts over the state in one encoder call per modality: (M, B, T, S) each."""
+    mu, logvar = state_experts(model, flat_feats, flat_mask)
     n_mod = len(model.names)
-    return (mu[:n_mod].reshape(n_mod, batch, steps, -1), logvar[:n_mod].reshape(n_mod, batch, steps, -1))
+    return mu.reshape(n_mod, batch, steps, -1), logvar.reshape(n_mod, batch, steps, -1)
 
 
 def sample_filter_subsets(mask: torch.Tensor, p_full: float, p_empty: float,
@@ -226,18 +280,20 @@ def sequence_objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor]
     p_outage = options.p_outage if p_outage is None else p_outage
     seen = mask & ~sample_outages(mask, p_outage, generator)
     zs, kls = [], []
-    prior_mu = torch.zeros((batch, model.latent_dim), dtype=mu.dtype, device=mu.device)
+    coverage = state_coverage(model, mu.device)
+    prior_mu = torch.zeros((batch, state_dim(model)), dtype=mu.dtype, device=mu.device)
     prior_lv = torch.zeros_like(prior_mu)
     for t in range(steps):
         if t > 0:
             prior_mu, prior_lv = transition(zs[-1], None if actions is None else actions[:, t])
             prior_lv = post.clamp_logvar(prior_lv)
         subset = sample_filter_subsets(seen[:, t], p_full, p_empty, generator)
-        q_mu, q_lv = poe_with_prior(mu[:, :, t], logvar[:, :, t], subset, prior_mu, prior_lv)
+        q_mu, q_lv = poe_with_prior(mu[:, :, t], logvar[:, :, t], subset, prior_mu, prior_lv, coverage)
         zs.append(post.reparameterize(q_mu, q_lv, generator=generator))
         kls.append(post.kl_gaussians(q_mu, q_lv, prior_mu, prior_lv))
     z = torch.stack(zs, 1).reshape(batch * steps, -1)
-    recon = weighted_reconstruction(model, flat_feats, z, flat_mask).reshape(batch, steps).sum(1)
+    recon = weighted_reconstruction(model, flat_feats, z, flat_mask, decode=lambda name, x: decode_state(model, name, x))
+    recon = recon.reshape(batch, steps).sum(1)
     kl = torch.stack(kls, 1).sum(1)
     elbo = recon - beta * kl
     return ObjectiveOutput(-elbo, {"elbo": elbo.detach(), "recon": recon.detach(), "kl": kl.detach()})
@@ -266,7 +322,7 @@ class TemporalFamily(Family):
     def build_networks(self, model: "MultimodalVAE") -> dict[str, nn.Module]:
         options = TemporalOptions.from_config(model.config.objective_options)
         cls = TRANSITIONS[options.transition]
-        return {TRANSITION: cls(model.latent_dim, options.action_dim, options.transition_hidden)}
+        return {TRANSITION: cls(state_dim(model), options.action_dim, options.transition_hidden)}
 
 
 def is_temporal(model: "MultimodalVAE") -> bool:
