@@ -26,6 +26,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                              "threads": args.threads}
         from .bench.temporal import bench_temporal_step
         results["fusion"]["temporal_step"] = bench_temporal_step(iterations=args.iterations, device=args.device)
+        results["fusion"]["temporal_ms_step"] = bench_temporal_step(iterations=args.iterations, device=args.device,
+                                                                    objective="temporal_ms")
     if args.which in ("train", "all"):
         torch.set_num_threads(args.train_threads or os.cpu_count() or 1)
         results["train"] = {**bench.bench_train(device=args.device, objectives=_bench_families(args)),

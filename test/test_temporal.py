@@ -18,10 +18,12 @@ def vector_specs(n_mod=3, dim=6):
     return tuple(ModalitySpec(f"m{j}", "vector", (dim,), scale=0.3, hidden=(16,)) for j in range(n_mod))
 
 
-def temporal_model(n_mod=3, latent_dim=4, **options):
+def temporal_model(n_mod=3, latent_dim=4, private_dim=0, **options):
+    """The temporal family; with ``private_dim`` the temporal_ms family (a private state per modality)."""
     torch.manual_seed(0)
-    return MultimodalVAE(ModelConfig(vector_specs(n_mod), latent_dim=latent_dim, objective="temporal",
-                                     objective_options=options)).eval()
+    objective = "temporal_ms" if private_dim else "temporal"
+    return MultimodalVAE(ModelConfig(vector_specs(n_mod), latent_dim=latent_dim, objective=objective,
+                                     objective_options=options, private_dim=private_dim or None)).eval()
 
 
 def random_sequences(model, batch=3, steps=6, p_present=0.6, seed=0):

@@ -1,11 +1,14 @@
 """The temporal step benchmark runs (its numbers belong in `mdgm-ros bench`, not in a test)."""
+import pytest
 import torch
 
 from mdgm_ros.bench.temporal import bench_temporal_step
 
 
-def test_temporal_step_benchmark_reports_percentiles_and_keeps_its_state():
+@pytest.mark.parametrize("objective", ["temporal", "temporal_ms"])
+def test_temporal_step_benchmark_reports_percentiles_and_keeps_its_state(objective):
     torch.set_num_threads(1)
-    report = bench_temporal_step(iterations=5, warmup=2, device="cpu", horizon=3)
+    report = bench_temporal_step(iterations=5, warmup=2, device="cpu", horizon=3, objective=objective)
     assert report["benchmark"] == "temporal_step" and report["imputed"] == ["audio"]
+    assert report["objective"] == objective
     assert 0 < report["p50_ms"] <= report["p99_ms"] and report["target"] == {"p50_ms": 2.5, "p99_ms": 5.0}

@@ -14,9 +14,9 @@ def _calibration(model):
                                  {**{n: 1.0 for n in names}, "total": 1.5})
 
 
-@pytest.mark.parametrize("transition", ["mlp", "gru"])
-def test_closed_form_step_equals_the_generic_filter_step(transition):
-    model = temporal_model(n_mod=4, action_dim=2, transition=transition).double()   # float64: 1e-6 is not rounding
+@pytest.mark.parametrize("transition, private_dim", [("mlp", 0), ("gru", 0), ("mlp", 3)])
+def test_closed_form_step_equals_the_generic_filter_step(transition, private_dim):
+    model = temporal_model(n_mod=4, action_dim=2, transition=transition, private_dim=private_dim).double()
     with torch.no_grad():
         for p in model.extra[TRANSITION].parameters():          # a transition that is not the identity
             p.add_(0.3 * torch.randn_like(p))
@@ -32,6 +32,9 @@ def test_closed_form_step_equals_the_generic_filter_step(transition):
         raw = {n: x[:, t] for n, x in feats.items() if bool(mask[0, t, model.names.index(n)])}
         a = fast(raw, mask[:, t], actions[:, t], future)
         b = generic(raw, mask[:, t], actions[:, t], future)
+        assert set(a.private_mean) == set(b.private_mean) == (set(model.names) if private_dim else set())
+        for name in a.private_mean:
+            torch.testing.assert_close(a.private_mean[name], b.private_mean[name], atol=1e-6, rtol=1e-6)
         for x, y in [(a.latent_mean, b.latent_mean), (a.latent_std, b.latent_std),
                      (a.predicted_mean, b.predicted_mean), (a.predicted_std, b.predicted_std),
                      (fast.state.mean, generic.state.mean), (fast.state.logvar, generic.state.logvar)]:

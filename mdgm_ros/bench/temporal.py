@@ -14,16 +14,17 @@ from .models import _percentiles, _prepared_model, _sync
 
 
 def bench_temporal_step(iterations: int = 2000, warmup: int = 100, device: str = "auto",
-                        horizon: int = 10) -> dict[str, Any]:
+                        horizon: int = 10, objective: str = "temporal") -> dict[str, Any]:
     """As ``bench_fusion``: 64x64 camera, joints, 0.5 s of audio, tactile; audio missing -> prediction
     from the state, PoE with the three observed experts, imputation of the audio, one-step predictive
     anomaly scores of the observed three. The state carries over between iterations, as on a live node.
     Timed in the same loop, alternating (ratios compare like with like on a loaded machine): the
     closed-form batch-1 step (what the node runs; the target), the generic masked filter step, and the
     closed-form step that also predicts ``horizon`` latents (the node's ~/latent_prediction, after the
-    latent is out), and the per-frame :class:`~mdgm_ros.core.inference.Fuser` step of the same networks."""
+    latent is out), and the per-frame :class:`~mdgm_ros.core.inference.Fuser` step of the same networks.
+    ``objective``: ``temporal``, or ``temporal_ms`` (a private state per modality: one more encoder each)."""
     dev = select_device(device)
-    model, (data, feats, mask) = _prepared_model("temporal", dev)
+    model, (data, feats, mask) = _prepared_model(objective, dev)
     with torch.no_grad():
         normalised = {n: model.normalize(n, x.to(dev)).unsqueeze(0) for n, x in feats.items()}
         nll = predictive_nll_sequence(model, normalised, mask.to(dev).unsqueeze(0))
@@ -48,7 +49,7 @@ def bench_temporal_step(iterations: int = 2000, warmup: int = 100, device: str =
             times[name].append(time.perf_counter() - started)
     assert set(result.imputed) == {"audio"} and bool(torch.isfinite(result.total_score).all())
     stats, generic_stats = _percentiles(times["fast"]), _percentiles(times["generic"])
-    return {"benchmark": "temporal_step", "batch": 1, "objective": "temporal",
+    return {"benchmark": "temporal_step", "batch": 1, "objective": objective,
             "observed": ["camera", "joints", "tactile"], "imputed": ["audio"], "iterations": iterations,
             **stats, "generic_filter_step": generic_stats,
             "ratio_to_generic_p50": round(stats["p50_ms"] / generic_stats["p50_ms"], 3),

@@ -30,8 +30,8 @@ import torch
 
 from . import posterior as post
 from .families.base import FamilyError
-from .families.temporal import (TRANSITION, check_actions, decode_state, flatten_steps, is_temporal, options_of,
-                                poe_with_prior, sequence_experts, sequence_objective, state_coverage, state_dim,
+from .families.temporal import (TRANSITION, check_actions, decode_state, flatten_steps, is_temporal,
+                                modality_state_expert, options_of, poe_with_prior, sequence_experts, sequence_objective, state_coverage, state_dim,
                                 state_experts)
 from .inference import (AnomalyCalibration, FusionResult, Imputation, as_float32, calibration_from_nll,
                         mixed_precision_call, standardize_scores)
@@ -316,7 +316,7 @@ class TemporalFilter:
         self.amp = amp                                   # autocast dtype of the step (None: fp32)
         self.state = initial_state(model, batch)
         self.steps = 0                                   # filter steps since the last reset
-        self.closed_form = not getattr(model, "private_dim", 0)
+        self.closed_form = True                          # batch 1: the closed form (tests: equal to the generic)
 
     def reset(self, rows: torch.Tensor | None = None) -> None:
         self.state = reset_state(self.state, rows)
@@ -377,9 +377,10 @@ class TemporalFilter:
 
     def _closed_form_step(self, raw: Mapping[str, torch.Tensor], observed: list[str], action: torch.Tensor | None,
                           future_actions: torch.Tensor | None, on_latent) -> TemporalFusionResult | None:
-        """Batch 1: precisions P = exp(-logvar) of the prediction and the observed experts; the filtered
-        posterior is T = P_prior + sum_m P_m, mean = (P_prior mu_prior + sum_m P_m mu_m) / T, and the
-        leave-one-out posterior of m drops P_m and P_m mu_m from both sums."""
+        """Batch 1: precisions P = exp(-logvar) of the prediction and the observed experts over the state
+        (zero where an expert does not inform it); the filtered posterior is T = P_prior + sum_m P_m,
+        mean = (P_prior mu_prior + sum_m P_m mu_m) / T, and the leave-one-out posterior of m drops P_m
+        and P_m mu_m from both sums."""
         model, state = self.model, self.state
         check_actions(model, action, (1,))
         if bool(state.started[0]):
@@ -392,14 +393,13 @@ class TemporalFilter:
         feats = model.features({n: raw[n] for n in observed})
         precisions, weighted = [], []
         for name in observed:
-            mu, logvar = model.family.unimodal_encoder(model, name)(feats[name])
-            precision = torch.exp(-post.clamp_logvar(logvar))
+            mu, precision = modality_state_expert(model, name, feats[name])
             precisions.append(precision)
             weighted.append(precision * mu)
             total, total_weighted = total + precision, total_weighted + precision * mu
         mean, logvar = total_weighted / total, post.clamp_logvar(-torch.log(total))
         self.state = FilterState(mean, logvar, torch.ones_like(state.started))
-        result = TemporalFusionResult(mean, torch.exp(0.5 * logvar))
+        result = self._result(mean, logvar)
         if on_latent is not None and on_latent(result) is False:
             return None
         targets = [n for n in model.names if self.impute_present or n not in observed]
@@ -408,7 +408,8 @@ class TemporalFilter:
             nll = torch.full((1, len(model.names)), float("nan"), dtype=mean.dtype, device=mean.device)
             for name, precision, part in zip(observed, precisions, weighted):
                 loo_mean = (total_weighted - part) / (total - precision)
-                nll[:, model.names.index(name)] = -model.log_likelihood(name, feats[name], model.decode(name, loo_mean))
+                nll[:, model.names.index(name)] = -model.log_likelihood(name, feats[name],
+                                                                        decode_state(model, name, loo_mean))
             result.scores, result.total_score = standardize_scores(model, nll, self.calibration)
         if self.horizon > 0:
             result.predicted_mean, result.predicted_std = self._predicted(mean, logvar, future_actions)
@@ -416,7 +417,8 @@ class TemporalFilter:
 
     def _predicted(self, mean: torch.Tensor, logvar: torch.Tensor, future_actions: torch.Tensor | None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``horizon`` steps of the transition from the just-filtered belief: mean/std (1, k, D)."""
+        """``horizon`` steps of the transition from the just-filtered belief: the shared latent's
+        mean/std (1, k, D) (the state's first D dimensions, as ~/latent)."""
         check_actions(self.model, future_actions, (1, self.horizon))
         means, logvars = [], []
         for k in range(self.horizon):
@@ -424,7 +426,8 @@ class TemporalFilter:
             mean, logvar = moved.mean, moved.logvar
             means.append(mean)
             logvars.append(logvar)
-        return torch.stack(means, 1), torch.exp(0.5 * torch.stack(logvars, 1))
+        dim = self.model.latent_dim
+        return torch.stack(means, 1)[..., :dim], torch.exp(0.5 * torch.stack(logvars, 1))[..., :dim]
 
     def _store_imputations(self, result: FusionResult, latent: torch.Tensor, targets: Sequence[str]) -> None:
         model = self.model

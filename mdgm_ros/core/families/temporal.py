@@ -185,6 +185,23 @@ def state_experts(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mas
     return torch.cat([mu, s_mu], -1), torch.cat([logvar, s_lv], -1)
 
 
+def modality_state_expert(model: "MultimodalVAE", name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One modality's expert over the state for its features ``x`` (B, ...): mean and precision (B, S),
+    the precision zero outside the dimensions it informs (:func:`state_coverage`)."""
+    mu, logvar = model.family.unimodal_encoder(model, name)(x)
+    precision = torch.exp(-post.clamp_logvar(logvar))
+    if not model.private_dim:
+        return mu, precision
+    s_mu, s_lv = model.private_encoders[name](x)
+    dim, size, j = model.latent_dim, model.private_dim, model.names.index(name)
+    mean = mu.new_zeros((mu.shape[0], state_dim(model)))
+    prec = torch.zeros_like(mean)
+    mean[:, :dim], prec[:, :dim] = mu, precision
+    block = slice(dim + j * size, dim + (j + 1) * size)
+    mean[:, block], prec[:, block] = s_mu, torch.exp(-post.clamp_logvar(s_lv))
+    return mean, prec
+
+
 def decode_state(model: "MultimodalVAE", name: str, state: torch.Tensor) -> torch.Tensor:
     """The decoder of ``name`` from filter states (..., S): from z, or [z, s_name] with private states."""
     if not model.private_dim:
