@@ -92,12 +92,19 @@ def test_the_fusion_node_runs_every_family_bundle_over_dds(family_bundles, tmp_p
         seen[message.model_id] = seen.get(message.model_id, 0) + 1
         last_mean[message.model_id] = list(message.mean)
 
+    private_seen: dict[str, int] = {}
+
+    def on_private(message):
+        private_seen[message.model_id] = private_seen.get(message.model_id, 0) + 1
+
     probe.create_subscription(Latent, "/mdgm_fusion/latent", on_latent, 50)
+    probe.create_subscription(Latent, "/mdgm_fusion/latent_private/tactile", on_private, 50)
     setter = probe.create_client(SetParameters, "/mdgm_fusion/set_parameters")
     reload = probe.create_client(Trigger, "/mdgm_fusion/reload_model")
     try:
         for family, path in bundles.items():
-            model_id = load_bundle(path).model_id
+            bundle = load_bundle(path)
+            model_id = bundle.model_id
             value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(path))
             assert call(probe, setter, SetParameters.Request(parameters=[Parameter(name="bundle", value=value)]),
                         timeout=30).results[0].successful, family
@@ -107,6 +114,9 @@ def test_the_fusion_node_runs_every_family_bundle_over_dds(family_bundles, tmp_p
             assert spin_until(probe, lambda: seen.get(model_id, 0) >= 3, 60), \
                 f"{family}: no latents from {model_id} {time.monotonic() - since:.0f} s after the reload; " \
                 + (tmp_path / "node.log").read_text()[-2000:]
+            if bundle.model.private_dim:                        # the private latents reach the wire too
+                assert spin_until(probe, lambda: private_seen.get(model_id, 0) >= 1, 30), \
+                    f"{family}: nothing on ~/latent_private/tactile from {model_id}"
             if VARIANTS[family][1].get("shared") == "concrete":     # one group: category probabilities
                 assert abs(sum(last_mean[model_id]) - 1.0) < 1e-3 and min(last_mean[model_id]) >= 0.0, family
             assert node.poll() is None
