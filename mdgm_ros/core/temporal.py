@@ -31,8 +31,8 @@ import torch
 from . import posterior as post
 from .families.base import FamilyError
 from .families.temporal import (TRANSITION, check_actions, decode_state, flatten_steps, is_temporal,
-                                modality_state_expert, options_of, poe_with_prior, sequence_experts, sequence_objective, state_coverage, state_dim,
-                                state_experts)
+                                modality_state_expert, options_of, poe_with_prior, sequence_experts,
+                                sequence_objective, state_coverage, state_dim, state_experts)
 from .inference import (AnomalyCalibration, FusionResult, Imputation, as_float32, calibration_from_nll,
                         mixed_precision_call, standardize_scores)
 from .model import MultimodalVAE
@@ -127,7 +127,8 @@ def filter_step(model: MultimodalVAE, state: FilterState, feats: Mapping[str, to
     prediction = predict(model, state, action)
     full = model.complete(feats, mask)
     mu, logvar = state_experts(model, full, mask)
-    q_mu, q_lv = poe_with_prior(mu, logvar, mask, prediction.mean, prediction.logvar, state_coverage(model, mask.device))
+    coverage = state_coverage(model, mask.device)
+    q_mu, q_lv = poe_with_prior(mu, logvar, mask, prediction.mean, prediction.logvar, coverage)
     started = torch.ones_like(state.started)
     return StepResult(prediction, mu, logvar, q_mu, q_lv, FilterState(q_mu, q_lv, started))
 
@@ -142,7 +143,8 @@ def predictive_nll(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], expe
     eye = torch.eye(n_mod, dtype=torch.bool, device=mask.device)
     loo_mask = (mask.unsqueeze(0) & ~eye.unsqueeze(1)).reshape(n_mod * batch, n_mod)
     z, _ = poe_with_prior(expert_mean.repeat(1, n_mod, 1), expert_logvar.repeat(1, n_mod, 1), loo_mask,
-                          prior_mean.repeat(n_mod, 1), prior_logvar.repeat(n_mod, 1), state_coverage(model, mask.device))
+                          prior_mean.repeat(n_mod, 1), prior_logvar.repeat(n_mod, 1),
+                          state_coverage(model, mask.device))
     z = z.reshape(n_mod, batch, -1)
     nll = torch.full((batch, n_mod), float("nan"), dtype=z.dtype, device=z.device)
     for j, name in enumerate(model.names):

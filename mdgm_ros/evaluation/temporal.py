@@ -66,7 +66,7 @@ def data_runs(data: AlignedDataset, max_gap_s: float) -> list[np.ndarray]:
 def filter_rows(model, experts: Experts, mask: np.ndarray, run_rows: list[np.ndarray]
                 ) -> dict[str, torch.Tensor]:
     """The filter over every run (fresh state at each run's start), with presence ``mask`` (N, M):
-    per row the prediction (prior) and the filtered posterior, (N, D) each."""
+    per row the prediction (prior) and the filtered posterior over the state, (N, S) each."""
     n, dim = mask.shape[0], state_dim(model)
     coverage = state_coverage(model, model.device)
     out = {k: torch.zeros(n, dim, device=model.device) for k in ("prior_mean", "prior_logvar", "mean", "logvar")}

@@ -309,7 +309,8 @@ def sequence_objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor]
         zs.append(post.reparameterize(q_mu, q_lv, generator=generator))
         kls.append(post.kl_gaussians(q_mu, q_lv, prior_mu, prior_lv))
     z = torch.stack(zs, 1).reshape(batch * steps, -1)
-    recon = weighted_reconstruction(model, flat_feats, z, flat_mask, decode=lambda name, x: decode_state(model, name, x))
+    recon = weighted_reconstruction(model, flat_feats, z, flat_mask,
+                                    decode=lambda name, state: decode_state(model, name, state))
     recon = recon.reshape(batch, steps).sum(1)
     kl = torch.stack(kls, 1).sum(1)
     elbo = recon - beta * kl
