@@ -9,8 +9,8 @@
 4. evaluate the recording against the bag (imputation vs the training mean and the last value seen;
    anomaly AUROC / AP per fault kind; latent statistics), write ``report.json`` and three PNGs;
 5. train the temporal model (config/train_temporal.yaml: private states, from scratch on the same bag)
-   and compare it with the per-frame model on the test bag, offline (:mod:`.evaluation.temporal`: outages of 0.5,
-   1, 1.5 and 3 s, anomaly AUROC / AP, k-step prediction; ``fault_timeline_compare.png``).
+   and compare it with the per-frame model on the test bag, offline (:mod:`.evaluation.temporal`:
+   outages of 0.5, 1, 1.5 and 3 s, anomaly AUROC / AP, k-step prediction; ``fault_timeline_compare.png``).
 
 Exit status 1 if a modality's imputation fails to beat both baselines or the anomaly AUROC < 0.85 (the
 live node's model). The temporal comparison is reported with the issue-11 bars (``temporal.verdict``),

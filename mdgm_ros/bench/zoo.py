@@ -385,7 +385,8 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="likelihood on raw [0, 1] pixels (the PolyMNIST reference's) instead of standardised ones")
     parser.add_argument("--latent-dim", type=int, default=ZooConfig.latent_dim, help="shared latent size")
     parser.add_argument("--private-dim", type=int, default=0,
-                        help="size of each private latent s_m for the families that have them (0: each family's default)")
+                        help="size of each private latent s_m of the families that have them "
+                             "(0: each family's default)")
     parser.add_argument("--beta", type=float, default=ZooConfig.beta, help="KL weight after the warm-up")
     parser.add_argument("--quick", action="store_true", help="a tiny run (seconds): a smoke test, not numbers")
 
