@@ -31,7 +31,7 @@ import torch
 from . import posterior as post
 from .families.base import FamilyError
 from .families.temporal import (TRANSITION, check_actions, decode_state, flatten_steps, is_temporal,
-                                modality_state_expert, options_of, poe_with_prior, sequence_experts,
+                                modality_state_expert, options_of, poe_with_prior, private_block, sequence_experts,
                                 sequence_objective, state_coverage, state_dim, state_experts)
 from .inference import (AnomalyCalibration, FusionResult, Imputation, as_float32, calibration_from_nll,
                         mixed_precision_call, standardize_scores)
@@ -369,11 +369,11 @@ class TemporalFilter:
     def _result(self, mean: torch.Tensor, logvar: torch.Tensor) -> TemporalFusionResult:
         """The filtered belief as a result: the shared z, and with private states every modality's s_m
         (the remembered one where the modality is missing)."""
-        model, dim, size = self.model, self.model.latent_dim, self.model.private_dim
+        model, dim = self.model, self.model.latent_dim
         std = torch.exp(0.5 * logvar)
         result = TemporalFusionResult(mean[:, :dim], std[:, :dim])
-        for j, name in enumerate(model.names if size else ()):
-            block = slice(dim + j * size, dim + (j + 1) * size)
+        for name in model.names if model.private_dim else ():
+            block = private_block(model, name)
             result.private_mean[name], result.private_std[name] = mean[:, block], std[:, block]
         return result
 

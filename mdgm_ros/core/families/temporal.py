@@ -157,6 +157,12 @@ def state_dim(model: "MultimodalVAE") -> int:
     return model.latent_dim + len(model.names) * model.private_dim
 
 
+def private_block(model: "MultimodalVAE", name: str) -> slice:
+    """Where modality ``name``'s private state s_m sits in the filter's state."""
+    dim, size, j = model.latent_dim, model.private_dim, model.names.index(name)
+    return slice(dim + j * size, dim + (j + 1) * size)
+
+
 def state_coverage(model: "MultimodalVAE", device: torch.device | None = None) -> torch.Tensor | None:
     """(M, S) which state dimensions expert m informs: the shared z and its own s_m block; None when
     the state is the shared z alone (every expert informs every dimension)."""
@@ -193,11 +199,10 @@ def modality_state_expert(model: "MultimodalVAE", name: str, x: torch.Tensor) ->
     if not model.private_dim:
         return mu, precision
     s_mu, s_lv = model.private_encoders[name](x)
-    dim, size, j = model.latent_dim, model.private_dim, model.names.index(name)
     mean = mu.new_zeros((mu.shape[0], state_dim(model)))
     prec = torch.zeros_like(mean)
-    mean[:, :dim], prec[:, :dim] = mu, precision
-    block = slice(dim + j * size, dim + (j + 1) * size)
+    mean[:, :model.latent_dim], prec[:, :model.latent_dim] = mu, precision
+    block = private_block(model, name)
     mean[:, block], prec[:, block] = s_mu, torch.exp(-post.clamp_logvar(s_lv))
     return mean, prec
 
@@ -206,8 +211,7 @@ def decode_state(model: "MultimodalVAE", name: str, state: torch.Tensor) -> torc
     """The decoder of ``name`` from filter states (..., S): from z, or [z, s_name] with private states."""
     if not model.private_dim:
         return model.decode(name, state)
-    dim, size, j = model.latent_dim, model.private_dim, model.names.index(name)
-    return model.decode(name, state[..., :dim], state[..., dim + j * size:dim + (j + 1) * size])
+    return model.decode(name, state[..., :model.latent_dim], state[..., private_block(model, name)])
 
 
 def poe_with_prior(mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor, prior_mu: torch.Tensor,

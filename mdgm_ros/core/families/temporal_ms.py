@@ -62,8 +62,9 @@ class TemporalPrivateFamily(PrivateFamily, TemporalFamily):
                            mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One frame's s_m: the first filter step, q(s_m | x_m) times the initial prior N(0, I)."""
         mu, logvar = super().private_posteriors(model, feats, mask)
-        precision = 1.0 + torch.exp(-post.clamp_logvar(logvar))
-        return torch.exp(-post.clamp_logvar(logvar)) * mu / precision, -torch.log(precision)
+        expert_precision = torch.exp(-post.clamp_logvar(logvar))
+        precision = 1.0 + expert_precision
+        return expert_precision * mu / precision, -torch.log(precision)
 
 
 FAMILY = TemporalPrivateFamily(
