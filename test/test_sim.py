@@ -78,3 +78,14 @@ def test_collision_puts_an_obstacle_in_the_way_and_makes_noise():
     loud = lambda ev: max(np.abs(e.data).max() for e in ev if e.stream == "audio" and e.stamp_ns > labels[0].start_ns)  # noqa: E731
     effort = lambda ev: max(np.abs(e.data[2, :7]).max() for e in ev if e.stream == "joints" and e.stamp_ns > labels[0].start_ns)  # noqa: E731
     assert loud(events) > loud(quiet) or effort(events) > 1.2 * effort(quiet)
+
+
+def test_object_drop_waits_for_a_carried_object_then_drops_it():
+    events, labels = _run(7.0, seed=1, faults=(FaultSpec("object_drop", 1.0, 1.5),))
+    assert [lb.kind for lb in labels] == ["object_drop"]
+    start, end = labels[0].start_ns, labels[0].end_ns
+    tactile = lambda lo, hi: [float(e.data.sum()) for e in events if e.stream == "tactile" and lo <= e.stamp_ns <= hi]  # noqa: E731
+    fingers = [e.data[0, 7:9] for e in events if e.stream == "joints" and start + 5e8 <= e.stamp_ns <= end]
+    assert min(tactile(start - 2e8, start)) > 5.0                 # it was carrying something
+    assert max(tactile(start + 5e8, end)) < 1.0                   # nothing between the fingers any more
+    assert np.max(fingers) < 0.005                                # ... which closed on nothing

@@ -34,6 +34,8 @@ _LOWER = [-2.9671, -1.8326, -2.9671, -3.1416, -2.9671, -0.0873, -2.9671, 0.0, 0.
 _UPPER = [2.9671, 1.8326, 2.9671, 0.0, 2.9671, 3.8223, 2.9671, 0.04, 0.04]
 _RANGES = [u - lo for u, lo in zip(_UPPER, _LOWER)]
 _DOWN = math.pi
+_GRIP_FORCE = 40.0                 # N per finger
+_DROP_GRIP_SHARE = 0.005          # what object_drop leaves of it: the fingers stay closed but cannot hold
 
 
 @dataclass(frozen=True)
@@ -219,9 +221,9 @@ class PandaTableSim:
                 forces[joint] = _ARM_FORCES[joint] * 0.04
         pb.setJointMotorControlArray(self.robot, _ARM, pb.POSITION_CONTROL, targetPositions=list(q[:7]),
                                      forces=forces, physicsClientId=self.client)
-        gripper = segment.gripper
-        pb.setJointMotorControlArray(self.robot, _FINGERS, pb.POSITION_CONTROL, targetPositions=[gripper] * 2,
-                                     forces=[40.0, 40.0], physicsClientId=self.client)
+        grip = _GRIP_FORCE * (_DROP_GRIP_SHARE if self._active_kind("object_drop") else 1.0)
+        pb.setJointMotorControlArray(self.robot, _FINGERS, pb.POSITION_CONTROL, targetPositions=[segment.gripper] * 2,
+                                     forces=[grip, grip], physicsClientId=self.client)
         self._held = self._holding() if segment.phase in ("lift", "transport", "place") else None
 
     def _holding(self) -> int | None:
