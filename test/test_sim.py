@@ -60,12 +60,13 @@ def test_fault_schedule_is_deterministic_and_non_overlapping():
 ])
 def test_each_fault_does_what_it_says_inside_its_label(kind, check):
     detail = {"stream": "joints"} if kind == "stream_dropout" else {}
-    events, labels = _run(2.5, seed=2, faults=(FaultSpec(kind, 1.0, 1.0, detail),))
+    events, labels = _run(3.5, seed=2, faults=(FaultSpec(kind, 1.0, 1.0, detail),))
     assert [lb.kind for lb in labels] == [kind]
     label = labels[0]
-    assert (label.end_ns - label.start_ns) == pytest.approx(1e9, abs=1e7)
+    homing = 1e9 if kind == "joint_fault" else 0.0                # the label also covers the move home
+    assert (label.end_ns - label.start_ns) == pytest.approx(1e9 + homing, abs=1e7)
     assert [e.data for e in events if e.stream == "fault"] == [label]
-    inside = lambda e: label.start_ns + 2e8 <= e.stamp_ns <= label.end_ns  # noqa: E731
+    inside = lambda e: label.start_ns + 2e8 <= e.stamp_ns <= label.start_ns + 1e9  # noqa: E731
     assert check(events, inside, label)
     outside = [e for e in events if e.stream == "camera" and e.stamp_ns > label.end_ns + 1e8]
     assert outside and np.mean([e.data.mean() for e in outside]) > 60     # the scene is back afterwards
@@ -89,3 +90,13 @@ def test_object_drop_waits_for_a_carried_object_then_drops_it():
     assert min(tactile(start - 2e8, start)) > 5.0                 # it was carrying something
     assert max(tactile(start + 5e8, end)) < 1.0                   # nothing between the fingers any more
     assert np.max(fingers) < 0.005                                # ... which closed on nothing
+
+
+def test_joint_fault_ends_with_the_arm_back_at_its_rest_posture():
+    events, labels = _run(5.0, seed=2, faults=(FaultSpec("joint_fault", 1.0, 1.5),))
+    label = labels[0]
+    sagged = [e.data[0, :7] for e in events if e.stream == "joints" and e.stamp_ns <= label.start_ns + 1.5e9]
+    home = [e.data[0, :7] for e in events if e.stream == "joints" and label.end_ns - 2e7 <= e.stamp_ns <= label.end_ns]
+    rest = np.array([0.0, -0.3, 0.0, -2.2, 0.0, 2.0, 0.785])
+    assert np.abs(sagged[-1] - rest).max() > 0.2                  # the fault moved it away
+    assert np.abs(home[-1] - rest).max() < 0.1                    # and the label ends at home

@@ -11,7 +11,8 @@ import numpy as np
 FAULT_KINDS = {
     "collision": "an unexpected obstacle appears in the arm's path",
     "object_drop": "the gripper loses its force and the carried object slips out of the fingers and drops",
-    "joint_fault": "a shoulder or elbow motor loses most of its torque (the arm sags, tracking fails)",
+    "joint_fault": "a shoulder or elbow motor loses most of its torque (the arm sags, tracking fails); then the "
+                   "arm homes to its rest posture in joint space (1 s, inside the label)",
     "camera_occlusion": "a dark patch covers a large part of the camera image",
     "camera_blackout": "the camera returns black frames",
     "stream_dropout": "one sensor stream stops publishing",

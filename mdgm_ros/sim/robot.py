@@ -35,6 +35,7 @@ _UPPER = [2.9671, 1.8326, 2.9671, 0.0, 2.9671, 3.8223, 2.9671, 0.04, 0.04]
 _RANGES = [u - lo for u, lo in zip(_UPPER, _LOWER)]
 _DOWN = math.pi
 _GRIP_FORCE = 40.0                 # N per finger
+_RECOVER_S = 1.0                  # the joint-space move home that ends a joint fault (inside its label)
 _DROP_GRIP_SHARE = 0.005          # what object_drop leaves of it: the fingers stay closed but cannot hold
 
 
@@ -101,6 +102,7 @@ class PandaTableSim:
         self._plan: list[_Segment] = []
         self._segment_step = 0
         self._segment_start = np.zeros(3)
+        self._segment_start_q = np.asarray(_REST)
         self._phase = ""
         self._held: int | None = None
         self._pending_faults = sorted(config.faults, key=lambda f: f.start_s)
@@ -202,29 +204,46 @@ class PandaTableSim:
                 self._plan = self._plan_episode()
             self._segment_step = 0
             self._segment_start = self._ee_position()
+            self._segment_start_q = self._joint_states()[0, :7]
         return self._plan[0]
 
     def _control(self, segment: _Segment) -> None:
         steps = max(1, int(segment.seconds * self.config.physics_hz))
         s = min(1.0, (self._segment_step + 1) / steps)
         s = s * s * (3 - 2 * s)                                  # smoothstep
+        q = self._arm_targets(segment, s)
+        forces = list(_ARM_FORCES)
+        for fault in self._active:
+            if fault.spec.kind == "joint_fault" and self.step_index < fault.extra["recover_at"]:
+                joint = fault.extra["joint"]
+                forces[joint] = _ARM_FORCES[joint] * 0.04
+        pb.setJointMotorControlArray(self.robot, _ARM, pb.POSITION_CONTROL, targetPositions=list(q),
+                                     forces=forces, physicsClientId=self.client)
+        grip = _GRIP_FORCE * (_DROP_GRIP_SHARE if self._active_kind("object_drop") else 1.0)
+        pb.setJointMotorControlArray(self.robot, _FINGERS, pb.POSITION_CONTROL, targetPositions=[segment.gripper] * 2,
+                                     forces=[grip, grip], physicsClientId=self.client)
+        self._held = self._holding() if segment.phase in ("lift", "transport", "place") else None
+
+    def _arm_targets(self, segment: _Segment, s: float) -> list[float]:
+        """Joint targets at the smoothstep fraction ``s`` of the segment: a straight joint-space move to
+        the rest posture for ``recover``, else the IK of the interpolated gripper position."""
+        if segment.phase == "recover":
+            return list(self._segment_start_q + s * (np.asarray(_REST) - self._segment_start_q))
         target = self._segment_start + s * (segment.target - self._segment_start)
         orn = pb.getQuaternionFromEuler([_DOWN, 0.0, segment.yaw])
         # null-space IK towards the rest posture: the redundant joints do not drift from episode to episode
         q = pb.calculateInverseKinematics(self.robot, _GRASP_LINK, target.tolist(), orn, lowerLimits=_LOWER,
                                           upperLimits=_UPPER, jointRanges=_RANGES, restPoses=_REST + [0.04] * 2,
                                           maxNumIterations=30, physicsClientId=self.client)
-        forces = list(_ARM_FORCES)
-        for fault in self._active:
-            if fault.spec.kind == "joint_fault":
-                joint = fault.extra["joint"]
-                forces[joint] = _ARM_FORCES[joint] * 0.04
-        pb.setJointMotorControlArray(self.robot, _ARM, pb.POSITION_CONTROL, targetPositions=list(q[:7]),
-                                     forces=forces, physicsClientId=self.client)
-        grip = _GRIP_FORCE * (_DROP_GRIP_SHARE if self._active_kind("object_drop") else 1.0)
-        pb.setJointMotorControlArray(self.robot, _FINGERS, pb.POSITION_CONTROL, targetPositions=[segment.gripper] * 2,
-                                     forces=[grip, grip], physicsClientId=self.client)
-        self._held = self._holding() if segment.phase in ("lift", "transport", "place") else None
+        return list(q[:7])
+
+    def _recover(self) -> None:
+        """The torque is back, but the sagging arm may have taken the IK to another branch: drop the episode
+        and move back to the rest posture in joint space (as a robot homes after a fault); then a new one."""
+        self._plan = [_Segment("recover", self._ee_position(), 0.04, _RECOVER_S)]
+        self._segment_step = 0
+        self._segment_start = self._ee_position()
+        self._segment_start_q = self._joint_states()[0, :7]
 
     def _holding(self) -> int | None:
         for body in self.objects:
@@ -241,6 +260,8 @@ class PandaTableSim:
         for fault in list(self._active):
             if self.step_index >= fault.end_step:
                 self._end_fault(fault)
+            elif fault.extra.get("recover_at") == self.step_index:
+                self._recover()
         for spec in [f for f in self._pending_faults if f.start_s <= t]:
             if spec.kind == "object_drop" and self._held is None:
                 if t > spec.start_s + 15.0:          # nothing carried for 15 s: give up on this one
@@ -254,7 +275,8 @@ class PandaTableSim:
 
     def _start_fault(self, spec: FaultSpec) -> _ActiveFault:
         steps = int(round(spec.duration_s * self.config.physics_hz))
-        fault = _ActiveFault(spec, self.step_index, self.step_index + steps)
+        homing = int(round(_RECOVER_S * self.config.physics_hz)) if spec.kind == "joint_fault" else 0
+        fault = _ActiveFault(spec, self.step_index, self.step_index + steps + homing)
         detail = dict(spec.detail)
         if spec.kind == "collision":
             fault.body = self._spawn_obstacle()
@@ -263,6 +285,7 @@ class PandaTableSim:
             pb.changeDynamics(self._held, -1, lateralFriction=0.02, physicsClientId=self.client)
         elif spec.kind == "joint_fault":
             fault.extra["joint"] = int(self.rng.choice([1, 3]))
+            fault.extra["recover_at"] = self.step_index + steps
             detail["joint"] = JOINT_NAMES[fault.extra["joint"]]
         elif spec.kind == "audio_clipping":
             self.audio.gain = 25.0
