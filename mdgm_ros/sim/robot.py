@@ -245,6 +245,10 @@ class PandaTableSim:
         self._segment_start = self._ee_position()
         self._segment_start_q = self._joint_states()[0, :7]
 
+    def _carrying(self) -> bool:
+        """Holding an object on its way to the place (so that a drop is a fall, not a failed lift)."""
+        return self._held is not None and self._phase == "transport"
+
     def _holding(self) -> int | None:
         for body in self.objects:
             touching = [pb.getContactPoints(self.robot, body, linkIndexA=f, physicsClientId=self.client) for f in _FINGERS]
@@ -263,7 +267,7 @@ class PandaTableSim:
             elif fault.extra.get("recover_at") == self.step_index:
                 self._recover()
         for spec in [f for f in self._pending_faults if f.start_s <= t]:
-            if spec.kind == "object_drop" and self._held is None:
+            if spec.kind == "object_drop" and not self._carrying():
                 if t > spec.start_s + 15.0:          # nothing carried for 15 s: give up on this one
                     self._pending_faults.remove(spec)
                 continue                             # wait until the gripper carries something
