@@ -90,7 +90,8 @@ def propagate(model: MultimodalVAE, mean: torch.Tensor, logvar: torch.Tensor,
     spread = torch.cat([offsets, -offsets], 1)                                     # (B, 2D, D)
     points = mean.unsqueeze(1) + spread
     act = None if action is None else action.unsqueeze(1).expand(batch, 2 * dim, action.shape[-1])
-    f_mean, f_logvar = model.extra[TRANSITION](points, act)
+    flat = (points.reshape(-1, dim),) + (() if act is None else (act.reshape(batch * 2 * dim, -1),))
+    f_mean, f_logvar = (x.reshape(batch, 2 * dim, -1) for x in model.extra[TRANSITION](*flat))  # rank 2, as exported
     pred_mean = f_mean.mean(1)
     deviation = f_mean - pred_mean.unsqueeze(1)
     variance = torch.exp(post.clamp_logvar(f_logvar)).mean(1) + (deviation ** 2).mean(1)
