@@ -89,7 +89,7 @@ def test_object_drop_waits_for_a_carried_object_then_drops_it():
     fingers = [e.data[0, 7:9] for e in events if e.stream == "joints" and start + 5e8 <= e.stamp_ns <= end]
     assert min(tactile(start - 2e8, start)) > 5.0                 # it was carrying something
     assert max(tactile(start + 5e8, end)) < 1.0                   # nothing between the fingers any more
-    assert np.max(fingers) < 0.005                                # ... which closed on nothing
+    assert np.max(fingers) > 0.01                                 # ... which went slack: not at the closed command
 
 
 def test_joint_fault_ends_with_the_arm_back_at_its_rest_posture():

@@ -10,7 +10,7 @@ import numpy as np
 # kind -> what happens (see robot.PandaTableSim for the mechanics)
 FAULT_KINDS = {
     "collision": "an unexpected obstacle appears in the arm's path",
-    "object_drop": "the gripper loses its force and the carried object slips out of the fingers and drops",
+    "object_drop": "the gripper motor loses its force while carrying: the fingers go slack and the object drops",
     "joint_fault": "a shoulder or elbow motor loses most of its torque (the arm sags, tracking fails); then the "
                    "arm homes to its rest posture in joint space (1 s, inside the label)",
     "camera_occlusion": "a dark patch covers a large part of the camera image",

@@ -36,7 +36,7 @@ _RANGES = [u - lo for u, lo in zip(_UPPER, _LOWER)]
 _DOWN = math.pi
 _GRIP_FORCE = 40.0                 # N per finger
 _RECOVER_S = 1.0                  # the joint-space move home that ends a joint fault (inside its label)
-_DROP_GRIP_SHARE = 0.005          # what object_drop leaves of it: the fingers stay closed but cannot hold
+_DROP_GRIP_SHARE = 0.0            # what object_drop leaves of it: the fingers go slack
 
 
 @dataclass(frozen=True)
