@@ -25,9 +25,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         results["fusion"] = {**bench.bench_fusion(iterations=args.iterations, device=args.device),
                              "threads": args.threads}
         from .bench.temporal import bench_temporal_step
-        results["fusion"]["temporal_step"] = bench_temporal_step(iterations=args.iterations, device=args.device)
-        results["fusion"]["temporal_ms_step"] = bench_temporal_step(iterations=args.iterations, device=args.device,
-                                                                    objective="temporal_ms")
+        for key, objective in (("temporal_step", "temporal"), ("temporal_ms_step", "temporal_ms")):
+            results["fusion"][key] = bench_temporal_step(iterations=args.iterations, device=args.device,
+                                                         objective=objective, onnxruntime=True)
     if args.which in ("train", "all"):
         torch.set_num_threads(args.train_threads or os.cpu_count() or 1)
         results["train"] = {**bench.bench_train(device=args.device, objectives=_bench_families(args)),

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import load_bundle
+from .core import BundleError, load_bundle
 from .core.export import UnimodalPosterior, export_parts
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -33,15 +33,35 @@ def default_providers() -> list[str]:
     return [p for p in PREFERRED if p in available] or ["CPUExecutionProvider"]
 
 
+def _session_options(threads: int):
+    """``threads`` > 0: that many intra-op threads, one inter-op thread, and no spin-waiting between
+    runs (a live node runs one small graph after another on cores shared with torch and DDS)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads > 0:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
+def providers_for(device: torch.device) -> list[str]:
+    """The providers for a torch device: on CUDA the GPU ones available (TensorRT, CUDA) then the CPU;
+    on the CPU the CPU only."""
+    return default_providers() if device.type == "cuda" else ["CPUExecutionProvider"]
+
+
 class OrtNetwork(nn.Module):
     """One exported network as a module: torch tensors in, torch tensors out, onnxruntime inside."""
 
-    def __init__(self, file: Path, inputs: Sequence[str], outputs: Sequence[str], providers: Sequence[str]):
+    def __init__(self, file: Path, inputs: Sequence[str], outputs: Sequence[str], providers: Sequence[str],
+                 threads: int = 0):
         super().__init__()
         import onnxruntime as ort
 
         self.file, self.inputs, self.outputs = Path(file), list(inputs), list(outputs)
-        self.session = ort.InferenceSession(str(file), providers=list(providers))
+        self.session = ort.InferenceSession(str(file), _session_options(threads), providers=list(providers))
 
     def forward(self, *args: torch.Tensor) -> Any:
         feed = {name: np.ascontiguousarray(x.detach().float().cpu().numpy()) for name, x in zip(self.inputs, args)}
@@ -60,9 +80,11 @@ def _slot(model, part) -> tuple[nn.ModuleDict, str] | None:
     return None
 
 
-def load_ort_bundle(path: str | Path, providers: Sequence[str] | None = None):
-    """The bundle with its networks run by onnxruntime (an error if the bundle was saved without ONNX)."""
-    bundle = load_bundle(path)
+def load_ort_bundle(path: str | Path, providers: Sequence[str] | None = None, threads: int = 0, **load_options):
+    """The bundle with its networks run by onnxruntime (an error if the bundle was saved without ONNX).
+    ``threads``: intra-op threads per session (0: onnxruntime's default); ``load_options`` go to
+    :func:`~mdgm_ros.core.load_bundle` (``device``, ``expect_modalities``)."""
+    bundle = load_bundle(path, **load_options)
     folder = Path(path)
     providers = list(providers) if providers else default_providers()
     swapped = 0
@@ -72,9 +94,12 @@ def load_ort_bundle(path: str | Path, providers: Sequence[str] | None = None):
         if slot is None:
             continue
         if not file.is_file():
-            raise FileNotFoundError(f"{folder} has no {file.name}: train with export.onnx: true for onnxruntime")
+            raise BundleError(f"{folder} has no {file.name}: train with export.onnx: true for onnxruntime")
         container, key = slot
-        container[key] = OrtNetwork(file, part.inputs, part.outputs, providers)
+        try:
+            container[key] = OrtNetwork(file, part.inputs, part.outputs, providers, threads)
+        except Exception as err:                  # onnxruntime's own errors have no common base class
+            raise BundleError(f"onnxruntime cannot load {file.name}: {err}") from err
         swapped += 1
     bundle.model.eval()
     bundle.model.ort_networks = swapped

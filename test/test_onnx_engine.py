@@ -54,3 +54,12 @@ def test_onnxruntime_runs_the_temporal_filter_as_torch_does(tmp_path, objective,
         torch.testing.assert_close(got.latent_mean, want.latent_mean, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(got.predicted_mean, want.predicted_mean, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(got.scores, want.scores, rtol=1e-3, atol=1e-3, equal_nan=True)
+
+
+def test_a_bundle_without_onnx_files_is_a_clear_bundle_error(tmp_path):
+    from mdgm_ros.core import BundleError, ModelConfig, MultimodalVAE, save_bundle
+    from conftest import small_specs
+
+    out = save_bundle(tmp_path / "plain", MultimodalVAE(ModelConfig(tuple(small_specs()), latent_dim=4)))
+    with pytest.raises(BundleError, match="has no onnx_.*export.onnx: true"):
+        load_ort_bundle(out, providers=["CPUExecutionProvider"])

@@ -19,6 +19,8 @@ def _run(tmp_path, *ros_args: str) -> subprocess.CompletedProcess:
     (["--params-file", "/nonexistent/params.yaml"], "Couldn't parse params file"),
     (["--params-file", "{bad}"], "Couldn't parse params file"),
     (["-p", "camera.staleness:=-1.0"], "staleness"),
+    (["-p", "engine:=tensorrt"], "engine 'tensorrt' is not one of torch | onnxruntime"),
+    (["-p", "engine:=onnxruntime", "-p", "precision:=bf16"], "precision applies to the torch engine"),
 ])
 def test_bad_parameters_give_one_line(tmp_path, args, words):
     if args[-1] == "{bad}":

@@ -1,6 +1,7 @@
 """The fusion node with a temporal bundle, over real DDS in separate processes: it carries the filter
 state between frames (what a stateless node cannot do), resets it on a backwards clock jump, and
-publishes ~/latent_prediction stamped with the source stamp.
+publishes ~/latent_prediction stamped with the source stamp; with the networks in torch and in
+onnxruntime (``engine``), which must give the same steps.
 
 The test process is the simulator: it publishes /clock (the node runs on sim time) and the camera, whose
 frame is always the same, so the node's k-th step since a reset must equal the k-th step of a filter run
@@ -34,8 +35,10 @@ def _temporal_bundle(folder):
     with torch.no_grad():
         for p in model.extra[TRANSITION].parameters():
             p.add_(0.3 * torch.randn_like(p))
+    from mdgm_ros.training.trainer import export_onnx
+
     path = save_bundle(folder / "temporal_bundle", model, None, name="temporal",
-                       extra={"temporal": {"step_s": STEP_S}})
+                       extra={"temporal": {"step_s": STEP_S}}, attach=lambda target: export_onnx(model, target))
     return model, path
 
 
@@ -56,8 +59,8 @@ def _ns(stamp) -> int:
     return stamp.sec * NS + stamp.nanosec
 
 
-@pytest.fixture(scope="module")
-def temporal_run(tmp_path_factory):
+@pytest.fixture(scope="module", params=["torch", "onnxruntime"])
+def temporal_run(tmp_path_factory, request):
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from rosgraph_msgs.msg import Clock
@@ -74,7 +77,8 @@ def temporal_run(tmp_path_factory):
     raw_camera = bridge.image_to_array(bridge.array_to_image(frame, 0), (3, 64, 64))
     env = private_ros_env()
     node = start("mdgm_ros.ros.fusion_node", "--ros-args", "-p", f"bundle:={bundle}", "-p", "use_sim_time:=true",
-                 "-p", f"prediction_horizon:={HORIZON}", env=env, log=tmp / "node.log")
+                 "-p", f"prediction_horizon:={HORIZON}", "-p", f"engine:={request.param}", env=env,
+                 log=tmp / "node.log")
     rclpy.init()
     probe = rclpy.create_node("temporal_probe")
     record = {"latent": [], "prediction": [], "info": []}
@@ -107,7 +111,7 @@ def temporal_run(tmp_path_factory):
         spin_until(probe, lambda: any(_ns(m.header.stamp) >= 50 * NS + 15 * STEP_S * NS and
                                       _ns(m.header.stamp) < 100 * NS for m in record["latent"]), 10)
         yield {"record": record, "expected": _expected_steps(model, raw_camera, 40), "log": tmp / "node.log",
-               "node": node, "play": play}
+               "node": node, "play": play, "engine": request.param}
     finally:
         stop(node)
         probe.destroy_node()
@@ -174,4 +178,5 @@ def test_sigint_ends_the_node_cleanly_while_it_is_fusing(temporal_run):
         pytest.fail("the node did not stop within 60 s of SIGINT")
     log = temporal_run["log"].read_text()
     assert status == 0, log[-2000:]
+    assert ("networks in onnxruntime" in log) == (temporal_run["engine"] == "onnxruntime")
     assert "fusion step failed" not in log and "Traceback" not in log

@@ -117,7 +117,7 @@ class FusionNode(GuardedNode, LifecycleNode):
             path, origin = resolve_bundle(self.params.bundle)
             self.get_logger().info(f"bundle {path} ({origin})")
             self.runtime = self._load(path)
-        except (BundleError, ParameterError, RuntimeError, ValueError) as err:
+        except (BundleError, ParameterError, RuntimeError, ValueError, OSError) as err:
             self.get_logger().error(f"cannot configure: {err}")
             return TransitionCallbackReturn.FAILURE
         self.aligner = Aligner([s.alignment_config() for s in self.runtime.streams.values()],
@@ -128,7 +128,8 @@ class FusionNode(GuardedNode, LifecycleNode):
         self._reload_srv = self.create_service(Trigger, "~/reload_model", self._on_reload)
         self._publish_model_info()
         precision = "" if self.params.precision == "fp32" else f", networks under autocast ({self.params.precision})"
-        self.get_logger().info(f"configured with {self.runtime.bundle.model_id} on {self.runtime.device}{precision}")
+        engine = "" if self.params.engine == "torch" else f", networks in {self.params.engine}"
+        self.get_logger().info(f"configured with {self.runtime.bundle.model_id} on {self.runtime.device}{precision}{engine}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -271,7 +272,7 @@ class FusionNode(GuardedNode, LifecycleNode):
         assert self.params is not None
         path = resolve_bundle(path)[0]
         device = select_device(self.params.device)
-        bundle = load_bundle(path, device=device, expect_modalities=self.params.names)
+        bundle = self._load_bundle(path, device)
         specs = list(bundle.model.config.modalities)
         check_against_bundle(self.params, specs)
         streams = {p.name: make_stream(p, spec, _normalization(bundle.model, spec.name))
@@ -281,6 +282,15 @@ class FusionNode(GuardedNode, LifecycleNode):
             return self._temporal_runtime(bundle, streams, device, amp)
         fuser = Fuser(bundle.model, bundle.calibration, impute_present=self.params.impute_present, amp=amp)
         return Runtime(bundle, streams, fuser, device)
+
+    def _load_bundle(self, path: str, device: torch.device) -> Bundle:
+        """The bundle, with its networks in torch or (``engine: onnxruntime``) in onnxruntime sessions."""
+        if self.params.engine == "onnxruntime":
+            from ..onnx_engine import load_ort_bundle, providers_for
+
+            return load_ort_bundle(path, providers_for(device), self.params.threads, device=device,
+                                   expect_modalities=self.params.names)
+        return load_bundle(path, device=device, expect_modalities=self.params.names)
 
     def _temporal_runtime(self, bundle: Bundle, streams: dict[str, Stream], device: torch.device,
                           amp: torch.dtype | None) -> Runtime:
@@ -547,7 +557,7 @@ class FusionNode(GuardedNode, LifecycleNode):
         latency = np.asarray(self._latency_ms or [np.nan])
         compute = np.asarray(self._compute_ms or [np.nan])
         return {"model_id": runtime.bundle.model_id, "fusion": runtime.bundle.model.fusion,
-                "device": str(runtime.device),
+                "device": str(runtime.device), "engine": self.params.engine if self.params else "torch",
                 "latency_p50_ms": round(float(np.median(latency)), 3),
                 "latency_max_ms": round(float(latency.max()), 3),
                 "inference_p50_ms": round(float(np.median(compute)), 3),

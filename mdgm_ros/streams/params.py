@@ -94,11 +94,14 @@ class FusionParams:
     streams: list[StreamParams]
     prediction_horizon: int = 10
     precision: str = "fp32"
+    engine: str = "torch"
 
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.streams]
 
+
+ENGINES = ("torch", "onnxruntime")   # what runs a bundle's networks in the fusion node
 
 # Ranges in the descriptors (by the parameter's last name part), enforced by rclpy on every set.
 RANGES: dict[str, tuple[float, float]] = {
@@ -178,7 +181,9 @@ def declare_fusion_params(node) -> FusionParams:
     g = {
         "bundle": _declare(node, "bundle", "", "model bundle folder; '' = the shipped models/default"),
         "device": _declare(node, "device", "auto", "auto | cpu | cuda | cuda:N"),
-        "threads": _declare(node, "threads", 1, "torch intra-op threads for inference"),
+        "threads": _declare(node, "threads", 1, "torch (and onnxruntime) intra-op threads for inference"),
+        "engine": _declare(node, "engine", "torch", "torch | onnxruntime: what runs the bundle's networks "
+                           "(onnxruntime: the bundle's ONNX files; CUDA/TensorRT providers when installed)"),
         "precision": _declare(node, "precision", "fp32",
                               "fp32 | bf16 | fp16 (CUDA) | auto: autocast of the fusion step's networks"),
         "autostart": _declare(node, "autostart", True, "configure and activate at start"),
@@ -242,6 +247,10 @@ def check_params(params: FusionParams) -> None:
         raise ParameterError(f"device {params.device!r} is not auto | cpu | cuda | cuda:N")
     if params.threads < 1:
         raise ParameterError("threads must be >= 1")
+    if params.engine not in ENGINES:
+        raise ParameterError(f"engine {params.engine!r} is not one of {' | '.join(ENGINES)}")
+    if params.engine == "onnxruntime" and params.precision != "fp32":
+        raise ParameterError("precision applies to the torch engine; onnxruntime runs the fp32 ONNX graphs")
     if params.precision not in PRECISIONS:
         raise ParameterError(f"precision {params.precision!r} is not one of {' | '.join(PRECISIONS)}")
     if params.anchor and params.anchor not in names:
