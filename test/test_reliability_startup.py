@@ -31,3 +31,34 @@ def test_bad_parameters_give_one_line(tmp_path, args, words):
     assert "Traceback" not in done.stderr + done.stdout
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and words in errors[0], done.stderr
+
+
+def test_onnxruntime_engine_with_a_bundle_without_onnx_files_says_so_and_keeps_running(tmp_path):
+    """engine:=onnxruntime needs the bundle's ONNX files: one `cannot configure` line naming the fix, the
+    node stays up (unconfigured, as for any bad bundle) and stops cleanly on SIGINT."""
+    import signal
+    import time
+
+    import torch
+
+    from mdgm_ros.core import ModelConfig, MultimodalVAE, default_robot_modalities, save_bundle
+    from ros_env import start, stop
+
+    torch.manual_seed(0)
+    bundle = save_bundle(tmp_path / "no_onnx", MultimodalVAE(ModelConfig(tuple(default_robot_modalities()),
+                                                                         latent_dim=4)))
+    log = tmp_path / "node.log"
+    node = start("mdgm_ros.ros.fusion_node", "--ros-args", "-p", f"bundle:={bundle}", "-p", "engine:=onnxruntime",
+                 env=private_ros_env(), log=log)
+    try:
+        deadline = time.monotonic() + 90
+        while "cannot configure" not in log.read_text() and node.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        text = log.read_text()
+        assert node.poll() is None, text[-2000:]
+        assert "has no onnx_camera_encoder.onnx: train with export.onnx: true" in text, text[-2000:]
+        node.send_signal(signal.SIGINT)
+        assert node.wait(timeout=60) == 0
+        assert "Traceback" not in log.read_text()
+    finally:
+        stop(node)
