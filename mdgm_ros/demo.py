@@ -250,7 +250,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, device: str = "a
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _log(f"demo{' --quick' if quick else ''}: simulate, train, replay through fusion_node, evaluate "
-         f"(about {'3' if quick else '9'} minutes on 2 cores); logs and figures go to {out.resolve()}")
+         f"(about {'3' if quick else '22'} minutes on 2 cores); logs and figures go to {out.resolve()}")
     timings: dict[str, float] = {}
     started = time.perf_counter()
     train_bag, test_bag = simulate_bags(out, size, keep)
