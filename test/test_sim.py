@@ -85,7 +85,9 @@ def test_object_drop_waits_for_a_carried_object_then_drops_it():
     events, labels = _run(7.0, seed=1, faults=(FaultSpec("object_drop", 1.0, 1.5),))
     assert [lb.kind for lb in labels] == ["object_drop"]
     start, end = labels[0].start_ns, labels[0].end_ns
-    tactile = lambda lo, hi: [float(e.data.sum()) for e in events if e.stream == "tactile" and lo <= e.stamp_ns <= hi]  # noqa: E731
+
+    def tactile(lo, hi):
+        return [float(e.data.sum()) for e in events if e.stream == "tactile" and lo <= e.stamp_ns <= hi]
     fingers = [e.data[0, 7:9] for e in events if e.stream == "joints" and start + 5e8 <= e.stamp_ns <= end]
     assert min(tactile(start - 2e8, start)) > 5.0                 # it was carrying something
     assert max(tactile(start + 5e8, end)) < 1.0                   # nothing between the fingers any more
@@ -96,7 +98,8 @@ def test_joint_fault_ends_with_the_arm_back_at_its_rest_posture():
     events, labels = _run(5.0, seed=2, faults=(FaultSpec("joint_fault", 1.0, 1.5),))
     label = labels[0]
     sagged = [e.data[0, :7] for e in events if e.stream == "joints" and e.stamp_ns <= label.start_ns + 1.5e9]
-    home = [e.data[0, :7] for e in events if e.stream == "joints" and label.end_ns - 2e7 <= e.stamp_ns <= label.end_ns]
+    home = [e.data[0, :7] for e in events
+            if e.stream == "joints" and label.end_ns - 2e7 <= e.stamp_ns <= label.end_ns]
     rest = np.array([0.0, -0.3, 0.0, -2.2, 0.0, 2.0, 0.785])
     assert np.abs(sagged[-1] - rest).max() > 0.2                  # the fault moved it away
     assert np.abs(home[-1] - rest).max() < 0.1                    # and the label ends at home

@@ -129,7 +129,8 @@ class FusionNode(GuardedNode, LifecycleNode):
         self._publish_model_info()
         precision = "" if self.params.precision == "fp32" else f", networks under autocast ({self.params.precision})"
         engine = "" if self.params.engine == "torch" else f", networks in {self.params.engine}"
-        self.get_logger().info(f"configured with {self.runtime.bundle.model_id} on {self.runtime.device}{precision}{engine}")
+        self.get_logger().info(f"configured with {self.runtime.bundle.model_id} on {self.runtime.device}"
+                               f"{precision}{engine}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -220,8 +220,9 @@ class PandaTableSim:
         pb.setJointMotorControlArray(self.robot, _ARM, pb.POSITION_CONTROL, targetPositions=list(q),
                                      forces=forces, physicsClientId=self.client)
         grip = _GRIP_FORCE * (_DROP_GRIP_SHARE if self._active_kind("object_drop") else 1.0)
-        pb.setJointMotorControlArray(self.robot, _FINGERS, pb.POSITION_CONTROL, targetPositions=[segment.gripper] * 2,
-                                     forces=[grip, grip], physicsClientId=self.client)
+        pb.setJointMotorControlArray(self.robot, _FINGERS, pb.POSITION_CONTROL,
+                                     targetPositions=[segment.gripper] * 2, forces=[grip, grip],
+                                     physicsClientId=self.client)
         self._held = self._holding() if segment.phase in ("lift", "transport", "place") else None
 
     def _arm_targets(self, segment: _Segment, s: float) -> list[float]:
