@@ -146,3 +146,20 @@ def test_async_callbacks_and_action_fallbacks_are_guarded():
     response = _service_failure(OSError(36, "File name too long"), Trigger.Request(), Trigger.Response())
     assert response.success is False and "File name too long" in response.message
     assert _parameters_refused(ValueError("x")).successful is False
+
+
+def test_a_publish_failing_on_a_closing_context_is_shutdown_not_a_failed_step():
+    """SIGINT: rclpy's signal thread shuts the context down while a step runs; the publish then fails
+    before context.ok() turns false. That is shutdown, not a fusion step to count and log."""
+    from mdgm_ros.ros.fusion_node import _shutting_down
+
+    class Context:
+        def __init__(self, ok: bool):
+            self._ok = ok
+
+        def ok(self) -> bool:
+            return self._ok
+
+    closing = RuntimeError("Failed to publish: publisher's context is invalid, at ./src/rcl/publisher.c:427")
+    assert _shutting_down(Context(True), closing) and _shutting_down(Context(False), ValueError("any"))
+    assert not _shutting_down(Context(True), ValueError("shape mismatch"))

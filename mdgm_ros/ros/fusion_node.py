@@ -444,8 +444,10 @@ class FusionNode(GuardedNode, LifecycleNode):
 
         try:
             result = self._infer(runtime, sample, present, publish_latent)
+            if result is not None:
+                self._publish_rest(runtime, result, present, stamp_ns, frame_id)
         except Exception as err:  # keep running; the counter and the log say what broke
-            if not self.context.ok():                    # shutting down (SIGINT): the publishers are gone
+            if _shutting_down(self.context, err):        # SIGINT: rclpy's signal thread closed the context
                 return
             self._errors[type(err).__name__] += 1
             self._warn(("inference", type(err).__name__), f"fusion step failed: {type(err).__name__}: {err}")
@@ -456,6 +458,10 @@ class FusionNode(GuardedNode, LifecycleNode):
             if temporal:
                 self._reset_filter("non-finite state")
             return
+        self._compute_ms.append((time.perf_counter() - started) * 1e3)
+
+    def _publish_rest(self, runtime: Runtime, result, present, stamp_ns: int, frame_id: str) -> None:
+        """After ~/latent: scores, imputations and (temporal) the predicted latents."""
         self._published += 1
         self._last_output = time.monotonic()
         bad = _non_finite_part(result, present)
@@ -465,10 +471,9 @@ class FusionNode(GuardedNode, LifecycleNode):
         if result.scores is not None:
             for name, score in zip(runtime.streams, result.scores[0].tolist()):
                 self.stats[name].score = score
-        outputs.publish_derived(result, present, stamp_ns, frame_id)
-        if temporal and getattr(result, "predicted_mean", None) is not None:
+        self._outputs.publish_derived(result, present, stamp_ns, frame_id)
+        if runtime.temporal and getattr(result, "predicted_mean", None) is not None:
             self._publish_prediction(runtime, result, stamp_ns, frame_id)
-        self._compute_ms.append((time.perf_counter() - started) * 1e3)
 
     # ------------------------------------------------------------------ temporal state
     def _check_filter_time(self, runtime: Runtime, stamp_ns: int) -> None:
@@ -647,6 +652,12 @@ def main(args: list[str] | None = None) -> int:
             rclpy.shutdown()
     _exit_without_teardown(0)
     return 0
+
+
+def _shutting_down(context, err: BaseException) -> bool:
+    """True when ``err`` comes from the context closing under the step (SIGINT: rclpy's signal thread
+    shuts the context down while a callback runs, so a publish can fail before ``ok()`` turns false)."""
+    return not context.ok() or "context is invalid" in str(err)
 
 
 def _exit_without_teardown(status: int) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import rclpy
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -76,6 +77,16 @@ class BagPlayer(GuardedNode, Node):
         self.clock_pub = self.create_publisher(Clock, "/clock", 10) if clock else None
         self.stats = PlayStats()
 
+    def wait_for_delivery(self, timeout_s: float = 5.0) -> bool:
+        """Before exiting: until the reliable subscribers have acknowledged everything published (the
+        last messages are otherwise lost with the process), ``timeout_s`` at most in all."""
+        deadline = time.monotonic() + timeout_s
+        for publisher in self.publishers_by_topic.values():
+            left = max(0.0, deadline - time.monotonic())
+            if not publisher.wait_for_all_acked(Duration(nanoseconds=int(left * 1e9))):
+                return False
+        return True
+
     def play_once(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         first_ns: int | None = None
         last_clock = -1
@@ -119,6 +130,7 @@ def play(bag: str | Path, rate: float = 1.0, loop: bool = False, clock: bool = F
             if not loop:
                 break
             player.stats.loops += 1
+        player.wait_for_delivery()
         player.destroy_node()
         return player.stats
     finally:
