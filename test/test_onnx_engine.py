@@ -31,7 +31,6 @@ def test_onnxruntime_networks_give_the_torch_fusion_results(trained_bundle):
         torch.testing.assert_close(got.scores, want.scores, rtol=1e-3, atol=1e-3, equal_nan=True)
 
 
-
 @pytest.mark.parametrize("objective,private_dim", [("temporal", None), ("temporal_ms", 3)])
 def test_onnxruntime_runs_the_temporal_filter_as_torch_does(tmp_path, objective, private_dim):
     from mdgm_ros.core import ModelConfig, MultimodalVAE, save_bundle

@@ -29,14 +29,13 @@ NS = 1_000_000_000
 def _temporal_bundle(folder):
     from mdgm_ros.core import ModelConfig, MultimodalVAE, default_robot_modalities, save_bundle
     from mdgm_ros.core.families.temporal import TRANSITION
+    from mdgm_ros.training.trainer import export_onnx
 
     torch.manual_seed(0)
     model = MultimodalVAE(ModelConfig(tuple(default_robot_modalities()), latent_dim=4, objective="temporal")).eval()
     with torch.no_grad():
         for p in model.extra[TRANSITION].parameters():
             p.add_(0.3 * torch.randn_like(p))
-    from mdgm_ros.training.trainer import export_onnx
-
     path = save_bundle(folder / "temporal_bundle", model, None, name="temporal",
                        extra={"temporal": {"step_s": STEP_S}}, attach=lambda target: export_onnx(model, target))
     return model, path
