@@ -141,6 +141,39 @@ def test_calibration_values_are_validated(saved, field, value, match):
     _refused(saved, match)
 
 
+def _reversed(table):
+    return {**table, "values": table["values"][::-1]}
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda t: {**t, "slope": float("nan")}, "table camera/nll: .*slope must be finite"),
+    (lambda t: {**t, "slope": -1.0}, "table camera/nll: .*slope > 0"),
+    (_reversed, "table camera/nll: values and probits must be sorted"),
+    (lambda t: {**t, "probits": t["probits"][:-1]}, "table camera/nll: needs 1 to 4096 values and as many"),
+    (lambda t: {**t, "values": [0.0] * 5000, "probits": [0.0] * 5000}, "table camera/nll: needs 1 to 4096"),
+    (lambda t: {**t, "values": [float("inf")] * len(t["values"])}, "table camera/nll: .*must be finite"),
+])
+def test_quantile_tables_are_validated(saved, edit, match):
+    data = json.loads((saved / "calibration.json").read_text())
+    data["tables"]["camera"]["nll"] = edit(data["tables"]["camera"]["nll"])
+    (saved / "calibration.json").write_text(json.dumps(data))
+    _rehash(saved, "calibration.json")
+    _refused(saved, match)
+
+
+def test_unknown_channels_and_bad_presence_are_refused(saved):
+    data = json.loads((saved / "calibration.json").read_text())
+    data["tables"]["camera"]["loudness"] = data["tables"]["camera"]["nll"]
+    (saved / "calibration.json").write_text(json.dumps(data))
+    _rehash(saved, "calibration.json")
+    _refused(saved, "unknown surprise channel 'loudness' of 'camera'")
+    del data["tables"]["camera"]["loudness"]
+    data["presence"]["camera"] = 1.5
+    (saved / "calibration.json").write_text(json.dumps(data))
+    _rehash(saved, "calibration.json")
+    _refused(saved, r"presence of 'camera' must be in \[0, 1\]")
+
+
 def test_all_nan_calibration_and_normalization_are_refused(saved):
     data = json.loads((saved / "calibration.json").read_text())
     data = {**data, **{k: {m: float("nan") for m in data[k]} for k in ("mean", "std", "threshold")}}

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..core import Fuser, select_device
-from ..core.temporal import TemporalFilter, calibration_from_nll, predictive_nll_sequence
+from ..core.temporal import TemporalFilter, calibration_from_nll, predictive_surprise_sequence
 from .models import _percentiles, _prepared_model, _sync
 
 
@@ -31,8 +31,8 @@ def bench_temporal_step(iterations: int = 2000, warmup: int = 100, device: str =
     model, (data, feats, mask) = _prepared_model(objective, dev)
     with torch.no_grad():
         normalised = {n: model.normalize(n, x.to(dev)).unsqueeze(0) for n, x in feats.items()}
-        nll = predictive_nll_sequence(model, normalised, mask.to(dev).unsqueeze(0))
-    calibration = calibration_from_nll(model, nll[0])
+        surprise = predictive_surprise_sequence(model, normalised, mask.to(dev).unsqueeze(0))
+    calibration = calibration_from_nll(model, surprise[0])
     fast = TemporalFilter(model, calibration)
     generic = TemporalFilter(model, calibration)
     generic.closed_form = False

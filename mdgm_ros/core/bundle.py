@@ -431,4 +431,4 @@ def _calibration_problem(calibration: AnomalyCalibration) -> str | None:
             return f"threshold of {key!r} is not finite"
     if not 0 < calibration.quantile <= 1:
         return f"quantile {calibration.quantile} is not in (0, 1]"
-    return None
+    return calibration.problem()

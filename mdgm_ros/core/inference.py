@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from . import posterior as post
+from .anomaly import (AnomalyCalibration, calibration_from_nll, empty_surprise, standardize_scores,
+                      stream_surprise)
 from .families.private import private_codes
 from .model import MultimodalVAE
 
@@ -133,38 +135,15 @@ def impute(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.
 
 
 # --------------------------------------------------------------------------- anomaly scores
-@dataclass
-class AnomalyCalibration:
-    """Per-modality statistics of the leave-one-out conditional NLL on normal data, and thresholds
-    (quantiles of the standardised scores) for each modality and for the total."""
-
-    mean: dict[str, float]
-    std: dict[str, float]
-    threshold: dict[str, float]
-    quantile: float = 0.99
-    n_samples: int = 0
-    count: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std, "threshold": self.threshold,
-                "quantile": self.quantile, "n_samples": self.n_samples, "count": self.count}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "AnomalyCalibration":
-        return cls(mean={k: float(v) for k, v in data["mean"].items()},
-                   std={k: float(v) for k, v in data["std"].items()},
-                   threshold={k: float(v) for k, v in data["threshold"].items()},
-                   quantile=float(data.get("quantile", 0.99)), n_samples=int(data.get("n_samples", 0)),
-                   count=int(data.get("count", 0)))
-
-
-def leave_one_out_nll(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mu: torch.Tensor,
-                      logvar: torch.Tensor, mask: torch.Tensor, n_samples: int = 0,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """-log p(x_m | X_{O minus m}) for every observed m: (B, M), NaN where m is missing.
+def leave_one_out_surprise(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mu: torch.Tensor,
+                           logvar: torch.Tensor, mask: torch.Tensor, n_samples: int = 0,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """The surprise of every observed m given X_{O minus m} (:mod:`.anomaly`): (B, M, 2) with
+    -log p(x_m | X_{O minus m}) and the squared error in sensor units, NaN where m is missing.
 
     All M conditionals are computed in one batched posterior call (the M leave-one-out masks are
-    stacked along the batch). ``n_samples=0`` uses the conditional posterior mean."""
+    stacked along the batch). ``n_samples=0`` uses the conditional posterior mean; with samples the
+    likelihood is their average and the error is the mean over samples."""
     n_mod, (_, batch, dim) = len(model.names), mu.shape
     eye = torch.eye(n_mod, dtype=torch.bool, device=mask.device)
     loo_mask = (mask.unsqueeze(0) & ~eye.unsqueeze(1)).reshape(n_mod * batch, n_mod)   # (M*B, M)
@@ -175,17 +154,26 @@ def leave_one_out_nll(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], m
     else:
         z = posterior_samples(model, mu_rep, lv_rep, loo_mask, n_samples, generator)
         z = z.reshape(n_samples, n_mod, batch, dim)
-    nll = torch.full((batch, n_mod), float("nan"), dtype=mu.dtype, device=mu.device)
+    out = empty_surprise(batch, n_mod, mu)
     private = _left_out_private(model, feats, mask, n_samples, generator)
     for j, name in enumerate(model.names):
         if not bool(mask[:, j].any()):
             continue
         z_j = z[j] if n_samples == 0 else z[:, j]
-        ll = model.log_likelihood(name, feats[name], model.decode(name, z_j, None if private is None else private[j]))
+        decoded = model.decode(name, z_j, None if private is None else private[j])
+        value = stream_surprise(model, name, feats[name], decoded)
         if n_samples:
-            ll = torch.logsumexp(ll, 0) - math.log(n_samples)
-        nll[:, j] = torch.where(mask[:, j], -ll, nll[:, j])
-    return nll
+            ll = torch.logsumexp(-value[..., 0], 0) - math.log(n_samples)
+            value = torch.stack([-ll, value[..., 1].mean(0)], -1)
+        out[:, j] = torch.where(mask[:, j, None], value, out[:, j])
+    return out
+
+
+def leave_one_out_nll(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mu: torch.Tensor,
+                      logvar: torch.Tensor, mask: torch.Tensor, n_samples: int = 0,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """-log p(x_m | X_{O minus m}) for every observed m: (B, M), NaN where m is missing."""
+    return leave_one_out_surprise(model, feats, mu, logvar, mask, n_samples, generator)[..., 0]
 
 
 def _left_out_private(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
@@ -196,52 +184,16 @@ def _left_out_private(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], m
     return private_codes(model, feats, torch.zeros_like(mask), n_samples, generator)
 
 
-def standardize_scores(model: MultimodalVAE, nll: torch.Tensor, calibration: AnomalyCalibration | None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, M) NLLs -> standardised per-modality scores (NaN if missing) and total (B,).
-
-    total = sum of the observed standardised scores / sqrt(number observed); NaN if none observed."""
-    if calibration is None:
-        scores = nll
-    else:
-        mean = torch.tensor([calibration.mean[n] for n in model.names], dtype=nll.dtype, device=nll.device)
-        std = torch.tensor([calibration.std[n] for n in model.names], dtype=nll.dtype, device=nll.device)
-        scores = (nll - mean) / std
-    observed = ~torch.isnan(scores)
-    count = observed.sum(1).to(scores.dtype)
-    total = torch.where(observed, scores, torch.zeros_like(scores)).sum(1) / count.sqrt()
-    return scores, torch.where(count > 0, total, torch.full_like(total, float("nan")))
-
-
 def anomaly_scores(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
                    calibration: AnomalyCalibration | None, n_samples: int = 0,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   generator: torch.Generator | None = None, expected: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-modality scores and total (:func:`.anomaly.standardize_scores`); ``expected`` (B, M): the
+    streams whose absence counts as evidence."""
     feats = model.complete(feats, mask)
     mu, logvar = model.experts(feats, mask)
-    nll = leave_one_out_nll(model, feats, mu, logvar, mask, n_samples, generator)
-    return standardize_scores(model, nll, calibration)
-
-
-def calibration_from_nll(model: MultimodalVAE, nll: torch.Tensor, quantile: float = 0.99,
-                         n_samples: int = 0) -> AnomalyCalibration:
-    """Anomaly calibration from normal-data NLLs (N, M; NaN where a modality is missing): per-modality
-    mean/std of the NLL, and the ``quantile`` of the standardised scores as thresholds."""
-    if not 0.5 <= quantile < 1.0:
-        raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
-    values = nll.detach().cpu().double().numpy()
-    mean, std = {}, {}
-    for j, name in enumerate(model.names):
-        column = values[:, j][~np.isnan(values[:, j])]
-        if column.size < 2:
-            raise ValueError(f"anomaly calibration needs >= 2 samples where {name!r} is observed")
-        mean[name], std[name] = float(column.mean()), float(max(column.std(), 1e-6))
-    calibration = AnomalyCalibration(mean, std, {}, quantile, n_samples, int(values.shape[0]))
-    scores, total = standardize_scores(model, torch.from_numpy(values), calibration)
-    for j, name in enumerate(model.names):
-        column = scores[:, j][~torch.isnan(scores[:, j])]
-        calibration.threshold[name] = float(torch.quantile(column, quantile))
-    calibration.threshold["total"] = float(torch.quantile(total[~torch.isnan(total)], quantile))
-    return calibration
+    surprise = leave_one_out_surprise(model, feats, mu, logvar, mask, n_samples, generator)
+    return standardize_scores(model, surprise, calibration, expected)
 
 
 def calibrate_anomaly(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
@@ -257,7 +209,7 @@ def calibrate_anomaly(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], m
             m = mask[start:start + batch_size]
             full = model.complete(part, m)
             mu, logvar = model.experts(full, m)
-            chunks.append(leave_one_out_nll(model, full, mu, logvar, m, n_samples, generator))
+            chunks.append(leave_one_out_surprise(model, full, mu, logvar, m, n_samples, generator))
     return calibration_from_nll(model, torch.cat(chunks), quantile, n_samples)
 
 
@@ -325,25 +277,27 @@ class Fuser:
         self.amp = amp                                   # autocast dtype of the step (None: fp32)
 
     def __call__(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor,
-                 on_latent: LatentHook | None = None) -> FusionResult | None:
+                 on_latent: LatentHook | None = None, expected: torch.Tensor | None = None) -> FusionResult | None:
         """``on_latent(result)`` runs as soon as the posterior exists, before any decoder (a live node
         publishes the latent there); if it returns False the step stops and None is returned. ``mask``
         may stay on the CPU (a live node's does): which modalities are observed is then read without a
-        device round trip."""
-        return mixed_precision_call(self._step, self.amp, self.model.device, raw, mask, on_latent=on_latent)
+        device round trip. ``expected`` (B, M): streams whose absence is scored (:mod:`.anomaly`)."""
+        return mixed_precision_call(self._step, self.amp, self.model.device, raw, mask, on_latent=on_latent,
+                                    expected=expected)
 
     @torch.inference_mode()
     def _step(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor,
-              on_latent: LatentHook | None = None) -> FusionResult | None:
+              on_latent: LatentHook | None = None, expected: torch.Tensor | None = None) -> FusionResult | None:
         host = mask.cpu()
         observed = [n for j, n in enumerate(self.model.names) if bool(host[:, j].any())]
         uniform = host.shape[0] == 1 or bool((host == host[:1]).all())
         if uniform and observed and self.model.family.closed_form_poe(self.model) and self.n_samples == 0:
-            return self._fused_closed_form(raw, observed, on_latent)
-        return self._fused_general(raw, mask.to(self.model.device), observed, on_latent)
+            return self._fused_closed_form(raw, observed, on_latent, expected)
+        return self._fused_general(raw, mask.to(self.model.device), observed, on_latent, expected)
 
-    def _fused_general(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor,
-                       observed: list[str], on_latent: LatentHook | None = None) -> FusionResult | None:
+    def _fused_general(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor, observed: list[str],
+                       on_latent: LatentHook | None = None, expected: torch.Tensor | None = None
+                       ) -> FusionResult | None:
         model = self.model
         feats = model.complete(model.features({n: raw[n] for n in observed}), mask)
         mu, logvar = model.experts(feats, mask)
@@ -356,8 +310,8 @@ class Fuser:
         imputed = impute_from_experts(model, mu, logvar, mask, targets, self.n_samples, private=private)
         self._store_imputations(result, {n: (i.mean, i.std) for n, i in imputed.items()})
         if self.anomaly and self.model.family.properties.missing_modalities:
-            nll = leave_one_out_nll(model, feats, mu, logvar, mask, self.n_samples)
-            result.scores, result.total_score = standardize_scores(model, nll, self.calibration)
+            surprise = leave_one_out_surprise(model, feats, mu, logvar, mask, self.n_samples)
+            result.scores, result.total_score = standardize_scores(model, surprise, self.calibration, expected)
         return result
 
     def _private_latents(self, result: FusionResult, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
@@ -370,7 +324,8 @@ class Fuser:
         return private_codes(self.model, feats, mask, self.n_samples)
 
     def _fused_closed_form(self, raw: Mapping[str, torch.Tensor], observed: list[str],
-                           on_latent: LatentHook | None = None) -> FusionResult | None:
+                           on_latent: LatentHook | None = None, expected: torch.Tensor | None = None
+                           ) -> FusionResult | None:
         """Every row observes the same modalities (always so at batch 1) and the posterior is a PoE:
         the joint and all leave-one-out posteriors over the observed experts only, in closed form
         (:func:`posterior.dense_product_with_leave_one_out`; a test checks it equals the masked path)."""
@@ -387,12 +342,11 @@ class Fuser:
         targets = [n for n in model.names if self.impute_present or n not in observed]
         self._store_imputations(result, {n: model.output_moments(n, model.decode(n, z_mean)) for n in targets})
         if self.anomaly:
-            batch = z_mean.shape[0]
-            nll = torch.full((batch, len(model.names)), float("nan"), dtype=z_mean.dtype, device=z_mean.device)
+            surprise = empty_surprise(z_mean.shape[0], len(model.names), z_mean)
             for i, name in enumerate(observed):
-                ll = model.log_likelihood(name, feats[name], model.decode(name, z_loo[i]))
-                nll[:, model.names.index(name)] = -ll
-            result.scores, result.total_score = standardize_scores(model, nll, self.calibration)
+                surprise[:, model.names.index(name)] = stream_surprise(model, name, feats[name],
+                                                                       model.decode(name, z_loo[i]))
+            result.scores, result.total_score = standardize_scores(model, surprise, self.calibration, expected)
         return result
 
     def _store_imputations(self, result: FusionResult,

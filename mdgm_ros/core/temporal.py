@@ -33,6 +33,7 @@ from .families.base import FamilyError
 from .families.temporal import (TRANSITION, check_actions, decode_state, flatten_steps, is_temporal,
                                 modality_state_expert, options_of, poe_with_prior, private_block, sequence_experts,
                                 sequence_objective, state_coverage, state_dim, state_experts)
+from .anomaly import empty_surprise, stream_surprise
 from .inference import (AnomalyCalibration, FusionResult, Imputation, as_float32, calibration_from_nll,
                         mixed_precision_call, standardize_scores)
 from .model import MultimodalVAE
@@ -134,12 +135,13 @@ def filter_step(model: MultimodalVAE, state: FilterState, feats: Mapping[str, to
     return StepResult(prediction, mu, logvar, q_mu, q_lv, FilterState(q_mu, q_lv, started))
 
 
-def predictive_nll(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], expert_mean: torch.Tensor,
-                   expert_logvar: torch.Tensor, mask: torch.Tensor, prior_mean: torch.Tensor,
-                   prior_logvar: torch.Tensor) -> torch.Tensor:
-    """-log p(x_m | z) at the mean of q(z | past, X_{O minus m}) for every observed m: (B, M), NaN where
-    m is missing. The surprise of each stream given the past and the other streams now (the M
-    leave-one-out products are stacked along the batch; plug-in mean as the per-frame scores)."""
+def predictive_surprise(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], expert_mean: torch.Tensor,
+                        expert_logvar: torch.Tensor, mask: torch.Tensor, prior_mean: torch.Tensor,
+                        prior_logvar: torch.Tensor) -> torch.Tensor:
+    """The surprise (:mod:`.anomaly`) of every observed m decoded at the mean of q(z | past, X_{O minus m}):
+    (B, M, 2) with -log p(x_m | z) and the squared error in sensor units, NaN where m is missing. Each
+    stream given the past and the other streams now (the M leave-one-out products are stacked along
+    the batch; plug-in mean as the per-frame scores)."""
     n_mod, batch = mask.shape[1], mask.shape[0]
     eye = torch.eye(n_mod, dtype=torch.bool, device=mask.device)
     loo_mask = (mask.unsqueeze(0) & ~eye.unsqueeze(1)).reshape(n_mod * batch, n_mod)
@@ -147,12 +149,19 @@ def predictive_nll(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], expe
                           prior_mean.repeat(n_mod, 1), prior_logvar.repeat(n_mod, 1),
                           state_coverage(model, mask.device))
     z = z.reshape(n_mod, batch, -1)
-    nll = torch.full((batch, n_mod), float("nan"), dtype=z.dtype, device=z.device)
+    out = empty_surprise(batch, n_mod, z)
     for j, name in enumerate(model.names):
         if bool(mask[:, j].any()):
-            ll = model.log_likelihood(name, feats[name], decode_state(model, name, z[j]))
-            nll[:, j] = torch.where(mask[:, j], -ll, nll[:, j])
-    return nll
+            value = stream_surprise(model, name, feats[name], decode_state(model, name, z[j]))
+            out[:, j] = torch.where(mask[:, j, None], value, out[:, j])
+    return out
+
+
+def predictive_nll(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], expert_mean: torch.Tensor,
+                   expert_logvar: torch.Tensor, mask: torch.Tensor, prior_mean: torch.Tensor,
+                   prior_logvar: torch.Tensor) -> torch.Tensor:
+    """-log p(x_m | z) of :func:`predictive_surprise`: (B, M), NaN where m is missing."""
+    return predictive_surprise(model, feats, expert_mean, expert_logvar, mask, prior_mean, prior_logvar)[..., 0]
 
 
 # --------------------------------------------------------------------------- k-step prediction
@@ -256,18 +265,25 @@ def impute_sequence(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mas
     return decode_latents(model, latents, targets)
 
 
-def predictive_nll_sequence(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
-                            actions: torch.Tensor | None = None) -> torch.Tensor:
-    """One-step predictive NLL of every observed modality at every step (B, T, M), NaN where missing."""
+def predictive_surprise_sequence(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+                                 actions: torch.Tensor | None = None) -> torch.Tensor:
+    """One-step predictive surprise of every observed modality at every step (B, T, M, 2), NaN where
+    missing."""
     filtered = filter_sequence(model, feats, mask, actions)
     batch, steps, n_mod = mask.shape
     flat_feats, flat_mask = flatten_steps(model, feats, mask)
     dim = state_dim(model)
-    nll = predictive_nll(model, flat_feats, filtered.expert_mean.reshape(n_mod, batch * steps, dim),
-                         filtered.expert_logvar.reshape(n_mod, batch * steps, dim), flat_mask,
-                         filtered.prior_mean.reshape(batch * steps, dim),
-                         filtered.prior_logvar.reshape(batch * steps, dim))
-    return nll.reshape(batch, steps, n_mod)
+    out = predictive_surprise(model, flat_feats, filtered.expert_mean.reshape(n_mod, batch * steps, dim),
+                              filtered.expert_logvar.reshape(n_mod, batch * steps, dim), flat_mask,
+                              filtered.prior_mean.reshape(batch * steps, dim),
+                              filtered.prior_logvar.reshape(batch * steps, dim))
+    return out.reshape(batch, steps, n_mod, -1)
+
+
+def predictive_nll_sequence(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+                            actions: torch.Tensor | None = None) -> torch.Tensor:
+    """One-step predictive NLL of every observed modality at every step (B, T, M), NaN where missing."""
+    return predictive_surprise_sequence(model, feats, mask, actions)[..., 0]
 
 
 @torch.no_grad()
@@ -278,14 +294,14 @@ def calibrate_predictive_anomaly(model: MultimodalVAE, feats: Mapping[str, torch
     (W, T), ``feats``/``mask``/``actions`` are rows and each window is filtered from a fresh state
     (padded steps are left out)."""
     if windows is None:
-        nll = predictive_nll_sequence(model, feats, mask, actions)
-        return calibration_from_nll(model, nll.reshape(-1, mask.shape[-1]), quantile)
+        surprise = predictive_surprise_sequence(model, feats, mask, actions)
+        return calibration_from_nll(model, surprise.reshape(-1, *surprise.shape[2:]), quantile)
     parts = []
     for start in range(0, windows.shape[0], batch_size):
         chunk = windows[start:start + batch_size]
         part, m, act = _gather(feats, mask, chunk, actions, model.device)
-        nll = predictive_nll_sequence(model, part, m, act)
-        parts.append(nll[chunk.to(nll.device) >= 0])
+        surprise = predictive_surprise_sequence(model, part, m, act)
+        parts.append(surprise[chunk.to(surprise.device) >= 0])
     return calibration_from_nll(model, torch.cat(parts), quantile)
 
 
@@ -328,13 +344,15 @@ class TemporalFilter:
 
     def __call__(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor, action: torch.Tensor | None = None,
                  future_actions: torch.Tensor | None = None,
-                 on_latent: Callable[[FusionResult], "bool | None"] | None = None) -> TemporalFusionResult | None:
+                 on_latent: Callable[[FusionResult], "bool | None"] | None = None,
+                 expected: torch.Tensor | None = None) -> TemporalFusionResult | None:
         """One step. ``on_latent(result)`` runs as soon as the filtered posterior exists (before any
         decoder); if it returns False, the state still advances but the step returns None. ``mask`` may
-        stay on the CPU (as :class:`~mdgm_ros.core.inference.Fuser`'s)."""
+        stay on the CPU (as :class:`~mdgm_ros.core.inference.Fuser`'s). ``expected`` (B, M): streams
+        whose absence is scored (:mod:`.anomaly`)."""
         try:
             return mixed_precision_call(self._step, self.amp, self.model.device, raw, mask, action,
-                                        future_actions, on_latent=on_latent)
+                                        future_actions, on_latent=on_latent, expected=expected)
         finally:
             if self.amp is not None:                     # the memory stays in fp32 between steps
                 self.state = as_float32(self.state)
@@ -342,13 +360,14 @@ class TemporalFilter:
     @torch.inference_mode()
     def _step(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor, action: torch.Tensor | None = None,
               future_actions: torch.Tensor | None = None,
-              on_latent: Callable[[FusionResult], "bool | None"] | None = None) -> TemporalFusionResult | None:
+              on_latent: Callable[[FusionResult], "bool | None"] | None = None,
+              expected: torch.Tensor | None = None) -> TemporalFusionResult | None:
         model = self.model
         host, mask = mask.cpu(), mask.to(model.device)
         observed = [n for j, n in enumerate(model.names) if bool(host[:, j].any())]
         self.steps += 1
         if self.closed_form and mask.shape[0] == 1:
-            return self._closed_form_step(raw, observed, action, future_actions, on_latent)
+            return self._closed_form_step(raw, observed, action, future_actions, on_latent, expected)
         feats = model.complete(model.features({n: raw[n] for n in observed}), mask)
         step = filter_step(model, self.state, feats, mask, action)
         self.state = step.state
@@ -358,9 +377,9 @@ class TemporalFilter:
         targets = [n for j, n in enumerate(model.names) if self.impute_present or not bool(mask[:, j].all())]
         self._store_imputations(result, step.mean, targets)
         if self.anomaly:
-            nll = predictive_nll(model, feats, step.expert_mean, step.expert_logvar, mask,
-                                 step.prediction.mean, step.prediction.logvar)
-            result.scores, result.total_score = standardize_scores(model, nll, self.calibration)
+            surprise = predictive_surprise(model, feats, step.expert_mean, step.expert_logvar, mask,
+                                           step.prediction.mean, step.prediction.logvar)
+            result.scores, result.total_score = standardize_scores(model, surprise, self.calibration, expected)
         if self.horizon > 0:
             mean, logvar = predict_ahead(model, self.state, self.horizon, future_actions)
             dim = model.latent_dim                       # the shared latent's prediction (as ~/latent)
@@ -379,7 +398,8 @@ class TemporalFilter:
         return result
 
     def _closed_form_step(self, raw: Mapping[str, torch.Tensor], observed: list[str], action: torch.Tensor | None,
-                          future_actions: torch.Tensor | None, on_latent) -> TemporalFusionResult | None:
+                          future_actions: torch.Tensor | None, on_latent,
+                          expected: torch.Tensor | None = None) -> TemporalFusionResult | None:
         """Batch 1: precisions P = exp(-logvar) of the prediction and the observed experts over the state
         (zero where an expert does not inform it); the filtered posterior is T = P_prior + sum_m P_m,
         mean = (P_prior mu_prior + sum_m P_m mu_m) / T, and the leave-one-out posterior of m drops P_m
@@ -408,12 +428,12 @@ class TemporalFilter:
         targets = [n for n in model.names if self.impute_present or n not in observed]
         self._store_imputations(result, mean, targets)
         if self.anomaly:
-            nll = torch.full((1, len(model.names)), float("nan"), dtype=mean.dtype, device=mean.device)
+            surprise = empty_surprise(1, len(model.names), mean)
             for name, precision, part in zip(observed, precisions, weighted):
                 loo_mean = (total_weighted - part) / (total - precision)
-                nll[:, model.names.index(name)] = -model.log_likelihood(name, feats[name],
-                                                                        decode_state(model, name, loo_mean))
-            result.scores, result.total_score = standardize_scores(model, nll, self.calibration)
+                surprise[:, model.names.index(name)] = stream_surprise(model, name, feats[name],
+                                                                       decode_state(model, name, loo_mean))
+            result.scores, result.total_score = standardize_scores(model, surprise, self.calibration, expected)
         if self.horizon > 0:
             result.predicted_mean, result.predicted_std = self._predicted(mean, logvar, future_actions)
         return result
@@ -553,6 +573,6 @@ __all__ = [
     "FilterState", "FilteredSequence", "Prediction", "StepResult", "TemporalFilter", "TemporalFusionResult",
     "calibrate_predictive_anomaly", "calibration_from_nll", "decode_latents", "filter_sequence",
     "filter_step", "impute_sequence", "initial_state", "predict", "predict_ahead", "predictive_nll",
-    "predictive_nll_sequence", "propagate", "require_temporal", "reset_state", "smooth_fixed_lag",
+    "predictive_nll_sequence", "predictive_surprise", "predictive_surprise_sequence", "propagate", "require_temporal", "reset_state", "smooth_fixed_lag",
     "train_sequences", "sequence_loss", "SequenceTrainer",
 ]

@@ -260,9 +260,17 @@ def _batched(em: EvalModel, data: AlignedDataset, step, batch: int = 256) -> lis
 
 
 def offline_scores(em: EvalModel, data: AlignedDataset) -> tuple[np.ndarray, np.ndarray]:
-    """(total (N,), per-modality (N, M)) anomaly scores for the observed modalities of each row."""
-    scores, total = _batched(em, data, lambda f, m: anomaly_scores(em.model, f, m, em.bundle.calibration))
+    """(total (N,), per-modality (N, M)) anomaly scores of each row: its observed modalities, and the
+    absence of a stream the data records elsewhere (:func:`recorded_streams`)."""
+    recorded = recorded_streams(data)
+    scores, total = _batched(em, data, lambda f, m: anomaly_scores(em.model, f, m, em.bundle.calibration,
+                                                                    expected=recorded.to(m.device).expand_as(m)))
     return total, scores
+
+
+def recorded_streams(data: AlignedDataset) -> torch.Tensor:
+    """(M,) bool: the streams observed in at least one row; only their absence is scored."""
+    return torch.from_numpy(np.asarray(data.mask).any(0))
 
 
 def offline_latents(em: EvalModel, data: AlignedDataset) -> tuple[np.ndarray, np.ndarray]:

@@ -149,14 +149,17 @@ def temporal_scores(em: EvalModel, ex: Experts, data: AlignedDataset, filtered: 
                     ) -> tuple[np.ndarray, np.ndarray]:
     """(total (N,), per-modality (N, M)) one-step predictive scores with every recorded stream."""
     from ..core.inference import standardize_scores
+    from .evaluate import recorded_streams
 
     model, totals, scores = em.model, [], []
+    recorded = recorded_streams(data).to(model.device)
     for start in range(0, len(data), CHUNK):
         sl = slice(start, start + CHUNK)
         mask = torch.from_numpy(data.mask[sl]).to(model.device)
-        nll = tp.predictive_nll(model, {n: v[sl] for n, v in ex.feats.items()}, ex.mean[:, sl], ex.logvar[:, sl],
-                                mask, filtered["prior_mean"][sl], filtered["prior_logvar"][sl])
-        s, total = standardize_scores(model, nll, em.bundle.calibration)
+        surprise = tp.predictive_surprise(model, {n: v[sl] for n, v in ex.feats.items()}, ex.mean[:, sl],
+                                          ex.logvar[:, sl], mask, filtered["prior_mean"][sl],
+                                          filtered["prior_logvar"][sl])
+        s, total = standardize_scores(model, surprise, em.bundle.calibration, recorded.expand_as(mask))
         scores.append(s.cpu().numpy())
         totals.append(total.cpu().numpy())
     return np.concatenate(totals), np.concatenate(scores)

@@ -442,8 +442,9 @@ class FusionNode(GuardedNode, LifecycleNode):
             self._latency_ms.append((self.get_clock().now().nanoseconds - stamp_ns) / 1e6)
             return True
 
+        expected = [self.stats[name].accepted > 0 for name in runtime.streams]    # a silent stream that spoke before
         try:
-            result = self._infer(runtime, sample, present, publish_latent)
+            result = self._infer(runtime, sample, present, publish_latent, expected)
             if result is not None:
                 self._publish_rest(runtime, result, present, stamp_ns, frame_id)
         except Exception as err:  # keep running; the counter and the log say what broke
@@ -517,12 +518,12 @@ class FusionNode(GuardedNode, LifecycleNode):
                                                 f"({self._errors['non_finite_output']} so far)")
 
     @staticmethod
-    def _infer(runtime: Runtime, sample, present: list[bool], on_latent):
+    def _infer(runtime: Runtime, sample, present: list[bool], on_latent, expected: list[bool]):
         device = runtime.device
         raw = {n: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None].to(device)
                for n, a in sample.arrays.items()}
         mask = torch.tensor([present], dtype=torch.bool)     # stays on the host: no device round trip
-        return runtime.fuser(raw, mask, on_latent=on_latent)
+        return runtime.fuser(raw, mask, on_latent=on_latent, expected=torch.tensor([expected], dtype=torch.bool))
 
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 
+from ..core.anomaly import describe as describe_scores
 from ..msg import AnomalyScores, ImputedArray, Latent, LatentPrediction, ModelInfo
 from ..streams import bridge
 from ..streams.kinds import Stream
@@ -195,7 +196,7 @@ def model_info_message(runtime, node, mirrors: bool) -> ModelInfo:
         "latent": {"topic": "~/latent", "type": "mdgm_ros/msg/Latent", "stamp": "the anchor's source stamp",
                    **model.family.latent_description(model.config), "present": "presence mask"},
         "anomaly": {"topic": "~/anomaly", "type": "mdgm_ros/msg/AnomalyScores",
-                    "score": "standardised score (NaN if missing)", "threshold": "calibrated threshold"},
+                    **describe_scores(runtime.bundle.calibration), "threshold": "calibrated threshold"},
         "imputed_audio": "log-mel spectrogram, mdgm_ros/msg/ImputedArray, layout dims mel x frame",
         **({"temporal": temporal_info(runtime, node)} if getattr(runtime, "temporal", False) else {}),
         **({"latent_private": private_latent_info(model, getattr(runtime, "temporal", False))}

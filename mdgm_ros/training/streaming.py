@@ -29,7 +29,7 @@ import torch
 
 from ..core import BetaSchedule, MultimodalVAE, TrainConfig, Trainer, save_bundle
 from ..core.families import compute_objective
-from ..core.inference import calibration_from_nll, leave_one_out_nll
+from ..core.inference import calibration_from_nll, leave_one_out_surprise
 from ..core.modalities import Normalization
 from ..core.training import _NORM_AXES
 from ..data import bags
@@ -338,7 +338,7 @@ def streaming_calibration(model: MultimodalVAE, feed: ShardFeed, quantile: float
         m = m.to(model.device)
         full = model.complete(device_features(model, raw), m)
         mu, logvar = model.experts(full, m)
-        chunks.append(leave_one_out_nll(model, full, mu, logvar, m).cpu())
+        chunks.append(leave_one_out_surprise(model, full, mu, logvar, m).cpu())
     return calibration_from_nll(model, torch.cat(chunks), quantile)
 
 

@@ -1,0 +1,271 @@
+"""Anomaly scores from per-stream surprise, and their calibration on normal data.
+
+Each observed stream m is predicted from the others (and, in a temporal model, from the past). Its
+*surprise* has two channels:
+
+* ``nll``: -log p(x_m | .) in the model's standardised features;
+* ``error``: the squared prediction error summed over the features, in the sensor's own units. It
+  stays meaningful where the NLL swings on normal data: features that are nearly constant in training
+  (taxels that rarely touch) get a tiny normalisation std, so one normal contact moves the NLL a lot.
+
+Calibration keeps each channel's empirical distribution on normal held-out data (sorted values at up
+to :data:`TABLE_POINTS` probability levels). A value's score is its normal quantile: the probit of the
+empirical CDF, linear between stored points and extended past the largest one with the slope of the
+upper tail, so scores stay ordered beyond the calibration data. A stream scores the larger of its two
+channels. A stream the caller *expects* (it published before) but that is missing scores the probit of
+how rarely it was missing on normal data: a silent sensor is evidence too. The total combines two
+statistics of the stream scores, each calibrated the same way on the normal data, and keeps the larger:
+the largest stream score (one stream clearly off, e.g. a dropped object's taxels) and their sum /
+sqrt(count) (several streams a little off together, e.g. a collision's sound, jolt and image).
+
+Calibrations written before these tables (``mean``/``std`` of the NLL only) keep their behaviour: the
+z-score of the NLL per stream and the sum over streams / sqrt(count) as total.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+CHANNELS = ("nll", "error")
+TOTAL_STATISTICS = ("max", "sum")   # the largest stream score; the sum of the scores / sqrt(count)
+TABLE_POINTS = 257              # stored points of each channel's empirical quantile function
+MAX_TABLE_POINTS = 4096         # what a loaded calibration may hold
+UPPER_TAIL_FROM = 0.9           # the slope past the last point: from this level to the last
+TOTAL = "total"
+
+
+@dataclass
+class QuantileTable:
+    """A channel's empirical distribution: sorted ``values`` at normal quantiles ``probits``, and the
+    probit-per-unit ``slope`` that extends it past the largest value."""
+
+    values: list[float]
+    probits: list[float]
+    slope: float
+    _tensors: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"values": self.values, "probits": self.probits, "slope": self.slope}
+
+    @classmethod
+    def fit(cls, sample: np.ndarray) -> "QuantileTable":
+        v = np.sort(np.asarray(sample, dtype=np.float64))
+        levels = (np.arange(v.size) + 0.5) / v.size
+        pick = np.unique(np.round(np.linspace(0, v.size - 1, min(v.size, TABLE_POINTS))).astype(int))
+        values = v[pick]
+        probits = torch.special.ndtri(torch.from_numpy(levels[pick])).numpy()
+        start = int(np.searchsorted(levels[pick], UPPER_TAIL_FROM).clip(0, max(len(pick) - 2, 0)))
+        rise, run = probits[-1] - probits[start], values[-1] - values[start]
+        slope = float(rise / run) if run > 0 and rise > 0 else 1.0 / max(float(np.std(v)), 1e-6)
+        return cls(values.tolist(), probits.tolist(), slope)
+
+    def _as_tensors(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``values`` and ``probits`` as tensors of ``like``'s dtype and device, made once."""
+        key = (like.dtype, like.device)
+        if key not in self._tensors:
+            self._tensors[key] = (torch.tensor(self.values, dtype=like.dtype, device=like.device),
+                                  torch.tensor(self.probits, dtype=like.dtype, device=like.device))
+        return self._tensors[key]
+
+    def problem(self) -> str | None:
+        """Why this table cannot score (a hand-edited or hostile file), or None."""
+        v, p = np.asarray(self.values, dtype=np.float64), np.asarray(self.probits, dtype=np.float64)
+        if not 1 <= v.size <= MAX_TABLE_POINTS or v.size != p.size:
+            return f"needs 1 to {MAX_TABLE_POINTS} values and as many probits (has {v.size} and {p.size})"
+        if not (np.isfinite(v).all() and np.isfinite(p).all() and math.isfinite(self.slope) and self.slope > 0):
+            return "values, probits and slope must be finite, and the slope > 0"
+        if (np.diff(v) < 0).any() or (np.diff(p) < 0).any():
+            return "values and probits must be sorted ascending"
+        return None
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """Normal quantile of ``x`` under this distribution (NaN stays NaN)."""
+        values, probits = self._as_tensors(x)
+        if values.numel() == 1:
+            return torch.where(x > values[0], probits[0] + (x - values[0]) * self.slope, probits[0] + 0 * x)
+        idx = torch.searchsorted(values, x.contiguous()).clamp(1, values.numel() - 1)
+        lo, hi = values[idx - 1], values[idx]
+        weight = ((x - lo) / (hi - lo).clamp_min(1e-12)).clamp(0.0, 1.0)
+        inside = probits[idx - 1] + weight * (probits[idx] - probits[idx - 1])
+        above = probits[-1] + (x - values[-1]) * self.slope
+        return torch.where(x > values[-1], above, inside)
+
+
+@dataclass
+class AnomalyCalibration:
+    """Per-modality statistics of the surprise on normal data, and thresholds (quantiles of the
+    scores) for each modality and for the total. ``tables`` (modality -> channel -> table) and
+    ``presence`` (modality -> fraction of normal rows where it was observed) are absent in
+    calibrations written before them; such calibrations score with ``mean``/``std`` of the NLL."""
+
+    mean: dict[str, float]
+    std: dict[str, float]
+    threshold: dict[str, float]
+    quantile: float = 0.99
+    n_samples: int = 0
+    count: int = 0
+    tables: dict[str, dict[str, QuantileTable]] = field(default_factory=dict)
+    presence: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"mean": self.mean, "std": self.std, "threshold": self.threshold,
+               "quantile": self.quantile, "n_samples": self.n_samples, "count": self.count}
+        if self.tables:
+            out["scoring"] = "quantile"
+            out["tables"] = {m: {c: t.to_dict() for c, t in chans.items()} for m, chans in self.tables.items()}
+            out["presence"] = self.presence
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "AnomalyCalibration":
+        tables = {m: {c: QuantileTable([float(v) for v in t["values"]], [float(p) for p in t["probits"]],
+                                       float(t["slope"])) for c, t in chans.items()}
+                  for m, chans in (data.get("tables") or {}).items()}
+        return cls(mean={k: float(v) for k, v in data["mean"].items()},
+                   std={k: float(v) for k, v in data["std"].items()},
+                   threshold={k: float(v) for k, v in data["threshold"].items()},
+                   quantile=float(data.get("quantile", 0.99)), n_samples=int(data.get("n_samples", 0)),
+                   count=int(data.get("count", 0)), tables=tables,
+                   presence={k: float(v) for k, v in (data.get("presence") or {}).items()})
+
+    def problem(self) -> str | None:
+        """What is wrong with the quantile tables and presence rates (None: nothing)."""
+        for name, channels in self.tables.items():
+            for channel, table in channels.items():
+                known = TOTAL_STATISTICS if name == TOTAL else CHANNELS
+                if channel not in known:
+                    return f"unknown surprise channel {channel!r} of {name!r} (known: {', '.join(known)})"
+                problem = table.problem()
+                if problem:
+                    return f"table {name}/{channel}: {problem}"
+        for name, rate in self.presence.items():
+            if not 0.0 <= rate <= 1.0:
+                return f"presence of {name!r} must be in [0, 1] (is {rate})"
+        return None
+
+    def absence_score(self, name: str) -> float:
+        """Probit of how rarely ``name`` was missing on normal data (at most 1 / (count + 1))."""
+        missing = max(1.0 - self.presence.get(name, 1.0), 1.0 / (self.count + 1))
+        return float(torch.special.ndtri(torch.tensor(1.0 - min(missing, 0.5), dtype=torch.float64)))
+
+
+def stream_surprise(model, name: str, feats: torch.Tensor, decoded: torch.Tensor,
+                    log_likelihood: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., B, 2): [-log p(x | decoded), squared error of the decoded mean in sensor units]."""
+    ll = model.log_likelihood(name, feats, decoded) if log_likelihood is None else log_likelihood
+    mean, _ = model.output_moments(name, decoded)
+    _, scale = model.normalization_stats(name)
+    n_feature_dims = len(model.specs[name].feature_shape)
+    error = ((mean - feats) * scale).pow(2).flatten(-n_feature_dims).sum(-1)
+    return torch.stack([-ll, error.to(ll.dtype)], -1)
+
+
+def empty_surprise(batch: int, n_modalities: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.full((batch, n_modalities, len(CHANNELS)), float("nan"), dtype=like.dtype, device=like.device)
+
+
+def standardize_scores(model, surprise: torch.Tensor, calibration: AnomalyCalibration | None,
+                       expected: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, M, 2) surprise (or (B, M) NLLs) -> per-modality scores (B, M), NaN where missing and not
+    scored as absent, and the total (B,), NaN if no stream has a score. ``expected`` (B, M) bool: the
+    streams whose absence counts (None: none)."""
+    surprise = surprise if surprise.dim() == 3 else surprise.unsqueeze(-1)
+    nll = surprise[..., 0]
+    if calibration is None:
+        return nll, _sum_total(nll)
+    if not calibration.tables:
+        mean = torch.tensor([calibration.mean[n] for n in model.names], dtype=nll.dtype, device=nll.device)
+        std = torch.tensor([calibration.std[n] for n in model.names], dtype=nll.dtype, device=nll.device)
+        return (nll - mean) / std, _sum_total((nll - mean) / std)
+    scores = torch.full_like(nll, float("nan"))
+    for j, name in enumerate(model.names):
+        for k, channel in enumerate(CHANNELS[:surprise.shape[-1]]):
+            table = calibration.tables.get(name, {}).get(channel)
+            if table is not None:
+                scores[:, j] = torch.fmax(scores[:, j], table.score(surprise[:, j, k]))
+    if expected is not None:
+        absent = expected.to(scores.device) & torch.isnan(nll)
+        absence = torch.tensor([calibration.absence_score(n) for n in model.names], dtype=scores.dtype,
+                               device=scores.device).expand_as(scores)
+        scores = torch.where(absent, absence, scores)
+    return scores, _combined_total(scores, calibration.tables.get(TOTAL, {}))
+
+
+def _sum_total(scores: torch.Tensor) -> torch.Tensor:
+    observed = ~torch.isnan(scores)
+    count = observed.sum(1).to(scores.dtype)
+    total = torch.where(observed, scores, torch.zeros_like(scores)).sum(1) / count.sqrt()
+    return torch.where(count > 0, total, torch.full_like(total, float("nan")))
+
+
+def _max_total(scores: torch.Tensor) -> torch.Tensor:
+    observed = ~torch.isnan(scores)
+    total = torch.where(observed, scores, torch.full_like(scores, -torch.inf)).amax(1)
+    return torch.where(observed.any(1), total, torch.full_like(total, float("nan")))
+
+
+def _total_statistics(scores: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"max": _max_total(scores), "sum": _sum_total(scores)}
+
+
+def _combined_total(scores: torch.Tensor, tables: Mapping[str, QuantileTable]) -> torch.Tensor:
+    """The larger of the calibrated statistics (the plain max while they are not calibrated yet)."""
+    if not tables:
+        return _max_total(scores)
+    statistics = _total_statistics(scores)
+    total = torch.full_like(statistics["max"], float("nan"))
+    for name, table in tables.items():
+        total = torch.fmax(total, table.score(statistics[name]))
+    return total
+
+
+def calibration_from_nll(model, surprise: torch.Tensor, quantile: float = 0.99,
+                         n_samples: int = 0) -> AnomalyCalibration:
+    """Anomaly calibration from normal-data surprise (N, M, 2), or NLLs alone (N, M); NaN where a
+    modality is missing: per channel the quantile table, per modality the NLL's mean/std and how often
+    it was observed, and the ``quantile`` of the scores as thresholds."""
+    if not 0.5 <= quantile < 1.0:
+        raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
+    values = surprise.detach().cpu().double()
+    values = values if values.dim() == 3 else values.unsqueeze(-1)
+    arr = values.numpy()
+    mean, std, tables, presence = {}, {}, {}, {}
+    for j, name in enumerate(model.names):
+        observed = ~np.isnan(arr[:, j, 0])
+        if observed.sum() < 2:
+            raise ValueError(f"anomaly calibration needs >= 2 samples where {name!r} is observed")
+        column = arr[observed, j, 0]
+        mean[name], std[name] = float(column.mean()), float(max(column.std(), 1e-6))
+        presence[name] = float(observed.mean())
+        tables[name] = {c: QuantileTable.fit(arr[observed, j, k]) for k, c in enumerate(CHANNELS[:arr.shape[2]])}
+    calibration = AnomalyCalibration(mean, std, {}, quantile, n_samples, int(arr.shape[0]), tables, presence)
+    expected = torch.ones(values.shape[:2], dtype=torch.bool)
+    scores, _ = standardize_scores(model, values, calibration, expected)
+    tables[TOTAL] = {name: QuantileTable.fit(statistic[~torch.isnan(statistic)].numpy())
+                     for name, statistic in _total_statistics(scores).items()}
+    scores, total = standardize_scores(model, values, calibration, expected)
+    for j, name in enumerate(model.names):
+        column = scores[:, j][~torch.isnan(values[:, j, 0])]
+        calibration.threshold[name] = float(torch.quantile(column, quantile))
+    calibration.threshold[TOTAL] = float(torch.quantile(total[~torch.isnan(total)], quantile))
+    return calibration
+
+
+def describe(calibration: AnomalyCalibration | None) -> dict[str, str]:
+    """What a published score and total mean under ``calibration`` (for a node's model_info)."""
+    if calibration is None:
+        return {"score": "-log p(x_m | others) in standardised features (uncalibrated; NaN if missing)",
+                "total": "sum of the scores / sqrt(count)"}
+    if not calibration.tables:
+        return {"score": "z-score of -log p(x_m | others) on normal data (NaN if missing)",
+                "total": "sum of the scores / sqrt(count)"}
+    return {"score": "normal quantile (probit) of the stream's surprise on normal data, the larger of its NLL "
+                     "and its squared prediction error in sensor units; a stream that published before and is "
+                     "now missing scores how rare its absence was; NaN if missing and never seen",
+            "total": "normal quantile of the larger of two calibrated statistics of the stream scores: their "
+                     "maximum, and their sum / sqrt(count)"}
+
