@@ -153,10 +153,9 @@ class AnomalyCalibration:
         return float(torch.special.ndtri(torch.tensor(1.0 - min(missing, 0.5), dtype=torch.float64)))
 
 
-def stream_surprise(model, name: str, feats: torch.Tensor, decoded: torch.Tensor,
-                    log_likelihood: torch.Tensor | None = None) -> torch.Tensor:
+def stream_surprise(model, name: str, feats: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
     """(..., B, 2): [-log p(x | decoded), squared error of the decoded mean in sensor units]."""
-    ll = model.log_likelihood(name, feats, decoded) if log_likelihood is None else log_likelihood
+    ll = model.log_likelihood(name, feats, decoded)
     mean, _ = model.output_moments(name, decoded)
     _, scale = model.normalization_stats(name)
     n_feature_dims = len(model.specs[name].feature_shape)
