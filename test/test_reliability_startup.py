@@ -20,6 +20,7 @@ def _run(tmp_path, *ros_args: str) -> subprocess.CompletedProcess:
     (["--params-file", "{bad}"], "Couldn't parse params file"),
     (["-p", "camera.staleness:=-1.0"], "staleness"),
     (["-p", "engine:=tensorrt"], "engine 'tensorrt' is not one of torch | onnxruntime"),
+    (["-p", "absence_after:=-0.5"], "absence_after"),
     (["-p", "engine:=onnxruntime", "-p", "precision:=bf16"], "precision applies to the torch engine"),
 ])
 def test_bad_parameters_give_one_line(tmp_path, args, words):

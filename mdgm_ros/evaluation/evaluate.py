@@ -28,6 +28,9 @@ from ..core import Bundle, load_bundle
 from ..core.families.temporal import is_temporal
 from ..core.inference import anomaly_scores, impute
 from ..core.metrics import auroc, average_precision
+from ..streams.params import FusionParams
+
+ABSENCE_AFTER_S = FusionParams.absence_after     # the fusion node's default
 from ..data.dataset import AlignedDataset
 from ..data.labels import DEFAULT_LABEL_TOPIC
 from ..training.trainer import TRAINING_MEANS
@@ -245,8 +248,9 @@ def _pct(value: float) -> str:
     return f"{value:.1%}" if np.isfinite(value) else "-"
 
 
-def _batched(em: EvalModel, data: AlignedDataset, step, batch: int = 256) -> list[np.ndarray]:
-    """``step(feats, mask)`` over the dataset in batches (standardised features, presence mask)."""
+def _batched(em: EvalModel, data: AlignedDataset, step, batch: int = 256, with_rows: bool = False) -> list[np.ndarray]:
+    """``step(feats, mask)`` over the dataset in batches (standardised features, presence mask);
+    ``with_rows``: ``step(feats, mask, rows)`` with the batch's slice of the dataset."""
     model = em.model
     raw = data.float_raw()
     parts: list[list[np.ndarray]] = []
@@ -255,22 +259,34 @@ def _batched(em: EvalModel, data: AlignedDataset, step, batch: int = 256) -> lis
         mask = torch.from_numpy(data.mask[sl]).to(model.device)
         feats = model.complete({n: em.features(n, raw[n][sl]) for n in model.names}, mask)
         with torch.no_grad():
-            parts.append([t.cpu().numpy() for t in step(feats, mask)])
+            out = step(feats, mask, sl) if with_rows else step(feats, mask)
+            parts.append([t.cpu().numpy() for t in out])
     return [np.concatenate(column) for column in zip(*parts)]
 
 
-def offline_scores(em: EvalModel, data: AlignedDataset) -> tuple[np.ndarray, np.ndarray]:
+def offline_scores(em: EvalModel, data: AlignedDataset, absence_after_s: float = ABSENCE_AFTER_S
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """(total (N,), per-modality (N, M)) anomaly scores of each row: its observed modalities, and the
-    absence of a stream the data records elsewhere (:func:`recorded_streams`)."""
-    recorded = recorded_streams(data)
-    scores, total = _batched(em, data, lambda f, m: anomaly_scores(em.model, f, m, em.bundle.calibration,
-                                                                    expected=recorded.to(m.device).expand_as(m)))
+    absence of a stream silent for ``absence_after_s`` (:func:`absent_long_enough`), as the node scores them."""
+    absent = torch.from_numpy(absent_long_enough(data, absence_after_s))
+
+    def step(feats, mask, rows):
+        return anomaly_scores(em.model, feats, mask, em.bundle.calibration, expected=absent[rows].to(mask.device))
+    scores, total = _batched(em, data, step, with_rows=True)
     return total, scores
 
 
-def recorded_streams(data: AlignedDataset) -> torch.Tensor:
-    """(M,) bool: the streams observed in at least one row; only their absence is scored."""
-    return torch.from_numpy(np.asarray(data.mask).any(0))
+def absent_long_enough(data: AlignedDataset, after_s: float) -> np.ndarray:
+    """(N, M) bool: the stream is missing, was observed earlier in the same bag, and its last observed
+    row is at least ``after_s`` seconds back (the fusion node's ``absence_after``)."""
+    out = np.zeros(data.mask.shape, bool)
+    stamps = data.stamps.astype(np.float64)
+    starts = np.flatnonzero(np.r_[True, data.bag[1:] != data.bag[:-1]])
+    for first, end in zip(starts, np.r_[starts[1:], data.mask.shape[0]]):
+        seen = np.where(data.mask[first:end], stamps[first:end, None], -np.inf)
+        last = np.maximum.accumulate(seen, axis=0)          # stamp of the last observed row so far
+        out[first:end] = ~data.mask[first:end] & np.isfinite(last) & (stamps[first:end, None] - last >= after_s * 1e9)
+    return out
 
 
 def offline_latents(em: EvalModel, data: AlignedDataset) -> tuple[np.ndarray, np.ndarray]:
@@ -291,7 +307,8 @@ def latent_stats(means: np.ndarray, stds: np.ndarray) -> dict[str, Any]:
 
 
 def evaluate_offline(em: EvalModel, data: AlignedDataset, out_dir: Path | None = None,
-                     dropout_s: float = 1.0, title: str = "", bag_names: list[str] | None = None) -> dict[str, Any]:
+                     dropout_s: float = 1.0, title: str = "", bag_names: list[str] | None = None,
+                     absence_after_s: float = ABSENCE_AFTER_S) -> dict[str, Any]:
     from . import plots
 
     family = em.model.family
@@ -302,7 +319,7 @@ def evaluate_offline(em: EvalModel, data: AlignedDataset, out_dir: Path | None =
         data = data.subset(data.mask.all(1))
         total, scores = np.full(len(data), np.nan), np.full((len(data), len(em.model.names)), np.nan)
     else:
-        total, scores = offline_scores(em, data)
+        total, scores = offline_scores(em, data, absence_after_s)
     valid = ~(data.near_fault & (data.fault == ""))            # settling after a fault: neither
     threshold = em.bundle.calibration.threshold["total"] if em.bundle.calibration else None
     means, stds = offline_latents(em, data)
@@ -444,26 +461,28 @@ def evaluate_bags(model: str | Path, bag_paths: list[str], params_file: str | Pa
                      label_topic=label_topic, max_corrupt=max_corrupt)
     names = [Path(b).name for b in bag_paths]
     report = evaluate_offline(em, data, Path(plots) if plots else None, dropout_s,
-                              title=f"{em.bundle.model_id} on {', '.join(names)}", bag_names=names)
+                              title=f"{em.bundle.model_id} on {', '.join(names)}", bag_names=names,
+                              absence_after_s=params.absence_after)
     report["warnings"] = warnings
     report["bags"] = [str(b) for b in bag_paths]
     if is_temporal(em.model):
         _add_temporal(report, em, load_eval_model(compare, device) if compare else None, data, params.output_rate,
-                      outages_s, dropout_s, Path(plots) if plots else None, names)
+                      outages_s, dropout_s, Path(plots) if plots else None, names, params.absence_after)
     elif compare:
         raise ValueError("--compare needs a temporal model as --model (the per-frame bundle goes to --compare)")
     return report
 
 
 def _add_temporal(report: dict[str, Any], em: EvalModel, frame: EvalModel | None, data: AlignedDataset,
-                  rate: float, outages_s, dropout_s: float, plots: Path | None, bag_names: list[str]) -> None:
+                  rate: float, outages_s, dropout_s: float, plots: Path | None, bag_names: list[str],
+                  absence_after_s: float = ABSENCE_AFTER_S) -> None:
     """The temporal comparison; its filtered imputation (the outage closest to ``dropout_s``) and
     one-step predictive scores replace the per-frame rule's in the main report."""
     from . import temporal
 
     lengths = tuple(outages_s) if outages_s else temporal.OUTAGES_S
     comparison = temporal.compare(em, frame, data, rate, lengths, plots,
-                                  title=f"anomaly scores on {', '.join(bag_names)}")
+                                  title=f"anomaly scores on {', '.join(bag_names)}", absence_after_s=absence_after_s)
     report["temporal"] = comparison
     nearest = min(comparison["imputation"], key=lambda k: abs(float(k) - dropout_s))
     report["imputation"] = {n: {"model": v["temporal"], "baseline_mean": v["baseline_mean"],

@@ -26,7 +26,7 @@ from ..core import temporal as tp
 from ..core.families.temporal import is_temporal, poe_with_prior, state_coverage, state_dim, state_experts
 from ..core.windows import runs
 from ..data.dataset import AlignedDataset
-from .evaluate import EvalModel, _mse, anomaly_metrics, offline_scores
+from .evaluate import ABSENCE_AFTER_S, EvalModel, _mse, absent_long_enough, anomaly_metrics, offline_scores
 
 OUTAGES_S = (0.5, 1.0, 1.5, 3.0)
 CHUNK = 256
@@ -145,21 +145,19 @@ def _frame_impute(frame: EvalModel, ex: Experts, mask: np.ndarray, rows: np.ndar
 
 
 @torch.no_grad()
-def temporal_scores(em: EvalModel, ex: Experts, data: AlignedDataset, filtered: dict[str, torch.Tensor]
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def temporal_scores(em: EvalModel, ex: Experts, data: AlignedDataset, filtered: dict[str, torch.Tensor],
+                    absence_after_s: float = ABSENCE_AFTER_S) -> tuple[np.ndarray, np.ndarray]:
     """(total (N,), per-modality (N, M)) one-step predictive scores with every recorded stream."""
     from ..core.inference import standardize_scores
-    from .evaluate import recorded_streams
-
     model, totals, scores = em.model, [], []
-    recorded = recorded_streams(data).to(model.device)
+    absent = torch.from_numpy(absent_long_enough(data, absence_after_s)).to(model.device)
     for start in range(0, len(data), CHUNK):
         sl = slice(start, start + CHUNK)
         mask = torch.from_numpy(data.mask[sl]).to(model.device)
         surprise = tp.predictive_surprise(model, {n: v[sl] for n, v in ex.feats.items()}, ex.mean[:, sl],
                                           ex.logvar[:, sl], mask, filtered["prior_mean"][sl],
                                           filtered["prior_logvar"][sl])
-        s, total = standardize_scores(model, surprise, em.bundle.calibration, recorded.expand_as(mask))
+        s, total = standardize_scores(model, surprise, em.bundle.calibration, absent[sl])
         scores.append(s.cpu().numpy())
         totals.append(total.cpu().numpy())
     return np.concatenate(totals), np.concatenate(scores)
@@ -202,7 +200,8 @@ def prediction_errors(em: EvalModel, ex: Experts, data: AlignedDataset, filtered
 
 
 def compare(temporal: EvalModel, frame: EvalModel | None, data: AlignedDataset, rate: float,
-            outages_s=OUTAGES_S, out_dir: Path | None = None, title: str = "") -> dict[str, Any]:
+            outages_s=OUTAGES_S, out_dir: Path | None = None, title: str = "",
+            absence_after_s: float = ABSENCE_AFTER_S) -> dict[str, Any]:
     """The whole comparison (see the module docstring) as a report; with ``out_dir``, the fault
     timeline of both models' scores (``fault_timeline_compare.png``)."""
     if not is_temporal(temporal.model):
@@ -212,14 +211,14 @@ def compare(temporal: EvalModel, frame: EvalModel | None, data: AlignedDataset, 
     ex_f = row_experts(frame, data) if frame is not None else None
     imputation = {f"{s:g}": _imputation(temporal, frame, data, ex_t, ex_f, run_rows, s, rate) for s in outages_s}
     filtered = filter_rows(temporal.model, ex_t, data.mask, run_rows)
-    total_t, _ = temporal_scores(temporal, ex_t, data, filtered)
+    total_t, _ = temporal_scores(temporal, ex_t, data, filtered, absence_after_s)
     valid = ~(data.near_fault & (data.fault == ""))
     cal_t = temporal.bundle.calibration
     anomaly = {"temporal": anomaly_metrics(total_t, data.fault, valid, cal_t.threshold["total"] if cal_t else None,
                                            data.stamps, data.bag)}
     totals = {"temporal": total_t}
     if frame is not None:
-        total_f, _ = offline_scores(frame, data)
+        total_f, _ = offline_scores(frame, data, absence_after_s)
         cal_f = frame.bundle.calibration
         anomaly["per_frame"] = anomaly_metrics(total_f, data.fault, valid, cal_f.threshold["total"] if cal_f else None,
                                                data.stamps, data.bag)

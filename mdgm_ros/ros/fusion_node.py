@@ -246,7 +246,7 @@ class FusionNode(GuardedNode, LifecycleNode):
                 return SetParametersResult(successful=False, reason=(
                     f"{', '.join(blocked)} cannot change while a model is loaded: deactivate and clean up the "
                     "node, set it, then configure (live: staleness, rate bounds, impute_present, warn_throttle, "
-                    "prediction_horizon)"))
+                    "prediction_horizon, absence_after)"))
             self._apply_live(candidate)
         return SetParametersResult(successful=True)
 
@@ -442,7 +442,7 @@ class FusionNode(GuardedNode, LifecycleNode):
             self._latency_ms.append((self.get_clock().now().nanoseconds - stamp_ns) / 1e6)
             return True
 
-        expected = [self.stats[name].accepted > 0 for name in runtime.streams]    # a silent stream that spoke before
+        expected = [self._absence_counts(name, sample.age_s[name]) for name in runtime.streams]
         try:
             result = self._infer(runtime, sample, present, publish_latent, expected)
             if result is not None:
@@ -516,6 +516,11 @@ class FusionNode(GuardedNode, LifecycleNode):
         self._errors["non_finite_output"] += 1
         self._warn(("inference", "non_finite"), f"fusion step output not published: non-finite {part} "
                                                 f"({self._errors['non_finite_output']} so far)")
+
+    def _absence_counts(self, name: str, age_s: float) -> bool:
+        """A stream that published since start and has been silent for ``absence_after`` s is scored by its
+        absence; a shorter gap (a late message) or a cleared buffer (age NaN) is not."""
+        return self.stats[name].accepted > 0 and age_s >= self.params.absence_after
 
     @staticmethod
     def _infer(runtime: Runtime, sample, present: list[bool], on_latent, expected: list[bool]):

@@ -93,6 +93,7 @@ class FusionParams:
     reset_after: float
     streams: list[StreamParams]
     prediction_horizon: int = 10
+    absence_after: float = 0.5
     precision: str = "fp32"
     engine: str = "torch"
 
@@ -110,12 +111,13 @@ RANGES: dict[str, tuple[float, float]] = {
     "reset_after": (0.001, 3600.0), "staleness": (0.001, 3600.0), "buffer_size": (1, 100000),
     "min_rate": (0.0, 100000.0), "max_rate": (0.0, 100000.0), "max_stamp_age": (0.0, 3600.0),
     "sample_rate": (1, 1000000), "channels": (1, 64), "uint16_full_scale": (1.0, 65535.0),
-    "prediction_horizon": (0, 1000),
+    "prediction_horizon": (0, 1000), "absence_after": (0.0, 3600.0),
 }
 READ_ONLY = {"modalities"}            # which parameters exist follows from it: fixed for the process
 # Applied while the node runs; "bundle" is taken by ~/reload_model or the next configure; anything else
 # changes subscriptions, devices or the model wiring and needs deactivate -> cleanup -> set -> configure.
-LIVE = {"impute_present", "warn_throttle", "diagnostics_window", "rate_tolerance", "prediction_horizon"}
+LIVE = {"impute_present", "warn_throttle", "diagnostics_window", "rate_tolerance", "prediction_horizon",
+        "absence_after"}
 LIVE_PER_STREAM = {"staleness", "min_rate", "max_rate", "max_stamp_age"}
 DEFERRED = {"bundle"}
 
@@ -202,6 +204,9 @@ def declare_fusion_params(node) -> FusionParams:
         "reset_after": _declare(node, "reset_after", 1.0, "a stamp this many seconds back clears the buffers"),
         "prediction_horizon": _declare(node, "prediction_horizon", 10,
                                        "temporal bundles: predicted steps on ~/latent_prediction (0 = none)"),
+        "absence_after": _declare(node, "absence_after", 0.5,
+                                  "s: a stream that published before and has been silent this long is scored "
+                                  "by its absence (shorter gaps: no score)"),
     }
     names = _declare(node, "modalities", ["camera", "joints", "audio", "tactile"], "modality names, as in the bundle")
     streams = [_declare_stream(node, name) for name in names]
@@ -259,6 +264,8 @@ def check_params(params: FusionParams) -> None:
         raise ParameterError("with no anchor, output_rate must be > 0")
     if params.diagnostics_period <= 0 or params.warn_throttle < 0 or params.reset_after <= 0:
         raise ParameterError("diagnostics_period and reset_after must be > 0, warn_throttle >= 0")
+    if not 0 <= params.absence_after <= RANGES["absence_after"][1]:
+        raise ParameterError(f"absence_after must be in [0, {RANGES['absence_after'][1]}] s")
     if not 0 <= params.prediction_horizon <= RANGES["prediction_horizon"][1]:
         raise ParameterError(f"prediction_horizon must be in [0, {RANGES['prediction_horizon'][1]}]")
     if params.diagnostics_window <= 0 or not 0 <= params.rate_tolerance < 1:
