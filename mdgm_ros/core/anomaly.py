@@ -12,8 +12,9 @@ Calibration keeps each channel's empirical distribution on normal held-out data 
 to :data:`TABLE_POINTS` probability levels). A value's score is its normal quantile: the probit of the
 empirical CDF, linear between stored points and extended past the largest one with the slope of the
 upper tail, so scores stay ordered beyond the calibration data. A stream scores the larger of its two
-channels. A stream the caller *expects* (it published before) but that is missing scores the probit of
-how rarely it was missing on normal data: a silent sensor is evidence too. The total combines two
+channels. A stream the caller *expects* (the node: it published, then stayed silent for its
+``absence_after``) but that is missing scores the probit of how rarely it was missing on normal data: a
+silent sensor is evidence too. The total combines two
 statistics of the stream scores, each calibrated the same way on the normal data, and keeps the larger:
 the largest stream score (one stream clearly off, e.g. a dropped object's taxels) and their sum /
 sqrt(count) (several streams a little off together, e.g. a collision's sound, jolt and image).
@@ -263,8 +264,8 @@ def describe(calibration: AnomalyCalibration | None) -> dict[str, str]:
         return {"score": "z-score of -log p(x_m | others) on normal data (NaN if missing)",
                 "total": "sum of the scores / sqrt(count)"}
     return {"score": "normal quantile (probit) of the stream's surprise on normal data, the larger of its NLL "
-                     "and its squared prediction error in sensor units; a stream that published before and is "
-                     "now missing scores how rare its absence was; NaN if missing and never seen",
+                     "and its squared prediction error in sensor units; a stream silent for absence_after s after "
+                     "it published scores how rare its absence was; otherwise NaN while missing",
             "total": "normal quantile of the larger of two calibrated statistics of the stream scores: their "
                      "maximum, and their sum / sqrt(count)"}
 
