@@ -10,7 +10,8 @@
    anomaly AUROC / AP per fault kind; latent statistics), write ``report.json`` and three PNGs;
 5. train the temporal model (config/train_temporal.yaml: private states, from scratch on the same bag)
    and compare it with the per-frame model on the test bag, offline (:mod:`.evaluation.temporal`:
-   outages of 0.5, 1, 1.5 and 3 s, anomaly AUROC / AP, k-step prediction; ``fault_timeline_compare.png``).
+   outages of 0.5, 1, 1.5 and 3 s, anomaly AUROC / AP, k-step prediction; its figures, with
+   ``fault_timeline_compare.png``, in ``temporal/``, so that step 4's stay the live node's).
 
 Exit status 1 if a modality's imputation fails to beat both baselines or the anomaly AUROC < 0.85 (the
 live node's model). The temporal comparison is reported with the issue-11 bars (``temporal.verdict``),
@@ -227,7 +228,7 @@ def compare_temporal(out: Path, train_bag: Path, test_bag: Path, bundle: Path, s
                               log=_log, show_bar=sys.stderr.isatty())
         _log(f"trained: best epoch {result.best_epoch}, {result.seconds} s")
     _log(f"comparing {temporal.name} with {bundle.name} on {test_bag} (outages of 0.5, 1, 1.5 and 3 s)")
-    report = evaluate_bags(str(temporal), [str(test_bag)], config_path("fusion.yaml"), plots=out,
+    report = evaluate_bags(str(temporal), [str(test_bag)], config_path("fusion.yaml"), plots=out / "temporal",
                            compare=str(bundle), device="cpu" if device == "auto" else device, log=_log)
     return {**report["temporal"], "bundle": str(temporal)}
 
@@ -299,7 +300,9 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, device: str = "a
                    "bundle": str(bundle), "expected_latents": int((last - first) / NS * settings.fusion.output_rate)})
     failures = check_report(report, names)
     report["temporal"] = comparison
-    report["plots"] = {**report.get("plots", {}), **comparison.get("plots", {})}
+    live_plots = report.get("plots", {})
+    report["plots"] = {**live_plots, **{f"temporal_{k}" if k in live_plots else k: v      # both models' figures
+                                        for k, v in comparison.get("plots", {}).items()}}
     report["passed"], report["failures"] = not failures, failures
     _write_json(out / "report.json", report)
     print("\n".join(summary_lines(report)))             # with the temporal comparison's lines

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ros_env import ROOT, private_ros_env
 from terminal import run_in_terminal
@@ -37,3 +38,5 @@ def test_quick_demo_runs_the_whole_loop_over_real_topics_in_a_terminal(tmp_path)
     assert set(temporal["imputation"]) == {"0.5", "1", "1.5", "3"} and set(temporal["anomaly"]) == {"temporal",
                                                                                                    "per_frame"}
     assert "fault_timeline_compare" in report["plots"] and "issue 11 bars:" in screen
+    live, offline = Path(report["plots"]["anomaly_timeline"]), Path(report["plots"]["temporal_anomaly_timeline"])
+    assert live.parent != offline.parent and offline.parent.name == "temporal"     # the live figure is kept
