@@ -300,9 +300,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, device: str = "a
                    "bundle": str(bundle), "expected_latents": int((last - first) / NS * settings.fusion.output_rate)})
     failures = check_report(report, names)
     report["temporal"] = comparison
-    live_plots = report.get("plots", {})
-    report["plots"] = {**live_plots, **{f"temporal_{k}" if k in live_plots else k: v      # both models' figures
-                                        for k, v in comparison.get("plots", {}).items()}}
+    report["plots"] = {**report.get("plots", {}), **comparison.get("plots", {})}
     report["passed"], report["failures"] = not failures, failures
     _write_json(out / "report.json", report)
     print("\n".join(summary_lines(report)))             # with the temporal comparison's lines
