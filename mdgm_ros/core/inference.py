@@ -9,7 +9,6 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 
 from . import posterior as post
