@@ -573,6 +573,7 @@ __all__ = [
     "FilterState", "FilteredSequence", "Prediction", "StepResult", "TemporalFilter", "TemporalFusionResult",
     "calibrate_predictive_anomaly", "calibration_from_nll", "decode_latents", "filter_sequence",
     "filter_step", "impute_sequence", "initial_state", "predict", "predict_ahead", "predictive_nll",
-    "predictive_nll_sequence", "predictive_surprise", "predictive_surprise_sequence", "propagate", "require_temporal", "reset_state", "smooth_fixed_lag",
+    "predictive_nll_sequence", "predictive_surprise", "predictive_surprise_sequence", "propagate",
+    "require_temporal", "reset_state", "smooth_fixed_lag",
     "train_sequences", "sequence_loss", "SequenceTrainer",
 ]

@@ -28,15 +28,14 @@ from ..core import Bundle, load_bundle
 from ..core.families.temporal import is_temporal
 from ..core.inference import anomaly_scores, impute
 from ..core.metrics import auroc, average_precision
-from ..streams.params import FusionParams
-
-ABSENCE_AFTER_S = FusionParams.absence_after     # the fusion node's default
 from ..data.dataset import AlignedDataset
 from ..data.labels import DEFAULT_LABEL_TOPIC
+from ..streams.params import FusionParams
 from ..training.trainer import TRAINING_MEANS
 
 NS = 1_000_000_000
 NOT_POOLED = ("stream_dropout",)
+ABSENCE_AFTER_S = FusionParams.absence_after     # the fusion node's default
 
 
 @dataclass

@@ -149,6 +149,7 @@ def temporal_scores(em: EvalModel, ex: Experts, data: AlignedDataset, filtered: 
                     absence_after_s: float = ABSENCE_AFTER_S) -> tuple[np.ndarray, np.ndarray]:
     """(total (N,), per-modality (N, M)) one-step predictive scores with every recorded stream."""
     from ..core.inference import standardize_scores
+
     model, totals, scores = em.model, [], []
     absent = torch.from_numpy(absent_long_enough(data, absence_after_s)).to(model.device)
     for start in range(0, len(data), CHUNK):
