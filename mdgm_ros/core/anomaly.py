@@ -47,7 +47,6 @@ class QuantileTable:
     values: list[float]
     probits: list[float]
     slope: float
-    _tensors: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"values": self.values, "probits": self.probits, "slope": self.slope}
@@ -64,14 +63,6 @@ class QuantileTable:
         slope = float(rise / run) if run > 0 and rise > 0 else 1.0 / max(float(np.std(v)), 1e-6)
         return cls(values.tolist(), probits.tolist(), slope)
 
-    def _as_tensors(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``values`` and ``probits`` as tensors of ``like``'s dtype and device, made once."""
-        key = (like.dtype, like.device)
-        if key not in self._tensors:
-            self._tensors[key] = (torch.tensor(self.values, dtype=like.dtype, device=like.device),
-                                  torch.tensor(self.probits, dtype=like.dtype, device=like.device))
-        return self._tensors[key]
-
     def problem(self) -> str | None:
         """Why this table cannot score (a hand-edited or hostile file), or None."""
         v, p = np.asarray(self.values, dtype=np.float64), np.asarray(self.probits, dtype=np.float64)
@@ -84,16 +75,9 @@ class QuantileTable:
         return None
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
-        """Normal quantile of ``x`` under this distribution (NaN stays NaN)."""
-        values, probits = self._as_tensors(x)
-        if values.numel() == 1:
-            return torch.where(x > values[0], probits[0] + (x - values[0]) * self.slope, probits[0] + 0 * x)
-        idx = torch.searchsorted(values, x.contiguous()).clamp(1, values.numel() - 1)
-        lo, hi = values[idx - 1], values[idx]
-        weight = ((x - lo) / (hi - lo).clamp_min(1e-12)).clamp(0.0, 1.0)
-        inside = probits[idx - 1] + weight * (probits[idx] - probits[idx - 1])
-        above = probits[-1] + (x - values[-1]) * self.slope
-        return torch.where(x > values[-1], above, inside)
+        """Normal quantile of ``x`` (B,) under this distribution (NaN stays NaN); one-off use: the scores
+        of a calibration go through :class:`StackedTables`."""
+        return StackedTables([self], x).score(x.reshape(1, -1))[0].reshape(x.shape)
 
 
 class StackedTables:
