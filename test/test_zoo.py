@@ -100,3 +100,28 @@ def test_private_dim_flag_sizes_only_the_families_with_private_latents():
     assert zoo.private_dim_for("mmvae", config) is None           # no s_m: the flag does not apply
     default = zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "private_dim": 0}))
     assert zoo.private_dim_for("mmvae_plus", default) is None     # the family's own default size
+
+
+def test_device_and_coherence_decoding_options():
+    args = argparse.Namespace(families="mopoe", seeds=1, epochs=1, quick=False, json=False, out=None,
+                              device="cpu", coherence_samples=1)
+    config = zoo.zoo_config_from_args(args)
+    assert (config.device, config.coherence_samples) == ("cpu", 1)
+    if not __import__("torch").cuda.is_available():              # CUDA asked for where there is none
+        lines = []
+        assert zoo.zoo_command(argparse.Namespace(**{**vars(args), "device": "cuda"}), write=lines.append) == 2
+        assert lines[0].startswith("error: device 'cuda' requested but CUDA is not available")
+
+
+def test_sampled_coherence_decodes_samples_not_the_mean(monkeypatch):
+    train, test = make_polydigits(200, 40, 5, seed=0)
+    classifiers, _ = zoo.train_classifiers(train, test, epochs=1, seed=0)
+    config = zoo.ZooConfig(families=("mvae",), n_train=200, n_test=40, epochs=1, batch_size=64)
+    model, _ = zoo.train_family("mvae", train, config, seed=0)
+    model.eval()
+    calls, original = [], zoo.impute
+    monkeypatch.setattr(zoo, "impute", lambda *a, **k: calls.append(k.get("n_samples")) or original(*a, **k))
+    mean = zoo.coherence(model, test, classifiers)
+    sampled = zoo.coherence(model, test, classifiers, samples=1)
+    assert set(calls) == {0, 1} and mean.keys() == sampled.keys()
+    assert sampled == zoo.coherence(model, test, classifiers, samples=1)     # seeded: reproducible

@@ -61,6 +61,8 @@ class ZooConfig:
     n_probe: int = 5000
     threads: int = 1
     networks: str = "cnn"                # "cnn" (PolyMNIST-style) or "default" (the package's image nets)
+    device: str = "cpu"                  # where classifiers and families train and are evaluated
+    coherence_samples: int = 0           # 0: decode the posterior mean; 1: one sample of z (MultiVae's choice)
 
 
 # ----------------------------------------------------------------------------- classifiers
@@ -77,21 +79,22 @@ class DigitClassifier(nn.Module):
 
 
 def _predict(net: nn.Module, images: np.ndarray | torch.Tensor, chunk: int = 1000) -> np.ndarray:
+    device = next(net.parameters()).device
     x = torch.as_tensor(images, dtype=torch.float32)
     with torch.no_grad():
-        return torch.cat([net(x[i:i + chunk]).argmax(1) for i in range(0, len(x), chunk)]).numpy()
+        return torch.cat([net(x[i:i + chunk].to(device)).argmax(1).cpu() for i in range(0, len(x), chunk)]).numpy()
 
 
-def train_classifiers(train: PolyDigits, test: PolyDigits, epochs: int, seed: int
+def train_classifiers(train: PolyDigits, test: PolyDigits, epochs: int, seed: int, device: str = "cpu"
                       ) -> tuple[dict[str, nn.Module], dict[str, float]]:
-    """One digit classifier per modality; returns them and their test accuracies."""
+    """One digit classifier per modality (on ``device``); returns them and their test accuracies."""
     nets, accuracy = {}, {}
-    labels = torch.from_numpy(train.labels)
+    labels = torch.from_numpy(train.labels).to(device)
     for j, name in enumerate(train.names):
         torch.manual_seed(seed * 100 + j)
-        net = DigitClassifier()
+        net = DigitClassifier().to(device)
         opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-3)
-        x = torch.from_numpy(train.images[name])
+        x = torch.from_numpy(train.images[name]).to(device)
         gen = torch.Generator().manual_seed(seed * 100 + j)
         net.train()
         for _ in range(epochs):
@@ -166,7 +169,7 @@ def train_family(name: str, train: PolyDigits, config: ZooConfig, seed: int) -> 
     networks = network_config([m.name for m in modality_specs], config.networks)
     model = MultimodalVAE(ModelConfig(modality_specs, latent_dim=config.latent_dim, objective=name,
                                       networks=networks, objective_options=config.family_options.get(name, {}),
-                                      private_dim=private_dim_for(name, config)))
+                                      private_dim=private_dim_for(name, config))).to(config.device)
     raw, mask = _features(model, train)
     if config.normalize:
         training.fit_normalization(model, raw, mask)
@@ -183,16 +186,14 @@ def train_family(name: str, train: PolyDigits, config: ZooConfig, seed: int) -> 
                    "final_train_loss": history[-1].train_loss if history else None}
 
 
-def _normalized(model: MultimodalVAE, data: PolyDigits, rows: slice) -> dict[str, torch.Tensor]:
-    return {n: model.normalize(n, torch.from_numpy(data.images[n][rows])) for n in model.names}
-
-
 @torch.no_grad()
 def coherence(model: MultimodalVAE, test: PolyDigits, classifiers: dict[str, nn.Module],
-              chunk: int = 500) -> dict[int, float] | None:
+              chunk: int = 500, samples: int = 0) -> dict[int, float] | None:
     """k -> mean accuracy of the classifiers on the images generated from every subset of size k;
-    None if the family refuses inference from a proper subset."""
+    None if the family refuses inference from a proper subset. ``samples`` 0 decodes the posterior
+    mean; 1 decodes one sample of z per tuple (as MultiVae's coherence does)."""
     names, n_mod = model.names, len(model.names)
+    generator = torch.Generator(device=model.device).manual_seed(0) if samples else None
     correct: dict[int, list[float]] = {k: [] for k in range(1, n_mod)}
     for k in range(1, n_mod):
         for given in itertools.combinations(range(n_mod), k):
@@ -200,11 +201,12 @@ def coherence(model: MultimodalVAE, test: PolyDigits, classifiers: dict[str, nn.
             hits = {t: 0 for t in targets}
             for start in range(0, len(test), chunk):
                 rows = slice(start, start + chunk)
-                feats = _normalized(model, test, rows)
-                mask = torch.zeros((len(test.labels[rows]), n_mod), dtype=torch.bool)
+                feats = zoo_private.normalized_images(model, test, rows)
+                mask = torch.zeros((len(test.labels[rows]), n_mod), dtype=torch.bool, device=model.device)
                 mask[:, list(given)] = True
                 try:
-                    imputed = impute(model, {names[j]: feats[names[j]] for j in given}, mask, targets)
+                    imputed = impute(model, {names[j]: feats[names[j]] for j in given}, mask, targets,
+                                     n_samples=samples, generator=generator)
                 except FamilyError:
                     return None
                 for t in targets:
@@ -226,9 +228,9 @@ def latent_means(model: MultimodalVAE, data: PolyDigits, n: int, chunk: int = 50
     out = []
     for start in range(0, min(n, len(data)), chunk):
         rows = slice(start, min(start + chunk, n))
-        feats = _normalized(model, data, rows)
-        mask = torch.ones((len(data.labels[rows]), len(model.names)), dtype=torch.bool)
-        out.append(code(model, feats, mask).numpy())
+        feats = zoo_private.normalized_images(model, data, rows)
+        mask = torch.ones((len(data.labels[rows]), len(model.names)), dtype=torch.bool, device=model.device)
+        out.append(code(model, feats, mask).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -243,13 +245,13 @@ def latent_probe(model: MultimodalVAE, train: PolyDigits, test: PolyDigits, n_pr
 
 @torch.no_grad()
 def joint_nll(model: MultimodalVAE, test: PolyDigits, k: int, n: int, chunk: int = 25) -> float:
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=model.device).manual_seed(0)
     values = []
     for start in range(0, min(n, len(test)), chunk):
         rows = slice(start, min(start + chunk, n))
-        feats = _normalized(model, test, rows)
-        mask = torch.ones((len(test.labels[rows]), len(model.names)), dtype=torch.bool)
-        values.append(-iwae_log_likelihood(model, feats, mask, n_samples=k, generator=gen))
+        feats = zoo_private.normalized_images(model, test, rows)
+        mask = torch.ones((len(test.labels[rows]), len(model.names)), dtype=torch.bool, device=model.device)
+        values.append(-iwae_log_likelihood(model, feats, mask, n_samples=k, generator=gen).cpu())
     return float(torch.cat(values).mean())
 
 
@@ -259,7 +261,7 @@ def evaluate_family(name: str, train: PolyDigits, test: PolyDigits, classifiers:
     model.eval()
     started = time.perf_counter()
     result = {"family": name, "seed": seed, **stats,
-              "coherence": coherence(model, test, classifiers),
+              "coherence": coherence(model, test, classifiers, samples=config.coherence_samples),
               "latent_probe": latent_probe(model, train, test, config.n_probe),
               "joint_nll": joint_nll(model, test, config.iwae_k, config.n_nll),
               **zoo_private.private_metrics(model, train, test, config.n_probe)}     # private latents (issue 12)
@@ -277,7 +279,8 @@ def run_zoo(config: ZooConfig, log: Callable[[str], None] = lambda m: None) -> d
     started = time.perf_counter()
     for seed in range(config.first_seed, config.first_seed + config.seeds):
         train, test = make_polydigits(config.n_train, config.n_test, config.n_modalities, seed=seed)
-        classifiers, classifier_acc[seed] = train_classifiers(train, test, config.classifier_epochs, seed)
+        classifiers, classifier_acc[seed] = train_classifiers(train, test, config.classifier_epochs, seed,
+                                                              config.device)
         log(f"seed {seed}: classifier test accuracy {classifier_acc[seed]}")
         for name in config.families:
             run = evaluate_family(name, train, test, classifiers, config, seed)
@@ -287,7 +290,8 @@ def run_zoo(config: ZooConfig, log: Callable[[str], None] = lambda m: None) -> d
     return {"benchmark": "zoo", "dataset": "PolyDigits", "config": asdict(config),
             "classifier_accuracy": {str(s): a for s, a in classifier_acc.items()},
             "runs": runs, "summary": summarize(runs), "wall_seconds": time.perf_counter() - started,
-            "coherence_decoding": "posterior mean", "accuracy": "plain (not class-balanced)"}
+            "coherence_decoding": "one sample of z" if config.coherence_samples else "posterior mean",
+            "accuracy": "plain (not class-balanced)"}
 
 
 def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -388,6 +392,8 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="size of each private latent s_m of the families that have them "
                              "(0: each family's default)")
     parser.add_argument("--beta", type=float, default=ZooConfig.beta, help="KL weight after the warm-up")
+    parser.add_argument("--coherence-samples", type=int, choices=(0, 1), default=0,
+                        help="coherence decodes the posterior mean (0) or one sample of z (1, as MultiVae does)")
     parser.add_argument("--quick", action="store_true", help="a tiny run (seconds): a smoke test, not numbers")
 
 
@@ -405,12 +411,17 @@ def zoo_config_from_args(args: argparse.Namespace) -> ZooConfig:
     if n_train < 10 or n_test < 10 or batch_size < 1 or latent_dim < 1 or not beta > 0 or private_dim < 0:
         raise ValueError("--train-tuples and --test-tuples must be >= 10, --batch-size and --latent-dim >= 1, "
                          "--beta > 0, --private-dim >= 0")
+    try:
+        device = str(training.select_device(str(getattr(args, "device", "cpu") or "cpu")))
+    except RuntimeError as err:                               # CUDA asked for where there is none
+        raise ValueError(str(err)) from None
     if getattr(args, "quick", False):
         return ZooConfig(families=families, seeds=args.seeds, first_seed=first_seed, n_train=300, n_test=100,
-                         epochs=1, classifier_epochs=1, iwae_k=4, n_nll=20, n_probe=300)
+                         epochs=1, classifier_epochs=1, iwae_k=4, n_nll=20, n_probe=300, device=device)
     return ZooConfig(families=families, seeds=args.seeds, first_seed=first_seed, epochs=args.epochs,
                      n_train=n_train, n_test=n_test, batch_size=batch_size, latent_dim=latent_dim, beta=beta,
-                     private_dim=private_dim,
+                     private_dim=private_dim, device=device,
+                     coherence_samples=int(getattr(args, "coherence_samples", 0) or 0),
                      threads=max(1, int(getattr(args, "threads", 1) or 1)),
                      normalize=not bool(getattr(args, "raw_pixels", False)),
                      family_options=parse_family_options(getattr(args, "option", []) or []))

@@ -19,8 +19,9 @@ from ..data.polydigits import PolyDigits
 STYLE_ROWS, STYLE_COLUMNS = 4, 6
 
 
-def _normalized(model: MultimodalVAE, data: PolyDigits, rows: slice) -> dict[str, torch.Tensor]:
-    return {n: model.normalize(n, torch.from_numpy(data.images[n][rows])) for n in model.names}
+def normalized_images(model: MultimodalVAE, data: PolyDigits, rows: slice) -> dict[str, torch.Tensor]:
+    """The ``rows`` of every modality, standardised as the model's inputs, on the model's device."""
+    return {n: model.normalize(n, torch.from_numpy(data.images[n][rows]).to(model.device)) for n in model.names}
 
 
 def private_code(model: MultimodalVAE, feats: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
@@ -41,13 +42,13 @@ def style_transfer_grid(model: MultimodalVAE, test: PolyDigits, target: str | No
     """(rows, columns, 3, H, W) in [0, 1]: row r decodes tuple r's c with tuple (rows + k)'s s_target."""
     target = target or model.names[0]
     j = model.names.index(target)
-    feats = _normalized(model, test, slice(0, rows + columns))
-    mask = torch.ones((rows + columns, len(model.names)), dtype=torch.bool)
+    feats = normalized_images(model, test, slice(0, rows + columns))
+    mask = torch.ones((rows + columns, len(model.names)), dtype=torch.bool, device=model.device)
     c = model.posterior_summary(*model.experts(feats, mask), mask)[0][:rows]                 # (R, D)
     styles = model.private_experts(feats, mask)[0][j, rows:]                                  # (C, P)
     grid = model.decode(target, c[:, None, :].expand(-1, columns, -1), styles[None].expand(rows, -1, -1))
     mean, _ = model.output_moments(target, grid)
-    return model.denormalize(target, mean).clamp(0, 1).numpy()
+    return model.denormalize(target, mean).clamp(0, 1).cpu().numpy()
 
 
 def private_metrics(model: MultimodalVAE, train: PolyDigits, test: PolyDigits, n_probe: int) -> dict[str, Any]:
