@@ -41,14 +41,15 @@ def test_tiny_zoo_reports_every_metric_and_writes_its_files(tmp_path):
     report = zoo.run_zoo(config)
     assert set(report["classifier_accuracy"]["0"]) == {f"m{j}" for j in range(5)}
     mopoe, jvae = report["summary"]["mopoe"], report["summary"]["jvae"]
-    assert list(mopoe["coherence"]) == ["1", "2", "3", "4"]
-    assert all(0.0 <= v <= 1.0 for v in mopoe["coherence"].values())
-    assert jvae["coherence"] is None                     # JVAE refuses inference from a subset
+    assert list(mopoe["coherence"]) == list(mopoe["coherence_sampled"]) == ["1", "2", "3", "4"]
+    assert all(0.0 <= v <= 1.0 for v in [*mopoe["coherence"].values(), *mopoe["coherence_sampled"].values()])
+    assert jvae["coherence"] is None and jvae["coherence_sampled"] is None   # JVAE refuses inference from a subset
     for s in (mopoe, jvae):
         assert 0.0 <= s["latent_probe"] <= 1.0 and np.isfinite(s["joint_nll"]) and s["samples_per_s"] > 0
     zoo.write_outputs(report, tmp_path)
     assert json.loads((tmp_path / "zoo.json").read_text())["summary"].keys() == {"mopoe", "jvae"}
-    assert "| jvae | — | — | — | — |" in (tmp_path / "zoo.md").read_text()
+    table = (tmp_path / "zoo.md").read_text()
+    assert "| jvae | — | — | — | — | — |" in table and "| sampled z, k=1..4 |" in table
     assert (tmp_path / "coherence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -102,11 +103,9 @@ def test_private_dim_flag_sizes_only_the_families_with_private_latents():
     assert zoo.private_dim_for("mmvae_plus", default) is None     # the family's own default size
 
 
-def test_device_and_coherence_decoding_options():
-    args = argparse.Namespace(families="mopoe", seeds=1, epochs=1, quick=False, json=False, out=None,
-                              device="cpu", coherence_samples=1)
-    config = zoo.zoo_config_from_args(args)
-    assert (config.device, config.coherence_samples) == ("cpu", 1)
+def test_device_option():
+    args = argparse.Namespace(families="mopoe", seeds=1, epochs=1, quick=False, json=False, out=None, device="cpu")
+    assert zoo.zoo_config_from_args(args).device == "cpu"
     if not __import__("torch").cuda.is_available():              # CUDA asked for where there is none
         lines = []
         assert zoo.zoo_command(argparse.Namespace(**{**vars(args), "device": "cuda"}), write=lines.append) == 2

@@ -62,7 +62,6 @@ class ZooConfig:
     threads: int = 1
     networks: str = "cnn"                # "cnn" (PolyMNIST-style) or "default" (the package's image nets)
     device: str = "cpu"                  # where classifiers and families train and are evaluated
-    coherence_samples: int = 0           # 0: decode the posterior mean; 1: one sample of z (MultiVae's choice)
 
 
 # ----------------------------------------------------------------------------- classifiers
@@ -261,7 +260,8 @@ def evaluate_family(name: str, train: PolyDigits, test: PolyDigits, classifiers:
     model.eval()
     started = time.perf_counter()
     result = {"family": name, "seed": seed, **stats,
-              "coherence": coherence(model, test, classifiers, samples=config.coherence_samples),
+              "coherence": coherence(model, test, classifiers),
+              "coherence_sampled": coherence(model, test, classifiers, samples=1),
               "latent_probe": latent_probe(model, train, test, config.n_probe),
               "joint_nll": joint_nll(model, test, config.iwae_k, config.n_nll),
               **zoo_private.private_metrics(model, train, test, config.n_probe)}     # private latents (issue 12)
@@ -284,25 +284,26 @@ def run_zoo(config: ZooConfig, log: Callable[[str], None] = lambda m: None) -> d
         log(f"seed {seed}: classifier test accuracy {classifier_acc[seed]}")
         for name in config.families:
             run = evaluate_family(name, train, test, classifiers, config, seed)
-            log(f"seed {seed} {name}: coherence {run['coherence']} probe {run['latent_probe']:.3f} "
+            log(f"seed {seed} {name}: coherence {run['coherence']} (sampled z: {run['coherence_sampled']}) "
+                f"probe {run['latent_probe']:.3f} "
                 f"nll {run['joint_nll']:.1f} ({run['train_seconds']:.0f} s)")
             runs.append(run)
     return {"benchmark": "zoo", "dataset": "PolyDigits", "config": asdict(config),
             "classifier_accuracy": {str(s): a for s, a in classifier_acc.items()},
             "runs": runs, "summary": summarize(runs), "wall_seconds": time.perf_counter() - started,
-            "coherence_decoding": "one sample of z" if config.coherence_samples else "posterior mean",
+            "coherence_decoding": "coherence: the posterior mean; coherence_sampled: one sample of z (MultiVae's)",
             "accuracy": "plain (not class-balanced)"}
 
 
 def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Mean over seeds per family (coherence per k, probe, NLL, samples/s)."""
+    """Mean over seeds per family (coherence per k with either decoding, probe, NLL, samples/s)."""
     out: dict[str, dict[str, Any]] = {}
     for name in dict.fromkeys(r["family"] for r in runs):
         mine = [r for r in runs if r["family"] == name]
-        coh = [r["coherence"] for r in mine if r["coherence"] is not None]
         out[name] = {
             "seeds": len(mine),
-            "coherence": ({str(k): float(np.mean([c[k] for c in coh])) for k in coh[0]} if coh else None),
+            "coherence": _mean_coherence(mine, "coherence"),
+            "coherence_sampled": _mean_coherence(mine, "coherence_sampled"),
             "latent_probe": float(np.mean([r["latent_probe"] for r in mine])),
             "latent_probe_private": (float(np.mean([r["latent_probe_private"] for r in mine]))
                                      if "latent_probe_private" in mine[0] else None),
@@ -312,16 +313,24 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _mean_coherence(runs: Sequence[dict[str, Any]], key: str) -> dict[str, float] | None:
+    """k -> mean over the runs that have ``key`` (None: the family refuses subsets, or older reports)."""
+    values = [{str(k): v for k, v in r[key].items()} for r in runs if r.get(key)]
+    return {k: float(np.mean([c[k] for c in values])) for k in values[0]} if values else None
+
+
 def markdown(report: dict[str, Any]) -> str:
     summary = report["summary"]
     ks = next((list(s["coherence"]) for s in summary.values() if s["coherence"]), [])
-    head = ["family", *[f"coh k={k}" for k in ks], "latent probe", "probe on s_m", "joint NLL (IWAE)", "samples/s",
-            "train s", "seeds"]
+    head = ["family", *[f"coh k={k}" for k in ks], f"sampled z, k={ks[0]}..{ks[-1]}" if ks else "sampled z",
+            "latent probe", "probe on s_m", "joint NLL (IWAE)", "samples/s", "train s", "seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, s in summary.items():
         coh = [f"{s['coherence'][k]:.3f}" if s["coherence"] else "—" for k in ks]
+        sampled = s.get("coherence_sampled")
+        sampled_text = " / ".join(f"{sampled[k]:.3f}" for k in ks) if sampled else "—"
         private = s.get("latent_probe_private")
-        lines.append("| " + " | ".join([name, *coh, f"{s['latent_probe']:.3f}",
+        lines.append("| " + " | ".join([name, *coh, sampled_text, f"{s['latent_probe']:.3f}",
                                         "—" if private is None else f"{private:.3f}", f"{s['joint_nll']:.1f}",
                                         f"{s['samples_per_s']:.0f}", f"{s['train_seconds']:.0f}",
                                         str(s["seeds"])]) + " |")
@@ -337,13 +346,15 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for name, s in report["summary"].items():
         if s["coherence"]:
             ks = [int(k) for k in s["coherence"]]
-            ax.plot(ks, list(s["coherence"].values()), marker="o", label=name)
+            line, = ax.plot(ks, list(s["coherence"].values()), marker="o", label=name)
+            if s.get("coherence_sampled"):                       # dashed: one sample of z decoded
+                ax.plot(ks, list(s["coherence_sampled"].values()), ls="--", lw=0.8, color=line.get_color())
     ax.set_xlabel("k (given modalities)")
     ax.set_ylabel("conditional coherence")
     ax.set_ylim(0, 1)
     ax.axhline(0.1, color="grey", lw=0.8, ls=":")
     ax.legend(fontsize=7, ncol=2)
-    ax.set_title("PolyDigits: coherence vs k")
+    ax.set_title("PolyDigits: coherence vs k (dashed: sampled z)")
     fig.tight_layout()
     _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
@@ -392,8 +403,6 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="size of each private latent s_m of the families that have them "
                              "(0: each family's default)")
     parser.add_argument("--beta", type=float, default=ZooConfig.beta, help="KL weight after the warm-up")
-    parser.add_argument("--coherence-samples", type=int, choices=(0, 1), default=0,
-                        help="coherence decodes the posterior mean (0) or one sample of z (1, as MultiVae does)")
     parser.add_argument("--quick", action="store_true", help="a tiny run (seconds): a smoke test, not numbers")
 
 
@@ -421,7 +430,6 @@ def zoo_config_from_args(args: argparse.Namespace) -> ZooConfig:
     return ZooConfig(families=families, seeds=args.seeds, first_seed=first_seed, epochs=args.epochs,
                      n_train=n_train, n_test=n_test, batch_size=batch_size, latent_dim=latent_dim, beta=beta,
                      private_dim=private_dim, device=device,
-                     coherence_samples=int(getattr(args, "coherence_samples", 0) or 0),
                      threads=max(1, int(getattr(args, "threads", 1) or 1)),
                      normalize=not bool(getattr(args, "raw_pixels", False)),
                      family_options=parse_family_options(getattr(args, "option", []) or []))
