@@ -3,14 +3,16 @@
 For each family and seed: train on the train tuples, then report on the test tuples
 - conditional coherence for k = 1..M-1 given modalities: for every subset S of size k and every target
   t not in S, the plain accuracy of t's pretrained digit classifier on the image generated from S
-  (decoded from the posterior mean), averaged over targets and subsets; ``null`` where the family
-  refuses inference from a subset (Table 1: no missing modalities);
+  (decoded from the posterior mean; ``coherence_sampled``: from one sample of z per tuple, as MultiVae
+  measures it), averaged over targets and subsets; ``null`` where the family refuses inference from a
+  subset (Table 1: no missing modalities);
 - latent linear-probe accuracy (logistic regression on the full-set posterior mean); for families with
   private latents also on the s_m and a style-transfer PNG (:mod:`.zoo_private`);
 - joint NLL by IWAE (K samples, full-set proposal), in nats per tuple of the likelihood's features
   (standardised pixels under Laplace(0.75); ``--raw-pixels``: raw [0, 1] pixels, the reference's);
 - training samples/s and wall time.
 The per-modality classifiers are trained once per seed and their test accuracies are reported.
+Everything runs on ``--device`` (a GPU when asked; on CPU the numbers are reproducible to the bit).
 """
 from __future__ import annotations
 
