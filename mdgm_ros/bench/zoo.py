@@ -345,10 +345,13 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, s in report["summary"].items():
+    colours, markers = plt.get_cmap("tab20").colors, "os^Dv<>p*h"
+    for i, (name, s) in enumerate(report["summary"].items()):     # distinct colour and marker per family
         if s["coherence"]:
             ks = [int(k) for k in s["coherence"]]
-            line, = ax.plot(ks, list(s["coherence"].values()), marker="o", label=name)
+            ax.set_xticks(ks)
+            line, = ax.plot(ks, list(s["coherence"].values()), marker=markers[i % len(markers)],
+                            color=colours[(2 * i) % 20 + (2 * i) // 20 % 2], label=name)
             if s.get("coherence_sampled"):                       # dashed: one sample of z decoded
                 ax.plot(ks, list(s["coherence_sampled"].values()), ls="--", lw=0.8, color=line.get_color())
     ax.set_xlabel("k (given modalities)")
