@@ -83,7 +83,8 @@ def _predict(net: nn.Module, images: np.ndarray | torch.Tensor, chunk: int = 100
     device = next(net.parameters()).device
     x = torch.as_tensor(images, dtype=torch.float32)
     with torch.no_grad():
-        return torch.cat([net(x[i:i + chunk].to(device)).argmax(1).cpu() for i in range(0, len(x), chunk)]).numpy()
+        labels = [net(x[i:i + chunk].to(device)).argmax(1).cpu() for i in range(0, len(x), chunk)]
+    return torch.cat(labels).numpy()
 
 
 def train_classifiers(train: PolyDigits, test: PolyDigits, epochs: int, seed: int, device: str = "cpu"
@@ -351,7 +352,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
             ks = [int(k) for k in s["coherence"]]
             ax.set_xticks(ks)
             line, = ax.plot(ks, list(s["coherence"].values()), marker=markers[i % len(markers)],
-                            color=colours[(2 * i) % 20 + (2 * i) // 20 % 2], label=name)
+                            color=colours[(2 * i + i // 10) % 20], label=name)     # dark shades, then light
             if s.get("coherence_sampled"):                       # dashed: one sample of z decoded
                 ax.plot(ks, list(s["coherence_sampled"].values()), ls="--", lw=0.8, color=line.get_color())
     ax.set_xlabel("k (given modalities)")
