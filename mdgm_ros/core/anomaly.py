@@ -116,6 +116,7 @@ class _Stacked:
     channel_of_row: list[int]                # and which surprise channel
     totals: StackedTables | None             # "max" and "sum", in TOTAL_STATISTICS order
     absence: torch.Tensor                    # (M,) each modality's absence score
+    complete: bool                           # every stream has a table for every channel, in order
 
 
 @dataclass
@@ -145,7 +146,8 @@ class AnomalyCalibration:
             self._stacked[key] = _Stacked(
                 StackedTables([t for *_, t in rows], like), [j for j, *_ in rows], [k for _, k, _ in rows],
                 StackedTables(totals, like) if totals else None,
-                torch.tensor([self.absence_score(n) for n in names], dtype=like.dtype, device=like.device))
+                torch.tensor([self.absence_score(n) for n in names], dtype=like.dtype, device=like.device),
+                [j for j, *_ in rows] == [j for j in range(len(names)) for _ in range(channels)])
         return self._stacked[key]
 
     def to_dict(self) -> dict[str, Any]:
@@ -220,7 +222,7 @@ def standardize_scores(model, surprise: torch.Tensor, calibration: AnomalyCalibr
     stacked = calibration.stacked(list(model.names), surprise.shape[-1], nll)
     scored = stacked.streams.score(surprise[:, stacked.stream_of_row, stacked.channel_of_row].T)    # (R, B)
     n_mod, channels = nll.shape[1], surprise.shape[-1]
-    if stacked.stream_of_row == [j for j in range(n_mod) for _ in range(channels)]:    # every table there
+    if stacked.complete:                                                              # every table there
         per_channel = scored.reshape(n_mod, channels, -1)
         scores = per_channel[:, 0] if channels == 1 else torch.fmax(per_channel[:, 0], per_channel[:, 1])
         scores = scores.T.contiguous()
