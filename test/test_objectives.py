@@ -102,10 +102,11 @@ def test_mmvae_iwae_value_is_the_bound_for_both_estimators(small_model_factory):
     torch.testing.assert_close(b.loss, -b.terms["iwae"])
 
 
-def test_mmvae_dreg_on_the_weighted_samples_only_gives_the_full_graphs_gradients(small_model_factory):
+@pytest.mark.parametrize("posterior", ["gaussian", "laplace"])
+def test_mmvae_dreg_on_the_weighted_samples_only_gives_the_full_graphs_gradients(small_model_factory, posterior):
     """The fast DReG path builds the decoders' graph only for samples of non-negligible weight; every
     parameter's gradient and the bound must equal those of the path that decodes every sample with graph."""
-    model = small_model_factory("mmvae", objective_options={"K": 5})
+    model = small_model_factory("mmvae", objective_options={"K": 5, "posterior": posterior})
     raw, mask, _ = prepared(model, 8, seed=6, missing_rate=0.3)
     training.fit_normalization(model, raw, mask)
     feats = training.normalize_features(model, raw)

@@ -17,7 +17,7 @@ from mdgm_ros.core.families.private import private_codes
 
 PRIVATE = [n for n, f in FAMILIES.items() if f.properties.modality_specific_latents]
 # every private-latent family with its default options, and DMVAE-Lee's discrete (concrete) shared c
-VARIANTS = [(n, {}) for n in PRIVATE] + [("dmvae_lee", {"shared": "concrete"})]
+VARIANTS = [(n, {}) for n in PRIVATE] + [("dmvae_lee", {"shared": "concrete"}), ("mmvae_plus", {"posterior": "laplace"})]
 VARIANT_IDS = [n + ("-" + "-".join(map(str, o.values())) if o else "") for n, o in VARIANTS]
 BETA = 0.7
 
@@ -177,22 +177,24 @@ def test_mmvae_plus_objective_by_hand(mean_z):
     assert torch.allclose(dreg.terms["iwae"], expected, atol=1e-4)
 
 
-def test_mmvae_plus_dreg_on_the_weighted_samples_only_gives_the_full_graphs_gradients():
+@pytest.mark.parametrize("posterior", ["gaussian", "laplace"])
+def test_mmvae_plus_dreg_on_the_weighted_samples_only_gives_the_full_graphs_gradients(posterior):
     """The objective builds the graph only for samples of non-negligible weight; the reference here builds
     it for all M*K*B samples (DReG hooks on every c and w): every parameter's gradient must agree."""
     from mdgm_ros.core.families import mmvae_plus as mp
     from mdgm_ros.core.families.common import dreg_weights, masked_mean_over_experts
     torch.manual_seed(0)
     model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, objective="mmvae_plus", private_dim=2,
-                                      objective_options={"K": 4}))
+                                      objective_options={"K": 4, "posterior": posterior}))
+    dist = model.family.latent_distribution(model.config)
     feats = {n: torch.randn(6, 5) for n in model.names}
     mask = torch.tensor([[True, True, True], [True, False, True], [False, True, False]] * 2)
     model.zero_grad()
     compute_objective(model, feats, mask, beta=BETA, generator=torch.Generator().manual_seed(3)).loss.sum().backward()
     fast = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    d = mp.draw(model, feats, mask, 4, torch.Generator().manual_seed(3))
-    c, w, lw = mp.log_weights_at(model, feats, mask, d, *mp.every_sample(mask, 4), BETA, detach_q=True)
+    d = mp.draw(model, feats, mask, 4, torch.Generator().manual_seed(3), dist)
+    c, w, lw = mp.log_weights_at(model, feats, mask, d, *mp.every_sample(mask, 4), BETA, detach_q=True, dist=dist)
     present = mask.t().unsqueeze(1)
     lw = torch.where(present, lw.reshape(3, 4, 6), torch.zeros(()))
     weights = dreg_weights(lw, present)

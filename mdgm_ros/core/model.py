@@ -151,6 +151,10 @@ class MultimodalVAE(nn.Module):
             "__".join(subset): build_network("subset", nets.get("subset"),
                                              [self.specs[n] for n in subset], config.latent_dim)
             for subset in self.subset_names})
+        try:
+            self.family.latent_distribution(config)       # a bad objective option 'posterior' fails here
+        except ValueError as err:
+            raise SpecError(str(err)) from None
         self.extra = nn.ModuleDict(self.family.build_networks(self))
         self.front_ends = nn.ModuleDict({m.name: LogMelFrontEnd(m.audio) for m in config.modalities
                                          if m.kind == "audio" and m.audio is not None})
@@ -229,7 +233,9 @@ class MultimodalVAE(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Stacked experts (R, B, D): the M unimodal encoders, then the family's subset encoders (see
         :mod:`mdgm_ros.core.families.base`). A row is encoded only where its modalities are present;
-        elsewhere it holds the prior's numbers, which the aggregation functions never read."""
+        elsewhere it holds the prior's numbers, which the aggregation functions never read. The second
+        tensor is each expert's log-variance (the family's latent distribution reads the encoders'
+        second output, :mod:`.latent_distributions`)."""
         mus, logvars = [], []
         for j, name in enumerate(self.names):
             encoder = self.family.unimodal_encoder(self, name)
@@ -242,7 +248,7 @@ class MultimodalVAE(nn.Module):
             mu, logvar = self._encode_rows(encoder, [feats[n] for n in subset], rows)
             mus.append(mu)
             logvars.append(logvar)
-        return torch.stack(mus), torch.stack(logvars)
+        return torch.stack(mus), self.family.latent_distribution(self.config).from_encoder(torch.stack(logvars))
 
     def private_experts(self, feats: Mapping[str, torch.Tensor], mask: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .. import posterior as post
+from ..latent_distributions import GaussianLatent, distribution_named
 from .common import ObjectiveOutput
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class Family:
     stages: tuple[Stage, ...] = (Stage("joint"),)
     eval_options: Mapping[str, Any] = field(default_factory=dict)
     unimodal_encoders: bool = True
+    posterior_options: tuple[str, ...] = ("gaussian",)   # choices of the option ``posterior``, default first
 
     # ---------------------------------------------------------------- description
     @property
@@ -126,6 +128,18 @@ class Family:
     def check_inference(self, model: "MultimodalVAE", mask: torch.Tensor) -> None:
         """Raise :class:`FamilyError` for observed sets the family cannot condition on."""
 
+    def latent_distribution(self, config: "ModelConfig") -> GaussianLatent:
+        """The distribution of the experts, the priors and the mixture (:mod:`..latent_distributions`):
+        Gaussian, or what the objective option ``posterior`` names for a family that offers a choice."""
+        name = config.objective_options.get("posterior", self.posterior_options[0])
+        if len(self.posterior_options) == 1 and "posterior" in config.objective_options:
+            raise FamilyError(f"{self.name} has no objective option 'posterior' (its latents are "
+                              f"{self.posterior_options[0]})")
+        if name not in self.posterior_options:
+            raise FamilyError(f"{self.name}: objective option 'posterior' must be one of "
+                              f"{list(self.posterior_options)}, got {name!r}")
+        return distribution_named(name)
+
     def posterior_summary(self, model: "MultimodalVAE", mu: torch.Tensor, logvar: torch.Tensor,
                           mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of q(z | X_mask): (B, D) each."""
@@ -141,23 +155,27 @@ class Family:
         if model.fusion != "moe":
             q_mu, q_lv = self.posterior_summary(model, mu, logvar, mask)
             return post.reparameterize(q_mu, q_lv, n_samples, generator)
+        dist = self.latent_distribution(model.config)
         mu, logvar = mu[:len(model.names)], logvar[:len(model.names)]
-        all_z = post.stratified_mixture_samples(mu, logvar, n_samples, generator)       # (M, K, B, D)
+        all_z = dist.stratified(mu, logvar, n_samples, generator)                       # (M, K, B, D)
         weights = mask.float() + (~mask.any(1, keepdim=True)).float()                   # empty row: any
         pick = torch.multinomial(weights, n_samples, replacement=True, generator=generator).t()  # (K, B)
         batch_idx = torch.arange(mask.shape[0], device=mask.device).expand(n_samples, -1)
         k_idx = torch.arange(n_samples, device=mask.device)[:, None].expand(-1, mask.shape[0])
         z = all_z[pick, k_idx, batch_idx]
         empty = ~mask.any(1)
-        prior = post.reparameterize(torch.zeros_like(z), torch.zeros_like(z), generator=generator)
+        prior = dist.sample(torch.zeros_like(z), dist.prior_logvar(z), generator=generator)
         return torch.where(empty[None, :, None], prior, z)
 
     def prior_log_prob(self, model: "MultimodalVAE", z: torch.Tensor) -> torch.Tensor:
         """log p(z) of the shared latent for z (..., D): (...). N(0, I) by default."""
-        return post.standard_normal_log_prob(z)
+        return self.latent_distribution(model.config).prior_log_prob(z)
 
     def latent_description(self, config: "ModelConfig") -> dict[str, Any]:
         """What the published latent's mean and std are (the node's model_info)."""
+        if self.latent_distribution(config).name == "laplace":
+            return {"distribution": "Laplace experts (softmax-normalised scales), prior Laplace(0, 1)",
+                    "mean": "posterior mean", "std": "posterior standard deviation (sqrt(2) x the Laplace scale)"}
         return {"distribution": "Gaussian", "mean": "posterior mean", "std": "posterior standard deviation"}
 
     def posterior_log_prob(self, model: "MultimodalVAE", z: torch.Tensor, mu: torch.Tensor,
@@ -166,7 +184,8 @@ class Family:
         if model.fusion != "moe":
             q_mu, q_lv = self.posterior_summary(model, mu, logvar, mask)
             return post.gaussian_log_prob(z, q_mu, q_lv)
+        dist = self.latent_distribution(model.config)
         mu, logvar = mu[:len(model.names)], logvar[:len(model.names)]
-        prior = post.standard_normal_log_prob(z)
-        mixture = post.mixture_log_prob(z, mu, logvar, mask | ~mask.any(1, keepdim=True))
+        prior = dist.prior_log_prob(z)
+        mixture = dist.mixture_log_prob(z, mu, logvar, mask | ~mask.any(1, keepdim=True))
         return torch.where(mask.any(1)[None, :], mixture, prior)

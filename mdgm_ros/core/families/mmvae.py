@@ -25,7 +25,10 @@ gradients are right but whose value is not the bound. Options: ``K`` (samples pe
 that pass runs without graph, and the decoders' graph is built again only for the samples whose
 normalised weight is not negligible (below 1e-12), the only ones with a gradient. ``fast=False`` is
 the previous code path (every expert's samples on every row decoded with graph, then masked), which
-``bench train`` times beside the new one. Both give the same bound and gradients.
+``bench train`` times beside the new one. Both give the same bound and gradients. ``posterior``
+(``"gaussian"``, default, or ``"laplace"``): the experts, the prior and the mixture as Gaussians, or as
+Laplace distributions with softmax-normalised scales and a Laplace(0, 1) prior, as in the reference code
+and MultiVae (:mod:`..latent_distributions`).
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from typing import Mapping
 
 import torch
 
-from .. import posterior as post
+from ..latent_distributions import GAUSSIAN, GaussianLatent, distribution_named
 from ..model import MultimodalVAE
 from .base import Family, Properties
 from .common import (ObjectiveOutput, dreg_surrogate, dreg_weights, masked_mean_over_experts,
@@ -56,10 +59,11 @@ def observed_expert_reconstruction(model: MultimodalVAE, feats: Mapping[str, tor
 
 
 def log_weights_at(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], z: torch.Tensor, q_mu: torch.Tensor,
-                   q_lv: torch.Tensor, mask: torch.Tensor, beta: float, fast: bool = True) -> torch.Tensor:
+                   q_lv: torch.Tensor, mask: torch.Tensor, beta: float, fast: bool = True,
+                   dist: GaussianLatent = GAUSSIAN) -> torch.Tensor:
     """log importance weights (M, K, B) of the samples z (M, K, B, D)."""
-    log_q = post.mixture_log_prob(z, q_mu, q_lv, mask)
-    log_prior = post.standard_normal_log_prob(z)
+    log_q = dist.mixture_log_prob(z, q_mu, q_lv, mask)
+    log_prior = dist.prior_log_prob(z)
     if fast:
         recon = observed_expert_reconstruction(model, feats, z, mask)
     else:
@@ -69,26 +73,27 @@ def log_weights_at(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], z: t
 
 def log_weights(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mu: torch.Tensor,
                 logvar: torch.Tensor, mask: torch.Tensor, K: int, beta: float, detach_q: bool,
-                generator: torch.Generator | None = None, fast: bool = True
+                generator: torch.Generator | None = None, fast: bool = True, dist: GaussianLatent = GAUSSIAN
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stratified samples z (M, K, B, D) and log importance weights (M, K, B)."""
-    z = post.stratified_mixture_samples(mu, logvar, K, generator)
+    z = dist.stratified(mu, logvar, K, generator)
     q_mu, q_lv = (mu.detach(), logvar.detach()) if detach_q else (mu, logvar)
-    return z, log_weights_at(model, feats, z, q_mu, q_lv, mask, beta, fast)
+    return z, log_weights_at(model, feats, z, q_mu, q_lv, mask, beta, fast, dist)
 
 
 def dreg_on_weighted_samples(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mu: torch.Tensor,
                              logvar: torch.Tensor, mask: torch.Tensor, K: int, beta: float,
-                             generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                             generator: torch.Generator | None, dist: GaussianLatent = GAUSSIAN
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
     """(surrogate, bound) per row, DReG. The weights come from a pass without graph over all M*K*B
     samples; the graph (decoders forward and backward) is built only for the samples whose normalised
     weight is not negligible (:func:`.common.dreg_weights`), the only ones with a gradient: on a
     trained model one in K or so, since image likelihoods put the log-weights tens of nats apart."""
-    z = post.stratified_mixture_samples(mu, logvar, K, generator)                   # graph to the encoders
+    z = dist.stratified(mu, logvar, K, generator)                                   # graph to the encoders
     present = mask.t().unsqueeze(1)
     q_mu, q_lv = mu.detach(), logvar.detach()
     with torch.no_grad():
-        lw = log_weights_at(model, feats, z.detach(), q_mu, q_lv, mask, beta)
+        lw = log_weights_at(model, feats, z.detach(), q_mu, q_lv, mask, beta, dist=dist)
         lw = torch.where(present, lw, torch.zeros_like(lw))
     weights = dreg_weights(lw, present)
     bound = masked_mean_over_experts(torch.logsumexp(lw, dim=1) - math.log(K), mask)
@@ -96,27 +101,38 @@ def dreg_on_weighted_samples(model: MultimodalVAE, feats: Mapping[str, torch.Ten
     z_kept, w_kept = z[expert, sample, row], weights[expert, sample, row]                 # (N, D), (N,)
     recon = weighted_reconstruction(model, {n: x.index_select(0, row) for n, x in feats.items()},
                                     z_kept, mask.index_select(0, row))
-    log_q = post.mixture_log_prob(z_kept, q_mu[:, row], q_lv[:, row], mask.index_select(0, row))
-    lw_kept = recon + beta * (post.standard_normal_log_prob(z_kept) - log_q)
+    log_q = dist.mixture_log_prob(z_kept, q_mu[:, row], q_lv[:, row], mask.index_select(0, row))
+    lw_kept = recon + beta * (dist.prior_log_prob(z_kept) - log_q)
     if z_kept.requires_grad:
         z_kept.register_hook(lambda grad: (w_kept.unsqueeze(-1) * grad).to(grad.dtype))
     return dreg_surrogate(lw_kept, w_kept, expert, row, mask), bound
 
 
+def model_distribution(model: MultimodalVAE, posterior: str) -> GaussianLatent:
+    """The latent distribution the option ``posterior`` names; it must be the one the model's experts
+    were read with (its config's)."""
+    dist = distribution_named(posterior)
+    if dist is not model.family.latent_distribution(model.config):
+        raise ValueError(f"objective option posterior={posterior!r} differs from the model's "
+                         f"{model.family.latent_distribution(model.config).name!r}")
+    return dist
+
+
 def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
               beta: float = 1.0, generator: torch.Generator | None = None, K: int = 8,
-              estimator: str = "dreg", fast: bool = True) -> ObjectiveOutput:
+              estimator: str = "dreg", fast: bool = True, posterior: str = "gaussian") -> ObjectiveOutput:
     if estimator not in ("dreg", "iwae"):
         raise ValueError(f"MMVAE estimator must be 'dreg' or 'iwae', got {estimator!r}")
+    dist = model_distribution(model, posterior)
     if estimator == "dreg" and not torch.is_grad_enabled():
         raise RuntimeError("the DReG estimator registers a gradient hook and cannot run under no_grad; "
                            "evaluate with estimator='iwae'")
     mu, logvar = model.experts(feats, mask)
     if estimator == "dreg" and fast:
-        surrogate, iwae = dreg_on_weighted_samples(model, feats, mu, logvar, mask, K, beta, generator)
+        surrogate, iwae = dreg_on_weighted_samples(model, feats, mu, logvar, mask, K, beta, generator, dist)
         return ObjectiveOutput(-surrogate, {"iwae": iwae.detach()})
     z, lw = log_weights(model, feats, mu, logvar, mask, K, beta, detach_q=(estimator == "dreg"),
-                        generator=generator, fast=fast)
+                        generator=generator, fast=fast, dist=dist)
     present = mask.t().unsqueeze(1)                                           # (M, 1, B)
     lw = torch.where(present, lw, torch.zeros_like(lw))
     iwae_each = torch.logsumexp(lw, dim=1) - math.log(K)                       # (M, B)
@@ -132,8 +148,9 @@ def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: tor
 
 FAMILY = Family(
     name="mmvae", objective_fn=objective, fusions=("moe",), default_fusion="moe",
-    eval_options={"estimator": "iwae"},
+    eval_options={"estimator": "iwae"}, posterior_options=("gaussian", "laplace"),
     properties=Properties(
         aggregated_inference="MoE (uniform mixture of the unimodal experts)", missing_modalities=True,
         modality_specific_latents=False, end_to_end=True, scalability="linear",
-        reference="Shi et al. 2019, MMVAE (stratified looser IWAE, DReG)"))
+        reference="Shi et al. 2019, MMVAE (stratified looser IWAE, DReG)",
+        notes="option posterior: gaussian (default) or laplace (softmax-normalised scales, as the reference)"))

@@ -16,7 +16,9 @@ per modality (``model.extra["aux_prior"]``, initialised at 0). Cross-modal gener
 modalities' w from r_n (its mean when decoding the posterior mean); self-reconstruction uses the own w_m.
 
 Options: ``K`` (samples per expert, 8), ``estimator`` (``"dreg"`` for training, ``"iwae"`` for
-evaluation). ``ModelConfig.private_dim``: size of each w_m (default 4). As in :mod:`.mmvae`, DReG
+evaluation), ``posterior`` (``"gaussian"``, default, or ``"laplace"``: c, w_m, their priors and r_m as
+Laplace distributions with softmax-normalised scales, as in the reference code and MultiVae; r_m's
+scales are then softmax(rho_m) * P, so they cannot all shrink; :mod:`..latent_distributions`). ``ModelConfig.private_dim``: size of each w_m (default 4). As in :mod:`.mmvae`, DReG
 takes the weights from a pass without graph over all M*K*B samples and builds the decoders' graph only
 for the samples of non-negligible weight.
 """
@@ -31,7 +33,9 @@ from torch import nn
 
 from .. import posterior as post
 from .base import Properties
+from ..latent_distributions import GAUSSIAN, GaussianLatent
 from .common import ObjectiveOutput, dreg_surrogate, dreg_weights, masked_mean_over_experts
+from .mmvae import model_distribution
 from .private import PrivateFamily, private_reconstruction
 
 if TYPE_CHECKING:
@@ -39,14 +43,16 @@ if TYPE_CHECKING:
 
 
 class AuxiliaryPrior(nn.Module):
-    """r_m(w_m) = N(0, diag exp(rho_m)) per modality: ``logvar`` (M, P), learned."""
+    """r_m(w_m) per modality, mean 0, learned parameters ``logvar`` (M, P): N(0, diag exp(rho_m)), or a
+    Laplace whose scales are softmax(rho_m) * P (``dist``). Returns (mean, log-variance)."""
 
-    def __init__(self, n_modalities: int, private_dim: int):
+    def __init__(self, n_modalities: int, private_dim: int, dist: GaussianLatent = GAUSSIAN):
         super().__init__()
         self.logvar = nn.Parameter(torch.zeros(n_modalities, private_dim))
+        self.dist = dist
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        logvar = post.clamp_logvar(self.logvar)
+        logvar = self.dist.from_encoder(post.clamp_logvar(self.logvar))
         return torch.zeros_like(logvar), logvar
 
 
@@ -65,20 +71,20 @@ class Draws:
 
 
 def draw(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor, K: int,
-         generator: torch.Generator | None) -> Draws:
+         generator: torch.Generator | None, dist: GaussianLatent = GAUSSIAN) -> Draws:
     mu, logvar = model.experts(feats, mask)
     w_mu, w_logvar = model.private_experts(feats, mask)
-    c = post.stratified_mixture_samples(mu, logvar, K, generator)
-    w = post.stratified_mixture_samples(w_mu, w_logvar, K, generator)
+    c = dist.stratified(mu, logvar, K, generator)
+    w = dist.stratified(w_mu, w_logvar, K, generator)
     r_mu, r_logvar = model.extra["aux_prior"]()
-    w_aux = post.reparameterize(r_mu[:, None, None, :].expand_as(w), r_logvar[:, None, None, :].expand_as(w),
-                                generator=generator)
+    w_aux = dist.sample(r_mu[:, None, None, :].expand_as(w), r_logvar[:, None, None, :].expand_as(w),
+                        generator=generator)
     return Draws(mu, logvar, w_mu, w_logvar, c, w, w_aux)
 
 
 def log_weights_at(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor, d: Draws,
                    expert: torch.Tensor, sample: torch.Tensor, row: torch.Tensor, beta: float,
-                   detach_q: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   detach_q: bool, dist: GaussianLatent = GAUSSIAN) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(c, w, log weight) of the samples (expert, sample, row) (N,) each: (N, D), (N, P), (N,). Source m's
     c decodes x_n with w_n = its own w if n == m, else r_n's sample."""
     c, w = d.c[expert, sample, row], d.w[expert, sample, row]
@@ -88,9 +94,9 @@ def log_weights_at(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], ma
     recon = private_reconstruction(model, {n: x.index_select(0, row) for n, x in feats.items()}, c, codes, rows_mask)
     q = (d.mu, d.logvar, d.w_mu, d.w_logvar)
     mu, logvar, w_mu, w_logvar = (t.detach() for t in q) if detach_q else q
-    log_q = (post.mixture_log_prob(c, mu[:, row], logvar[:, row], rows_mask)
-             + post.gaussian_log_prob(w, w_mu[expert, row], w_logvar[expert, row]))
-    log_p = post.standard_normal_log_prob(c) + post.standard_normal_log_prob(w)
+    log_q = (dist.mixture_log_prob(c, mu[:, row], logvar[:, row], rows_mask)
+             + dist.log_prob(w, w_mu[expert, row], w_logvar[expert, row]))
+    log_p = dist.prior_log_prob(c) + dist.prior_log_prob(w)
     return c, w, recon + beta * (log_p - log_q)
 
 
@@ -103,24 +109,25 @@ def every_sample(mask: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor
 
 def objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
               beta: float = 1.0, generator: torch.Generator | None = None, K: int = 8,
-              estimator: str = "dreg") -> ObjectiveOutput:
+              estimator: str = "dreg", posterior: str = "gaussian") -> ObjectiveOutput:
     if estimator not in ("dreg", "iwae"):
         raise ValueError(f"MMVAE+ estimator must be 'dreg' or 'iwae', got {estimator!r}")
     if estimator == "dreg" and not torch.is_grad_enabled():
         raise RuntimeError("the DReG estimator registers gradient hooks and cannot run under no_grad; "
                            "evaluate with estimator='iwae'")
-    d = draw(model, feats, mask, K, generator)
+    dist = model_distribution(model, posterior)
+    d = draw(model, feats, mask, K, generator, dist)
     present = mask.t().unsqueeze(1)                                                   # (M, 1, B)
     shape = (mask.shape[1], K, mask.shape[0])
     with torch.set_grad_enabled(estimator == "iwae" and torch.is_grad_enabled()):
-        lw = log_weights_at(model, feats, mask, d, *every_sample(mask, K), beta, estimator == "dreg")[2]
+        lw = log_weights_at(model, feats, mask, d, *every_sample(mask, K), beta, estimator == "dreg", dist)[2]
     lw = torch.where(present, lw.reshape(shape), torch.zeros((), dtype=lw.dtype, device=lw.device))
     iwae = masked_mean_over_experts(torch.logsumexp(lw, dim=1) - math.log(K), mask)
     if estimator == "iwae":
         return ObjectiveOutput(-iwae, {"iwae": iwae.detach()})
     weights = dreg_weights(lw, present)                   # DReG: the graph only where a weight is not negligible
     expert, sample, row = weights.nonzero(as_tuple=True)
-    c, w, lw_kept = log_weights_at(model, feats, mask, d, expert, sample, row, beta, detach_q=True)
+    c, w, lw_kept = log_weights_at(model, feats, mask, d, expert, sample, row, beta, detach_q=True, dist=dist)
     w_kept = weights[expert, sample, row]
     for value in (c, w):
         if value.requires_grad:
@@ -131,7 +138,13 @@ def objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: t
 @dataclass(frozen=True)
 class MMVAEPlusFamily(PrivateFamily):
     def build_networks(self, model: "MultimodalVAE") -> dict[str, nn.Module]:
-        return {"aux_prior": AuxiliaryPrior(len(model.names), model.private_dim)}
+        return {"aux_prior": AuxiliaryPrior(len(model.names), model.private_dim,
+                                            self.latent_distribution(model.config))}
+
+    def private_posteriors(self, model: "MultimodalVAE", feats: Mapping[str, torch.Tensor],
+                           mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, second = super().private_posteriors(model, feats, mask)
+        return mu, self.latent_distribution(model.config).from_encoder(second)
 
     def private_prior(self, model: "MultimodalVAE", name: str) -> tuple[torch.Tensor, torch.Tensor]:
         r_mu, r_logvar = model.extra["aux_prior"]()
@@ -141,10 +154,10 @@ class MMVAEPlusFamily(PrivateFamily):
 
 FAMILY = MMVAEPlusFamily(
     name="mmvae_plus", objective_fn=objective, fusions=("moe",), default_fusion="moe",
-    eval_options={"estimator": "iwae"},
+    eval_options={"estimator": "iwae"}, posterior_options=("gaussian", "laplace"),
     properties=Properties(
         aggregated_inference="c: MoE (uniform mixture of the unimodal experts)", missing_modalities=True,
         modality_specific_latents=True, end_to_end=True, scalability="linear",
         reference="Palumbo et al. 2023, MMVAE+ (stratified looser IWAE, DReG)", equations="eq. 28 (not in the survey)",
         notes="private w_m per modality (default 4 dims); cross-modal generation draws w from the learned "
-              "auxiliary prior r_m"))
+              "auxiliary prior r_m; option posterior: gaussian (default) or laplace (as the reference)"))

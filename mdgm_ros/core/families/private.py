@@ -93,4 +93,5 @@ def private_codes(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mas
     logvar = torch.where(seen, logvar, p_lv[:, None, :].to(mu.dtype))
     if n_samples == 0:
         return mu
-    return post.reparameterize(mu, logvar, n_samples, generator).transpose(0, 1)
+    dist = model.family.latent_distribution(model.config)
+    return dist.sample(mu, logvar, n_samples, generator).transpose(0, 1)
