@@ -70,7 +70,8 @@ def build(name, **options):
     torch.manual_seed(2)
     two = (ModalitySpec("a", "vector", (3,), scale=0.6, weight=2.0, hidden=(8,)),
            ModalitySpec("b", "vector", (4,), scale=0.9, hidden=(8,)))
-    model = MultimodalVAE(ModelConfig(two, latent_dim=2, objective=name, private_dim=3 if name == "mmvae_plus" else None,
+    private_dim = 3 if name == "mmvae_plus" else None
+    model = MultimodalVAE(ModelConfig(two, latent_dim=2, objective=name, private_dim=private_dim,
                                       objective_options={"posterior": "laplace", "K": 3, **options}))
     with torch.no_grad():
         for enc in (*model.encoders.values(), *model.private_encoders.values()):

@@ -17,7 +17,8 @@ from mdgm_ros.core.families.private import private_codes
 
 PRIVATE = [n for n, f in FAMILIES.items() if f.properties.modality_specific_latents]
 # every private-latent family with its default options, and DMVAE-Lee's discrete (concrete) shared c
-VARIANTS = [(n, {}) for n in PRIVATE] + [("dmvae_lee", {"shared": "concrete"}), ("mmvae_plus", {"posterior": "laplace"})]
+VARIANTS = [(n, {}) for n in PRIVATE] + [("dmvae_lee", {"shared": "concrete"}),
+                                         ("mmvae_plus", {"posterior": "laplace"})]
 VARIANT_IDS = [n + ("-" + "-".join(map(str, o.values())) if o else "") for n, o in VARIANTS]
 BETA = 0.7
 

@@ -11,14 +11,15 @@ reconstructed from another modality's c, so c alone must carry what the modaliti
              {\\big(q(c^k|X_O)\\,q(w_m^k|x_m)\\big)^{\\beta}}\\Big]
 
 (the survey's eq. 28 generative model, with MMVAE's stratified "looser" IWAE bound, DReG gradients:
-:mod:`.mmvae`). p(c) = p(w_m) = N(0, I); r_n = N(0, diag exp(rho_n)) with a learned log-variance rho_n
+:mod:`.mmvae`). Gaussian option: p(c) = p(w_m) = N(0, I); r_n = N(0, diag exp(rho_n)) with a learned log-variance rho_n
 per modality (``model.extra["aux_prior"]``, initialised at 0). Cross-modal generation draws the missing
 modalities' w from r_n (its mean when decoding the posterior mean); self-reconstruction uses the own w_m.
 
 Options: ``K`` (samples per expert, 8), ``estimator`` (``"dreg"`` for training, ``"iwae"`` for
 evaluation), ``posterior`` (``"gaussian"``, default, or ``"laplace"``: c, w_m, their priors and r_m as
 Laplace distributions with softmax-normalised scales, as in the reference code and MultiVae; r_m's
-scales are then softmax(rho_m) * P, so they cannot all shrink; :mod:`..latent_distributions`). ``ModelConfig.private_dim``: size of each w_m (default 4). As in :mod:`.mmvae`, DReG
+scales are then softmax(rho_m) * P, so they cannot all shrink; :mod:`..latent_distributions`).
+``ModelConfig.private_dim``: size of each w_m (default 4). As in :mod:`.mmvae`, DReG
 takes the weights from a pass without graph over all M*K*B samples and builds the decoders' graph only
 for the samples of non-negligible weight.
 """
@@ -32,8 +33,8 @@ import torch
 from torch import nn
 
 from .. import posterior as post
-from .base import Properties
 from ..latent_distributions import GAUSSIAN, GaussianLatent
+from .base import Properties
 from .common import ObjectiveOutput, dreg_surrogate, dreg_weights, masked_mean_over_experts
 from .mmvae import model_distribution
 from .private import PrivateFamily, private_reconstruction
