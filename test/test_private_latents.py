@@ -16,7 +16,8 @@ from mdgm_ros.core.families import FAMILIES
 from mdgm_ros.core.families.private import private_codes
 
 PRIVATE = [n for n, f in FAMILIES.items() if f.properties.modality_specific_latents]
-# every private-latent family with its default options, and DMVAE-Lee's discrete (concrete) shared c
+# every private-latent family with its default options, DMVAE-Lee's discrete (concrete) shared c and
+# MMVAE+'s Laplace latents
 VARIANTS = [(n, {}) for n in PRIVATE] + [("dmvae_lee", {"shared": "concrete"}),
                                          ("mmvae_plus", {"posterior": "laplace"})]
 VARIANT_IDS = [n + ("-" + "-".join(map(str, o.values())) if o else "") for n, o in VARIANTS]
