@@ -124,3 +124,18 @@ def test_sampled_coherence_decodes_samples_not_the_mean(monkeypatch):
     sampled = zoo.coherence(model, test, classifiers, samples=1)
     assert set(calls) == {0, 1} and mean.keys() == sampled.keys()
     assert sampled == zoo.coherence(model, test, classifiers, samples=1)     # seeded: reproducible
+
+
+def test_grad_clip_flag_reaches_every_training_step(monkeypatch):
+    args = argparse.Namespace(families="mopoe", seeds=1, epochs=1, quick=False, json=False, out=None,
+                              train_tuples=40, test_tuples=20, grad_clip=0.0)
+    config = zoo.zoo_config_from_args(args)
+    assert config.grad_clip == 0.0 and zoo.zoo_config_from_args(
+        argparse.Namespace(**{**vars(args), "grad_clip": zoo.ZooConfig.grad_clip})).grad_clip == 10.0
+    with pytest.raises(ValueError, match="--grad-clip >= 0"):
+        zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "grad_clip": -1.0}))
+    seen = []
+    monkeypatch.setattr(zoo.training, "train", lambda model, feats, mask, tconfig: seen.append(tconfig) or [])
+    train, _ = make_polydigits(40, 20, 5, seed=0)
+    zoo.train_family("mopoe", train, config, seed=0)
+    assert seen[0].grad_clip == 0.0
