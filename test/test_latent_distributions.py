@@ -7,13 +7,12 @@ import pytest
 import torch
 from torch.distributions import Laplace
 
-from mdgm_ros.core import (Fuser, ModalitySpec, ModelConfig, MultimodalVAE, SpecError, compute_objective,
-                           iwae_log_likelihood)
+from mdgm_ros.core import Fuser, ModalitySpec, ModelConfig, MultimodalVAE, SpecError, iwae_log_likelihood
 from mdgm_ros.core.families.private import private_codes
 from mdgm_ros.core.latent_distributions import GAUSSIAN, LaplaceLatent, distribution_named
+from test_private_latents import BETA, assert_bound_both_ways
 
 LAPLACE = distribution_named("laplace")
-BETA = 0.7
 
 
 def softmax_scale(raw):
@@ -94,15 +93,6 @@ def mixture_log_q(experts, c):
     return torch.logsumexp(torch.stack([q.log_prob(c).sum(-1) for q in experts]), 0) - math.log(len(experts))
 
 
-def both_ways(model, x, expected):
-    mask = torch.ones(3, 2, dtype=torch.bool)
-    with torch.no_grad():
-        out = compute_objective(model, x, mask, beta=BETA, estimator="iwae")
-    assert torch.allclose(out.loss, -expected, atol=1e-4)
-    dreg = compute_objective(model, x, mask, beta=BETA)                       # the training surrogate
-    assert torch.allclose(dreg.terms["iwae"], expected, atol=1e-4)
-
-
 def test_mmvae_laplace_objective_by_hand(laplace_means):
     model, x = build("mmvae")
     experts = [laplace_expert(model.encoders[m], x[m]) for m in ("a", "b")]
@@ -112,7 +102,7 @@ def test_mmvae_laplace_objective_by_hand(laplace_means):
         z = q.mean
         recon = sum(loglik(model, n, x[n], z) for n in ("a", "b"))
         lws.append(recon + BETA * (prior.log_prob(z).sum(-1) - mixture_log_q(experts, z)))
-    both_ways(model, x, (lws[0] + lws[1]) / 2)
+    assert_bound_both_ways(model, x, (lws[0] + lws[1]) / 2)
 
 
 def test_mmvae_plus_laplace_objective_by_hand(laplace_means):
@@ -130,7 +120,7 @@ def test_mmvae_plus_laplace_objective_by_hand(laplace_means):
         log_q = mixture_log_q(shared, c) + private[m].log_prob(w).sum(-1)
         log_p = prior_c.log_prob(c).sum(-1) + prior_w.log_prob(w).sum(-1)
         lws.append(recon + BETA * (log_p - log_q))
-    both_ways(model, x, (lws[0] + lws[1]) / 2)
+    assert_bound_both_ways(model, x, (lws[0] + lws[1]) / 2)
 
 
 # ----------------------------------------------------------------------------- what the runtime reads
