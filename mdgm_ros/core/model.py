@@ -151,8 +151,8 @@ class MultimodalVAE(nn.Module):
             "__".join(subset): build_network("subset", nets.get("subset"),
                                              [self.specs[n] for n in subset], config.latent_dim)
             for subset in self.subset_names})
-        try:
-            self.family.latent_distribution(config)       # a bad objective option 'posterior' fails here
+        try:                                              # a bad objective option 'posterior' fails here
+            self.latent_dist = self.family.latent_distribution(config)
         except ValueError as err:
             raise SpecError(str(err)) from None
         self.extra = nn.ModuleDict(self.family.build_networks(self))
@@ -248,7 +248,7 @@ class MultimodalVAE(nn.Module):
             mu, logvar = self._encode_rows(encoder, [feats[n] for n in subset], rows)
             mus.append(mu)
             logvars.append(logvar)
-        return torch.stack(mus), self.family.latent_distribution(self.config).from_encoder(torch.stack(logvars))
+        return torch.stack(mus), self.latent_dist.from_encoder(torch.stack(logvars))
 
     def private_experts(self, feats: Mapping[str, torch.Tensor], mask: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:

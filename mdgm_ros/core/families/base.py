@@ -155,7 +155,7 @@ class Family:
         if model.fusion != "moe":
             q_mu, q_lv = self.posterior_summary(model, mu, logvar, mask)
             return post.reparameterize(q_mu, q_lv, n_samples, generator)
-        dist = self.latent_distribution(model.config)
+        dist = model.latent_dist
         mu, logvar = mu[:len(model.names)], logvar[:len(model.names)]
         all_z = dist.stratified(mu, logvar, n_samples, generator)                       # (M, K, B, D)
         weights = mask.float() + (~mask.any(1, keepdim=True)).float()                   # empty row: any
@@ -169,7 +169,7 @@ class Family:
 
     def prior_log_prob(self, model: "MultimodalVAE", z: torch.Tensor) -> torch.Tensor:
         """log p(z) of the shared latent for z (..., D): (...). N(0, I) by default."""
-        return self.latent_distribution(model.config).prior_log_prob(z)
+        return model.latent_dist.prior_log_prob(z)
 
     def latent_description(self, config: "ModelConfig") -> dict[str, Any]:
         """What the published latent's mean and std are (the node's model_info)."""
@@ -184,7 +184,7 @@ class Family:
         if model.fusion != "moe":
             q_mu, q_lv = self.posterior_summary(model, mu, logvar, mask)
             return post.gaussian_log_prob(z, q_mu, q_lv)
-        dist = self.latent_distribution(model.config)
+        dist = model.latent_dist
         mu, logvar = mu[:len(model.names)], logvar[:len(model.names)]
         prior = dist.prior_log_prob(z)
         mixture = dist.mixture_log_prob(z, mu, logvar, mask | ~mask.any(1, keepdim=True))

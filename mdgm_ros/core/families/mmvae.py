@@ -112,9 +112,9 @@ def model_distribution(model: MultimodalVAE, posterior: str) -> GaussianLatent:
     """The latent distribution the option ``posterior`` names; it must be the one the model's experts
     were read with (its config's)."""
     dist = distribution_named(posterior)
-    if dist is not model.family.latent_distribution(model.config):
+    if dist is not model.latent_dist:
         raise ValueError(f"objective option posterior={posterior!r} differs from the model's "
-                         f"{model.family.latent_distribution(model.config).name!r}")
+                         f"{model.latent_dist.name!r}")
     return dist
 
 

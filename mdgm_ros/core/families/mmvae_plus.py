@@ -140,12 +140,12 @@ def objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: t
 class MMVAEPlusFamily(PrivateFamily):
     def build_networks(self, model: "MultimodalVAE") -> dict[str, nn.Module]:
         return {"aux_prior": AuxiliaryPrior(len(model.names), model.private_dim,
-                                            self.latent_distribution(model.config))}
+                                            model.latent_dist)}
 
     def private_posteriors(self, model: "MultimodalVAE", feats: Mapping[str, torch.Tensor],
                            mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, second = super().private_posteriors(model, feats, mask)
-        return mu, self.latent_distribution(model.config).from_encoder(second)
+        return mu, model.latent_dist.from_encoder(second)
 
     def private_prior(self, model: "MultimodalVAE", name: str) -> tuple[torch.Tensor, torch.Tensor]:
         r_mu, r_logvar = model.extra["aux_prior"]()

@@ -93,5 +93,4 @@ def private_codes(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mas
     logvar = torch.where(seen, logvar, p_lv[:, None, :].to(mu.dtype))
     if n_samples == 0:
         return mu
-    dist = model.family.latent_distribution(model.config)
-    return dist.sample(mu, logvar, n_samples, generator).transpose(0, 1)
+    return model.latent_dist.sample(mu, logvar, n_samples, generator).transpose(0, 1)
