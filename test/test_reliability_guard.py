@@ -163,3 +163,27 @@ def test_a_publish_failing_on_a_closing_context_is_shutdown_not_a_failed_step():
     closing = RuntimeError("Failed to publish: publisher's context is invalid, at ./src/rcl/publisher.c:427")
     assert _shutting_down(Context(True), closing) and _shutting_down(Context(False), ValueError("any"))
     assert not _shutting_down(Context(True), ValueError("shape mismatch"))
+
+
+def test_until_shutdown_ends_quietly_only_on_what_a_shutdown_raises():
+    """SIGINT can close the context between two waits of the executor; rcl then raises from the wait set.
+    That ends the spin like Ctrl-C does; the same error with the context still open is a real failure."""
+    from rclpy._rclpy_pybind11 import RCLError
+    from rclpy.executors import ExternalShutdownException
+    from mdgm_ros.ros.guard import until_shutdown
+
+    class Context:
+        def __init__(self, ok):
+            self._ok = ok
+
+        def ok(self):
+            return self._ok
+
+    wait_set = RCLError("failed to initialize wait set: the given context is not valid")
+    for quiet in (KeyboardInterrupt(), ExternalShutdownException(), wait_set):
+        with until_shutdown(Context(ok=False)):
+            raise quiet
+    with pytest.raises(RCLError), until_shutdown(Context(ok=True)):
+        raise wait_set
+    with pytest.raises(ValueError), until_shutdown(Context(ok=False)):
+        raise ValueError("not a shutdown")

@@ -26,7 +26,7 @@ import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.task import Future
 from rclpy.event_handler import SubscriptionEventCallbacks
@@ -43,7 +43,7 @@ from ..core.temporal import TemporalFilter, is_temporal, options_of
 from ..streams.params import (FusionParams, ParameterError, blocked_while_configured, check_against_bundle,
                               declare_fusion_params, fusion_params_with, resolve_bundle, unknown_overrides)
 from ..streams.kinds import Stream, make_stream
-from .guard import GuardedNode, node_main
+from .guard import GuardedNode, node_main, until_shutdown
 from .diagnostics import StreamCheck, StreamStats, anomaly_status, model_status, stream_status
 from .outputs import LATCHED_INFO, FusionOutputs, ModelInfo, model_info_message
 
@@ -644,13 +644,12 @@ def main(args: list[str] | None = None) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        if node.params is not None and node.params.autostart:
-            node.trigger_configure()
-            if node.runtime is not None:
-                node.trigger_activate()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        with until_shutdown(node.context):
+            if node.params is not None and node.params.autostart:
+                node.trigger_configure()
+                if node.runtime is not None:
+                    node.trigger_activate()
+            executor.spin()
     finally:
         executor.shutdown()
         node.destroy_node()

@@ -17,6 +17,7 @@ counted and logged at most once per ``GUARD_WARN_PERIOD_S``. ``callback_errors``
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import re
@@ -172,6 +173,23 @@ class GuardedNode:
     def remove_on_set_parameters_callback(self, callback):
         wrapped = self.__dict__.get("_guarded_parameter_callbacks", {}).pop(callback, callback)
         return super().remove_on_set_parameters_callback(wrapped)
+
+
+# --------------------------------------------------------------------------- shutdown
+@contextlib.contextmanager
+def until_shutdown(context):
+    """Wrap a node's spin loop: Ctrl-C, an external shutdown, and rcl's error when SIGINT closes the context
+    between two waits ("failed to initialize wait set: the given context is not valid", a race) end it
+    quietly, so the node's clean-up runs and it exits 0; any other error propagates."""
+    from rclpy._rclpy_pybind11 import RCLError
+    from rclpy.executors import ExternalShutdownException
+    try:
+        yield
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except RCLError:
+        if context.ok():
+            raise
 
 
 # --------------------------------------------------------------------------- start-up

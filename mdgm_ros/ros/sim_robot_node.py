@@ -14,14 +14,14 @@ import time
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from ..sim import PandaTableSim, SimConfig, schedule_faults
 from ..sim.faults import parse_kinds
 from ..sim.record import MESSAGE_TYPES, TOPICS, event_message
-from .guard import GuardedNode, node_main
+from .guard import GuardedNode, node_main, until_shutdown
 
 SENSOR_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)   # reaches best-effort subscribers too
 LABEL_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -90,10 +90,9 @@ def main(args: list[str] | None = None) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        while rclpy.ok() and not node.finished.is_set():
-            executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        with until_shutdown(node.context):
+            while rclpy.ok() and not node.finished.is_set():
+                executor.spin_once(timeout_sec=0.1)
     finally:
         node.stop()
         node.get_logger().info(f"published {node.published} messages")

@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -25,7 +24,7 @@ from std_msgs.msg import Float32MultiArray, String
 from ..streams import bridge
 from ..core import synthetic
 from ..streams.params import PANDA_JOINTS
-from .guard import GuardedNode, node_main
+from .guard import GuardedNode, node_main, until_shutdown
 
 RATES = {"camera": 30.0, "joints": 200.0, "audio": 50.0, "tactile": 100.0}
 
@@ -159,9 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     rclpy.init(args=[sys.argv[0], *ros_args])
     node = SyntheticStreams(args)
     try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        with until_shutdown(node.context):
+            rclpy.spin(node)
     finally:
         node.destroy_node()
         rclpy.try_shutdown()

@@ -29,13 +29,13 @@ from rcl_interfaces.msg import ParameterDescriptor, ParameterType, ParameterValu
 from rcl_interfaces.srv import SetParameters
 from rclpy.action import CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from std_srvs.srv import Trigger
 
 from ..action import Train
 from ..config_files import config_path
-from .guard import GuardedNode, node_main
+from .guard import GuardedNode, node_main, until_shutdown
 
 
 class Cancelled(Exception):
@@ -251,11 +251,10 @@ def main(args: list[str] | None = None) -> int:
     executor.add_node(node)
     failed = False
     try:
-        while rclpy.ok() and not (node.one_shot and node.done.is_set() and node.exit_when_done):
-            executor.spin_once(timeout_sec=0.1)
-        failed = node.state["state"] == "failed"
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        with until_shutdown(node.context):
+            while rclpy.ok() and not (node.one_shot and node.done.is_set() and node.exit_when_done):
+                executor.spin_once(timeout_sec=0.1)
+            failed = node.state["state"] == "failed"
     finally:
         node.stopping.set()
         executor.shutdown(timeout_sec=1.0)
