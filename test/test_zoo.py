@@ -139,3 +139,11 @@ def test_grad_clip_flag_reaches_every_training_step(monkeypatch):
     train, _ = make_polydigits(40, 20, 5, seed=0)
     zoo.train_family("mopoe", train, config, seed=0)
     assert seen[0].grad_clip == 0.0
+
+
+def test_quick_runs_keep_the_families_options():
+    args = argparse.Namespace(families="mmvae", seeds=1, epochs=5, quick=True, json=False, out=None,
+                              option=["mmvae.K=1", "mmvae.posterior=laplace"], grad_clip=0.0)
+    config = zoo.zoo_config_from_args(args)
+    assert (config.n_train, config.epochs) == (300, 1)                       # tiny sizes
+    assert config.family_options == {"mmvae": {"K": 1, "posterior": "laplace"}} and config.grad_clip == 0.0

@@ -435,15 +435,17 @@ def zoo_config_from_args(args: argparse.Namespace) -> ZooConfig:
         device = str(training.select_device(str(getattr(args, "device", "cpu") or "cpu")))
     except RuntimeError as err:                               # CUDA asked for where there is none
         raise ValueError(str(err)) from None
-    if getattr(args, "quick", False):
+    options = parse_family_options(getattr(args, "option", []) or [])
+    if getattr(args, "quick", False):                  # tiny sizes; the families' options still apply
         return ZooConfig(families=families, seeds=args.seeds, first_seed=first_seed, n_train=300, n_test=100,
-                         epochs=1, classifier_epochs=1, iwae_k=4, n_nll=20, n_probe=300, device=device)
+                         epochs=1, classifier_epochs=1, iwae_k=4, n_nll=20, n_probe=300, device=device,
+                         grad_clip=grad_clip, family_options=options)
     return ZooConfig(families=families, seeds=args.seeds, first_seed=first_seed, epochs=args.epochs,
                      n_train=n_train, n_test=n_test, batch_size=batch_size, latent_dim=latent_dim, beta=beta,
                      private_dim=private_dim, device=device, grad_clip=grad_clip,
                      threads=max(1, int(getattr(args, "threads", 1) or 1)),
                      normalize=not bool(getattr(args, "raw_pixels", False)),
-                     family_options=parse_family_options(getattr(args, "option", []) or []))
+                     family_options=options)
 
 
 def parse_family_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
