@@ -1,6 +1,4 @@
 """bench zoo with a private-latent family: the probe on s_m beside the probe on c, the style-transfer PNG."""
-import json
-
 import numpy as np
 
 from mdgm_ros.bench import zoo, zoo_private
