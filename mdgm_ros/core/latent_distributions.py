@@ -90,13 +90,7 @@ class LaplaceLatent(GaussianLatent):
         return self.sample(mu.unsqueeze(1).expand(*expand), logvar.unsqueeze(1).expand(*expand), None, generator)
 
     def mixture_log_prob(self, z, mu, logvar, mask):
-        """log of the uniform mixture of the present experts; z (..., B, D), mu/logvar (M, B, D): (..., B)."""
-        lead = z.dim() - 2
-        shape = (mu.shape[0], *([1] * lead), *mu.shape[1:])
-        comp = self.log_prob(z.unsqueeze(0), mu.reshape(shape), logvar.reshape(shape))     # (M, ..., B)
-        present = mask.t().reshape(mask.shape[1], *([1] * lead), mask.shape[0])
-        comp = torch.where(present, comp, torch.tensor(float("-inf"), dtype=z.dtype, device=z.device))
-        return torch.logsumexp(comp, dim=0) - torch.log(mask.sum(1).to(z.dtype))
+        return post.mixture_log_prob(z, mu, logvar, mask, component_log_prob=self.log_prob)
 
 
 DISTRIBUTIONS = {d.name: d for d in (GaussianLatent(), LaplaceLatent())}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Callable
 
 import torch
 
@@ -132,16 +133,21 @@ def all_subset_products(mu: torch.Tensor, logvar: torch.Tensor, subsets: torch.T
     return mean.reshape(shape), clamp_logvar(-torch.log(total)).reshape(shape)
 
 
-def mixture_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-                     mask: torch.Tensor) -> torch.Tensor:
-    """log q(z) of the uniform mixture of the present experts.
+def _clamped_gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    return gaussian_log_prob(z, mu, clamp_logvar(logvar))
+
+
+def mixture_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor,
+                     component_log_prob: Callable[..., torch.Tensor] = _clamped_gaussian_log_prob
+                     ) -> torch.Tensor:
+    """log q(z) of the uniform mixture of the present experts, each ``component_log_prob(z, mu, logvar)``
+    (default: Gaussian, log-variance clamped).
 
     ``z`` (..., B, D); ``mu``/``logvar`` (M, B, D). Returns (..., B). Rows with no expert give -inf.
     """
     lead = z.dim() - 2
     mu_e = mu.reshape(mu.shape[0], *([1] * lead), *mu.shape[1:])
-    lv_e = clamp_logvar(logvar).reshape(mu_e.shape)
-    comp = gaussian_log_prob(z.unsqueeze(0), mu_e, lv_e)              # (M, ..., B)
+    comp = component_log_prob(z.unsqueeze(0), mu_e, logvar.reshape(mu_e.shape))   # (M, ..., B)
     present = mask.t().reshape(mask.shape[1], *([1] * lead), mask.shape[0])
     comp = torch.where(present, comp, torch.tensor(float("-inf"), dtype=z.dtype, device=z.device))
     n_present = mask.sum(1).to(z.dtype)
