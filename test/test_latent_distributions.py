@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.distributions import Laplace
 
-from mdgm_ros.core import Fuser, ModalitySpec, ModelConfig, MultimodalVAE, SpecError, iwae_log_likelihood
+from mdgm_ros.core import (Fuser, ModalitySpec, ModelConfig, MultimodalVAE, SpecError, iwae_log_likelihood,
+                           load_bundle, save_bundle)
 from mdgm_ros.core.families.private import private_codes
 from mdgm_ros.core.latent_distributions import GAUSSIAN, LaplaceLatent, distribution_named
 from test_private_latents import BETA, assert_bound_both_ways
@@ -121,6 +122,62 @@ def test_mmvae_plus_laplace_objective_by_hand(laplace_means):
         log_p = prior_c.log_prob(c).sum(-1) + prior_w.log_prob(w).sum(-1)
         lws.append(recon + BETA * (log_p - log_q))
     assert_bound_both_ways(model, x, (lws[0] + lws[1]) / 2)
+
+
+def test_mmvae_learned_laplace_prior_objective_by_hand(laplace_means):
+    model, x = build("mmvae", learn_prior=True)
+    rho = torch.tensor([0.5, -0.3])
+    with torch.no_grad():
+        model.extra["prior"].logvar.copy_(rho[None])
+    experts = [laplace_expert(model.encoders[m], x[m]) for m in ("a", "b")]
+    prior = Laplace(torch.zeros(2), softmax_scale(rho))                  # MultiVae's learned Laplace prior
+    lws = []
+    for q in experts:
+        z = q.mean
+        recon = sum(loglik(model, n, x[n], z) for n in ("a", "b"))
+        lws.append(recon + BETA * (prior.log_prob(z).sum(-1) - mixture_log_q(experts, z)))
+    assert_bound_both_ways(model, x, (lws[0] + lws[1]) / 2)
+
+
+@pytest.mark.parametrize("posterior", ["gaussian", "laplace"])
+def test_mmvae_learned_prior_is_what_the_runtime_reads(posterior):
+    """The joint NLL's p(z), the empty set's moments, samples and density all use the learned prior."""
+    model, x = build("mmvae", learn_prior=True, posterior=posterior)
+    rho = torch.tensor([1.0, -1.0])
+    with torch.no_grad():
+        model.extra["prior"].logvar.copy_(rho[None])
+    if posterior == "laplace":
+        prior = Laplace(torch.zeros(2), softmax_scale(rho))
+    else:
+        prior = torch.distributions.Normal(torch.zeros(2), torch.exp(0.5 * rho))
+    z = torch.randn(4, 3, 2)
+    with torch.no_grad():
+        assert torch.allclose(model.family.prior_log_prob(model, z), prior.log_prob(z).sum(-1), atol=1e-5)
+        empty = torch.zeros(20000, 2, dtype=torch.bool)
+        mu, logvar = model.experts({n: v.repeat(6667, 1)[:20000] for n, v in x.items()}, empty)
+        mean, log_var = model.family.posterior_summary(model, mu, logvar, empty)
+        assert torch.allclose(mean, torch.zeros_like(mean)) and torch.allclose(log_var.exp()[0], prior.variance)
+        draws = model.family.posterior_samples(model, mu, logvar, empty, 1, torch.Generator().manual_seed(0))[0]
+        assert torch.allclose(draws.var(0), prior.variance, rtol=0.06)
+        density = model.family.posterior_log_prob(model, draws[None, :5], mu[:, :5], logvar[:, :5], empty[:5])
+        assert torch.allclose(density[0], prior.log_prob(draws[:5]).sum(-1), atol=1e-5)
+
+
+def test_a_learned_prior_survives_the_bundle_round_trip(tmp_path):
+    model, x = build("mmvae", learn_prior=True)
+    with torch.no_grad():
+        model.extra["prior"].logvar.copy_(torch.tensor([[0.7, -0.4]]))
+    loaded = load_bundle(save_bundle(tmp_path / "m", model)).model
+    assert torch.equal(loaded.extra["prior"].logvar, model.extra["prior"].logvar)
+    z = torch.randn(5, 2)
+    assert torch.equal(loaded.family.prior_log_prob(loaded, z), model.family.prior_log_prob(model, z))
+
+
+def test_the_learn_prior_option_is_validated():
+    two = (ModalitySpec("a", "vector", (3,)), ModalitySpec("b", "vector", (4,)))
+    with pytest.raises(ValueError, match="'learn_prior' must be true or false, got 'yes'"):
+        MultimodalVAE(ModelConfig(two, objective="mmvae", objective_options={"learn_prior": "yes"}))
+    assert "prior" not in MultimodalVAE(ModelConfig(two, objective="mmvae")).extra
 
 
 # ----------------------------------------------------------------------------- what the runtime reads

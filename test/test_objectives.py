@@ -102,11 +102,14 @@ def test_mmvae_iwae_value_is_the_bound_for_both_estimators(small_model_factory):
     torch.testing.assert_close(b.loss, -b.terms["iwae"])
 
 
-@pytest.mark.parametrize("posterior", ["gaussian", "laplace"])
-def test_mmvae_dreg_on_the_weighted_samples_only_gives_the_full_graphs_gradients(small_model_factory, posterior):
+@pytest.mark.parametrize("posterior, learn_prior", [("gaussian", False), ("laplace", False), ("gaussian", True),
+                                                    ("laplace", True)])
+def test_mmvae_dreg_on_the_weighted_samples_only_gives_the_full_graphs_gradients(small_model_factory, posterior,
+                                                                                learn_prior):
     """The fast DReG path builds the decoders' graph only for samples of non-negligible weight; every
     parameter's gradient and the bound must equal those of the path that decodes every sample with graph."""
-    model = small_model_factory("mmvae", objective_options={"K": 5, "posterior": posterior})
+    model = small_model_factory("mmvae", objective_options={"K": 5, "posterior": posterior,
+                                                            "learn_prior": learn_prior})
     raw, mask, _ = prepared(model, 8, seed=6, missing_rate=0.3)
     training.fit_normalization(model, raw, mask)
     feats = training.normalize_features(model, raw)
@@ -119,6 +122,7 @@ def test_mmvae_dreg_on_the_weighted_samples_only_gives_the_full_graphs_gradients
         bounds.append(out.terms["iwae"])
     torch.testing.assert_close(bounds[0], bounds[1])
     assert set(grads[0]) == set(grads[1]) and any(n.startswith("encoders.") for n in grads[0])
+    assert ("extra.prior.logvar" in grads[0]) == learn_prior                 # the learned prior trains
     for name in grads[1]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5, msg=name)
 

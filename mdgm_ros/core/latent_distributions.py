@@ -19,6 +19,8 @@ import math
 
 import torch
 
+from torch import nn
+
 from . import posterior as post
 
 _LOG_2 = math.log(2.0)
@@ -91,6 +93,21 @@ class LaplaceLatent(GaussianLatent):
 
     def mixture_log_prob(self, z, mu, logvar, mask):
         return post.mixture_log_prob(z, mu, logvar, mask, component_log_prob=self.log_prob)
+
+
+class LearnedScalePrior(nn.Module):
+    """R zero-mean priors with learned scales, parameters ``logvar`` (R, D) initialised at 0: N(0, diag
+    exp(rho)), or a Laplace whose scales are softmax(rho) * D (``dist``.from_encoder), as MultiVae's learned
+    priors. Returns (mean, log-variance), (R, D) each."""
+
+    def __init__(self, rows: int, dim: int, dist: GaussianLatent):
+        super().__init__()
+        self.logvar = nn.Parameter(torch.zeros(rows, dim))
+        self.dist = dist
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        logvar = self.dist.from_encoder(post.clamp_logvar(self.logvar))
+        return torch.zeros_like(logvar), logvar
 
 
 DISTRIBUTIONS = {d.name: d for d in (GaussianLatent(), LaplaceLatent())}

@@ -145,7 +145,10 @@ class Family:
         """Mean and log-variance of q(z | X_mask): (B, D) each."""
         n = len(model.names)
         if model.fusion == "moe":
-            return post.mixture_moments(mu[:n], logvar[:n], mask)
+            mean, log_var = post.mixture_moments(mu[:n], logvar[:n], mask)
+            prior_mean, prior_logvar = self.prior_moments(model, mean)
+            empty = ~mask.any(1, keepdim=True)
+            return torch.where(empty, prior_mean, mean), torch.where(empty, prior_logvar, log_var)
         return model.subset_posterior(mu[:n], logvar[:n], mask)
 
     def posterior_samples(self, model: "MultimodalVAE", mu: torch.Tensor, logvar: torch.Tensor,
@@ -164,8 +167,13 @@ class Family:
         k_idx = torch.arange(n_samples, device=mask.device)[:, None].expand(-1, mask.shape[0])
         z = all_z[pick, k_idx, batch_idx]
         empty = ~mask.any(1)
-        prior = dist.sample(torch.zeros_like(z), dist.prior_logvar(z), generator=generator)
+        prior = dist.sample(*self.prior_moments(model, z), generator=generator)
         return torch.where(empty[None, :, None], prior, z)
+
+    def prior_moments(self, model: "MultimodalVAE", like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of p(z), shaped as ``like`` (..., D): the latent distribution's fixed
+        prior (N(0, I), or Laplace(0, 1)) by default."""
+        return torch.zeros_like(like), model.latent_dist.prior_logvar(like)
 
     def prior_log_prob(self, model: "MultimodalVAE", z: torch.Tensor) -> torch.Tensor:
         """log p(z) of the shared latent for z (..., D): (...). N(0, I) by default."""
@@ -186,6 +194,6 @@ class Family:
             return post.gaussian_log_prob(z, q_mu, q_lv)
         dist = model.latent_dist
         mu, logvar = mu[:len(model.names)], logvar[:len(model.names)]
-        prior = dist.prior_log_prob(z)
+        prior = self.prior_log_prob(model, z)
         mixture = dist.mixture_log_prob(z, mu, logvar, mask | ~mask.any(1, keepdim=True))
         return torch.where(mask.any(1)[None, :], mixture, prior)

@@ -28,20 +28,45 @@ the previous code path (every expert's samples on every row decoded with graph, 
 ``bench train`` times beside the new one. Both give the same bound and gradients. ``posterior``
 (``"gaussian"``, default, or ``"laplace"``): the experts, the prior and the mixture as Gaussians, or as
 Laplace distributions with softmax-normalised scales and a Laplace(0, 1) prior, as in the reference code
-and MultiVae (:mod:`..latent_distributions`).
+and MultiVae (:mod:`..latent_distributions`). ``learn_prior`` (default False): p(z) keeps mean 0 and
+learns its scales (``model.extra["prior"]``, :class:`..latent_distributions.LearnedScalePrior`), as
+MultiVae's MMVAE (``learn_prior=True``, its default); the bound, the joint NLL, generation from the empty
+set and its density all use the learned prior.
 """
 from __future__ import annotations
 
 import math
 from typing import Mapping
 
-import torch
+from dataclasses import dataclass
 
-from ..latent_distributions import GAUSSIAN, GaussianLatent, distribution_named
+import torch
+from torch import nn
+
+from ..latent_distributions import GAUSSIAN, GaussianLatent, LearnedScalePrior, distribution_named
 from ..model import MultimodalVAE
-from .base import Family, Properties
+from .base import Family, FamilyError, Properties
 from .common import (ObjectiveOutput, dreg_surrogate, dreg_weights, masked_mean_over_experts,
                      weighted_reconstruction)
+
+
+PRIOR = "prior"
+
+
+def learns_prior(options: Mapping[str, object]) -> bool:
+    """The objective option ``learn_prior`` (a bool, default False)."""
+    value = options.get("learn_prior", False)
+    if not isinstance(value, bool):
+        raise FamilyError(f"mmvae: objective option 'learn_prior' must be true or false, got {value!r}")
+    return value
+
+
+def prior_log_prob(model: MultimodalVAE, z: torch.Tensor, dist: GaussianLatent) -> torch.Tensor:
+    """log p(z) for z (..., D): the learned prior where the model has one, else the fixed one."""
+    if PRIOR in model.extra:
+        mean, logvar = model.extra[PRIOR]()
+        return dist.log_prob(z, mean[0], logvar[0])
+    return dist.prior_log_prob(z)
 
 
 def observed_expert_reconstruction(model: MultimodalVAE, feats: Mapping[str, torch.Tensor],
@@ -63,7 +88,7 @@ def log_weights_at(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], z: t
                    dist: GaussianLatent = GAUSSIAN) -> torch.Tensor:
     """log importance weights (M, K, B) of the samples z (M, K, B, D)."""
     log_q = dist.mixture_log_prob(z, q_mu, q_lv, mask)
-    log_prior = dist.prior_log_prob(z)
+    log_prior = prior_log_prob(model, z, dist)
     if fast:
         recon = observed_expert_reconstruction(model, feats, z, mask)
     else:
@@ -102,7 +127,7 @@ def dreg_on_weighted_samples(model: MultimodalVAE, feats: Mapping[str, torch.Ten
     recon = weighted_reconstruction(model, {n: x.index_select(0, row) for n, x in feats.items()},
                                     z_kept, mask.index_select(0, row))
     log_q = dist.mixture_log_prob(z_kept, q_mu[:, row], q_lv[:, row], mask.index_select(0, row))
-    lw_kept = recon + beta * (dist.prior_log_prob(z_kept) - log_q)
+    lw_kept = recon + beta * (prior_log_prob(model, z_kept, dist) - log_q)
     if z_kept.requires_grad:
         z_kept.register_hook(lambda grad: (w_kept.unsqueeze(-1) * grad).to(grad.dtype))
     return dreg_surrogate(lw_kept, w_kept, expert, row, mask), bound
@@ -120,10 +145,14 @@ def model_distribution(model: MultimodalVAE, posterior: str) -> GaussianLatent:
 
 def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
               beta: float = 1.0, generator: torch.Generator | None = None, K: int = 8,
-              estimator: str = "dreg", fast: bool = True, posterior: str = "gaussian") -> ObjectiveOutput:
+              estimator: str = "dreg", fast: bool = True, posterior: str = "gaussian",
+              learn_prior: bool = False) -> ObjectiveOutput:
     if estimator not in ("dreg", "iwae"):
         raise ValueError(f"MMVAE estimator must be 'dreg' or 'iwae', got {estimator!r}")
     dist = model_distribution(model, posterior)
+    if learn_prior != (PRIOR in model.extra):
+        raise ValueError(f"objective option learn_prior={learn_prior!r} differs from the model's "
+                         f"({PRIOR in model.extra})")
     if estimator == "dreg" and not torch.is_grad_enabled():
         raise RuntimeError("the DReG estimator registers a gradient hook and cannot run under no_grad; "
                            "evaluate with estimator='iwae'")
@@ -146,11 +175,31 @@ def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: tor
     return ObjectiveOutput(-surrogate, {"iwae": iwae.detach()})
 
 
-FAMILY = Family(
+@dataclass(frozen=True)
+class MMVAEFamily(Family):
+    """MMVAE: a MoE family whose prior may learn its scales (option ``learn_prior``)."""
+
+    def build_networks(self, model: MultimodalVAE) -> dict[str, nn.Module]:
+        if not learns_prior(model.config.objective_options):
+            return {}
+        return {PRIOR: LearnedScalePrior(1, model.latent_dim, model.latent_dist)}
+
+    def prior_moments(self, model, like):
+        if PRIOR not in model.extra:
+            return super().prior_moments(model, like)
+        mean, logvar = model.extra[PRIOR]()
+        return mean[0].to(like.dtype).expand_as(like), logvar[0].to(like.dtype).expand_as(like)
+
+    def prior_log_prob(self, model, z):
+        return prior_log_prob(model, z, model.latent_dist)
+
+
+FAMILY = MMVAEFamily(
     name="mmvae", objective_fn=objective, fusions=("moe",), default_fusion="moe",
     eval_options={"estimator": "iwae"}, posterior_options=("gaussian", "laplace"),
     properties=Properties(
         aggregated_inference="MoE (uniform mixture of the unimodal experts)", missing_modalities=True,
         modality_specific_latents=False, end_to_end=True, scalability="linear",
         reference="Shi et al. 2019, MMVAE (stratified looser IWAE, DReG)",
-        notes="option posterior: gaussian (default) or laplace (softmax-normalised scales, as the reference)"))
+        notes="option posterior: gaussian (default) or laplace (softmax-normalised scales, as the reference); "
+              "option learn_prior: learned prior scales (MultiVae's default)"))

@@ -32,8 +32,7 @@ from typing import TYPE_CHECKING, Mapping
 import torch
 from torch import nn
 
-from .. import posterior as post
-from ..latent_distributions import GAUSSIAN, GaussianLatent
+from ..latent_distributions import GAUSSIAN, GaussianLatent, LearnedScalePrior
 from .base import Properties
 from .common import ObjectiveOutput, dreg_surrogate, dreg_weights, masked_mean_over_experts
 from .mmvae import model_distribution
@@ -41,20 +40,6 @@ from .private import PrivateFamily, private_reconstruction
 
 if TYPE_CHECKING:
     from ..model import MultimodalVAE
-
-
-class AuxiliaryPrior(nn.Module):
-    """r_m(w_m) per modality, mean 0, learned parameters ``logvar`` (M, P): N(0, diag exp(rho_m)), or a
-    Laplace whose scales are softmax(rho_m) * P (``dist``). Returns (mean, log-variance)."""
-
-    def __init__(self, n_modalities: int, private_dim: int, dist: GaussianLatent = GAUSSIAN):
-        super().__init__()
-        self.logvar = nn.Parameter(torch.zeros(n_modalities, private_dim))
-        self.dist = dist
-
-    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        logvar = self.dist.from_encoder(post.clamp_logvar(self.logvar))
-        return torch.zeros_like(logvar), logvar
 
 
 @dataclass
@@ -139,8 +124,7 @@ def objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: t
 @dataclass(frozen=True)
 class MMVAEPlusFamily(PrivateFamily):
     def build_networks(self, model: "MultimodalVAE") -> dict[str, nn.Module]:
-        return {"aux_prior": AuxiliaryPrior(len(model.names), model.private_dim,
-                                            model.latent_dist)}
+        return {"aux_prior": LearnedScalePrior(len(model.names), model.private_dim, model.latent_dist)}
 
     def private_posteriors(self, model: "MultimodalVAE", feats: Mapping[str, torch.Tensor],
                            mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
