@@ -141,6 +141,24 @@ def test_grad_clip_flag_reaches_every_training_step(monkeypatch):
     assert seen[0].grad_clip == 0.0
 
 
+def test_beta_warmup_flag_sets_the_schedule_of_every_training_step(monkeypatch):
+    args = argparse.Namespace(families="mmvae", seeds=1, epochs=1, quick=False, json=False, out=None,
+                              train_tuples=40, test_tuples=20, beta_warmup=0, option=["mmvae.K=1"])
+    config = zoo.zoo_config_from_args(args)
+    assert config.warmup_steps == 0 and zoo.zoo_config_from_args(argparse.Namespace(
+        **{k: v for k, v in vars(args).items() if k != "beta_warmup"})).warmup_steps == 500   # the default
+    with pytest.raises(ValueError, match="--beta-warmup >= 0"):
+        zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "beta_warmup": -1}))
+    seen = []
+    monkeypatch.setattr(zoo.training, "train", lambda model, feats, mask, tconfig: seen.append(tconfig) or [])
+    train, _ = make_polydigits(40, 20, 5, seed=0)
+    zoo.train_family("mmvae", train, config, seed=0)
+    assert seen[0].beta(0) == 1.0                           # no warm-up: the full KL weight from the first step
+    zoo.train_family("mmvae", train, zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "beta_warmup": 100})),
+                     seed=0)
+    assert (seen[1].beta(0), seen[1].beta(50)) == (0.0, 0.5)
+
+
 def test_quick_runs_keep_the_families_options():
     args = argparse.Namespace(families="mmvae", seeds=1, epochs=5, quick=True, json=False, out=None,
                               option=["mmvae.K=1", "mmvae.posterior=laplace"], grad_clip=0.0)

@@ -412,6 +412,9 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beta", type=float, default=ZooConfig.beta, help="KL weight after the warm-up")
     parser.add_argument("--grad-clip", type=float, default=ZooConfig.grad_clip,
                         help="gradient-norm clip of each training step (0: none, as MultiVae and the reference code)")
+    parser.add_argument("--beta-warmup", type=int, default=ZooConfig.warmup_steps,
+                        help="optimiser steps of the linear KL warm-up from 0 to --beta (0: none, as MultiVae's "
+                             "MMVAE and MoPoE)")
     parser.add_argument("--quick", action="store_true", help="a tiny run (seconds): a smoke test, not numbers")
 
 
@@ -427,10 +430,11 @@ def zoo_config_from_args(args: argparse.Namespace) -> ZooConfig:
     beta = float(getattr(args, "beta", ZooConfig.beta))
     private_dim = int(getattr(args, "private_dim", 0) or 0)
     grad_clip = float(getattr(args, "grad_clip", ZooConfig.grad_clip))
+    warmup = int(getattr(args, "beta_warmup", ZooConfig.warmup_steps))
     if (n_train < 10 or n_test < 10 or batch_size < 1 or latent_dim < 1 or not beta > 0 or private_dim < 0
-            or not grad_clip >= 0):
+            or not grad_clip >= 0 or warmup < 0):
         raise ValueError("--train-tuples and --test-tuples must be >= 10, --batch-size and --latent-dim >= 1, "
-                         "--beta > 0, --private-dim >= 0, --grad-clip >= 0")
+                         "--beta > 0, --private-dim >= 0, --grad-clip >= 0, --beta-warmup >= 0")
     try:
         device = str(training.select_device(str(getattr(args, "device", "cpu") or "cpu")))
     except RuntimeError as err:                               # CUDA asked for where there is none
@@ -442,7 +446,7 @@ def zoo_config_from_args(args: argparse.Namespace) -> ZooConfig:
                          grad_clip=grad_clip, family_options=options)
     return ZooConfig(families=families, seeds=args.seeds, first_seed=first_seed, epochs=args.epochs,
                      n_train=n_train, n_test=n_test, batch_size=batch_size, latent_dim=latent_dim, beta=beta,
-                     private_dim=private_dim, device=device, grad_clip=grad_clip,
+                     private_dim=private_dim, device=device, grad_clip=grad_clip, warmup_steps=warmup,
                      threads=max(1, int(getattr(args, "threads", 1) or 1)),
                      normalize=not bool(getattr(args, "raw_pixels", False)),
                      family_options=options)
