@@ -104,6 +104,29 @@ def test_invalid_config_and_wrong_format_version(saved):
         load_bundle(path)
 
 
+def test_format_1_bundles_read_with_the_options_that_version_meant(tmp_path, small_model_factory):
+    """Version 1 stored only the options that were set: an MMVAE bundle of then had the fixed prior,
+    though MMVAE now learns its prior by default. Version 2 writes the option."""
+    model = small_model_factory("mmvae", objective_options={"learn_prior": False})
+    path = save_bundle(tmp_path / "old", model)
+    assert json.loads((path / "config.json").read_text())["objective_options"] == {"learn_prior": False}
+    config = json.loads((path / "config.json").read_text())
+    config["objective_options"] = {}                                     # as version 1 wrote it
+    (path / "config.json").write_text(json.dumps(config))
+    _rehash(path)
+    with pytest.raises(BundleError, match="does not match config.json"):   # read as version 2: a prior is missing
+        load_bundle(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    loaded = load_bundle(path).model
+    assert "prior" not in loaded.extra and loaded.config.objective_options["learn_prior"] is False
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    default = small_model_factory("mmvae")
+    assert "prior" in default.extra and json.loads(
+        (save_bundle(tmp_path / "new", default) / "config.json").read_text())["objective_options"]["learn_prior"]
+
+
 def test_expected_modalities_must_match(saved):
     with pytest.raises(BundleError, match="do not match the expected"):
         load_bundle(saved[0], expect_modalities=["camera", "joints"])

@@ -177,7 +177,9 @@ def test_the_learn_prior_option_is_validated():
     two = (ModalitySpec("a", "vector", (3,)), ModalitySpec("b", "vector", (4,)))
     with pytest.raises(ValueError, match="'learn_prior' must be true or false, got 'yes'"):
         MultimodalVAE(ModelConfig(two, objective="mmvae", objective_options={"learn_prior": "yes"}))
-    assert "prior" not in MultimodalVAE(ModelConfig(two, objective="mmvae")).extra
+    assert "prior" in MultimodalVAE(ModelConfig(two, objective="mmvae")).extra                  # the default
+    assert "prior" not in MultimodalVAE(ModelConfig(two, objective="mmvae",
+                                                    objective_options={"learn_prior": False})).extra
 
 
 # ----------------------------------------------------------------------------- what the runtime reads

@@ -35,12 +35,16 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
 from .atomic import fsync_path, publish_modes, recover_dir, replace_dir
+from .families import get_family
 from .inference import AnomalyCalibration
 from .modalities import Normalization, SpecError
 from .model import ModelConfig, MultimodalVAE
 
 FORMAT = "mdgm_ros.bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# version 1 stored only the objective options that were set; its configs read with the families'
+# format-1 defaults (Family.format1_option_defaults). Version 2 stores every option that shapes the networks.
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
 WEIGHTS = "weights.safetensors"
@@ -248,9 +252,10 @@ def _parse_json(folder: Path, name: str, blob: bytes) -> Any:
 def _check_manifest(folder: Path, manifest: Any) -> dict[str, str]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{_shown(folder)}: {MANIFEST} is not an {FORMAT} manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{_shown(folder)}: bundle format version {str(manifest.get('format_version'))[:20]} is "
-                          f"not supported (this mdgm_ros reads version {FORMAT_VERSION})")
+    version = manifest.get("format_version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise BundleError(f"{_shown(folder)}: bundle format version {str(version)[:20]} is not supported "
+                          f"(this mdgm_ros reads versions {', '.join(map(str, READABLE_VERSIONS))})")
     files = manifest.get("files")
     if not isinstance(files, dict) or WEIGHTS not in files or CONFIG not in files:
         raise BundleError(f"{_shown(folder)}: {MANIFEST} lists no {WEIGHTS}/{CONFIG}")
@@ -342,7 +347,7 @@ def load_bundle(path: str | os.PathLike, device: torch.device | str = "cpu",
         manifest = _read_manifest(opened)
         contents = _verified_contents(opened, manifest, max_bytes)
     manifest = {**manifest, "model_id": model_id_for(manifest.get("name"), manifest["content_hash"])}
-    config = _load_config(folder, contents[CONFIG])
+    config = _load_config(folder, contents[CONFIG], manifest["format_version"])
     if expect_modalities is not None and list(config.names) != list(expect_modalities):
         raise BundleError(f"{_shown(folder)}: bundle modalities {list(config.names)} do not match the expected "
                           f"{list(expect_modalities)}")
@@ -355,11 +360,25 @@ def load_bundle(path: str | os.PathLike, device: torch.device | str = "cpu",
     return Bundle(model.to(device).eval(), calibration, manifest, folder)
 
 
-def _load_config(folder: Path, blob: bytes) -> ModelConfig:
+def _load_config(folder: Path, blob: bytes, version: int = FORMAT_VERSION) -> ModelConfig:
     try:
-        return ModelConfig.from_dict(_parse_json(folder, CONFIG, blob))
+        data = _parse_json(folder, CONFIG, blob)
+        if version == 1:
+            data = _with_format1_defaults(data)
+        return ModelConfig.from_dict(data)
     except (SpecError, KeyError, TypeError, ValueError, AttributeError) as err:
         raise BundleError(f"{_shown(folder)}: {CONFIG} is invalid: {str(err)[:300]}") from None
+
+
+def _with_format1_defaults(data: Any) -> Any:
+    """A version-1 config with the options it did not store set as that version meant them."""
+    if not isinstance(data, dict) or not isinstance(data.get("objective_options", {}), dict):
+        return data                                            # ModelConfig reports what is wrong
+    try:
+        family = get_family(data.get("objective", ModelConfig.objective))
+    except (ValueError, TypeError):
+        return data
+    return {**data, "objective_options": {**family.format1_option_defaults, **data.get("objective_options", {})}}
 
 
 def _load_normalization(folder: Path, model: MultimodalVAE, blob: bytes | None) -> None:

@@ -70,7 +70,9 @@ class ModelConfig:
             raise SpecError(f"latent_dim must be an integer in [1, 1024], got {self.latent_dim!r}")
         if len(self.modalities) > 8:
             raise SpecError("at most 8 modalities (subset enumeration grows as 2^M)")
-        object.__setattr__(self, "objective_options", dict(self.objective_options))
+        if not isinstance(self.objective_options, Mapping):
+            raise SpecError(f"objective_options must be a mapping, got {type(self.objective_options).__name__}")
+        object.__setattr__(self, "objective_options", {**family.option_defaults, **self.objective_options})
         object.__setattr__(self, "networks", _checked_networks(self.networks, self.names))
         object.__setattr__(self, "private_dim", _checked_private_dim(self.private_dim, family))
 

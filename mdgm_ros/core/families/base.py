@@ -74,6 +74,10 @@ class Family:
     eval_options: Mapping[str, Any] = field(default_factory=dict)
     unimodal_encoders: bool = True
     posterior_options: tuple[str, ...] = ("gaussian",)   # choices of the option ``posterior``, default first
+    # options that shape the networks, written into every config (so bundles record them), and their
+    # values in bundles of format version 1, which stored only the options that were set
+    option_defaults: Mapping[str, Any] = field(default_factory=dict)
+    format1_option_defaults: Mapping[str, Any] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- description
     @property

@@ -28,10 +28,10 @@ the previous code path (every expert's samples on every row decoded with graph, 
 ``bench train`` times beside the new one. Both give the same bound and gradients. ``posterior``
 (``"gaussian"``, default, or ``"laplace"``): the experts, the prior and the mixture as Gaussians, or as
 Laplace distributions with softmax-normalised scales and a Laplace(0, 1) prior, as in the reference code
-and MultiVae (:mod:`..latent_distributions`). ``learn_prior`` (default False): p(z) keeps mean 0 and
-learns its scales (``model.extra["prior"]``, :class:`..latent_distributions.LearnedScalePrior`), as
-MultiVae's MMVAE (``learn_prior=True``, its default); the bound, the joint NLL, generation from the empty
-set and its density all use the learned prior.
+and MultiVae (:mod:`..latent_distributions`). ``learn_prior`` (default True, as MultiVae's MMVAE; False in
+bundles of format version 1): p(z) keeps mean 0 and learns its scales (``model.extra["prior"]``,
+:class:`..latent_distributions.LearnedScalePrior`); the bound, the joint NLL, generation from the empty
+set and its density all use it. False: the fixed N(0, I) (or Laplace(0, 1)).
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ PRIOR = "prior"
 
 
 def learns_prior(options: Mapping[str, object]) -> bool:
-    """The objective option ``learn_prior`` (a bool, default False)."""
+    """The objective option ``learn_prior`` (a bool; the config holds it, :attr:`FAMILY.option_defaults`)."""
     value = options.get("learn_prior", False)
     if not isinstance(value, bool):
         raise FamilyError(f"mmvae: objective option 'learn_prior' must be true or false, got {value!r}")
@@ -146,11 +146,11 @@ def model_distribution(model: MultimodalVAE, posterior: str) -> GaussianLatent:
 def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
               beta: float = 1.0, generator: torch.Generator | None = None, K: int = 8,
               estimator: str = "dreg", fast: bool = True, posterior: str = "gaussian",
-              learn_prior: bool = False) -> ObjectiveOutput:
+              learn_prior: bool | None = None) -> ObjectiveOutput:
     if estimator not in ("dreg", "iwae"):
         raise ValueError(f"MMVAE estimator must be 'dreg' or 'iwae', got {estimator!r}")
     dist = model_distribution(model, posterior)
-    if learn_prior != (PRIOR in model.extra):
+    if learn_prior is not None and learn_prior != (PRIOR in model.extra):       # None: the model's
         raise ValueError(f"objective option learn_prior={learn_prior!r} differs from the model's "
                          f"({PRIOR in model.extra})")
     if estimator == "dreg" and not torch.is_grad_enabled():
@@ -197,9 +197,10 @@ class MMVAEFamily(Family):
 FAMILY = MMVAEFamily(
     name="mmvae", objective_fn=objective, fusions=("moe",), default_fusion="moe",
     eval_options={"estimator": "iwae"}, posterior_options=("gaussian", "laplace"),
+    option_defaults={"learn_prior": True}, format1_option_defaults={"learn_prior": False},
     properties=Properties(
         aggregated_inference="MoE (uniform mixture of the unimodal experts)", missing_modalities=True,
         modality_specific_latents=False, end_to_end=True, scalability="linear",
         reference="Shi et al. 2019, MMVAE (stratified looser IWAE, DReG)",
         notes="option posterior: gaussian (default) or laplace (softmax-normalised scales, as the reference); "
-              "option learn_prior: learned prior scales (MultiVae's default)"))
+              "option learn_prior (default true, as MultiVae): the prior learns its scales"))
