@@ -139,6 +139,29 @@ def test_mmvae_learned_laplace_prior_objective_by_hand(laplace_means):
     assert_bound_both_ways(model, x, (lws[0] + lws[1]) / 2)
 
 
+def test_mmvae_plus_learned_laplace_prior_objective_by_hand(laplace_means):
+    """MultiVae's learn_shared_prior: one Laplace over [c, w] whose softmax runs over all D + P scales."""
+    model, x = build("mmvae_plus", learn_prior=True)
+    rho = torch.tensor([0.5, -0.3, 0.2, 0.0, -0.6])                      # D = 2, P = 3
+    with torch.no_grad():
+        model.extra["aux_prior"].logvar.zero_()
+        model.extra["prior"].logvar.copy_(rho[None])
+    shared = [laplace_expert(model.encoders[m], x[m]) for m in ("a", "b")]
+    private = {m: laplace_expert(model.private_encoders[m], x[m]) for m in ("a", "b")}
+    prior = Laplace(torch.zeros(5), softmax_scale(rho))
+    lws = []
+    for j, m in enumerate(("a", "b")):
+        c, w = shared[j].mean, private[m].mean
+        recon = sum(loglik(model, n, x[n], torch.cat([c, w if n == m else torch.zeros(3, 3)], -1))
+                    for n in ("a", "b"))
+        log_q = mixture_log_q(shared, c) + private[m].log_prob(w).sum(-1)
+        lws.append(recon + BETA * (prior.log_prob(torch.cat([c, w], -1)).sum(-1) - log_q))
+    assert_bound_both_ways(model, x, (lws[0] + lws[1]) / 2)
+    z = torch.randn(4, 2)                                                 # p(c): the first D dimensions
+    want = Laplace(torch.zeros(2), softmax_scale(rho)[:2]).log_prob(z).sum(-1)
+    assert torch.allclose(model.family.prior_log_prob(model, z), want, atol=1e-5)
+
+
 @pytest.mark.parametrize("posterior", ["gaussian", "laplace"])
 def test_mmvae_learned_prior_is_what_the_runtime_reads(posterior):
     """The joint NLL's p(z), the empty set's moments, samples and density all use the learned prior."""

@@ -183,15 +183,16 @@ def assert_bound_both_ways(model, x, expected):
     assert torch.allclose(dreg.terms["iwae"], expected, atol=1e-4)
 
 
-@pytest.mark.parametrize("posterior", ["gaussian", "laplace"])
-def test_mmvae_plus_dreg_on_the_weighted_samples_only_gives_the_full_graphs_gradients(posterior):
+@pytest.mark.parametrize("posterior, learn_prior", [("gaussian", False), ("laplace", False), ("laplace", True)])
+def test_mmvae_plus_dreg_on_the_weighted_samples_only_gives_the_full_graphs_gradients(posterior, learn_prior):
     """The objective builds the graph only for samples of non-negligible weight; the reference here builds
     it for all M*K*B samples (DReG hooks on every c and w): every parameter's gradient must agree."""
     from mdgm_ros.core.families import mmvae_plus as mp
     from mdgm_ros.core.families.common import dreg_weights, masked_mean_over_experts
     torch.manual_seed(0)
     model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, objective="mmvae_plus", private_dim=2,
-                                      objective_options={"K": 4, "posterior": posterior}))
+                                      objective_options={"K": 4, "posterior": posterior,
+                                                         "learn_prior": learn_prior}))
     dist = model.family.latent_distribution(model.config)
     feats = {n: torch.randn(6, 5) for n in model.names}
     mask = torch.tensor([[True, True, True], [True, False, True], [False, True, False]] * 2)
@@ -209,6 +210,7 @@ def test_mmvae_plus_dreg_on_the_weighted_samples_only_gives_the_full_graphs_grad
     masked_mean_over_experts((weights * lw).sum(1), mask).sum().neg().backward()
     full = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert set(fast) == set(full) and any("aux_prior" in n for n in full)
+    assert ("extra.prior.logvar" in full) == learn_prior                     # the learned p(c, w) trains
     for name in full:
         torch.testing.assert_close(fast[name], full[name], rtol=1e-4, atol=1e-5, msg=name)
 

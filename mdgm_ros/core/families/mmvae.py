@@ -53,12 +53,19 @@ from .common import (ObjectiveOutput, dreg_surrogate, dreg_weights, masked_mean_
 PRIOR = "prior"
 
 
-def learns_prior(options: Mapping[str, object]) -> bool:
+def learns_prior(options: Mapping[str, object], family: str = "mmvae") -> bool:
     """The objective option ``learn_prior`` (a bool; the config holds it, :attr:`FAMILY.option_defaults`)."""
     value = options.get("learn_prior", False)
     if not isinstance(value, bool):
-        raise FamilyError(f"mmvae: objective option 'learn_prior' must be true or false, got {value!r}")
+        raise FamilyError(f"{family}: objective option 'learn_prior' must be true or false, got {value!r}")
     return value
+
+
+def check_learn_prior(model: MultimodalVAE, learn_prior: bool | None) -> None:
+    """The objective option, where given, must be what the model was built with (None: the model's)."""
+    if learn_prior is not None and learn_prior != (PRIOR in model.extra):
+        raise ValueError(f"objective option learn_prior={learn_prior!r} differs from the model's "
+                         f"({PRIOR in model.extra})")
 
 
 def prior_log_prob(model: MultimodalVAE, z: torch.Tensor, dist: GaussianLatent) -> torch.Tensor:
@@ -150,9 +157,7 @@ def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: tor
     if estimator not in ("dreg", "iwae"):
         raise ValueError(f"MMVAE estimator must be 'dreg' or 'iwae', got {estimator!r}")
     dist = model_distribution(model, posterior)
-    if learn_prior is not None and learn_prior != (PRIOR in model.extra):       # None: the model's
-        raise ValueError(f"objective option learn_prior={learn_prior!r} differs from the model's "
-                         f"({PRIOR in model.extra})")
+    check_learn_prior(model, learn_prior)
     if estimator == "dreg" and not torch.is_grad_enabled():
         raise RuntimeError("the DReG estimator registers a gradient hook and cannot run under no_grad; "
                            "evaluate with estimator='iwae'")

@@ -19,7 +19,10 @@ Options: ``K`` (samples per expert, 8), ``estimator`` (``"dreg"`` for training, 
 evaluation), ``posterior`` (``"gaussian"``, default, or ``"laplace"``: c, w_m, their priors and r_m as
 Laplace distributions with softmax-normalised scales, as in the reference code and MultiVae; r_m's
 scales are then softmax(rho_m) * P, so they cannot all shrink; :mod:`..latent_distributions`).
-``ModelConfig.private_dim``: size of each w_m (default 4). As in :mod:`.mmvae`, DReG
+``learn_prior`` (default False, as MultiVae's ``learn_shared_prior``): p(c, w_m) keeps mean 0 and learns
+its scales over the D + P dimensions (``model.extra["prior"]``; for Laplace the softmax runs over all
+D + P, as MultiVae's); c's prior is then its first D dimensions (the joint NLL, generation from the empty
+set). ``ModelConfig.private_dim``: size of each w_m (default 4). As in :mod:`.mmvae`, DReG
 takes the weights from a pass without graph over all M*K*B samples and builds the decoders' graph only
 for the samples of non-negligible weight.
 """
@@ -35,7 +38,7 @@ from torch import nn
 from ..latent_distributions import GAUSSIAN, GaussianLatent, LearnedScalePrior
 from .base import Properties
 from .common import ObjectiveOutput, dreg_surrogate, dreg_weights, masked_mean_over_experts
-from .mmvae import model_distribution
+from .mmvae import PRIOR, check_learn_prior, learns_prior, model_distribution
 from .private import PrivateFamily, private_reconstruction
 
 if TYPE_CHECKING:
@@ -82,8 +85,17 @@ def log_weights_at(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], ma
     mu, logvar, w_mu, w_logvar = (t.detach() for t in q) if detach_q else q
     log_q = (dist.mixture_log_prob(c, mu[:, row], logvar[:, row], rows_mask)
              + dist.log_prob(w, w_mu[expert, row], w_logvar[expert, row]))
-    log_p = dist.prior_log_prob(c) + dist.prior_log_prob(w)
+    log_p = shared_prior_log_prob(model, c, w, dist)
     return c, w, recon + beta * (log_p - log_q)
+
+
+def shared_prior_log_prob(model: "MultimodalVAE", c: torch.Tensor, w: torch.Tensor, dist: GaussianLatent
+                          ) -> torch.Tensor:
+    """log p(c) + log p(w_m): the learned prior over [c, w] where the model has one, else the fixed one."""
+    if PRIOR in model.extra:
+        mean, logvar = model.extra[PRIOR]()
+        return dist.log_prob(torch.cat([c, w], -1), mean[0], logvar[0])
+    return dist.prior_log_prob(c) + dist.prior_log_prob(w)
 
 
 def every_sample(mask: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -95,13 +107,15 @@ def every_sample(mask: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor
 
 def objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
               beta: float = 1.0, generator: torch.Generator | None = None, K: int = 8,
-              estimator: str = "dreg", posterior: str = "gaussian") -> ObjectiveOutput:
+              estimator: str = "dreg", posterior: str = "gaussian",
+              learn_prior: bool | None = None) -> ObjectiveOutput:
     if estimator not in ("dreg", "iwae"):
         raise ValueError(f"MMVAE+ estimator must be 'dreg' or 'iwae', got {estimator!r}")
     if estimator == "dreg" and not torch.is_grad_enabled():
         raise RuntimeError("the DReG estimator registers gradient hooks and cannot run under no_grad; "
                            "evaluate with estimator='iwae'")
     dist = model_distribution(model, posterior)
+    check_learn_prior(model, learn_prior)
     d = draw(model, feats, mask, K, generator, dist)
     present = mask.t().unsqueeze(1)                                                   # (M, 1, B)
     shape = (mask.shape[1], K, mask.shape[0])
@@ -124,7 +138,26 @@ def objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: t
 @dataclass(frozen=True)
 class MMVAEPlusFamily(PrivateFamily):
     def build_networks(self, model: "MultimodalVAE") -> dict[str, nn.Module]:
-        return {"aux_prior": LearnedScalePrior(len(model.names), model.private_dim, model.latent_dist)}
+        networks = {"aux_prior": LearnedScalePrior(len(model.names), model.private_dim, model.latent_dist)}
+        if learns_prior(model.config.objective_options, self.name):
+            networks[PRIOR] = LearnedScalePrior(1, model.latent_dim + model.private_dim, model.latent_dist)
+        return networks
+
+    @staticmethod
+    def shared_prior(model: "MultimodalVAE") -> tuple[torch.Tensor, torch.Tensor]:
+        """p(c) of a learned prior: the first D dimensions of p(c, w_m). (D,) each."""
+        mean, logvar = model.extra[PRIOR]()
+        return mean[0, :model.latent_dim], logvar[0, :model.latent_dim]
+
+    def prior_moments(self, model, like):
+        if PRIOR not in model.extra:
+            return super().prior_moments(model, like)
+        return tuple(t.to(like.dtype).expand_as(like) for t in self.shared_prior(model))
+
+    def prior_log_prob(self, model, z):
+        if PRIOR not in model.extra:
+            return super().prior_log_prob(model, z)
+        return model.latent_dist.log_prob(z, *self.shared_prior(model))
 
     def private_posteriors(self, model: "MultimodalVAE", feats: Mapping[str, torch.Tensor],
                            mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,4 +178,5 @@ FAMILY = MMVAEPlusFamily(
         modality_specific_latents=True, end_to_end=True, scalability="linear",
         reference="Palumbo et al. 2023, MMVAE+ (stratified looser IWAE, DReG)", equations="eq. 28 (not in the survey)",
         notes="private w_m per modality (default 4 dims); cross-modal generation draws w from the learned "
-              "auxiliary prior r_m; option posterior: gaussian (default) or laplace (as the reference)"))
+              "auxiliary prior r_m; option posterior: gaussian (default) or laplace (as the reference); "
+              "option learn_prior: p(c, w_m) learns its scales (MultiVae's learn_shared_prior)"))
