@@ -94,10 +94,16 @@ def mixture_log_q(experts, c):
     return torch.logsumexp(torch.stack([q.log_prob(c).sum(-1) for q in experts]), 0) - math.log(len(experts))
 
 
-def test_mmvae_laplace_objective_by_hand(laplace_means):
-    model, x = build("mmvae")
+@pytest.mark.parametrize("learn_prior", [False, True])
+def test_mmvae_laplace_objective_by_hand(laplace_means, learn_prior):
+    """The fixed Laplace(0, 1) prior, or the learned one: MultiVae's, scales softmax(rho) * D."""
+    model, x = build("mmvae", learn_prior=learn_prior)
+    rho = torch.tensor([0.5, -0.3])
+    if learn_prior:
+        with torch.no_grad():
+            model.extra["prior"].logvar.copy_(rho[None])
+    prior = Laplace(torch.zeros(2), softmax_scale(rho) if learn_prior else torch.ones(2))
     experts = [laplace_expert(model.encoders[m], x[m]) for m in ("a", "b")]
-    prior = Laplace(torch.zeros(2), torch.ones(2))
     lws = []
     for q in experts:
         z = q.mean
@@ -121,21 +127,6 @@ def test_mmvae_plus_laplace_objective_by_hand(laplace_means):
         log_q = mixture_log_q(shared, c) + private[m].log_prob(w).sum(-1)
         log_p = prior_c.log_prob(c).sum(-1) + prior_w.log_prob(w).sum(-1)
         lws.append(recon + BETA * (log_p - log_q))
-    assert_bound_both_ways(model, x, (lws[0] + lws[1]) / 2)
-
-
-def test_mmvae_learned_laplace_prior_objective_by_hand(laplace_means):
-    model, x = build("mmvae", learn_prior=True)
-    rho = torch.tensor([0.5, -0.3])
-    with torch.no_grad():
-        model.extra["prior"].logvar.copy_(rho[None])
-    experts = [laplace_expert(model.encoders[m], x[m]) for m in ("a", "b")]
-    prior = Laplace(torch.zeros(2), softmax_scale(rho))                  # MultiVae's learned Laplace prior
-    lws = []
-    for q in experts:
-        z = q.mean
-        recon = sum(loglik(model, n, x[n], z) for n in ("a", "b"))
-        lws.append(recon + BETA * (prior.log_prob(z).sum(-1) - mixture_log_q(experts, z)))
     assert_bound_both_ways(model, x, (lws[0] + lws[1]) / 2)
 
 

@@ -126,6 +126,13 @@ def test_sampled_coherence_decodes_samples_not_the_mean(monkeypatch):
     assert sampled == zoo.coherence(model, test, classifiers, samples=1)     # seeded: reproducible
 
 
+def recorded_training(monkeypatch):
+    """Training replaced by a recorder of its TrainConfig; a tiny PolyDigits train set."""
+    seen = []
+    monkeypatch.setattr(zoo.training, "train", lambda model, feats, mask, tconfig: seen.append(tconfig) or [])
+    return seen, make_polydigits(40, 20, 5, seed=0)[0]
+
+
 def test_grad_clip_flag_reaches_every_training_step(monkeypatch):
     args = argparse.Namespace(families="mopoe", seeds=1, epochs=1, quick=False, json=False, out=None,
                               train_tuples=40, test_tuples=20, grad_clip=0.0)
@@ -134,9 +141,7 @@ def test_grad_clip_flag_reaches_every_training_step(monkeypatch):
         argparse.Namespace(**{**vars(args), "grad_clip": zoo.ZooConfig.grad_clip})).grad_clip == 10.0
     with pytest.raises(ValueError, match="--grad-clip >= 0"):
         zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "grad_clip": -1.0}))
-    seen = []
-    monkeypatch.setattr(zoo.training, "train", lambda model, feats, mask, tconfig: seen.append(tconfig) or [])
-    train, _ = make_polydigits(40, 20, 5, seed=0)
+    seen, train = recorded_training(monkeypatch)
     zoo.train_family("mopoe", train, config, seed=0)
     assert seen[0].grad_clip == 0.0
 
@@ -149,9 +154,7 @@ def test_beta_warmup_flag_sets_the_schedule_of_every_training_step(monkeypatch):
         **{k: v for k, v in vars(args).items() if k != "beta_warmup"})).warmup_steps == 500   # the default
     with pytest.raises(ValueError, match="--beta-warmup >= 0"):
         zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "beta_warmup": -1}))
-    seen = []
-    monkeypatch.setattr(zoo.training, "train", lambda model, feats, mask, tconfig: seen.append(tconfig) or [])
-    train, _ = make_polydigits(40, 20, 5, seed=0)
+    seen, train = recorded_training(monkeypatch)
     zoo.train_family("mmvae", train, config, seed=0)
     assert seen[0].beta(0) == 1.0                           # no warm-up: the full KL weight from the first step
     zoo.train_family("mmvae", train, zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "beta_warmup": 100})),
