@@ -36,9 +36,8 @@ set and its density all use it. False: the fixed N(0, I) (or Laplace(0, 1)).
 from __future__ import annotations
 
 import math
-from typing import Mapping
-
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 from torch import nn
