@@ -160,6 +160,13 @@ def test_beta_warmup_flag_sets_the_schedule_of_every_training_step(monkeypatch):
     zoo.train_family("mmvae", train, zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "beta_warmup": 100})),
                      seed=0)
     assert (seen[1].beta(0), seen[1].beta(50)) == (0.0, 0.5)
+    started = zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "beta_warmup": 100, "beta_start": 0.1,
+                                                              "beta": 2.0}))
+    zoo.train_family("mmvae", train, started, seed=0)
+    assert [round(seen[2].beta(s), 6) for s in (0, 50, 100, 900)] == [0.2, 1.1, 2.0, 2.0]   # a fraction of --beta
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="0 <= --beta-start <= 1"):
+            zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "beta_start": bad}))
 
 
 def test_quick_runs_keep_the_families_options():

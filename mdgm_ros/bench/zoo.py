@@ -51,6 +51,7 @@ class ZooConfig:
     latent_dim: int = 16
     private_dim: int = 0                 # size of each s_m for families with private latents (0: the family's default)
     warmup_steps: int = 500
+    warmup_start: float = 0.0            # the warm-up's first KL weight, as a fraction of beta
     beta: float = 1.0                    # final KL weight after the linear warm-up
     grad_clip: float = 10.0              # gradient-norm clip of every training step (0: none, as the references)
     # True: Laplace(0.75) on per-channel standardised pixels (about 5x sharper than on raw pixels, so the
@@ -179,7 +180,7 @@ def train_family(name: str, train: PolyDigits, config: ZooConfig, seed: int) -> 
     feats = training.normalize_features(model, raw)
     if getattr(model.family, "uses_labels", False):          # label heads (Tian et al.): the digit
         feats[LABELS] = torch.from_numpy(train.labels)
-    schedule = training.BetaSchedule("linear", 0.0, config.beta, config.warmup_steps)
+    schedule = training.BetaSchedule("linear", config.warmup_start * config.beta, config.beta, config.warmup_steps)
     tconfig = training.TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                                    beta=schedule, seed=seed, grad_clip=config.grad_clip)
     started = time.perf_counter()
@@ -415,6 +416,9 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beta-warmup", type=int, default=ZooConfig.warmup_steps,
                         help="optimiser steps of the linear KL warm-up from 0 to --beta (0: none, as MultiVae's "
                              "MMVAE and MoPoE)")
+    parser.add_argument("--beta-start", type=float, default=ZooConfig.warmup_start, metavar="FRACTION",
+                        help="the warm-up's first KL weight as a fraction of --beta (default 0; e.g. 0.1 with "
+                             "--beta-warmup 711 approximates MultiVae's JMVAE annealing, 0.1, 0.2, .. 1 per epoch)")
     parser.add_argument("--quick", action="store_true", help="a tiny run (seconds): a smoke test, not numbers")
 
 
@@ -431,10 +435,12 @@ def zoo_config_from_args(args: argparse.Namespace) -> ZooConfig:
     private_dim = int(getattr(args, "private_dim", 0) or 0)
     grad_clip = float(getattr(args, "grad_clip", ZooConfig.grad_clip))
     warmup = int(getattr(args, "beta_warmup", ZooConfig.warmup_steps))
+    warmup_start = float(getattr(args, "beta_start", ZooConfig.warmup_start))
     if (n_train < 10 or n_test < 10 or batch_size < 1 or latent_dim < 1 or not beta > 0 or private_dim < 0
-            or not grad_clip >= 0 or warmup < 0):
+            or not grad_clip >= 0 or warmup < 0 or not 0 <= warmup_start <= 1):
         raise ValueError("--train-tuples and --test-tuples must be >= 10, --batch-size and --latent-dim >= 1, "
-                         "--beta > 0, --private-dim >= 0, --grad-clip >= 0, --beta-warmup >= 0")
+                         "--beta > 0, --private-dim >= 0, --grad-clip >= 0, --beta-warmup >= 0, "
+                         "0 <= --beta-start <= 1")
     try:
         device = str(training.select_device(str(getattr(args, "device", "cpu") or "cpu")))
     except RuntimeError as err:                               # CUDA asked for where there is none
@@ -447,6 +453,7 @@ def zoo_config_from_args(args: argparse.Namespace) -> ZooConfig:
     return ZooConfig(families=families, seeds=args.seeds, first_seed=first_seed, epochs=args.epochs,
                      n_train=n_train, n_test=n_test, batch_size=batch_size, latent_dim=latent_dim, beta=beta,
                      private_dim=private_dim, device=device, grad_clip=grad_clip, warmup_steps=warmup,
+                     warmup_start=warmup_start,
                      threads=max(1, int(getattr(args, "threads", 1) or 1)),
                      normalize=not bool(getattr(args, "raw_pixels", False)),
                      family_options=options)
