@@ -414,8 +414,8 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grad-clip", type=float, default=ZooConfig.grad_clip,
                         help="gradient-norm clip of each training step (0: none, as MultiVae and the reference code)")
     parser.add_argument("--beta-warmup", type=int, default=ZooConfig.warmup_steps,
-                        help="optimiser steps of the linear KL warm-up to --beta (from 0, or --beta-start; 0: none, as MultiVae's "
-                             "MMVAE and MoPoE)")
+                        help="optimiser steps of the linear KL warm-up to --beta (from 0, or --beta-start; "
+                             "0: none, as MultiVae's MMVAE and MoPoE)")
     parser.add_argument("--beta-start", type=float, default=ZooConfig.warmup_start, metavar="FRACTION",
                         help="the warm-up's first KL weight as a fraction of --beta (default 0; e.g. 0.1 with "
                              "--beta-warmup 711 approximates MultiVae's JMVAE annealing, 0.1, 0.2, .. 1 per epoch)")
