@@ -1,5 +1,6 @@
 """PolyDigits (the PolyMNIST protocol from sklearn's digits) and a tiny `bench zoo`."""
 import argparse
+import dataclasses
 import json
 
 import numpy as np
@@ -138,7 +139,7 @@ def test_grad_clip_flag_reaches_every_training_step(monkeypatch):
                               train_tuples=40, test_tuples=20, grad_clip=0.0)
     config = zoo.zoo_config_from_args(args)
     assert config.grad_clip == 0.0 and zoo.zoo_config_from_args(
-        argparse.Namespace(**{**vars(args), "grad_clip": zoo.ZooConfig.grad_clip})).grad_clip == 10.0
+        argparse.Namespace(**{**vars(args), "grad_clip": 10})).grad_clip == 10.0
     with pytest.raises(ValueError, match="--grad-clip >= 0"):
         zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "grad_clip": -1.0}))
     seen, train = recorded_training(monkeypatch)
@@ -151,7 +152,7 @@ def test_beta_warmup_flag_sets_the_schedule_of_every_training_step(monkeypatch):
                               train_tuples=40, test_tuples=20, beta_warmup=0, option=["mmvae.K=1"])
     config = zoo.zoo_config_from_args(args)
     assert config.warmup_steps == 0 and zoo.zoo_config_from_args(argparse.Namespace(
-        **{k: v for k, v in vars(args).items() if k != "beta_warmup"})).warmup_steps == 500   # the default
+        **{k: v for k, v in vars(args).items() if k != "beta_warmup"})).warmup_steps is None   # the family's
     with pytest.raises(ValueError, match="--beta-warmup >= 0"):
         zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "beta_warmup": -1}))
     seen, train = recorded_training(monkeypatch)
@@ -167,6 +168,32 @@ def test_beta_warmup_flag_sets_the_schedule_of_every_training_step(monkeypatch):
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError, match="0 <= --beta-start <= 1"):
             zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "beta_start": bad}))
+
+
+def test_each_family_trains_with_its_reference_protocol_unless_a_flag_says_otherwise(monkeypatch):
+    args = argparse.Namespace(families="mopoe,jmvae,telbo,mmvae", seeds=1, epochs=1, quick=False, json=False,
+                              out=None, train_tuples=40, test_tuples=20, option=["mmvae.K=1"])
+    config = zoo.zoo_config_from_args(args)
+    assert (config.grad_clip, config.warmup_steps, config.warmup_start) == (None, None, None)
+    protocols = {name: zoo.training_protocol(name, config) for name in config.families}
+    assert protocols["mopoe"] == zoo.PROTOCOL_DEFAULTS == {"grad_clip": 10.0, "warmup_steps": 500,
+                                                           "warmup_start": 0.0}
+    assert protocols["jmvae"]["grad_clip"] == protocols["telbo"]["grad_clip"] == 0.0     # no clip, as MultiVae
+    assert protocols["mmvae"] == {**zoo.PROTOCOL_DEFAULTS, "warmup_steps": 0}            # no warm-up, as MultiVae
+    seen, train = recorded_training(monkeypatch)
+    _, stats = zoo.train_family("jmvae", train, config, seed=0)
+    assert seen[0].grad_clip == 0.0 and seen[0].beta(0) == 0.0 and stats["protocol"] == protocols["jmvae"]
+    zoo.train_family("mmvae", train, config, seed=0)
+    assert seen[1].grad_clip == 10.0 and seen[1].beta(0) == 1.0
+    forced = zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "grad_clip": 5, "beta_warmup": 100}))
+    assert all(zoo.training_protocol(name, forced) == {"grad_clip": 5.0, "warmup_steps": 100, "warmup_start": 0.0}
+               for name in forced.families)                                    # a flag wins for every family
+
+
+def test_a_family_with_an_unknown_reference_training_key_is_refused():
+    from mdgm_ros.core.families import get_family
+    with pytest.raises(ValueError, match="unknown reference_training keys"):
+        dataclasses.replace(get_family("jmvae"), reference_training={"lr": 1e-4})
 
 
 def test_quick_runs_keep_the_families_options():

@@ -50,10 +50,11 @@ class ZooConfig:
     lr: float = 1e-3
     latent_dim: int = 16
     private_dim: int = 0                 # size of each s_m for families with private latents (0: the family's default)
-    warmup_steps: int = 500
-    warmup_start: float = 0.0            # the warm-up's first KL weight, as a fraction of beta
+    # None: the family's reference_training, else PROTOCOL_DEFAULTS; a value: every family
+    warmup_steps: int | None = None      # optimiser steps of the linear KL warm-up
+    warmup_start: float | None = None    # the warm-up's first KL weight, as a fraction of beta
     beta: float = 1.0                    # final KL weight after the linear warm-up
-    grad_clip: float = 10.0              # gradient-norm clip of every training step (0: none, as the references)
+    grad_clip: float | None = None       # gradient-norm clip of every training step (0: none)
     # True: Laplace(0.75) on per-channel standardised pixels (about 5x sharper than on raw pixels, so the
     # KL counts less); False: on raw [0, 1] pixels, the PolyMNIST reference's and MultiVae's choice, which
     # at this benchmark's few epochs stayed near chance for MoPoE, MVAE and MultiVae's MoPoE alike
@@ -161,6 +162,17 @@ def _features(model: MultimodalVAE, data: PolyDigits) -> tuple[dict[str, torch.T
     return feats, torch.ones((len(data), len(model.names)), dtype=torch.bool)
 
 
+PROTOCOL_DEFAULTS = {"grad_clip": 10.0, "warmup_steps": 500, "warmup_start": 0.0}
+
+
+def training_protocol(name: str, config: ZooConfig) -> dict[str, Any]:
+    """The clip and warm-up that family ``name`` trains with: the config's where set, else the family's
+    reference implementation's (``Family.reference_training``), else :data:`PROTOCOL_DEFAULTS`."""
+    reference = get_family(name).reference_training
+    return {key: (getattr(config, key) if getattr(config, key) is not None else reference.get(key, default))
+            for key, default in PROTOCOL_DEFAULTS.items()}
+
+
 def private_dim_for(name: str, config: ZooConfig) -> int | None:
     """``config.private_dim`` for a family with private latents; None (the family's default) otherwise."""
     has_private = bool(getattr(get_family(name), "private_latent_dims", 0))
@@ -180,13 +192,16 @@ def train_family(name: str, train: PolyDigits, config: ZooConfig, seed: int) -> 
     feats = training.normalize_features(model, raw)
     if getattr(model.family, "uses_labels", False):          # label heads (Tian et al.): the digit
         feats[LABELS] = torch.from_numpy(train.labels)
-    schedule = training.BetaSchedule("linear", config.warmup_start * config.beta, config.beta, config.warmup_steps)
+    protocol = training_protocol(name, config)
+    schedule = training.BetaSchedule("linear", protocol["warmup_start"] * config.beta, config.beta,
+                                     protocol["warmup_steps"])
     tconfig = training.TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                                   beta=schedule, seed=seed, grad_clip=config.grad_clip)
+                                   beta=schedule, seed=seed, grad_clip=protocol["grad_clip"])
     started = time.perf_counter()
     history = training.train(model, feats, mask, tconfig)
     seconds = time.perf_counter() - started
-    return model, {"train_seconds": seconds, "samples_per_s": len(train) * len(history) / max(seconds, 1e-9),
+    return model, {"protocol": protocol, "train_seconds": seconds,
+                   "samples_per_s": len(train) * len(history) / max(seconds, 1e-9),
                    "final_train_loss": history[-1].train_loss if history else None}
 
 
@@ -411,12 +426,13 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="size of each private latent s_m of the families that have them "
                              "(0: each family's default)")
     parser.add_argument("--beta", type=float, default=ZooConfig.beta, help="KL weight after the warm-up")
-    parser.add_argument("--grad-clip", type=float, default=ZooConfig.grad_clip,
-                        help="gradient-norm clip of each training step (0: none, as MultiVae and the reference code)")
-    parser.add_argument("--beta-warmup", type=int, default=ZooConfig.warmup_steps,
-                        help="optimiser steps of the linear KL warm-up to --beta (from 0, or --beta-start; "
-                             "0: none, as MultiVae's MMVAE and MoPoE)")
-    parser.add_argument("--beta-start", type=float, default=ZooConfig.warmup_start, metavar="FRACTION",
+    parser.add_argument("--grad-clip", type=float, default=None,
+                        help="gradient-norm clip of each training step for every family (0: none; default: the "
+                             "family's reference protocol, else 10; `mdgm-ros families --json` lists them)")
+    parser.add_argument("--beta-warmup", type=int, default=None,
+                        help="optimiser steps of the linear KL warm-up to --beta for every family (from 0, or "
+                             "--beta-start; 0: none; default: the family's reference protocol, else 500)")
+    parser.add_argument("--beta-start", type=float, default=None, metavar="FRACTION",
                         help="the warm-up's first KL weight as a fraction of --beta (default 0; e.g. 0.1 with "
                              "--beta-warmup 711 approximates MultiVae's JMVAE annealing, 0.1, 0.2, .. 1 per epoch)")
     parser.add_argument("--quick", action="store_true", help="a tiny run (seconds): a smoke test, not numbers")
@@ -433,11 +449,12 @@ def zoo_config_from_args(args: argparse.Namespace) -> ZooConfig:
     latent_dim = int(getattr(args, "latent_dim", ZooConfig.latent_dim))
     beta = float(getattr(args, "beta", ZooConfig.beta))
     private_dim = int(getattr(args, "private_dim", 0) or 0)
-    grad_clip = float(getattr(args, "grad_clip", ZooConfig.grad_clip))
-    warmup = int(getattr(args, "beta_warmup", ZooConfig.warmup_steps))
-    warmup_start = float(getattr(args, "beta_start", ZooConfig.warmup_start))
+    grad_clip = _optional(args, "grad_clip", float)
+    warmup = _optional(args, "beta_warmup", int)
+    warmup_start = _optional(args, "beta_start", float)
     if (n_train < 10 or n_test < 10 or batch_size < 1 or latent_dim < 1 or not beta > 0 or private_dim < 0
-            or not grad_clip >= 0 or warmup < 0 or not 0 <= warmup_start <= 1):
+            or not (grad_clip is None or grad_clip >= 0) or (warmup or 0) < 0
+            or not (warmup_start is None or 0 <= warmup_start <= 1)):
         raise ValueError("--train-tuples and --test-tuples must be >= 10, --batch-size and --latent-dim >= 1, "
                          "--beta > 0, --private-dim >= 0, --grad-clip >= 0, --beta-warmup >= 0, "
                          "0 <= --beta-start <= 1")
@@ -449,7 +466,8 @@ def zoo_config_from_args(args: argparse.Namespace) -> ZooConfig:
     if getattr(args, "quick", False):                  # tiny sizes; the families' options still apply
         return ZooConfig(families=families, seeds=args.seeds, first_seed=first_seed, n_train=300, n_test=100,
                          epochs=1, classifier_epochs=1, iwae_k=4, n_nll=20, n_probe=300, device=device,
-                         grad_clip=grad_clip, family_options=options)
+                         grad_clip=grad_clip, warmup_steps=warmup, warmup_start=warmup_start,
+                         family_options=options)
     return ZooConfig(families=families, seeds=args.seeds, first_seed=first_seed, epochs=args.epochs,
                      n_train=n_train, n_test=n_test, batch_size=batch_size, latent_dim=latent_dim, beta=beta,
                      private_dim=private_dim, device=device, grad_clip=grad_clip, warmup_steps=warmup,
@@ -457,6 +475,12 @@ def zoo_config_from_args(args: argparse.Namespace) -> ZooConfig:
                      threads=max(1, int(getattr(args, "threads", 1) or 1)),
                      normalize=not bool(getattr(args, "raw_pixels", False)),
                      family_options=options)
+
+
+def _optional(args: argparse.Namespace, key: str, kind: type) -> Any:
+    """``args.key`` converted by ``kind``; None where absent or None (the family's protocol decides)."""
+    value = getattr(args, key, None)
+    return None if value is None else kind(value)
 
 
 def parse_family_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:

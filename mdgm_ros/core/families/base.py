@@ -58,6 +58,8 @@ class Stage:
 
 
 ObjectiveFn = Callable[..., ObjectiveOutput]
+# a family's reference optimisation: gradient-norm clip (0: none), KL warm-up steps, first warm-up weight
+REFERENCE_TRAINING_KEYS = ("grad_clip", "warmup_steps", "warmup_start")
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,9 @@ class Family:
     # values in bundles of format version 1, which stored only the options that were set
     option_defaults: Mapping[str, Any] = field(default_factory=dict)
     format1_option_defaults: Mapping[str, Any] = field(default_factory=dict)
+    # how the family's reference implementation optimises where it departs from the benchmark's
+    # defaults (keys of REFERENCE_TRAINING_KEYS); ``bench zoo`` trains the family with it
+    reference_training: Mapping[str, Any] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- description
     @property
@@ -90,7 +95,14 @@ class Family:
 
     def table_row(self) -> dict[str, Any]:
         return {"family": self.name, **self.properties.to_dict(), "fusions": list(self.fusions),
-                "stages": [s.name for s in self.stages], "inference": self.inference_rule()}
+                "stages": [s.name for s in self.stages], "inference": self.inference_rule(),
+                "reference_training": dict(self.reference_training)}
+
+    def __post_init__(self) -> None:
+        unknown = set(self.reference_training) - set(REFERENCE_TRAINING_KEYS)
+        if unknown:
+            raise ValueError(f"family {self.name!r}: unknown reference_training keys {sorted(unknown)} "
+                             f"(known: {', '.join(REFERENCE_TRAINING_KEYS)})")
 
     # ---------------------------------------------------------------- networks
     def subsets(self, config: "ModelConfig") -> list[tuple[str, ...]]:

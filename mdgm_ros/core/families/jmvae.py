@@ -35,6 +35,7 @@ def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: tor
 
 FAMILY = SurrogateFamily(
     name="jmvae", objective_fn=objective,
+    reference_training={"grad_clip": 0.0},          # MultiVae and the paper's code do not clip
     properties=Properties(
         aggregated_inference="joint encoder; unimodal surrogates; other subsets: PoE of the surrogates",
         missing_modalities=True, modality_specific_latents=False, end_to_end=True,

@@ -42,6 +42,7 @@ def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: tor
 
 FAMILY = SurrogateFamily(
     name="telbo", objective_fn=objective,
+    reference_training={"grad_clip": 0.0},          # MultiVae and the paper's code do not clip
     stages=(Stage("joint", ("subset_encoders", "decoders", "log_scales"), 0.5,
                   "joint encoder + decoders on ELBO(X)"),
             Stage("unimodal", ("encoders",), 0.5, "unimodal encoders on their ELBOs, decoders frozen")),
