@@ -171,22 +171,29 @@ def test_beta_warmup_flag_sets_the_schedule_of_every_training_step(monkeypatch):
 
 
 def test_each_family_trains_with_its_reference_protocol_unless_a_flag_says_otherwise(monkeypatch):
-    args = argparse.Namespace(families="mopoe,jmvae,telbo,mmvae", seeds=1, epochs=1, quick=False, json=False,
+    args = argparse.Namespace(families="mopoe,jmvae,telbo,mmvae,mvae", seeds=1, epochs=1, quick=False, json=False,
                               out=None, train_tuples=40, test_tuples=20, option=["mmvae.K=1"])
     config = zoo.zoo_config_from_args(args)
     assert (config.grad_clip, config.warmup_steps, config.warmup_start) == (None, None, None)
     protocols = {name: zoo.training_protocol(name, config) for name in config.families}
-    assert protocols["mopoe"] == zoo.PROTOCOL_DEFAULTS == {"grad_clip": 10.0, "warmup_steps": 500,
-                                                           "warmup_start": 0.0}
+    assert protocols["mopoe"] == {**zoo.PROTOCOL_DEFAULTS, "options": {}}
+    assert zoo.PROTOCOL_DEFAULTS == {"grad_clip": 10.0, "warmup_steps": 500, "warmup_start": 0.0}
     assert protocols["jmvae"]["grad_clip"] == protocols["telbo"]["grad_clip"] == 0.0     # no clip, as MultiVae
-    assert protocols["mmvae"] == {**zoo.PROTOCOL_DEFAULTS, "warmup_steps": 0}            # no warm-up, as MultiVae
+    assert protocols["mmvae"] == {**zoo.PROTOCOL_DEFAULTS, "warmup_steps": 0,            # no warm-up, as MultiVae
+                                  "options": {"K": 1}}                                   # --option kept
+    assert protocols["mvae"] == {"grad_clip": 0.0, "warmup_steps": 790, "warmup_start": 0.0, "options": {"k": 0}}
     seen, train = recorded_training(monkeypatch)
     _, stats = zoo.train_family("jmvae", train, config, seed=0)
     assert seen[0].grad_clip == 0.0 and seen[0].beta(0) == 0.0 and stats["protocol"] == protocols["jmvae"]
     zoo.train_family("mmvae", train, config, seed=0)
     assert seen[1].grad_clip == 10.0 and seen[1].beta(0) == 1.0
+    model, _ = zoo.train_family("mvae", train, config, seed=0)
+    assert model.config.objective_options["k"] == 0 and seen[2].beta(395) == 0.5      # MultiVae's MVAE
+    with_subsets = zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "option": ["mvae.k=2"]}))
+    assert zoo.train_family("mvae", train, with_subsets, seed=0)[0].config.objective_options["k"] == 2
     forced = zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "grad_clip": 5, "beta_warmup": 100}))
-    assert all(zoo.training_protocol(name, forced) == {"grad_clip": 5.0, "warmup_steps": 100, "warmup_start": 0.0}
+    assert all({k: v for k, v in zoo.training_protocol(name, forced).items() if k != "options"}
+               == {"grad_clip": 5.0, "warmup_steps": 100, "warmup_start": 0.0}
                for name in forced.families)                                    # a flag wins for every family
 
 

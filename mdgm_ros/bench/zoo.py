@@ -166,11 +166,13 @@ PROTOCOL_DEFAULTS = {"grad_clip": 10.0, "warmup_steps": 500, "warmup_start": 0.0
 
 
 def training_protocol(name: str, config: ZooConfig) -> dict[str, Any]:
-    """The clip and warm-up that family ``name`` trains with: the config's where set, else the family's
-    reference implementation's (``Family.reference_training``), else :data:`PROTOCOL_DEFAULTS`."""
+    """The clip, warm-up and objective options that family ``name`` trains with: the config's where set,
+    else the family's reference implementation's (``Family.reference_training``), else
+    :data:`PROTOCOL_DEFAULTS` (options: the reference's, updated by ``--option``)."""
     reference = get_family(name).reference_training
-    return {key: (getattr(config, key) if getattr(config, key) is not None else reference.get(key, default))
-            for key, default in PROTOCOL_DEFAULTS.items()}
+    protocol = {key: (getattr(config, key) if getattr(config, key) is not None else reference.get(key, default))
+                for key, default in PROTOCOL_DEFAULTS.items()}
+    return {**protocol, "options": {**reference.get("options", {}), **config.family_options.get(name, {})}}
 
 
 def private_dim_for(name: str, config: ZooConfig) -> int | None:
@@ -181,10 +183,11 @@ def private_dim_for(name: str, config: ZooConfig) -> int | None:
 
 def train_family(name: str, train: PolyDigits, config: ZooConfig, seed: int) -> tuple[MultimodalVAE, dict]:
     torch.manual_seed(seed)
+    protocol = training_protocol(name, config)
     modality_specs = specs(config.n_modalities)
     networks = network_config([m.name for m in modality_specs], config.networks)
     model = MultimodalVAE(ModelConfig(modality_specs, latent_dim=config.latent_dim, objective=name,
-                                      networks=networks, objective_options=config.family_options.get(name, {}),
+                                      networks=networks, objective_options=protocol["options"],
                                       private_dim=private_dim_for(name, config))).to(config.device)
     raw, mask = _features(model, train)
     if config.normalize:
@@ -192,7 +195,6 @@ def train_family(name: str, train: PolyDigits, config: ZooConfig, seed: int) -> 
     feats = training.normalize_features(model, raw)
     if getattr(model.family, "uses_labels", False):          # label heads (Tian et al.): the digit
         feats[LABELS] = torch.from_numpy(train.labels)
-    protocol = training_protocol(name, config)
     schedule = training.BetaSchedule("linear", protocol["warmup_start"] * config.beta, config.beta,
                                      protocol["warmup_steps"])
     tconfig = training.TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,

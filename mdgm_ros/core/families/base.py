@@ -58,8 +58,9 @@ class Stage:
 
 
 ObjectiveFn = Callable[..., ObjectiveOutput]
-# a family's reference optimisation: gradient-norm clip (0: none), KL warm-up steps, first warm-up weight
-REFERENCE_TRAINING_KEYS = ("grad_clip", "warmup_steps", "warmup_start")
+# a family's reference training: gradient-norm clip (0: none), KL warm-up steps, first warm-up weight,
+# and objective options where the reference's defaults differ from the family's
+REFERENCE_TRAINING_KEYS = ("grad_clip", "warmup_steps", "warmup_start", "options")
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class Family:
     # values in bundles of format version 1, which stored only the options that were set
     option_defaults: Mapping[str, Any] = field(default_factory=dict)
     format1_option_defaults: Mapping[str, Any] = field(default_factory=dict)
-    # how the family's reference implementation optimises where it departs from the benchmark's
+    # how the family's reference implementation trains where it departs from the benchmark's
     # defaults (keys of REFERENCE_TRAINING_KEYS); ``bench zoo`` trains the family with it
     reference_training: Mapping[str, Any] = field(default_factory=dict)
 
