@@ -51,6 +51,7 @@ def test_tiny_zoo_reports_every_metric_and_writes_its_files(tmp_path):
     assert json.loads((tmp_path / "zoo.json").read_text())["summary"].keys() == {"mopoe", "jvae"}
     table = (tmp_path / "zoo.md").read_text()
     assert "| jvae | — | — | — | — | — |" in table and "| sampled z, k=1..4 |" in table
+    assert table.splitlines()[2].endswith("| 1 | clip 10, warm-up 500 |")             # mopoe: the zoo's protocol
     assert (tmp_path / "coherence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -182,6 +183,8 @@ def test_each_family_trains_with_its_reference_protocol_unless_a_flag_says_other
     assert protocols["mmvae"] == {**zoo.PROTOCOL_DEFAULTS, "warmup_steps": 0,            # no warm-up, as MultiVae
                                   "options": {"K": 1}}                                   # --option kept
     assert protocols["mvae"] == {"grad_clip": 0.0, "warmup_steps": 790, "warmup_start": 0.0, "options": {"k": 0}}
+    assert zoo.protocol_text(protocols["mvae"]) == "clip 0, warm-up 790, k=0"
+    assert zoo.protocol_text({**protocols["mmvae"], "warmup_start": 0.1}) == "clip 10, warm-up 0 from 0.1, K=1"
     seen, train = recorded_training(monkeypatch)
     _, stats = zoo.train_family("jmvae", train, config, seed=0)
     assert seen[0].grad_clip == 0.0 and seen[0].beta(0) == 0.0 and stats["protocol"] == protocols["jmvae"]

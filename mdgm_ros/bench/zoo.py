@@ -331,8 +331,18 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                                      if "latent_probe_private" in mine[0] else None),
             "joint_nll": float(np.mean([r["joint_nll"] for r in mine])),
             "samples_per_s": float(np.mean([r["samples_per_s"] for r in mine])),
-            "train_seconds": float(np.mean([r["train_seconds"] for r in mine]))}
+            "train_seconds": float(np.mean([r["train_seconds"] for r in mine])),
+            "protocol": " / ".join(dict.fromkeys(protocol_text(r["protocol"]) for r in mine if r.get("protocol")))
+                        or None}
     return out
+
+
+def protocol_text(protocol: dict[str, Any]) -> str:
+    """``{"grad_clip": 0, "warmup_steps": 790, "warmup_start": 0, "options": {"k": 0}}`` ->
+    ``clip 0, warm-up 790, k=0`` (the table's protocol column)."""
+    start = f" from {protocol['warmup_start']:g}" if protocol.get("warmup_start") else ""
+    options = [f"{key}={value}" for key, value in protocol.get("options", {}).items()]
+    return ", ".join([f"clip {protocol['grad_clip']:g}", f"warm-up {protocol['warmup_steps']}{start}", *options])
 
 
 def _mean_coherence(runs: Sequence[dict[str, Any]], key: str) -> dict[str, float] | None:
@@ -345,7 +355,7 @@ def markdown(report: dict[str, Any]) -> str:
     summary = report["summary"]
     ks = next((list(s["coherence"]) for s in summary.values() if s["coherence"]), [])
     head = ["family", *[f"coh k={k}" for k in ks], f"sampled z, k={ks[0]}..{ks[-1]}" if ks else "sampled z",
-            "latent probe", "probe on s_m", "joint NLL (IWAE)", "samples/s", "train s", "seeds"]
+            "latent probe", "probe on s_m", "joint NLL (IWAE)", "samples/s", "train s", "seeds", "protocol"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, s in summary.items():
         coh = [f"{s['coherence'][k]:.3f}" if s["coherence"] else "—" for k in ks]
@@ -355,7 +365,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append("| " + " | ".join([name, *coh, sampled_text, f"{s['latent_probe']:.3f}",
                                         "—" if private is None else f"{private:.3f}", f"{s['joint_nll']:.1f}",
                                         f"{s['samples_per_s']:.0f}", f"{s['train_seconds']:.0f}",
-                                        str(s["seeds"])]) + " |")
+                                        str(s["seeds"]), s.get("protocol") or "—"]) + " |")
     return "\n".join(lines) + "\n"
 
 
