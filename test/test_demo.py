@@ -31,6 +31,10 @@ def test_quick_demo_runs_the_whole_loop_over_real_topics_in_a_terminal(tmp_path)
     assert 0.0 <= anomaly["auroc"] <= 1.0 and 0.0 <= anomaly["average_precision"] <= 1.0
     assert anomaly["per_fault"] and all(0.0 <= v["auroc"] <= 1.0 for v in anomaly["per_fault"].values())
     assert report["latent"]["dim"] == 16
+    # the live node runs the temporal model of the shipped default: it announces and publishes predictions
+    assert report["published"]["prediction_horizon"] == 10 and report["published"]["latent_prediction"] > 0
+    assert report["prediction"]["latent_1_step"]["samples"] > 0 and "live prediction latent_1_step" in screen
+    assert "fine-tuning" in screen and "temporal_ms" in screen
     for png in report["plots"].values():
         assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert "imputation error" in screen and "anomaly: AUROC" in screen and "detected" in screen

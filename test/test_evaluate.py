@@ -76,3 +76,30 @@ def test_demo_checks_fail_on_any_missing_or_losing_modality_and_on_a_low_auroc()
                                                                  "baseline_last": 0.3}}}
     assert len(check_report(losing, ["a", "b"])) == 1
     assert check_report({**good, "anomaly": {"auroc": float("nan")}}, ["a", "b"]) == ["anomaly AUROC nan < 0.85"]
+    predicting = {**good, "published": {"prediction_horizon": 10}}
+    assert check_report(predicting, ["a", "b"]) == ["latent prediction: the live node published no "
+                                                    "~/latent_prediction to score"]
+    late = {"latent_1_step": {"temporal": 0.5, "nothing_changes": 0.4, "samples": 9}}
+    assert len(check_report({**predicting, "prediction": late}, ["a", "b"])) == 1
+    early = {"latent_1_step": {"temporal": 0.3, "nothing_changes": 0.4, "samples": 9}}
+    assert check_report({**predicting, "prediction": early}, ["a", "b"]) == []
+
+
+def test_live_predictions_are_scored_against_the_latents_published_at_their_stamps():
+    from mdgm_ros.evaluation.evaluate import live_prediction
+
+    step = 33_333_333
+    stamps = np.arange(40, dtype=np.int64) * step + 5_000_000          # jitter-free 30 Hz publications
+    latent = np.stack([np.arange(40.0), -np.arange(40.0)], axis=1)      # a ramp: "nothing changes" is off by k
+    clean = np.ones(40, bool)
+    clean[20] = False                                                   # a fault: pairs touching it are left out
+    exact = [(int(t), t + step * np.arange(1, 4) + 1_000_000, latent[i + 1:i + 4] + 0.1) for i, t in
+             enumerate(stamps[:-3])]
+    result = live_prediction(stamps, latent, exact, clean, horizons=(1, 3, 5))
+    assert set(result) == {"latent_1_step", "latent_3_step"}            # no prediction reaches 5 steps
+    assert result["latent_1_step"]["temporal"] == pytest.approx(0.01)
+    assert result["latent_1_step"]["nothing_changes"] == pytest.approx(1.0)
+    assert result["latent_3_step"]["nothing_changes"] == pytest.approx(9.0)
+    assert result["latent_1_step"]["samples"] == 37 - 2 and result["latent_3_step"]["samples"] == 37 - 2
+    gap = [(t, steps + 100 * step, mean) for t, steps, mean in exact]    # no latent published at those stamps
+    assert live_prediction(stamps, latent, gap, clean) == {}

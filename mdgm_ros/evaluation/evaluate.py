@@ -235,6 +235,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if not a["per_fault"] and not report.get("notes"):
         lines.append("  no fault labels in these bags: AUROC needs labels (a BAG.labels.yaml sidecar, see "
                      "`mdgm-ros label`, or a label topic)")
+    for key, v in report.get("prediction", {}).items():
+        lines.append(f"live prediction {key}: model {v['temporal']:.3f} vs nothing changes {v['nothing_changes']:.3f} "
+                     f"({v['samples']} samples, the latents the node published)")
     if "temporal" in report:
         from .temporal import summary_lines as temporal_lines
         lines += temporal_lines(report["temporal"])
@@ -399,9 +402,13 @@ def evaluate_live(em: EvalModel, truth: AlignedDataset, recording, outages: dict
     valid = matched & ~_in_any(a_stamps, all_spans) & ~(truth.near_fault[rows] & (fault == ""))
     threshold = em.bundle.calibration.threshold["total"] if em.bundle.calibration else None
     report = {"model_id": em.bundle.model_id, "published": {"latent": int(len(stamps)), "anomaly": int(len(a_stamps)),
-              "imputed": {k: len(v) for k, v in recording.imputed.items()}},
+              "imputed": {k: len(v) for k, v in recording.imputed.items()},
+              "latent_prediction": len(recording.prediction),
+              "prediction_horizon": _prediction_horizon(recording.model_info)},
               "imputation": imputation, "anomaly": anomaly_metrics(total, fault, valid, threshold, a_stamps),
               "latent": latent_stats(lat_mean, lat_std),
+              "prediction": live_prediction(stamps, lat_mean, recording.prediction,
+                                            ~_in_any(stamps, all_spans) & (truth.fault == "") & ~truth.near_fault),
               "protocol": {"mode": "live", "outages_s": {k: round(sum(e - s for s, e in v) / NS, 2)
                                                           for k, v in outages.items()}}}
     if out_dir is not None:
@@ -426,6 +433,48 @@ def evaluate_live(em: EvalModel, truth: AlignedDataset, recording, outages: dict
                                              title=f"published latents, PCA of normal samples: {title}")
         report["plots"] = {k: str(v) for k, v in files.items()}
     return report
+
+
+def live_prediction(stamps: np.ndarray, lat_mean: np.ndarray, predictions: list, clean: np.ndarray,
+                    horizons: tuple[int, ...] = (1, 10)) -> dict[str, Any]:
+    """The node's ~/latent_prediction against the latents it published later: the mean squared error of
+    the k-th predicted step against the latent published at that step's stamp, beside "nothing changes"
+    (the latent published with the prediction). A pair counts when both ends were published (the later
+    within half a step of the predicted stamp) and are ``clean`` (no fault, no outage)."""
+    if not predictions or len(stamps) < 2:
+        return {}
+    half_step = float(np.median(np.diff(stamps))) / 2
+    out: dict[str, Any] = {}
+    for k in horizons:
+        usable = [p for p in predictions if len(p[1]) >= k]
+        if not usable:
+            continue
+        now = _nearest_rows(stamps, np.asarray([p[0] for p in usable], np.int64), 0)
+        later = _nearest_rows(stamps, np.asarray([p[1][k - 1] for p in usable], np.int64), half_step)
+        keep = (now >= 0) & (later >= 0)
+        keep[keep] &= clean[now[keep]] & clean[later[keep]]
+        if not keep.any():
+            continue
+        predicted = np.stack([p[2][k - 1] for p, kept in zip(usable, keep) if kept])
+        target = lat_mean[later[keep]]
+        out[f"latent_{k}_step"] = {"temporal": float(((predicted - target) ** 2).mean()),
+                                   "nothing_changes": float(((lat_mean[now[keep]] - target) ** 2).mean()),
+                                   "samples": int(keep.sum())}
+    return out
+
+
+def _prediction_horizon(model_info: dict | None) -> int:
+    """The k of ~/latent_prediction the node's model_info announces (0: a per-frame model, or none)."""
+    announced = ((model_info or {}).get("temporal") or {}).get("latent_prediction") or {}
+    return int(announced.get("horizon", 0))
+
+
+def _nearest_rows(stamps: np.ndarray, targets: np.ndarray, tolerance_ns: float) -> np.ndarray:
+    """Row of ``stamps`` (sorted) nearest each target, or -1 if farther than ``tolerance_ns``."""
+    right = np.searchsorted(stamps, targets).clip(1, len(stamps) - 1)
+    left = right - 1
+    rows = np.where(np.abs(stamps[left] - targets) <= np.abs(stamps[right] - targets), left, right)
+    return np.where(np.abs(stamps[rows] - targets) <= tolerance_ns, rows, -1)
 
 
 # ----------------------------------------------------------------------------- the command

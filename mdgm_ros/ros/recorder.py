@@ -1,4 +1,4 @@
-"""Record what a fusion node publishes (latent, anomaly, imputations) for evaluation.
+"""Record what a fusion node publishes (latent, anomaly, imputations, latent predictions) for evaluation.
 
 Every output carries the source stamp of its fusion step (imputed audio as ``mdgm_ros/ImputedArray``).
 """
@@ -13,7 +13,7 @@ import numpy as np
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-from ..msg import AnomalyScores, ImputedArray, Latent, ModelInfo
+from ..msg import AnomalyScores, ImputedArray, Latent, LatentPrediction, ModelInfo
 
 from ..streams import bridge
 from ..core import ModalitySpec
@@ -30,6 +30,7 @@ class Recording:
     latent: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)
     anomaly: list[tuple[int, np.ndarray]] = field(default_factory=list)          # [total, per modality]
     imputed: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=lambda: defaultdict(list))
+    prediction: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)  # stamp, step stamps, (k, D)
     model_info: dict | None = None
     undecodable: int = 0
 
@@ -51,6 +52,7 @@ class OutputRecorder(GuardedNode, Node):
         self.create_subscription(ModelInfo, f"{node}/model_info", self._on_info, LATCHED)
         self.create_subscription(Latent, f"{node}/latent", self._on_latent, RELIABLE)
         self.create_subscription(AnomalyScores, f"{node}/anomaly", self._on_anomaly, RELIABLE)
+        self.create_subscription(LatentPrediction, f"{node}/latent_prediction", self._on_prediction, RELIABLE)
         for spec, params in zip(specs, streams):
             kind = ImputedArray if spec.kind == "audio" else OUTPUT_TYPES[spec.kind]
             self.create_subscription(kind, f"{node}/imputed/{spec.name}",
@@ -71,6 +73,16 @@ class OutputRecorder(GuardedNode, Node):
         values = np.asarray([msg.total, *msg.score], np.float64)          # [total, per modality]
         with self.lock:
             self.recording.anomaly.append((bridge.stamp_to_ns(msg.header.stamp), values))
+
+    def _on_prediction(self, msg: LatentPrediction) -> None:
+        mean = np.asarray(msg.mean, np.float64)
+        if msg.horizon == 0 or len(msg.stamps) != msg.horizon or mean.size != msg.horizon * msg.latent_dim:
+            self.recording.undecodable += 1
+            return
+        steps = np.asarray([bridge.stamp_to_ns(s) for s in msg.stamps], np.int64)
+        with self.lock:
+            self.recording.prediction.append((bridge.stamp_to_ns(msg.header.stamp), steps,
+                                              mean.reshape(msg.horizon, msg.latent_dim)))
 
     def _on_imputed(self, spec: ModalitySpec, params: StreamParams, msg) -> None:
         try:
