@@ -15,9 +15,10 @@
    ``fault_timeline_compare.png``, in ``temporal/``, so that step 4's stay the live node's).
 
 Exit status 1 if a modality's imputation fails to beat both baselines, the anomaly AUROC < 0.85 or the
-node's one-step ~/latent_prediction does not beat "nothing changes" (the live node's model). The comparison is reported with the issue-11 bars (``temporal.verdict``), not
-checked: a 300 s training bag is too little for its anomaly bars, which the shipped default, trained on
-900 s, meets (README, "Temporal model").
+node's one-step ~/latent_prediction does not beat "nothing changes" (the live node's model). The
+comparison is reported with the issue-11 bars (``temporal.verdict``), not checked: a 300 s training bag
+is too little for its anomaly bars, which the shipped default, trained on 900 s, meets (README,
+"Temporal model").
 ROS traffic stays on a private domain id, on this host only.
 """
 from __future__ import annotations
