@@ -222,7 +222,7 @@ def check_report(report: dict[str, Any], modalities: list[str]) -> list[str]:
     return failures
 
 
-def train_model(train_bag: Path, config_name: str, bundle: Path, epochs: int, from_default: bool,
+def train_model(train_bag: Path, config_name: str, bundle: Path, epochs: int, *, from_default: bool,
                 device: str, keep: bool) -> None:
     """2. ``mdgm-ros train`` with ``config/<config_name>``; ``from_default``: fine-tune models/default;
     ``keep``: reuse a bundle already there if it is of this config's family."""
@@ -287,10 +287,11 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, device: str = "a
 
     bundle, per_frame = out / "model", out / "model_per_frame"
     mark = time.perf_counter()
-    train_model(train_bag, BASELINE_CONFIG, per_frame, size.epochs, False, device, keep)
+    train_model(train_bag, BASELINE_CONFIG, per_frame, size.epochs, from_default=False, device=device, keep=keep)
     timings["train_per_frame_s"] = round(time.perf_counter() - mark, 1)
     mark = time.perf_counter()
-    train_model(train_bag, LIVE_CONFIG, bundle, size.temporal_epochs, size.from_default, device, keep)
+    train_model(train_bag, LIVE_CONFIG, bundle, size.temporal_epochs, from_default=size.from_default,
+                device=device, keep=keep)
     timings["train_s"] = round(time.perf_counter() - mark, 1)
 
     settings = TrainSettings.from_file(config_path(LIVE_CONFIG))
