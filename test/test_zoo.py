@@ -131,7 +131,7 @@ def test_sampled_coherence_decodes_samples_not_the_mean(monkeypatch):
 def recorded_training(monkeypatch):
     """Training replaced by a recorder of its TrainConfig; a tiny PolyDigits train set."""
     seen = []
-    monkeypatch.setattr(zoo.training, "train", lambda model, feats, mask, tconfig: seen.append(tconfig) or [])
+    monkeypatch.setattr(zoo.training, "train", lambda model, feats, mask, tconfig, **_: seen.append(tconfig) or [])
     return seen, make_polydigits(40, 20, 5, seed=0)[0]
 
 

@@ -35,6 +35,7 @@ from ..core import ModelConfig, MultimodalVAE, impute, iwae_log_likelihood, regi
 from ..core.families import FAMILIES, LABELS, FamilyError, get_family
 from ..data.polydigits import PolyDigits, make_polydigits, specs
 from . import zoo_private
+from .zoo_state import TrainingProgress, ZooState
 
 
 @dataclass
@@ -181,7 +182,10 @@ def private_dim_for(name: str, config: ZooConfig) -> int | None:
     return config.private_dim if has_private and config.private_dim else None
 
 
-def train_family(name: str, train: PolyDigits, config: ZooConfig, seed: int) -> tuple[MultimodalVAE, dict]:
+def train_family(name: str, train: PolyDigits, config: ZooConfig, seed: int,
+                 progress: TrainingProgress | None = None) -> tuple[MultimodalVAE, dict]:
+    """Train family ``name`` on the train tuples; ``progress`` checkpoints every epoch and continues from
+    its last checkpoint (``bench zoo --resume``)."""
     torch.manual_seed(seed)
     protocol = training_protocol(name, config)
     modality_specs = specs(config.n_modalities)
@@ -199,11 +203,15 @@ def train_family(name: str, train: PolyDigits, config: ZooConfig, seed: int) -> 
                                      protocol["warmup_steps"])
     tconfig = training.TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                                    beta=schedule, seed=seed, grad_clip=protocol["grad_clip"])
+    trainer = training.Trainer(model, tconfig)
+    if progress is not None:
+        progress.restore(model, trainer)
     started = time.perf_counter()
-    history = training.train(model, feats, mask, tconfig)
-    seconds = time.perf_counter() - started
+    history = training.train(model, feats, mask, tconfig, trainer=trainer,
+                             on_epoch=None if progress is None else lambda r: progress.save(model, trainer, r))
+    seconds = time.perf_counter() - started if progress is None else progress.seconds   # over every process
     return model, {"protocol": protocol, "train_seconds": seconds,
-                   "samples_per_s": len(train) * len(history) / max(seconds, 1e-9),
+                   "samples_per_s": len(train) * trainer.epoch / max(seconds, 1e-9),
                    "final_train_loss": history[-1].train_loss if history else None}
 
 
@@ -277,8 +285,8 @@ def joint_nll(model: MultimodalVAE, test: PolyDigits, k: int, n: int, chunk: int
 
 
 def evaluate_family(name: str, train: PolyDigits, test: PolyDigits, classifiers: dict[str, nn.Module],
-                    config: ZooConfig, seed: int) -> dict[str, Any]:
-    model, stats = train_family(name, train, config, seed)
+                    config: ZooConfig, seed: int, progress: TrainingProgress | None = None) -> dict[str, Any]:
+    model, stats = train_family(name, train, config, seed, progress)
     model.eval()
     started = time.perf_counter()
     result = {"family": name, "seed": seed, **stats,
@@ -292,7 +300,10 @@ def evaluate_family(name: str, train: PolyDigits, test: PolyDigits, classifiers:
 
 
 # ----------------------------------------------------------------------------- the benchmark
-def run_zoo(config: ZooConfig, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+def run_zoo(config: ZooConfig, log: Callable[[str], None] = lambda m: None,
+            state: ZooState | None = None) -> dict[str, Any]:
+    """Every family of the config on every seed. ``state`` (``--out``) keeps what a resumed run needs:
+    the classifiers, the finished families and the training checkpoints (:mod:`.zoo_state`)."""
     unknown = sorted(set(config.families) - set(FAMILIES))
     if unknown:
         raise ValueError(f"unknown families {unknown} (registered: {', '.join(FAMILIES)})")
@@ -301,20 +312,33 @@ def run_zoo(config: ZooConfig, log: Callable[[str], None] = lambda m: None) -> d
     started = time.perf_counter()
     for seed in range(config.first_seed, config.first_seed + config.seeds):
         train, test = make_polydigits(config.n_train, config.n_test, config.n_modalities, seed=seed)
-        classifiers, classifier_acc[seed] = train_classifiers(train, test, config.classifier_epochs, seed,
-                                                              config.device)
+        classifiers, classifier_acc[seed] = seed_classifiers(train, test, config, seed, state)
         log(f"seed {seed}: classifier test accuracy {classifier_acc[seed]}")
         for name in config.families:
-            run = evaluate_family(name, train, test, classifiers, config, seed)
+            run = state.finished_run(name, seed) if state is not None else None
+            if run is None:
+                progress = state.progress(name, seed, log) if state is not None else None
+                run = evaluate_family(name, train, test, classifiers, config, seed, progress)
+                if state is not None:
+                    run = state.save_run(run)
             log(f"seed {seed} {name}: coherence {run['coherence']} (sampled z: {run['coherence_sampled']}) "
                 f"probe {run['latent_probe']:.3f} "
                 f"nll {run['joint_nll']:.1f} ({run['train_seconds']:.0f} s)")
             runs.append(run)
+    resumed = {"resumed_runs": state.resumed} if state is not None and state.resumed else {}
     return {"benchmark": "zoo", "dataset": "PolyDigits", "config": asdict(config),
             "classifier_accuracy": {str(s): a for s, a in classifier_acc.items()},
-            "runs": runs, "summary": summarize(runs), "wall_seconds": time.perf_counter() - started,
+            "runs": runs, "summary": summarize(runs), "wall_seconds": time.perf_counter() - started, **resumed,
             "coherence_decoding": "coherence: the posterior mean; coherence_sampled: one sample of z (MultiVae's)",
             "accuracy": "plain (not class-balanced)"}
+
+
+def seed_classifiers(train: PolyDigits, test: PolyDigits, config: ZooConfig, seed: int,
+                     state: ZooState | None) -> tuple[dict[str, nn.Module], dict[str, float]]:
+    """The seed's digit classifiers: trained, or read back from the state of the run being resumed."""
+    def fresh():
+        return train_classifiers(train, test, config.classifier_epochs, seed, config.device)
+    return fresh() if state is None else state.classifiers(seed, config.device, fresh, DigitClassifier)
 
 
 def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -421,7 +445,12 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--families", default=",".join(FAMILIES),
                         help="`bench zoo`, `bench train`: comma-separated families (default: every registered family)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds (the README table uses 2)")
-    parser.add_argument("--out", default=None, help="folder for zoo.json, zoo.md and coherence.png")
+    parser.add_argument("--out", default=None,
+                        help="folder for zoo.json, zoo.md and coherence.png; while the run lasts, its state "
+                             "(checkpoints after every epoch) is in OUT/state/")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run in --out: finished families are read back, the one "
+                             "in training continues after its last finished epoch (same settings required)")
     parser.add_argument("--epochs", type=int, default=ZooConfig.epochs, help="training epochs per family")
     parser.add_argument("--first-seed", type=int, default=0, help="first seed (run seeds in parallel processes)")
     parser.add_argument("--train-tuples", type=int, default=ZooConfig.n_train, help="training tuples")
@@ -534,17 +563,29 @@ def _load_reports(paths: str) -> list[dict[str, Any]]:
 
 def zoo_command(args: argparse.Namespace, write: Callable[[str], Any] = print) -> int:
     """Run ``bench zoo`` (or merge earlier reports); prints the Markdown table (or JSON with ``--json``)."""
+    state = None
     try:
         if getattr(args, "merge", None):
             report = merge_reports(_load_reports(args.merge))
         else:
             config = zoo_config_from_args(args)
-            report = run_zoo(config, log=log_to_stderr if args.json else write)    # --json: progress on stderr
+            if getattr(args, "resume", False) and not args.out:
+                raise ValueError("--resume needs --out, the folder of the run to continue")
+            state = ZooState(Path(args.out), config, bool(getattr(args, "resume", False))) if args.out else None
+            report = run_zoo(config, log=log_to_stderr if args.json else write,    # --json: progress on stderr
+                             state=state)
     except ValueError as err:
         write(f"error: {err}")
         return 2
+    except KeyboardInterrupt:
+        if state is not None:
+            write(f"interrupted: finished families and the last finished epoch are in {state.root}; "
+                  "run the same command with --resume to continue")
+        return 130
     if args.out:
         write_outputs(report, Path(args.out))
+    if state is not None:
+        state.remove()
     write(json.dumps(report, indent=2) if args.json else markdown(report).rstrip("\n"))
     return 0
 

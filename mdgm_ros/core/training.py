@@ -376,10 +376,13 @@ class Trainer:
 
 def train(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor, config: TrainConfig,
           val: tuple[Mapping[str, torch.Tensor], torch.Tensor] | None = None,
-          on_epoch: Callable[[EpochRecord], bool | None] | None = None) -> list[EpochRecord]:
+          on_epoch: Callable[[EpochRecord], bool | None] | None = None,
+          trainer: Trainer | None = None) -> list[EpochRecord]:
     """Minimise the mean per-sample objective over normalised features. ``on_epoch`` may return True
-    to stop early. Data stays where it is and is moved to the model's device one batch at a time."""
-    trainer = Trainer(model, config)
+    to stop early. Data stays where it is and is moved to the model's device one batch at a time.
+    ``trainer``: a :class:`Trainer` of this model and config to continue (e.g. restored from a
+    checkpoint); its epochs already done are not run again."""
+    trainer = trainer if trainer is not None else Trainer(model, config)
     history: list[EpochRecord] = []
     while trainer.epoch < config.epochs:
         record = trainer.run_epoch(feats, mask, val)

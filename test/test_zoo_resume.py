@@ -1,0 +1,116 @@
+"""`bench zoo --out DIR --resume`: an interrupted run continues where it stopped and gives the same report."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from mdgm_ros.bench import zoo
+from mdgm_ros.core import training
+
+TIMINGS = ("train_seconds", "samples_per_s", "eval_seconds")
+
+
+def tiny_args(out, **extra):
+    return argparse.Namespace(**{"families": "mopoe,telbo", "seeds": 1, "epochs": 2, "quick": False, "json": True,
+                                 "out": None if out is None else str(out), "train_tuples": 60, "test_tuples": 20, "batch_size": 32,
+                                 "resume": False, **extra})
+
+
+def results(out):
+    """The report's runs without their timings."""
+    report = json.loads((out / "zoo.json").read_text())
+    return [{k: v for k, v in run.items() if k not in TIMINGS} for run in report["runs"]], report
+
+
+def interrupt_at_epoch(monkeypatch, call):
+    """Ctrl-C during the ``call``-th training epoch of the process (counting from 1)."""
+    original, calls = training.Trainer.run_epoch, []
+
+    def run_epoch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(training.Trainer, "run_epoch", run_epoch)
+
+
+def test_an_interrupted_zoo_resumes_inside_the_family_it_was_training_and_reports_the_same(tmp_path, monkeypatch):
+    lines = []
+    assert zoo.zoo_command(tiny_args(tmp_path / "whole"), write=lines.append) == 0
+    whole, _ = results(tmp_path / "whole")
+    assert not (tmp_path / "whole" / "state").exists()                  # removed once the report is written
+
+    out = tmp_path / "cut"
+    with monkeypatch.context() as patch:
+        interrupt_at_epoch(patch, 4)             # mopoe: epochs 1-2; telbo: stage 1 done, Ctrl-C in stage 2
+        assert zoo.zoo_command(tiny_args(out), write=lines.append) == 130
+    assert lines[-1].startswith(f"interrupted: finished families and the last finished epoch are in {out / 'state'}")
+    state = out / "state"
+    assert (state / "run_mopoe_seed0.json").exists() and (state / "classifiers_seed0.pt").exists()
+    assert (state / "train" / "telbo_seed0" / "checkpoint.pt").exists() and not (out / "zoo.json").exists()
+
+    epochs = []
+    original = training.Trainer.run_epoch
+    monkeypatch.setattr(training.Trainer, "run_epoch",
+                        lambda self, *a, **k: epochs.append(self.epoch) or original(self, *a, **k))
+    assert zoo.zoo_command(tiny_args(out, resume=True), write=lines.append) == 0
+    assert epochs == [1]                          # only telbo's second epoch ran again
+    resumed, report = results(out)
+    assert report["resumed_runs"] == ["mopoe seed 0"] and not state.exists()
+    assert resumed == whole                       # bit for bit: metrics, losses, style grids, classifiers' scores
+
+
+def test_resume_refusals_name_what_is_wrong(tmp_path, monkeypatch):
+    lines = []
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        interrupt_at_epoch(patch, 1)
+        assert zoo.zoo_command(tiny_args(out), write=lines.append) == 130
+    assert zoo.zoo_command(tiny_args(out), write=lines.append) == 2
+    assert lines[-1] == (f"error: {out} holds an unfinished zoo run ({out / 'state'}): add --resume to continue it, "
+                         "or choose another --out")
+    assert zoo.zoo_command(tiny_args(out, resume=True, epochs=3), write=lines.append) == 2
+    assert lines[-1] == f"error: --resume: the run in {out} was started with other settings (epochs: 2 then, 3 now)"
+    assert zoo.zoo_command(tiny_args(None, resume=True), write=lines.append) == 2
+    assert lines[-1] == "error: --resume needs --out, the folder of the run to continue"
+    assert (out / "state" / "config.json").exists()                    # a refusal leaves the state as it was
+
+
+def test_ctrl_c_then_resume_from_the_command_line(tmp_path):
+    """Real processes: SIGINT during telbo's second epoch, then the user's command with --resume."""
+    out = tmp_path / "zoo"
+    flags = ["--families", "mopoe,telbo", "--epochs", "2", "--train-tuples", "60", "--test-tuples", "20",
+             "--batch-size", "32", "--out", str(out)]
+    sigint_in_fourth_epoch = textwrap.dedent(f"""
+        import os, signal, sys
+        from mdgm_ros.core import training
+        from mdgm_ros.cli import main
+        original, calls = training.Trainer.run_epoch, []
+        def run_epoch(self, *a, **k):
+            calls.append(1)
+            if len(calls) == 4:
+                os.kill(os.getpid(), signal.SIGINT)
+            return original(self, *a, **k)
+        training.Trainer.run_epoch = run_epoch
+        sys.exit(main(["bench", "zoo", *{flags!r}]))
+    """)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run([sys.executable, "-c", sigint_in_fourth_epoch], capture_output=True, text=True,
+                           env=env, timeout=600)
+    assert first.returncode == 130, first.stderr[-2000:]
+    assert "run the same command with --resume to continue" in first.stdout
+    again = subprocess.run([sys.executable, "-m", "mdgm_ros", "bench", "zoo", *flags, "--resume"],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "telbo-seed0: resuming after epoch 1" in again.stdout
+    report = json.loads((out / "zoo.json").read_text())
+    assert report["resumed_runs"] == ["mopoe seed 0"] and [r["family"] for r in report["runs"]] == ["mopoe", "telbo"]
+    assert not (out / "state").exists()
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
