@@ -78,6 +78,9 @@ def test_resume_refusals_name_what_is_wrong(tmp_path, monkeypatch):
     assert zoo.zoo_command(tiny_args(None, resume=True), write=lines.append) == 2
     assert lines[-1] == "error: --resume needs --out, the folder of the run to continue"
     assert (out / "state" / "config.json").exists()                    # a refusal leaves the state as it was
+    typo = tmp_path / "typo"
+    assert zoo.zoo_command(tiny_args(typo, families="mopoe,nope"), write=lines.append) == 2
+    assert lines[-1].startswith("error: unknown families ['nope']") and not typo.exists()   # nothing to resume
 
 
 def test_ctrl_c_then_resume_from_the_command_line(tmp_path):

@@ -304,9 +304,7 @@ def run_zoo(config: ZooConfig, log: Callable[[str], None] = lambda m: None,
             state: ZooState | None = None) -> dict[str, Any]:
     """Every family of the config on every seed. ``state`` (``--out``) keeps what a resumed run needs:
     the classifiers, the finished families and the training checkpoints (:mod:`.zoo_state`)."""
-    unknown = sorted(set(config.families) - set(FAMILIES))
-    if unknown:
-        raise ValueError(f"unknown families {unknown} (registered: {', '.join(FAMILIES)})")
+    check_families(config.families)
     torch.set_num_threads(max(1, config.threads))
     runs, classifier_acc = [], {}
     started = time.perf_counter()
@@ -331,6 +329,12 @@ def run_zoo(config: ZooConfig, log: Callable[[str], None] = lambda m: None,
             "runs": runs, "summary": summarize(runs), "wall_seconds": time.perf_counter() - started, **resumed,
             "coherence_decoding": "coherence: the posterior mean; coherence_sampled: one sample of z (MultiVae's)",
             "accuracy": "plain (not class-balanced)"}
+
+
+def check_families(families: Sequence[str]) -> None:
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown families {unknown} (registered: {', '.join(FAMILIES)})")
 
 
 def seed_classifiers(train: PolyDigits, test: PolyDigits, config: ZooConfig, seed: int,
@@ -571,6 +575,7 @@ def zoo_command(args: argparse.Namespace, write: Callable[[str], Any] = print) -
             config = zoo_config_from_args(args)
             if getattr(args, "resume", False) and not args.out:
                 raise ValueError("--resume needs --out, the folder of the run to continue")
+            check_families(config.families)                # before a state folder is made
             state = ZooState(Path(args.out), config, bool(getattr(args, "resume", False))) if args.out else None
             report = run_zoo(config, log=log_to_stderr if args.json else write,    # --json: progress on stderr
                              state=state)
