@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..core import MultimodalVAE, training
-from ..training.checkpoints import CURRENT, CheckpointError, load_checkpoint, save_checkpoint
+from ..training.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from .zoo import ZooConfig
@@ -119,7 +119,7 @@ class TrainingProgress:
         self.seconds = 0.0                   # training time of the epochs done, over every process
 
     def restore(self, model: MultimodalVAE, trainer: training.Trainer) -> None:
-        if not (self.folder / CURRENT).exists():
+        if not self.folder.exists():      # (load_checkpoint falls back to the previous generation)
             return
         try:
             state = load_checkpoint(self.folder, model.device, self.key, self.log)
