@@ -8,6 +8,7 @@ import sys
 from typing import Sequence
 
 from .config_files import config_path
+from .interrupts import exit_code, sigterm_stops_like_ctrl_c
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -124,8 +125,8 @@ def _cmd_play(args: argparse.Namespace) -> int:
     except (BagError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as interrupt:
+        return exit_code(interrupt)
     print(json.dumps(vars(stats)))
     return 0
 
@@ -154,10 +155,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except (TrainError, BagError, BundleError, ParameterError, LabelError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print(f"interrupted: the last finished epoch is in {args.out}.train/; "
               "run again with --resume", file=sys.stderr)
-        return 130
+        return exit_code(interrupt)
     if os.environ.get("RANK", "0") == "0":          # one result of a torchrun launch, from rank 0
         print(json.dumps(result.to_dict(), indent=2))
     return 0
@@ -390,15 +391,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        with sigterm_stops_like_ctrl_c():
+            return _run_command(argv)
+    except KeyboardInterrupt as interrupt:          # a command without its own interrupted path
+        print("interrupted", file=sys.stderr)
+        return exit_code(interrupt)
+    except BrokenPipeError:              # `mdgm-ros families | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _run_command(argv: list[str]) -> int:
     if argv[:2] == ["bench", "weak"]:           # its own arguments (an experiment, then options)
         from .bench import weak
         return weak.main(argv[2:])
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except BrokenPipeError:              # `mdgm-ros families | head`: the reader left, nothing to report
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    return int(args.func(args))
 
 
 if __name__ == "__main__":

@@ -158,3 +158,37 @@ def test_a_multi_stage_family_trains_each_stage_and_resumes_inside_the_right_one
     resumed = _train(sim_bag[0], tmp_path / "resumed", 4, overrides=telbo, resume=True, log=logs.append)
     assert resumed.epochs == 4 and "resumed from" in " ".join(logs)
     assert _same(_weights(tmp_path / "straight"), _weights(tmp_path / "resumed"))
+
+
+SIGTERM_IN_SECOND_EPOCH = textwrap.dedent("""
+    import os, signal, sys
+    from mdgm_ros.core import training
+    from mdgm_ros.cli import main
+    signal.signal(signal.SIGINT, signal.SIG_IGN)            # as a job started with `&` from a script
+    original, calls = training.Trainer.run_epoch, []
+    def run_epoch(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *a, **k)
+    training.Trainer.run_epoch = run_epoch
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_sigterm_stops_train_like_ctrl_c_and_resume_finishes(sim_bag, tmp_path):
+    out = tmp_path / "bundle"
+    args = ["train", "--bags", str(sim_bag[0]), "--out", str(out), "--epochs", "3", "--set", "data.block_s=3.0",
+            "--set", "data.cache=false", "--set", "export.onnx=false", "--device", "cpu", "--no-progress"]
+    stopped = subprocess.run([sys.executable, "-c", SIGTERM_IN_SECOND_EPOCH, *args], capture_output=True,
+                             text=True, cwd=ROOT, timeout=600)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1] == (f"interrupted: the last finished epoch is in {out}.train/; "
+                                                       "run again with --resume")
+    assert not out.exists()
+    done = subprocess.run([sys.executable, "-m", "mdgm_ros", *args, "--resume"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "after epoch 1" in done.stderr and json.loads(done.stdout)["epochs"] == 3
+    assert load_bundle(out).model is not None

@@ -83,28 +83,33 @@ def test_resume_refusals_name_what_is_wrong(tmp_path, monkeypatch):
     assert lines[-1].startswith("error: unknown families ['nope']") and not typo.exists()   # nothing to resume
 
 
-def test_ctrl_c_then_resume_from_the_command_line(tmp_path):
-    """Real processes: SIGINT during telbo's second epoch, then the user's command with --resume."""
+@pytest.mark.parametrize("signal_name, code, background", [("SIGINT", 130, False), ("SIGTERM", 143, True)],
+                         ids=["ctrl_c", "sigterm_to_a_background_job"])
+def test_a_stop_signal_then_resume_from_the_command_line(tmp_path, signal_name, code, background):
+    """Real processes: Ctrl-C, or SIGTERM to a job started with `&` from a script (which ignores SIGINT),
+    during telbo's second epoch; then the user's command with --resume."""
     out = tmp_path / "zoo"
     flags = ["--families", "mopoe,telbo", "--epochs", "2", "--train-tuples", "60", "--test-tuples", "20",
              "--batch-size", "32", "--out", str(out)]
-    sigint_in_fourth_epoch = textwrap.dedent(f"""
+    signal_in_fourth_epoch = textwrap.dedent(f"""
         import os, signal, sys
         from mdgm_ros.core import training
         from mdgm_ros.cli import main
+        if {background!r}:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         original, calls = training.Trainer.run_epoch, []
         def run_epoch(self, *a, **k):
             calls.append(1)
             if len(calls) == 4:
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.{signal_name})
             return original(self, *a, **k)
         training.Trainer.run_epoch = run_epoch
         sys.exit(main(["bench", "zoo", *{flags!r}]))
     """)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.run([sys.executable, "-c", sigint_in_fourth_epoch], capture_output=True, text=True,
+    first = subprocess.run([sys.executable, "-c", signal_in_fourth_epoch], capture_output=True, text=True,
                            env=env, timeout=600)
-    assert first.returncode == 130, first.stderr[-2000:]
+    assert first.returncode == code, first.stderr[-2000:]
     assert "run the same command with --resume to continue" in first.stdout
     again = subprocess.run([sys.executable, "-m", "mdgm_ros", "bench", "zoo", *flags, "--resume"],
                            capture_output=True, text=True, env=env, timeout=600)
@@ -113,7 +118,6 @@ def test_ctrl_c_then_resume_from_the_command_line(tmp_path):
     report = json.loads((out / "zoo.json").read_text())
     assert report["resumed_runs"] == ["mopoe seed 0"] and [r["family"] for r in report["runs"]] == ["mopoe", "telbo"]
     assert not (out / "state").exists()
-
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

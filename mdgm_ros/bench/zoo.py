@@ -35,6 +35,7 @@ from ..core import ModelConfig, MultimodalVAE, impute, iwae_log_likelihood, regi
 from ..core.families import FAMILIES, LABELS, FamilyError, get_family
 from ..data.polydigits import PolyDigits, make_polydigits, specs
 from . import zoo_private
+from ..interrupts import exit_code
 from .zoo_state import TrainingProgress, ZooState
 
 
@@ -582,11 +583,11 @@ def zoo_command(args: argparse.Namespace, write: Callable[[str], Any] = print) -
     except ValueError as err:
         write(f"error: {err}")
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if state is not None:
             write(f"interrupted: finished families and the last finished epoch are in {state.root}; "
                   "run the same command with --resume to continue")
-        return 130
+        return exit_code(interrupt)
     if args.out:
         write_outputs(report, Path(args.out))
     if state is not None:
