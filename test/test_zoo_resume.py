@@ -83,6 +83,22 @@ def test_resume_refusals_name_what_is_wrong(tmp_path, monkeypatch):
     assert lines[-1].startswith("error: unknown families ['nope']") and not typo.exists()   # nothing to resume
 
 
+def test_keep_models_saves_each_trained_family_as_the_bundle_that_was_measured(tmp_path):
+    from mdgm_ros.core import load_bundle
+    from mdgm_ros.data.polydigits import make_polydigits
+    lines, out = [], tmp_path / "kept"
+    assert zoo.zoo_command(tiny_args(out, families="mopoe,mopoe_ms", keep_models=True), write=lines.append) == 0
+    report = json.loads((out / "zoo.json").read_text())
+    config = zoo.ZooConfig(**{**report["config"], "families": tuple(report["config"]["families"])})
+    _, test = make_polydigits(config.n_train, config.n_test, config.n_modalities, seed=0)
+    for run in report["runs"]:
+        bundle = load_bundle(out / "models" / f"{run['family']}_seed0")
+        assert bundle.model.config.objective == run["family"] and bundle.manifest["extra"]["zoo"]["epochs"] == 2
+        assert zoo.joint_nll(bundle.model, test, config.iwae_k, config.n_nll) == pytest.approx(run["joint_nll"], rel=1e-6)
+    assert zoo.zoo_command(tiny_args(None, keep_models=True), write=lines.append) == 2
+    assert lines[-1] == "error: --keep-models needs --out, the folder the bundles go to (OUT/models/)"
+
+
 @pytest.mark.parametrize("signal_name, code, background", [("SIGINT", 130, False), ("SIGTERM", 143, True)],
                          ids=["ctrl_c", "sigterm_to_a_background_job"])
 def test_a_stop_signal_then_resume_from_the_command_line(tmp_path, signal_name, code, background):

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import ModelConfig, MultimodalVAE, impute, iwae_log_likelihood, register_network, training
+from ..core import ModelConfig, MultimodalVAE, impute, iwae_log_likelihood, register_network, save_bundle, training
 from ..core.families import FAMILIES, LABELS, FamilyError, get_family
 from ..data.polydigits import PolyDigits, make_polydigits, specs
 from . import zoo_private
@@ -69,6 +69,7 @@ class ZooConfig:
     threads: int = 1
     networks: str = "cnn"                # "cnn" (PolyMNIST-style) or "default" (the package's image nets)
     device: str = "cpu"                  # where classifiers and families train and are evaluated
+    keep_models: bool = False            # with --out: each trained family as a bundle in OUT/models/
 
 
 # ----------------------------------------------------------------------------- classifiers
@@ -164,6 +165,7 @@ def _features(model: MultimodalVAE, data: PolyDigits) -> tuple[dict[str, torch.T
     return feats, torch.ones((len(data), len(model.names)), dtype=torch.bool)
 
 
+MODELS = "models"                        # OUT/models/: the bundles of --keep-models
 PROTOCOL_DEFAULTS = {"grad_clip": 10.0, "warmup_steps": 500, "warmup_start": 0.0}
 
 
@@ -286,9 +288,15 @@ def joint_nll(model: MultimodalVAE, test: PolyDigits, k: int, n: int, chunk: int
 
 
 def evaluate_family(name: str, train: PolyDigits, test: PolyDigits, classifiers: dict[str, nn.Module],
-                    config: ZooConfig, seed: int, progress: TrainingProgress | None = None) -> dict[str, Any]:
+                    config: ZooConfig, seed: int, progress: TrainingProgress | None = None,
+                    keep_in: Path | None = None) -> dict[str, Any]:
+    """Train family ``name`` and measure it; ``keep_in``: save the trained model there as a bundle first."""
     model, stats = train_family(name, train, config, seed, progress)
     model.eval()
+    if keep_in is not None:
+        save_bundle(keep_in / f"{name}_seed{seed}", model, name=f"polydigits-{name}-seed{seed}",
+                    extra={"zoo": {"family": name, "seed": seed, "protocol": stats["protocol"],
+                                   "epochs": config.epochs}})
     started = time.perf_counter()
     result = {"family": name, "seed": seed, **stats,
               "coherence": coherence(model, test, classifiers),
@@ -302,9 +310,10 @@ def evaluate_family(name: str, train: PolyDigits, test: PolyDigits, classifiers:
 
 # ----------------------------------------------------------------------------- the benchmark
 def run_zoo(config: ZooConfig, log: Callable[[str], None] = lambda m: None,
-            state: ZooState | None = None) -> dict[str, Any]:
+            state: ZooState | None = None, models_dir: Path | None = None) -> dict[str, Any]:
     """Every family of the config on every seed. ``state`` (``--out``) keeps what a resumed run needs:
-    the classifiers, the finished families and the training checkpoints (:mod:`.zoo_state`)."""
+    the classifiers, the finished families and the training checkpoints (:mod:`.zoo_state`).
+    ``models_dir``: where each trained family is kept as a bundle (``--keep-models``)."""
     check_families(config.families)
     torch.set_num_threads(max(1, config.threads))
     runs, classifier_acc = [], {}
@@ -317,7 +326,7 @@ def run_zoo(config: ZooConfig, log: Callable[[str], None] = lambda m: None,
             run = state.finished_run(name, seed) if state is not None else None
             if run is None:
                 progress = state.progress(name, seed, log) if state is not None else None
-                run = evaluate_family(name, train, test, classifiers, config, seed, progress)
+                run = evaluate_family(name, train, test, classifiers, config, seed, progress, models_dir)
                 if state is not None:
                     run = state.save_run(run)
             log(f"seed {seed} {name}: coherence {run['coherence']} (sampled z: {run['coherence_sampled']}) "
@@ -481,6 +490,9 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beta-start", type=float, default=None, metavar="FRACTION",
                         help="the warm-up's first KL weight as a fraction of --beta (default 0; e.g. 0.1 with "
                              "--beta-warmup 711 approximates MultiVae's JMVAE annealing, 0.1, 0.2, .. 1 per epoch)")
+    parser.add_argument("--keep-models", action="store_true",
+                        help="with --out: keep each trained family as a bundle in OUT/models/<family>_seed<S>/ "
+                             "(load it after `import mdgm_ros.bench.zoo`, which registers the zoo's networks)")
     parser.add_argument("--quick", action="store_true", help="a tiny run (seconds): a smoke test, not numbers")
 
 
@@ -509,18 +521,21 @@ def zoo_config_from_args(args: argparse.Namespace) -> ZooConfig:
     except RuntimeError as err:                               # CUDA asked for where there is none
         raise ValueError(str(err)) from None
     options = parse_family_options(getattr(args, "option", []) or [])
+    keep_models = bool(getattr(args, "keep_models", False))
+    if keep_models and not getattr(args, "out", None):
+        raise ValueError("--keep-models needs --out, the folder the bundles go to (OUT/models/)")
     if getattr(args, "quick", False):                  # tiny sizes; the families' options still apply
         return ZooConfig(families=families, seeds=args.seeds, first_seed=first_seed, n_train=300, n_test=100,
                          epochs=1, classifier_epochs=1, iwae_k=4, n_nll=20, n_probe=300, device=device,
                          grad_clip=grad_clip, warmup_steps=warmup, warmup_start=warmup_start,
-                         family_options=options)
+                         family_options=options, keep_models=keep_models)
     return ZooConfig(families=families, seeds=args.seeds, first_seed=first_seed, epochs=args.epochs,
                      n_train=n_train, n_test=n_test, batch_size=batch_size, latent_dim=latent_dim, beta=beta,
                      private_dim=private_dim, device=device, grad_clip=grad_clip, warmup_steps=warmup,
                      warmup_start=warmup_start,
                      threads=max(1, int(getattr(args, "threads", 1) or 1)),
                      normalize=not bool(getattr(args, "raw_pixels", False)),
-                     family_options=options)
+                     family_options=options, keep_models=keep_models)
 
 
 def _optional(args: argparse.Namespace, key: str, kind: type) -> Any:
@@ -579,7 +594,7 @@ def zoo_command(args: argparse.Namespace, write: Callable[[str], Any] = print) -
             check_families(config.families)                # before a state folder is made
             state = ZooState(Path(args.out), config, bool(getattr(args, "resume", False))) if args.out else None
             report = run_zoo(config, log=log_to_stderr if args.json else write,    # --json: progress on stderr
-                             state=state)
+                             state=state, models_dir=Path(args.out) / MODELS if config.keep_models else None)
     except ValueError as err:
         write(f"error: {err}")
         return 2

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .zoo import ZooConfig
 
 STATE = "state"
-NOT_RESULT_SHAPING = ("families", "seeds", "first_seed", "threads")
+NOT_RESULT_SHAPING = ("families", "seeds", "first_seed", "threads", "keep_models")
 
 
 def result_settings(config: "ZooConfig") -> dict[str, Any]:
