@@ -135,5 +135,6 @@ def test_a_stop_signal_then_resume_from_the_command_line(tmp_path, signal_name, 
     assert report["resumed_runs"] == ["mopoe seed 0"] and [r["family"] for r in report["runs"]] == ["mopoe", "telbo"]
     assert not (out / "state").exists()
 
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

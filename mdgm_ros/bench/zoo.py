@@ -34,8 +34,8 @@ from torch import nn
 from ..core import ModelConfig, MultimodalVAE, impute, iwae_log_likelihood, register_network, save_bundle, training
 from ..core.families import FAMILIES, LABELS, FamilyError, get_family
 from ..data.polydigits import PolyDigits, make_polydigits, specs
-from . import zoo_private
 from ..interrupts import exit_code
+from . import zoo_private
 from .zoo_state import TrainingProgress, ZooState
 
 
