@@ -111,8 +111,9 @@ def test_a_stop_signal_then_resume_from_the_command_line(tmp_path, signal_name, 
         import os, signal, sys
         from mdgm_ros.core import training
         from mdgm_ros.cli import main
-        if {background!r}:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # a job started with & ignores SIGINT; a foreground one has Python's handler (set it: pytest itself
+        # may run as a background job, and its children then inherit the ignored SIGINT)
+        signal.signal(signal.SIGINT, signal.SIG_IGN if {background!r} else signal.default_int_handler)
         original, calls = training.Trainer.run_epoch, []
         def run_epoch(self, *a, **k):
             calls.append(1)
