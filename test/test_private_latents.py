@@ -229,6 +229,37 @@ def test_mmvae_plus_generation_draws_missing_private_latents_from_the_auxiliary_
     assert abs(float((codes[0] - own_mu[0]).std()) - float(torch.exp(0.5 * own_lv[0]).mean())) < 0.1
 
 
+@pytest.mark.parametrize("posterior, learn_prior", [("gaussian", False), ("laplace", False), ("laplace", True)])
+def test_mmvae_plus_generation_prior_joint_draws_missing_private_latents_from_p(posterior, learn_prior, tmp_path):
+    """generation_prior=joint: a missing modality's w comes from p's w part (the reference code's test-time
+    generation), not from r_n; the option survives a bundle; a bad value fails at construction."""
+    from mdgm_ros.core.families import FamilyError
+    options = {"posterior": posterior, "learn_prior": learn_prior, "generation_prior": "joint"}
+    model = MultimodalVAE(ModelConfig(specs(2), latent_dim=2, objective="mmvae_plus", private_dim=3,
+                                      objective_options=options))
+    with torch.no_grad():
+        model.extra["aux_prior"].logvar.copy_(torch.tensor([[3.0, -2.0, 2.0]] * 2))   # r_n far from p
+        if learn_prior:
+            model.extra["prior"].logvar.copy_(torch.tensor([[0.0, 0.0, 1.0, 2.0, 3.0]]))
+    p_mean, p_logvar = model.extra["prior"]() if learn_prior else (torch.zeros(1, 5), None)
+    expected_logvar = (p_logvar[0, 2:] if learn_prior
+                       else model.latent_dist.prior_logvar(torch.zeros(3)))     # N(0, 1) or Laplace(0, 1)
+    mean, logvar = model.family.private_prior(model, "m1")
+    torch.testing.assert_close(mean, p_mean[0, 2:])
+    torch.testing.assert_close(logvar, expected_logvar)
+    feats = {n: torch.randn(4000, 5) for n in model.names}
+    mask = torch.tensor([[True, False]] * 4000)
+    with torch.no_grad():
+        codes = private_codes(model, feats, mask, n_samples=2, generator=torch.Generator().manual_seed(0))
+    std = torch.exp(0.5 * expected_logvar)
+    assert torch.allclose(codes[1].std(dim=(0, 1)), std, rtol=0.1)       # p's scales, not r_n's
+    loaded = load_bundle(save_bundle(tmp_path / "b", model)).model
+    assert loaded.config.objective_options["generation_prior"] == "joint"
+    torch.testing.assert_close(loaded.family.private_prior(loaded, "m1")[1], expected_logvar)
+    with pytest.raises(FamilyError, match="generation_prior.*'aux', 'joint'.*'r'"):
+        MultimodalVAE(ModelConfig(specs(2), objective="mmvae_plus", objective_options={"generation_prior": "r"}))
+
+
 # ----------------------------------------------------------------------------- generation rules
 @pytest.mark.parametrize("name,options", VARIANTS, ids=VARIANT_IDS)
 def test_cross_modal_generation_uses_the_prior_and_self_reconstruction_the_own_private_latent(name, options):

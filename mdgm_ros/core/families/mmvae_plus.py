@@ -14,6 +14,9 @@ reconstructed from another modality's c, so c alone must carry what the modaliti
 :mod:`.mmvae`). Gaussian option: p(c) = p(w_m) = N(0, I); r_n = N(0, diag exp(rho_n)) with a learned log-variance rho_n
 per modality (``model.extra["aux_prior"]``, initialised at 0). Cross-modal generation draws the missing
 modalities' w from r_n (its mean when decoding the posterior mean); self-reconstruction uses the own w_m.
+Option ``generation_prior``: ``"aux"`` (default, r_n) or ``"joint"`` (p's w part, as the reference code's
+test-time cross-modal generation and MultiVae's ``reconstruction_option="joint_prior"``); training always
+draws r_n.
 
 Options: ``K`` (samples per expert, 8), ``estimator`` (``"dreg"`` for training, ``"iwae"`` for
 evaluation), ``posterior`` (``"gaussian"``, default, or ``"laplace"``: c, w_m, their priors and r_m as
@@ -36,13 +39,34 @@ import torch
 from torch import nn
 
 from ..latent_distributions import GAUSSIAN, GaussianLatent, LearnedScalePrior
-from .base import Properties
+from .base import FamilyError, Properties
 from .common import ObjectiveOutput, dreg_surrogate, dreg_weights, masked_mean_over_experts
 from .mmvae import PRIOR, check_learn_prior, learns_prior, model_distribution
 from .private import PrivateFamily, private_reconstruction
 
 if TYPE_CHECKING:
     from ..model import MultimodalVAE
+
+
+GENERATION_PRIORS = ("aux", "joint")
+
+
+def generation_prior_name(options: Mapping[str, object]) -> str:
+    """The objective option ``generation_prior``: where a missing modality's w is drawn from."""
+    value = options.get("generation_prior", GENERATION_PRIORS[0])
+    if value not in GENERATION_PRIORS:
+        raise FamilyError(f"mmvae_plus: objective option 'generation_prior' must be one of "
+                          f"{list(GENERATION_PRIORS)}, got {value!r}")
+    return value
+
+
+def joint_prior_of_w(model: "MultimodalVAE") -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and log-variance (P,) of p's w part: the learned p(c, w)'s last P dimensions, else the fixed prior."""
+    if PRIOR in model.extra:
+        mean, logvar = model.extra[PRIOR]()
+        return mean[0, model.latent_dim:], logvar[0, model.latent_dim:]
+    zeros = torch.zeros(model.private_dim, device=model.device)
+    return zeros, model.latent_dist.prior_logvar(zeros)
 
 
 @dataclass
@@ -108,7 +132,8 @@ def every_sample(mask: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor
 def objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
               beta: float = 1.0, generator: torch.Generator | None = None, K: int = 8,
               estimator: str = "dreg", posterior: str = "gaussian",
-              learn_prior: bool | None = None) -> ObjectiveOutput:
+              learn_prior: bool | None = None,
+              generation_prior: str = "aux") -> ObjectiveOutput:        # generation_prior: generation only
     if estimator not in ("dreg", "iwae"):
         raise ValueError(f"MMVAE+ estimator must be 'dreg' or 'iwae', got {estimator!r}")
     if estimator == "dreg" and not torch.is_grad_enabled():
@@ -138,6 +163,7 @@ def objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: t
 @dataclass(frozen=True)
 class MMVAEPlusFamily(PrivateFamily):
     def build_networks(self, model: "MultimodalVAE") -> dict[str, nn.Module]:
+        generation_prior_name(model.config.objective_options)          # a bad value fails at construction
         networks = {"aux_prior": LearnedScalePrior(len(model.names), model.private_dim, model.latent_dist)}
         if learns_prior(model.config.objective_options, self.name):
             networks[PRIOR] = LearnedScalePrior(1, model.latent_dim + model.private_dim, model.latent_dist)
@@ -165,6 +191,8 @@ class MMVAEPlusFamily(PrivateFamily):
         return mu, model.latent_dist.from_encoder(second)
 
     def private_prior(self, model: "MultimodalVAE", name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if generation_prior_name(model.config.objective_options) == "joint":
+            return joint_prior_of_w(model)
         r_mu, r_logvar = model.extra["aux_prior"]()
         j = model.names.index(name)
         return r_mu[j], r_logvar[j]
@@ -179,5 +207,6 @@ FAMILY = MMVAEPlusFamily(
         modality_specific_latents=True, end_to_end=True, scalability="linear",
         reference="Palumbo et al. 2023, MMVAE+ (stratified looser IWAE, DReG)", equations="eq. 28 (not in the survey)",
         notes="private w_m per modality (default 4 dims); cross-modal generation draws w from the learned "
-              "auxiliary prior r_m; option posterior: gaussian (default) or laplace (as the reference); "
+              "auxiliary prior r_m (option generation_prior=joint: from p, as the reference's test-time "
+              "generation); option posterior: gaussian (default) or laplace (as the reference); "
               "option learn_prior: p(c, w_m) learns its scales (MultiVae's learn_shared_prior)"))
