@@ -52,6 +52,22 @@ def test_unknown_family_is_a_clear_error():
         ModelConfig(vector_specs(2), objective="nope")
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_every_family_names_its_options_and_refuses_one_it_does_not_take(name):
+    """Its defaults and the common contrastive term are options; a misspelt one is refused when the
+    config is made, naming the family's options, instead of failing at the first training step."""
+    family = get_family(name)
+    known = family.option_names()
+    if known is None:                                    # the objective takes **kwargs
+        return
+    assert set(family.option_defaults) <= set(known) and "contrastive" in known
+    assert family.table_row()["options"] == known                       # `mdgm-ros families --json`
+    with pytest.raises(ValueError, match=f"{name} has no objective option 'nope' \\(its options: "):
+        ModelConfig(vector_specs(3), objective=name, objective_options={"nope": 1})
+    if name in ("jmvae", "m2vae", "vaevae"):             # read by the model when it builds its encoders
+        ModelConfig(vector_specs(3), objective=name, objective_options={"subsets": [["m0", "m1"]]})
+
+
 # ----------------------------------------------------------------------------- missing modalities
 @pytest.mark.parametrize("name", NAMES)
 def test_inference_from_every_subset_or_a_clear_refusal(name):

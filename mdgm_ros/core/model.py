@@ -73,6 +73,10 @@ class ModelConfig:
         if not isinstance(self.objective_options, Mapping):
             raise SpecError(f"objective_options must be a mapping, got {type(self.objective_options).__name__}")
         object.__setattr__(self, "objective_options", {**family.option_defaults, **self.objective_options})
+        try:
+            family.check_options(self.objective_options)
+        except ValueError as err:
+            raise SpecError(f"objective_options: {err}") from None
         object.__setattr__(self, "networks", _checked_networks(self.networks, self.names))
         object.__setattr__(self, "private_dim", _checked_private_dim(self.private_dim, family))
 

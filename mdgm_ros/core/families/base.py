@@ -8,6 +8,7 @@ placeholders there); rows ``M..`` are the family's subset encoders q(z | X_S), i
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -97,7 +98,8 @@ class Family:
     def table_row(self) -> dict[str, Any]:
         return {"family": self.name, **self.properties.to_dict(), "fusions": list(self.fusions),
                 "stages": [s.name for s in self.stages], "inference": self.inference_rule(),
-                "reference_training": dict(self.reference_training)}
+                "reference_training": dict(self.reference_training),
+                "options": self.option_names()}                   # None: any (the objective takes **kwargs)
 
     def __post_init__(self) -> None:
         unknown = set(self.reference_training) - set(REFERENCE_TRAINING_KEYS)
@@ -132,6 +134,28 @@ class Family:
         return model.fusion != "moe"
 
     # ---------------------------------------------------------------- objective
+    # options every family takes: Shi et al.'s contrastive term (:mod:`.contrastive`)
+    COMMON_OPTIONS = ("contrastive",)
+    # the objective function's arguments that are not options
+    NOT_OPTIONS = ("model", "feats", "mask", "beta", "generator", "stage")
+
+    def option_names(self) -> tuple[str, ...] | None:
+        """The objective options the family takes: its objective function's keyword arguments (plus
+        :attr:`COMMON_OPTIONS`); None where that function takes ``**kwargs``."""
+        params = inspect.signature(self.objective_fn).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return None
+        return tuple(sorted({p.name for p in params if p.name not in self.NOT_OPTIONS} | set(self.COMMON_OPTIONS)))
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Raise :class:`FamilyError` naming an option the family does not take (a typo would otherwise
+        surface as a TypeError at the first training step)."""
+        known = self.option_names()
+        unknown = sorted(set(options) - set(known)) if known is not None else []
+        if unknown:
+            raise FamilyError(f"{self.name} has no objective option {', '.join(map(repr, unknown))} "
+                              f"(its options: {', '.join(known)})")
+
     def objective(self, model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
                   beta: float = 1.0, generator: torch.Generator | None = None, stage: str | None = None,
                   **options: Any) -> ObjectiveOutput:

@@ -78,6 +78,10 @@ class SurrogateFamily(Family):
         return ("full set: the joint encoder; single modality or listed subset: its own encoder; "
                 "other subsets: product of the unimodal surrogates (no prior expert)")
 
+    def option_names(self) -> tuple[str, ...] | None:
+        names = super().option_names()
+        return None if names is None else tuple(sorted({*names, "subsets"}))
+
     def objective(self, model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
                   beta: float = 1.0, generator: torch.Generator | None = None, stage: str | None = None,
                   **options: Any) -> ObjectiveOutput:
