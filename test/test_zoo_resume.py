@@ -83,6 +83,25 @@ def test_resume_refusals_name_what_is_wrong(tmp_path, monkeypatch):
     assert lines[-1].startswith("error: unknown families ['nope']") and not typo.exists()   # nothing to resume
 
 
+@pytest.mark.parametrize("option, message", [
+    ("mmvae_plus.generaton_prior=joint", "error: objective_options: mmvae_plus has no objective option "
+                                         "'generaton_prior' (its options: K, contrastive, estimator, "
+                                         "generation_prior, learn_prior, posterior)"),
+    ("mmvae_plus.generation_prior=r", "error: mmvae_plus: objective option 'generation_prior' must be one of "
+                                      "['aux', 'joint'], got 'r'"),
+    ("mvae_plus.K=1", "error: --option for unknown families ['mvae_plus'] (registered: ")],
+    ids=["misspelt_option", "bad_value", "misspelt_family"])
+def test_a_bad_option_is_refused_before_anything_trains(tmp_path, monkeypatch, option, message):
+    """A typo in --option used to surface as a TypeError traceback (or be ignored) after the classifiers
+    had trained; now it is one line, and no state folder is left."""
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+    monkeypatch.setattr(zoo, "train_classifiers", no_training)
+    lines, out = [], tmp_path / "run"
+    code = zoo.zoo_command(tiny_args(out, families="mopoe,mmvae_plus", option=[option]), write=lines.append)
+    assert code == 2 and lines[-1].startswith(message) and not out.exists(), lines
+
+
 def test_keep_models_saves_each_trained_family_as_the_bundle_that_was_measured(tmp_path):
     from mdgm_ros.core import load_bundle
     from mdgm_ros.data.polydigits import make_polydigits

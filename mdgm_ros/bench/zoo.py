@@ -185,17 +185,22 @@ def private_dim_for(name: str, config: ZooConfig) -> int | None:
     return config.private_dim if has_private and config.private_dim else None
 
 
+def build_model(name: str, config: ZooConfig) -> MultimodalVAE:
+    """Family ``name`` on PolyDigits' modalities and the zoo's networks, untrained, on the CPU."""
+    modality_specs = specs(config.n_modalities)
+    networks = network_config([m.name for m in modality_specs], config.networks)
+    return MultimodalVAE(ModelConfig(modality_specs, latent_dim=config.latent_dim, objective=name,
+                                     networks=networks, objective_options=training_protocol(name, config)["options"],
+                                     private_dim=private_dim_for(name, config)))
+
+
 def train_family(name: str, train: PolyDigits, config: ZooConfig, seed: int,
                  progress: TrainingProgress | None = None) -> tuple[MultimodalVAE, dict]:
     """Train family ``name`` on the train tuples; ``progress`` checkpoints every epoch and continues from
     its last checkpoint (``bench zoo --resume``)."""
     torch.manual_seed(seed)
     protocol = training_protocol(name, config)
-    modality_specs = specs(config.n_modalities)
-    networks = network_config([m.name for m in modality_specs], config.networks)
-    model = MultimodalVAE(ModelConfig(modality_specs, latent_dim=config.latent_dim, objective=name,
-                                      networks=networks, objective_options=protocol["options"],
-                                      private_dim=private_dim_for(name, config))).to(config.device)
+    model = build_model(name, config).to(config.device)
     raw, mask = _features(model, train)
     if config.normalize:
         training.fit_normalization(model, raw, mask)
@@ -341,10 +346,20 @@ def run_zoo(config: ZooConfig, log: Callable[[str], None] = lambda m: None,
             "accuracy": "plain (not class-balanced)"}
 
 
-def check_families(families: Sequence[str]) -> None:
+def check_families(families: Sequence[str], config: ZooConfig | None = None) -> None:
+    """Unknown families, and (with ``config``) --option values for an unknown family or an option a family
+    does not take: refused before anything trains."""
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         raise ValueError(f"unknown families {unknown} (registered: {', '.join(FAMILIES)})")
+    if config is None:
+        return
+    unknown = sorted(set(config.family_options) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"--option for unknown families {unknown} (registered: {', '.join(FAMILIES)})")
+    with torch.random.fork_rng(devices=[]):              # building draws initial weights: leave no trace
+        for name in families:
+            build_model(name, config)                    # option names and values, private_dim, networks
 
 
 def seed_classifiers(train: PolyDigits, test: PolyDigits, config: ZooConfig, seed: int,
@@ -591,7 +606,7 @@ def zoo_command(args: argparse.Namespace, write: Callable[[str], Any] = print) -
             config = zoo_config_from_args(args)
             if getattr(args, "resume", False) and not args.out:
                 raise ValueError("--resume needs --out, the folder of the run to continue")
-            check_families(config.families)                # before a state folder is made
+            check_families(config.families, config)        # before a state folder is made
             state = ZooState(Path(args.out), config, bool(getattr(args, "resume", False))) if args.out else None
             report = run_zoo(config, log=log_to_stderr if args.json else write,    # --json: progress on stderr
                              state=state, models_dir=Path(args.out) / MODELS if config.keep_models else None)
