@@ -346,19 +346,20 @@ def run_zoo(config: ZooConfig, log: Callable[[str], None] = lambda m: None,
             "accuracy": "plain (not class-balanced)"}
 
 
-def check_families(families: Sequence[str], config: ZooConfig | None = None) -> None:
-    """Unknown families, and (with ``config``) --option values for an unknown family or an option a family
-    does not take: refused before anything trains."""
+def check_families(families: Sequence[str]) -> None:
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         raise ValueError(f"unknown families {unknown} (registered: {', '.join(FAMILIES)})")
-    if config is None:
-        return
+
+
+def check_family_options(config: ZooConfig) -> None:
+    """--option for an unknown family, an option a family does not take or a bad value: refused before
+    anything trains."""
     unknown = sorted(set(config.family_options) - set(FAMILIES))
     if unknown:
         raise ValueError(f"--option for unknown families {unknown} (registered: {', '.join(FAMILIES)})")
     with torch.random.fork_rng(devices=[]):              # building draws initial weights: leave no trace
-        for name in families:
+        for name in config.families:
             build_model(name, config)                    # option names and values, private_dim, networks
 
 
@@ -606,7 +607,8 @@ def zoo_command(args: argparse.Namespace, write: Callable[[str], Any] = print) -
             config = zoo_config_from_args(args)
             if getattr(args, "resume", False) and not args.out:
                 raise ValueError("--resume needs --out, the folder of the run to continue")
-            check_families(config.families, config)        # before a state folder is made
+            check_families(config.families)                # before a state folder is made
+            check_family_options(config)
             state = ZooState(Path(args.out), config, bool(getattr(args, "resume", False))) if args.out else None
             report = run_zoo(config, log=log_to_stderr if args.json else write,    # --json: progress on stderr
                              state=state, models_dir=Path(args.out) / MODELS if config.keep_models else None)
