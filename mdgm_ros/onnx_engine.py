@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .core import BundleError, load_bundle
-from .core.export import UnimodalPosterior, export_parts
+from .core.engine.export import UnimodalPosterior, export_parts
 
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 

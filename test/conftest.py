@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mdgm_ros.core import AudioOptions, ModalitySpec, ModelConfig, MultimodalVAE
-from mdgm_ros.core import synthetic, training
+from mdgm_ros.core.engine import synthetic, loop as training
 
 
 def small_specs() -> list[ModalitySpec]:

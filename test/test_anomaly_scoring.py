@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mdgm_ros.core import training
-from mdgm_ros.core.anomaly import (AnomalyCalibration, QuantileTable, calibration_from_nll, standardize_scores,
-                                   stream_surprise)
+from mdgm_ros.core.engine import loop as training
+from mdgm_ros.core.engine.anomaly import AnomalyCalibration, QuantileTable, calibration_from_nll, standardize_scores, stream_surprise
 
 from conftest import prepared
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mdgm_ros.core import BundleError, Fuser, calibrate_anomaly, load_bundle, save_bundle
-from mdgm_ros.core import bundle as bundle_mod
-from mdgm_ros.core import training
+from mdgm_ros.core.engine import bundle as bundle_mod
+from mdgm_ros.core.engine import loop as training
 
 from conftest import prepared
 

@@ -13,7 +13,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from mdgm_ros.core import ModalitySpec, ModelConfig, MultimodalVAE, compute_objective
-from mdgm_ros.core import posterior as post
+from mdgm_ros.core.model import posterior as post
 from mdgm_ros.core.families import FAMILIES
 
 BETA = 0.7
@@ -176,7 +176,8 @@ def test_sliced_wasserstein_is_the_mean_over_directions_of_the_sorted_projection
 
 
 def test_tian_stages_against_the_formula_with_labels(monkeypatch):
-    from mdgm_ros.core.families import LABELS, tian
+    from mdgm_ros.core.model.family import LABELS
+    from mdgm_ros.core.families import tian
 
     directions = torch.tensor([[0.6, 0.8], [1.0, 0.0], [0.0, -1.0]])
     monkeypatch.setattr(tian, "random_directions", lambda dim, count, generator, device: directions)
@@ -275,7 +276,7 @@ def test_task_phases_become_class_labels_for_a_family_with_a_label_head():
 
     import numpy as np
 
-    from mdgm_ros.core.families import LABELS
+    from mdgm_ros.core.model.family import LABELS
     from mdgm_ros.training.trainer import TrainError, with_phase_labels
 
     data = SimpleNamespace(train=SimpleNamespace(phase=np.array(["reach", "", "push", "reach"])),
@@ -298,7 +299,7 @@ def test_exported_networks_compute_what_inference_computes_and_match_onnx(name, 
 
     import numpy as np
     onnxruntime = pytest.importorskip("onnxruntime")
-    from mdgm_ros.core.export import export_parts
+    from mdgm_ros.core.engine.export import export_parts
 
     model, x = build(name)
     model.eval()

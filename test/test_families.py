@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from mdgm_ros.core import (Fuser, ModalitySpec, ModelConfig, MultimodalVAE, compute_objective,
-                           conditional_log_likelihood, impute, iwae_log_likelihood, synthetic, training)
-from mdgm_ros.core.families import FAMILIES, LABELS, FamilyError, get_family
+from mdgm_ros.core import Fuser, ModalitySpec, ModelConfig, MultimodalVAE, compute_objective, conditional_log_likelihood, impute, iwae_log_likelihood
+from mdgm_ros.core.engine import synthetic, loop as training
+from mdgm_ros.core.families import FAMILIES, FamilyError, get_family
+from mdgm_ros.core.model.family import LABELS
 from mdgm_ros.core.families.table import families_command, markdown_table
 
 NAMES = list(FAMILIES)
@@ -322,7 +323,7 @@ class TinyJoint(torch.nn.Module):
 
 def test_custom_networks_plug_in_by_name_and_their_bundles_load_without_pickle(tmp_path):
     from mdgm_ros.core import load_bundle, save_bundle
-    from mdgm_ros.core.networks import register_network
+    from mdgm_ros.core.model.networks import register_network
 
     register_network("encoder", "tiny_test", TinyEncoder, replace=True)
     register_network("decoder", "tiny_test", TinyDecoder, replace=True)
@@ -365,7 +366,7 @@ def test_every_network_of_a_family_exports_to_onnx_and_matches_torch(name, tmp_p
     onnxruntime = pytest.importorskip("onnxruntime")
     import warnings
 
-    from mdgm_ros.core.export import export_parts
+    from mdgm_ros.core.engine.export import export_parts
 
     model = make_model(name).eval()
     parts = export_parts(model)

@@ -9,7 +9,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from mdgm_ros.core import ModalitySpec, ModelConfig, MultimodalVAE, compute_objective
-from mdgm_ros.core import posterior as post
+from mdgm_ros.core.model import posterior as post
 
 BETA, ALPHA = 0.7, 0.5
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mdgm_ros.core import ModelConfig, MultimodalVAE, TrainConfig, calibrate_anomaly, save_bundle, train
-from mdgm_ros.core import synthetic, training
+from mdgm_ros.core.engine import synthetic, loop as training
 
 from conftest import small_specs
 from ros_env import ROOT, call, private_ros_env, spin_for, spin_until, start, stop

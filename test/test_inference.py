@@ -5,8 +5,8 @@ import torch
 
 from mdgm_ros.core import (Fuser, calibrate_anomaly, conditional_log_likelihood, impute,
                            iwae_log_likelihood)
-from mdgm_ros.core import training
-from mdgm_ros.core.inference import anomaly_scores, posterior_samples
+from mdgm_ros.core.engine import loop as training
+from mdgm_ros.core.engine.inference import anomaly_scores, posterior_samples
 
 from conftest import prepared
 

@@ -10,7 +10,7 @@ from torch.distributions import Laplace
 from mdgm_ros.core import (Fuser, ModalitySpec, ModelConfig, MultimodalVAE, SpecError, iwae_log_likelihood,
                            load_bundle, save_bundle)
 from mdgm_ros.core.families.private import private_codes
-from mdgm_ros.core.latent_distributions import GAUSSIAN, LaplaceLatent, distribution_named
+from mdgm_ros.core.model.latent_distributions import GAUSSIAN, LaplaceLatent, distribution_named
 from test_private_latents import BETA, assert_bound_both_ways
 
 LAPLACE = distribution_named("laplace")

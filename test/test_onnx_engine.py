@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mdgm_ros.core import Fuser, load_bundle
-from mdgm_ros.core import synthetic
+from mdgm_ros.core.engine import synthetic
 
 pytest.importorskip("onnxruntime")
 from mdgm_ros.onnx_engine import OrtNetwork, load_ort_bundle  # noqa: E402
@@ -34,7 +34,7 @@ def test_onnxruntime_networks_give_the_torch_fusion_results(trained_bundle):
 @pytest.mark.parametrize("objective,private_dim", [("temporal", None), ("temporal_ms", 3)])
 def test_onnxruntime_runs_the_temporal_filter_as_torch_does(tmp_path, objective, private_dim):
     from mdgm_ros.core import ModelConfig, MultimodalVAE, save_bundle
-    from mdgm_ros.core.temporal import TemporalFilter
+    from mdgm_ros.core.engine.filter import TemporalFilter
     from mdgm_ros.training.trainer import export_onnx
     from conftest import small_specs
 

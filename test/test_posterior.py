@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from mdgm_ros.core import posterior as post
+from mdgm_ros.core.model import posterior as post
 
 
 def _grid_moments(mus, variances, with_prior):

@@ -6,7 +6,7 @@ import torch
 
 from conftest import prepared
 from mdgm_ros.core import TrainConfig, Trainer
-from mdgm_ros.core import training
+from mdgm_ros.core.engine import loop as training
 from mdgm_ros.core.families import FAMILIES
 from mdgm_ros.training.config import TrainError
 from mdgm_ros.training.distributed import amp_dtype
@@ -59,8 +59,8 @@ def test_the_sequence_trainer_steps_through_the_same_mixed_precision_step():
     """The temporal family's windows go through Trainer.train_step (autocast, scaler, clipping), as the
     per-frame families do: a bf16 epoch trains, keeps fp32 weights and lands near the fp32 epoch."""
     from mdgm_ros.core import ModalitySpec, ModelConfig, MultimodalVAE
-    from mdgm_ros.core import temporal as tp
-    from mdgm_ros.core.synthetic_sequences import make_sequences
+    from mdgm_ros.core.engine.sequence import SequenceTrainer
+    from mdgm_ros.core.engine.synthetic_sequences import make_sequences
     specs = (ModalitySpec("joints", "vector", (8,), hidden=(16,)),
              ModalitySpec("tactile", "tactile", (2, 4, 4), hidden=(8, 16)))
     losses = {}
@@ -72,7 +72,7 @@ def test_the_sequence_trainer_steps_through_the_same_mixed_precision_step():
         feats = training.raw_to_features(model, raw)
         mask = torch.from_numpy(data.mask.reshape(16 * 8, -1))
         training.fit_normalization(model, feats, mask)
-        trainer = tp.SequenceTrainer(model, TrainConfig(batch_size=4, lr=1e-2, seed=0),
+        trainer = SequenceTrainer(model, TrainConfig(batch_size=4, lr=1e-2, seed=0),
                                      torch.arange(16 * 8).reshape(16, 8))
         trainer.amp = amp
         losses[amp] = [trainer.run_epoch(training.normalize_features(model, feats), mask).train_loss
@@ -108,7 +108,7 @@ def test_the_fusion_step_runs_in_bf16_and_hands_back_float32(small_model_factory
 
 
 def test_the_temporal_filter_runs_in_bf16_and_keeps_its_memory_in_float32():
-    from mdgm_ros.core import temporal as tp
+    from mdgm_ros.core.engine import filter as tp
     from test_temporal import random_sequences, temporal_model
     model = temporal_model()
     feats, mask = random_sequences(model, batch=1, steps=6, p_present=0.7, seed=4)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from mdgm_ros.core import (Fuser, ModalitySpec, ModelConfig, MultimodalVAE, SpecError, compute_objective,
-                           impute, iwae_log_likelihood, load_bundle, save_bundle, training)
-from mdgm_ros.core import posterior as post
-from mdgm_ros.core.export import export_parts
+from mdgm_ros.core import Fuser, ModalitySpec, ModelConfig, MultimodalVAE, SpecError, compute_objective, impute, iwae_log_likelihood, load_bundle, save_bundle
+from mdgm_ros.core.engine import loop as training
+from mdgm_ros.core.model import posterior as post
+from mdgm_ros.core.engine.export import export_parts
 from mdgm_ros.core.families import FAMILIES
 from mdgm_ros.core.families.private import private_codes
 
@@ -55,7 +55,7 @@ def test_private_dim_is_validated_and_sizes_the_decoders_and_private_encoders():
 
 
 def test_custom_private_encoders_plug_in_through_the_network_registry():
-    from mdgm_ros.core.networks import register_network
+    from mdgm_ros.core.model.networks import register_network
 
     class Linear(torch.nn.Module):
         def __init__(self, spec, latent_dim):

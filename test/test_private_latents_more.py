@@ -10,8 +10,8 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from mdgm_ros.core import Fuser, ModalitySpec, ModelConfig, MultimodalVAE, compute_objective, iwae_log_likelihood
-from mdgm_ros.core import posterior as post
-from mdgm_ros.core.export import export_parts
+from mdgm_ros.core.model import posterior as post
+from mdgm_ros.core.engine.export import export_parts
 
 from test_private_latents import BETA, experts, gaussian, loglik, std_kl
 
@@ -161,7 +161,7 @@ def test_dmvae_daunhawer_discriminator_has_its_own_optimiser_step_and_learns_the
     """The trainer leaves D out of the VAE's optimiser and lets the family step it after each VAE step;
     on codes where c and the s_m are functions of one factor, D's own steps tell joint from permuted
     samples (the BCE falls well below chance, 2 log 2)."""
-    from mdgm_ros.core import training
+    from mdgm_ros.core.engine import loop as training
     from mdgm_ros.core.families.dmvae_daunhawer import discriminator_loss
     torch.set_num_threads(1)
     model, _ = build("dmvae_daunhawer", disc_lr=1e-2)
@@ -205,7 +205,8 @@ def mmd_by_hand(a, b):
 
 
 def test_mfm_objective_eq32_by_hand(mean_z, monkeypatch):
-    from mdgm_ros.core.families import LABELS, mfm
+    from mdgm_ros.core.model.family import LABELS
+    from mdgm_ros.core.families import mfm
     torch.manual_seed(5)
     priors = iter([torch.randn(4, 2), torch.randn(4, 3), torch.randn(4, 3)])
     drawn = []
@@ -251,7 +252,7 @@ def test_mfm_labels_reach_the_head_through_the_family_flag_and_the_head_exports(
 
 
 def test_dmvae_daunhawer_training_resumes_bit_for_bit_with_the_discriminator_optimiser():
-    from mdgm_ros.core import training
+    from mdgm_ros.core.engine import loop as training
     torch.set_num_threads(1)
     feats = {"a": torch.randn(96, 3), "b": torch.randn(96, 4)}
     mask = torch.ones(96, 2, dtype=torch.bool)
@@ -277,7 +278,7 @@ def test_mfm_takes_task_phases_as_labels_and_a_bag_without_phases_trains_without
 
     import numpy as np
 
-    from mdgm_ros.core.families import LABELS
+    from mdgm_ros.core.model.family import LABELS
     from mdgm_ros.training.trainer import with_phase_labels
     model, x = build("mfm", n_labels=3)
     phased = SimpleNamespace(train=SimpleNamespace(phase=np.array(["reach", "", "push", "grasp"])),
@@ -296,7 +297,7 @@ CONCRETE = {"shared": "concrete", "categories": 3, "temperature": 0.5}
 
 
 def test_concrete_samples_relaxed_for_training_and_exact_one_hot_categoricals_for_inference():
-    from mdgm_ros.core import concrete
+    from mdgm_ros.core.model import concrete
     torch.manual_seed(0)
     logits = torch.randn(5, 6) * 2                                     # 2 groups of 3 categories
     relaxed = concrete.sample(logits, 0.5, 3, generator=torch.Generator().manual_seed(1))
@@ -314,7 +315,7 @@ def test_concrete_samples_relaxed_for_training_and_exact_one_hot_categoricals_fo
 
 
 def test_the_product_of_categorical_experts_is_the_normalised_product_of_their_probabilities():
-    from mdgm_ros.core import concrete
+    from mdgm_ros.core.model import concrete
     torch.manual_seed(0)
     logits = torch.randn(3, 4, 6)                                      # (M, B, D): 2 groups of 3
     mask = torch.tensor([[True, True, True], [True, False, True], [False, False, False], [False, True, False]])
@@ -331,7 +332,7 @@ def test_the_product_of_categorical_experts_is_the_normalised_product_of_their_p
 
 @pytest.fixture
 def mean_c(monkeypatch):
-    from mdgm_ros.core import concrete
+    from mdgm_ros.core.model import concrete
     monkeypatch.setattr(concrete, "sample", lambda logits, temperature, categories, n_samples=None, generator=None:
                         concrete.probabilities(logits, categories))
 
@@ -371,7 +372,7 @@ def test_dmvae_lee_concrete_objective_by_hand(mean_z, mean_c):
 def test_dmvae_lee_concrete_unit_weights_give_the_one_sample_kl_of_the_categorical():
     """With unit weights R is log q(c|x) - log p(c) with the categorical pmf at the relaxed sample; at a
     one-hot c that is the log-ratio of the pmfs at that category, at the mean its KL to the uniform."""
-    from mdgm_ros.core import concrete
+    from mdgm_ros.core.model import concrete
     from mdgm_ros.core.families.dmvae_lee import SharedLatent, concrete_tc_decomposition
     torch.manual_seed(0)
     latent = SharedLatent.from_options(CONCRETE, 6)
@@ -405,7 +406,8 @@ def categorical_factor_data(n, seed, n_mod=3, dim=5):
 def test_dmvae_lee_concrete_c_recovers_a_categorical_shared_factor_from_every_single_modality():
     """Would fail for a c unused (uniform) or not shared: the class read off q(c | x_m) of every single
     modality must be nearly pure, and cross-modal generation must beat the mean predictor."""
-    from mdgm_ros.core import impute, training
+    from mdgm_ros.core import impute
+    from mdgm_ros.core.engine import loop as training
     torch.set_num_threads(1)
     torch.manual_seed(0)
     specs = tuple(ModalitySpec(f"m{j}", "vector", (5,), scale=0.3, learn_scale=True, hidden=(16,)) for j in range(3))

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from mdgm_ros.core import bundle as bundle_mod
+from mdgm_ros.core.engine import bundle as bundle_mod
 
 from ros_env import ROOT, call, private_ros_env, spin_until, start, stop
 from test_fusion_node import _bundle

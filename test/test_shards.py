@@ -11,7 +11,7 @@ import torch
 from mdgm_ros.cli import main
 from mdgm_ros.config_files import config_path
 from mdgm_ros.core import MultimodalVAE, default_robot_modalities, load_bundle
-from mdgm_ros.core import training as core_training
+from mdgm_ros.core.engine import loop as core_training
 from mdgm_ros.data import cache
 from mdgm_ros.data.dataset import align_bag
 from mdgm_ros.data.shards import RowReader, ensure_shards

@@ -7,7 +7,7 @@ from torch import nn
 
 from mdgm_ros.core import ModalitySpec, ModelConfig, MultimodalVAE, SpecError, compute_objective
 from mdgm_ros.core import load_bundle, save_bundle
-from mdgm_ros.core import temporal as tp
+from mdgm_ros.core.engine import filter as tp
 from mdgm_ros.core.families import FamilyError
 from mdgm_ros.core.families.temporal import TRANSITION, sequence_objective
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mdgm_ros.core import temporal as tp
+from mdgm_ros.core.engine import filter as tp
 from mdgm_ros.core.families.temporal import TRANSITION
 
 from test_temporal import random_sequences, temporal_model

@@ -43,7 +43,7 @@ def _temporal_bundle(folder):
 
 def _expected_steps(model, raw_camera: np.ndarray, steps: int):
     """The k-th filter step (k = 1..steps) on the camera frame alone, from a fresh state."""
-    from mdgm_ros.core.temporal import TemporalFilter
+    from mdgm_ros.core.engine.filter import TemporalFilter
     live = TemporalFilter(model, horizon=HORIZON)
     mask = torch.tensor([[True, False, False, False]])
     raw = {"camera": torch.from_numpy(raw_camera)[None]}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mdgm_ros.core import load_bundle
-from mdgm_ros.core import temporal as tp
+from mdgm_ros.core.engine import filter as tp
 from mdgm_ros.core.families.temporal import TRANSITION, GRUTransition, Transition
 from mdgm_ros.training.trainer import run_training
 

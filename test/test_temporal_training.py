@@ -4,9 +4,10 @@ changes"."""
 import pytest
 import torch
 
-from mdgm_ros.core import ModalitySpec, ModelConfig, MultimodalVAE, impute, training
-from mdgm_ros.core import temporal as tp
-from mdgm_ros.core.synthetic_sequences import make_sequences
+from mdgm_ros.core import ModalitySpec, ModelConfig, MultimodalVAE, impute, train_sequences
+from mdgm_ros.core.engine import loop as training
+from mdgm_ros.core.engine import filter as tp
+from mdgm_ros.core.engine.synthetic_sequences import make_sequences
 
 SPECS = (ModalitySpec("joints", "vector", (8,), scale=0.3, learn_scale=True, hidden=(32, 32)),
          ModalitySpec("pose", "vector", (6,), scale=0.3, learn_scale=True, hidden=(32, 32)),
@@ -41,7 +42,7 @@ def trained():
         per_frame.set_normalization(name, temporal.specs[name].normalization)
     feats = training.normalize_features(temporal, feats)
     beta = training.BetaSchedule("linear", 0.0, 1.0, 200)
-    history = tp.train_sequences(temporal, as_sequences(feats, 128), mask.reshape(128, STEPS, -1),
+    history = train_sequences(temporal, as_sequences(feats, 128), mask.reshape(128, STEPS, -1),
                                  training.TrainConfig(epochs=EPOCHS, batch_size=32, lr=3e-3, beta=beta, seed=0))
     training.train(per_frame, feats, mask,
                    training.TrainConfig(epochs=EPOCHS, batch_size=128, lr=3e-3, beta=beta, seed=0))

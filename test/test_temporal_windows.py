@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from mdgm_ros.core.windows import gather_windows, runs, window_index
+from mdgm_ros.core.engine.windows import gather_windows, runs, window_index
 
 S = 1_000_000_000
 

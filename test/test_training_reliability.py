@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mdgm_ros.core import ModalitySpec, ModelConfig, MultimodalVAE, load_bundle, save_bundle
-from mdgm_ros.core.atomic import recover_dir
+from mdgm_ros.core.engine.atomic import recover_dir
 from mdgm_ros.data import dataset
 from mdgm_ros.training.config import TrainSettings
 from mdgm_ros.training.trainer import run_training

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mdgm_ros.core import ModalitySpec, ModelConfig, MultimodalVAE, compute_objective, iwae_log_likelihood
-from mdgm_ros.core import posterior as post
+from mdgm_ros.core.model import posterior as post
 from mdgm_ros.core.families import contrastive
 
 

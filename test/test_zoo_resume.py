@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from mdgm_ros.bench import zoo
-from mdgm_ros.core import training
+from mdgm_ros.core.engine import loop as training
 
 TIMINGS = ("train_seconds", "samples_per_s", "eval_seconds")
 

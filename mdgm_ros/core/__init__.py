@@ -1,22 +1,48 @@
-"""The pure model core: torch + numpy only (no rclpy, no ROS message types).
+"""The pure model core: torch + numpy only (no rclpy, no ROS message types), in three one-way floors.
 
-Modules: :mod:`.modalities` (typed specs), :mod:`.networks` (encoders/decoders, log-mel front end),
-:mod:`.posterior` (PoE / MoE / MoPoE aggregation), :mod:`.families` (one module per model family and
-the registry the rest of the code asks), :mod:`.export` (every network as an exportable part),
-:mod:`.model`, :mod:`.inference` (imputation, likelihoods, anomaly scores, the fusion step),
-:mod:`.bundle` (safe model bundles), :mod:`.training`, :mod:`.synthetic`, :mod:`.temporal` (the temporal
-family's filter, smoother, prediction and sequence training), :mod:`.synthetic_sequences`.
+- :mod:`.model`: modalities, networks, posteriors, likelihoods and estimators, the multimodal VAE, the
+  :class:`~.model.family.Family` interface and the family registry;
+- :mod:`.families`: the concrete families (one module each) and their shared helpers; importing the
+  package registers them;
+- :mod:`.engine`: the objective, the one training loop and sequence training, inference and anomaly
+  scores, the temporal filter, export, bundles and atomic file writes.
+
+Each floor imports only the floors below it. The names below are the public API.
 """
-from .bundle import Bundle, BundleError, load_bundle, save_bundle, verify_bundle
-from .families import (FAMILIES, OBJECTIVES, FamilyError, ObjectiveOutput, compute_objective, get_family,
-                       register_family)
-from .inference import (AnomalyCalibration, FusionResult, Fuser, Imputation, anomaly_scores,
-                        calibrate_anomaly, conditional_log_likelihood, impute, iwae_log_likelihood)
-from .modalities import AudioOptions, ModalitySpec, Normalization, SpecError, default_robot_modalities
-from .model import ModelConfig, MultimodalVAE
-from .networks import register_network
-from .temporal import FilterState, TemporalFilter, filter_sequence, train_sequences
-from .training import BetaSchedule, TrainConfig, Trainer, fit_normalization, select_device, train
+import importlib as _importlib
+import warnings as _warnings
+
+from .engine.bundle import Bundle, BundleError, load_bundle, save_bundle, verify_bundle
+from .engine.filter import FilterState, TemporalFilter, filter_sequence
+from .engine.inference import (AnomalyCalibration, FusionResult, Fuser, Imputation, anomaly_scores,
+                               calibrate_anomaly, conditional_log_likelihood, impute)
+from .engine.loop import BetaSchedule, TrainConfig, Trainer, fit_normalization, select_device, train
+from .engine.objective import compute_objective
+from .engine.sequence import train_sequences
+from .families import OBJECTIVES
+from .model import (FAMILIES, AudioOptions, FamilyError, ModalitySpec, ModelConfig, MultimodalVAE, Normalization,
+                    ObjectiveOutput, SpecError, default_robot_modalities, get_family, register_family,
+                    register_network)
+from .model.estimators import iwae_log_likelihood
+
+# modules of the core before it was split into floors: still importable from here for one release
+_MOVED = {
+    "anomaly": "engine.anomaly", "atomic": "engine.atomic", "bundle": "engine.bundle", "concrete": "model.concrete",
+    "export": "engine.export", "inference": "engine.inference", "latent_distributions": "model.latent_distributions",
+    "likelihoods": "model.likelihoods", "metrics": "engine.metrics", "modalities": "model.modalities",
+    "networks": "model.networks", "posterior": "model.posterior", "synthetic": "engine.synthetic",
+    "synthetic_sequences": "engine.synthetic_sequences", "temporal": "engine.filter", "training": "engine.loop",
+    "windows": "engine.windows",
+}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        _warnings.warn(f"mdgm_ros.core.{name} is now mdgm_ros.core.{_MOVED[name]}; the old name goes in the "
+                       "next release", DeprecationWarning, stacklevel=2)
+        return _importlib.import_module(f"{__name__}.{_MOVED[name]}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AnomalyCalibration", "AudioOptions", "FAMILIES", "FamilyError", "get_family", "register_family",

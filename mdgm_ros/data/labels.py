@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ..core.atomic import current_umask
+from ..core.engine.atomic import current_umask
 
 
 @dataclass(frozen=True)

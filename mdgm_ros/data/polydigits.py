@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.modalities import ModalitySpec
+from ..core.model.modalities import ModalitySpec
 
 SIZE = 16
 DIGIT = 12

@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..core import ModalitySpec
-from ..core.atomic import fsync_path, recover_dir, replace_dir
+from ..core.engine.atomic import fsync_path, recover_dir, replace_dir
 from ..streams.params import FusionParams
 from . import bags
 from .cache import cache_root, touch

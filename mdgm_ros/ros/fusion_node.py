@@ -37,9 +37,9 @@ from std_srvs.srv import Trigger
 from ..streams import bridge
 from ..streams.alignment import Aligner, PushResult
 from ..core import Bundle, BundleError, Fuser, load_bundle, select_device
-from ..core.bundle import within_roots
-from ..core.training import autocast_dtype
-from ..core.temporal import TemporalFilter, is_temporal, options_of
+from ..core.engine.bundle import within_roots
+from ..core.engine.loop import autocast_dtype
+from ..core.engine.filter import TemporalFilter, is_temporal, options_of
 from ..streams.params import (FusionParams, ParameterError, blocked_while_configured, check_against_bundle,
                               declare_fusion_params, fusion_params_with, resolve_bundle, unknown_overrides)
 from ..streams.kinds import Stream, make_stream

@@ -23,7 +23,7 @@ import numpy as np
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 
-from ..core.anomaly import describe as describe_scores
+from ..core.engine.anomaly import describe as describe_scores
 from ..msg import AnomalyScores, ImputedArray, Latent, LatentPrediction, ModelInfo
 from ..streams import bridge
 from ..streams.kinds import Stream

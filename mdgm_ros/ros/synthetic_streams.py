@@ -22,7 +22,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, String
 
 from ..streams import bridge
-from ..core import synthetic
+from ..core.engine import synthetic
 from ..streams.params import PANDA_JOINTS
 from .guard import GuardedNode, node_main, until_shutdown
 

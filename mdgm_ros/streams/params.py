@@ -12,7 +12,7 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from ..core import ModalitySpec
-from ..core.training import PRECISIONS
+from ..core.engine.loop import PRECISIONS
 
 MESSAGE_TYPES = {  # message_type -> the model kinds it can feed
     "image": ("image",), "compressed_image": ("image",), "joint_state": ("vector",),

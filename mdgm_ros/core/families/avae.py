@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import torch
 from torch import nn
 
-from .. import posterior as post
-from .base import Properties, Stage
-from .common import ObjectiveOutput
+from ..model import posterior as post
+from ..model.family import Properties, Stage
+from ..model.family import ObjectiveOutput
 from .coordinated import INFERENCE, CoordinatedFamily, masked
 from .scan import pivot_name
 
 if TYPE_CHECKING:
-    from ..model import MultimodalVAE
+    from ..model.vae import MultimodalVAE
 
 
 class Associator(nn.Module):

@@ -19,9 +19,9 @@ from typing import Mapping
 
 import torch
 
-from ..model import MultimodalVAE
-from .base import Properties
-from .common import ObjectiveOutput
+from ..model.vae import MultimodalVAE
+from ..model.family import Properties
+from ..model.family import ObjectiveOutput
 from .coordinated import INFERENCE, CoordinatedFamily, pairwise_sum, unimodal_terms, weighted_loglik
 
 

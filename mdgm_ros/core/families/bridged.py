@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import torch
 from torch import nn
 
-from .base import FamilyError, Properties, Stage
-from .common import ObjectiveOutput
+from ..model.family import FamilyError, Properties, Stage
+from ..model.family import ObjectiveOutput
 from .surrogate import SurrogateFamily, joint_terms, masked, unit_elbos
 
 if TYPE_CHECKING:
-    from ..model import MultimodalVAE
+    from ..model.vae import MultimodalVAE
 
 
 class Bridge(nn.Module):

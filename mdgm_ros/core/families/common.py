@@ -1,23 +1,11 @@
-"""Pieces shared by the objective families: the result type and masked reconstruction sums."""
+"""Pieces shared by the objective families: masked reconstruction sums and DReG weights."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
 
-from ..model import MultimodalVAE
-
-
-@dataclass
-class ObjectiveOutput:
-    """``loss`` is per sample (B,) and is minimised; ``terms`` holds per-sample diagnostics (B,).
-
-    Reduction is explicit and the same everywhere: per-sample values, then the caller takes the mean.
-    """
-
-    loss: torch.Tensor
-    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+from ..model.vae import MultimodalVAE
 
 
 def weighted_reconstruction(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], z: torch.Tensor,

@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
-from .common import ObjectiveOutput
+from ..model.estimators import iwae_log_likelihood
+from ..model.family import ObjectiveOutput
 
 if TYPE_CHECKING:
-    from ..model import MultimodalVAE
+    from ..model.vae import MultimodalVAE
 
 DEFAULTS = {"weight": 1.0, "negatives": 4, "K": 4}
 
@@ -49,7 +50,6 @@ def checked_options(options: Any) -> dict[str, Any]:
 def pair_log_likelihood(model: "MultimodalVAE", x_i: torch.Tensor, x_j: torch.Tensor, i: int, j: int, K: int,
                         generator: torch.Generator | None) -> torch.Tensor:
     """IWAE log p̂(x_i, x_j) per row with the posterior given the pair: (P,)."""
-    from ..inference import iwae_log_likelihood
 
     rows = x_i.shape[0]
     mask = torch.zeros((rows, len(model.names)), dtype=torch.bool, device=x_i.device)

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 import torch
 
-from .. import posterior as post
-from .base import Family
+from ..model import posterior as post
+from ..model.family import Family
 
 if TYPE_CHECKING:
-    from ..model import MultimodalVAE
+    from ..model.vae import MultimodalVAE
 
 INFERENCE = "× (one modality: its own q(z|x_m); several: PoE of the unimodal posteriors, no prior)"
 

@@ -40,14 +40,15 @@ from typing import TYPE_CHECKING, Mapping
 import torch
 from torch import nn
 
-from .. import posterior as post
-from .base import Properties
-from .common import ObjectiveOutput
+from ..model import posterior as post
+from ..model.family import Properties
+from ..model.family import ExportPart
+from ..model.family import ObjectiveOutput
 from .private import PrivateFamily, private_kl, private_reconstruction
 from .surrogate import masked
 
 if TYPE_CHECKING:
-    from ..model import MultimodalVAE
+    from ..model.vae import MultimodalVAE
 
 DISCRIMINATOR = "tc_discriminator"
 
@@ -161,7 +162,6 @@ class DaunhawerFamily(PrivateFamily):
         return {} if loss is None else {"discriminator_bce": loss}
 
     def extra_export_parts(self, model: "MultimodalVAE", feats: Mapping[str, torch.Tensor]):
-        from ..export import ExportPart
         batch = next(iter(feats.values())).shape[0]
         codes = torch.zeros(batch, model.latent_dim + len(model.names) * model.private_dim, device=model.device)
         return [ExportPart("onnx_tc_discriminator", model.extra[DISCRIMINATOR], (codes,), ["codes"], ["logit"])]

@@ -47,12 +47,12 @@ from typing import Any, Mapping
 
 import torch
 
-from .. import concrete
-from .. import posterior as post
-from ..model import MultimodalVAE
-from ..modalities import SpecError
-from .base import Properties
-from .common import ObjectiveOutput
+from ..model import concrete
+from ..model import posterior as post
+from ..model.vae import MultimodalVAE
+from ..model.modalities import SpecError
+from ..model.family import Properties
+from ..model.family import ObjectiveOutput
 from .private import PrivateFamily, private_reconstruction
 from .surrogate import masked
 

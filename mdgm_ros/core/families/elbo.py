@@ -14,10 +14,11 @@ from typing import Mapping
 
 import torch
 
-from .. import posterior as post
-from ..model import MultimodalVAE
-from .base import Family, Properties
-from .common import ObjectiveOutput, weighted_reconstruction
+from ..model import posterior as post
+from ..model.vae import MultimodalVAE
+from ..model.family import Family, Properties
+from ..model.family import ObjectiveOutput
+from .common import weighted_reconstruction
 
 
 def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,

@@ -14,9 +14,9 @@ from typing import Mapping
 
 import torch
 
-from ..model import MultimodalVAE
-from .base import Properties
-from .common import ObjectiveOutput
+from ..model.vae import MultimodalVAE
+from ..model.family import Properties
+from ..model.family import ObjectiveOutput
 from .surrogate import SurrogateFamily, joint_terms, joint_to_unit_kls, unit_elbos
 
 

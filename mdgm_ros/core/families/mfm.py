@@ -30,20 +30,21 @@ one modality: its surrogate; other subsets: product of the surrogates), s_m: q(s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import torch
 from torch import nn
 
-from .. import posterior as post
-from .base import Properties
-from .common import ObjectiveOutput
+from ..model import posterior as post
+from ..model.family import Properties
+from ..model.family import ExportPart
+from ..model.family import ObjectiveOutput
 from .private import PrivateFamily, private_reconstruction
 from .surrogate import SurrogateFamily, joint_row, masked
-from .tian import LABELS
+from ..model.family import LABELS
 
 if TYPE_CHECKING:
-    from ..model import MultimodalVAE
+    from ..model.vae import MultimodalVAE
 
 
 def prior_samples(n: int, dim: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -101,7 +102,7 @@ def objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: t
 
 @dataclass(frozen=True)
 class MFMFamily(PrivateFamily, SurrogateFamily):
-    uses_labels: bool = True
+    uses_labels: ClassVar[bool] = True
 
     def build_networks(self, model: "MultimodalVAE") -> dict[str, nn.Module]:
         n_labels = int(model.config.objective_options.get("n_labels", 16))
@@ -112,7 +113,6 @@ class MFMFamily(PrivateFamily, SurrogateFamily):
                 "the surrogates; s_m: q(s_m|x_m), missing s_m: N(0, I)")
 
     def extra_export_parts(self, model: "MultimodalVAE", feats: Mapping[str, torch.Tensor]) -> list[Any]:
-        from ..export import ExportPart
         batch = next(iter(feats.values())).shape[0]
         c = torch.zeros(batch, model.latent_dim, device=model.device)
         return [ExportPart("onnx_label_head", model.extra["label_head"], (c,), ["z"], ["logits"])]

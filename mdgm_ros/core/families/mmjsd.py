@@ -15,10 +15,11 @@ from typing import Mapping
 
 import torch
 
-from .. import posterior as post
-from ..model import MultimodalVAE
-from .base import Family, Properties
-from .common import ObjectiveOutput, masked_mean_over_experts, weighted_reconstruction
+from ..model import posterior as post
+from ..model.vae import MultimodalVAE
+from ..model.family import Family, Properties
+from ..model.family import ObjectiveOutput
+from .common import masked_mean_over_experts, weighted_reconstruction
 
 
 def dynamic_prior(mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor

@@ -20,10 +20,11 @@ from typing import Mapping
 
 import torch
 
-from .. import posterior as post
-from ..model import MultimodalVAE
-from .base import Properties
-from .common import ObjectiveOutput, masked_mean_over_experts
+from ..model import posterior as post
+from ..model.vae import MultimodalVAE
+from ..model.family import Properties
+from ..model.family import ObjectiveOutput
+from .common import masked_mean_over_experts
 from .mmjsd import jensen_shannon
 from .private import PrivateFamily, private_kl, private_reconstruction
 

@@ -42,11 +42,11 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..latent_distributions import GAUSSIAN, GaussianLatent, LearnedScalePrior, distribution_named
-from ..model import MultimodalVAE
-from .base import Family, FamilyError, Properties
-from .common import (ObjectiveOutput, dreg_surrogate, dreg_weights, masked_mean_over_experts,
-                     weighted_reconstruction)
+from ..model.latent_distributions import GAUSSIAN, GaussianLatent, LearnedScalePrior, distribution_named
+from ..model.vae import MultimodalVAE
+from ..model.family import Family, FamilyError, Properties
+from ..model.family import ObjectiveOutput
+from .common import dreg_surrogate, dreg_weights, masked_mean_over_experts, weighted_reconstruction
 
 
 PRIOR = "prior"

@@ -38,14 +38,15 @@ from typing import TYPE_CHECKING, Mapping
 import torch
 from torch import nn
 
-from ..latent_distributions import GAUSSIAN, GaussianLatent, LearnedScalePrior
-from .base import FamilyError, Properties
-from .common import ObjectiveOutput, dreg_surrogate, dreg_weights, masked_mean_over_experts
+from ..model.latent_distributions import GAUSSIAN, GaussianLatent, LearnedScalePrior
+from ..model.family import FamilyError, Properties
+from ..model.family import ObjectiveOutput
+from .common import dreg_surrogate, dreg_weights, masked_mean_over_experts
 from .mmvae import PRIOR, check_learn_prior, learns_prior, model_distribution
 from .private import PrivateFamily, private_reconstruction
 
 if TYPE_CHECKING:
-    from ..model import MultimodalVAE
+    from ..model.vae import MultimodalVAE
 
 
 GENERATION_PRIORS = ("aux", "joint")

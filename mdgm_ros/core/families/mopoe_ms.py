@@ -23,10 +23,10 @@ from typing import Mapping
 
 import torch
 
-from .. import posterior as post
-from ..model import MultimodalVAE
-from .base import Properties
-from .common import ObjectiveOutput
+from ..model import posterior as post
+from ..model.vae import MultimodalVAE
+from ..model.family import Properties
+from ..model.family import ObjectiveOutput
 from .mopoe import kl_upper_bound
 from .private import PrivateFamily, private_kl, private_reconstruction
 

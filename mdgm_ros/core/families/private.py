@@ -14,22 +14,22 @@ p(s_m), or MMVAE+'s auxiliary prior r_m) -- its mean when decoding the posterior
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, ClassVar, Mapping
 
 import torch
 
-from .. import posterior as post
-from .base import Family
+from ..model import posterior as post
+from ..model.family import Family
 
 if TYPE_CHECKING:
-    from ..model import MultimodalVAE
+    from ..model.vae import MultimodalVAE
 
 
 @dataclass(frozen=True)
 class PrivateFamily(Family):
     """A family with a private latent s_m per modality beside the shared c."""
 
-    private_latent_dims: int = 4          # default size of each s_m (``ModelConfig.private_dim``)
+    private_latent_dims: ClassVar[int] = 4          # default size of each s_m (``ModelConfig.private_dim``)
 
     def closed_form_poe(self, model: "MultimodalVAE") -> bool:
         return False                      # self-reconstruction needs s_m: the Fuser's general path

@@ -31,15 +31,16 @@ from typing import TYPE_CHECKING, Mapping
 import torch
 from torch import nn
 
-from .. import posterior as post
-from ..networks import build_network
-from .base import Properties
-from .common import ObjectiveOutput
+from ..model import posterior as post
+from ..model.networks import build_network
+from ..model.family import Properties
+from ..model.family import ExportPart
+from ..model.family import ObjectiveOutput
 from .private import PrivateFamily, private_reconstruction
 from .surrogate import SurrogateFamily, joint_row, masked
 
 if TYPE_CHECKING:
-    from ..model import MultimodalVAE
+    from ..model.vae import MultimodalVAE
 
 JOINT_PRIVATE = "joint_private"
 
@@ -148,7 +149,6 @@ class PVAEFamily(PrivateFamily, SurrogateFamily):
                 "s_m: q(s_m|X) on complete rows, else q(s_m|x_m); missing s_m: N(0, I)")
 
     def extra_export_parts(self, model: "MultimodalVAE", feats: Mapping[str, torch.Tensor]):
-        from ..export import ExportPart
         return [ExportPart("onnx_joint_private_encoder", model.extra[JOINT_PRIVATE],
                            tuple(feats[n] for n in model.names), [f"features_{n}" for n in model.names],
                            ["mu", "logvar"])]

@@ -29,14 +29,14 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import torch
 from torch import nn
 
-from .. import posterior as post
-from ..networks import build_network
-from .base import FamilyError, Properties, Stage
-from .common import ObjectiveOutput
+from ..model import posterior as post
+from ..model.networks import build_network
+from ..model.family import FamilyError, Properties, Stage
+from ..model.family import ObjectiveOutput
 from .coordinated import INFERENCE, CoordinatedFamily, masked, unimodal_terms
 
 if TYPE_CHECKING:
-    from ..model import ModelConfig, MultimodalVAE
+    from ..model.vae import ModelConfig, MultimodalVAE
 
 
 def pivot_name(config: "ModelConfig") -> str:

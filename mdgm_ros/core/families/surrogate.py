@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
-from .. import posterior as post
-from .base import Family, FamilyError
-from .common import ObjectiveOutput, weighted_reconstruction
+from ..model import posterior as post
+from ..model.family import Family, FamilyError
+from ..model.family import ObjectiveOutput
+from .common import weighted_reconstruction
 
 if TYPE_CHECKING:
-    from ..model import ModelConfig, MultimodalVAE
+    from ..model.vae import ModelConfig, MultimodalVAE
 
 
 @dataclass(frozen=True)

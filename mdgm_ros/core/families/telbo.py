@@ -16,9 +16,9 @@ from typing import Mapping
 
 import torch
 
-from ..model import MultimodalVAE
-from .base import Properties, Stage
-from .common import ObjectiveOutput
+from ..model.vae import MultimodalVAE
+from ..model.family import Properties, Stage
+from ..model.family import ObjectiveOutput
 from .surrogate import SurrogateFamily, joint_terms, unit_elbos
 
 

@@ -49,19 +49,20 @@ Options (``ModelConfig.objective_options``): ``action_dim`` (size of u_t, 0 = no
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import torch
 from torch import nn
 
-from .. import posterior as post
-from ..modalities import SpecError
-from .base import Family, Properties
-from .common import ObjectiveOutput, weighted_reconstruction
+from ..model import posterior as post
+from ..model.modalities import SpecError
+from ..model.family import Family, Properties
+from ..model.family import ExportPart, ObjectiveOutput
+from .common import weighted_reconstruction
 from .private import PrivateFamily
 
 if TYPE_CHECKING:
-    from ..model import MultimodalVAE
+    from ..model.vae import MultimodalVAE
 
 TRANSITION = "transition"
 INITIAL_TRANSITION_LOGVAR = -3.0
@@ -337,18 +338,29 @@ def frame_objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], m
 class TemporalFamily(Family):
     """The per-frame rule is the PoE with N(0, I) (the first filter step); the transition is the
     family's extra network. ``temporal`` tells the rest of the code to run the filter of
-    :mod:`mdgm_ros.core.temporal` when it has consecutive samples."""
+    :mod:`mdgm_ros.core.engine.filter` when it has consecutive samples."""
 
-    temporal: bool = True
+    temporal: ClassVar[bool] = True
 
     def build_networks(self, model: "MultimodalVAE") -> dict[str, nn.Module]:
         options = TemporalOptions.from_config(model.config.objective_options)
         cls = TRANSITIONS[options.transition]
         return {TRANSITION: cls(state_dim(model), options.action_dim, options.transition_hidden)}
 
+    def extra_export_parts(self, model: "MultimodalVAE", feats: Mapping[str, torch.Tensor]) -> list[ExportPart]:
+        """The transition p(z_t | z_{t-1}, u_t): z (and u) -> mean, logvar."""
+        batch = next(iter(feats.values())).shape[0]
+        z = torch.zeros(batch, state_dim(model), device=model.device)     # the filter's state
+        action_dim = options_of(model).action_dim
+        if action_dim:
+            args, inputs = (z, torch.zeros(batch, action_dim, device=model.device)), ["z", "u"]
+        else:
+            args, inputs = (z,), ["z"]
+        return [ExportPart("onnx_transition", model.extra[TRANSITION], args, inputs, ["mean", "logvar"])]
+
 
 def is_temporal(model: "MultimodalVAE") -> bool:
-    return bool(getattr(model.family, "temporal", False))
+    return bool(model.family.temporal)
 
 
 FAMILY = TemporalFamily(

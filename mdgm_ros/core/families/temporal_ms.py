@@ -41,13 +41,13 @@ from typing import TYPE_CHECKING, Mapping
 
 import torch
 
-from .. import posterior as post
-from .base import Properties
+from ..model import posterior as post
+from ..model.family import Properties
 from .private import PrivateFamily
 from .temporal import TemporalFamily, frame_objective
 
 if TYPE_CHECKING:
-    from ..model import MultimodalVAE
+    from ..model.vae import MultimodalVAE
 
 
 @dataclass(frozen=True)

@@ -32,21 +32,19 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, ClassVar, Mapping
 
 import torch
 from torch import nn
 
-from .. import posterior as post
-from .base import Properties, Stage
-from .common import ObjectiveOutput
+from ..model import posterior as post
+from ..model.family import Properties, Stage
+from ..model.family import ObjectiveOutput
+from ..model.family import LABELS
 from .coordinated import INFERENCE, CoordinatedFamily, masked
 
 if TYPE_CHECKING:
-    from ..model import MultimodalVAE
-
-LABELS = "__labels__"
-
+    from ..model.vae import MultimodalVAE
 
 class Bridge(nn.Module):
     """The shared VAE's modality-conditioned encoder (z_m, m) -> q(u) and decoder (u, m) -> z_m."""
@@ -145,7 +143,7 @@ def shared_terms(model, feats, mask, own, observed, beta, generator, omega, kapp
 
 @dataclass(frozen=True)
 class TianFamily(CoordinatedFamily):
-    uses_labels: bool = True
+    uses_labels: ClassVar[bool] = True
 
     def build_networks(self, model: "MultimodalVAE") -> dict[str, nn.Module]:
         options = model.config.objective_options

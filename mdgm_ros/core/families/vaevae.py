@@ -15,9 +15,9 @@ from typing import Mapping
 
 import torch
 
-from ..model import MultimodalVAE
-from .base import Properties
-from .common import ObjectiveOutput
+from ..model.vae import MultimodalVAE
+from ..model.family import Properties
+from ..model.family import ObjectiveOutput
 from .m2vae import surrogate_objective
 from .surrogate import SurrogateFamily
 

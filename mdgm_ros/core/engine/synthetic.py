@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .modalities import ModalitySpec
+from ..model.modalities import ModalitySpec
 
 
 @dataclass

@@ -10,17 +10,41 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import nn
 
-from .. import posterior as post
-from ..latent_distributions import GaussianLatent, distribution_named
-from .common import ObjectiveOutput
+from . import posterior as post
+from .latent_distributions import GaussianLatent, distribution_named
 
 if TYPE_CHECKING:
-    from ..model import ModelConfig, MultimodalVAE
+    from .vae import ModelConfig, MultimodalVAE
+
+# the batch entry of per-row class labels (-1: none), for families that use labels (``uses_labels``)
+LABELS = "__labels__"
+
+
+@dataclass
+class ObjectiveOutput:
+    """``loss`` is per sample (B,) and is minimised; ``terms`` holds per-sample diagnostics (B,).
+
+    Reduction is explicit and the same everywhere: per-sample values, then the caller takes the mean.
+    """
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class ExportPart:
+    """One network as an exportable part (ONNX), for the engine's export and the bundle."""
+
+    stem: str                       # file name stem, e.g. "onnx_camera_encoder"
+    module: nn.Module
+    args: tuple[torch.Tensor, ...]
+    inputs: list[str]
+    outputs: list[str]
 
 
 class FamilyError(ValueError):
@@ -85,6 +109,43 @@ class Family:
     # how the family's reference implementation trains where it departs from the benchmark's
     # defaults (keys of REFERENCE_TRAINING_KEYS); ``bench zoo`` trains the family with it
     reference_training: Mapping[str, Any] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- capabilities
+    # What the rest of the code asks a family, declared here with their defaults (a family overrides
+    # them as fields or methods, never through an undeclared attribute):
+    uses_labels: ClassVar[bool] = False        # its objective reads the batch's LABELS entry
+    temporal: ClassVar[bool] = False           # a state-space family (the engine's filter and sequence training)
+    private_latent_dims: ClassVar[int] = 0     # default size of each modality's private latent s_m
+
+    def modality_latent(self, model: "MultimodalVAE", name: str, z: torch.Tensor) -> torch.Tensor:
+        """Map the shared z into modality ``name``'s own latent space before decoding (identity by
+        default; families whose modalities have latent spaces of their own override it)."""
+        return z
+
+    @property
+    def own_latent_spaces(self) -> bool:
+        """Does the family map z into per-modality spaces (:meth:`modality_latent` overridden)?"""
+        return type(self).modality_latent is not Family.modality_latent
+
+    def extra_export_parts(self, model: "MultimodalVAE", feats: Mapping[str, torch.Tensor]) -> list[ExportPart]:
+        """The family's networks beyond encoders, decoders and subset encoders, as exportable parts."""
+        return []
+
+    def option_types(self) -> dict[str, Any] | None:
+        """The typed objective options: name -> (annotation, default) from the objective function's
+        signature (plus the common options); None where the function takes ``**kwargs``."""
+        names = self.option_names()
+        if names is None:
+            return None
+        params = inspect.signature(self.objective_fn).parameters
+        out = {}
+        for name in names:
+            p = params.get(name)
+            default = self.option_defaults.get(name, None if p is None or p.default is p.empty else p.default)
+            annotation = "Any" if p is None or p.annotation is p.empty else p.annotation
+            out[name] = (annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation)),
+                         default)
+        return out
 
     # ---------------------------------------------------------------- description
     @property

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from . import synthetic
-from .modalities import ModalitySpec
+from ..model.modalities import ModalitySpec
 
 
 @dataclass

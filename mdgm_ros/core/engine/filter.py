@@ -1,4 +1,4 @@
-"""Inference and training for the temporal family (:mod:`mdgm_ros.core.families.temporal`).
+"""The filter of the temporal family (:mod:`mdgm_ros.core.families.temporal`).
 
 Filtering keeps a diagonal Gaussian belief over z_t. One step: predict with the transition, then
 multiply the prediction with the experts of the observed modalities (PoE, any subset, the empty one
@@ -17,7 +17,7 @@ API, in normalised feature units (``model.features``/``model.normalize`` give th
   :func:`impute_sequence` (imputation with memory), :func:`predictive_nll_sequence` (one-step
   predictive anomaly NLL per modality), :func:`calibrate_predictive_anomaly`;
 - k-step prediction: :func:`predict_ahead` (latents), :func:`decode_latents` (modalities);
-- training on windows: :func:`train_sequences` (the family's sequence ELBO).
+- training on windows: :mod:`.sequence`.
 """
 from __future__ import annotations
 
@@ -28,17 +28,12 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from . import posterior as post
-from .families.base import FamilyError
-from .families.temporal import (TRANSITION, check_actions, decode_state, flatten_steps, is_temporal,
-                                modality_state_expert, options_of, poe_with_prior, private_block, sequence_experts,
-                                sequence_objective, state_coverage, state_dim, state_experts)
+from ..model import posterior as post
+from ..model.family import FamilyError
+from ..families.temporal import TRANSITION, check_actions, decode_state, flatten_steps, is_temporal, modality_state_expert, options_of, poe_with_prior, private_block, sequence_experts, sequence_objective, state_coverage, state_dim, state_experts
 from .anomaly import empty_surprise, stream_surprise
-from .inference import (AnomalyCalibration, FusionResult, Imputation, as_float32, calibration_from_nll,
-                        mixed_precision_call, standardize_scores)
-from .model import MultimodalVAE
-from .training import EpochRecord, TrainConfig, Trainer, _batches
-from .windows import gather_windows
+from .inference import AnomalyCalibration, FusionResult, Imputation, as_float32, calibration_from_nll, mixed_precision_call, standardize_scores
+from ..model.vae import MultimodalVAE
 
 
 def require_temporal(model: MultimodalVAE) -> None:
@@ -459,121 +454,10 @@ class TemporalFilter:
             result.imputed[name] = Imputation(model.denormalize(name, imputed.mean), imputed.std * std_scale)
 
 
-# --------------------------------------------------------------------------- training
-def _gather(values: Mapping[str, torch.Tensor], mask: torch.Tensor, windows: torch.Tensor,
-            actions: torch.Tensor | None, device: torch.device
-            ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
-    """Rows -> (B, T, ...) windows on ``device`` (padded steps: zeros, nothing observed)."""
-    feats, seq_mask = gather_windows(values, mask, windows)
-    act = None
-    if actions is not None:
-        act = gather_windows({"u": actions}, mask, windows)[0]["u"].to(device)
-    return {k: v.to(device) for k, v in feats.items()}, seq_mask.to(device), act
-
-
-@torch.no_grad()
-def sequence_loss(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
-                  actions: torch.Tensor | None = None, beta: float = 1.0, batch_size: int = 64,
-                  seed: int = 0, windows: torch.Tensor | None = None) -> float:
-    """Mean loss per step of the windows (the filter from the full observed sets: p_full = 1, no
-    outages). Without ``windows``, ``feats``/``mask``/``actions`` are already (N, T, ...) sequences;
-    with them, they are rows and ``windows`` (W, T) indexes them."""
-    model.eval()
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    if windows is None:
-        n, steps = mask.shape[:2]
-        feats = {k: v.reshape(n * steps, *v.shape[2:]) for k, v in feats.items()}
-        actions = None if actions is None else actions.reshape(n * steps, -1)
-        mask, windows = mask.reshape(n * steps, -1), torch.arange(n * steps).reshape(n, steps)
-    total = 0.0
-    for start in range(0, windows.shape[0], batch_size):
-        part, m, act = _gather(feats, mask, windows[start:start + batch_size], actions, model.device)
-        out = sequence_objective(model, part, m, act, beta, generator, p_full=1.0, p_empty=0.0, p_outage=0.0)
-        total += float(out.loss.sum())
-    return total / max(windows.numel(), 1)
-
-
-class SequenceTrainer(Trainer):
-    """:class:`~mdgm_ros.core.training.Trainer` for the temporal family: batches of windows of T
-    consecutive rows (``windows`` (W, T) row indices, -1 for padding, see :mod:`.windows`), the sequence
-    ELBO, the same checkpointable state (optimizer, epoch, step, RNGs) and stages. :meth:`run_epoch`
-    takes per-row features and masks, so the windows share memory with the rows. Losses in the records
-    are per step (per-sequence loss / T), comparable with the per-frame trainer's per-sample losses.
-    ``actions``: per-row u_t (N, U), ``val_actions`` the same for the validation rows."""
-
-    def __init__(self, model: MultimodalVAE, config: TrainConfig, windows, val_windows=None,
-                 actions: torch.Tensor | None = None, val_actions: torch.Tensor | None = None):
-        require_temporal(model)
-        options_of(model)
-        super().__init__(model, config)
-        self.windows = torch.as_tensor(windows, dtype=torch.long)
-        self.val_windows = None if val_windows is None else torch.as_tensor(val_windows, dtype=torch.long)
-        self.actions, self.val_actions = actions, val_actions
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return -(-int(self.windows.shape[0]) // self.config.batch_size)
-
-    def _train_batches(self, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
-                       val: tuple[Mapping[str, torch.Tensor], torch.Tensor] | None,
-                       on_batch: Callable[[int, int], None] | None, stage: str | None) -> EpochRecord:
-        model, config = self.model, self.config
-        started, sums, seen = time.perf_counter(), {"loss": 0.0}, 0
-        batches = _batches(self.windows.shape[0], config.batch_size, self.cpu_gen)
-        for done, idx in enumerate(batches, 1):
-            part, m, act = _gather(feats, mask, self.windows[idx], self.actions, model.device)
-            out = self.train_step(part, m, stage, objective=lambda b, mm, beta, generator, stage, a=act:
-                                  sequence_objective(model, b, mm, a, beta, generator))   # AMP, clipping
-            seen += int(m.shape[0] * m.shape[1])
-            sums["loss"] += float(out.loss.detach().sum())
-            for key, value in out.terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value.sum())
-            if on_batch is not None:
-                on_batch(done, len(batches))
-        val_loss = None
-        if val is not None:
-            windows = self.val_windows
-            if windows is None:
-                raise ValueError("validation rows need val_windows")
-            val_loss = sequence_loss(model, val[0], val[1], self.val_actions, config.beta(self.step),
-                                     seed=config.seed, windows=windows)
-        return EpochRecord(self.epoch, sums.pop("loss") / max(seen, 1), val_loss, config.beta(self.step),
-                           time.perf_counter() - started, {k: v / max(seen, 1) for k, v in sums.items()},
-                           self.stage.name)
-
-
-def train_sequences(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
-                    config: TrainConfig, actions: torch.Tensor | None = None,
-                    val: tuple[Mapping[str, torch.Tensor], torch.Tensor] | None = None,
-                    on_epoch: Callable[[EpochRecord], bool | None] | None = None) -> list[EpochRecord]:
-    """Minimise the sequence loss over sequences: normalised features (N, T, ...), masks (N, T, M),
-    actions (N, T, U) or None; ``val`` sequences the same way (without actions). Losses per step."""
-    n, steps = mask.shape[:2]
-    rows = {k: v.reshape(n * steps, *v.shape[2:]) for k, v in feats.items()}
-    flat_actions = None if actions is None else actions.reshape(n * steps, -1)
-    val_rows = val_windows = None
-    if val is not None:
-        vn, vsteps = val[1].shape[:2]
-        val_rows = ({k: v.reshape(vn * vsteps, *v.shape[2:]) for k, v in val[0].items()},
-                    val[1].reshape(vn * vsteps, -1))
-        val_windows = torch.arange(vn * vsteps).reshape(vn, vsteps)
-    trainer = SequenceTrainer(model, config, torch.arange(n * steps).reshape(n, steps), val_windows,
-                              flat_actions)
-    history: list[EpochRecord] = []
-    while trainer.epoch < config.epochs:
-        record = trainer.run_epoch(rows, mask.reshape(n * steps, -1), val_rows)
-        history.append(record)
-        if on_epoch is not None and on_epoch(record):
-            break
-    model.eval()
-    return history
-
-
 __all__ = [
     "FilterState", "FilteredSequence", "Prediction", "StepResult", "TemporalFilter", "TemporalFusionResult",
     "calibrate_predictive_anomaly", "calibration_from_nll", "decode_latents", "filter_sequence",
     "filter_step", "impute_sequence", "initial_state", "predict", "predict_ahead", "predictive_nll",
     "predictive_nll_sequence", "predictive_surprise", "predictive_surprise_sequence", "propagate",
     "require_temporal", "reset_state", "smooth_fixed_lag",
-    "train_sequences", "sequence_loss", "SequenceTrainer",
 ]

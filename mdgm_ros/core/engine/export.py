@@ -9,21 +9,11 @@ instead of assuming one encoder per modality.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from .model import MultimodalVAE
-
-
-@dataclass
-class ExportPart:
-    stem: str                       # file name stem, e.g. "onnx_camera_encoder"
-    module: nn.Module
-    args: tuple[torch.Tensor, ...]
-    inputs: list[str]
-    outputs: list[str]
+from ..model.family import ExportPart
+from ..model.vae import MultimodalVAE
 
 
 class UnimodalPosterior(nn.Module):
@@ -57,7 +47,7 @@ def export_parts(model: MultimodalVAE, batch: int = 2) -> list[ExportPart]:
     z = torch.zeros(batch, model.latent_dim + model.private_dim, device=device)    # [c, s_m] with private latents
     parts = []
     for name in model.names:
-        own_space = getattr(model.family, "modality_latent", None) is not None
+        own_space = model.family.own_latent_spaces
         encoder = model.encoders[name] if name in model.encoders and not own_space else None
         if encoder is None and model.family.unimodal_encoder(model, name) is not None:
             encoder = UnimodalPosterior(model, name)
@@ -68,28 +58,10 @@ def export_parts(model: MultimodalVAE, batch: int = 2) -> list[ExportPart]:
         if name in model.private_encoders:
             parts.append(ExportPart(f"onnx_{name}_private_encoder", model.private_encoders[name], (feats[name],),
                                     ["features"], ["mu", "logvar"]))
-    parts.extend(_transition_parts(model, batch))
     for subset in model.subset_names:
         key = "__".join(subset)
         parts.append(ExportPart(f"onnx_subset_{key}_encoder", model.subset_encoders[key],
                                 tuple(feats[n] for n in subset), [f"features_{n}" for n in subset],
                                 ["mu", "logvar"]))
-    extra = getattr(model.family, "extra_export_parts", None)      # the family's other networks
-    if extra is not None:
-        parts.extend(extra(model, feats))
+    parts.extend(model.family.extra_export_parts(model, feats))      # the family's other networks
     return parts
-
-
-def _transition_parts(model: MultimodalVAE, batch: int) -> list[ExportPart]:
-    """The temporal family's transition p(z_t | z_{t-1}, u_t): z (and u) -> mean, logvar."""
-    from .families.temporal import TRANSITION, is_temporal, options_of, state_dim
-
-    if not is_temporal(model):
-        return []
-    z = torch.zeros(batch, state_dim(model), device=model.device)     # the filter's state
-    action_dim = options_of(model).action_dim
-    if action_dim:
-        args, inputs = (z, torch.zeros(batch, action_dim, device=model.device)), ["z", "u"]
-    else:
-        args, inputs = (z,), ["z"]
-    return [ExportPart("onnx_transition", model.extra[TRANSITION], args, inputs, ["mean", "logvar"])]

@@ -35,10 +35,10 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
 from .atomic import fsync_path, publish_modes, recover_dir, replace_dir
-from .families import get_family
+from ..families import get_family
 from .inference import AnomalyCalibration
-from .modalities import Normalization, SpecError
-from .model import ModelConfig, MultimodalVAE
+from ..model.modalities import Normalization, SpecError
+from ..model.vae import ModelConfig, MultimodalVAE
 
 FORMAT = "mdgm_ros.bundle"
 FORMAT_VERSION = 2
@@ -131,7 +131,7 @@ def _write_contents(folder: Path, model: MultimodalVAE, calibration: AnomalyCali
             fsync_path(path)
     files = {p.name: _sha256(p) for p in sorted(folder.iterdir())}
     digest = content_hash(files)
-    from .. import __version__
+    from ... import __version__
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "files": files, "content_hash": digest,
         "model_id": f"{name}-{digest[:12]}", "name": name,

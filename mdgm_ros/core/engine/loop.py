@@ -14,9 +14,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .families import compute_objective
-from .modalities import Normalization
-from .model import MultimodalVAE
+from .objective import compute_objective
+from ..model.modalities import Normalization
+from ..model.vae import MultimodalVAE
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -78,7 +78,7 @@ class BetaSchedule:
         return self.start + (self.end - self.start) * frac
 
 
-_NORM_AXES = {"image": (0, 2, 3), "vector": (0,), "audio": (0, 2), "tactile": (0,)}
+NORM_AXES = {"image": (0, 2, 3), "vector": (0,), "audio": (0, 2), "tactile": (0,)}
 
 
 @torch.no_grad()
@@ -101,7 +101,7 @@ def fit_normalization(model: MultimodalVAE, features: Mapping[str, torch.Tensor]
         if not spec.normalized or int(rows.sum()) < 2:
             continue
         x = features[name][rows].double()
-        axes = _NORM_AXES[spec.kind]
+        axes = NORM_AXES[spec.kind]
         mean = x.mean(dim=axes, keepdim=True).squeeze(0)
         std = x.std(dim=axes, keepdim=True).squeeze(0)
         floor = max(1e-6, 0.01 * float(std.median()))
@@ -160,9 +160,35 @@ class EpochRecord:
     stage: str = "joint"
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """A random order of ``n`` rows cut into batches of ``batch_size`` (the last one shorter)."""
     order = torch.randperm(n, generator=generator)
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+@dataclass
+class Batch:
+    """One training batch on the model's device: features, presence mask, the number of samples (or
+    steps) its loss is a mean over, and what :meth:`Trainer.train_step` needs beyond the defaults."""
+
+    feats: Mapping[str, torch.Tensor]
+    mask: torch.Tensor
+    count: int
+    objective: Callable[..., Any] | None = None
+    loss_scale: float | None = None
+
+
+class Batches:
+    """A sized, lazy sequence of batches: ``make(item)`` for each of ``items`` (loaded one at a time)."""
+
+    def __init__(self, items: Any, make: Callable[[Any], Batch]):
+        self.items, self.make = items, make
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return (self.make(item) for item in self.items)
 
 
 @torch.no_grad()
@@ -350,26 +376,52 @@ class Trainer:
         self._amp = dtype
         self._scaler = torch.amp.GradScaler(self.model.device.type) if dtype == torch.float16 else None
 
+    # ----------------------------------------------------------------- the epoch loop
+    def epoch_batches(self, feats: Mapping[str, torch.Tensor], mask: torch.Tensor) -> Batches:
+        """This epoch's batches: random rows of the per-sample features (subclasses: windows of
+        consecutive rows, shards streamed from disk)."""
+        device = self.model.device
+
+        def make(idx: torch.Tensor) -> Batch:
+            batch = {k: v[idx].to(device, non_blocking=True) for k, v in feats.items()}
+            m = mask[idx].to(device)
+            return Batch(batch, m, int(m.shape[0]))
+
+        return Batches(batch_indices(mask.shape[0], self.config.batch_size, self.cpu_gen), make)
+
+    def validation_loss(self, val: tuple[Mapping[str, torch.Tensor], torch.Tensor], stage: str | None,
+                        beta: float) -> float:
+        """The held-out loss reported with the epoch."""
+        return evaluate_loss(self.model, val[0], val[1], beta=beta, stage=stage)
+
+    def reduce_epoch_sums(self, sums: dict[str, float], seen: int) -> tuple[dict[str, float], int]:
+        """The epoch's loss sums and sample count over every process (a distributed trainer adds them up)."""
+        return sums, seen
+
+    def after_epoch(self) -> None:
+        """Called after the validation loss, before the record is made (a distributed trainer gathers
+        each rank's RNG states here)."""
+
     def _train_batches(self, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
                        val: tuple[Mapping[str, torch.Tensor], torch.Tensor] | None,
                        on_batch: Callable[[int, int], None] | None, stage: str | None) -> EpochRecord:
-        model, config, device = self.model, self.config, self.model.device
+        """The one epoch loop of every trainer: steps, loss sums, progress, validation, the record."""
         started, sums, seen = time.perf_counter(), {"loss": 0.0}, 0
-        batches = _batches(mask.shape[0], config.batch_size, self.cpu_gen)
-        for done, idx in enumerate(batches, 1):
-            batch = {k: v[idx].to(device, non_blocking=True) for k, v in feats.items()}
-            m = mask[idx].to(device)
-            out = self.train_step(batch, m, stage)
-            seen += m.shape[0]
-            sums["loss"] += float(out.loss.detach().sum())
+        batches = self.epoch_batches(feats, mask)
+        for done, batch in enumerate(batches, 1):
+            out = self.train_step(batch.feats, batch.mask, stage, objective=batch.objective,
+                                  loss_scale=batch.loss_scale)
+            seen += batch.count
+            sums["loss"] += float(out.loss.detach().float().sum())
             for key, value in out.terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value.sum())
+                sums[key] = sums.get(key, 0.0) + float(value.float().sum())
             if on_batch is not None:
                 on_batch(done, len(batches))
-        val_loss = None
-        if val is not None:
-            val_loss = evaluate_loss(model, val[0], val[1], beta=config.beta(self.step), stage=stage)
-        return EpochRecord(self.epoch, sums.pop("loss") / max(seen, 1), val_loss, config.beta(self.step),
+        sums, seen = self.reduce_epoch_sums(sums, seen)
+        beta = self.config.beta(self.step)
+        val_loss = None if val is None else self.validation_loss(val, stage, beta)
+        self.after_epoch()
+        return EpochRecord(self.epoch, sums.pop("loss") / max(seen, 1), val_loss, beta,
                            time.perf_counter() - started, {k: v / max(seen, 1) for k, v in sums.items()},
                            self.stage.name)
 

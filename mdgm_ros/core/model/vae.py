@@ -17,20 +17,15 @@ from torch import nn
 from . import likelihoods, posterior
 from .modalities import ModalitySpec, Normalization, SpecError, check_unique, checked_fields
 from .networks import LogMelFrontEnd, build_network
+from .registry import FAMILIES, get_family
 
 FUSIONS = ("poe", "moe", "mopoe")
-
-
-def _family(name: str):
-    from .families import get_family      # the families import this module
-    return get_family(name)
 
 
 def __getattr__(name: str):
     """``DEFAULT_FUSION`` / ``OBJECTIVE_FUSIONS`` as views of the family registry (first API)."""
     if name not in ("DEFAULT_FUSION", "OBJECTIVE_FUSIONS"):
         raise AttributeError(name)
-    from .families import FAMILIES
     if name == "DEFAULT_FUSION":
         return {n: f.default_fusion for n, f in FAMILIES.items()}
     return {n: f.fusions for n, f in FAMILIES.items()}
@@ -57,7 +52,7 @@ class ModelConfig:
         object.__setattr__(self, "modalities", tuple(self.modalities))
         check_unique(self.modalities)
         try:
-            family = _family(self.objective)
+            family = get_family(self.objective)
         except ValueError as err:
             raise SpecError(f"objective: {err}") from None
         fusion = self.fusion or family.default_fusion
@@ -99,7 +94,7 @@ class ModelConfig:
 
 
 def _checked_private_dim(value: Any, family: Any) -> int:
-    default = int(getattr(family, "private_latent_dims", 0) or 0)
+    default = int(family.private_latent_dims or 0)
     value = default if value is None else value
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1024:
         raise SpecError(f"private_dim must be an integer in [0, 1024], got {value!r}")
@@ -131,7 +126,7 @@ class MultimodalVAE(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.family = _family(config.objective)
+        self.family = get_family(config.objective)
         self.specs = {m.name: m for m in config.modalities}
         self.names = config.names
         self.latent_dim = config.latent_dim
@@ -298,9 +293,8 @@ class MultimodalVAE(nn.Module):
         takes [z, s_m], s_m = ``private`` (broadcast to z's leading dims) or, if None, the mean of the
         family's generation prior for s_m (cross-modal generation by the mean). A family whose
         modalities have latent spaces of their own (AVAE) maps z into ``name``'s space first."""
-        to_own_space = getattr(self.family, "modality_latent", None)
-        if to_own_space is not None:
-            z = to_own_space(self, name, z)
+        if self.family.own_latent_spaces:
+            z = self.family.modality_latent(self, name, z)
         if self.private_dim:
             if private is None:
                 private = self.family.private_prior(self, name)[0].to(z.dtype)
