@@ -107,11 +107,11 @@ def test_invalid_config_and_wrong_format_version(saved):
 def test_format_1_bundles_read_with_the_options_that_version_meant(tmp_path, small_model_factory):
     """Version 1 stored only the options that were set: an MMVAE bundle of then had the fixed prior,
     though MMVAE now learns its prior by default. Version 2 writes the option."""
-    model = small_model_factory("mmvae", objective_options={"learn_prior": False})
+    model = small_model_factory("mmvae", family_options={"learn_prior": False})
     path = save_bundle(tmp_path / "old", model)
-    assert json.loads((path / "config.json").read_text())["objective_options"] == {"learn_prior": False}
+    assert json.loads((path / "config.json").read_text())["family_options"] == {"learn_prior": False}
     config = json.loads((path / "config.json").read_text())
-    config["objective_options"] = {}                                     # as version 1 wrote it
+    config["family_options"] = {}                                     # as version 1 wrote it
     (path / "config.json").write_text(json.dumps(config))
     _rehash(path)
     with pytest.raises(BundleError, match="does not match config.json"):   # read as version 2: a prior is missing
@@ -120,11 +120,11 @@ def test_format_1_bundles_read_with_the_options_that_version_meant(tmp_path, sma
     manifest["format_version"] = 1
     (path / "manifest.json").write_text(json.dumps(manifest))
     loaded = load_bundle(path).model
-    assert "prior" not in loaded.extra and loaded.config.objective_options["learn_prior"] is False
+    assert "prior" not in loaded.extra and loaded.config.family_options["learn_prior"] is False
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
     default = small_model_factory("mmvae")
     assert "prior" in default.extra and json.loads(
-        (save_bundle(tmp_path / "new", default) / "config.json").read_text())["objective_options"]["learn_prior"]
+        (save_bundle(tmp_path / "new", default) / "config.json").read_text())["family_options"]["learn_prior"]
 
 
 def test_expected_modalities_must_match(saved):
@@ -176,3 +176,40 @@ def test_overwrite_is_atomic_and_a_failed_write_keeps_the_old_bundle(saved, monk
     save_bundle(path, other, name="test")
     assert load_bundle(path).model.latent_dim == 4
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_the_shipped_default_loads_bit_for_bit_without_a_warning():
+    """models/default (written before the core's split and the family rename) loads with no warning:
+    every stored tensor equals the model's, its config (old key names) reads as the same config, and
+    a bundle saved from it again holds the same weights."""
+    import warnings
+
+    from safetensors.torch import load_file
+
+    folder = Path(__file__).resolve().parents[1] / "models" / "default"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bundle = load_bundle(folder)
+    stored = load_file(folder / "weights.safetensors")
+    state = bundle.model.state_dict()
+    assert set(stored) <= set(state)
+    for name, tensor in stored.items():
+        assert torch.equal(state[name], tensor), name
+    old = json.loads((folder / "config.json").read_text())
+    new = bundle.model.config.to_dict()
+    assert new["family"] == old.get("objective", old.get("family"))
+    assert new["family_options"] == old.get("objective_options", old.get("family_options"))
+    assert {k: v for k, v in new.items() if not k.startswith("family")} == \
+        {k: v for k, v in old.items() if not k.startswith("objective") and not k.startswith("family")}
+
+
+def test_an_old_objective_key_in_a_config_is_read_with_a_warning_and_both_keys_are_refused():
+    from mdgm_ros.core import ModalitySpec, ModelConfig, SpecError
+
+    data = {"modalities": [ModalitySpec("j", "vector", (3,)).to_dict()], "objective": "mopoe"}
+    with pytest.warns(DeprecationWarning, match="'objective' is now called 'family'"):
+        assert ModelConfig.from_dict(data).family == "mopoe"
+    with pytest.warns(DeprecationWarning, match="ModelConfig.objective is now called ModelConfig.family"):
+        assert ModelConfig.from_dict(data, warn=False).objective == "mopoe"
+    with pytest.raises(SpecError, match="both 'objective' and 'family'"):
+        ModelConfig.from_dict({**data, "family": "mvae"})

@@ -102,7 +102,7 @@ def cache_key(bag_hash: str, params: FusionParams, specs: list[ModalitySpec], se
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-class _Collector:
+class SampleCollector:
     """Reads one bag's messages through the node's conversions into aligned samples."""
 
     def __init__(self, params: FusionParams, specs: list[ModalitySpec], sample_at: np.ndarray | None = None,
@@ -203,11 +203,11 @@ class _Collector:
 def align_bag(path: str | Path, params: FusionParams, specs: list[ModalitySpec], bag_index: int = 0,
               settle_s: float = 0.5, sample_at: np.ndarray | None = None,
               label_topic: str = DEFAULT_LABEL_TOPIC, max_corrupt: float = bags.MAX_CORRUPT,
-              collector: _Collector | None = None) -> AlignedDataset:
+              collector: SampleCollector | None = None) -> AlignedDataset:
     """One bag -> aligned samples (no cache); ``sample_at``: exactly these stamps (ground truth for
     what a live node published at them). Labels come from ``label_topic`` and the bag's sidecar file.
-    ``collector``: a :class:`_Collector` of the same parameters that keeps the samples elsewhere (shards)."""
-    collector = collector or _Collector(params, specs, sample_at, label_topic)
+    ``collector``: a :class:`SampleCollector` of the same parameters that keeps the samples elsewhere (shards)."""
+    collector = collector or SampleCollector(params, specs, sample_at, label_topic)
     wanted = list(collector.by_topic) + [label_topic, PHASE_TOPIC]
     available = bags.topics(path)
     missing = [t for t in collector.by_topic if t not in available]

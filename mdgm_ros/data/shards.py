@@ -37,7 +37,7 @@ from ..core.engine.atomic import fsync_path, recover_dir, replace_dir
 from ..streams.params import FusionParams
 from . import bags
 from .cache import cache_root, touch
-from .dataset import _Collector, align_bag, cache_key
+from .dataset import SampleCollector, align_bag, cache_key
 from .labels import DEFAULT_LABEL_TOPIC, FaultLabel, find_sidecar, mark_faults, read_sidecar
 
 SHARD_VERSION = 1
@@ -55,7 +55,7 @@ def shard_key(bag_hash: str, params: FusionParams, specs: Sequence[ModalitySpec]
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-class _ShardingCollector(_Collector):
+class _ShardingCollector(SampleCollector):
     """The dataset collector that writes every ``shard_size`` aligned samples to disk and forgets them."""
 
     def __init__(self, folder: Path, shard_size: int, *args: Any):

@@ -208,7 +208,7 @@ def model_info_message(runtime, node, mirrors: bool) -> ModelInfo:
     }
     return ModelInfo(
         model_id=runtime.bundle.model_id, content_hash=runtime.bundle.content_hash, fusion=str(model.fusion),
-        objective=str(model.config.objective), latent_dim=int(model.latent_dim), device=str(runtime.device),
+        objective=str(model.config.family), latent_dim=int(model.latent_dim), device=str(runtime.device),
         modalities=[s.name for s in streams], kinds=[s.spec.kind for s in streams],
         input_topics=[resolve_topic(node, s.params.topic) for s in streams],
         imputed_topics=[resolve_topic(node, f"~/imputed/{s.name}") for s in streams],

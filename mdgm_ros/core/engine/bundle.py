@@ -4,7 +4,7 @@ Layout::
 
     NAME/
       manifest.json          format version, sha256 of every file, content hash, model id, creation info
-      config.json            ModelConfig (modalities, fusion, objective, latent dim)
+      config.json            ModelConfig (modalities, fusion, family, latent dim)
       weights.safetensors    the state dict (safetensors: loading never unpickles)
       normalization.json     per-modality feature statistics
       calibration.json       anomaly calibration (optional)
@@ -38,7 +38,7 @@ from .atomic import fsync_path, publish_modes, recover_dir, replace_dir
 from ..families import get_family
 from .inference import AnomalyCalibration
 from ..model.modalities import Normalization, SpecError
-from ..model.vae import ModelConfig, MultimodalVAE
+from ..model.vae import ModelConfig, MultimodalVAE, renamed_keys
 
 FORMAT = "mdgm_ros.bundle"
 FORMAT_VERSION = 2
@@ -365,20 +365,21 @@ def _load_config(folder: Path, blob: bytes, version: int = FORMAT_VERSION) -> Mo
         data = _parse_json(folder, CONFIG, blob)
         if version == 1:
             data = _with_format1_defaults(data)
-        return ModelConfig.from_dict(data)
+        return ModelConfig.from_dict(data, warn=False)       # configs written before the rename load silently
     except (SpecError, KeyError, TypeError, ValueError, AttributeError) as err:
         raise BundleError(f"{_shown(folder)}: {CONFIG} is invalid: {str(err)[:300]}") from None
 
 
 def _with_format1_defaults(data: Any) -> Any:
     """A version-1 config with the options it did not store set as that version meant them."""
-    if not isinstance(data, dict) or not isinstance(data.get("objective_options", {}), dict):
+    data = renamed_keys(data, CONFIG, warn=False)     # bundles written before the rename say "objective"
+    if not isinstance(data, dict) or not isinstance(data.get("family_options", {}), dict):
         return data                                            # ModelConfig reports what is wrong
     try:
-        family = get_family(data.get("objective", ModelConfig.objective))
+        family = get_family(data.get("family", ModelConfig.family))
     except (ValueError, TypeError):
         return data
-    return {**data, "objective_options": {**family.format1_option_defaults, **data.get("objective_options", {})}}
+    return {**data, "family_options": {**family.format1_option_defaults, **data.get("family_options", {})}}
 
 
 def _load_normalization(folder: Path, model: MultimodalVAE, blob: bytes | None) -> None:

@@ -38,7 +38,7 @@ from ..model.vae import MultimodalVAE
 
 def require_temporal(model: MultimodalVAE) -> None:
     if not is_temporal(model):
-        raise FamilyError(f"model family {model.config.objective!r} has no transition (not a temporal model)")
+        raise FamilyError(f"model family {model.config.family!r} has no transition (not a temporal model)")
 
 
 # --------------------------------------------------------------------------- state and one step

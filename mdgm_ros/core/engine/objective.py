@@ -17,8 +17,8 @@ def compute_objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], m
                       name: str | None = None, stage: str | None = None, **options: Any) -> ObjectiveOutput:
     """Per-sample objective of family ``name`` (default: the model's own, with its configured options);
     ``stage`` selects a training stage's terms (None: the whole objective)."""
-    name = name or model.config.objective
-    opts = {**model.config.objective_options, **options} if name == model.config.objective else options
+    name = name or model.config.family
+    opts = {**model.config.family_options, **options} if name == model.config.family else options
     family = get_family(name)
     labels = feats.get(LABELS) if family.uses_labels else None
     feats = model.complete(feats, mask)

@@ -101,7 +101,7 @@ def objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: t
 class AvaeFamily(CoordinatedFamily):
     def build_networks(self, model: "MultimodalVAE") -> dict[str, nn.Module]:
         pivot = pivot_name(model.config)
-        hidden = int(model.config.objective_options.get("associator_width", 64))
+        hidden = int(model.config.family_options.get("associator_width", 64))
         pairs = [(s, t) for n in model.names if n != pivot for s, t in ((pivot, n), (n, pivot))]
         return {"associators": nn.ModuleDict({key(s, t): Associator(model.latent_dim, hidden) for s, t in pairs})}
 

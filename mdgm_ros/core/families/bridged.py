@@ -110,7 +110,7 @@ class BridgedFamily(SurrogateFamily):
         with torch.no_grad():
             probes = [torch.zeros(1, *model.specs[n].feature_shape) for n in model.names]
             widths = [int(h.shape[-1]) for h in encoder.features(*probes)]
-        hidden = int(model.config.objective_options.get("bridge_width", 64))
+        hidden = int(model.config.family_options.get("bridge_width", 64))
         return {f"bridge_{name}": Bridge(widths[j], widths[:j] + widths[j + 1:], hidden)
                 for j, name in enumerate(model.names)}
 

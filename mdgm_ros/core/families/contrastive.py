@@ -16,7 +16,7 @@ objective keeps the likelihood of related pairs from collapsing with the negativ
 weight on log p). Rows that observe fewer than two modalities add nothing, so unpaired
 single-modality rows train the family's own terms only.
 
-Switched on by ``objective_options: {contrastive: {weight: 1.0, negatives: 4, K: 4}}``
+Switched on by ``family_options: {contrastive: {weight: 1.0, negatives: 4, K: 4}}``
 (:func:`~mdgm_ros.core.families.compute_objective` adds it, in every training stage).
 """
 from __future__ import annotations

@@ -144,7 +144,7 @@ def discriminator_loss(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor]
 @dataclass(frozen=True)
 class DaunhawerFamily(PrivateFamily):
     def build_networks(self, model: "MultimodalVAE") -> dict[str, nn.Module]:
-        width = int(model.config.objective_options.get("disc_width", 64))
+        width = int(model.config.family_options.get("disc_width", 64))
         return {DISCRIMINATOR: Discriminator(model.latent_dim + len(model.names) * model.private_dim, width)}
 
     # the trainer's hook: parameters with an optimiser of their own, stepped after each VAE step on own_loss
@@ -152,7 +152,7 @@ class DaunhawerFamily(PrivateFamily):
         return list(model.extra[DISCRIMINATOR].parameters())
 
     def own_optimizer(self, model: "MultimodalVAE") -> torch.optim.Optimizer:
-        lr = float(model.config.objective_options.get("disc_lr", 1e-3))
+        lr = float(model.config.family_options.get("disc_lr", 1e-3))
         return torch.optim.Adam(self.own_step_parameters(model), lr=lr, betas=(0.5, 0.9))
 
     def own_loss(self, model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor,

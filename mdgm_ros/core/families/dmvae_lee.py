@@ -106,7 +106,7 @@ class SharedLatent:
 
 
 def shared_latent(model: MultimodalVAE) -> SharedLatent:
-    return SharedLatent.from_options(model.config.objective_options, model.latent_dim)
+    return SharedLatent.from_options(model.config.family_options, model.latent_dim)
 
 
 def per_dim_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -210,12 +210,12 @@ class DMVAELeeFamily(PrivateFamily):
 
     def inference_rule(self, config=None) -> str:
         rule = super().inference_rule(config)
-        if config is not None and SharedLatent.from_options(config.objective_options, config.latent_dim).discrete:
+        if config is not None and SharedLatent.from_options(config.family_options, config.latent_dim).discrete:
             return rule.replace("c: PoE", "c (concrete): PoE of categorical experts")
         return rule
 
     def latent_description(self, config) -> dict[str, Any]:
-        latent = SharedLatent.from_options(config.objective_options, config.latent_dim)
+        latent = SharedLatent.from_options(config.family_options, config.latent_dim)
         if not latent.discrete:
             return super().latent_description(config)
         return {"distribution": "concrete (Gumbel-softmax relaxed categorical)",
@@ -257,4 +257,4 @@ FAMILY = DMVAELeeFamily(
         notes="reconstruction of every modality from every expert (PoE and each unimodal c) with the own "
               "s_m; β-TCVAE KL split with a total-correlation weight (minibatch-weighted sampling); "
               "c Gaussian, or discrete by the concrete/Gumbel-softmax relaxation "
-              "(objective_options shared: concrete)"))
+              "(family_options shared: concrete)"))

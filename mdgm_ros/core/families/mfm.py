@@ -105,7 +105,7 @@ class MFMFamily(PrivateFamily, SurrogateFamily):
     uses_labels: ClassVar[bool] = True
 
     def build_networks(self, model: "MultimodalVAE") -> dict[str, nn.Module]:
-        n_labels = int(model.config.objective_options.get("n_labels", 16))
+        n_labels = int(model.config.family_options.get("n_labels", 16))
         return {"label_head": nn.Linear(model.latent_dim, n_labels)}
 
     def inference_rule(self, config=None) -> str:

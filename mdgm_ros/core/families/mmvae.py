@@ -184,7 +184,7 @@ class MMVAEFamily(Family):
     """MMVAE: a MoE family whose prior may learn its scales (option ``learn_prior``)."""
 
     def build_networks(self, model: MultimodalVAE) -> dict[str, nn.Module]:
-        if not learns_prior(model.config.objective_options):
+        if not learns_prior(model.config.family_options):
             return {}
         return {PRIOR: LearnedScalePrior(1, model.latent_dim, model.latent_dist)}
 

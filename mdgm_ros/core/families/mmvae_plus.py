@@ -164,9 +164,9 @@ def objective(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: t
 @dataclass(frozen=True)
 class MMVAEPlusFamily(PrivateFamily):
     def build_networks(self, model: "MultimodalVAE") -> dict[str, nn.Module]:
-        generation_prior_name(model.config.objective_options)          # a bad value fails at construction
+        generation_prior_name(model.config.family_options)          # a bad value fails at construction
         networks = {"aux_prior": LearnedScalePrior(len(model.names), model.private_dim, model.latent_dist)}
-        if learns_prior(model.config.objective_options, self.name):
+        if learns_prior(model.config.family_options, self.name):
             networks[PRIOR] = LearnedScalePrior(1, model.latent_dim + model.private_dim, model.latent_dist)
         return networks
 
@@ -192,7 +192,7 @@ class MMVAEPlusFamily(PrivateFamily):
         return mu, model.latent_dist.from_encoder(second)
 
     def private_prior(self, model: "MultimodalVAE", name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if generation_prior_name(model.config.objective_options) == "joint":
+        if generation_prior_name(model.config.family_options) == "joint":
             return joint_prior_of_w(model)
         r_mu, r_logvar = model.extra["aux_prior"]()
         j = model.names.index(name)

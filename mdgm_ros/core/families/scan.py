@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 
 def pivot_name(config: "ModelConfig") -> str:
-    pivot = config.objective_options.get("pivot", config.names[0])
+    pivot = config.family_options.get("pivot", config.names[0])
     if pivot not in config.names:
         raise FamilyError(f"objective option 'pivot' {pivot!r} is not a modality {list(config.names)}")
     return pivot

@@ -4,7 +4,7 @@ JVAE, JMVAE, TELBO, M²VAE and VAEVAE.
 Networks: one joint encoder q(z | X) over all M modalities (a subset encoder, built from the network
 factories) and, except for JVAE, a unimodal surrogate q(z | x_m) per modality (the model's ordinary
 per-modality encoders). More subset encoders are built on demand for the subsets the config lists
-(``objective_options["subsets"] = [["camera", "joints"], ...]``); every subset with its own encoder is
+(``family_options["subsets"] = [["camera", "joints"], ...]``); every subset with its own encoder is
 a *unit* of the objective, like the single modalities.
 
 Inference rule for an observed set S: S = all modalities -> the joint encoder; S a listed subset (or a
@@ -45,7 +45,7 @@ def listed_subsets(config: "ModelConfig") -> list[tuple[str, ...]]:
     """The extra subsets named in the config, validated, in model order."""
     names = config.names
     out: list[tuple[str, ...]] = []
-    for entry in config.objective_options.get("subsets", []) or []:
+    for entry in config.family_options.get("subsets", []) or []:
         if isinstance(entry, str) or not all(isinstance(n, str) for n in entry):
             raise FamilyError(f"objective option 'subsets' must be lists of modality names, got {entry!r}")
         unknown = sorted(set(entry) - set(names))

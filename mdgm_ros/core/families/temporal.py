@@ -42,7 +42,7 @@ DMM's gated transition): r, g = σ(W[z, u]), c = MLP(r ⊙ z, u), mean = (1 − 
 RSSM there is no separate deterministic vector h, so the filter's Gaussian belief over z stays the
 whole state. Both have log-variance = MLP(z, u).
 
-Options (``ModelConfig.objective_options``): ``action_dim`` (size of u_t, 0 = no action input, default
+Options (``ModelConfig.family_options``): ``action_dim`` (size of u_t, 0 = no action input, default
 0), ``transition`` (``mlp`` or ``gru``, default ``mlp``), ``transition_hidden`` (width, default 128),
 ``p_full`` (0.5), ``p_empty`` (0.1), ``p_outage`` (0.0).
 """
@@ -132,7 +132,7 @@ class TemporalOptions:
     def from_config(cls, options: Mapping[str, Any]) -> "TemporalOptions":
         unknown = set(options) - set(cls.__dataclass_fields__)
         if unknown:
-            raise SpecError(f"temporal objective_options: unknown {sorted(unknown)} "
+            raise SpecError(f"temporal family_options: unknown {sorted(unknown)} "
                             f"(known: {sorted(cls.__dataclass_fields__)})")
         out = cls(**options)
         if not (isinstance(out.action_dim, int) and 0 <= out.action_dim <= 4096):
@@ -149,7 +149,7 @@ class TemporalOptions:
 
 
 def options_of(model: "MultimodalVAE") -> TemporalOptions:
-    return TemporalOptions.from_config(model.config.objective_options)
+    return TemporalOptions.from_config(model.config.family_options)
 
 
 def state_dim(model: "MultimodalVAE") -> int:
@@ -343,7 +343,7 @@ class TemporalFamily(Family):
     temporal: ClassVar[bool] = True
 
     def build_networks(self, model: "MultimodalVAE") -> dict[str, nn.Module]:
-        options = TemporalOptions.from_config(model.config.objective_options)
+        options = TemporalOptions.from_config(model.config.family_options)
         cls = TRANSITIONS[options.transition]
         return {TRANSITION: cls(state_dim(model), options.action_dim, options.transition_hidden)}
 

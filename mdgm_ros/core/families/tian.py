@@ -146,7 +146,7 @@ class TianFamily(CoordinatedFamily):
     uses_labels: ClassVar[bool] = True
 
     def build_networks(self, model: "MultimodalVAE") -> dict[str, nn.Module]:
-        options = model.config.objective_options
+        options = model.config.family_options
         hidden, n_labels = int(options.get("bridge_width", 64)), int(options.get("n_labels", 16))
         return {"bridge": Bridge(model.latent_dim, len(model.names), hidden),
                 "label_head": nn.Linear(model.latent_dim, n_labels)}

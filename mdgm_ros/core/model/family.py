@@ -233,8 +233,8 @@ class Family:
     def latent_distribution(self, config: "ModelConfig") -> GaussianLatent:
         """The distribution of the experts, the priors and the mixture (:mod:`..latent_distributions`):
         Gaussian, or what the objective option ``posterior`` names for a family that offers a choice."""
-        name = config.objective_options.get("posterior", self.posterior_options[0])
-        if len(self.posterior_options) == 1 and "posterior" in config.objective_options:
+        name = config.family_options.get("posterior", self.posterior_options[0])
+        if len(self.posterior_options) == 1 and "posterior" in config.family_options:
             raise FamilyError(f"{self.name} has no objective option 'posterior' (its latents are "
                               f"{self.posterior_options[0]})")
         if name not in self.posterior_options:

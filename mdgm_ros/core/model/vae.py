@@ -7,6 +7,8 @@ Data flow: raw sensor arrays --:meth:`MultimodalVAE.features`--> normalised feat
 from __future__ import annotations
 
 import dataclasses
+import functools
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -35,12 +37,12 @@ def __getattr__(name: str):
 class ModelConfig:
     modalities: tuple[ModalitySpec, ...]
     latent_dim: int = 16
-    objective: str = "mvae"                    # the model family (a name in the family registry)
+    family: str = "mvae"                       # the model family (a name in the family registry)
     fusion: str | None = None                  # None: the family's default fusion
     # Does the PoE of a proper subset of the modalities include the N(0, I) prior expert? (The product
     # of all modalities always does.) None: family default -- True for MVAE, False for MoPoE (as the reference).
     proper_subsets_include_prior: bool | None = None
-    objective_options: Mapping[str, Any] = field(default_factory=dict)
+    family_options: Mapping[str, Any] = field(default_factory=dict)     # the family's objective options
     # builders by name (mdgm_ros.core.networks.register_network): {"<modality>": {"encoder": {"name":
     # ..., **options}, "decoder": {...}}, "subset": {"name": ..., **options}}; empty = the defaults
     networks: Mapping[str, Any] = field(default_factory=dict)
@@ -52,12 +54,12 @@ class ModelConfig:
         object.__setattr__(self, "modalities", tuple(self.modalities))
         check_unique(self.modalities)
         try:
-            family = get_family(self.objective)
+            family = get_family(self.family)
         except ValueError as err:
-            raise SpecError(f"objective: {err}") from None
+            raise SpecError(f"family: {err}") from None
         fusion = self.fusion or family.default_fusion
         if fusion not in family.fusions:
-            raise SpecError(f"objective {self.objective!r} needs fusion in {family.fusions}, got {fusion!r}")
+            raise SpecError(f"family {self.family!r} needs fusion in {family.fusions}, got {fusion!r}")
         object.__setattr__(self, "fusion", fusion)
         if self.proper_subsets_include_prior is None:
             object.__setattr__(self, "proper_subsets_include_prior", fusion != "mopoe")
@@ -65,13 +67,13 @@ class ModelConfig:
             raise SpecError(f"latent_dim must be an integer in [1, 1024], got {self.latent_dim!r}")
         if len(self.modalities) > 8:
             raise SpecError("at most 8 modalities (subset enumeration grows as 2^M)")
-        if not isinstance(self.objective_options, Mapping):
-            raise SpecError(f"objective_options must be a mapping, got {type(self.objective_options).__name__}")
-        object.__setattr__(self, "objective_options", {**family.option_defaults, **self.objective_options})
+        if not isinstance(self.family_options, Mapping):
+            raise SpecError(f"family_options must be a mapping, got {type(self.family_options).__name__}")
+        object.__setattr__(self, "family_options", {**family.option_defaults, **self.family_options})
         try:
-            family.check_options(self.objective_options)
+            family.check_options(self.family_options)
         except ValueError as err:
-            raise SpecError(f"objective_options: {err}") from None
+            raise SpecError(f"family_options: {err}") from None
         object.__setattr__(self, "networks", _checked_networks(self.networks, self.names))
         object.__setattr__(self, "private_dim", _checked_private_dim(self.private_dim, family))
 
@@ -81,16 +83,66 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"modalities": [m.to_dict() for m in self.modalities], "latent_dim": self.latent_dim,
-                "objective": self.objective, "fusion": self.fusion,
+                "family": self.family, "fusion": self.fusion,
                 "proper_subsets_include_prior": self.proper_subsets_include_prior,
-                "objective_options": dict(self.objective_options), "networks": dict(self.networks),
+                "family_options": dict(self.family_options), "networks": dict(self.networks),
                 **({"private_dim": self.private_dim} if self.private_dim else {})}
 
+    # the deprecated spellings (the first releases called the family the objective)
+    @property
+    def objective(self) -> str:
+        _deprecated("ModelConfig.objective", "ModelConfig.family")
+        return self.family
+
+    @property
+    def objective_options(self) -> Mapping[str, Any]:
+        _deprecated("ModelConfig.objective_options", "ModelConfig.family_options")
+        return self.family_options
+
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: Mapping[str, Any], warn: bool = True) -> "ModelConfig":
+        """A config from its dict; the old keys ``objective`` / ``objective_options`` are read as
+        ``family`` / ``family_options`` (with a DeprecationWarning unless ``warn`` is False: bundles
+        written before the rename load silently)."""
+        data = renamed_keys(data, "model config", warn)
         kwargs = checked_fields(cls, data, ("modalities",), "model config")
         kwargs["modalities"] = tuple(ModalitySpec.from_dict(m) for m in data["modalities"])
         return cls(**kwargs)
+
+
+RENAMED = {"objective": "family", "objective_options": "family_options"}
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is now called {new}; the old name goes in the next release", DeprecationWarning,
+                  stacklevel=3)
+
+
+def renamed_keys(data: Any, label: str, warn: bool = True) -> Any:
+    """``data`` with the old keys (``objective``, ``objective_options``) under their new names;
+    both spellings of one key is a SpecError."""
+    if not isinstance(data, Mapping) or not any(old in data for old in RENAMED):
+        return data
+    out = dict(data)
+    for old, new in RENAMED.items():
+        if old in out:
+            if new in out:
+                raise SpecError(f"{label}: both {old!r} and {new!r} given (use {new!r})")
+            if warn:
+                _deprecated(f"{label} key {old!r}", repr(new))
+            out[new] = out.pop(old)
+    return out
+
+
+_dataclass_init = ModelConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_accepting_old_names(self, *args: Any, **kwargs: Any) -> None:
+    _dataclass_init(self, *args, **renamed_keys(kwargs, "ModelConfig"))
+
+
+ModelConfig.__init__ = _init_accepting_old_names
 
 
 def _checked_private_dim(value: Any, family: Any) -> int:
@@ -100,7 +152,7 @@ def _checked_private_dim(value: Any, family: Any) -> int:
         raise SpecError(f"private_dim must be an integer in [0, 1024], got {value!r}")
     if bool(value) != bool(default):
         state = "needs private latents (private_dim >= 1)" if default else "has no private latents (private_dim 0)"
-        raise SpecError(f"objective {family.name!r} {state}, got private_dim={value}")
+        raise SpecError(f"family {family.name!r} {state}, got private_dim={value}")
     return value
 
 
@@ -126,7 +178,7 @@ class MultimodalVAE(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.family = get_family(config.objective)
+        self.family = get_family(config.family)
         self.specs = {m.name: m for m in config.modalities}
         self.names = config.names
         self.latent_dim = config.latent_dim
@@ -152,7 +204,7 @@ class MultimodalVAE(nn.Module):
             "__".join(subset): build_network("subset", nets.get("subset"),
                                              [self.specs[n] for n in subset], config.latent_dim)
             for subset in self.subset_names})
-        try:                                              # a bad objective option 'posterior' fails here
+        try:                                              # a bad family option 'posterior' fails here
             self.latent_dist = self.family.latent_distribution(config)
         except ValueError as err:
             raise SpecError(str(err)) from None

@@ -1,0 +1,134 @@
+"""The package's structure: no import cycle (function-level imports included), no private name taken
+from another module, the core's floors one-way (model <- families <- engine), and every module importable
+in a fresh interpreter whatever the order."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mdgm_ros"
+FLOORS = ("mdgm_ros.core.model", "mdgm_ros.core.families", "mdgm_ros.core.engine")   # bottom to top
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _base(module: str, path: Path, level: int) -> str:
+    parts = module.split(".")
+    if path.name != "__init__.py":
+        parts = parts[:-1]
+    return ".".join(parts[:len(parts) - (level - 1)] if level > 1 else parts)
+
+
+def imports(module: str) -> list[tuple[str, str | None, int]]:
+    """(imported module, name taken from it or None, line) for every import statement of ``module``,
+    at any depth (function-level imports included, ``if TYPE_CHECKING:`` blocks left out: they never
+    run); only modules of this package."""
+    path = MODULES[module]
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and getattr(block.test, "id", getattr(block.test, "attr", None)) == "TYPE_CHECKING"
+                   for stmt in block.body for n in ast.walk(stmt)}
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            out += [(a.name, None, node.lineno) for a in node.names if a.name in MODULES]
+        elif isinstance(node, ast.ImportFrom):
+            target = node.module or ""
+            if node.level:
+                base = _base(module, path, node.level)
+                target = f"{base}.{target}" if node.module else base
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                if sub in MODULES:                      # a submodule imported by name
+                    out.append((sub, None, node.lineno))
+                elif target in MODULES:
+                    out.append((target, alias.name, node.lineno))
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    return {m: {t for t, _, _ in imports(m) if t != m} for m in MODULES}
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle_in_the_package():
+    cycle = find_cycle(graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_private_name_is_imported_from_another_module():
+    taken = [f"{m}:{line} takes {name} from {t}" for m in MODULES for t, name, line in imports(m)
+             if name and name.startswith("_") and not name.startswith("__") and t != m]
+    assert not taken, "\n".join(taken)
+
+
+def test_the_core_floors_only_import_downwards():
+    def floor(module: str) -> int | None:
+        return next((i for i, f in enumerate(FLOORS) if module == f or module.startswith(f + ".")), None)
+
+    upward = []
+    for module in MODULES:
+        here = floor(module)
+        if here is None:
+            continue
+        for target, _, line in imports(module):
+            there = floor(target)
+            if there is not None and there > here:
+                upward.append(f"{module}:{line} imports {target}")
+            if target.startswith("mdgm_ros.") and not target.startswith("mdgm_ros.core") and target != "mdgm_ros":
+                upward.append(f"{module}:{line} imports {target} (outside the core)")
+    assert not upward, "\n".join(upward)
+
+
+def test_every_module_imports_in_a_fresh_interpreter_in_either_order():
+    """Leaves first and roots first: an import cycle hidden behind a lazy import fails one of them."""
+    names = [m for m in MODULES if m != "mdgm_ros.__main__"]
+    for order in (sorted(names), sorted(names, reverse=True)):
+        code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+        done = subprocess.run([sys.executable, "-c", code, *order], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
