@@ -32,9 +32,9 @@ def prepared(model: MultimodalVAE, n: int, seed: int, missing_rate: float = 0.0)
 
 @pytest.fixture
 def small_model_factory():
-    def make(objective: str = "mvae", latent_dim: int = 8, **kw) -> MultimodalVAE:
+    def make(family: str = "mvae", latent_dim: int = 8, **kw) -> MultimodalVAE:
         torch.manual_seed(0)
-        return MultimodalVAE(ModelConfig(tuple(small_specs()), latent_dim=latent_dim, objective=objective, **kw))
+        return MultimodalVAE(ModelConfig(tuple(small_specs()), latent_dim=latent_dim, family=family, **kw))
     return make
 
 
@@ -69,7 +69,7 @@ class LinearGaussian:
         self.dim = 3
         self.scales = {"a": 0.5, "b": 0.8}
         specs = [ModalitySpec(n, "vector", (3,), scale=s) for n, s in self.scales.items()]
-        self.model = MultimodalVAE(ModelConfig(tuple(specs), latent_dim=3, objective=fusion_objective)).double()
+        self.model = MultimodalVAE(ModelConfig(tuple(specs), latent_dim=3, family=fusion_objective)).double()
         self.params = {}
         for name, s in self.scales.items():
             w = torch.rand(3, dtype=torch.float64) + 0.5
@@ -134,3 +134,27 @@ def ros_node():
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
+
+
+def assert_onnx_round_trip(parts, folder) -> None:
+    """Export every part (:func:`mdgm_ros.core.engine.export.export_parts`) to ONNX in ``folder``, run it
+    in onnxruntime on a batch of 3 and compare with the module's own output."""
+    import warnings
+
+    import numpy as np
+    import onnxruntime
+
+    for part in parts:
+        file = folder / f"{part.stem}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(part.module, part.args, str(file), input_names=part.inputs, output_names=part.outputs,
+                              dynamo=False, opset_version=17,
+                              dynamic_axes={n: {0: "batch"} for n in part.inputs + part.outputs})
+        args = tuple(torch.randn(3, *a.shape[1:]) for a in part.args)
+        session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+        got = session.run(None, {n: a.numpy() for n, a in zip(part.inputs, args)})
+        with torch.no_grad():
+            want = part.module(*args)
+        want = want if isinstance(want, tuple) else (want,)
+        assert all(np.allclose(g, w.numpy(), atol=1e-4) for g, w in zip(got, want)), part.stem

@@ -11,7 +11,7 @@ from mdgm_ros.core import load_bundle
 from mdgm_ros.core.families import FAMILIES
 from mdgm_ros.training.trainer import run_training
 
-from ros_env import ROOT, call, private_ros_env, spin_until, start, stop
+from ros_env import ROOT, FusionRun, call, private_ros_env, spin_until, start, stop
 from test_training_ux import rewrite_bag
 
 ONE_EPOCH = {"training.epochs": 1, "data.block_s": 3.0, "export.onnx": False, "model_overrides.fusion": None}
@@ -36,7 +36,7 @@ def _train_every_family(sim_bag, tmp_path_factory):
         run_training([str(sim_bag[0]), str(no_tactile)], ROOT / "config" / "train.yaml", path, device="cpu",
                      show_bar=False, log=lines.append,
                      overrides={**ONE_EPOCH, "model_overrides.objective": family,
-                                **({"model_overrides.objective_options": options} if options else {}),
+                                **({"model_overrides.family_options": options} if options else {}),
                                 "data.absent_ok": ["tactile"]})
         assert any("no_tactile: no tactile (data.absent_ok): trained as missing" in line for line in lines), name
         out[name] = path
@@ -48,8 +48,8 @@ def test_train_writes_a_bundle_of_every_family(family_bundles):
     for name, path in bundles.items():
         bundle = load_bundle(path)
         family, options = VARIANTS[name]
-        assert bundle.model.config.objective == family and bundle.model.family.name == family
-        assert all(bundle.model.config.objective_options.get(k) == v for k, v in options.items()), name
+        assert bundle.model.config.family == family and bundle.model.family.name == family
+        assert all(bundle.model.config.family_options.get(k) == v for k, v in options.items()), name
         assert (bundle.calibration is not None) == bundle.model.family.properties.missing_modalities, family
         training = bundle.manifest["extra"]["training"]
         assert len(training["bags"]) == 2 and training["absent_ok"] == ["tactile"], family
@@ -79,12 +79,8 @@ def test_the_fusion_node_runs_every_family_bundle_over_dds(family_bundles, tmp_p
 
     roots, bundles = family_bundles
     first = bundles["mvae"]
-    env = private_ros_env()
-    node = start("mdgm_ros.ros.fusion_node", "--ros-args", "--params-file", str(ROOT / "config" / "fusion.yaml"),
-                 "-p", f"bundle:={first}", "-p", f"bundle_roots:=['{roots}']", env=env, log=tmp_path / "node.log")
-    streams = start("mdgm_ros.ros.synthetic_streams", env=env, log=tmp_path / "streams.log")
-    rclpy.init()
-    probe = rclpy.create_node("family_probe")
+    run = FusionRun.start(first, tmp_path, "-p", f"bundle_roots:=['{roots}']", probe_name="family_probe")
+    node, probe = run.node, run.probe
     seen: dict[str, int] = {}
     last_mean: dict[str, list[float]] = {}
 
@@ -121,7 +117,4 @@ def test_the_fusion_node_runs_every_family_bundle_over_dds(family_bundles, tmp_p
                 assert abs(sum(last_mean[model_id]) - 1.0) < 1e-3 and min(last_mean[model_id]) >= 0.0, family
             assert node.poll() is None
     finally:
-        stop(streams)
-        stop(node)
-        probe.destroy_node()
-        rclpy.try_shutdown()
+        run.stop()

@@ -17,7 +17,7 @@ from mdgm_ros.core import ModelConfig, MultimodalVAE, TrainConfig, calibrate_ano
 from mdgm_ros.core.engine import synthetic, loop as training
 
 from conftest import small_specs
-from ros_env import ROOT, call, private_ros_env, spin_for, spin_until, start, stop
+from ros_env import ROOT, FusionRun, call, private_ros_env, spin_for, spin_until, start, stop
 
 STOP_AUDIO_AFTER = 6.0
 AUDIO_STALENESS = 0.1
@@ -46,15 +46,9 @@ def ros(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("ros")
     bundles = {"a": _bundle(tmp / "model_a", 8, 0), "b": _bundle(tmp / "model_b", 6, 1)}
-    env = private_ros_env()
-    node = start("mdgm_ros.ros.fusion_node", "--ros-args", "--params-file", str(ROOT / "config" / "fusion.yaml"),
-                 "-p", f"bundle:={bundles['a']}", "-p", f"audio.staleness:={AUDIO_STALENESS}",
-                 "-p", "standard_mirrors:=true",
-                 env=env, log=tmp / "node.log")
-    streams = start("mdgm_ros.ros.synthetic_streams", "--malformed", "--stop-audio-after", str(STOP_AUDIO_AFTER),
-                    env=env, log=tmp / "streams.log")
-    rclpy.init()
-    probe = rclpy.create_node("probe")
+    run = FusionRun.start(bundles["a"], tmp, "-p", f"audio.staleness:={AUDIO_STALENESS}", "-p", "standard_mirrors:=true",
+                          stream_args=("--malformed", "--stop-audio-after", str(STOP_AUDIO_AFTER)))
+    node, streams, probe, env = run.node, run.streams, run.probe, run.env
     record = {"camera": [], "latent": [], "anomaly": [], "imputed_audio": [], "diagnostics": [], "info": [],
               "events": [], "mirror_latent": [], "mirror_anomaly": [], "mirror_audio": []}
 
@@ -78,10 +72,7 @@ def ros(tmp_path_factory):
         spin_for(probe, 3.0)
         yield {"probe": probe, "record": record, "node": node, "streams": streams, "bundles": bundles, "tmp": tmp}
     finally:
-        stop(streams)
-        stop(node)
-        probe.destroy_node()
-        rclpy.try_shutdown()
+        run.stop()
 
 
 def _ns(msg) -> int:

@@ -12,6 +12,7 @@ from mdgm_ros.core import Fuser, ModalitySpec, ModelConfig, MultimodalVAE, SpecE
 from mdgm_ros.core.engine import loop as training
 from mdgm_ros.core.model import posterior as post
 from mdgm_ros.core.engine.export import export_parts
+from conftest import assert_onnx_round_trip
 from mdgm_ros.core.families import FAMILIES
 from mdgm_ros.core.families.private import private_codes
 
@@ -38,20 +39,20 @@ def specs(n_mod=2, dim=5, hidden=(16,)):
 
 # ----------------------------------------------------------------------------- config and layout
 def test_private_dim_is_validated_and_sizes_the_decoders_and_private_encoders():
-    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, objective="mopoe_ms", private_dim=6))
+    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, family="mopoe_ms", private_dim=6))
     assert model.private_dim == 6 and set(model.private_encoders) == set(model.names)
     assert model.decoders["m0"].net[0].in_features == 9
     assert model.private_encoders["m1"](torch.randn(2, 5))[0].shape == (2, 6)
-    assert ModelConfig(specs(), objective="mmvae_plus").private_dim == FAMILIES["mmvae_plus"].private_latent_dims
+    assert ModelConfig(specs(), family="mmvae_plus").private_dim == FAMILIES["mmvae_plus"].private_latent_dims
     with pytest.raises(SpecError, match="has no private latents"):
-        ModelConfig(specs(), objective="mopoe", private_dim=2)
+        ModelConfig(specs(), family="mopoe", private_dim=2)
     with pytest.raises(SpecError, match="needs private latents"):
-        ModelConfig(specs(), objective="mopoe_ms", private_dim=0)
+        ModelConfig(specs(), family="mopoe_ms", private_dim=0)
     with pytest.raises(SpecError, match="private_dim must be an integer"):
-        ModelConfig(specs(), objective="mopoe_ms", private_dim=-1)
+        ModelConfig(specs(), family="mopoe_ms", private_dim=-1)
     # families without private latents keep their config (and so their bundles and model ids) as before
-    assert "private_dim" not in ModelConfig(specs(), objective="mopoe").to_dict()
-    assert ModelConfig.from_dict(ModelConfig(specs(), objective="mmjsd_ms", private_dim=3).to_dict()).private_dim == 3
+    assert "private_dim" not in ModelConfig(specs(), family="mopoe").to_dict()
+    assert ModelConfig.from_dict(ModelConfig(specs(), family="mmjsd_ms", private_dim=3).to_dict()).private_dim == 3
 
 
 def test_custom_private_encoders_plug_in_through_the_network_registry():
@@ -66,7 +67,7 @@ def test_custom_private_encoders_plug_in_through_the_network_registry():
             return self.net(x).chunk(2, dim=-1)
 
     register_network("encoder", "private_linear_test", Linear, replace=True)
-    config = ModelConfig(specs(), objective="mopoe_ms", networks={"m0": {"private": {"name": "private_linear_test"}}})
+    config = ModelConfig(specs(), family="mopoe_ms", networks={"m0": {"private": {"name": "private_linear_test"}}})
     model = MultimodalVAE(config)
     assert isinstance(model.private_encoders["m0"], Linear) and not isinstance(model.private_encoders["m1"], Linear)
 
@@ -83,7 +84,7 @@ def build(name, proper_subsets_include_prior=None, **options):
     torch.manual_seed(2)
     two = (ModalitySpec("a", "vector", (3,), scale=0.6, weight=2.0, hidden=(8,)),
            ModalitySpec("b", "vector", (4,), scale=0.9, hidden=(8,)))
-    model = MultimodalVAE(ModelConfig(two, latent_dim=2, objective=name, private_dim=3, objective_options=options,
+    model = MultimodalVAE(ModelConfig(two, latent_dim=2, objective=name, private_dim=3, family_options=options,
                                       proper_subsets_include_prior=proper_subsets_include_prior))
     with torch.no_grad():                   # experts away from N(0, I), so every KL term is non-zero
         for enc in (*model.encoders.values(), *model.private_encoders.values()):
@@ -190,8 +191,8 @@ def test_mmvae_plus_dreg_on_the_weighted_samples_only_gives_the_full_graphs_grad
     from mdgm_ros.core.families import mmvae_plus as mp
     from mdgm_ros.core.families.common import dreg_weights, masked_mean_over_experts
     torch.manual_seed(0)
-    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, objective="mmvae_plus", private_dim=2,
-                                      objective_options={"K": 4, "posterior": posterior,
+    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, family="mmvae_plus", private_dim=2,
+                                      family_options={"K": 4, "posterior": posterior,
                                                          "learn_prior": learn_prior}))
     dist = model.family.latent_distribution(model.config)
     feats = {n: torch.randn(6, 5) for n in model.names}
@@ -216,7 +217,7 @@ def test_mmvae_plus_dreg_on_the_weighted_samples_only_gives_the_full_graphs_grad
 
 
 def test_mmvae_plus_generation_draws_missing_private_latents_from_the_auxiliary_prior():
-    model = MultimodalVAE(ModelConfig(specs(2), latent_dim=2, objective="mmvae_plus", private_dim=3))
+    model = MultimodalVAE(ModelConfig(specs(2), latent_dim=2, family="mmvae_plus", private_dim=3))
     with torch.no_grad():
         model.extra["aux_prior"].logvar.fill_(math.log(4.0))
     feats = {n: torch.randn(4000, 5) for n in model.names}
@@ -235,8 +236,8 @@ def test_mmvae_plus_generation_prior_joint_draws_missing_private_latents_from_p(
     generation), not from r_n; the option survives a bundle; a bad value fails at construction."""
     from mdgm_ros.core.families import FamilyError
     options = {"posterior": posterior, "learn_prior": learn_prior, "generation_prior": "joint"}
-    model = MultimodalVAE(ModelConfig(specs(2), latent_dim=2, objective="mmvae_plus", private_dim=3,
-                                      objective_options=options))
+    model = MultimodalVAE(ModelConfig(specs(2), latent_dim=2, family="mmvae_plus", private_dim=3,
+                                      family_options=options))
     with torch.no_grad():
         model.extra["aux_prior"].logvar.copy_(torch.tensor([[3.0, -2.0, 2.0]] * 2))   # r_n far from p
         if learn_prior:
@@ -254,16 +255,16 @@ def test_mmvae_plus_generation_prior_joint_draws_missing_private_latents_from_p(
     std = torch.exp(0.5 * expected_logvar)
     assert torch.allclose(codes[1].std(dim=(0, 1)), std, rtol=0.1)       # p's scales, not r_n's
     loaded = load_bundle(save_bundle(tmp_path / "b", model)).model
-    assert loaded.config.objective_options["generation_prior"] == "joint"
+    assert loaded.config.family_options["generation_prior"] == "joint"
     torch.testing.assert_close(loaded.family.private_prior(loaded, "m1")[1], expected_logvar)
     with pytest.raises(FamilyError, match="generation_prior.*'aux', 'joint'.*'r'"):
-        MultimodalVAE(ModelConfig(specs(2), objective="mmvae_plus", objective_options={"generation_prior": "r"}))
+        MultimodalVAE(ModelConfig(specs(2), family="mmvae_plus", family_options={"generation_prior": "r"}))
 
 
 # ----------------------------------------------------------------------------- generation rules
 @pytest.mark.parametrize("name,options", VARIANTS, ids=VARIANT_IDS)
 def test_cross_modal_generation_uses_the_prior_and_self_reconstruction_the_own_private_latent(name, options):
-    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, objective=name, objective_options=options)).eval()
+    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, objective=name, family_options=options)).eval()
     feats = {n: torch.randn(4, 5) for n in model.names}
     mask = torch.tensor([[True, True, False]] * 4)
     with torch.no_grad():
@@ -332,7 +333,7 @@ def test_private_latents_are_used_by_the_decoders_and_cross_modal_generation_bea
 # ----------------------------------------------------------------------------- bundles and ONNX
 @pytest.mark.parametrize("name,options", VARIANTS, ids=VARIANT_IDS)
 def test_private_latent_bundle_round_trip(name, options, tmp_path):
-    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, objective=name, objective_options=options,
+    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, objective=name, family_options=options,
                                       private_dim=2)).eval()
     loaded = load_bundle(save_bundle(tmp_path / name, model)).model
     assert loaded.config.private_dim == 2 and loaded.family is model.family
@@ -347,24 +348,11 @@ def test_private_latent_bundle_round_trip(name, options, tmp_path):
 @pytest.mark.parametrize("name,options", VARIANTS, ids=VARIANT_IDS)
 def test_every_network_of_a_private_latent_family_exports_to_onnx(name, options, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
-    model = MultimodalVAE(ModelConfig(specs(2), latent_dim=3, objective=name, objective_options=options,
+    model = MultimodalVAE(ModelConfig(specs(2), latent_dim=3, objective=name, family_options=options,
                                       private_dim=2)).eval()
     parts = export_parts(model)
     stems = {p.stem for p in parts}
     assert {f"onnx_{n}_private_encoder" for n in model.names} <= stems
-    for part in parts:
-        file = tmp_path / f"{part.stem}.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(part.module, part.args, str(file), input_names=part.inputs, output_names=part.outputs,
-                              dynamo=False, opset_version=17,
-                              dynamic_axes={n: {0: "batch"} for n in part.inputs + part.outputs})
-        args = tuple(torch.randn(3, *a.shape[1:]) for a in part.args)
-        session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
-        got = session.run(None, {n: a.numpy() for n, a in zip(part.inputs, args)})
-        with torch.no_grad():
-            want = part.module(*args)
-        want = want if isinstance(want, tuple) else (want,)
-        assert all(np.allclose(g, w.numpy(), atol=1e-4) for g, w in zip(got, want)), part.stem
+    assert_onnx_round_trip(parts, tmp_path)
     decoder = next(p for p in parts if p.stem == "onnx_m0_decoder")
     assert decoder.args[0].shape[-1] == 5                       # [c, s_m]

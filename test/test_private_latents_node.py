@@ -10,7 +10,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from mdgm_ros.core import load_bundle
 from mdgm_ros.training.trainer import run_training
 
-from ros_env import ROOT, private_ros_env, spin_until, start, stop
+from ros_env import ROOT, FusionRun, private_ros_env, spin_until, start, stop
 
 
 def test_the_fusion_node_publishes_each_modality_s_private_latent(sim_bag, tmp_path):
@@ -25,12 +25,8 @@ def test_the_fusion_node_publishes_each_modality_s_private_latent(sim_bag, tmp_p
                             "model_overrides.private_dim": 3}, log=lambda m: None)
     model = load_bundle(bundle).model
     assert model.private_dim == 3
-    env = private_ros_env()
-    node = start("mdgm_ros.ros.fusion_node", "--ros-args", "--params-file", str(ROOT / "config" / "fusion.yaml"),
-                 "-p", f"bundle:={bundle}", env=env, log=tmp_path / "node.log")
-    streams = start("mdgm_ros.ros.synthetic_streams", env=env, log=tmp_path / "streams.log")
-    rclpy.init()
-    probe = rclpy.create_node("private_probe")
+    run = FusionRun.start(bundle, tmp_path, probe_name="private_probe")
+    node, probe = run.node, run.probe
     got: dict[str, list] = {"latent": [], "info": [], **{n: [] for n in model.names}}
     probe.create_subscription(Latent, "/mdgm_fusion/latent", got["latent"].append, 50)
     for name in model.names:
@@ -50,7 +46,4 @@ def test_the_fusion_node_publishes_each_modality_s_private_latent(sim_bag, tmp_p
         assert details["latent_private"]["dim"] == 3 and details["latent_private"]["topic"] == "~/latent_private/<modality>"
         assert node.poll() is None
     finally:
-        stop(streams)
-        stop(node)
-        probe.destroy_node()
-        rclpy.try_shutdown()
+        run.stop()

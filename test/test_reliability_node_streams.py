@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ros_env import ROOT, private_ros_env, spin_until, start, stop
+from ros_env import ROOT, FusionRun, private_ros_env, spin_until, start, stop
 from test_fusion_node import _bundle
 
 
@@ -22,12 +22,8 @@ def ros(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("hostile")
     bundle = _bundle(tmp / "model", 8, 0)
-    env = private_ros_env()
-    node = start("mdgm_ros.ros.fusion_node", "--ros-args", "--params-file", str(ROOT / "config" / "fusion.yaml"),
-                 "-p", f"bundle:={bundle}", env=env, log=tmp / "node.log")
-    streams = start("mdgm_ros.ros.synthetic_streams", "--malformed", "--hostile", env=env, log=tmp / "streams.log")
-    rclpy.init()
-    probe = rclpy.create_node("hostile_probe")
+    run = FusionRun.start(bundle, tmp, stream_args=("--malformed", "--hostile"), probe_name="hostile_probe")
+    node, probe = run.node, run.probe
     record = {"latent": [], "anomaly": [], "diagnostics": []}
     probe.create_subscription(Latent, "/mdgm_fusion/latent", record["latent"].append, 50)
     probe.create_subscription(AnomalyScores, "/mdgm_fusion/anomaly", record["anomaly"].append, 50)
@@ -48,10 +44,7 @@ def ros(tmp_path_factory):
         assert spin_until(probe, lambda: all(k in counters() for k in wanted), 90), counters()
         yield {"record": record, "counters": counters(), "node": node, "tmp": tmp}
     finally:
-        stop(streams)
-        stop(node)
-        probe.destroy_node()
-        rclpy.try_shutdown()
+        run.stop()
 
 
 def test_odd_messages_are_rejected_and_counted_without_clearing_buffers(ros):

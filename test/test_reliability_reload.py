@@ -13,7 +13,7 @@ import pytest
 
 from mdgm_ros.core.engine import bundle as bundle_mod
 
-from ros_env import ROOT, call, private_ros_env, spin_until, start, stop
+from ros_env import ROOT, FusionRun, call, private_ros_env, spin_until, start, stop
 from test_fusion_node import _bundle
 
 SECRET = b"TOPSECRET-outside-the-bundle\n"
@@ -86,12 +86,8 @@ def ros(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reload")
     roots = tmp / "roots"
     good = _bundle(roots / "model_a", 8, 0)
-    env = private_ros_env()
-    node = start("mdgm_ros.ros.fusion_node", "--ros-args", "--params-file", str(ROOT / "config" / "fusion.yaml"),
-                 "-p", f"bundle:={good}", env=env, log=tmp / "node.log")
-    streams = start("mdgm_ros.ros.synthetic_streams", env=env, log=tmp / "streams.log")
-    rclpy.init()
-    probe = rclpy.create_node("reload_probe")
+    run = FusionRun.start(good, tmp, probe_name="reload_probe")
+    node, probe = run.node, run.probe
     record = {"latent": [], "info": []}
     probe.create_subscription(Latent, "/mdgm_fusion/latent", lambda m: record["latent"].append(time.monotonic()), 50)
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -100,10 +96,7 @@ def ros(tmp_path_factory):
         assert spin_until(probe, lambda: record["latent"], 90), (tmp / "node.log").read_text()[-3000:]
         yield {"probe": probe, "record": record, "node": node, "tmp": tmp, "roots": roots, "good": good}
     finally:
-        stop(streams)
-        stop(node)
-        probe.destroy_node()
-        rclpy.try_shutdown()
+        run.stop()
 
 
 def _reload(ros, path):
