@@ -18,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..core import ModalitySpec
+from ..core.engine.atomic import write_atomically
 from ..streams import bridge
 from ..streams.alignment import NS, Aligner, PushResult
 from ..streams.kinds import INPUT_TYPES, make_stream
@@ -309,15 +308,13 @@ def _save(path: Path, data: AlignedDataset) -> None:
     arrays = {f"raw.{k}": v for k, v in data.raw.items()}
     meta = {"names": data.names, "labels": [json.loads(label.to_json()) for label in data.labels],
             "rejects": data.rejects}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
             np.savez(handle, mask=data.mask, stamps=data.stamps, fault=data.fault, near_fault=data.near_fault,
                      phase=data.phase, meta=np.asarray(json.dumps(meta)), **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomically(path, write, publish=False)
 
 
 def _load(path: Path, bag_index: int) -> AlignedDataset:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ..core.engine.atomic import current_umask
+from ..core.engine.atomic import write_text_atomically
 
 
 @dataclass(frozen=True)
@@ -123,16 +121,7 @@ def write_sidecar(path: str | Path, labels: list[FaultLabel], bag_start_ns: int,
                        "end": round((lb.end_ns - bag_start_ns) / NS, 3)} for lb in labels]}
     header = ("# Fault labels of a rosbag2 folder (mdgm-ros label). time: relative = seconds from the bag's\n"
               "# first message; absolute = seconds since the epoch (as header stamps). kind: one word.\n")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomically(path, header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
 
 
 def mark_faults(stamps: np.ndarray, labels: list[FaultLabel], settle_s: float) -> tuple[np.ndarray, np.ndarray]:

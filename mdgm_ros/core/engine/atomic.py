@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -97,3 +98,31 @@ def replace_dir(tmp: Path, target: Path) -> None:
         os.rename(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
     fsync_path(target.parent)
+
+
+def write_atomically(path: Path | str, write: Callable[[str], None], publish: bool = True) -> Path:
+    """Replace the file ``path`` whole: ``write(tmp)`` fills a temporary sibling (by its name), which is
+    flushed to disk and renamed over ``path``, then the folder entry is flushed; whenever the process
+    dies, ``path`` holds its old content or the new one. The parent folder is created if needed and the
+    temporary file removed if anything fails. ``publish``: mode 0666 less the umask (``mkstemp`` makes
+    0600), so that a node running as another user can read it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        fsync_path(Path(tmp))
+        if publish:
+            os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+    return path
+
+
+def write_text_atomically(path: Path | str, text: str, encoding: str = "utf-8") -> Path:
+    """``text`` as the whole content of ``path``, replaced atomically (:func:`write_atomically`)."""
+    return write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding=encoding))
