@@ -15,7 +15,7 @@ $(STAMP): requirements.txt setup.py setup.cfg package.xml CMakeLists.txt $(wildc
 	$(MAKE) interfaces
 	touch $(STAMP)
 
-# msg/ and action/ built with the pinned ROS wheels into the venv (DESIGN.md section 6): the libraries
+# msg/ and action/ built with the pinned ROS wheels into the venv: the libraries
 # in $(VENV)/lib, the Python modules in $(VENV)/lib/mdgm_ros_interfaces (mdgm_ros/__init__.py finds them)
 VENV_ABS = $(abspath $(VENV))
 interfaces:

@@ -1,4 +1,4 @@
-"""PVAE, both DMVAEs and MFM (issue 12, modality-specific latents): each objective's terms against a hand
+"""PVAE, both DMVAEs and MFM (modality-specific latents): each objective's terms against a hand
 computation with torch.distributions on a tiny batch, and what each adds beyond the objective (the joint
 private encoder's export, the adversarial discriminator step, labels). Generation rules, the use of s_m,
 short training, bundles and ONNX run for every private-latent family in test_private_latents.py."""
@@ -26,7 +26,7 @@ def build(name, **options):
     torch.manual_seed(2)
     two = (ModalitySpec("a", "vector", (3,), scale=0.6, weight=2.0, hidden=(8,)),
            ModalitySpec("b", "vector", (4,), scale=0.9, hidden=(8,)))
-    model = MultimodalVAE(ModelConfig(two, latent_dim=2, objective=name, private_dim=3, objective_options=options))
+    model = MultimodalVAE(ModelConfig(two, latent_dim=2, objective=name, private_dim=3, family_options=options))
     with torch.no_grad():                   # experts away from N(0, I), so every KL term is non-zero
         for enc in (*model.encoders.values(), *model.private_encoders.values()):
             enc.head.bias.add_(0.3)
@@ -342,8 +342,8 @@ def test_dmvae_lee_concrete_objective_by_hand(mean_z, mean_c):
     torch.manual_seed(2)
     two = (ModalitySpec("a", "vector", (3,), scale=0.6, weight=2.0, hidden=(8,)),
            ModalitySpec("b", "vector", (4,), scale=0.9, hidden=(8,)))
-    model = MultimodalVAE(ModelConfig(two, latent_dim=6, objective="dmvae_lee", private_dim=3,
-                                      objective_options={**CONCRETE, "tc_weight": 4.0, "mi_weight": 0.5,
+    model = MultimodalVAE(ModelConfig(two, latent_dim=6, family="dmvae_lee", private_dim=3,
+                                      family_options={**CONCRETE, "tc_weight": 4.0, "mi_weight": 0.5,
                                                          "dim_kl_weight": 1.5, "dataset_size": 50}))
     x = {"a": torch.randn(4, 3), "b": torch.randn(4, 4)}
     shared, private = experts(model, x)
@@ -411,8 +411,8 @@ def test_dmvae_lee_concrete_c_recovers_a_categorical_shared_factor_from_every_si
     torch.set_num_threads(1)
     torch.manual_seed(0)
     specs = tuple(ModalitySpec(f"m{j}", "vector", (5,), scale=0.3, learn_scale=True, hidden=(16,)) for j in range(3))
-    model = MultimodalVAE(ModelConfig(specs, latent_dim=4, objective="dmvae_lee", private_dim=2,
-                                      objective_options={"shared": "concrete"}))
+    model = MultimodalVAE(ModelConfig(specs, latent_dim=4, family="dmvae_lee", private_dim=2,
+                                      family_options={"shared": "concrete"}))
     raw, mask, _ = categorical_factor_data(768, 0)
     training.fit_normalization(model, raw, mask)
     feats = training.normalize_features(model, raw)
@@ -442,14 +442,14 @@ def test_dmvae_lee_refuses_bad_concrete_options():
                            ({"shared": "concrete", "categories": 4}, "dividing latent_dim 6"),
                            ({"shared": "concrete", "categories": 3, "temperature": 0.0}, "temperature")):
         with pytest.raises(SpecError, match=words):
-            MultimodalVAE(ModelConfig((ModalitySpec("a", "vector", (3,)),), latent_dim=6, objective="dmvae_lee",
-                                      objective_options=options))
+            MultimodalVAE(ModelConfig((ModalitySpec("a", "vector", (3,)),), latent_dim=6, family="dmvae_lee",
+                                      family_options=options))
 
 
 def test_dmvae_lee_concrete_inference_gives_probabilities_and_a_finite_relaxed_likelihood():
     torch.manual_seed(0)
     specs = tuple(ModalitySpec(f"m{j}", "vector", (5,), hidden=(16,)) for j in range(3))
-    model = MultimodalVAE(ModelConfig(specs, latent_dim=6, objective="dmvae_lee", objective_options=CONCRETE)).eval()
+    model = MultimodalVAE(ModelConfig(specs, latent_dim=6, family="dmvae_lee", family_options=CONCRETE)).eval()
     feats = {n: torch.randn(4, 5) for n in model.names}
     mask = torch.tensor([[True, True, False], [False, True, False], [False, False, False], [True, True, True]])
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Damaged bags (issue 15): a corrupt message is skipped and counted per topic, too many stop the read
+"""Damaged bags: a corrupt message is skipped and counted per topic, too many stop the read
 with a BagError naming the topic; MCAP chunks carry CRCs, so flipped bytes are refused, not trained on."""
 from __future__ import annotations
 

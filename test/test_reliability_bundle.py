@@ -1,4 +1,4 @@
-"""Hostile bundles (issue 15): each is refused with its reason, nothing outside the folder is read or
+"""Hostile bundles: each is refused with its reason, nothing outside the folder is read or
 disclosed, and any change to any file gives another model id."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Start-up errors end with one `error:` line and a non-zero exit, never a traceback (issue 15)."""
+"""Start-up errors end with one `error:` line and a non-zero exit, never a traceback."""
 from __future__ import annotations
 
 import subprocess

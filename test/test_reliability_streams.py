@@ -1,4 +1,4 @@
-"""Hostile stream input (issue 15): property-based tests of the bridge and the aligner with hypothesis.
+"""Hostile stream input: property-based tests of the bridge and the aligner with hypothesis.
 
 Invariants: a conversion either raises ConversionError (a counted reject) or returns a finite float32
 array of the model's shape; one odd stamp never clears the buffers or enters them; only a consistent

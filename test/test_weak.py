@@ -1,4 +1,4 @@
-"""Weak supervision (issue 13): the contrastive term (Shi et al. 2021, the survey's eq. 33) against its
+"""Weak supervision: the contrastive term (Shi et al. 2021, the survey's eq. 33) against its
 definition on a tiny batch, rows with missing modalities, and the PolyDigits weak-supervision bench."""
 import math
 
@@ -20,7 +20,7 @@ def mean_z(monkeypatch):
 def build(family="mvae", n_mod=2, **options):
     torch.manual_seed(2)
     specs = tuple(ModalitySpec(n, "vector", (d,), scale=0.7, hidden=(8,)) for n, d in zip("abc", (3, 4, 2)))[:n_mod]
-    model = MultimodalVAE(ModelConfig(specs, latent_dim=2, objective=family, objective_options=options))
+    model = MultimodalVAE(ModelConfig(specs, latent_dim=2, objective=family, family_options=options))
     return model, {n: torch.randn(4, model.specs[n].shape[0]) for n in model.names}
 
 

@@ -5,7 +5,7 @@ Lifecycle: configure loads the bundle and checks it against the parameters (and 
 deactivate destroys them and moves the model off the GPU; cleanup unloads the model. With
 ``autostart`` (default) the node configures and activates itself at start, as bringup nodes do.
 
-Topics (DESIGN.md section 2, :mod:`mdgm_ros.ros.outputs`): ``~/latent`` (mdgm_ros/Latent), ``~/anomaly``
+Topics (docs/nodes.rst, :mod:`mdgm_ros.ros.outputs`): ``~/latent`` (mdgm_ros/Latent), ``~/anomaly``
 (mdgm_ros/AnomalyScores), ``~/imputed/<modality>`` (the modality's own type; audio: mdgm_ros/ImputedArray),
 ``/diagnostics``, ``~/model_info`` (mdgm_ros/ModelInfo, latched); JointState mirrors with ``standard_mirrors``.
 With no ``bundle`` parameter the node runs the shipped ``models/default``.

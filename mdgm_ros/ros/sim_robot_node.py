@@ -1,4 +1,4 @@
-"""``sim_robot_node``: the PyBullet Panda publishing the live topics of DESIGN.md section 2.
+"""``sim_robot_node``: the PyBullet Panda publishing the live topics of the default wire contract (docs/nodes.rst).
 
 Publishes ``/camera/image_raw``, ``/joint_states``, ``/audio``, ``/tactile`` at their real rates (paced
 to ``real_time_factor``), the task phase on ``/sim/task_phase`` and fault labels on

@@ -1,4 +1,4 @@
-"""Simulator events -> ROS messages on the DESIGN.md topics, and ``mdgm-ros simulate`` (record a bag).
+"""Simulator events -> ROS messages on the default topics (docs/nodes.rst), and ``mdgm-ros simulate`` (record a bag).
 
 Topics: ``/camera/image_raw`` (Image rgb8), ``/joint_states`` (JointState: position, velocity,
 effort of the 9 Panda joints), ``/audio`` (Float32MultiArray, dims channels x samples, 16 kHz, 20 ms

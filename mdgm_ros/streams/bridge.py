@@ -12,13 +12,13 @@ diagnostics) and a specific message. Array conventions match :mod:`mdgm_ros.core
 * tactile ``sensor_msgs/Image`` 32FC1 / 16UC1 / mono8 with the pads stacked vertically
   (height = pads * rows) -> float32 (pads, rows, cols).
 
-Hostile input (DESIGN.md section 9): header stamps with nanosec >= 1e9 or a negative sec are refused
+Hostile input: header stamps with nanosec >= 1e9 or a negative sec are refused
 (``invalid_stamp``), ``frame_id`` is capped at ``MAX_FRAME_ID`` characters, float PCM beyond
 ``AUDIO_LIMIT`` times full scale is refused (``out_of_range``) and channels are averaged in float64, and
 a compressed image's width and height are read from its PNG/JPEG header and refused
 (``too_large``) before decoding when over :func:`max_pixels` of the model's input size.
 
-Outputs: the latent and the anomaly scores as ``sensor_msgs/JointState`` (DESIGN.md section 2),
+Outputs: the latent and the anomaly scores as ``sensor_msgs/JointState`` (docs/nodes.rst),
 imputed modalities in their own message types; imputed audio is the model's log-mel spectrogram
 (``Float32MultiArray`` with dims ``mel`` x ``frame``), since a spectrogram has no phase to play back.
 """

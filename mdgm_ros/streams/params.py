@@ -1,7 +1,7 @@
 """Typed, validated, documented parameters of the fusion node (see config/fusion.yaml).
 
 Per-modality parameters live under the modality's name (``camera.topic``, ``joints.joint_names``...);
-which ones exist depends on ``<name>.message_type``. Defaults follow DESIGN.md section 2.
+which ones exist depends on ``<name>.message_type``. Defaults: the wire contract of docs/nodes.rst.
 """
 from __future__ import annotations
 
