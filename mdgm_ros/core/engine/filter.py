@@ -34,6 +34,7 @@ from ..families.temporal import TRANSITION, check_actions, decode_state, flatten
 from .anomaly import empty_surprise, stream_surprise
 from .inference import AnomalyCalibration, FusionResult, Imputation, as_float32, calibration_from_nll, mixed_precision_call, standardize_scores
 from ..model.vae import MultimodalVAE
+from .windows import gather_rows
 
 
 def require_temporal(model: MultimodalVAE) -> None:
@@ -294,7 +295,7 @@ def calibrate_predictive_anomaly(model: MultimodalVAE, feats: Mapping[str, torch
     parts = []
     for start in range(0, windows.shape[0], batch_size):
         chunk = windows[start:start + batch_size]
-        part, m, act = _gather(feats, mask, chunk, actions, model.device)
+        part, m, act = gather_rows(feats, mask, chunk, actions, model.device)
         surprise = predictive_surprise_sequence(model, part, m, act)
         parts.append(surprise[chunk.to(surprise.device) >= 0])
     return calibration_from_nll(model, torch.cat(parts), quantile)

@@ -12,18 +12,7 @@ from ..families.temporal import options_of, sequence_objective
 from ..model.vae import MultimodalVAE
 from .filter import require_temporal
 from .loop import Batch, Batches, EpochRecord, TrainConfig, Trainer, batch_indices
-from .windows import gather_windows
-
-
-def gather_rows(values: Mapping[str, torch.Tensor], mask: torch.Tensor, windows: torch.Tensor,
-            actions: torch.Tensor | None, device: torch.device
-            ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
-    """Rows -> (B, T, ...) windows on ``device`` (padded steps: zeros, nothing observed)."""
-    feats, seq_mask = gather_windows(values, mask, windows)
-    act = None
-    if actions is not None:
-        act = gather_windows({"u": actions}, mask, windows)[0]["u"].to(device)
-    return {k: v.to(device) for k, v in feats.items()}, seq_mask.to(device), act
+from .windows import gather_rows
 
 
 @torch.no_grad()
@@ -118,4 +107,4 @@ def train_sequences(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mas
     return history
 
 
-__all__ = ["SequenceTrainer", "gather_rows", "sequence_loss", "train_sequences"]
+__all__ = ["SequenceTrainer", "sequence_loss", "train_sequences"]

@@ -58,3 +58,14 @@ def gather_windows(feats: Mapping[str, torch.Tensor], mask: torch.Tensor, index:
         out[name] = torch.where(pad.view(*pad.shape, *([1] * (values.dim() - 2))),
                                 torch.zeros((), dtype=values.dtype), values)
     return out, mask[safe] & ~pad.unsqueeze(-1)
+
+
+def gather_rows(values: Mapping[str, torch.Tensor], mask: torch.Tensor, windows: torch.Tensor,
+                actions: torch.Tensor | None, device: torch.device
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+    """Rows -> (B, T, ...) windows on ``device`` (padded steps: zeros, nothing observed)."""
+    feats, seq_mask = gather_windows(values, mask, windows)
+    act = None
+    if actions is not None:
+        act = gather_windows({"u": actions}, mask, windows)[0]["u"].to(device)
+    return {k: v.to(device) for k, v in feats.items()}, seq_mask.to(device), act
