@@ -5,7 +5,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from .config_files import config_path
 from .interrupts import exit_code, sigterm_stops_like_ctrl_c
@@ -17,6 +17,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.which == "zoo":
         from .bench import zoo
         return zoo.zoo_command(args)
+    if args.which == "weak":
+        from .bench import weak
+        return weak.weak_command(args)
 
     from .bench import models as bench
 
@@ -25,7 +28,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
         results["fusion"] = {**bench.bench_fusion(iterations=args.iterations, device=args.device),
                              "threads": args.threads}
-        from .bench.temporal import bench_temporal_step
+        from .bench.temporal_step import bench_temporal_step
         for key, objective in (("temporal_step", "temporal"), ("temporal_ms_step", "temporal_ms")):
             results["fusion"][key] = bench_temporal_step(iterations=args.iterations, device=args.device,
                                                          objective=objective, onnxruntime=True)
@@ -257,37 +260,91 @@ def _bench_families(args: argparse.Namespace) -> tuple[str, ...]:
     return names
 
 
+def _bench_options(which: str) -> dict[str, Callable[[argparse.ArgumentParser], Any]]:
+    """The options of the benchmarks in ``bench fusion|train|ros|data|soak|all``, by name; ``which``
+    words the help of an option that means something else per benchmark."""
+    from .core.families import FAMILIES
+
+    duration = {"ros": "seconds measured", "data": "seconds of robot time simulated (of each bag, with --bags)"}
+    return {
+        "iterations": lambda p: p.add_argument("--iterations", type=int, default=2000,
+                                               help="timed fusion steps of each kind"),
+        "threads": lambda p: p.add_argument(
+            "--threads", type=int, default=1,
+            help="torch intra-op threads for the live fusion step (default 1, as the node runs)"),
+        "train-threads": lambda p: p.add_argument("--train-threads", type=int, default=0,
+                                                  help="threads for training (default: all cores)"),
+        "families": lambda p: p.add_argument("--families", default=",".join(FAMILIES),
+                                             help="comma-separated families to time (default: every registered "
+                                                  "family)"),
+        "duration": lambda p: p.add_argument(
+            "--duration", type=float, default=20.0,
+            help=duration.get(which, "seconds measured by ros; seconds of robot time simulated by data")),
+        "bundle": lambda p: p.add_argument("--bundle", default="",
+                                           help="bundle the node runs (default: a design-card-sized model)"),
+        "bags": lambda p: p.add_argument("--bags", type=int, default=1,
+                                         help="also shard this many simulated bags of --duration s with every core "
+                                              "and train streaming from 1 and from all of them (peak RSS)"),
+        "bag-dir": lambda p: p.add_argument("--bag-dir", default="",
+                                            help="with --bags: keep (and reuse) the simulated bags here"),
+        "minutes": lambda p: p.add_argument("--minutes", type=float, default=5.0, help="minutes to run the node"),
+        "warmup": lambda p: p.add_argument("--warmup", type=float, default=60.0,
+                                           help="seconds before the RSS slope is fitted"),
+        "no-hostile": lambda p: p.add_argument("--no-hostile", action="store_true",
+                                               help="only the plain malformed messages, not the hostile ones"),
+    }
+
+
+# benchmark -> (one-line description, its options in _bench_options); zoo and weak bring their own
+_BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "fusion": ("latency of one live fusion step at batch 1 (per-frame, temporal, temporal in onnxruntime)",
+               ("iterations", "threads")),
+    "train": ("training throughput of each family on synthetic robot data (on a GPU: also AMP, pinned copies)",
+              ("train-threads", "families")),
+    "ros": ("the fusion node end to end over DDS: latency, delivery, the node's CPU", ("duration", "bundle")),
+    "data": ("simulator, bag writing and alignment speed; with --bags, sharding and streaming training's memory",
+             ("duration", "bags", "bag-dir")),
+    "soak": ("the fusion node for minutes on malformed and hostile input: memory growth, latency drift "
+             "(not part of all)", ("minutes", "warmup", "bundle", "no-hostile")),
+    "zoo": ("every model family on PolyDigits: coherence, latent probe, joint NLL (not part of all)", ()),
+    "weak": ("weak supervision on PolyDigits: modalities missing at random, or contrastive unpaired data "
+             "(not part of all)", ()),
+    "all": ("fusion, train, ros and data, in one report",
+            ("iterations", "threads", "train-threads", "families", "duration", "bundle", "bags", "bag-dir")),
+}
+
+
+def _add_bench_parsers(sub: Any) -> None:
+    """``bench NAME``: one sub-parser per benchmark with its own options (``bench NAME --help``)."""
+    from .bench import weak, zoo
+
+    bench = sub.add_parser("bench", help="benchmarks; prints JSON with --json",
+                           description="Benchmarks. `mdgm-ros bench NAME --help`: that benchmark's options.")
+    names = bench.add_subparsers(dest="which", required=True, title="benchmarks", metavar="NAME")
+    for name, (summary, options) in _BENCHMARKS.items():
+        parser = names.add_parser(name, help=summary, description=summary[:1].upper() + summary[1:] + ".")
+        parser.set_defaults(func=_cmd_bench)
+        if name == "weak":                       # an experiment, then its options (its own --json)
+            weak.add_arguments(parser)
+            continue
+        parser.add_argument("--json", action="store_true", help="print the report as JSON")
+        parser.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda, cuda:N")
+        if name == "zoo":
+            zoo.add_zoo_arguments(parser)
+            parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+        adders = _bench_options(name)
+        for option in options:
+            adders[option](parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .bench import zoo
     from .core.families import FAMILIES
     from .core.families import table as families_table
 
     parser = argparse.ArgumentParser(prog="mdgm-ros", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    bench = sub.add_parser("bench", help="benchmarks; prints JSON with --json")
-    bench.add_argument("which", choices=["fusion", "train", "ros", "data", "soak", "zoo", "all"],
-                       help="zoo: the PolyDigits benchmark of every model family (not part of 'all'); "
-                            "`mdgm-ros bench weak {missing,contrastive} --help`: weak supervision on PolyDigits")
-    bench.add_argument("--json", action="store_true")
-    bench.add_argument("--iterations", type=int, default=2000)
-    bench.add_argument("--threads", type=int, default=1,
-                       help="torch intra-op threads for the live fusion step (default 1, as the node runs)")
-    bench.add_argument("--train-threads", type=int, default=0, help="threads for training (default: all cores)")
-    bench.add_argument("--device", default="auto")
-    bench.add_argument("--bags", type=int, default=1,
-                       help="`bench data`: also shard this many simulated bags of --duration s with every core "
-                            "and train streaming from 1 and from all of them (peak RSS)")
-    bench.add_argument("--bag-dir", default="", help="`bench data --bags`: keep (and reuse) the simulated bags here")
-    bench.add_argument("--duration", type=float, default=20.0,
-                       help="seconds measured by `bench ros`; seconds of robot time simulated by `bench data`")
-    bench.add_argument("--minutes", type=float, default=5.0, help="`bench soak`: minutes to run the node")
-    bench.add_argument("--warmup", type=float, default=60.0, help="`bench soak`: seconds before the RSS slope is fitted")
-    bench.add_argument("--bundle", default="", help="`bench soak`, `bench ros`: bundle to run (default: a design-card-sized model)")
-    bench.add_argument("--no-hostile", action="store_true",
-                       help="`bench soak`: only the plain malformed messages, not the reliability issue's attacks")
-    zoo.add_zoo_arguments(bench)
-    bench.set_defaults(func=_cmd_bench)
+    _add_bench_parsers(sub)
     families_table.add_cli(sub)
 
     example = sub.add_parser("example", help="the model core end to end on synthetic data")
@@ -403,9 +460,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_command(argv: list[str]) -> int:
-    if argv[:2] == ["bench", "weak"]:           # its own arguments (an experiment, then options)
-        from .bench import weak
-        return weak.main(argv[2:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

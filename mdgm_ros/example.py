@@ -20,9 +20,9 @@ import torch
 
 from .core import (BetaSchedule, Fuser, ModelConfig, MultimodalVAE, TrainConfig, calibrate_anomaly,
                    default_robot_modalities, impute, load_bundle, save_bundle, select_device, train)
-from .core import synthetic, training
-from .core.inference import anomaly_scores
-from .core.metrics import auroc, average_precision
+from .core.engine import synthetic, loop as training
+from .core.engine.inference import anomaly_scores
+from .core.engine.metrics import auroc, average_precision
 
 
 @dataclass(frozen=True)

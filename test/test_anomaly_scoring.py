@@ -113,7 +113,7 @@ def test_the_error_channel_is_the_squared_error_in_sensor_units(small_model_fact
 def test_a_stream_counts_as_absent_only_after_it_was_seen_and_stayed_silent_long_enough():
     from types import SimpleNamespace
 
-    from mdgm_ros.evaluation.evaluate import absent_long_enough
+    from mdgm_ros.evaluation.metrics import absent_long_enough
     mask = np.array([[1, 0], [0, 0], [0, 1], [0, 1], [1, 1], [0, 1]], bool)
     data = SimpleNamespace(mask=mask, stamps=np.arange(6) * 300_000_000, bag=np.array([0, 0, 0, 0, 1, 1]))
     absent = absent_long_enough(data, 0.5)

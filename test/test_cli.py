@@ -54,6 +54,19 @@ def test_example_runs_end_to_end_and_bundle_info_reads_it(tmp_path):
     assert broken.returncode == 2 and "weights.safetensors is corrupt or truncated" in broken.stderr
 
 
+def test_each_benchmark_lists_and_takes_only_its_own_options():
+    listing = run("bench", "--help")
+    assert listing.returncode == 0, listing.stderr
+    for name in ("fusion", "train", "ros", "data", "soak", "zoo", "weak", "all"):
+        assert f"    {name} " in listing.stdout
+    zoo = run("bench", "zoo", "--help")
+    assert zoo.returncode == 0, zoo.stderr
+    assert "--raw-pixels" in zoo.stdout and "--keep-models" in zoo.stdout and "--device" in zoo.stdout
+    assert "--no-hostile" not in zoo.stdout and "--iterations" not in zoo.stdout     # soak's, fusion's
+    wrong = run("bench", "fusion", "--raw-pixels")
+    assert wrong.returncode == 2 and "unrecognized arguments: --raw-pixels" in wrong.stderr
+
+
 @pytest.mark.parametrize("args", [["bench", "nothing"], ["example", "--objective", "vae"], []])
 def test_bad_arguments_fail_cleanly(args):
     result = run(*args)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mdgm_ros.bench.temporal import bench_temporal_step
+from mdgm_ros.bench.temporal_step import bench_temporal_step
 
 
 @pytest.mark.parametrize("objective", ["temporal", "temporal_ms"])

@@ -15,13 +15,13 @@ from mdgm_ros.training.trainer import run_training
 
 TEMPORAL = {"data.cache": False, "data.block_s": 3.0, "data.window": 8, "data.window_stride": 8,
             "model_overrides.objective": "temporal", "model_overrides.fusion": "poe",
-            "model_overrides.objective_options": {"transition_hidden": 32, "p_outage": 0.3}}
+            "model_overrides.family_options": {"transition_hidden": 32, "p_outage": 0.3}}
 
 
 def _train(bag, out, epochs, options=None, **kw):
     overrides = {**TEMPORAL, "training.epochs": epochs}
     if options:
-        overrides["model_overrides.objective_options"] = {**TEMPORAL["model_overrides.objective_options"], **options}
+        overrides["model_overrides.family_options"] = {**TEMPORAL["model_overrides.family_options"], **options}
     return run_training([str(bag)], "config/train.yaml", out, device="cpu", overrides=overrides,
                         log=lambda m: None, show_bar=False, **kw)
 
@@ -97,12 +97,12 @@ def test_evaluate_compares_the_temporal_and_the_per_frame_model_on_one_bag(gru_b
     assert set(comparison["prediction"]) == {"latent_1_step", "joints_10_step"}
     assert (tmp_path / "fault_timeline_compare.png").stat().st_size > 10_000
     assert isinstance(comparison["verdict"]["passed"], bool)
-    assert any(line.startswith("issue 11 bars:") for line in summary_lines(report))
+    assert any(line.startswith("temporal-model targets:") for line in summary_lines(report))
 
 
 def test_the_evaluation_filter_over_rows_is_the_offline_filter(gru_bundle, sim_bag):
     from mdgm_ros.data.dataset import load_bags
-    from mdgm_ros.evaluation import temporal as te
+    from mdgm_ros.evaluation import temporal_vs_frame as te
     from mdgm_ros.evaluation.evaluate import load_eval_model
     from mdgm_ros.streams.params import fusion_params_from_file
 

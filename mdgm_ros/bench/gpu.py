@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..core import ModelConfig, MultimodalVAE, TrainConfig, Trainer, default_robot_modalities, select_device
-from ..core import synthetic, training
+from ..core.engine import synthetic, loop as training
 
 
 def _step_ms(trainer: Trainer, feats, mask, steps: int) -> float:

@@ -11,12 +11,15 @@ import torch
 
 from ..core import (Fuser, ModelConfig, MultimodalVAE, calibrate_anomaly, compute_objective,
                    default_robot_modalities, select_device)
-from ..core import synthetic, training
-from ..core.model import DEFAULT_FUSION
+from ..core.engine import synthetic, loop as training
+from ..core.model.vae import DEFAULT_FUSION
 from .memory import status_mb
 
 
-def _prepared_model(objective: str, device: torch.device, n: int = 256) -> tuple[MultimodalVAE, Any]:
+def prepared_model(objective: str, device: torch.device, n: int = 256) -> tuple[MultimodalVAE, Any]:
+    """The benchmarks' model: the four robot streams at the design card's sizes, normalised on ``n``
+    synthetic samples (untrained weights time the same as trained ones); returns it and (data, raw
+    features, presence mask) of those samples."""
     specs = default_robot_modalities()
     model = MultimodalVAE(ModelConfig(tuple(specs), latent_dim=16, objective=objective)).to(device)
     data = synthetic.make_dataset(specs, n, seed=0)
@@ -26,14 +29,16 @@ def _prepared_model(objective: str, device: torch.device, n: int = 256) -> tuple
     return model.eval(), (data, feats, mask)
 
 
-def _percentiles(seconds: list[float]) -> dict[str, float]:
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    """p50 / p90 / p99 / mean of per-call seconds, in ms, and calls per second."""
     ms = np.asarray(seconds) * 1e3
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p90_ms": round(float(np.percentile(ms, 90)), 3),
             "p99_ms": round(float(np.percentile(ms, 99)), 3), "mean_ms": round(float(ms.mean()), 3),
             "samples_per_s": round(float(1e3 / ms.mean()), 1)}
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work (a no-op on CPU), so a timer stops after it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -58,7 +63,7 @@ def bench_fusion(iterations: int = 2000, warmup: int = 100, device: str = "auto"
     audio, leave-one-out anomaly scores of the three observed modalities. The bare forward pass of the
     same networks is timed in the same loop (alternating), so ``ratio_to_bare`` compares like with like."""
     dev = select_device(device)
-    model, (data, feats, mask) = _prepared_model(objective, dev)
+    model, (data, feats, mask) = prepared_model(objective, dev)
     calibration = calibrate_anomaly(model, training.normalize_features(model, feats), mask)
     fuser = Fuser(model, calibration)
     raw = {k: torch.from_numpy(v[:1]).to(dev) for k, v in data.raw.items()}
@@ -76,14 +81,14 @@ def bench_fusion(iterations: int = 2000, warmup: int = 100, device: str = "auto"
     for _ in range(iterations):
         started = time.perf_counter()
         result = fuser(raw, step_mask)
-        _sync(dev)
+        synchronize(dev)
         middle = time.perf_counter()
         bare()
-        _sync(dev)
+        synchronize(dev)
         times.append(middle - started)
         bare_times.append(time.perf_counter() - middle)
     assert set(result.imputed) == {"audio"}
-    stats, bare_stats = _percentiles(times), _percentiles(bare_times)
+    stats, bare_stats = percentiles(times), percentiles(bare_times)
     ratio = stats["p50_ms"] / bare_stats["p50_ms"]
     return {"benchmark": "fusion", "batch": 1, "objective": objective, "fusion": model.fusion,
             "observed": observed, "imputed": targets, "iterations": iterations,
@@ -92,7 +97,9 @@ def bench_fusion(iterations: int = 2000, warmup: int = 100, device: str = "auto"
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
-PREVIOUS_PATH = {"mopoe": {"fast": False}, "mmvae": {"fast": False}}   # issue 14: today's code path
+# objective options that select a family's previous, slower training path (every row decoded, observed
+# or not, then masked), timed beside the default path
+PREVIOUS_PATH = {"mopoe": {"fast": False}, "mmvae": {"fast": False}}
 
 
 def _train_setup(model: MultimodalVAE, batch_size: int, dev: torch.device) -> tuple[dict, torch.Tensor, Any]:
@@ -112,7 +119,7 @@ def _timed_steps(model: MultimodalVAE, feats: dict, mask: torch.Tensor, optimize
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        _sync(dev)
+        synchronize(dev)
         times.append(time.perf_counter() - started)
     return times
 
@@ -133,7 +140,7 @@ def bench_train(steps: int = 20, batch_size: int = 64, device: str = "auto",
     dev = select_device(device)
     out: dict[str, Any] = {"benchmark": "train", "batch": batch_size, "steps": steps, "objectives": {}}
     for objective in objectives:
-        model, _ = _prepared_model(objective, dev, n=8)
+        model, _ = prepared_model(objective, dev, n=8)
         feats, mask, optimizer = _train_setup(model, batch_size, dev)
         paths = {"new": {}, **({"previous": PREVIOUS_PATH[objective]} if objective in PREVIOUS_PATH else {})}
         times: dict[str, list[float]] = {name: [] for name in paths}
@@ -157,7 +164,7 @@ def mopoe_step_curve(counts: tuple[int, ...], batch_size: int, dev: torch.device
                      ) -> list[dict[str, Any]]:
     """MoPoE step time for M vector modalities (27-d, the joints' size), default vs exact KL bound."""
     from ..core.families.mopoe import resolve_kl_estimator
-    from ..core.modalities import ModalitySpec
+    from ..core.model.modalities import ModalitySpec
 
     rows = []
     for count in counts:

@@ -24,19 +24,21 @@ from ..ros.processes import private_ros_env, stop_process
 TARGET_P99_MS = 8.0
 
 
-def _bench_bundle(folder: Path) -> Path:
-    """A four-stream model at the design card's sizes (untrained weights time the same as trained ones)."""
+def bench_bundle(folder: Path) -> Path:
+    """A four-stream model at the design card's sizes (untrained weights time the same as trained ones),
+    saved as a bundle in ``folder``: what ``bench ros`` and ``bench soak`` run without ``--bundle``."""
     import torch
 
-    from .models import _prepared_model
     from ..core import calibrate_anomaly, save_bundle
-    from ..core import training
-    model, (_, feats, mask) = _prepared_model("mvae", torch.device("cpu"))
+    from ..core.engine import loop as training
+    from .models import prepared_model
+    model, (_, feats, mask) = prepared_model("mvae", torch.device("cpu"))
     calibration = calibrate_anomaly(model, training.normalize_features(model, feats), mask)
     return save_bundle(folder / "bench_model", model, calibration, name="bench")
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -99,7 +101,7 @@ def bench_ros(duration: float = 20.0, warmup: float = 5.0, bundle: str = "") -> 
     import rclpy
 
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = bundle or _bench_bundle(Path(tmp))
+        bundle = bundle or bench_bundle(Path(tmp))
         node = subprocess.Popen([sys.executable, "-m", "mdgm_ros.ros.fusion_node", "--ros-args", "--params-file",
                                  str(config_path("fusion.yaml")), "-p", f"bundle:={bundle}"],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -111,9 +113,9 @@ def bench_ros(duration: float = 20.0, warmup: float = 5.0, bundle: str = "") -> 
             probe = _Probe(probe_node)
             probe.wait_for_latents(60.0)
             probe.spin(warmup)
-            start, cpu_start = time.monotonic(), _cpu_seconds(node.pid)
+            start, cpu_start = time.monotonic(), cpu_seconds(node.pid)
             probe.spin(duration)
-            stop, cpu_stop = time.monotonic(), _cpu_seconds(node.pid)
+            stop, cpu_stop = time.monotonic(), cpu_seconds(node.pid)
         finally:
             stop_process(streams)
             stop_process(node)

@@ -1,13 +1,13 @@
 """``mdgm-ros bench soak``: the fusion node for N minutes on synthetic streams with malformed input.
 
 The node and ``synthetic_streams --malformed --hostile`` (one bad message per stream per second, and
-four of the reliability issue's attacks per second: odd stamps, huge values, a 1 MB frame_id, ...) run
+four hostile messages per second: odd stamps, huge values, a 1 MB frame_id, ...) run
 in their own processes on a private ROS_DOMAIN_ID; this process subscribes to the camera and to
 ``~/latent`` and samples the node's resident memory (``/proc/<pid>/status`` VmRSS) every few seconds.
 Reported: the RSS slope after the warm-up (least squares, MB/min) and per half, latency p50/p99 per
 tenth of the run and their drift (last tenth minus first), the fraction of the valid anchor frames
 answered (malformed and hostile frames are rejected by design and counted apart), and the node's
-reject and error counters from its last ``/diagnostics``. The issue's target: RSS growth <= 0.5 MB/min
+reject and error counters from its last ``/diagnostics``. The target: RSS growth <= 0.5 MB/min
 after the first minute, no p99 drift, >= 99 % of anchor frames answered.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 from ..config_files import config_path
 from ..ros.processes import private_ros_env, stop_process
 from .memory import status_mb
-from .ros import _bench_bundle, _cpu_seconds
+from .ros import bench_bundle, cpu_seconds
 
 RSS_PERIOD_S = 5.0
 
@@ -53,7 +53,7 @@ def bench_soak(minutes: float = 5.0, warmup_s: float = 60.0, bundle: str | None 
 
     duration = minutes * 60.0
     with tempfile.TemporaryDirectory() as tmp:
-        model = bundle or str(_bench_bundle(Path(tmp)))
+        model = bundle or str(bench_bundle(Path(tmp)))
         node = subprocess.Popen([sys.executable, "-m", "mdgm_ros.ros.fusion_node", "--ros-args", "--params-file",
                                  str(config_path("fusion.yaml")), "-p", f"bundle:={model}"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -74,7 +74,7 @@ def bench_soak(minutes: float = 5.0, warmup_s: float = 60.0, bundle: str | None 
         probe.create_subscription(DiagnosticArray, "/diagnostics", lambda m: record["diagnostics"].append(m), 10)
         try:
             _wait_first(probe, record, node)
-            start, cpu_start = time.monotonic(), _cpu_seconds(node.pid)
+            start, cpu_start = time.monotonic(), cpu_seconds(node.pid)
             next_rss = start
             while time.monotonic() - start < duration and node.poll() is None:
                 rclpy.spin_once(probe, timeout_sec=0.05)
@@ -84,7 +84,7 @@ def bench_soak(minutes: float = 5.0, warmup_s: float = 60.0, bundle: str | None 
                     if log and len(record["rss"]) % 12 == 0:
                         log(f"soak {record['rss'][-1][0] / 60:.1f} min: node RSS {record['rss'][-1][1]:.1f} MB")
                     record["diagnostics"] = record["diagnostics"][-50:]
-            stop, cpu_stop = time.monotonic(), _cpu_seconds(node.pid)
+            stop, cpu_stop = time.monotonic(), cpu_seconds(node.pid)
             alive = node.poll() is None
         finally:
             stop_process(streams)
@@ -92,7 +92,7 @@ def bench_soak(minutes: float = 5.0, warmup_s: float = 60.0, bundle: str | None 
             probe.destroy_node()
             rclpy.try_shutdown()
     summary = _summary(record, start, stop, warmup_s, cpu_stop - cpu_start, alive)
-    summary["malformed"] += " + four of the issue's attacks per second (--hostile)" if hostile else ""
+    summary["malformed"] += " + four hostile messages per second (--hostile)" if hostile else ""
     return summary
 
 

@@ -1,5 +1,5 @@
 """Benchmark of the temporal fusion step (a command's building block, not a timed test): one live
-:class:`~mdgm_ros.core.temporal.TemporalFilter` step at batch 1 on the robot modalities, one missing.
+:class:`~mdgm_ros.core.engine.filter.TemporalFilter` step at batch 1 on the robot modalities, one missing.
 Reached from the CLI as part of ``mdgm-ros bench fusion`` (key ``temporal_step``)."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from ..core import Fuser, select_device
-from ..core.temporal import TemporalFilter, calibration_from_nll, predictive_surprise_sequence
-from .models import _percentiles, _prepared_model, _sync
+from ..core.engine.filter import TemporalFilter, calibration_from_nll, predictive_surprise_sequence
+from .models import percentiles, prepared_model, synchronize
 
 
 def bench_temporal_step(iterations: int = 2000, warmup: int = 100, device: str = "auto",
@@ -28,7 +28,7 @@ def bench_temporal_step(iterations: int = 2000, warmup: int = 100, device: str =
     ``onnxruntime``: also the same closed-form step with the networks in onnxruntime (the fusion node's
     ``engine: onnxruntime``; one intra-op thread per session, as the node's default ``threads: 1``)."""
     dev = select_device(device)
-    model, (data, feats, mask) = _prepared_model(objective, dev)
+    model, (data, feats, mask) = prepared_model(objective, dev)
     with torch.no_grad():
         normalised = {n: model.normalize(n, x.to(dev)).unsqueeze(0) for n, x in feats.items()}
         surprise = predictive_surprise_sequence(model, normalised, mask.to(dev).unsqueeze(0))
@@ -45,14 +45,14 @@ def bench_temporal_step(iterations: int = 2000, warmup: int = 100, device: str =
         if onnxruntime:
             steps["onnxruntime"] = TemporalFilter(_in_onnxruntime(model, calibration, Path(folder)), calibration)
         times = _timed(steps, raw, step_mask, dev, iterations, warmup)
-    stats, generic_stats = _percentiles(times["fast"]), _percentiles(times["generic"])
+    stats, generic_stats = percentiles(times["fast"]), percentiles(times["generic"])
     return {"benchmark": "temporal_step", "batch": 1, "objective": objective,
             "observed": ["camera", "joints", "tactile"], "imputed": ["audio"], "iterations": iterations,
             **stats, "generic_filter_step": generic_stats,
             "ratio_to_generic_p50": round(stats["p50_ms"] / generic_stats["p50_ms"], 3),
-            "per_frame_step": _percentiles(times["per_frame"]),
-            "ratio_to_per_frame_p50": round(stats["p50_ms"] / _percentiles(times["per_frame"])["p50_ms"], 3),
-            **({"with_prediction": {"horizon": horizon, **_percentiles(times["ahead"])}} if horizon else {}),
+            "per_frame_step": percentiles(times["per_frame"]),
+            "ratio_to_per_frame_p50": round(stats["p50_ms"] / percentiles(times["per_frame"])["p50_ms"], 3),
+            **({"with_prediction": {"horizon": horizon, **percentiles(times["ahead"])}} if horizon else {}),
             **(_engine_stats(times, stats) if onnxruntime else {}),
             "target": {"p50_ms": 2.5, "p99_ms": 5.0},
             "parameters": sum(p.numel() for p in model.parameters())}
@@ -62,14 +62,14 @@ def _in_onnxruntime(model, calibration, folder: Path):
     """The model saved with its ONNX files and loaded back with onnxruntime running its networks."""
     from ..core import save_bundle
     from ..onnx_engine import load_ort_bundle
-    from ..training.trainer import export_onnx
+    from ..training.bundle_files import export_onnx
 
     save_bundle(folder / "bench", model, calibration, attach=lambda target: export_onnx(model, target))
     return load_ort_bundle(folder / "bench", ["CPUExecutionProvider"], threads=1, device=model.device).model
 
 
 def _engine_stats(times: dict[str, list[float]], torch_stats: dict[str, float]) -> dict[str, Any]:
-    ort = _percentiles(times["onnxruntime"])
+    ort = percentiles(times["onnxruntime"])
     return {"onnxruntime_step": {**ort, "ratio_to_torch_p50": round(ort["p50_ms"] / torch_stats["p50_ms"], 3)}}
 
 
@@ -83,7 +83,7 @@ def _timed(steps: dict[str, Any], raw, step_mask, dev, iterations: int, warmup: 
         for name, step in steps.items():
             started = time.perf_counter()
             result = step(raw, step_mask)
-            _sync(dev)
+            synchronize(dev)
             times[name].append(time.perf_counter() - started)
             assert set(result.imputed) == {"audio"} and bool(torch.isfinite(result.total_score).all())
     return times

@@ -20,13 +20,16 @@ import argparse
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from ..core import ModelConfig, MultimodalVAE, training
-from ..core.families import LABELS
+from ..core import ModelConfig, MultimodalVAE
+from ..core.engine import loop as training
+from ..core.engine.atomic import write_text_atomically
+from ..core.model.family import LABELS
 from ..data.polydigits import PolyDigits, make_polydigits, specs
 from . import zoo
 
@@ -198,10 +201,9 @@ def config_from_args(args: argparse.Namespace) -> WeakConfig:
                       missing=missing)
 
 
-def main(argv: Sequence[str] | None = None, write: Callable[[str], Any] = print) -> int:
-    parser = argparse.ArgumentParser(prog="mdgm-ros bench weak")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
+def weak_command(args: argparse.Namespace, write: Callable[[str], Any] = print) -> int:
+    """Run ``bench weak`` (arguments of :func:`add_arguments`); prints the Markdown table (or JSON with
+    ``--json``), and with ``--out`` writes both there."""
     try:
         config = config_from_args(args)
         report = run_weak(config, log=zoo.log_to_stderr if args.json else write)      # --json: progress on stderr
@@ -209,13 +211,18 @@ def main(argv: Sequence[str] | None = None, write: Callable[[str], Any] = print)
         write(f"error: {err}")
         return 2
     if args.out:
-        from pathlib import Path
         out = Path(args.out)
-        zoo._atomic(out / f"weak_{config.experiment}.json",
-                    lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
-        zoo._atomic(out / f"weak_{config.experiment}.md", lambda tmp: Path(tmp).write_text(markdown(report)))
+        write_text_atomically(out / f"weak_{config.experiment}.json", json.dumps(report, indent=2) + "\n")
+        write_text_atomically(out / f"weak_{config.experiment}.md", markdown(report))
     write(json.dumps(report, indent=2) if args.json else markdown(report).rstrip("\n"))
     return 0
+
+
+def main(argv: Sequence[str] | None = None, write: Callable[[str], Any] = print) -> int:
+    """``python -m mdgm_ros.bench.weak ARGS``: the same as ``mdgm-ros bench weak ARGS``."""
+    parser = argparse.ArgumentParser(prog="mdgm-ros bench weak")
+    add_arguments(parser)
+    return weak_command(parser.parse_args(argv), write)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,11 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import ModelConfig, MultimodalVAE, impute, iwae_log_likelihood, register_network, save_bundle, training
-from ..core.families import FAMILIES, LABELS, FamilyError, get_family
+from ..core import ModelConfig, MultimodalVAE, impute, iwae_log_likelihood, register_network, save_bundle
+from ..core.engine import loop as training
+from ..core.engine.atomic import write_atomically, write_text_atomically
+from ..core.families import FAMILIES, FamilyError, get_family
+from ..core.model.family import LABELS
 from ..data.polydigits import PolyDigits, make_polydigits, specs
 from ..interrupts import exit_code
 from . import zoo_private
+from .zoo_latents import latent_probe, normalized_images
 from .zoo_state import TrainingProgress, ZooState
 
 
@@ -47,7 +49,7 @@ class ZooConfig:
     n_train: int = 10000
     n_test: int = 2000
     n_modalities: int = 5
-    epochs: int = 72                     # the README's 72-epoch tables, where the issue-16 bars hold
+    epochs: int = 72                     # docs/benchmarks.rst's 72-epoch tables (where MoPoE's coherence holds)
     batch_size: int = 128
     lr: float = 1e-3
     latent_dim: int = 16
@@ -238,7 +240,7 @@ def coherence(model: MultimodalVAE, test: PolyDigits, classifiers: dict[str, nn.
             hits = {t: 0 for t in targets}
             for start in range(0, len(test), chunk):
                 rows = slice(start, start + chunk)
-                feats = zoo_private.normalized_images(model, test, rows)
+                feats = normalized_images(model, test, rows)
                 mask = torch.zeros((len(test.labels[rows]), n_mod), dtype=torch.bool, device=model.device)
                 mask[:, list(given)] = True
                 try:
@@ -253,40 +255,13 @@ def coherence(model: MultimodalVAE, test: PolyDigits, classifiers: dict[str, nn.
     return {k: float(np.mean(v)) for k, v in correct.items()}
 
 
-def shared_code(model: MultimodalVAE, feats: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-    """The mean of q(c | all modalities): (B, D)."""
-    return model.posterior_summary(*model.experts(feats, mask), mask)[0]
-
-
-@torch.no_grad()
-def latent_means(model: MultimodalVAE, data: PolyDigits, n: int, chunk: int = 500,
-                 code: Callable[..., torch.Tensor] = shared_code) -> np.ndarray:
-    """``code(model, feats, mask)`` of the first n tuples, every modality observed: (min(n, N), ...)."""
-    out = []
-    for start in range(0, min(n, len(data)), chunk):
-        rows = slice(start, min(start + chunk, n))
-        feats = zoo_private.normalized_images(model, data, rows)
-        mask = torch.ones((len(data.labels[rows]), len(model.names)), dtype=torch.bool, device=model.device)
-        out.append(code(model, feats, mask).cpu().numpy())
-    return np.concatenate(out)
-
-
-def latent_probe(model: MultimodalVAE, train: PolyDigits, test: PolyDigits, n_probe: int,
-                 code: Callable[..., torch.Tensor] = shared_code) -> float:
-    """Test accuracy of a logistic regression of the label on ``code`` (default: the shared latent)."""
-    from sklearn.linear_model import LogisticRegression
-    z_train, z_test = latent_means(model, train, n_probe, code=code), latent_means(model, test, len(test), code=code)
-    probe = LogisticRegression(max_iter=2000).fit(z_train, train.labels[:len(z_train)])
-    return float(probe.score(z_test, test.labels))
-
-
 @torch.no_grad()
 def joint_nll(model: MultimodalVAE, test: PolyDigits, k: int, n: int, chunk: int = 25) -> float:
     gen = torch.Generator(device=model.device).manual_seed(0)
     values = []
     for start in range(0, min(n, len(test)), chunk):
         rows = slice(start, min(start + chunk, n))
-        feats = zoo_private.normalized_images(model, test, rows)
+        feats = normalized_images(model, test, rows)
         mask = torch.ones((len(test.labels[rows]), len(model.names)), dtype=torch.bool, device=model.device)
         values.append(-iwae_log_likelihood(model, feats, mask, n_samples=k, generator=gen).cpu())
     return float(torch.cat(values).mean())
@@ -308,7 +283,7 @@ def evaluate_family(name: str, train: PolyDigits, test: PolyDigits, classifiers:
               "coherence_sampled": coherence(model, test, classifiers, samples=1),
               "latent_probe": latent_probe(model, train, test, config.n_probe),
               "joint_nll": joint_nll(model, test, config.iwae_k, config.n_nll),
-              **zoo_private.private_metrics(model, train, test, config.n_probe)}     # private latents (issue 12)
+              **zoo_private.private_metrics(model, train, test, config.n_probe)}     # families with private latents
     result["eval_seconds"] = time.perf_counter() - started
     return result
 
@@ -445,36 +420,24 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("PolyDigits: coherence vs k (dashed: sampled z)")
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
-
-
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_outputs(report: dict[str, Any], out: Path) -> None:
     """zoo.json, zoo.md and coherence.png in ``out`` (each written atomically)."""
-    _atomic(out / "zoo.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
-    _atomic(out / "zoo.md", lambda tmp: Path(tmp).write_text(markdown(report)))
+    write_text_atomically(out / "zoo.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomically(out / "zoo.md", markdown(report))
     plot(report, out / "coherence.png")
     zoo_private.write_style_transfer(report["runs"], out)
 
 
 # ----------------------------------------------------------------------------- CLI glue
 def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``bench zoo`` (``--json`` and ``--device`` are the bench parser's own)."""
+    """Options of ``bench zoo`` (the CLI adds ``--json``, ``--device`` and ``--threads``)."""
     parser.add_argument("--families", default=",".join(FAMILIES),
-                        help="`bench zoo`, `bench train`: comma-separated families (default: every registered family)")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds (the README table uses 2)")
+                        help="comma-separated families (default: every registered family)")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds (the tables in docs/benchmarks.rst use 2)")
     parser.add_argument("--out", default=None,
                         help="folder for zoo.json, zoo.md and coherence.png; while the run lasts, its state "
                              "(checkpoints after every epoch) is in OUT/state/")

@@ -1,4 +1,5 @@
-"""PolyDigits checks of the families with modality-specific latents (issue 12), called by ``bench zoo``.
+"""PolyDigits checks of the families with modality-specific latents (private s_m beside the shared c),
+called by ``bench zoo``.
 
 - Disentanglement: a linear probe of the digit label on the private latents (every modality's q(s_m|x_m)
   mean, concatenated) beside the zoo's probe on the shared c. c should carry the label, s_m should not.
@@ -14,14 +15,11 @@ import numpy as np
 import torch
 
 from ..core import MultimodalVAE
+from ..core.engine.atomic import write_atomically
 from ..data.polydigits import PolyDigits
+from .zoo_latents import latent_probe, normalized_images
 
 STYLE_ROWS, STYLE_COLUMNS = 4, 6
-
-
-def normalized_images(model: MultimodalVAE, data: PolyDigits, rows: slice) -> dict[str, torch.Tensor]:
-    """The ``rows`` of every modality, standardised as the model's inputs, on the model's device."""
-    return {n: model.normalize(n, torch.from_numpy(data.images[n][rows]).to(model.device)) for n in model.names}
 
 
 def private_code(model: MultimodalVAE, feats: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
@@ -32,7 +30,6 @@ def private_code(model: MultimodalVAE, feats: dict[str, torch.Tensor], mask: tor
 
 def private_probe(model: MultimodalVAE, train: PolyDigits, test: PolyDigits, n_probe: int) -> float:
     """Test accuracy of a logistic regression of the label on the private latents."""
-    from .zoo import latent_probe                                     # zoo imports this module
     return latent_probe(model, train, test, n_probe, code=private_code)
 
 
@@ -67,8 +64,6 @@ def plot_style_transfer(grid: np.ndarray, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .zoo import _atomic
-
     grid = np.asarray(grid, dtype=np.float32)
     grid = grid / 255.0 if grid.max() > 1.0 else grid
     rows, columns = grid.shape[:2]
@@ -79,7 +74,7 @@ def plot_style_transfer(grid: np.ndarray, path: Path, title: str) -> None:
             axes[r, k].set_axis_off()
     fig.suptitle(f"{title}: rows = c, columns = s_m", fontsize=8)
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
 
 

@@ -18,30 +18,30 @@ import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from ..core import MultimodalVAE, training
+from ..core import MultimodalVAE
+from ..core.engine import loop as training
+from ..core.engine.atomic import write_atomically, write_text_atomically
 from ..training.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-
-if TYPE_CHECKING:
-    from .zoo import ZooConfig
 
 STATE = "state"
 NOT_RESULT_SHAPING = ("families", "seeds", "first_seed", "threads", "keep_models")
 
 
-def result_settings(config: "ZooConfig") -> dict[str, Any]:
-    """The config as JSON, without what only chooses which runs happen (or how fast)."""
+def result_settings(config: Any) -> dict[str, Any]:
+    """The config (the run's :class:`~.zoo.ZooConfig`, a dataclass) as JSON, without what only chooses
+    which runs happen (or how fast)."""
     return json.loads(json.dumps({k: v for k, v in asdict(config).items() if k not in NOT_RESULT_SHAPING}))
 
 
 class ZooState:
     """The state folder of one ``bench zoo`` run (see the module docstring)."""
 
-    def __init__(self, out: Path, config: "ZooConfig", resume: bool):
+    def __init__(self, out: Path, config: Any, resume: bool):
         self.root = Path(out) / STATE
         settings = result_settings(config)
         if self.root.exists():
@@ -51,7 +51,7 @@ class ZooState:
             self._check_settings(settings)
         else:
             self.root.mkdir(parents=True)
-            _atomic_text(self.root / "config.json", json.dumps(settings, indent=2) + "\n")
+            write_text_atomically(self.root / "config.json", json.dumps(settings, indent=2) + "\n")
         self.resumed: list[str] = []
 
     def _check_settings(self, settings: dict[str, Any]) -> None:
@@ -78,7 +78,8 @@ class ZooState:
                 nets[name].eval()
             return nets, saved["accuracy"]
         nets, accuracy = train()
-        _atomic_torch(path, {"nets": {n: net.state_dict() for n, net in nets.items()}, "accuracy": accuracy})
+        saved = {"nets": {n: net.state_dict() for n, net in nets.items()}, "accuracy": accuracy}
+        write_atomically(path, lambda tmp: torch.save(saved, tmp))
         return nets, accuracy
 
     # ----------------------------------------------------------------- finished runs
@@ -96,7 +97,7 @@ class ZooState:
         """Keep a finished run; returns it as it reads back (JSON keys), so resumed and uninterrupted
         reports are alike."""
         text = json.dumps(run)
-        _atomic_text(self._run_path(run["family"], run["seed"]), text + "\n")
+        write_text_atomically(self._run_path(run["family"], run["seed"]), text + "\n")
         shutil.rmtree(self.training_dir(run["family"], run["seed"]), ignore_errors=True)
         return json.loads(text)
 
@@ -136,13 +137,3 @@ class TrainingProgress:
         self.folder.mkdir(parents=True, exist_ok=True)
         save_checkpoint({"data_key": self.key, "model": model.state_dict(), "trainer": trainer.state_dict(),
                          "seconds": self.seconds}, self.folder)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    from .zoo import _atomic
-    _atomic(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def _atomic_torch(path: Path, value: Any) -> None:
-    from .zoo import _atomic
-    _atomic(path, lambda tmp: torch.save(value, tmp))

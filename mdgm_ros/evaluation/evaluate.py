@@ -17,62 +17,19 @@ presence (diagnostics, a NaN score), not by how unusual the data looks.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..core import Bundle, load_bundle
 from ..core.families.temporal import is_temporal
-from ..core.inference import anomaly_scores, impute
-from ..core.metrics import auroc, average_precision
+from ..core.engine.inference import impute
 from ..data.dataset import AlignedDataset
 from ..data.labels import DEFAULT_LABEL_TOPIC
-from ..streams.params import FusionParams
-from ..training.trainer import TRAINING_MEANS
-
-NS = 1_000_000_000
-NOT_POOLED = ("stream_dropout",)
-ABSENCE_AFTER_S = FusionParams.absence_after     # the fusion node's default
-
-
-@dataclass
-class EvalModel:
-    bundle: Bundle
-    means: dict[str, torch.Tensor]          # per-element training mean of the un-normalised features
-
-    @property
-    def model(self):
-        return self.bundle.model
-
-    def features(self, name: str, raw: np.ndarray) -> torch.Tensor:
-        """Raw arrays (B, *shape) -> standardised features."""
-        x = torch.as_tensor(np.asarray(raw, np.float32), device=self.model.device)
-        with torch.no_grad():
-            return self.model.features({name: x})[name]
-
-    def standardize(self, name: str, feats: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Un-normalised features (e.g. the node's imputed log-mel) -> standardised features."""
-        x = torch.as_tensor(np.asarray(feats, np.float32), device=self.model.device)
-        with torch.no_grad():
-            return self.model.normalize(name, x)
-
-    def mean_prediction(self, name: str) -> torch.Tensor:
-        return self.standardize(name, self.means[name].numpy())
-
-
-def load_eval_model(path: str | Path, device: str = "cpu") -> EvalModel:
-    bundle = load_bundle(path, device=device)
-    means_file = Path(path) / TRAINING_MEANS
-    if means_file.is_file():
-        from safetensors.torch import load_file
-        means = load_file(str(means_file))
-    else:  # older bundles: the normalisation mean (per channel / band) stands in
-        means = {m.name: bundle.model.normalization_stats(m.name)[0].cpu().expand(m.feature_shape).clone()
-                 for m in bundle.model.config.modalities}
-    return EvalModel(bundle, means)
+from . import temporal_vs_frame
+from .eval_model import EvalModel, batched, load_eval_model
+from .metrics import ABSENCE_AFTER_S, NS, anomaly_metrics, mse, offline_scores
 
 
 def json_safe(value: Any) -> Any:
@@ -86,12 +43,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value
-
-
-def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean squared error over all but the first dimension."""
-    diff = (a - b) ** 2
-    return diff.reshape(diff.shape[0], -1).mean(1) if diff.dim() > 1 else diff
 
 
 def _summary(model_err: torch.Tensor, mean_err: torch.Tensor, last_err: torch.Tensor) -> dict[str, Any]:
@@ -134,83 +85,16 @@ def offline_imputation(em: EvalModel, data: AlignedDataset, dropout_s: float = 1
             with torch.no_grad():
                 pred = impute(model, feats, mask, [name])[name].mean
             truth = feats[name]
-            errs["model"].append(_mse(pred, truth))
-            errs["mean"].append(_mse(em.mean_prediction(name).expand_as(truth), truth))
-            errs["last"].append(_mse(em.features(name, raw[name][last[part]]), truth))
+            errs["model"].append(mse(pred, truth))
+            errs["mean"].append(mse(em.mean_prediction(name).expand_as(truth), truth))
+            errs["last"].append(mse(em.features(name, raw[name][last[part]]), truth))
         if not rows.size:
             continue
         report[name] = _summary(*(torch.cat(errs[k]).cpu() for k in ("model", "mean", "last")))
     return report
 
 
-# ----------------------------------------------------------------------------- anomaly
-def anomaly_metrics(total: np.ndarray, fault: np.ndarray, valid: np.ndarray, threshold: float | None = None,
-                    stamps: np.ndarray | None = None, bag: np.ndarray | None = None) -> dict[str, Any]:
-    """AUROC / AP of the total score: pooled over content faults, and per fault kind vs normal rows.
-    With a threshold: detection and false-alarm rates there; with stamps, each fault event's detection
-    delay (from its first sample to its first flagged sample)."""
-    total = np.asarray(total, np.float64)
-    valid = valid & np.isfinite(total)
-    normal = valid & (fault == "")
-    pooled = valid & ~np.isin(fault, NOT_POOLED)
-    labels = fault != ""
-    out: dict[str, Any] = {"samples": int(pooled.sum()), "fault_samples": int((pooled & labels).sum())}
-    if (pooled & labels).any() and normal.any():
-        out["auroc"] = auroc(labels[pooled], total[pooled])
-        out["average_precision"] = average_precision(labels[pooled], total[pooled])
-    else:
-        out["auroc"] = out["average_precision"] = float("nan")
-    flagged = total > threshold if threshold is not None else None
-    if flagged is not None:
-        out["threshold"] = threshold
-        out["detected_at_threshold"] = _rate(flagged, pooled & labels)
-        out["false_alarms_at_threshold"] = _rate(flagged, normal)
-    events = fault_events(fault, valid, stamps, bag) if stamps is not None else []
-    out["per_fault"] = {}
-    for kind in sorted(set(fault[valid]) - {""}):
-        rows = normal | (valid & (fault == kind))
-        entry = {"auroc": auroc(fault[rows] == kind, total[rows]),
-                 "average_precision": average_precision(fault[rows] == kind, total[rows]),
-                 "samples": int((valid & (fault == kind)).sum()), "pooled": kind not in NOT_POOLED}
-        if flagged is not None:
-            entry["detected_at_threshold"] = _rate(flagged, valid & (fault == kind))
-            if stamps is not None:
-                entry.update(_event_detection([e for e in events if e[0] == kind], flagged, stamps))
-        out["per_fault"][kind] = entry
-    return out
-
-
-def _rate(flagged: np.ndarray, rows: np.ndarray) -> float:
-    return float(np.mean(flagged[rows])) if rows.any() else float("nan")
-
-
-def fault_events(fault: np.ndarray, valid: np.ndarray, stamps: np.ndarray,
-                 bag: np.ndarray | None = None) -> list[tuple[str, np.ndarray]]:
-    """(kind, row indices in time order) of each contiguous fault span, per bag."""
-    bag = np.zeros(len(fault), int) if bag is None else bag
-    events = []
-    for b in np.unique(bag):
-        rows = np.flatnonzero((bag == b) & valid)
-        rows = rows[np.argsort(stamps[rows], kind="stable")]
-        kinds = fault[rows]
-        breaks = np.flatnonzero(kinds[1:] != kinds[:-1]) + 1
-        for run in np.split(rows, breaks):
-            if len(run) and fault[run[0]] != "":
-                events.append((str(fault[run[0]]), run))
-    return events
-
-
-def _event_detection(events: list[tuple[str, np.ndarray]], flagged: np.ndarray,
-                     stamps: np.ndarray) -> dict[str, Any]:
-    delays = []
-    for _, run in events:
-        hits = run[flagged[run]]
-        if len(hits):
-            delays.append((int(stamps[hits[0]]) - int(stamps[run[0]])) / NS)
-    return {"events": len(events), "events_detected": len(delays),
-            "median_delay_s": float(np.median(delays)) if delays else float("nan")}
-
-
+# ----------------------------------------------------------------------------- summary
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """What ``mdgm-ros evaluate`` and the demo print."""
     lines = [f"warning: {w}" for w in report.get("warnings", [])] + [f"note: {n}" for n in report.get("notes", [])]
@@ -239,8 +123,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"live prediction {key}: model {v['temporal']:.3f} vs nothing changes {v['nothing_changes']:.3f} "
                      f"({v['samples']} samples, the latents the node published)")
     if "temporal" in report:
-        from .temporal import summary_lines as temporal_lines
-        lines += temporal_lines(report["temporal"])
+        lines += temporal_vs_frame.summary_lines(report["temporal"])
     lat = report["latent"]
     lines.append(f"latent: {lat['active_dims']}/{lat['dim']} active dims, mean posterior std {lat['mean_posterior_std']:.3f}")
     return lines
@@ -250,53 +133,13 @@ def _pct(value: float) -> str:
     return f"{value:.1%}" if np.isfinite(value) else "-"
 
 
-def _batched(em: EvalModel, data: AlignedDataset, step, batch: int = 256, with_rows: bool = False) -> list[np.ndarray]:
-    """``step(feats, mask)`` over the dataset in batches (standardised features, presence mask);
-    ``with_rows``: ``step(feats, mask, rows)`` with the batch's slice of the dataset."""
-    model = em.model
-    raw = data.float_raw()
-    parts: list[list[np.ndarray]] = []
-    for start in range(0, len(data), batch):
-        sl = slice(start, start + batch)
-        mask = torch.from_numpy(data.mask[sl]).to(model.device)
-        feats = model.complete({n: em.features(n, raw[n][sl]) for n in model.names}, mask)
-        with torch.no_grad():
-            out = step(feats, mask, sl) if with_rows else step(feats, mask)
-            parts.append([t.cpu().numpy() for t in out])
-    return [np.concatenate(column) for column in zip(*parts)]
-
-
-def offline_scores(em: EvalModel, data: AlignedDataset, absence_after_s: float = ABSENCE_AFTER_S
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(total (N,), per-modality (N, M)) anomaly scores of each row: its observed modalities, and the
-    absence of a stream silent for ``absence_after_s`` (:func:`absent_long_enough`), as the node scores them."""
-    absent = torch.from_numpy(absent_long_enough(data, absence_after_s))
-
-    def step(feats, mask, rows):
-        return anomaly_scores(em.model, feats, mask, em.bundle.calibration, expected=absent[rows].to(mask.device))
-    scores, total = _batched(em, data, step, with_rows=True)
-    return total, scores
-
-
-def absent_long_enough(data: AlignedDataset, after_s: float) -> np.ndarray:
-    """(N, M) bool: the stream is missing, was observed earlier in the same bag, and its last observed
-    row is at least ``after_s`` seconds back (the fusion node's ``absence_after``)."""
-    out = np.zeros(data.mask.shape, bool)
-    stamps = data.stamps.astype(np.float64)
-    starts = np.flatnonzero(np.r_[True, data.bag[1:] != data.bag[:-1]])
-    for first, end in zip(starts, np.r_[starts[1:], data.mask.shape[0]]):
-        seen = np.where(data.mask[first:end], stamps[first:end, None], -np.inf)
-        last = np.maximum.accumulate(seen, axis=0)          # stamp of the last observed row so far
-        out[first:end] = ~data.mask[first:end] & np.isfinite(last) & (stamps[first:end, None] - last >= after_s * 1e9)
-    return out
-
-
+# ----------------------------------------------------------------------------- offline latents and report
 def offline_latents(em: EvalModel, data: AlignedDataset) -> tuple[np.ndarray, np.ndarray]:
     """Posterior mean and standard deviation (N, D) given each row's observed modalities."""
     def step(feats, mask):
         mean, logvar = em.model.posterior_summary(*em.model.experts(feats, mask), mask)
         return mean, torch.exp(0.5 * logvar)
-    means, stds = _batched(em, data, step)
+    means, stds = batched(em, data, step)
     return means, stds
 
 
@@ -376,9 +219,9 @@ def live_imputation(em: EvalModel, truth: AlignedDataset, recording, outages: di
         truth_f = em.features(name, raw[name][rows_a])
         pred_raw = np.stack(preds)
         pred_f = em.standardize(name, pred_raw) if em.model.specs[name].kind == "audio" else em.features(name, pred_raw)
-        report[name] = _summary(_mse(pred_f, truth_f).cpu(),
-                                _mse(em.mean_prediction(name).expand_as(truth_f), truth_f).cpu(),
-                                _mse(em.features(name, raw[name][last_a]), truth_f).cpu())
+        report[name] = _summary(mse(pred_f, truth_f).cpu(),
+                                mse(em.mean_prediction(name).expand_as(truth_f), truth_f).cpu(),
+                                mse(em.features(name, raw[name][last_a]), truth_f).cpu())
         pairs[name] = (rows_a, pred_raw)
     return report, pairs
 
@@ -484,7 +327,7 @@ def evaluate_bags(model: str | Path, bag_paths: list[str], params_file: str | Pa
                   outages_s: tuple[float, ...] | None = None) -> dict[str, Any]:
     """The whole ``mdgm-ros evaluate``: the bundle's alignment settings, labels from the bags' label topic
     and sidecar files, a warning for bags the bundle was trained on. A temporal model is filtered over
-    the bags (:mod:`.temporal`), against the per-frame bundle ``compare`` when given."""
+    the bags (:mod:`.temporal_vs_frame`), against the per-frame bundle ``compare`` when given."""
     from ..data import bags
     from ..data.dataset import check_bags, default_cache_dir, load_bags
     from ..streams.params import ParameterError, fusion_params_from_file
@@ -526,11 +369,10 @@ def _add_temporal(report: dict[str, Any], em: EvalModel, frame: EvalModel | None
                   absence_after_s: float = ABSENCE_AFTER_S) -> None:
     """The temporal comparison; its filtered imputation (the outage closest to ``dropout_s``) and
     one-step predictive scores replace the per-frame rule's in the main report."""
-    from . import temporal
-
-    lengths = tuple(outages_s) if outages_s else temporal.OUTAGES_S
-    comparison = temporal.compare(em, frame, data, rate, lengths, plots,
-                                  title=f"anomaly scores on {', '.join(bag_names)}", absence_after_s=absence_after_s)
+    lengths = tuple(outages_s) if outages_s else temporal_vs_frame.OUTAGES_S
+    comparison = temporal_vs_frame.compare(em, frame, data, rate, lengths, plots,
+                                           title=f"anomaly scores on {', '.join(bag_names)}",
+                                           absence_after_s=absence_after_s)
     report["temporal"] = comparison
     nearest = min(comparison["imputation"], key=lambda k: abs(float(k) - dropout_s))
     report["imputation"] = {n: {"model": v["temporal"], "baseline_mean": v["baseline_mean"],

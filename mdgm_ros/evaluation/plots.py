@@ -151,7 +151,7 @@ def write_all(out_dir: Path, em, data, total: np.ndarray, scores: np.ndarray, th
     """The three figures of an offline evaluation (the timeline shows the first bag)."""
     import torch
 
-    from ..core.inference import impute
+    from ..core.engine.inference import impute
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

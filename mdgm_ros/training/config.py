@@ -18,7 +18,7 @@ import yaml
 
 from ..config_files import config_path
 from ..core import BetaSchedule, ModelConfig, TrainConfig
-from ..core.modalities import SpecError, checked_fields
+from ..core.model.modalities import SpecError, checked_fields
 from ..data.labels import DEFAULT_LABEL_TOPIC
 from ..streams.params import FusionParams, ParameterError, fusion_params_from_file
 

@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 
 from ..core import select_device
-from ..core.families import compute_objective
-from ..core.training import autocast_dtype
+from ..core.engine.objective import compute_objective
+from ..core.engine.loop import autocast_dtype
 from .config import TrainError
 
 

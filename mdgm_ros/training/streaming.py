@@ -2,7 +2,7 @@
 
 The bags are aligned once into shards (:mod:`mdgm_ros.data.shards`); only the small per-sample arrays
 (stamps, presence masks, fault marks) are held in memory. The held-out blocks are drawn exactly as in
-memory (:func:`~.trainer.split_blocks`). Each epoch the training rows are ordered by shard (the shards
+memory (:func:`~.fit.split_blocks`). Each epoch the training rows are ordered by shard (the shards
 in a seeded random order) and shuffled within a buffer of ``data.shuffle_buffer`` rows, then cut into
 batches that a ``torch.utils.data.DataLoader`` loads in ``data.loader_workers`` processes from
 memory-mapped shard files (a few open at a time), pinned when training on a GPU and copied
@@ -28,17 +28,17 @@ import numpy as np
 import torch
 
 from ..core import BetaSchedule, MultimodalVAE, TrainConfig, Trainer, save_bundle
-from ..core.families import compute_objective
-from ..core.inference import calibration_from_nll, leave_one_out_surprise
-from ..core.modalities import Normalization
-from ..core.training import _NORM_AXES
+from ..core.engine.objective import compute_objective
+from ..core.engine.inference import calibration_from_nll, leave_one_out_surprise
+from ..core.model.modalities import Normalization
+from ..core.engine.loop import NORM_AXES, Batch, Batches
 from ..data import bags
 from ..data import cache as data_cache
 from ..data.shards import BagShards, RowReader, ensure_shards
 from . import distributed
+from .bundle_files import TRAINING_MEANS, export_onnx
 from .config import TrainError, TrainSettings
-from .trainer import (TRAINING_MEANS, TrainResult, _fit, _no_best, _resume_key, export_onnx, feature_dims,
-                      resumed_best, split_blocks)
+from .fit import TrainResult, feature_dims, fit_epochs, no_best, resume_key_of, resumed_best, split_blocks
 
 EVAL_BATCH = 256
 
@@ -169,7 +169,7 @@ class FeatureStats:
             self._merge_sum(name, [x.sum(0).cpu(), x.shape[0]])
             kind, normalized = self.kinds[name]
             if normalized:
-                axes = _NORM_AXES[kind]
+                axes = NORM_AXES[kind]
                 mean = x.mean(dim=axes, keepdim=True)
                 part = [x.numel() / mean.numel(), mean.cpu(), ((x - mean) ** 2).sum(dim=axes, keepdim=True).cpu(),
                         x.shape[0]]
@@ -260,33 +260,31 @@ class StreamingTrainer(Trainer):
             self._ddp = (self.stage_index, distributed.wrap(self.model, self.ranks))
         return self._ddp[1]
 
-    def _train_batches(self, rows, mask, val, on_batch, stage):
-        started, sums, seen = time.perf_counter(), {"loss": 0.0}, 0
-        objective, world = self._objective(), self.ranks.world
-        loader = self.feed.loader(self.feed.train_batches(self.epoch))
-        for done, (raw, m, whole) in enumerate(loader, 1):
+    def epoch_batches(self, rows, mask) -> Batches:
+        """This rank's batches of the epoch, streamed from the shards (DDP: the loss scaled so that the
+        gradient is the mean over every rank's rows)."""
+        objective, world, device = self._objective(), self.ranks.world, self.model.device
+
+        def make(item) -> Batch:
+            raw, m, whole = item
             batch = device_features(self.model, raw)
-            m = m.to(self.model.device, non_blocking=True)
-            out = self.train_step(batch, m, stage, objective=objective,
-                                  loss_scale=world / whole if objective is not None else None)
-            seen += m.shape[0]
-            sums["loss"] += float(out.loss.detach().float().sum())
-            for key, value in out.terms.items():
-                sums[key] = sums.get(key, 0.0) + float(value.float().sum())
-            if on_batch is not None:
-                on_batch(done, len(loader))
+            return Batch(batch, m.to(device, non_blocking=True), int(m.shape[0]), objective,
+                         world / whole if objective is not None else None)
+
+        return Batches(self.feed.loader(self.feed.train_batches(self.epoch)), make)
+
+    def reduce_epoch_sums(self, sums: dict[str, float], seen: int) -> tuple[dict[str, float], int]:
         distributed.check_in_step(self.model, self.ranks)
         keys = sorted(sums)
         totals = distributed.total(self.ranks, [sums[k] for k in keys] + [seen])
-        sums, seen = dict(zip(keys, totals[:-1])), totals[-1]
-        beta = self.config.beta(self.step)
-        val_loss = None if val is None else streaming_loss(self.model, self.feed, beta, stage, self.amp)
+        return dict(zip(keys, totals[:-1])), totals[-1]
+
+    def validation_loss(self, val, stage, beta) -> float:
+        return streaming_loss(self.model, self.feed, beta, stage, self.amp)
+
+    def after_epoch(self) -> None:
         self.rank_states = distributed.gather(self.ranks, {"dev_gen": self.dev_gen.get_state(),
                                                            "torch_rng": torch.get_rng_state()})
-        from ..core.training import EpochRecord
-        return EpochRecord(self.epoch, sums.pop("loss") / max(seen, 1), val_loss, beta,
-                           time.perf_counter() - started, {k: v / max(seen, 1) for k, v in sums.items()},
-                           self.stage.name)
 
     def reduce_own_gradients(self, had_loss: bool) -> bool:
         if not self.ranks.distributed:
@@ -386,16 +384,16 @@ def _train(bag_paths, settings: TrainSettings, out: Path, workdir: Path, resume:
         beta.kind, beta.start, beta.end, int(settings.beta.warmup_epochs * steps))}), feed)
     trainer.amp = distributed.amp_dtype(settings.opt.precision, dev)
     stats = streaming_statistics(model, feed)
-    resume_key = _resume_key(bag_paths, settings)
+    resume_key = resume_key_of(bag_paths, settings)
     best = resumed_best(workdir, model, trainer, resume_key, log) if resume else None
     if best is None:
-        best = _no_best()
+        best = no_best()
         if ranks.primary:
             (workdir / "metrics.csv").unlink(missing_ok=True)
         stats.apply(model)
     train_mask = torch.from_numpy(data.mask[train_rows])
-    fit = _fit(trainer, (feed, train_mask), feed, settings, workdir, resume_key, log, progress, show_bar,
-               should_stop, best, primary=ranks.primary)
+    fit = fit_epochs(trainer, (feed, train_mask), feed, settings, workdir, resume_key, log, progress, show_bar,
+                     should_stop, best, primary=ranks.primary)
     best = fit.best
     if best["state"] is None:
         raise TrainError("no epoch finished; nothing to save")

@@ -13,9 +13,6 @@ Work files go to ``<out>.train/``: ``checkpoint.pt`` (+ the previous generation,
 """
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -26,77 +23,23 @@ import numpy as np
 import torch
 
 from ..core import BetaSchedule, MultimodalVAE, TrainConfig, Trainer, calibrate_anomaly, save_bundle, select_device
-from ..core import training as core_training
-from ..core import temporal as core_temporal
-from ..core.export import export_parts
+from ..core.engine import loop as core_training
+from ..core.engine import filter as core_temporal
+from ..core.engine import sequence as core_sequence
 from ..core.families.temporal import is_temporal
-from ..core.modalities import Normalization
-from ..core.windows import window_index
+from ..core.engine.windows import window_index
 from ..data import bags
 from ..data.dataset import AlignedDataset, check_bags, default_cache_dir, load_bags
-from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from .bundle_files import TRAINING_MEANS, export_onnx
 from .config import TrainError, TrainSettings
 from .distributed import amp_dtype, launched_by_torchrun
+from .fit import TrainResult, feature_dims, fit_epochs, no_best, resume_key_of, resumed_best, split_blocks
+from .streaming import train_from_shards
 
 __all__ = ["TrainError", "TrainResult", "TrainSettings", "run_training"]
 
-TRAINING_MEANS = "training_means.safetensors"
 
-
-def split_blocks(stamps: np.ndarray, block_s: float, val_fraction: float, seed: int,
-                 bag: np.ndarray | None = None) -> np.ndarray:
-    """Held-out rows: whole blocks of ``block_s`` seconds (neighbouring frames are near-duplicates,
-    so a row-wise split would leak), drawn in every bag alike (``val_fraction`` of each bag's blocks,
-    at least one where the bag spans two or more), so every bag -- and what only it records -- is held
-    out too. Returns a boolean 'is validation' array."""
-    bag = np.zeros(len(stamps), int) if bag is None else np.asarray(bag)
-    rng = np.random.default_rng(seed)
-    is_val = np.zeros(len(stamps), bool)
-    for b in np.unique(bag):
-        rows = np.flatnonzero(bag == b)
-        block = (stamps[rows] - stamps[rows].min()) // int(block_s * 1e9)
-        ids = np.unique(block)
-        if len(ids) < 2:
-            continue
-        n_val = min(max(1, int(round(len(ids) * val_fraction))), len(ids) - 1)
-        is_val[rows] = np.isin(block, rng.choice(ids, size=n_val, replace=False))
-    if len(stamps) and not is_val.any():
-        raise TrainError(f"the data spans under 2 blocks of {block_s} s in every bag: too short to hold any out")
-    return is_val
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def _normalization_state(model: MultimodalVAE) -> dict[str, Any]:
-    return {m.name: {"mean": torch.from_numpy(np.asarray(m.normalization.mean)),
-                     "std": torch.from_numpy(np.asarray(m.normalization.std))}
-            for m in model.config.modalities if m.normalization is not None}
-
-
-def _restore_normalization(model: MultimodalVAE, state: dict[str, Any]) -> None:
-    for name, stats in state.items():
-        model.set_normalization(name, Normalization(stats["mean"].numpy(), stats["std"].numpy()))
-
-
-# ----------------------------------------------------------------------------- ONNX
-def export_onnx(model: MultimodalVAE, folder: Path) -> list[str]:
-    """Every network of the model's family (encoders: normalised features -> mu, logvar; decoders: z ->
-    likelihood location; joint/subset encoders, bridges; see :func:`~mdgm_ros.core.export.export_parts`)
-    as ONNX, batch dimension dynamic, for TensorRT on Jetson. Audio features are the log-mel spectrogram."""
-    import warnings
-
-    model = model.eval()
-    written = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for part in export_parts(model):
-            file = folder / f"{part.stem}.onnx"
-            torch.onnx.export(part.module, part.args, str(file), input_names=part.inputs, output_names=part.outputs,
-                              dynamic_axes={name: {0: "batch"} for name in (*part.inputs, *part.outputs)},
-                              dynamo=False, opset_version=17)
-            written.append(file.name)
-    return written
-
-
+# ----------------------------------------------------------------------------- bundle files
 def save_training_means(feats: dict[str, torch.Tensor], mask: torch.Tensor, names, folder: Path) -> None:
     """Per-element mean of each modality's (un-normalised) features over the training rows where it
     was observed: the 'training mean' baseline of ``mdgm-ros evaluate``."""
@@ -107,56 +50,7 @@ def save_training_means(feats: dict[str, torch.Tensor], mask: torch.Tensor, name
     save_file(means, str(folder / TRAINING_MEANS))
 
 
-# ----------------------------------------------------------------------------- metrics
-class MetricsLog:
-    """metrics.csv (appended across resumes) and TensorBoard scalars."""
-
-    def __init__(self, workdir: Path):
-        self.csv_path = workdir / "metrics.csv"
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(workdir / "tensorboard"))
-        except ImportError:  # tensorboard is in requirements.txt; a bare install still trains
-            self.tb = None
-
-    def write(self, record, lr: float) -> None:
-        row = {"epoch": record.epoch + 1, "train_loss": record.train_loss, "val_loss": record.val_loss,
-               "beta": record.beta, "lr": lr, "seconds": round(record.seconds, 2), **record.terms}
-        new = not self.csv_path.exists()
-        with open(self.csv_path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        if self.tb is not None:
-            for key, value in row.items():
-                if key != "epoch" and value is not None:
-                    self.tb.add_scalar(f"train/{key}" if key in record.terms else key, float(value), record.epoch + 1)
-            self.tb.flush()
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
 # ----------------------------------------------------------------------------- the command
-@dataclass
-class TrainResult:
-    bundle: Path
-    epochs: int
-    best_epoch: int
-    best_val_loss: float
-    stopped_early: bool
-    train_samples: int
-    val_samples: int
-    excluded_fault_samples: int
-    seconds: float
-    onnx: list[str]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self).items()}
-
-
 def _features(model: MultimodalVAE, data: AlignedDataset) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Features in fresh, contiguous torch memory. Vectorised reductions (the normalisation statistics)
     round differently with the start address of their input, and numpy arrays from a fresh alignment and
@@ -233,78 +127,6 @@ def _windows(data: _Data, settings: TrainSettings, log: Callable[[str], None]) -
     return out
 
 
-_NOT_SHAPING = ("cache", "workers", "loader_workers")      # data settings a resumed run may change
-
-
-def _resume_key(bag_paths: list[str], settings: TrainSettings) -> str:
-    """What a resumed run must share with its checkpoint (epochs, patience etc. may change)."""
-    shaping = {"model": settings.model.to_dict(), "fusion": repr(settings.fusion),
-               "data": {k: v for k, v in vars(settings.data).items() if k not in _NOT_SHAPING}}
-    return hashlib.sha256(json.dumps({"bags": [bags.content_hash(p) for p in bag_paths], "config": shaping,
-                                      "seed": settings.train.seed, "batch_size": settings.train.batch_size,
-                                      "init_from": settings.opt.init_from},
-                                     sort_keys=True, default=str).encode()).hexdigest()
-
-
-@dataclass
-class _Fit:
-    best: dict[str, Any]
-    epochs: int
-    stopped_early: bool
-
-
-def _fit(trainer: Trainer, train, val, settings: TrainSettings, workdir: Path, resume_key: str,
-         log: Callable[[str], None], progress, show_bar: bool, should_stop: Callable[[], bool],
-         best: dict[str, Any], primary: bool = True) -> _Fit:
-    """Epochs with metrics, a checkpoint after each, and early stopping on the held-out loss. A family
-    with several stages gets each stage's own best epoch and patience (their held-out losses measure
-    different terms): a stage that ends, by its epochs or by early stopping, hands its best weights on."""
-    model, epochs = trainer.model, trainer.config.epochs
-    dims, staged = feature_dims(model), len(trainer.stage_epochs) > 1
-    metrics = MetricsLog(workdir) if primary else None      # rank 0 of a distributed run writes
-    stopped_early = False
-    try:
-        while trainer.epoch < epochs and not should_stop():
-            stage = trainer.stage_index
-            if best.get("stage", 0) != stage:
-                best = _no_best(stage)
-            bar = _progress_bar(trainer.epoch, epochs, steps_per_epoch(train[1], trainer), show_bar)
-            record = trainer.run_epoch(*train, val, on_batch=None if bar is None else lambda done, total: bar.update(1))
-            if bar is not None:
-                bar.close()
-            if metrics is not None:
-                metrics.write(record, trainer.optimizer.param_groups[0]["lr"])
-            if record.val_loss < best["val"] - settings.opt.min_delta:
-                best = {"val": record.val_loss, "epoch": record.epoch, "stage": stage, "bad_epochs": 0,
-                        "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-            else:
-                best["bad_epochs"] += 1
-            stage_name = f" [stage {stage + 1}/{len(trainer.stage_epochs)} {trainer.stage.name}]" if staged else ""
-            log(f"epoch {record.epoch + 1}/{epochs}{stage_name}: loss {record.train_loss / dims:.4f} train, "
-                f"{record.val_loss / dims:.4f} held out (nats/dim over {dims} dims), beta {record.beta:.2f} "
-                f"({record.seconds:.1f} s)" + (" best" if best["epoch"] == record.epoch else ""))
-            patience_out = best["bad_epochs"] >= settings.opt.patience
-            if patience_out and not trainer.advance_stage():
-                stopped_early = True
-                log(f"early stop: no held-out improvement for {settings.opt.patience} epochs")
-            if trainer.stage_index != stage and trainer.epoch < epochs:
-                model.load_state_dict(best["state"])
-                log(f"stage {stage + 1} ends{' early' if patience_out else ''}: its best "
-                    f"epoch {best['epoch'] + 1} goes on to stage {trainer.stage_index + 1} ({trainer.stage.name})")
-            state = {"data_key": resume_key, "model": model.state_dict(),
-                     "normalization": _normalization_state(model), "trainer": trainer.state_dict(), "best": best}
-            if primary:
-                save_checkpoint(state, workdir)
-            if progress is not None:
-                progress(trainer.epoch, epochs, record.val_loss)
-            if stopped_early:
-                break
-    finally:
-        if metrics is not None:
-            metrics.close()
-    return _Fit(best, trainer.epoch, stopped_early)
-
-
 def widened_inputs(source: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Linear weights of the same name whose layer gained inputs at the end (a decoder that reads
     [z, s_m] where the source read z): the source's columns, zeros for the new inputs, so the layer
@@ -346,28 +168,6 @@ def init_weights(model: MultimodalVAE, bundle_path: str, log: Callable[[str], No
         f"{', '.join(copied) or 'no modality'}")
 
 
-def _no_best(stage: int = 0) -> dict[str, Any]:
-    return {"val": float("inf"), "epoch": -1, "stage": stage, "state": None, "bad_epochs": 0}
-
-
-def resumed_best(workdir: Path, model: MultimodalVAE, trainer: Any, resume_key: Any,
-                 log: Callable[[str], None]) -> dict[str, Any] | None:
-    """Restore model, normalisation and trainer from the newest checkpoint in ``workdir``; return its
-    best-epoch record (None: nothing to resume, start fresh)."""
-    if not any(workdir.glob("checkpoint*.pt")):
-        return None
-    try:
-        state = load_checkpoint(workdir, model.device, resume_key, log)
-    except CheckpointError as err:
-        raise TrainError(f"cannot resume from {workdir}: {err}; train without --resume to start fresh "
-                         "(that replaces the checkpoints)") from None
-    _restore_normalization(model, state["normalization"])
-    model.load_state_dict(state["model"])
-    trainer.load_state_dict(state["trainer"])
-    log(f"resumed from {workdir} after epoch {trainer.epoch}")
-    return state["best"]
-
-
 def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path, resume: bool = False,
                  device: str = "auto", overrides: dict[str, Any] | None = None, log: Callable[[str], None] = print,
                  progress: Callable[[int, int, float], None] | None = None, show_bar: bool = True,
@@ -385,7 +185,6 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
     if settings.opt.deterministic:
         use_deterministic_kernels()
     if settings.data.shards or launched_by_torchrun():      # streamed from shards; torchrun: DDP
-        from .streaming import train_from_shards
         return train_from_shards(bag_paths, settings, out, workdir, resume, device, log, progress, show_bar,
                                  should_stop, started)
     data = _split_data(bag_paths, settings, log)
@@ -401,20 +200,20 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
     train_config = TrainConfig(**{**vars(settings.train), "beta": BetaSchedule(
         beta.kind, beta.start, beta.end, int(settings.beta.warmup_epochs * steps_per_epoch))})
     trainer = (Trainer(model, train_config) if windows is None else
-               core_temporal.SequenceTrainer(model, train_config, windows.train, windows.val))
+               core_sequence.SequenceTrainer(model, train_config, windows.train, windows.val))
     trainer.amp = amp_dtype(settings.opt.precision, model.device)
-    resume_key = _resume_key(bag_paths, settings)
+    resume_key = resume_key_of(bag_paths, settings)
     best = resumed_best(workdir, model, trainer, resume_key, log) if resume else None
     if best is None:
-        best = _no_best()
+        best = no_best()
         (workdir / "metrics.csv").unlink(missing_ok=True)
         core_training.fit_normalization(model, train_feats, train_mask)
         if settings.opt.init_from:
             init_weights(model, settings.opt.init_from, log)
     val_norm = core_training.normalize_features(model, val_feats)
     train_norm = with_phase_labels(model, core_training.normalize_features(model, train_feats), data)
-    fit = _fit(trainer, (train_norm, train_mask), (with_phase_labels(model, val_norm, data, val=True), val_mask),
-               settings, workdir, resume_key, log, progress, show_bar, should_stop, best)
+    fit = fit_epochs(trainer, (train_norm, train_mask), (with_phase_labels(model, val_norm, data, val=True), val_mask),
+                     settings, workdir, resume_key, log, progress, show_bar, should_stop, best)
     best = fit.best
     if best["state"] is None:
         raise TrainError("no epoch finished; nothing to save")
@@ -476,7 +275,7 @@ def with_phase_labels(model: MultimodalVAE, feats: dict[str, torch.Tensor], data
     phase names of the train and held-out rows; -1 where the bag has no phase)."""
     if not getattr(model.family, "uses_labels", False):
         return feats
-    from ..core.families import LABELS
+    from ..core.model.family import LABELS
 
     names = sorted({str(p) for p in np.concatenate([data.train.phase, data.val.phase])} - {""})
     limit = int(model.config.objective_options.get("n_labels", 16))
@@ -495,22 +294,3 @@ def use_deterministic_kernels() -> None:
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
-
-
-def feature_dims(model: MultimodalVAE) -> int:
-    """Values per sample over all modalities' features: the loss divided by this is in nats per dimension."""
-    return int(sum(np.prod(model.specs[name].feature_shape) for name in model.names))
-
-
-def steps_per_epoch(mask: torch.Tensor, trainer: Trainer) -> int:
-    if hasattr(trainer, "batches_per_epoch"):              # the temporal trainer: batches of windows
-        return trainer.batches_per_epoch
-    return -(-int(mask.shape[0]) // trainer.config.batch_size)
-
-
-def _progress_bar(epoch: int, epochs: int, total: int, enabled: bool):
-    """A tqdm bar for one epoch (None when disabled). Test it with ``is None``: a tqdm has no truth value."""
-    if not enabled:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, dynamic_ncols=True)
