@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from typing import Any, Callable, Sequence
 
 from .config_files import config_path
@@ -29,12 +30,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         results["fusion"] = {**bench.bench_fusion(iterations=args.iterations, device=args.device),
                              "threads": args.threads}
         from .bench.temporal_step import bench_temporal_step
-        for key, objective in (("temporal_step", "temporal"), ("temporal_ms_step", "temporal_ms")):
+        for key, family in (("temporal_step", "temporal"), ("temporal_ms_step", "temporal_ms")):
             results["fusion"][key] = bench_temporal_step(iterations=args.iterations, device=args.device,
-                                                         objective=objective, onnxruntime=True)
+                                                         family=family, onnxruntime=True)
     if args.which in ("train", "all"):
         torch.set_num_threads(args.train_threads or os.cpu_count() or 1)
-        results["train"] = {**bench.bench_train(device=args.device, objectives=_bench_families(args)),
+        results["train"] = {**bench.bench_train(device=args.device, families=_bench_families(args)),
                             "threads": torch.get_num_threads()}
         if bench.select_device(args.device).type == "cuda":             # AMP and pinned copies, on a GPU
             from .bench.gpu import bench_train_gpu
@@ -66,9 +67,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_example(args: argparse.Namespace) -> int:
     from .example import check_report, run_example
 
-    report = run_example(args.out, quick=args.quick, objective=args.objective, device=args.device,
+    report = run_example(args.out, quick=args.quick, family=args.family, device=args.device,
                          seed=args.seed)
-    print(f"\nreport: {args.out}/report.json  (objective {report['objective']}, fusion {report['fusion']},"
+    print(f"\nreport: {args.out}/report.json  (family {report['family']}, fusion {report['fusion']},"
           f" trained in {report['train_seconds']} s on {report['device']})")
     for name, v in report["imputation"].items():
         print(f"  impute {name:8s} from the others: MSE {v['model']:.4g}  (training mean: {v['baseline_mean']:.4g})")
@@ -93,7 +94,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return 2
     config = bundle.model.config
     print(json.dumps({"model_id": bundle.model_id, "content_hash": bundle.content_hash,
-                      "fusion": config.fusion, "objective": config.objective, "latent_dim": config.latent_dim,
+                      "fusion": config.fusion, "family": config.family, "latent_dim": config.latent_dim,
                       "modalities": [m.to_dict() for m in config.modalities],
                       "calibrated": bundle.calibration is not None, "created": bundle.manifest.get("created")},
                      indent=2))
@@ -350,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     example = sub.add_parser("example", help="the model core end to end on synthetic data")
     example.add_argument("--out", default="demo_out")
     example.add_argument("--quick", action="store_true")
-    example.add_argument("--objective", default="mvae", choices=list(FAMILIES))
+    example.add_argument("--family", "--objective", dest="family", default="mvae", choices=list(FAMILIES),
+                         action=_RenamedOption, help="the model family (--objective: the old spelling)")
     example.add_argument("--device", default="auto")
     example.add_argument("--seed", type=int, default=0)
     example.set_defaults(func=_cmd_example)
@@ -460,8 +462,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_command(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    with warnings.catch_warnings():
+        # the old spellings (objective -> family) still work for one release: say so on one line
+        warnings.filterwarnings("always", message=".* is now called ", category=DeprecationWarning)
+        warnings.showwarning = _show_deprecation
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+
+
+def _show_deprecation(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+class _RenamedOption(argparse.Action):
+    """An option with an old spelling (its second option string) that still works, with a warning."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string != self.option_strings[0]:
+            warnings.warn(f"{option_string} is now called {self.option_strings[0]}; the old name goes in the "
+                          "next release", DeprecationWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
 
 
 if __name__ == "__main__":

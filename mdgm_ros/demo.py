@@ -230,23 +230,24 @@ def train_model(train_bag: Path, config_name: str, bundle: Path, epochs: int, *,
     from .training.trainer import run_training
 
     settings = TrainSettings.from_file(config_path(config_name))
-    if keep and _bundle_objective(bundle) == settings.model.objective:
+    if keep and _bundle_family(bundle) == settings.model.family:
         _log(f"reusing {bundle}")
         return
     overrides: dict[str, Any] = {"training.epochs": epochs}
     if from_default:
         from .streams.params import resolve_bundle
         overrides["training.init_from"] = resolve_bundle("")[0]
-    _log(f"training {bundle.name} ({settings.model.objective}, config/{config_name}) on {train_bag} ({epochs} "
+    _log(f"training {bundle.name} ({settings.model.family}, config/{config_name}) on {train_bag} ({epochs} "
          f"epochs at most{', fine-tuning ' + overrides['training.init_from'] if from_default else ''})")
     result = run_training([str(train_bag)], config_path(config_name), bundle, device=device, overrides=overrides,
                           log=_log, show_bar=sys.stderr.isatty())
     _log(f"trained {bundle.name}: best epoch {result.best_epoch}, {result.train_samples} samples, {result.seconds} s")
 
 
-def _bundle_objective(bundle: Path) -> str | None:
+def _bundle_family(bundle: Path) -> str | None:
     try:
-        return json.loads((bundle / "config.json").read_text())["objective"]
+        config = json.loads((bundle / "config.json").read_text())
+        return config.get("family", config.get("objective"))          # bundles written before the rename
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -79,14 +79,14 @@ def _corrupt(data: synthetic.SyntheticData, names: list[str], seed: int) -> tupl
     return raw, labels, kinds
 
 
-def run_example(out: str | Path, quick: bool = False, objective: str = "mvae", device: str = "auto",
+def run_example(out: str | Path, quick: bool = False, family: str = "mvae", device: str = "auto",
                 seed: int = 0) -> dict[str, Any]:
     size = QUICK if quick else FULL
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     specs = default_robot_modalities()
-    model = MultimodalVAE(ModelConfig(tuple(specs), latent_dim=16, objective=objective)).to(select_device(device))
+    model = MultimodalVAE(ModelConfig(tuple(specs), latent_dim=16, family=family)).to(select_device(device))
     train_data = synthetic.make_dataset(specs, size.n_train, seed=seed, missing_rate=0.2)
     val_data = synthetic.make_dataset(specs, size.n_val, seed=seed + 1)
     test_data = synthetic.make_dataset(specs, size.n_test, seed=seed + 2)
@@ -124,9 +124,9 @@ def run_example(out: str | Path, quick: bool = False, objective: str = "mvae", d
                "detected_at_threshold": float(np.mean(total_np[labels] > calibration.threshold["total"])),
                "false_alarms_at_threshold": float(np.mean(total_np[~labels] > calibration.threshold["total"]))}
 
-    bundle_path = save_bundle(out / "model", model, calibration, name=f"example-{objective}")
+    bundle_path = save_bundle(out / "model", model, calibration, name=f"example-{family}")
     identical = _reload_identical(bundle_path, model, calibration, test_data)
-    report = {"objective": objective, "fusion": model.fusion, "device": str(model.device),
+    report = {"family": family, "fusion": model.fusion, "device": str(model.device),
               "train_seconds": round(train_seconds, 1), "epochs": len(history),
               "final_val_loss": history[-1].val_loss, "imputation": imputation, "anomaly": anomaly,
               "bundle": str(bundle_path), "bundle_reload_identical": identical}

@@ -30,8 +30,8 @@ def test_bench_train_times_only_the_families_asked_for():
     result = run("bench", "train", "--json", "--families", "mopoe", "--train-threads", "1")
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
-    assert list(payload["objectives"]) == ["mopoe"]
-    row = payload["objectives"]["mopoe"]
+    assert list(payload["families"]) == ["mopoe"]
+    row = payload["families"]["mopoe"]
     assert row["samples_per_s"] > 0 and row["previous_path"]["samples_per_s"] > 0
     assert [p["modalities"] for p in payload["mopoe_step_vs_modalities"]] == list(range(2, 9))
     unknown = run("bench", "train", "--families", "mopoe,nonsense")
@@ -94,3 +94,11 @@ def test_bench_data_prints_the_simulator_and_alignment_json():
     assert payload["robot_seconds"] == 2 and payload["real_time_factor"] > 0
     assert abs(payload["aligned_samples"] - 60) <= 1 and payload["aligned_samples_per_s"] > 0
     assert payload["messages"] > 760 and payload["bag_mb_per_robot_minute"] > 0
+
+
+def test_example_takes_family_and_still_the_old_objective_spelling_with_a_warning():
+    from mdgm_ros.cli import build_parser
+
+    assert build_parser().parse_args(["example", "--family", "mmvae"]).family == "mmvae"
+    with pytest.warns(DeprecationWarning, match="--objective is now called --family"):
+        assert build_parser().parse_args(["example", "--objective", "mopoe"]).family == "mopoe"

@@ -30,7 +30,7 @@ def build(name: str, n_mod: int = 2, **options):
     specs = (ModalitySpec("a", "vector", (3,), scale=0.6, weight=2.0, hidden=(8,)),
              ModalitySpec("b", "vector", (4,), scale=0.9, hidden=(8,)),
              ModalitySpec("c", "vector", (2,), scale=0.5, hidden=(8,)))[:n_mod]
-    model = MultimodalVAE(ModelConfig(specs, latent_dim=2, objective=name, family_options=options))
+    model = MultimodalVAE(ModelConfig(specs, latent_dim=2, family=name, family_options=options))
     x = {"a": torch.randn(3, 3), "b": torch.randn(3, 4), "c": torch.randn(3, 2)}
     return model, {n: x[n] for n in model.names}
 

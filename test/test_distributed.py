@@ -93,7 +93,7 @@ def test_a_family_with_its_own_optimiser_stays_in_step_across_ranks(two_bags, ca
     """dmvae_daunhawer's discriminator is stepped apart from DDP: its gradients are averaged across the
     ranks by the trainer, and every epoch ends with a check that the ranks hold the same weights (a
     rank-local discriminator step fails that check)."""
-    family = {"model_overrides.objective": "dmvae_daunhawer", "model_overrides.fusion": "null"}
+    family = {"model_overrides.family": "dmvae_daunhawer", "model_overrides.fusion": "null"}
     proc = _torchrun(two_bags, tmp_path / "dmvae", 2, cache_env, extra=family, stderr=subprocess.PIPE, text=True)
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]

@@ -24,7 +24,7 @@ def vector_specs(n_mod: int, dim: int = 6, hidden=(32, 32)) -> tuple[ModalitySpe
 
 def make_model(family: str, n_mod: int = 3, latent_dim: int = 4, **kw) -> MultimodalVAE:
     torch.manual_seed(0)
-    return MultimodalVAE(ModelConfig(vector_specs(n_mod, **kw), latent_dim=latent_dim, objective=family))
+    return MultimodalVAE(ModelConfig(vector_specs(n_mod, **kw), latent_dim=latent_dim, family=family))
 
 
 def subsets(n_mod: int):
@@ -65,9 +65,9 @@ def test_every_family_names_its_options_and_refuses_one_it_does_not_take(name):
     assert set(family.option_defaults) <= set(known) and "contrastive" in known
     assert family.table_row()["options"] == known                       # `mdgm-ros families --json`
     with pytest.raises(ValueError, match=f"{name} has no objective option 'nope' \\(its options: "):
-        ModelConfig(vector_specs(3), objective=name, family_options={"nope": 1})
+        ModelConfig(vector_specs(3), family=name, family_options={"nope": 1})
     if name in ("jmvae", "m2vae", "vaevae"):             # read by the model when it builds its encoders
-        ModelConfig(vector_specs(3), objective=name, family_options={"subsets": [["m0", "m1"]]})
+        ModelConfig(vector_specs(3), family=name, family_options={"subsets": [["m0", "m1"]]})
 
 
 # ----------------------------------------------------------------------------- missing modalities
@@ -128,7 +128,7 @@ def test_listed_subsets_get_their_own_encoder():
 def parameter_counts(name: str, **options) -> list[int]:
     counts = []
     for n_mod in range(2, 7):
-        config = ModelConfig(vector_specs(n_mod, hidden=(8,)), latent_dim=2, objective=name, **options)
+        config = ModelConfig(vector_specs(n_mod, hidden=(8,)), latent_dim=2, family=name, **options)
         counts.append(sum(p.numel() for p in MultimodalVAE(config).parameters()))
     return counts
 

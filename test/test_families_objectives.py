@@ -23,7 +23,7 @@ def build(name: str, **options):
     torch.manual_seed(1)
     specs = (ModalitySpec("a", "vector", (3,), scale=0.6, weight=2.0, hidden=(8,)),
              ModalitySpec("b", "vector", (4,), scale=0.9, hidden=(8,)))
-    model = MultimodalVAE(ModelConfig(specs, latent_dim=2, objective=name, objective_options=options))
+    model = MultimodalVAE(ModelConfig(specs, latent_dim=2, family=name, family_options=options))
     x = {"a": torch.randn(3, 3), "b": torch.randn(3, 4)}
     return model, x
 

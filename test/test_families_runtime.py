@@ -35,7 +35,7 @@ def _train_every_family(sim_bag, tmp_path_factory):
         lines: list[str] = []
         run_training([str(sim_bag[0]), str(no_tactile)], ROOT / "config" / "train.yaml", path, device="cpu",
                      show_bar=False, log=lines.append,
-                     overrides={**ONE_EPOCH, "model_overrides.objective": family,
+                     overrides={**ONE_EPOCH, "model_overrides.family": family,
                                 **({"model_overrides.family_options": options} if options else {}),
                                 "data.absent_ok": ["tactile"]})
         assert any("no_tactile: no tactile (data.absent_ok): trained as missing" in line for line in lines), name

@@ -51,10 +51,10 @@ def test_laplace_samples_have_the_laplace_variance_and_follow_the_generator():
 def test_the_option_is_validated_when_the_model_is_built():
     two = (ModalitySpec("a", "vector", (3,)), ModalitySpec("b", "vector", (4,)))
     with pytest.raises(SpecError, match="must be one of \\['gaussian', 'laplace'\\], got 'cauchy'"):
-        MultimodalVAE(ModelConfig(two, objective="mmvae", objective_options={"posterior": "cauchy"}))
+        MultimodalVAE(ModelConfig(two, family="mmvae", family_options={"posterior": "cauchy"}))
     with pytest.raises(SpecError, match="mopoe has no objective option 'posterior'"):
-        MultimodalVAE(ModelConfig(two, objective="mopoe", objective_options={"posterior": "laplace"}))
-    model = MultimodalVAE(ModelConfig(two, objective="mmvae"))
+        MultimodalVAE(ModelConfig(two, family="mopoe", family_options={"posterior": "laplace"}))
+    model = MultimodalVAE(ModelConfig(two, family="mmvae"))
     assert model.family.latent_distribution(model.config) is GAUSSIAN
 
 
@@ -71,8 +71,8 @@ def build(name, **options):
     two = (ModalitySpec("a", "vector", (3,), scale=0.6, weight=2.0, hidden=(8,)),
            ModalitySpec("b", "vector", (4,), scale=0.9, hidden=(8,)))
     private_dim = 3 if name == "mmvae_plus" else None
-    model = MultimodalVAE(ModelConfig(two, latent_dim=2, objective=name, private_dim=private_dim,
-                                      objective_options={"posterior": "laplace", "K": 3, **options}))
+    model = MultimodalVAE(ModelConfig(two, latent_dim=2, family=name, private_dim=private_dim,
+                                      family_options={"posterior": "laplace", "K": 3, **options}))
     with torch.no_grad():
         for enc in (*model.encoders.values(), *model.private_encoders.values()):
             enc.head.bias.add_(0.3)                 # experts away from the prior
@@ -190,10 +190,10 @@ def test_a_learned_prior_survives_the_bundle_round_trip(tmp_path):
 def test_the_learn_prior_option_is_validated():
     two = (ModalitySpec("a", "vector", (3,)), ModalitySpec("b", "vector", (4,)))
     with pytest.raises(ValueError, match="'learn_prior' must be true or false, got 'yes'"):
-        MultimodalVAE(ModelConfig(two, objective="mmvae", objective_options={"learn_prior": "yes"}))
-    assert "prior" in MultimodalVAE(ModelConfig(two, objective="mmvae")).extra                  # the default
-    assert "prior" not in MultimodalVAE(ModelConfig(two, objective="mmvae",
-                                                    objective_options={"learn_prior": False})).extra
+        MultimodalVAE(ModelConfig(two, family="mmvae", family_options={"learn_prior": "yes"}))
+    assert "prior" in MultimodalVAE(ModelConfig(two, family="mmvae")).extra                  # the default
+    assert "prior" not in MultimodalVAE(ModelConfig(two, family="mmvae",
+                                                    family_options={"learn_prior": False})).extra
 
 
 # ----------------------------------------------------------------------------- what the runtime reads

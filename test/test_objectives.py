@@ -31,9 +31,9 @@ def test_every_objective_gives_finite_per_sample_losses_and_gradients(objective,
 
 def test_objective_and_fusion_must_match():
     with pytest.raises(SpecError, match="mmvae"):
-        ModelConfig(tuple(small_specs()), objective="mmvae", fusion="poe")
-    assert ModelConfig(tuple(small_specs()), objective="mopoe").proper_subsets_include_prior is False
-    assert ModelConfig(tuple(small_specs()), objective="mvae").proper_subsets_include_prior is True
+        ModelConfig(tuple(small_specs()), family="mmvae", fusion="poe")
+    assert ModelConfig(tuple(small_specs()), family="mopoe").proper_subsets_include_prior is False
+    assert ModelConfig(tuple(small_specs()), family="mvae").proper_subsets_include_prior is True
 
 
 def _decoder_grads(model):
@@ -62,7 +62,7 @@ def test_mvae_subset_elbo_reconstructs_only_its_modalities(small_model_factory):
 
 
 def test_mvae_has_joint_unimodal_and_subset_terms_and_skips_missing(small_model_factory):
-    model = small_model_factory("mvae", objective_options={"k": 2})
+    model = small_model_factory("mvae", family_options={"k": 2})
     raw, mask, _ = prepared(model, 10, seed=2)
     training.fit_normalization(model, raw, mask)
     mask[:5, 2] = False                                                  # audio missing in 5 rows
@@ -75,7 +75,7 @@ def test_mvae_has_joint_unimodal_and_subset_terms_and_skips_missing(small_model_
 
 
 def test_mmvae_dreg_gives_finite_gradients_and_iwae_runs_under_no_grad(small_model_factory):
-    model = small_model_factory("mmvae", objective_options={"K": 4})
+    model = small_model_factory("mmvae", family_options={"K": 4})
     raw, mask, _ = prepared(model, 6, seed=3, missing_rate=0.3)
     training.fit_normalization(model, raw, mask)
     feats = training.normalize_features(model, raw)
@@ -92,7 +92,7 @@ def test_mmvae_dreg_gives_finite_gradients_and_iwae_runs_under_no_grad(small_mod
 
 
 def test_mmvae_iwae_value_is_the_bound_for_both_estimators(small_model_factory):
-    model = small_model_factory("mmvae", objective_options={"K": 3})
+    model = small_model_factory("mmvae", family_options={"K": 3})
     raw, mask, _ = prepared(model, 4, seed=4)
     training.fit_normalization(model, raw, mask)
     feats = training.normalize_features(model, raw)
@@ -108,7 +108,7 @@ def test_mmvae_dreg_on_the_weighted_samples_only_gives_the_full_graphs_gradients
                                                                                 learn_prior):
     """The fast DReG path builds the decoders' graph only for samples of non-negligible weight; every
     parameter's gradient and the bound must equal those of the path that decodes every sample with graph."""
-    model = small_model_factory("mmvae", objective_options={"K": 5, "posterior": posterior,
+    model = small_model_factory("mmvae", family_options={"K": 5, "posterior": posterior,
                                                             "learn_prior": learn_prior})
     raw, mask, _ = prepared(model, 8, seed=6, missing_rate=0.3)
     training.fit_normalization(model, raw, mask)

@@ -39,7 +39,7 @@ def test_onnxruntime_runs_the_temporal_filter_as_torch_does(tmp_path, objective,
     from conftest import small_specs
 
     torch.manual_seed(0)
-    model = MultimodalVAE(ModelConfig(tuple(small_specs()), latent_dim=6, objective=objective,
+    model = MultimodalVAE(ModelConfig(tuple(small_specs()), latent_dim=6, family=objective,
                                       private_dim=private_dim)).eval()
     out = save_bundle(tmp_path / objective, model, attach=lambda folder: export_onnx(model, folder))
     reference, engine = load_bundle(out).model, load_ort_bundle(out, providers=["CPUExecutionProvider"]).model

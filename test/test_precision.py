@@ -66,7 +66,7 @@ def test_the_sequence_trainer_steps_through_the_same_mixed_precision_step():
     losses = {}
     for amp in (None, torch.bfloat16):
         torch.manual_seed(0)
-        model = MultimodalVAE(ModelConfig(specs, latent_dim=4, objective="temporal"))
+        model = MultimodalVAE(ModelConfig(specs, latent_dim=4, family="temporal"))
         data = make_sequences(specs, 16, 8, seed=0, missing_rate=0.2)
         raw = {k: v.reshape(16 * 8, *v.shape[2:]) for k, v in data.raw.items()}
         feats = training.raw_to_features(model, raw)

@@ -28,7 +28,7 @@ BETA = 0.7
 def test_the_private_latent_families_are_registered_and_only_they_have_private_latents():
     assert {"mopoe_ms", "mmjsd_ms", "mmvae_plus"} <= set(PRIVATE)
     for name, family in FAMILIES.items():
-        dim = ModelConfig(specs(2), objective=name).private_dim
+        dim = ModelConfig(specs(2), family=name).private_dim
         assert bool(dim) == family.properties.modality_specific_latents, name
 
 
@@ -84,7 +84,7 @@ def build(name, proper_subsets_include_prior=None, **options):
     torch.manual_seed(2)
     two = (ModalitySpec("a", "vector", (3,), scale=0.6, weight=2.0, hidden=(8,)),
            ModalitySpec("b", "vector", (4,), scale=0.9, hidden=(8,)))
-    model = MultimodalVAE(ModelConfig(two, latent_dim=2, objective=name, private_dim=3, family_options=options,
+    model = MultimodalVAE(ModelConfig(two, latent_dim=2, family=name, private_dim=3, family_options=options,
                                       proper_subsets_include_prior=proper_subsets_include_prior))
     with torch.no_grad():                   # experts away from N(0, I), so every KL term is non-zero
         for enc in (*model.encoders.values(), *model.private_encoders.values()):
@@ -264,7 +264,7 @@ def test_mmvae_plus_generation_prior_joint_draws_missing_private_latents_from_p(
 # ----------------------------------------------------------------------------- generation rules
 @pytest.mark.parametrize("name,options", VARIANTS, ids=VARIANT_IDS)
 def test_cross_modal_generation_uses_the_prior_and_self_reconstruction_the_own_private_latent(name, options):
-    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, objective=name, family_options=options)).eval()
+    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, family=name, family_options=options)).eval()
     feats = {n: torch.randn(4, 5) for n in model.names}
     mask = torch.tensor([[True, True, False]] * 4)
     with torch.no_grad():
@@ -300,7 +300,7 @@ def test_private_latents_are_used_by_the_decoders_and_cross_modal_generation_bea
     """Would fail if the decoders ignored s_m: then every row's own s_m and another row's decode alike."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, objective=name, private_dim=2))
+    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, family=name, private_dim=2))
     raw, mask = private_factor_data(768, 0)
     training.fit_normalization(model, raw, mask)
     feats = training.normalize_features(model, raw)
@@ -333,7 +333,7 @@ def test_private_latents_are_used_by_the_decoders_and_cross_modal_generation_bea
 # ----------------------------------------------------------------------------- bundles and ONNX
 @pytest.mark.parametrize("name,options", VARIANTS, ids=VARIANT_IDS)
 def test_private_latent_bundle_round_trip(name, options, tmp_path):
-    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, objective=name, family_options=options,
+    model = MultimodalVAE(ModelConfig(specs(3), latent_dim=3, family=name, family_options=options,
                                       private_dim=2)).eval()
     loaded = load_bundle(save_bundle(tmp_path / name, model)).model
     assert loaded.config.private_dim == 2 and loaded.family is model.family
@@ -348,7 +348,7 @@ def test_private_latent_bundle_round_trip(name, options, tmp_path):
 @pytest.mark.parametrize("name,options", VARIANTS, ids=VARIANT_IDS)
 def test_every_network_of_a_private_latent_family_exports_to_onnx(name, options, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
-    model = MultimodalVAE(ModelConfig(specs(2), latent_dim=3, objective=name, family_options=options,
+    model = MultimodalVAE(ModelConfig(specs(2), latent_dim=3, family=name, family_options=options,
                                       private_dim=2)).eval()
     parts = export_parts(model)
     stems = {p.stem for p in parts}

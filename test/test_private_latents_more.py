@@ -26,7 +26,7 @@ def build(name, **options):
     torch.manual_seed(2)
     two = (ModalitySpec("a", "vector", (3,), scale=0.6, weight=2.0, hidden=(8,)),
            ModalitySpec("b", "vector", (4,), scale=0.9, hidden=(8,)))
-    model = MultimodalVAE(ModelConfig(two, latent_dim=2, objective=name, private_dim=3, family_options=options))
+    model = MultimodalVAE(ModelConfig(two, latent_dim=2, family=name, private_dim=3, family_options=options))
     with torch.no_grad():                   # experts away from N(0, I), so every KL term is non-zero
         for enc in (*model.encoders.values(), *model.private_encoders.values()):
             enc.head.bias.add_(0.3)

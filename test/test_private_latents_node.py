@@ -21,7 +21,7 @@ def test_the_fusion_node_publishes_each_modality_s_private_latent(sim_bag, tmp_p
     bundle = tmp_path / "mmjsd_ms"
     run_training([str(sim_bag[0])], ROOT / "config" / "train.yaml", bundle, device="cpu", show_bar=False,
                  overrides={"training.epochs": 1, "data.block_s": 3.0, "export.onnx": False, "data.cache": False,
-                            "model_overrides.fusion": None, "model_overrides.objective": "mmjsd_ms",
+                            "model_overrides.fusion": None, "model_overrides.family": "mmjsd_ms",
                             "model_overrides.private_dim": 3}, log=lambda m: None)
     model = load_bundle(bundle).model
     assert model.private_dim == 3

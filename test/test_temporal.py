@@ -22,8 +22,8 @@ def temporal_model(n_mod=3, latent_dim=4, private_dim=0, **options):
     """The temporal family; with ``private_dim`` the temporal_ms family (a private state per modality)."""
     torch.manual_seed(0)
     objective = "temporal_ms" if private_dim else "temporal"
-    return MultimodalVAE(ModelConfig(vector_specs(n_mod), latent_dim=latent_dim, objective=objective,
-                                     objective_options=options, private_dim=private_dim or None)).eval()
+    return MultimodalVAE(ModelConfig(vector_specs(n_mod), latent_dim=latent_dim, family=objective,
+                                     family_options=options, private_dim=private_dim or None)).eval()
 
 
 def random_sequences(model, batch=3, steps=6, p_present=0.6, seed=0):
@@ -89,7 +89,7 @@ class LinearStateSpace:
         gen = torch.Generator().manual_seed(seed)
         rand = lambda lo, hi: lo + (hi - lo) * torch.rand(3, dtype=torch.float64, generator=gen)  # noqa: E731
         specs = tuple(ModalitySpec(n, "vector", (3,), scale=s) for n, s in self.scales.items())
-        config = ModelConfig(specs, latent_dim=3, objective="temporal", objective_options={"action_dim": 3})
+        config = ModelConfig(specs, latent_dim=3, family="temporal", family_options={"action_dim": 3})
         self.model = MultimodalVAE(config).double().eval()
         self.obs = {}
         for name, s in self.scales.items():
@@ -270,7 +270,7 @@ def test_actions_are_required_exactly_when_the_model_has_an_action_input():
         temporal_model(horizon=3)
     with pytest.raises(SpecError, match="p_full and p_empty"):
         temporal_model(p_full=0.8, p_empty=0.5)
-    per_frame = MultimodalVAE(ModelConfig(vector_specs(), latent_dim=4, objective="mvae"))
+    per_frame = MultimodalVAE(ModelConfig(vector_specs(), latent_dim=4, family="mvae"))
     with pytest.raises(FamilyError, match="not a temporal model"):
         tp.TemporalFilter(per_frame)
 

@@ -32,7 +32,7 @@ def _temporal_bundle(folder):
     from mdgm_ros.training.trainer import export_onnx
 
     torch.manual_seed(0)
-    model = MultimodalVAE(ModelConfig(tuple(default_robot_modalities()), latent_dim=4, objective="temporal")).eval()
+    model = MultimodalVAE(ModelConfig(tuple(default_robot_modalities()), latent_dim=4, family="temporal")).eval()
     with torch.no_grad():
         for p in model.extra[TRANSITION].parameters():
             p.add_(0.3 * torch.randn_like(p))

@@ -16,8 +16,8 @@ D, P, M = 4, 2, 3
 def private_model(**options):
     torch.manual_seed(0)
     specs = tuple(ModalitySpec(f"m{j}", "vector", (6,), scale=0.3, hidden=(16,)) for j in range(M))
-    return MultimodalVAE(ModelConfig(specs, latent_dim=D, objective="temporal_ms", private_dim=P,
-                                     objective_options=options)).eval()
+    return MultimodalVAE(ModelConfig(specs, latent_dim=D, family="temporal_ms", private_dim=P,
+                                     family_options=options)).eval()
 
 
 def sequences(batch=2, steps=6, p_present=0.6, seed=0):

@@ -14,7 +14,7 @@ from mdgm_ros.core.families.temporal import TRANSITION, GRUTransition, Transitio
 from mdgm_ros.training.trainer import run_training
 
 TEMPORAL = {"data.cache": False, "data.block_s": 3.0, "data.window": 8, "data.window_stride": 8,
-            "model_overrides.objective": "temporal", "model_overrides.fusion": "poe",
+            "model_overrides.family": "temporal", "model_overrides.fusion": "poe",
             "model_overrides.family_options": {"transition_hidden": 32, "p_outage": 0.3}}
 
 

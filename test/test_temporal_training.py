@@ -17,7 +17,7 @@ STEPS, EPOCHS = 24, 30
 
 def build(objective, **kw):
     torch.manual_seed(0)
-    return MultimodalVAE(ModelConfig(SPECS, latent_dim=6, objective=objective, **kw))
+    return MultimodalVAE(ModelConfig(SPECS, latent_dim=6, family=objective, **kw))
 
 
 def frames(model, data):
@@ -33,7 +33,7 @@ def as_sequences(flat, n):
 @pytest.fixture(scope="module")
 def trained():
     torch.set_num_threads(1)
-    temporal = build("temporal", objective_options={"transition_hidden": 64})
+    temporal = build("temporal", family_options={"transition_hidden": 64})
     per_frame = build("mopoe")
     data = make_sequences(SPECS, 128, STEPS, seed=0, missing_rate=0.1, outage_prob=0.3, max_outage=10)
     feats, mask = frames(temporal, data)

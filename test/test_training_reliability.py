@@ -145,7 +145,7 @@ def test_a_kill_at_every_step_of_a_bundle_replacement_leaves_the_old_or_the_new_
 
 
 def test_a_multi_stage_family_trains_each_stage_and_resumes_inside_the_right_one(sim_bag, tmp_path):
-    telbo = {"data.cache": False, "model_overrides.objective": "telbo", "model_overrides.fusion": None}
+    telbo = {"data.cache": False, "model_overrides.family": "telbo", "model_overrides.fusion": None}
     logs: list[str] = []
     straight = _train(sim_bag[0], tmp_path / "straight", 4, overrides=telbo, log=logs.append)
     assert straight.epochs == 4

@@ -59,6 +59,27 @@ def test_cli_trains_with_the_progress_bar_on_in_a_terminal(sim_bag, tmp_path):
     assert (out / "manifest.json").is_file()
 
 
+def test_a_config_in_the_old_objective_spelling_still_trains_with_one_warning_line(sim_bag, tmp_path):
+    """A train config written before the rename (objective / objective_options) trains, and the command
+    says once per key what the new name is."""
+    doc = yaml.safe_load((ROOT / "config" / "train.yaml").read_text())
+    overrides = doc["model_overrides"]
+    overrides["objective"], overrides["objective_options"] = overrides.pop("family"), overrides.pop("family_options")
+    doc["model"] = str(ROOT / "config" / "model.yaml")
+    doc["fusion_params"] = str(ROOT / "config" / "fusion.yaml")
+    config = tmp_path / "old.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "model"
+    done = mdgm("train", "--bags", str(sim_bag[0]), "--config", str(config), "--out", str(out), "--epochs", "1", *FAST)
+    assert done.returncode == 0, done.stderr[-3000:]
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: model_overrides key 'objective' is now called 'family'; the old name goes in "
+                        "the next release",
+                        "warning: model_overrides key 'objective_options' is now called 'family_options'; the old "
+                        "name goes in the next release"], done.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["family"] == "mopoe"
+
+
 @pytest.mark.parametrize("case, extra, expected", [
     ("realsense", [], "has no camera messages on /camera/image_raw (sensor_msgs/msg/Image): point it at one of "
                       "them with --set fusion_overrides.camera.topic=/camera/color/image_raw"),
@@ -106,7 +127,7 @@ def test_a_copied_train_config_finds_the_shipped_includes_and_unknown_keys_are_r
     with pytest.raises(TrainError, match="'missing_model.yaml' is neither next to"):
         TrainSettings.from_file(copy)
     # another family than the config's: its fusion does not fit, and the error says what to set
-    other = {"model_overrides.objective": "dmvae_lee"}
+    other = {"model_overrides.family": "dmvae_lee"}
     with pytest.raises(TrainError, match=r"needs fusion in \('poe',\), got 'mopoe' .*--set model_overrides.fusion=null"):
         TrainSettings.from_file(ROOT / "config" / "train.yaml", other)
     assert TrainSettings.from_file(ROOT / "config" / "train.yaml",

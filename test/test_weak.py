@@ -20,7 +20,7 @@ def mean_z(monkeypatch):
 def build(family="mvae", n_mod=2, **options):
     torch.manual_seed(2)
     specs = tuple(ModalitySpec(n, "vector", (d,), scale=0.7, hidden=(8,)) for n, d in zip("abc", (3, 4, 2)))[:n_mod]
-    model = MultimodalVAE(ModelConfig(specs, latent_dim=2, objective=family, family_options=options))
+    model = MultimodalVAE(ModelConfig(specs, latent_dim=2, family=family, family_options=options))
     return model, {n: torch.randn(4, model.specs[n].shape[0]) for n in model.names}
 
 

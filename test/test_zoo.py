@@ -191,9 +191,9 @@ def test_each_family_trains_with_its_reference_protocol_unless_a_flag_says_other
     zoo.train_family("mmvae", train, config, seed=0)
     assert seen[1].grad_clip == 10.0 and seen[1].beta(0) == 1.0
     model, _ = zoo.train_family("mvae", train, config, seed=0)
-    assert model.config.objective_options["k"] == 0 and seen[2].beta(395) == 0.5      # MultiVae's MVAE
+    assert model.config.family_options["k"] == 0 and seen[2].beta(395) == 0.5      # MultiVae's MVAE
     with_subsets = zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "option": ["mvae.k=2"]}))
-    assert zoo.train_family("mvae", train, with_subsets, seed=0)[0].config.objective_options["k"] == 2
+    assert zoo.train_family("mvae", train, with_subsets, seed=0)[0].config.family_options["k"] == 2
     forced = zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "grad_clip": 5, "beta_warmup": 100}))
     assert all({k: v for k, v in zoo.training_protocol(name, forced).items() if k != "options"}
                == {"grad_clip": 5.0, "warmup_steps": 100, "warmup_start": 0.0}

@@ -84,7 +84,7 @@ def test_resume_refusals_name_what_is_wrong(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("option, message", [
-    ("mmvae_plus.generaton_prior=joint", "error: objective_options: mmvae_plus has no objective option "
+    ("mmvae_plus.generaton_prior=joint", "error: family_options: mmvae_plus has no objective option "
                                          "'generaton_prior' (its options: K, contrastive, estimator, "
                                          "generation_prior, learn_prior, posterior)"),
     ("mmvae_plus.generation_prior=r", "error: mmvae_plus: objective option 'generation_prior' must be one of "
@@ -112,7 +112,7 @@ def test_keep_models_saves_each_trained_family_as_the_bundle_that_was_measured(t
     _, test = make_polydigits(config.n_train, config.n_test, config.n_modalities, seed=0)
     for run in report["runs"]:
         bundle = load_bundle(out / "models" / f"{run['family']}_seed0")
-        assert bundle.model.config.objective == run["family"] and bundle.manifest["extra"]["zoo"]["epochs"] == 2
+        assert bundle.model.config.family == run["family"] and bundle.manifest["extra"]["zoo"]["epochs"] == 2
         assert zoo.joint_nll(bundle.model, test, config.iwae_k, config.n_nll) == pytest.approx(run["joint_nll"], rel=1e-6)
     assert zoo.zoo_command(tiny_args(None, keep_models=True), write=lines.append) == 2
     assert lines[-1] == "error: --keep-models needs --out, the folder the bundles go to (OUT/models/)"

@@ -37,7 +37,7 @@ def _copy_ms(raw: dict[str, torch.Tensor], device: torch.device, repeats: int = 
     return 1e3 * float(np.median(times))
 
 
-def bench_train_gpu(device: str = "cuda", objectives: tuple[str, ...] = ("mopoe", "mvae", "mmvae"),
+def bench_train_gpu(device: str = "cuda", families: tuple[str, ...] = ("mopoe", "mvae", "mmvae"),
                     batch_size: int = 64, steps: int = 20) -> dict[str, Any]:
     dev = select_device(device)
     if dev.type != "cuda":
@@ -46,10 +46,10 @@ def bench_train_gpu(device: str = "cuda", objectives: tuple[str, ...] = ("mopoe"
     specs = default_robot_modalities()
     data = synthetic.make_dataset(specs, batch_size, seed=1, missing_rate=0.2)
     out: dict[str, Any] = {"gpu": torch.cuda.get_device_name(dev), "amp_dtype": str(amp).removeprefix("torch."),
-                           "batch": batch_size, "objectives": {}}
-    for objective in objectives:
+                           "batch": batch_size, "families": {}}
+    for family in families:
         torch.manual_seed(0)
-        model = MultimodalVAE(ModelConfig(tuple(specs), latent_dim=16, objective=objective)).to(dev)
+        model = MultimodalVAE(ModelConfig(tuple(specs), latent_dim=16, family=family)).to(dev)
         feats = training.raw_to_features(model, data.raw)
         mask = torch.from_numpy(data.mask)
         training.fit_normalization(model, feats, mask)
@@ -60,7 +60,7 @@ def bench_train_gpu(device: str = "cuda", objectives: tuple[str, ...] = ("mopoe"
         row["amp_step_ms"] = round(_step_ms(trainer, feats, mask.to(dev), steps), 2)
         row["amp_speedup"] = round(row["fp32_step_ms"] / row["amp_step_ms"], 2)
         row["amp_samples_per_s"] = round(1e3 * batch_size / row["amp_step_ms"], 1)
-        out["objectives"][objective] = row
+        out["families"][family] = row
     raw = {k: torch.from_numpy(np.nan_to_num(v)) for k, v in data.raw.items()}
     pinned = {k: v.pin_memory() for k, v in raw.items()}
     out["batch_copy_ms"] = {"pageable": round(_copy_ms(raw, dev), 3), "pinned": round(_copy_ms(pinned, dev), 3)}

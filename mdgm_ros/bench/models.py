@@ -16,12 +16,12 @@ from ..core.model.vae import DEFAULT_FUSION
 from .memory import status_mb
 
 
-def prepared_model(objective: str, device: torch.device, n: int = 256) -> tuple[MultimodalVAE, Any]:
+def prepared_model(family: str, device: torch.device, n: int = 256) -> tuple[MultimodalVAE, Any]:
     """The benchmarks' model: the four robot streams at the design card's sizes, normalised on ``n``
     synthetic samples (untrained weights time the same as trained ones); returns it and (data, raw
     features, presence mask) of those samples."""
     specs = default_robot_modalities()
-    model = MultimodalVAE(ModelConfig(tuple(specs), latent_dim=16, objective=objective)).to(device)
+    model = MultimodalVAE(ModelConfig(tuple(specs), latent_dim=16, family=family)).to(device)
     data = synthetic.make_dataset(specs, n, seed=0)
     feats = training.raw_to_features(model, data.raw)
     mask = torch.from_numpy(data.mask)
@@ -57,13 +57,13 @@ def _bare_forward(model: MultimodalVAE, raw: dict[str, torch.Tensor], observed: 
 
 
 def bench_fusion(iterations: int = 2000, warmup: int = 100, device: str = "auto",
-                 objective: str = "mvae") -> dict[str, Any]:
+                 family: str = "mvae") -> dict[str, Any]:
     """One live fusion step at batch 1: 64x64 camera, 9 joints x (pos, vel, effort), 0.5 s of 16 kHz
     audio, two 4x4 taxel grids; audio missing -> PoE posterior of the other three, imputation of the
     audio, leave-one-out anomaly scores of the three observed modalities. The bare forward pass of the
     same networks is timed in the same loop (alternating), so ``ratio_to_bare`` compares like with like."""
     dev = select_device(device)
-    model, (data, feats, mask) = prepared_model(objective, dev)
+    model, (data, feats, mask) = prepared_model(family, dev)
     calibration = calibrate_anomaly(model, training.normalize_features(model, feats), mask)
     fuser = Fuser(model, calibration)
     raw = {k: torch.from_numpy(v[:1]).to(dev) for k, v in data.raw.items()}
@@ -90,14 +90,14 @@ def bench_fusion(iterations: int = 2000, warmup: int = 100, device: str = "auto"
     assert set(result.imputed) == {"audio"}
     stats, bare_stats = percentiles(times), percentiles(bare_times)
     ratio = stats["p50_ms"] / bare_stats["p50_ms"]
-    return {"benchmark": "fusion", "batch": 1, "objective": objective, "fusion": model.fusion,
+    return {"benchmark": "fusion", "batch": 1, "family": family, "fusion": model.fusion,
             "observed": observed, "imputed": targets, "iterations": iterations,
             **stats, "bare_forward": bare_stats, "ratio_to_bare_p50": round(ratio, 3),
             "target": {"p50_ms": 2.0, "p99_ms": 4.0, "ratio_to_bare_p50": 1.2},
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
-# objective options that select a family's previous, slower training path (every row decoded, observed
+# family options that select a family's previous, slower training path (every row decoded, observed
 # or not, then masked), timed beside the default path
 PREVIOUS_PATH = {"mopoe": {"fast": False}, "mmvae": {"fast": False}}
 
@@ -130,19 +130,19 @@ def _throughput(times: list[float], batch_size: int) -> dict[str, float]:
 
 
 def bench_train(steps: int = 20, batch_size: int = 64, device: str = "auto",
-                objectives: tuple[str, ...] = tuple(DEFAULT_FUSION),
+                families: tuple[str, ...] = tuple(DEFAULT_FUSION),
                 modality_counts: tuple[int, ...] = tuple(range(2, 9))) -> dict[str, Any]:
-    """Training throughput (samples/s, from the median step) of each objective at batch 64 on the four
+    """Training throughput (samples/s, from the median step) of each family at batch 64 on the four
     robot modalities, 20 % of modalities missing at random. Where the code path changed (MoPoE, MMVAE;
     :data:`PREVIOUS_PATH`) the previous path is timed in the same loop, alternating rounds, so
     ``speedup`` compares like with like on a loaded machine. ``mopoe_step_vs_modalities``: MoPoE step
     time from M = 2 to 8 vector modalities (default KL estimator, and the exact bound for contrast)."""
     dev = select_device(device)
-    out: dict[str, Any] = {"benchmark": "train", "batch": batch_size, "steps": steps, "objectives": {}}
-    for objective in objectives:
-        model, _ = prepared_model(objective, dev, n=8)
+    out: dict[str, Any] = {"benchmark": "train", "batch": batch_size, "steps": steps, "families": {}}
+    for family in families:
+        model, _ = prepared_model(family, dev, n=8)
         feats, mask, optimizer = _train_setup(model, batch_size, dev)
-        paths = {"new": {}, **({"previous": PREVIOUS_PATH[objective]} if objective in PREVIOUS_PATH else {})}
+        paths = {"new": {}, **({"previous": PREVIOUS_PATH[family]} if family in PREVIOUS_PATH else {})}
         times: dict[str, list[float]] = {name: [] for name in paths}
         for name, options in paths.items():
             _timed_steps(model, feats, mask, optimizer, 2, dev, options)               # warm-up
@@ -154,8 +154,8 @@ def bench_train(steps: int = 20, batch_size: int = 64, device: str = "auto",
         if "previous" in times:
             row["previous_path"] = _throughput(times["previous"], batch_size)
             row["speedup"] = round(row["samples_per_s"] / row["previous_path"]["samples_per_s"], 2)
-        out["objectives"][objective] = row
-    if "mopoe" in objectives and modality_counts:
+        out["families"][family] = row
+    if "mopoe" in families and modality_counts:
         out["mopoe_step_vs_modalities"] = mopoe_step_curve(modality_counts, batch_size, dev, steps)
     return out
 
@@ -170,7 +170,7 @@ def mopoe_step_curve(counts: tuple[int, ...], batch_size: int, dev: torch.device
     for count in counts:
         specs = tuple(ModalitySpec(f"v{j}", "vector", (27,), scale=0.5) for j in range(count))
         torch.manual_seed(0)
-        model = MultimodalVAE(ModelConfig(specs, latent_dim=16, objective="mopoe")).to(dev)
+        model = MultimodalVAE(ModelConfig(specs, latent_dim=16, family="mopoe")).to(dev)
         feats, mask, optimizer = _train_setup(model, batch_size, dev)
         default, exact = [], []
         _timed_steps(model, feats, mask, optimizer, 2, dev, {})

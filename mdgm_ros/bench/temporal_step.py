@@ -16,7 +16,7 @@ from .models import percentiles, prepared_model, synchronize
 
 
 def bench_temporal_step(iterations: int = 2000, warmup: int = 100, device: str = "auto",
-                        horizon: int = 10, objective: str = "temporal", onnxruntime: bool = False) -> dict[str, Any]:
+                        horizon: int = 10, family: str = "temporal", onnxruntime: bool = False) -> dict[str, Any]:
     """As ``bench_fusion``: 64x64 camera, joints, 0.5 s of audio, tactile; audio missing -> prediction
     from the state, PoE with the three observed experts, imputation of the audio, one-step predictive
     anomaly scores of the observed three. The state carries over between iterations, as on a live node.
@@ -24,11 +24,11 @@ def bench_temporal_step(iterations: int = 2000, warmup: int = 100, device: str =
     closed-form batch-1 step (what the node runs; the target), the generic masked filter step, and the
     closed-form step that also predicts ``horizon`` latents (the node's ~/latent_prediction, after the
     latent is out), and the per-frame :class:`~mdgm_ros.core.inference.Fuser` step of the same networks.
-    ``objective``: ``temporal``, or ``temporal_ms`` (a private state per modality: one more encoder each).
+    ``family``: ``temporal``, or ``temporal_ms`` (a private state per modality: one more encoder each).
     ``onnxruntime``: also the same closed-form step with the networks in onnxruntime (the fusion node's
     ``engine: onnxruntime``; one intra-op thread per session, as the node's default ``threads: 1``)."""
     dev = select_device(device)
-    model, (data, feats, mask) = prepared_model(objective, dev)
+    model, (data, feats, mask) = prepared_model(family, dev)
     with torch.no_grad():
         normalised = {n: model.normalize(n, x.to(dev)).unsqueeze(0) for n, x in feats.items()}
         surprise = predictive_surprise_sequence(model, normalised, mask.to(dev).unsqueeze(0))
@@ -46,7 +46,7 @@ def bench_temporal_step(iterations: int = 2000, warmup: int = 100, device: str =
             steps["onnxruntime"] = TemporalFilter(_in_onnxruntime(model, calibration, Path(folder)), calibration)
         times = _timed(steps, raw, step_mask, dev, iterations, warmup)
     stats, generic_stats = percentiles(times["fast"]), percentiles(times["generic"])
-    return {"benchmark": "temporal_step", "batch": 1, "objective": objective,
+    return {"benchmark": "temporal_step", "batch": 1, "family": family,
             "observed": ["camera", "joints", "tactile"], "imputed": ["audio"], "iterations": iterations,
             **stats, "generic_filter_step": generic_stats,
             "ratio_to_generic_p50": round(stats["p50_ms"] / generic_stats["p50_ms"], 3),

@@ -74,14 +74,14 @@ def paired_share(n: int, n_mod: int, paired: float, rng: np.random.Generator) ->
 
 # ----------------------------------------------------------------------------- one run
 def train_masked(family: str, train: PolyDigits, mask: np.ndarray, config: WeakConfig, seed: int,
-                 objective_options: dict | None = None) -> tuple[MultimodalVAE, dict[str, Any]]:
+                 family_options: dict | None = None) -> tuple[MultimodalVAE, dict[str, Any]]:
     """One family trained on the rows of ``mask`` that observe anything, each with what it observes."""
     torch.manual_seed(seed)
     modality_specs = specs(config.n_modalities)
     names = [m.name for m in modality_specs]
-    model = MultimodalVAE(ModelConfig(modality_specs, latent_dim=config.latent_dim, objective=family,
+    model = MultimodalVAE(ModelConfig(modality_specs, latent_dim=config.latent_dim, family=family,
                                       networks=zoo.network_config(names, "cnn"),
-                                      objective_options=objective_options or {}))
+                                      family_options=family_options or {}))
     rows = np.flatnonzero(mask.any(1))
     raw = {n: torch.from_numpy(train.images[n][rows]) for n in names}
     presence = torch.from_numpy(mask[rows])

@@ -63,7 +63,7 @@ class ZooConfig:
     # KL counts less); False: on raw [0, 1] pixels, the PolyMNIST reference's and MultiVae's choice, which
     # at this benchmark's few epochs stayed near chance for MoPoE, MVAE and MultiVae's MoPoE alike
     normalize: bool = True
-    family_options: dict = field(default_factory=dict)   # {"mmvae": {"K": 1}}: objective options per family
+    family_options: dict = field(default_factory=dict)   # {"mmvae": {"K": 1}}: options per family
     classifier_epochs: int = 10
     iwae_k: int = 100
     n_nll: int = 500
@@ -172,7 +172,7 @@ PROTOCOL_DEFAULTS = {"grad_clip": 10.0, "warmup_steps": 500, "warmup_start": 0.0
 
 
 def training_protocol(name: str, config: ZooConfig) -> dict[str, Any]:
-    """The clip, warm-up and objective options that family ``name`` trains with: the config's where set,
+    """The clip, warm-up and options that family ``name`` trains with: the config's where set,
     else the family's reference implementation's (``Family.reference_training``), else
     :data:`PROTOCOL_DEFAULTS` (options: the reference's, updated by ``--option``)."""
     reference = get_family(name).reference_training
@@ -191,8 +191,8 @@ def build_model(name: str, config: ZooConfig) -> MultimodalVAE:
     """Family ``name`` on PolyDigits' modalities and the zoo's networks, untrained, on the CPU."""
     modality_specs = specs(config.n_modalities)
     networks = network_config([m.name for m in modality_specs], config.networks)
-    return MultimodalVAE(ModelConfig(modality_specs, latent_dim=config.latent_dim, objective=name,
-                                     networks=networks, objective_options=training_protocol(name, config)["options"],
+    return MultimodalVAE(ModelConfig(modality_specs, latent_dim=config.latent_dim, family=name,
+                                     networks=networks, family_options=training_protocol(name, config)["options"],
                                      private_dim=private_dim_for(name, config)))
 
 
@@ -452,7 +452,7 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--merge", default=None,
                         help="comma-separated zoo.json files: print (and with --out write) their runs as one table")
     parser.add_argument("--option", action="append", default=[], metavar="FAMILY.KEY=VALUE",
-                        help="an objective option of one family, e.g. mmvae.K=1 (repeatable)")
+                        help="an option of one family, e.g. mmvae.K=1 (repeatable)")
     parser.add_argument("--raw-pixels", action="store_true",
                         help="likelihood on raw [0, 1] pixels (the PolyMNIST reference's) instead of standardised ones")
     parser.add_argument("--latent-dim", type=int, default=ZooConfig.latent_dim, help="shared latent size")

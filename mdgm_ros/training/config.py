@@ -19,6 +19,7 @@ import yaml
 from ..config_files import config_path
 from ..core import BetaSchedule, ModelConfig, TrainConfig
 from ..core.model.modalities import SpecError, checked_fields
+from ..core.model.vae import renamed_keys
 from ..data.labels import DEFAULT_LABEL_TOPIC
 from ..streams.params import FusionParams, ParameterError, fusion_params_from_file
 
@@ -213,7 +214,8 @@ def _model_config(top: TrainFile, path: Path) -> ModelConfig:
             raise TrainError(f"model: cannot read {include}: {err}") from None
     if not isinstance(model, dict) or "modalities" not in model:
         raise TrainError("model: expected a model config (a mapping with 'modalities') or a file name")
-    model = {**model, **top.model_overrides}
+    # the first releases called the family "objective": both files and overrides may still say so
+    model = {**renamed_keys(model, "model config"), **renamed_keys(top.model_overrides, "model_overrides")}
     names = [m.get("name") for m in model["modalities"] if isinstance(m, dict)]
     unknown = set(top.modality_weights) - set(names)
     if unknown:

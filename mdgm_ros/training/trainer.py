@@ -278,10 +278,10 @@ def with_phase_labels(model: MultimodalVAE, feats: dict[str, torch.Tensor], data
     from ..core.model.family import LABELS
 
     names = sorted({str(p) for p in np.concatenate([data.train.phase, data.val.phase])} - {""})
-    limit = int(model.config.objective_options.get("n_labels", 16))
+    limit = int(model.config.family_options.get("n_labels", 16))
     if len(names) > limit:
         raise TrainError(f"{len(names)} task phases but the label head has {limit} classes: set "
-                         f"model_overrides.objective_options.n_labels to at least {len(names)}")
+                         f"model_overrides.family_options.n_labels to at least {len(names)}")
     index = {name: i for i, name in enumerate(names)}
     phases = (data.val if val else data.train).phase
     return {**feats, LABELS: torch.tensor([index.get(str(p), -1) for p in phases], dtype=torch.long)}
