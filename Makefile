@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mdgm-installed
 
-.PHONY: install interfaces test demo demo-quick example default-model bench clean
+.PHONY: install interfaces test lint demo demo-quick example default-model bench clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ interfaces:
 
 test: install
 	$(PY) -m pytest -q -rs test
+
+# pyflakes, pycodestyle, import order and docstring basics over the package and the tests (ruff.toml)
+lint: install
+	$(VENV)/bin/ruff check mdgm_ros test launch docs setup.py
 
 demo: install
 	$(PY) -m mdgm_ros demo --out demo_out

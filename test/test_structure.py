@@ -34,17 +34,11 @@ def _base(module: str, path: Path, level: int) -> str:
 
 def imports(module: str) -> list[tuple[str, str | None, int]]:
     """(imported module, name taken from it or None, line) for every import statement of ``module``,
-    at any depth (function-level imports included, ``if TYPE_CHECKING:`` blocks left out: they never
-    run); only modules of this package."""
+    at any depth (function-level and ``if TYPE_CHECKING:`` imports included: a cycle for the type
+    checker is a cycle for the reader too); only modules of this package."""
     path = MODULES[module]
-    tree = ast.parse(path.read_text(), str(path))
-    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
-                   and getattr(block.test, "id", getattr(block.test, "attr", None)) == "TYPE_CHECKING"
-                   for stmt in block.body for n in ast.walk(stmt)}
     out = []
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             out += [(a.name, None, node.lineno) for a in node.names if a.name in MODULES]
         elif isinstance(node, ast.ImportFrom):
@@ -132,3 +126,15 @@ def test_every_module_imports_in_a_fresh_interpreter_in_either_order():
         code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
         done = subprocess.run([sys.executable, "-c", code, *order], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_every_name_imported_from_the_package_exists_there():
+    """Function-level imports run only when called: check every ``from mdgm_ros... import name`` now."""
+    import importlib
+
+    missing = []
+    for module in MODULES:
+        for target, name, line in imports(module):
+            if name and name != "*" and not hasattr(importlib.import_module(target), name):
+                missing.append(f"{module}:{line} imports {name} from {target}, which has no such name")
+    assert not missing, "\n".join(missing)

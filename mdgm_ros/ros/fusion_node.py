@@ -17,8 +17,8 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,25 +26,34 @@ import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.task import Future
-from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.task import Future
 from std_srvs.srv import Trigger
 
-from ..streams import bridge
-from ..streams.alignment import Aligner, PushResult
 from ..core import Bundle, BundleError, Fuser, load_bundle, select_device
 from ..core.engine.bundle import within_roots
+from ..core.engine.filter import TemporalFilter
+from ..core.families.temporal import is_temporal, options_of
 from ..core.engine.loop import autocast_dtype
-from ..core.engine.filter import TemporalFilter, is_temporal, options_of
-from ..streams.params import (FusionParams, ParameterError, blocked_while_configured, check_against_bundle,
-                              declare_fusion_params, fusion_params_with, resolve_bundle, unknown_overrides)
+from ..streams import bridge
+from ..streams.alignment import Aligner, PushResult
 from ..streams.kinds import Stream, make_stream
-from .guard import GuardedNode, node_main, until_shutdown
+from ..streams.params import (
+    FusionParams,
+    ParameterError,
+    blocked_while_configured,
+    check_against_bundle,
+    declare_fusion_params,
+    fusion_params_with,
+    resolve_bundle,
+    unknown_overrides,
+)
 from .diagnostics import StreamCheck, StreamStats, anomaly_status, model_status, stream_status
+from .guard import GuardedNode, node_main, until_shutdown
 from .outputs import LATCHED_INFO, FusionOutputs, ModelInfo, model_info_message
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)

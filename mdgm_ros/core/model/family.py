@@ -17,6 +17,7 @@ from torch import nn
 
 from . import posterior as post
 from .latent_distributions import GaussianLatent, distribution_named
+from .registry import FamilyError
 
 if TYPE_CHECKING:
     from .vae import ModelConfig, MultimodalVAE
@@ -45,10 +46,6 @@ class ExportPart:
     args: tuple[torch.Tensor, ...]
     inputs: list[str]
     outputs: list[str]
-
-
-class FamilyError(ValueError):
-    """A family refuses a request (e.g. inference from a subset it has no network for)."""
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,20 @@ register themselves when the core is imported; code asks the registry, never a f
 """
 from __future__ import annotations
 
-from .family import Family, FamilyError
-
-FAMILIES: dict[str, Family] = {}
+from typing import Any
 
 
-def register_family(family: Family, replace: bool = False) -> Family:
+class FamilyError(ValueError):
+    """A family refuses a request (e.g. inference from a subset it has no network for), or no family has
+    the name asked for."""
+
+
+# name -> mdgm_ros.core.model.family.Family (not imported: the registry sits below the interface and the
+# model, which both ask it)
+FAMILIES: dict[str, Any] = {}
+
+
+def register_family(family: Any, replace: bool = False) -> Any:
     """Add ``family`` to the registry (``replace``: overwrite a family of the same name)."""
     if family.name in FAMILIES and not replace:
         raise ValueError(f"a family named {family.name!r} is already registered")
@@ -18,7 +26,7 @@ def register_family(family: Family, replace: bool = False) -> Family:
     return family
 
 
-def get_family(name: str) -> Family:
+def get_family(name: str) -> Any:
     """The registered family ``name``; :class:`FamilyError` naming the registered ones otherwise."""
     try:
         return FAMILIES[name]
