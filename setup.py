@@ -1,4 +1,5 @@
-"""pip/venv install of the Python package (`make install`); on robots `colcon build` uses CMakeLists.txt (ament_cmake)."""
+"""pip/venv install of the Python package (`make install`); on robots `colcon build` uses
+CMakeLists.txt (ament_cmake)."""
 from glob import glob
 
 from setuptools import find_packages, setup

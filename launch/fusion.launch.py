@@ -7,18 +7,20 @@
 With ``autostart:=false`` the node waits for a lifecycle manager to configure and activate it. Input
 topics in the params file are relative, so ``namespace`` moves inputs and outputs together.
 """
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+from launch import LaunchDescription
+
 
 def generate_launch_description():
     arguments = [
         DeclareLaunchArgument("model", default_value=PathJoinSubstitution(
-            [FindPackageShare("mdgm_ros"), "models", "default"]), description="model bundle folder (see `mdgm-ros info`)"),
+            [FindPackageShare("mdgm_ros"), "models", "default"]),
+            description="model bundle folder (see `mdgm-ros info`)"),
         DeclareLaunchArgument("params_file", default_value=PathJoinSubstitution(
             [FindPackageShare("mdgm_ros"), "config", "fusion.yaml"]), description="fusion node parameters"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node (inputs and outputs)"),

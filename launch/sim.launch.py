@@ -7,13 +7,14 @@
 topics; the fusion node (fusion.launch.py, default bundle models/default, in ``namespace``) fuses them:
 its relative inputs are remapped onto the simulator's topics, so a namespace moves only the outputs.
 """
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, GroupAction, IncludeLaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node, SetRemap
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 SIM_TOPICS = ["camera/image_raw", "joint_states", "audio", "tactile"]   # mdgm_ros.sim.record.TOPICS
 FORWARDED = ["model", "params_file", "namespace", "use_sim_time", "log_level", "autostart"]

@@ -147,7 +147,7 @@ def replay_live(out: Path, bundle: Path, test_bag: Path, settings, outages: dict
 
     params_file = _node_params(out, bundle, settings, device)
     specs = list(load_bundle(bundle).model.config.modalities)
-    from .data.dataset import absolute_topic           # parameter topics may be relative; bags are not
+    from .data.dataset import absolute_topic  # parameter topics may be relative; bags are not
     topics = {s.name: absolute_topic(s.topic) for s in settings.fusion.streams}
     drops = [f"{topics[m]}:{(s - bag_start_ns) / NS:.3f}:{(e - bag_start_ns) / NS:.3f}"
              for m, spans in outages.items() for s, e in spans]
@@ -326,7 +326,8 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, device: str = "a
     report["passed"], report["failures"] = not failures, failures
     _write_json(out / "report.json", report)
     print("\n".join(summary_lines(report)))             # with the temporal comparison's lines
-    print(f"report: {out / 'report.json'}; figures: {', '.join(Path(p).name for p in report.get('plots', {}).values())}")
+    print(f"report: {out / 'report.json'}; "
+          f"figures: {', '.join(Path(p).name for p in report.get('plots', {}).values())}")
     print(f"timings: {timings}")
     for failure in failures:
         print(f"FAIL: {failure}", file=sys.stderr)

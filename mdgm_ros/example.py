@@ -18,9 +18,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from .core import (BetaSchedule, Fuser, ModelConfig, MultimodalVAE, TrainConfig, calibrate_anomaly,
-                   default_robot_modalities, impute, load_bundle, save_bundle, select_device, train)
-from .core.engine import synthetic, loop as training
+from .core import (
+    BetaSchedule,
+    Fuser,
+    ModelConfig,
+    MultimodalVAE,
+    TrainConfig,
+    calibrate_anomaly,
+    default_robot_modalities,
+    impute,
+    load_bundle,
+    save_bundle,
+    select_device,
+    train,
+)
+from .core.engine import loop as training
+from .core.engine import synthetic
 from .core.engine.inference import anomaly_scores
 from .core.engine.metrics import auroc, average_precision
 

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from mdgm_ros.core import AudioOptions, ModalitySpec, ModelConfig, MultimodalVAE
-from mdgm_ros.core.engine import synthetic, loop as training
+from mdgm_ros.core.engine import loop as training
+from mdgm_ros.core.engine import synthetic
 
 
 def small_specs() -> list[ModalitySpec]:

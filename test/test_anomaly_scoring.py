@@ -7,11 +7,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import prepared
 
 from mdgm_ros.core.engine import loop as training
-from mdgm_ros.core.engine.anomaly import AnomalyCalibration, QuantileTable, calibration_from_nll, standardize_scores, stream_surprise
-
-from conftest import prepared
+from mdgm_ros.core.engine.anomaly import (
+    AnomalyCalibration,
+    QuantileTable,
+    calibration_from_nll,
+    standardize_scores,
+    stream_surprise,
+)
 
 
 class Names:

@@ -6,12 +6,11 @@ import pytest
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
-from mdgm_ros.data import bags, dataset
-
-from mdgm_ros.streams import bridge
 from mdgm_ros.core import default_robot_modalities
-from mdgm_ros.streams.params import fusion_params_from_file
+from mdgm_ros.data import bags, dataset
 from mdgm_ros.data.labels import FaultLabel
+from mdgm_ros.streams import bridge
+from mdgm_ros.streams.params import fusion_params_from_file
 
 NS = 1_000_000_000
 PARAMS = "config/fusion.yaml"
@@ -113,7 +112,8 @@ def test_aligned_samples_follow_the_node_parameters(sim_bag):
     assert inside.any() and not timer.mask[inside, column].any()            # the dropped stream is missing
     blackout = labels["camera_blackout"]
     rows = anchored.fault == "camera_blackout"
-    assert rows.any() and np.all((anchored.stamps[rows] >= blackout.start_ns) & (anchored.stamps[rows] <= blackout.end_ns))
+    assert rows.any() and np.all((anchored.stamps[rows] >= blackout.start_ns)
+                                 & (anchored.stamps[rows] <= blackout.end_ns))
     assert anchored.raw["camera"][rows].mean() < 10
     assert anchored.near_fault.sum() > (anchored.fault != "").sum()         # the settle margin is excluded too
     assert set(anchored.phase) - {""} <= {"reach", "hold", "approach", "descend", "grasp", "lift", "transport",
@@ -145,13 +145,16 @@ def test_bad_messages_are_counted_and_unlabelled_bags_are_normal(tmp_path):
             if i == 7:
                 image = Image(header=image.header, height=64, width=64, encoding="rgb8", step=192, data=b"\x00" * 10)
             bag.write("/camera/image_raw", stamp, image)
-            bag.write("/joint_states", stamp, bridge.array_to_joint_state(np.zeros(27), [f"panda_joint{j}" for j in range(1, 8)]
-                                                                          + ["panda_finger_joint1", "panda_finger_joint2"],
-                                                                          ["position", "velocity", "effort"], stamp))
-            bag.write("/joint_states", stamp, JointState(header=bridge.array_to_joint_state(np.zeros(3), ["x", "y", "z"],
-                                                                                           ["position"], stamp).header))
+            bag.write("/joint_states", stamp,
+                      bridge.array_to_joint_state(np.zeros(27), [f"panda_joint{j}" for j in range(1, 8)]
+                                                  + ["panda_finger_joint1", "panda_finger_joint2"],
+                                                  ["position", "velocity", "effort"], stamp))
+            bag.write("/joint_states", stamp,
+                      JointState(header=bridge.array_to_joint_state(np.zeros(3), ["x", "y", "z"],
+                                                                    ["position"], stamp).header))
     data = dataset.align_bag(path, fusion_params_from_file(PARAMS), specs)
     assert len(data) == 39
     assert data.rejects == {"camera:size": 1, "joints:unknown_joints": 40}
     assert (data.fault == "").all() and not data.near_fault.any() and data.labels == []
-    assert FaultLabel.from_json(FaultLabel("collision", 1, 2, {"a": 1}).to_json()) == FaultLabel("collision", 1, 2, {"a": 1})
+    assert (FaultLabel.from_json(FaultLabel("collision", 1, 2, {"a": 1}).to_json())
+            == FaultLabel("collision", 1, 2, {"a": 1}))

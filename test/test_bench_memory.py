@@ -8,7 +8,8 @@ import json, resource, sys
 from mdgm_ros.bench.memory import PeakMemory
 with PeakMemory(period=0.05) as peak:
     worker = __import__("subprocess").run([sys.executable, "-c",
-        "import time; x = bytearray(150 << 20); [x.__setitem__(i, 1) for i in range(0, len(x), 4096)]; time.sleep(0.5)"])
+        "import time; x = bytearray(150 << 20); "
+        "[x.__setitem__(i, 1) for i in range(0, len(x), 4096)]; time.sleep(0.5)"])
 print(json.dumps({"own": peak.own_mb(), "children": peak.children_mb,
                   "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

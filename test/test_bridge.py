@@ -36,7 +36,8 @@ def test_mono_and_resizing():
     out = bridge.image_to_array(_image(grey, "mono8"), (3, 8, 12))
     assert out.shape == (3, 8, 12) and np.allclose(out[0], out[2])
     np.testing.assert_allclose(out[0], cv2.resize(grey, (12, 8), interpolation=cv2.INTER_AREA) / 255.0, atol=1e-6)
-    assert bridge.image_to_array(_image(RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8), "rgb8"), (1, 8, 8)).shape == (1, 8, 8)
+    assert bridge.image_to_array(_image(RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8), "rgb8"),
+                                 (1, 8, 8)).shape == (1, 8, 8)
 
 
 def test_image_round_trip():

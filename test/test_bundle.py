@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import prepared
 
 from mdgm_ros.core import BundleError, Fuser, calibrate_anomaly, load_bundle, save_bundle
 from mdgm_ros.core.engine import bundle as bundle_mod
 from mdgm_ros.core.engine import loop as training
-
-from conftest import prepared
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ def test_bench_fusion_prints_the_latency_json():
     assert payload["p50_ms"] <= payload["p99_ms"]
     assert payload["imputed"] == ["audio"] and payload["threads"] == 1
     assert payload["bare_forward"]["p50_ms"] > 0
-    assert payload["ratio_to_bare_p50"] == pytest.approx(payload["p50_ms"] / payload["bare_forward"]["p50_ms"], abs=2e-3)
+    assert payload["ratio_to_bare_p50"] == pytest.approx(payload["p50_ms"] / payload["bare_forward"]["p50_ms"],
+                                                         abs=2e-3)
 
 
 def test_bench_train_times_only_the_families_asked_for():

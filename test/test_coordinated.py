@@ -13,8 +13,8 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from mdgm_ros.core import ModalitySpec, ModelConfig, MultimodalVAE, compute_objective
-from mdgm_ros.core.model import posterior as post
 from mdgm_ros.core.families import FAMILIES
+from mdgm_ros.core.model import posterior as post
 
 BETA = 0.7
 COORDINATED = ["yin", "bivcca", "cadavae", "scan", "avae", "tian"]
@@ -176,8 +176,8 @@ def test_sliced_wasserstein_is_the_mean_over_directions_of_the_sorted_projection
 
 
 def test_tian_stages_against_the_formula_with_labels(monkeypatch):
-    from mdgm_ros.core.model.family import LABELS
     from mdgm_ros.core.families import tian
+    from mdgm_ros.core.model.family import LABELS
 
     directions = torch.tensor([[0.6, 0.8], [1.0, 0.0], [0.0, -1.0]])
     monkeypatch.setattr(tian, "random_directions", lambda dim, count, generator, device: directions)

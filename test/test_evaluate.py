@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from mdgm_ros.data.dataset import AlignedDataset
+from mdgm_ros.data.labels import FaultLabel
 from mdgm_ros.demo import schedule_outages
 from mdgm_ros.evaluation.evaluate import _block_last_rows, anomaly_metrics, json_safe
-from mdgm_ros.data.labels import FaultLabel
 
 NS = 1_000_000_000
 
@@ -34,7 +34,8 @@ def test_fault_events_are_counted_per_span_with_their_detection_delay():
     out = anomaly_metrics(total, fault, np.ones(12, bool), threshold=3.0, stamps=stamps)
     collision = out["per_fault"]["collision"]
     assert collision["events"] == 2 and collision["events_detected"] == 1
-    assert collision["median_delay_s"] == pytest.approx(0.1) and collision["detected_at_threshold"] == pytest.approx(2 / 6)
+    assert (collision["median_delay_s"] == pytest.approx(0.1)
+            and collision["detected_at_threshold"] == pytest.approx(2 / 6))
     bag = np.array([0] * 6 + [1] * 6)                        # a span never joins rows of two bags
     assert anomaly_metrics(total, fault, np.ones(12, bool), 3.0, stamps % (6 * NS // 10), bag)["per_fault"][
         "collision"]["events"] == 2

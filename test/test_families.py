@@ -5,13 +5,23 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from mdgm_ros.core import Fuser, ModalitySpec, ModelConfig, MultimodalVAE, compute_objective, conditional_log_likelihood, impute, iwae_log_likelihood
-from mdgm_ros.core.engine import synthetic, loop as training
-from mdgm_ros.core.families import FAMILIES, FamilyError, get_family
-from mdgm_ros.core.model.family import LABELS
-from mdgm_ros.core.families.table import families_command, markdown_table
 from conftest import assert_onnx_round_trip
+
+from mdgm_ros.core import (
+    Fuser,
+    ModalitySpec,
+    ModelConfig,
+    MultimodalVAE,
+    compute_objective,
+    conditional_log_likelihood,
+    impute,
+    iwae_log_likelihood,
+)
+from mdgm_ros.core.engine import loop as training
+from mdgm_ros.core.engine import synthetic
+from mdgm_ros.core.families import FAMILIES, FamilyError, get_family
+from mdgm_ros.core.families.table import families_command, markdown_table
+from mdgm_ros.core.model.family import LABELS
 
 NAMES = list(FAMILIES)
 MULTI_STAGE = [n for n, f in FAMILIES.items() if len(f.stages) > 1]
@@ -364,8 +374,7 @@ def test_every_family_round_trips_through_a_bundle(name, tmp_path):
 
 @pytest.mark.parametrize("name", ["mopoe", "jvae", "telbo", "bridged"])
 def test_every_network_of_a_family_exports_to_onnx_and_matches_torch(name, tmp_path):
-    onnxruntime = pytest.importorskip("onnxruntime")
-    import warnings
+    pytest.importorskip("onnxruntime")
 
     from mdgm_ros.core.engine.export import export_parts
 

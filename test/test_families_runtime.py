@@ -1,18 +1,18 @@
 """Every family of the registry through the user's path: `mdgm-ros train` on two simulator bags, one
-of them recorded without the tactile glove (the topic absent from the whole bag), writes a bundle, and a running fusion_node loads each bundle through ~/reload_model and publishes its latents over
+of them recorded without the tactile glove (the topic absent from the whole bag), writes a bundle, and a
+running fusion_node loads each bundle through ~/reload_model and publishes its latents over
 real DDS (one node process, another for the streams, the probe in this one)."""
 from __future__ import annotations
 
 import time
 
 import pytest
+from ros_env import ROOT, FusionRun, call, spin_until
+from test_training_ux import rewrite_bag
 
 from mdgm_ros.core import load_bundle
 from mdgm_ros.core.families import FAMILIES
 from mdgm_ros.training.trainer import run_training
-
-from ros_env import ROOT, FusionRun, call, private_ros_env, spin_until, start, stop
-from test_training_ux import rewrite_bag
 
 ONE_EPOCH = {"training.epochs": 1, "data.block_s": 3.0, "export.onnx": False, "model_overrides.fusion": None}
 # bundle name -> (family, objective options): every family with its defaults, and DMVAE-Lee's concrete c
@@ -70,7 +70,6 @@ def test_evaluate_runs_on_every_family(family_bundles, sim_bag, tmp_path):
 
 
 def test_the_fusion_node_runs_every_family_bundle_over_dds(family_bundles, tmp_path):
-    import rclpy
     from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters
     from std_srvs.srv import Trigger

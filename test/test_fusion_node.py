@@ -12,12 +12,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import small_specs
+from ros_env import FusionRun, call, spin_for, spin_until
 
 from mdgm_ros.core import ModelConfig, MultimodalVAE, TrainConfig, calibrate_anomaly, save_bundle, train
-from mdgm_ros.core.engine import synthetic, loop as training
-
-from conftest import small_specs
-from ros_env import ROOT, FusionRun, call, private_ros_env, spin_for, spin_until, start, stop
+from mdgm_ros.core.engine import loop as training
+from mdgm_ros.core.engine import synthetic
 
 STOP_AUDIO_AFTER = 6.0
 AUDIO_STALENESS = 0.1
@@ -37,18 +37,19 @@ def _bundle(path, latent_dim: int, seed: int):
 @pytest.fixture(scope="module")
 def ros(tmp_path_factory):
     """Node + publisher processes and a probe node that records what the fusion node publishes."""
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Float32MultiArray, String
+
     from mdgm_ros.msg import AnomalyScores, ImputedArray, Latent, ModelInfo
 
     tmp = tmp_path_factory.mktemp("ros")
     bundles = {"a": _bundle(tmp / "model_a", 8, 0), "b": _bundle(tmp / "model_b", 6, 1)}
-    run = FusionRun.start(bundles["a"], tmp, "-p", f"audio.staleness:={AUDIO_STALENESS}", "-p", "standard_mirrors:=true",
+    run = FusionRun.start(bundles["a"], tmp, "-p", f"audio.staleness:={AUDIO_STALENESS}",
+                          "-p", "standard_mirrors:=true",
                           stream_args=("--malformed", "--stop-audio-after", str(STOP_AUDIO_AFTER)))
-    node, streams, probe, env = run.node, run.streams, run.probe, run.env
+    node, streams, probe, _env = run.node, run.streams, run.probe, run.env
     record = {"camera": [], "latent": [], "anomaly": [], "imputed_audio": [], "diagnostics": [], "info": [],
               "events": [], "mirror_latent": [], "mirror_anomaly": [], "mirror_audio": []}
 
@@ -163,7 +164,8 @@ def test_model_info_is_latched(ros):
     info = ros["record"]["info"][-1][1]
     assert info.latent_dim == 8 and info.fusion == "poe" and info.model_id.startswith("test8-")
     assert list(info.modalities) == ["camera", "joints", "audio", "tactile"]
-    assert info.imputed_topics[2] == "/mdgm_fusion/imputed/audio" and info.imputed_types[2] == "mdgm_ros/msg/ImputedArray"
+    assert (info.imputed_topics[2] == "/mdgm_fusion/imputed/audio"
+            and info.imputed_types[2] == "mdgm_ros/msg/ImputedArray")
     details = json.loads(info.details_json)
     assert details["latent"]["type"] == "mdgm_ros/msg/Latent" and "~/mirror/latent" in details["mirrors"]
 

@@ -2,13 +2,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import prepared
 
-from mdgm_ros.core import (Fuser, calibrate_anomaly, conditional_log_likelihood, impute,
-                           iwae_log_likelihood)
+from mdgm_ros.core import Fuser, calibrate_anomaly, conditional_log_likelihood, impute, iwae_log_likelihood
 from mdgm_ros.core.engine import loop as training
 from mdgm_ros.core.engine.inference import anomaly_scores, posterior_samples
-
-from conftest import prepared
 
 
 def test_iwae_is_exact_when_the_posterior_is_exact(linear_gaussian):

@@ -5,13 +5,21 @@ import math
 
 import pytest
 import torch
+from test_private_latents import BETA, assert_bound_both_ways
 from torch.distributions import Laplace
 
-from mdgm_ros.core import (Fuser, ModalitySpec, ModelConfig, MultimodalVAE, SpecError, iwae_log_likelihood,
-                           load_bundle, save_bundle)
+from mdgm_ros.core import (
+    Fuser,
+    ModalitySpec,
+    ModelConfig,
+    MultimodalVAE,
+    SpecError,
+    iwae_log_likelihood,
+    load_bundle,
+    save_bundle,
+)
 from mdgm_ros.core.families.private import private_codes
 from mdgm_ros.core.model.latent_distributions import GAUSSIAN, LaplaceLatent, distribution_named
-from test_private_latents import BETA, assert_bound_both_ways
 
 LAPLACE = distribution_named("laplace")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import ast
 import json
 import re
+import signal
 import subprocess
 import sys
-import signal
 from pathlib import Path
 
 import pytest

@@ -5,7 +5,6 @@ import sys
 import textwrap
 
 import pytest
-
 from ros_env import private_ros_env, spin_until, stop
 
 ECHO = textwrap.dedent("""
@@ -25,9 +24,10 @@ ECHO = textwrap.dedent("""
 
 
 def test_generated_messages_and_action_import():
+    from rclpy.serialization import deserialize_message, serialize_message
+
     from mdgm_ros.action import Train
     from mdgm_ros.msg import AnomalyScores, ImputedArray, Latent, LatentPrediction, ModelInfo
-    from rclpy.serialization import deserialize_message, serialize_message
     latent = Latent(model_id="m", modalities=["camera", "joints"], present=[True, False], mean=[0.5, -1.0],
                     std=[0.1, 0.2], private_sizes=[1, 1], private_mean=[0.0, 1.0], private_std=[1.0, 1.0])
     back = deserialize_message(serialize_message(latent), Latent)
@@ -43,6 +43,7 @@ def test_generated_messages_and_action_import():
 def test_generated_messages_cross_processes_over_dds(tmp_path):
     import rclpy
     from rclpy.node import Node
+
     from mdgm_ros.msg import AnomalyScores, Latent
     env = private_ros_env()
     echo = subprocess.Popen([sys.executable, "-c", ECHO], cwd=tmp_path, env=env,

@@ -6,8 +6,7 @@ import pytest
 import torch
 import yaml
 
-from mdgm_ros.core import (AudioOptions, ModalitySpec, ModelConfig, Normalization, SpecError,
-                           default_robot_modalities)
+from mdgm_ros.core import AudioOptions, ModalitySpec, ModelConfig, Normalization, SpecError, default_robot_modalities
 from mdgm_ros.core.model.networks import LogMelFrontEnd, build_decoder, build_encoder
 
 ROOT = Path(__file__).resolve().parents[1]

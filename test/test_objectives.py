@@ -3,13 +3,12 @@ import math
 
 import pytest
 import torch
+from conftest import prepared, small_specs
 
 from mdgm_ros.core import BetaSchedule, ModelConfig, SpecError, compute_objective
-from mdgm_ros.core.model import posterior as post
 from mdgm_ros.core.engine import loop as training
 from mdgm_ros.core.families import mmjsd, mopoe, mvae
-
-from conftest import prepared, small_specs
+from mdgm_ros.core.model import posterior as post
 
 ALL = ["elbo", "mvae", "mopoe", "mmvae", "mmjsd"]
 

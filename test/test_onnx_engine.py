@@ -33,10 +33,11 @@ def test_onnxruntime_networks_give_the_torch_fusion_results(trained_bundle):
 
 @pytest.mark.parametrize("objective,private_dim", [("temporal", None), ("temporal_ms", 3)])
 def test_onnxruntime_runs_the_temporal_filter_as_torch_does(tmp_path, objective, private_dim):
+    from conftest import small_specs
+
     from mdgm_ros.core import ModelConfig, MultimodalVAE, save_bundle
     from mdgm_ros.core.engine.filter import TemporalFilter
     from mdgm_ros.training.trainer import export_onnx
-    from conftest import small_specs
 
     torch.manual_seed(0)
     model = MultimodalVAE(ModelConfig(tuple(small_specs()), latent_dim=6, family=objective,
@@ -56,8 +57,9 @@ def test_onnxruntime_runs_the_temporal_filter_as_torch_does(tmp_path, objective,
 
 
 def test_a_bundle_without_onnx_files_is_a_clear_bundle_error(tmp_path):
-    from mdgm_ros.core import BundleError, ModelConfig, MultimodalVAE, save_bundle
     from conftest import small_specs
+
+    from mdgm_ros.core import BundleError, ModelConfig, MultimodalVAE, save_bundle
 
     out = save_bundle(tmp_path / "plain", MultimodalVAE(ModelConfig(tuple(small_specs()), latent_dim=4)))
     with pytest.raises(BundleError, match="has no onnx_.*export.onnx: true"):

@@ -19,7 +19,8 @@ def test_package_manifest_is_format_3_ament_cmake_with_interfaces():
     package.validate()
     assert package.package_format == 3 and package.name == "mdgm_ros"
     assert package.get_build_type() == "ament_cmake"
-    assert {"ament_cmake", "ament_cmake_python", "rosidl_default_generators"} <= {d.name for d in package.buildtool_depends}
+    assert ({"ament_cmake", "ament_cmake_python", "rosidl_default_generators"}
+            <= {d.name for d in package.buildtool_depends})
     runtime = {d.name for d in package.exec_depends}
     assert {"rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "std_srvs", "rosidl_default_runtime",
             "builtin_interfaces", "action_msgs", "python3-opencv", "launch", "launch_ros", "ament_index_python",
@@ -98,7 +99,8 @@ def test_colcon_build_and_run_from_the_install_space(tmp_path):
     shipped = share / "models" / "default"
     assert (shipped / "manifest.json").is_file() and (shipped / "weights.safetensors").is_file()
     run_env = _sourced(tmp_path / "install" / "setup.sh", env)
-    where = subprocess.run([sys.executable, "-c", "import mdgm_ros, mdgm_ros.msg as m; from mdgm_ros.action import Train; "
+    where = subprocess.run([sys.executable, "-c",
+                            "import mdgm_ros, mdgm_ros.msg as m; from mdgm_ros.action import Train; "
                             "print(mdgm_ros.__file__); print(m.__file__); m.Latent(mean=[1.0])"],
                            cwd=tmp_path, capture_output=True, text=True, env=run_env)
     assert where.returncode == 0, where.stderr

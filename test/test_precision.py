@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import prepared
+
 from mdgm_ros.core import TrainConfig, Trainer
 from mdgm_ros.core.engine import loop as training
 from mdgm_ros.core.families import FAMILIES
@@ -108,8 +108,9 @@ def test_the_fusion_step_runs_in_bf16_and_hands_back_float32(small_model_factory
 
 
 def test_the_temporal_filter_runs_in_bf16_and_keeps_its_memory_in_float32():
-    from mdgm_ros.core.engine import filter as tp
     from test_temporal import random_sequences, temporal_model
+
+    from mdgm_ros.core.engine import filter as tp
     model = temporal_model()
     feats, mask = random_sequences(model, batch=1, steps=6, p_present=0.7, seed=4)
     full, half = tp.TemporalFilter(model, horizon=2), tp.TemporalFilter(model, horizon=2, amp=torch.bfloat16)
@@ -117,5 +118,6 @@ def test_the_temporal_filter_runs_in_bf16_and_keeps_its_memory_in_float32():
         raw = {n: x[:, t] for n, x in feats.items() if bool(mask[0, t, model.names.index(n)])}
         a, b = half(raw, mask[:, t]), full(raw, mask[:, t])
         assert half.state.mean.dtype == half.state.logvar.dtype == torch.float32
-        for x, y in [(a.latent_mean, b.latent_mean), (a.latent_std, b.latent_std), (a.predicted_mean, b.predicted_mean)]:
+        for x, y in [(a.latent_mean, b.latent_mean), (a.latent_std, b.latent_std),
+                     (a.predicted_mean, b.predicted_mean)]:
             _close_in_bf16(x, y)

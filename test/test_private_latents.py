@@ -1,20 +1,30 @@
 """Families with modality-specific (private) latents: objectives against a hand computation, the latent
 layout and its use by the decoders, generation rules, bundles and ONNX export."""
 import math
-import warnings
 
 import numpy as np
 import pytest
 import torch
+from conftest import assert_onnx_round_trip
 from torch.distributions import Normal, kl_divergence
 
-from mdgm_ros.core import Fuser, ModalitySpec, ModelConfig, MultimodalVAE, SpecError, compute_objective, impute, iwae_log_likelihood, load_bundle, save_bundle
+from mdgm_ros.core import (
+    Fuser,
+    ModalitySpec,
+    ModelConfig,
+    MultimodalVAE,
+    SpecError,
+    compute_objective,
+    impute,
+    iwae_log_likelihood,
+    load_bundle,
+    save_bundle,
+)
 from mdgm_ros.core.engine import loop as training
-from mdgm_ros.core.model import posterior as post
 from mdgm_ros.core.engine.export import export_parts
-from conftest import assert_onnx_round_trip
 from mdgm_ros.core.families import FAMILIES
 from mdgm_ros.core.families.private import private_codes
+from mdgm_ros.core.model import posterior as post
 
 PRIVATE = [n for n, f in FAMILIES.items() if f.properties.modality_specific_latents]
 # every private-latent family with its default options, DMVAE-Lee's discrete (concrete) shared c and
@@ -347,7 +357,7 @@ def test_private_latent_bundle_round_trip(name, options, tmp_path):
 
 @pytest.mark.parametrize("name,options", VARIANTS, ids=VARIANT_IDS)
 def test_every_network_of_a_private_latent_family_exports_to_onnx(name, options, tmp_path):
-    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
     model = MultimodalVAE(ModelConfig(specs(2), latent_dim=3, family=name, family_options=options,
                                       private_dim=2)).eval()
     parts = export_parts(model)

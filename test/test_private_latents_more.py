@@ -7,13 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_private_latents import BETA, experts, gaussian, loglik, std_kl
 from torch.distributions import Normal, kl_divergence
 
 from mdgm_ros.core import Fuser, ModalitySpec, ModelConfig, MultimodalVAE, compute_objective, iwae_log_likelihood
-from mdgm_ros.core.model import posterior as post
 from mdgm_ros.core.engine.export import export_parts
-
-from test_private_latents import BETA, experts, gaussian, loglik, std_kl
+from mdgm_ros.core.model import posterior as post
 
 
 @pytest.fixture
@@ -68,7 +67,8 @@ def test_pvae_rows_without_a_modality_keep_only_the_unimodal_terms(mean_z):
     shared, private = experts(model, x)
     mask = torch.tensor([[True, False]] * 4)
     out = compute_objective(model, x, mask, beta=BETA)
-    expected = loglik(model, "a", x["a"], shared["a"][0], private["a"][0]) - BETA * (std_kl(shared["a"]) + std_kl(private["a"]))
+    expected = (loglik(model, "a", x["a"], shared["a"][0], private["a"][0])
+                - BETA * (std_kl(shared["a"]) + std_kl(private["a"])))
     assert torch.allclose(out.loss, -expected, atol=1e-4)
 
 
@@ -205,8 +205,8 @@ def mmd_by_hand(a, b):
 
 
 def test_mfm_objective_eq32_by_hand(mean_z, monkeypatch):
-    from mdgm_ros.core.model.family import LABELS
     from mdgm_ros.core.families import mfm
+    from mdgm_ros.core.model.family import LABELS
     torch.manual_seed(5)
     priors = iter([torch.randn(4, 2), torch.randn(4, 3), torch.randn(4, 3)])
     drawn = []
@@ -217,10 +217,12 @@ def test_mfm_objective_eq32_by_hand(mean_z, monkeypatch):
     labels = torch.tensor([1, -1, 4, 0])
     recon = sum(loglik(model, n, x[n], c_mu, private[n][0]) for n in "ab")
     logits = model.extra["label_head"](c_mu)
-    label = torch.where(labels >= 0, torch.log_softmax(logits, -1)[torch.arange(4), labels.clamp(min=0)], torch.zeros(()))
+    label = torch.where(labels >= 0, torch.log_softmax(logits, -1)[torch.arange(4), labels.clamp(min=0)],
+                        torch.zeros(()))
     surrogate = sum(gaussian(*shared[n]).log_prob(c_mu.detach()).sum(-1) for n in "ab")
     out = compute_objective(model, {**x, LABELS: labels}, ALL, beta=BETA)
-    divergence = mmd_by_hand(c_mu, drawn[0]) + mmd_by_hand(private["a"][0], drawn[1]) + mmd_by_hand(private["b"][0], drawn[2])
+    divergence = (mmd_by_hand(c_mu, drawn[0]) + mmd_by_hand(private["a"][0], drawn[1])
+                  + mmd_by_hand(private["b"][0], drawn[2]))
     expected = recon + 0.8 * label + 0.6 * surrogate - BETA * 3.0 * divergence
     assert torch.allclose(out.loss, -expected, atol=1e-4)
     assert float(out.terms["label_loglik"][1]) == 0.0 and float(out.terms["label_loglik"][0]) < 0
@@ -372,8 +374,8 @@ def test_dmvae_lee_concrete_objective_by_hand(mean_z, mean_c):
 def test_dmvae_lee_concrete_unit_weights_give_the_one_sample_kl_of_the_categorical():
     """With unit weights R is log q(c|x) - log p(c) with the categorical pmf at the relaxed sample; at a
     one-hot c that is the log-ratio of the pmfs at that category, at the mean its KL to the uniform."""
-    from mdgm_ros.core.model import concrete
     from mdgm_ros.core.families.dmvae_lee import SharedLatent, concrete_tc_decomposition
+    from mdgm_ros.core.model import concrete
     torch.manual_seed(0)
     latent = SharedLatent.from_options(CONCRETE, 6)
     logits = torch.randn(6, 6) * 2

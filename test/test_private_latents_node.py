@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from ros_env import ROOT, FusionRun, spin_until
 
 from mdgm_ros.core import load_bundle
 from mdgm_ros.training.trainer import run_training
 
-from ros_env import ROOT, FusionRun, private_ros_env, spin_until, start, stop
-
 
 def test_the_fusion_node_publishes_each_modality_s_private_latent(sim_bag, tmp_path):
-    import rclpy
 
     from mdgm_ros.msg import Latent, ModelInfo
 
@@ -43,7 +41,8 @@ def test_the_fusion_node_publishes_each_modality_s_private_latent(sim_bag, tmp_p
             assert len(msg.mean) == 3 and len(msg.std) == 3 and min(msg.std) > 0
             assert list(msg.modalities) == list(model.names) and msg.present[model.names.index(name)]
         details = json.loads(got["info"][-1].details_json)
-        assert details["latent_private"]["dim"] == 3 and details["latent_private"]["topic"] == "~/latent_private/<modality>"
+        assert (details["latent_private"]["dim"] == 3
+                and details["latent_private"]["topic"] == "~/latent_private/<modality>")
         assert node.poll() is None
     finally:
         run.stop()

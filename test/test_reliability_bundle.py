@@ -9,12 +9,11 @@ import stat
 from pathlib import Path
 
 import pytest
+from conftest import prepared
 
 from mdgm_ros.core import BundleError, calibrate_anomaly, load_bundle, save_bundle
 from mdgm_ros.core.engine import bundle as bundle_mod
 from mdgm_ros.core.engine import loop as training
-
-from conftest import prepared
 
 OUTSIDE = b"root:x:0:0:secret outside the bundle\n"
 
@@ -70,7 +69,8 @@ def test_manifest_entries_must_be_plain_names(saved, outside, entry):
 def test_a_symlink_out_of_the_bundle_is_refused_without_disclosing_it(saved, outside):
     (saved / "extra.txt").symlink_to(outside)
     _list(saved, "extra.txt", "0" * 64)                  # a wrong hash: nothing of the target may leak
-    message = _refused(saved, "extra.txt is a symbolic link").replace(str(saved), "<bundle>")   # the path may hold digits
+    # the path may hold digits
+    message = _refused(saved, "extra.txt is a symbolic link").replace(str(saved), "<bundle>")
     assert hashlib.sha256(OUTSIDE).hexdigest()[:8] not in message and str(len(OUTSIDE)) not in message
     _list(saved, "extra.txt", hashlib.sha256(OUTSIDE).hexdigest())   # even with its matching hash
     _refused(saved, "extra.txt is a symbolic link")

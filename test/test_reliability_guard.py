@@ -11,10 +11,9 @@ import sys
 import textwrap
 
 import pytest
+from ros_env import ROOT, call, private_ros_env, spin_until, stop
 
 from mdgm_ros.ros.guard import CallbackGuard
-
-from ros_env import ROOT, call, private_ros_env, spin_until, stop
 
 FAILING_NODE = textwrap.dedent('''
     import json, rclpy
@@ -134,8 +133,9 @@ def test_every_callback_kind_survives_an_exception(failing):
 def test_async_callbacks_and_action_fallbacks_are_guarded():
     import asyncio
 
-    from mdgm_ros.ros.guard import _parameters_refused, _service_failure
     from std_srvs.srv import Trigger
+
+    from mdgm_ros.ros.guard import _parameters_refused, _service_failure
 
     guard = CallbackGuard(lambda text: None)
 
@@ -170,6 +170,7 @@ def test_until_shutdown_ends_quietly_only_on_what_a_shutdown_raises():
     That ends the spin like Ctrl-C does; the same error with the context still open is a real failure."""
     from rclpy._rclpy_pybind11 import RCLError
     from rclpy.executors import ExternalShutdownException
+
     from mdgm_ros.ros.guard import until_shutdown
 
     class Context:

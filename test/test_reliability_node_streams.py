@@ -8,14 +8,12 @@ import math
 import time
 
 import pytest
-
-from ros_env import ROOT, FusionRun, private_ros_env, spin_until, start, stop
+from ros_env import FusionRun, spin_until
 from test_fusion_node import _bundle
 
 
 @pytest.fixture(scope="module")
 def ros(tmp_path_factory):
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
 
     from mdgm_ros.msg import AnomalyScores, Latent

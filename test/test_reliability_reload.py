@@ -10,11 +10,10 @@ import shutil
 import time
 
 import pytest
+from ros_env import FusionRun, call, spin_until
+from test_fusion_node import _bundle
 
 from mdgm_ros.core.engine import bundle as bundle_mod
-
-from ros_env import ROOT, FusionRun, call, private_ros_env, spin_until, start, stop
-from test_fusion_node import _bundle
 
 SECRET = b"TOPSECRET-outside-the-bundle\n"
 SLOW_EXTRA_BYTES = 400 << 20          # sparse; hashing it takes a noticeable fraction of a second
@@ -79,8 +78,8 @@ def _hostile(roots, good):
 
 @pytest.fixture(scope="module")
 def ros(tmp_path_factory):
-    import rclpy
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
     from mdgm_ros.msg import Latent, ModelInfo
 
     tmp = tmp_path_factory.mktemp("reload")

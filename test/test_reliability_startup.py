@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from ros_env import ROOT, private_ros_env
 
 
@@ -41,9 +40,9 @@ def test_onnxruntime_engine_with_a_bundle_without_onnx_files_says_so_and_keeps_r
     import time
 
     import torch
+    from ros_env import start, stop
 
     from mdgm_ros.core import ModelConfig, MultimodalVAE, default_robot_modalities, save_bundle
-    from ros_env import start, stop
 
     torch.manual_seed(0)
     bundle = save_bundle(tmp_path / "no_onnx", MultimodalVAE(ModelConfig(tuple(default_robot_modalities()),

@@ -8,10 +8,9 @@ import time
 from collections import defaultdict
 
 import pytest
+from ros_env import ROOT, spin_for, spin_until, start, stop
 
 from mdgm_ros.data import bags
-
-from ros_env import ROOT, spin_for, spin_until, start, stop
 
 NS = 1_000_000_000
 
@@ -92,15 +91,18 @@ def test_sim_robot_node_publishes_the_live_topics(ros_node, tmp_path):
 def test_trainer_node_trains_then_reloads_the_fusion_node(ros_node, sim_bag, trained_bundle, tmp_path):
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
     from mdgm_ros.msg import ModelInfo
 
     node, env = ros_node
     env = {**env, "MDGM_ROS_CACHE": str(tmp_path / "cache")}
     infos, diagnostics = [], []
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    node.create_subscription(ModelInfo, "/mdgm_fusion/model_info", lambda m: infos.append({"model_id": m.model_id}), latched)
+    node.create_subscription(ModelInfo, "/mdgm_fusion/model_info", lambda m: infos.append({"model_id": m.model_id}),
+                             latched)
     node.create_subscription(DiagnosticArray, "/diagnostics",
-                             lambda m: diagnostics.extend(s for s in m.status if s.name.startswith("/mdgm_trainer")), 50)
+                             lambda m: diagnostics.extend(s for s in m.status if s.name.startswith("/mdgm_trainer")),
+                             50)
     fusion = start("mdgm_ros.ros.fusion_node", "--ros-args", "--params-file", str(ROOT / "config" / "fusion.yaml"),
                    "-p", f"bundle:={trained_bundle[0]}", "-p", f"bundle_roots:=['{tmp_path}']",
                    env=env, log=tmp_path / "fusion.log")

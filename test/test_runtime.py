@@ -11,8 +11,7 @@ import time
 
 import numpy as np
 import pytest
-
-from ros_env import ROOT, spin_for, spin_until, private_ros_env, start, stop
+from ros_env import ROOT, private_ros_env, spin_for, spin_until, start, stop
 
 CAMERA_HZ = 30.0
 
@@ -23,6 +22,7 @@ class Camera:
     def __init__(self, node, topic: str = "/camera/image_raw"):
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image
+
         from mdgm_ros.streams import bridge
         self.on = True
         self.node = node
@@ -40,6 +40,7 @@ class Camera:
 def runtime(tmp_path_factory):
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
+
     from mdgm_ros.msg import Latent
 
     tmp = tmp_path_factory.mktemp("runtime")
@@ -50,7 +51,8 @@ def runtime(tmp_path_factory):
     rclpy.init()
     probe = rclpy.create_node("runtime_probe")
     record = {"latent": [], "diagnostics": []}
-    probe.create_subscription(Latent, "/mdgm_fusion/latent", lambda m: record["latent"].append((time.monotonic(), m)), 50)
+    probe.create_subscription(Latent, "/mdgm_fusion/latent",
+                              lambda m: record["latent"].append((time.monotonic(), m)), 50)
     probe.create_subscription(DiagnosticArray, "/diagnostics",
                               lambda m: record["diagnostics"].append((time.monotonic(), m)), 50)
     camera = Camera(probe)
@@ -180,7 +182,8 @@ def test_a_namespaced_node_subscribes_to_namespaced_inputs(runtime):
         Camera(probe, "/left/camera/image_raw")
         assert spin_until(probe, lambda: len(latents) >= 3, 90), (tmp / "left.log").read_text()[-2000:]
         assert list(latents[-1].present) == [True, False, False, False]   # /left has only a camera
-        assert np.isfinite(latents[-1].mean).all() and "networks under autocast (bf16)" in (tmp / "left.log").read_text()
+        assert (np.isfinite(latents[-1].mean).all()
+                and "networks under autocast (bf16)" in (tmp / "left.log").read_text())
         named = _wait_status(runtime, time.monotonic(), lambda s: "/left/mdgm_fusion: camera" in s, 10) or \
             [(t, {s.name: s for s in m.status}) for t, m in runtime["record"]["diagnostics"]
              if any(s.name.startswith("/left/mdgm_fusion: ") for s in m.status)]

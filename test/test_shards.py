@@ -18,8 +18,15 @@ from mdgm_ros.data.shards import RowReader, ensure_shards
 from mdgm_ros.streams.params import fusion_params_from_file
 from mdgm_ros.training.config import TrainSettings
 from mdgm_ros.training.distributed import Ranks
-from mdgm_ros.training.streaming import (ShardFeed, ShardRows, buffer_shuffle, cut_batches, epoch_order,
-                                         split_rows, streaming_statistics)
+from mdgm_ros.training.streaming import (
+    ShardFeed,
+    ShardRows,
+    buffer_shuffle,
+    cut_batches,
+    epoch_order,
+    split_rows,
+    streaming_statistics,
+)
 from mdgm_ros.training.trainer import run_training
 
 

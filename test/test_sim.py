@@ -52,9 +52,11 @@ def test_fault_schedule_is_deterministic_and_non_overlapping():
 
 
 @pytest.mark.parametrize("kind,check", [
-    ("camera_blackout", lambda ev, span, lb: np.mean([e.data.mean() for e in ev if e.stream == "camera" and span(e)]) < 10),
+    ("camera_blackout", lambda ev, span, lb: np.mean([e.data.mean() for e in ev
+                                                      if e.stream == "camera" and span(e)]) < 10),
     ("stream_dropout", lambda ev, span, lb: not any(e.stream == "joints" and span(e) for e in ev)),
-    ("audio_noise", lambda ev, span, lb: np.std(np.concatenate([e.data for e in ev if e.stream == "audio" and span(e)])) > 0.15),
+    ("audio_noise", lambda ev, span, lb: np.std(np.concatenate([e.data for e in ev
+                                                                if e.stream == "audio" and span(e)])) > 0.15),
     ("joint_fault", lambda ev, span, lb: max(abs(e.data[2, JOINT_NAMES.index(lb.detail["joint"])])
                                              for e in ev if e.stream == "joints" and span(e)) < 11),
 ])
@@ -77,7 +79,8 @@ def test_collision_puts_an_obstacle_in_the_way_and_makes_noise():
     events, labels = _run(2.5, seed=4, faults=(FaultSpec("collision", 1.0, 1.4),))
     assert labels[0].kind == "collision"
     loud = lambda ev: max(np.abs(e.data).max() for e in ev if e.stream == "audio" and e.stamp_ns > labels[0].start_ns)  # noqa: E731
-    effort = lambda ev: max(np.abs(e.data[2, :7]).max() for e in ev if e.stream == "joints" and e.stamp_ns > labels[0].start_ns)  # noqa: E731
+    effort = lambda ev: max(np.abs(e.data[2, :7]).max()  # noqa: E731
+                            for e in ev if e.stream == "joints" and e.stamp_ns > labels[0].start_ns)
     assert loud(events) > loud(quiet) or effort(events) > 1.2 * effort(quiet)
 
 

@@ -3,15 +3,21 @@ import math
 
 import pytest
 import torch
+from conftest import LinearDecoder, LinearExpert
 from torch import nn
 
-from mdgm_ros.core import ModalitySpec, ModelConfig, MultimodalVAE, SpecError, compute_objective
-from mdgm_ros.core import load_bundle, save_bundle
+from mdgm_ros.core import (
+    ModalitySpec,
+    ModelConfig,
+    MultimodalVAE,
+    SpecError,
+    compute_objective,
+    load_bundle,
+    save_bundle,
+)
 from mdgm_ros.core.engine import filter as tp
 from mdgm_ros.core.families import FamilyError
 from mdgm_ros.core.families.temporal import TRANSITION, sequence_objective
-
-from conftest import LinearDecoder, LinearExpert
 
 
 def vector_specs(n_mod=3, dim=6):

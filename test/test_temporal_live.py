@@ -1,11 +1,10 @@
 """The live temporal step at batch 1: the closed-form path equals the generic masked filter."""
 import pytest
 import torch
+from test_temporal import random_sequences, temporal_model
 
 from mdgm_ros.core.engine import filter as tp
 from mdgm_ros.core.families.temporal import TRANSITION
-
-from test_temporal import random_sequences, temporal_model
 
 
 def _calibration(model):

@@ -18,7 +18,6 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from ros_env import spin_for, spin_until, start, stop
 
 STEP_S = 1.0 / 30.0

@@ -3,11 +3,11 @@ the memory of a withheld stream, the objective by hand, the live filter, bundles
 import torch
 
 from mdgm_ros.core import ModalitySpec, ModelConfig, MultimodalVAE, load_bundle, save_bundle
-from mdgm_ros.core.model import posterior as post
 from mdgm_ros.core.engine import filter as tp
 from mdgm_ros.core.engine.export import export_parts
-from mdgm_ros.core.families.temporal import TRANSITION, sequence_objective, state_dim
 from mdgm_ros.core.engine.inference import Fuser
+from mdgm_ros.core.families.temporal import TRANSITION, sequence_objective, state_dim
+from mdgm_ros.core.model import posterior as post
 from mdgm_ros.training.trainer import widened_inputs
 
 D, P, M = 4, 2, 3

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from mdgm_ros.core import ModalitySpec, ModelConfig, MultimodalVAE, impute, train_sequences
-from mdgm_ros.core.engine import loop as training
 from mdgm_ros.core.engine import filter as tp
+from mdgm_ros.core.engine import loop as training
 from mdgm_ros.core.engine.synthetic_sequences import make_sequences
 
 SPECS = (ModalitySpec("joints", "vector", (8,), scale=0.3, learn_scale=True, hidden=(32, 32)),

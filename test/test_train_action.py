@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 
 from action_msgs.msg import GoalStatus
-
 from ros_env import ROOT, spin_until, start, stop
 
 

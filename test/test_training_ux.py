@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from terminal import run_in_terminal
 
 from mdgm_ros.data.bags import BagWriter, messages
 from mdgm_ros.training.config import TrainError, TrainSettings
-from terminal import run_in_terminal
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--set", "data.cache=false", "--set", "data.block_s=3.0", "--device", "cpu"]
@@ -128,7 +128,8 @@ def test_a_copied_train_config_finds_the_shipped_includes_and_unknown_keys_are_r
         TrainSettings.from_file(copy)
     # another family than the config's: its fusion does not fit, and the error says what to set
     other = {"model_overrides.family": "dmvae_lee"}
-    with pytest.raises(TrainError, match=r"needs fusion in \('poe',\), got 'mopoe' .*--set model_overrides.fusion=null"):
+    with pytest.raises(TrainError,
+                       match=r"needs fusion in \('poe',\), got 'mopoe' .*--set model_overrides.fusion=null"):
         TrainSettings.from_file(ROOT / "config" / "train.yaml", other)
     assert TrainSettings.from_file(ROOT / "config" / "train.yaml",
                                    {**other, "model_overrides.fusion": None}).model.fusion == "poe"

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mdgm_ros.core import ModalitySpec, ModelConfig, MultimodalVAE, compute_objective, iwae_log_likelihood
-from mdgm_ros.core.model import posterior as post
 from mdgm_ros.core.families import contrastive
+from mdgm_ros.core.model import posterior as post
 
 
 @pytest.fixture

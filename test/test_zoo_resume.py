@@ -16,7 +16,8 @@ TIMINGS = ("train_seconds", "samples_per_s", "eval_seconds")
 
 def tiny_args(out, **extra):
     return argparse.Namespace(**{"families": "mopoe,telbo", "seeds": 1, "epochs": 2, "quick": False, "json": True,
-                                 "out": None if out is None else str(out), "train_tuples": 60, "test_tuples": 20, "batch_size": 32,
+                                 "out": None if out is None else str(out), "train_tuples": 60, "test_tuples": 20,
+                                 "batch_size": 32,
                                  "resume": False, **extra})
 
 
@@ -113,7 +114,8 @@ def test_keep_models_saves_each_trained_family_as_the_bundle_that_was_measured(t
     for run in report["runs"]:
         bundle = load_bundle(out / "models" / f"{run['family']}_seed0")
         assert bundle.model.config.family == run["family"] and bundle.manifest["extra"]["zoo"]["epochs"] == 2
-        assert zoo.joint_nll(bundle.model, test, config.iwae_k, config.n_nll) == pytest.approx(run["joint_nll"], rel=1e-6)
+        assert (zoo.joint_nll(bundle.model, test, config.iwae_k, config.n_nll)
+                == pytest.approx(run["joint_nll"], rel=1e-6))
     assert zoo.zoo_command(tiny_args(None, keep_models=True), write=lines.append) == 2
     assert lines[-1] == "error: --keep-models needs --out, the folder the bundles go to (OUT/models/)"
 

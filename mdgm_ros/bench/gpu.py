@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from ..core import ModelConfig, MultimodalVAE, TrainConfig, Trainer, default_robot_modalities, select_device
-from ..core.engine import synthetic, loop as training
+from ..core.engine import loop as training
+from ..core.engine import synthetic
 
 
 def _step_ms(trainer: Trainer, feats, mask, steps: int) -> float:

@@ -9,9 +9,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core import (Fuser, ModelConfig, MultimodalVAE, calibrate_anomaly, compute_objective,
-                   default_robot_modalities, select_device)
-from ..core.engine import synthetic, loop as training
+from ..core import (
+    Fuser,
+    ModelConfig,
+    MultimodalVAE,
+    calibrate_anomaly,
+    compute_objective,
+    default_robot_modalities,
+    select_device,
+)
+from ..core.engine import loop as training
+from ..core.engine import synthetic
 from ..core.model.vae import DEFAULT_FUSION
 from .memory import status_mb
 

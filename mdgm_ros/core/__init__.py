@@ -14,15 +14,35 @@ import warnings as _warnings
 
 from .engine.bundle import Bundle, BundleError, load_bundle, save_bundle, verify_bundle
 from .engine.filter import FilterState, TemporalFilter, filter_sequence
-from .engine.inference import (AnomalyCalibration, FusionResult, Fuser, Imputation, anomaly_scores,
-                               calibrate_anomaly, conditional_log_likelihood, impute)
+from .engine.inference import (
+    AnomalyCalibration,
+    Fuser,
+    FusionResult,
+    Imputation,
+    anomaly_scores,
+    calibrate_anomaly,
+    conditional_log_likelihood,
+    impute,
+)
 from .engine.loop import BetaSchedule, TrainConfig, Trainer, fit_normalization, select_device, train
 from .engine.objective import compute_objective
 from .engine.sequence import train_sequences
 from .families import OBJECTIVES
-from .model import (FAMILIES, AudioOptions, FamilyError, ModalitySpec, ModelConfig, MultimodalVAE, Normalization,
-                    ObjectiveOutput, SpecError, default_robot_modalities, get_family, register_family,
-                    register_network)
+from .model import (
+    FAMILIES,
+    AudioOptions,
+    FamilyError,
+    ModalitySpec,
+    ModelConfig,
+    MultimodalVAE,
+    Normalization,
+    ObjectiveOutput,
+    SpecError,
+    default_robot_modalities,
+    get_family,
+    register_family,
+    register_network,
+)
 from .model.estimators import iwae_log_likelihood
 
 # modules of the core before it was split into floors: still importable from here for one release

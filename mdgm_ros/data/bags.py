@@ -3,7 +3,8 @@
 Payloads are the standard CDR bytes of the ROS message (serialised by rclpy, as ``ros2 bag record``
 stores them), so a bag written here opens in ``ros2 bag`` / Foxglove, and a bag recorded on a robot
 (Humble, Jazzy or Kilted; MCAP or sqlite3) reads here. The message definitions stored in a written bag
-come from the ``rosbags`` typestore of the chosen distro (Jazzy or Kilted; Humble bags are read only). Reading deserialises with rclpy into the
+come from the ``rosbags`` typestore of the chosen distro (Jazzy or Kilted; Humble bags are read only).
+Reading deserialises with rclpy into the
 same message classes the live node receives, so :mod:`mdgm_ros.streams.bridge` converts both paths alike.
 
 Writes are atomic: a bag is written into a temporary folder next to the target and renamed into place.
@@ -20,9 +21,9 @@ import hashlib
 import importlib
 import shutil
 import struct
+import tempfile
 import zlib
 from collections import Counter
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator

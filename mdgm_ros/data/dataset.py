@@ -8,7 +8,8 @@ the presence mask, windows and staleness in training are exactly what the robot 
 
 Fault labels (a JSON String topic, ``/sim/fault_labels`` by default, and the bag's sidecar label file,
 see :mod:`.labels`) mark samples inside a fault span; a bag without labels is normal operation.
-:func:`check_bags` checks every configured topic, its type and its message count before any work. ``/sim/task_phase`` gives each sample its task phase (for plots).
+:func:`check_bags` checks every configured topic, its type and its message count before any work.
+``/sim/task_phase`` gives each sample its task phase (for plots).
 
 The aligned samples of a bag are cached once (``.npz``), keyed by the bag's content hash and
 everything that shapes a sample; images are stored as uint8 (they come from 8-bit sources).
@@ -282,7 +283,8 @@ def check_bag(path: str | Path, params: FusionParams, absent_ok: Iterable[str] =
     return absent
 
 
-def check_bags(paths: Iterable[str | Path], params: FusionParams, absent_ok: Iterable[str] = ()) -> dict[str, list[str]]:
+def check_bags(paths: Iterable[str | Path], params: FusionParams,
+               absent_ok: Iterable[str] = ()) -> dict[str, list[str]]:
     """:func:`check_bag` over all bags; a modality absent from every bag cannot be trained or scored."""
     absent = {str(p): check_bag(p, params, absent_ok) for p in paths}
     for stream in params.streams:

@@ -147,7 +147,7 @@ def parse_span(text: str) -> tuple[float, float, str]:
 def label_bag(bag: str | Path, spans: list[str], replace: bool = False) -> tuple[Path, list[FaultLabel], int]:
     """Add ``START:END:KIND`` spans (seconds from the bag's first message) to the bag's YAML sidecar.
     Returns (sidecar path, all its labels, the bag's start in ns)."""
-    from . import bags                       # rclpy and rosbags: only when a bag is opened
+    from . import bags  # rclpy and rosbags: only when a bag is opened
 
     bag = Path(bag)
     if not bag.exists():

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.families.temporal import is_temporal
 from ..core.engine.inference import impute
+from ..core.families.temporal import is_temporal
 from ..data.dataset import AlignedDataset
 from ..data.labels import DEFAULT_LABEL_TOPIC
 from . import temporal_vs_frame
@@ -101,7 +101,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines += ["imputation error (standardised MSE; lower is better):",
               f"  {'modality':9s} {'model':>8s} {'mean':>8s} {'last':>8s}  samples"]
     for name, v in report["imputation"].items():
-        lines.append(f"  {name:9s} {v['model']:8.3f} {v['baseline_mean']:8.3f} {v['baseline_last']:8.3f}  {v['samples']}")
+        lines.append(f"  {name:9s} {v['model']:8.3f} {v['baseline_mean']:8.3f} "
+                     f"{v['baseline_last']:8.3f}  {v['samples']}")
     a = report["anomaly"]
     lines.append(f"anomaly: AUROC {a['auroc']:.3f}  AP {a['average_precision']:.3f}  "
                  f"({a['fault_samples']} fault / {a['samples']} samples)")
@@ -125,7 +126,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if "temporal" in report:
         lines += temporal_vs_frame.summary_lines(report["temporal"])
     lat = report["latent"]
-    lines.append(f"latent: {lat['active_dims']}/{lat['dim']} active dims, mean posterior std {lat['mean_posterior_std']:.3f}")
+    lines.append(f"latent: {lat['active_dims']}/{lat['dim']} active dims, "
+                 f"mean posterior std {lat['mean_posterior_std']:.3f}")
     return lines
 
 

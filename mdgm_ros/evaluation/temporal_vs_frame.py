@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from ..core.engine import filter as tp
-from ..core.families.temporal import is_temporal, poe_with_prior, state_coverage, state_dim, state_experts
 from ..core.engine.windows import runs
+from ..core.families.temporal import is_temporal, poe_with_prior, state_coverage, state_dim, state_experts
 from ..data.dataset import AlignedDataset
 from .eval_model import EvalModel
 from .metrics import ABSENCE_AFTER_S, absent_long_enough, anomaly_metrics, mse, offline_scores
@@ -37,6 +37,7 @@ CHUNK = 256
 class Experts:
     """Every row's standardised features and unimodal experts (M, N, D; a temporal model's over its
     state, (M, N, S)), computed once."""
+
     feats: dict[str, torch.Tensor]
     mean: torch.Tensor
     logvar: torch.Tensor
@@ -251,7 +252,8 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
                 failures.append(f"{name} at {length} s: temporal {v['temporal']:.3f} vs mean {v['baseline_mean']:.3f}, "
                                 f"last {v['baseline_last']:.3f}")
             if name == "tactile" and "per_frame" in v and not v["temporal"] < v["per_frame"]:
-                failures.append(f"tactile at {length} s: temporal {v['temporal']:.3f} vs per-frame {v['per_frame']:.3f}")
+                failures.append(f"tactile at {length} s: temporal {v['temporal']:.3f} "
+                                f"vs per-frame {v['per_frame']:.3f}")
     a = report["anomaly"]["temporal"]
     if not a["auroc"] >= 0.95:
         failures.append(f"pooled AUROC {a['auroc']:.3f} < 0.95")

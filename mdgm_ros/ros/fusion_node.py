@@ -37,8 +37,8 @@ from std_srvs.srv import Trigger
 from ..core import Bundle, BundleError, Fuser, load_bundle, select_device
 from ..core.engine.bundle import within_roots
 from ..core.engine.filter import TemporalFilter
-from ..core.families.temporal import is_temporal, options_of
 from ..core.engine.loop import autocast_dtype
+from ..core.families.temporal import is_temporal, options_of
 from ..streams import bridge
 from ..streams.alignment import Aligner, PushResult
 from ..streams.kinds import Stream, make_stream

@@ -2,7 +2,8 @@
 
 ``GuardedNode`` is a mixin placed before ``Node`` / ``LifecycleNode`` in a node's bases. It wraps the
 callbacks given to ``create_subscription``, ``create_timer``, ``create_service`` and
-``add_on_set_parameters_callback`` (and offers ``create_action_server``), so no exception escapes into the executor (which would end
+``add_on_set_parameters_callback`` (and offers ``create_action_server``), so no exception escapes into the
+executor (which would end
 ``spin`` and the process). What a failed callback returns:
 
 * subscription / timer: nothing (the message or tick is dropped);
@@ -209,8 +210,8 @@ def startup_error_text(err: BaseException) -> str:
 def node_main(main: Callable[..., int]) -> Callable[..., int]:
     """Decorator for a node's ``main``: a bad command line, parameter type or params file ends with one
     ``error:`` line on stderr and exit status 2 instead of a traceback."""
-    from rclpy.exceptions import ParameterException
     from rclpy._rclpy_pybind11 import RCLError
+    from rclpy.exceptions import ParameterException
 
     @functools.wraps(main)
     def run(*args, **kwargs) -> int:

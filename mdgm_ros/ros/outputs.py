@@ -6,10 +6,11 @@ standard-type mirrors (``standard_mirrors``) for tools that only know common_int
 | ``~/latent`` | ``mdgm_ros/Latent`` | posterior mean/std, presence mask, model id; stamp = source stamp |
 | ``~/latent_private/<m>`` | ``mdgm_ros/Latent`` | families with private latents: q(s_m) mean/std of each observed m |
 | ``~/anomaly`` | ``mdgm_ros/AnomalyScores`` | per-modality score, threshold, flagged; total |
-| ``~/latent_prediction`` | ``mdgm_ros/LatentPrediction`` | temporal bundles: k predicted latents; stamp = source stamp |
+| ``~/latent_prediction`` | ``mdgm_ros/LatentPrediction`` | temporal models: k predicted latents; stamp = source stamp |
 | ``~/imputed/<m>`` | the modality's own type; audio: ``mdgm_ros/ImputedArray`` (stamped log-mel) | |
 | ``~/model_info`` | ``mdgm_ros/ModelInfo`` (transient local) | what the node runs |
-| ``~/mirror/latent``, ``~/mirror/anomaly`` | ``sensor_msgs/JointState`` | name z0.., position = mean, effort = std; name total + modalities, position = score, effort = threshold |
+| ``~/mirror/latent`` | ``sensor_msgs/JointState`` | name z0.., position = mean, effort = std |
+| ``~/mirror/anomaly`` | ``sensor_msgs/JointState`` | name total + modalities, position = score, effort = threshold |
 | ``~/mirror/imputed/<audio>`` | ``std_msgs/Float32MultiArray`` | the unstamped log-mel, as before |
 """
 from __future__ import annotations

@@ -13,12 +13,11 @@ import numpy as np
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-from ..msg import AnomalyScores, ImputedArray, Latent, LatentPrediction, ModelInfo
-
-from ..streams import bridge
 from ..core import ModalitySpec
-from ..streams.params import StreamParams
+from ..msg import AnomalyScores, ImputedArray, Latent, LatentPrediction, ModelInfo
+from ..streams import bridge
 from ..streams.kinds import OUTPUT_TYPES
+from ..streams.params import StreamParams
 from .guard import GuardedNode
 
 RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)

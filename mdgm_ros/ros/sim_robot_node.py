@@ -31,7 +31,8 @@ HORIZON_S = 3600.0                                                           # f
 class SimRobotNode(GuardedNode, Node):
     def __init__(self) -> None:
         super().__init__("sim_robot")
-        p = lambda name, default, text: self.declare_parameter(name, default, ParameterDescriptor(description=text)).value  # noqa: E731
+        p = lambda name, default, text: self.declare_parameter(  # noqa: E731
+            name, default, ParameterDescriptor(description=text)).value
         self.seed = p("seed", 0, "random seed (scene, task script, faults)")
         self.duration = p("duration", 0.0, "seconds of robot time, 0 = until shutdown")
         faults = p("faults", "", "'all', or a comma list of fault kinds, '' = none")

@@ -21,8 +21,8 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, String
 
-from ..streams import bridge
 from ..core.engine import synthetic
+from ..streams import bridge
 from ..streams.params import PANDA_JOINTS
 from .guard import GuardedNode, node_main, until_shutdown
 

@@ -69,14 +69,16 @@ class Outcome:
 class TrainerNode(GuardedNode, Node):
     def __init__(self) -> None:
         super().__init__("mdgm_trainer")
-        p = lambda name, default, text: self.declare_parameter(name, default, ParameterDescriptor(description=text)).value  # noqa: E731
+        p = lambda name, default, text: self.declare_parameter(  # noqa: E731
+            name, default, ParameterDescriptor(description=text)).value
         bags = [b for b in p("bags", [""], "rosbag2 folders to train on at start (one-shot mode)") if b]
         config = p("config", str(config_path("train.yaml")), "train config (config/train.yaml)")
         out = p("out", "", "bundle folder to write at start, e.g. models/NAME (one-shot mode)")
         self.device = p("device", "auto", "auto | cpu | cuda | cuda:N")
         resume = p("resume", False, "continue from <out>.train/checkpoint.pt")
         epochs = p("epochs", 0, "override the config's epochs (0 = keep)")
-        fusion_node = p("fusion_node", "/mdgm_fusion", "fusion node to reload when the one-shot run is done ('' = none)")
+        fusion_node = p("fusion_node", "/mdgm_fusion",
+                        "fusion node to reload when the one-shot run is done ('' = none)")
         self.exit_when_done = p("exit_when_done", True, "one-shot mode: shut down after training")
         self.state = {"state": "idle", "epoch": "0", "epochs": "?", "val_loss": "nan", "message": ""}
         self.level = DiagnosticStatus.OK
@@ -208,7 +210,8 @@ class TrainerNode(GuardedNode, Node):
             if not (set_client.wait_for_service(timeout_sec=5.0) and reload_client.wait_for_service(timeout_sec=5.0)):
                 return f"fusion node {fusion_node} not reachable: not reloaded"
             value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=bundle)
-            done = _wait(set_client.call_async(SetParameters.Request(parameters=[ParameterMsg(name="bundle", value=value)])))
+            done = _wait(set_client.call_async(
+                SetParameters.Request(parameters=[ParameterMsg(name="bundle", value=value)])))
             if done is None or not done.results[0].successful:
                 return f"fusion node refused the bundle parameter: {done.results[0].reason if done else 'timeout'}"
             answer = _wait(reload_client.call_async(Trigger.Request()))

@@ -6,7 +6,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-
 # kind -> what happens (see robot.PandaTableSim for the mechanics)
 FAULT_KINDS = {
     "collision": "an unexpected obstacle appears in the arm's path",

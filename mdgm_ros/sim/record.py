@@ -17,8 +17,8 @@ import numpy as np
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, String
 
-from ..streams import bridge
 from ..data.bags import BagWriter
+from ..streams import bridge
 from . import JOINT_NAMES, PandaTableSim, SimConfig, SimEvent, schedule_faults
 from .faults import parse_kinds
 

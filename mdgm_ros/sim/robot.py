@@ -252,7 +252,8 @@ class PandaTableSim:
 
     def _holding(self) -> int | None:
         for body in self.objects:
-            touching = [pb.getContactPoints(self.robot, body, linkIndexA=f, physicsClientId=self.client) for f in _FINGERS]
+            touching = [pb.getContactPoints(self.robot, body, linkIndexA=f, physicsClientId=self.client)
+                        for f in _FINGERS]
             if all(touching):
                 return body
         return None

@@ -222,7 +222,8 @@ def audio_to_array(msg: Float32MultiArray | Int16MultiArray, channels: int = 1) 
         data = np.frombuffer(msg.data, np.float32).astype(np.float64) if len(msg.data) else np.zeros(0)
     _finite(data, "audio chunk")
     if np.abs(data).max() > AUDIO_LIMIT:
-        raise ConversionError("out_of_range", f"audio sample {np.abs(data).max():.3g} beyond {AUDIO_LIMIT} x full scale")
+        raise ConversionError("out_of_range",
+                              f"audio sample {np.abs(data).max():.3g} beyond {AUDIO_LIMIT} x full scale")
     dims = list(msg.layout.dim)
     if dims:
         channels = int(dims[0].size) if len(dims) >= 2 else 1

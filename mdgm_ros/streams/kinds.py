@@ -8,9 +8,9 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float32MultiArray, Int16MultiArray
 
+from ..core import ModalitySpec
 from . import bridge
 from .alignment import StreamConfig
-from ..core import ModalitySpec
 from .params import StreamParams
 
 INPUT_TYPES = {"image": Image, "compressed_image": CompressedImage, "joint_state": JointState,

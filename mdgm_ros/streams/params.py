@@ -189,7 +189,8 @@ def declare_fusion_params(node) -> FusionParams:
         "precision": _declare(node, "precision", "fp32",
                               "fp32 | bf16 | fp16 (CUDA) | auto: autocast of the fusion step's networks"),
         "autostart": _declare(node, "autostart", True, "configure and activate at start"),
-        "anchor": _declare(node, "anchor", "camera", "modality whose messages trigger a fusion step; '' = use output_rate"),
+        "anchor": _declare(node, "anchor", "camera",
+                           "modality whose messages trigger a fusion step; '' = use output_rate"),
         "output_rate": _declare(node, "output_rate", 0.0, "fixed output rate in Hz when anchor is ''"),
         "impute_present": _declare(node, "impute_present", False, "also publish reconstructions of present modalities"),
         "standard_mirrors": _declare(node, "standard_mirrors", False,
@@ -292,14 +293,17 @@ def check_against_bundle(params: FusionParams, specs: list[ModalitySpec]) -> Non
         raise ParameterError(f"parameter modalities {params.names} != bundle modalities {[s.name for s in specs]}")
     for stream, spec in zip(params.streams, specs):
         if spec.kind not in MESSAGE_TYPES[stream.message_type]:
-            raise ParameterError(f"{stream.name}: message_type {stream.message_type} cannot feed a {spec.kind} modality")
+            raise ParameterError(f"{stream.name}: message_type {stream.message_type} "
+                                 f"cannot feed a {spec.kind} modality")
         if spec.kind == "vector":
             size = len(stream.joint_names) * len(stream.joint_fields)
             if size != spec.shape[0]:
                 raise ParameterError(f"{stream.name}: {len(stream.joint_names)} joints x "
-                                     f"{len(stream.joint_fields)} fields = {size} values, bundle expects {spec.shape[0]}")
+                                     f"{len(stream.joint_fields)} fields = {size} values, "
+                                     f"bundle expects {spec.shape[0]}")
         if spec.kind == "audio" and spec.audio is not None and stream.sample_rate != spec.audio.sample_rate:
-            raise ParameterError(f"{stream.name}: sample_rate {stream.sample_rate} != bundle's {spec.audio.sample_rate}")
+            raise ParameterError(f"{stream.name}: sample_rate {stream.sample_rate} "
+                                 f"!= bundle's {spec.audio.sample_rate}")
 
 
 class _YamlParameters:

@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 
 from ..core import select_device
-from ..core.engine.objective import compute_objective
 from ..core.engine.loop import autocast_dtype
+from ..core.engine.objective import compute_objective
 from .config import TrainError
 
 

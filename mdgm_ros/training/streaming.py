@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from ..core import BetaSchedule, MultimodalVAE, TrainConfig, Trainer, save_bundle
-from ..core.engine.objective import compute_objective
 from ..core.engine.inference import calibration_from_nll, leave_one_out_surprise
-from ..core.model.modalities import Normalization
 from ..core.engine.loop import NORM_AXES, Batch, Batches
+from ..core.engine.objective import compute_objective
+from ..core.model.modalities import Normalization
 from ..data import bags
 from ..data import cache as data_cache
 from ..data.shards import BagShards, RowReader, ensure_shards

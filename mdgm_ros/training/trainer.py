@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from ..core import BetaSchedule, MultimodalVAE, TrainConfig, Trainer, calibrate_anomaly, save_bundle, select_device
-from ..core.engine import loop as core_training
 from ..core.engine import filter as core_temporal
+from ..core.engine import loop as core_training
 from ..core.engine import sequence as core_sequence
-from ..core.families.temporal import is_temporal
 from ..core.engine.windows import window_index
+from ..core.families.temporal import is_temporal
 from ..data import bags
 from ..data.dataset import AlignedDataset, check_bags, default_cache_dir, load_bags
 from .bundle_files import TRAINING_MEANS, export_onnx
@@ -99,6 +99,7 @@ def _split_data(bag_paths: list[str], settings: TrainSettings, log: Callable[[st
 @dataclass
 class _Windows:
     """Temporal family: (W, T) row indices of the training and held-out windows, -1 for padding."""
+
     train: np.ndarray
     val: np.ndarray
     calibration: np.ndarray         # long held-out windows (whole runs up to CALIBRATION_WINDOW_S)

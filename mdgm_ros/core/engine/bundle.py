@@ -34,11 +34,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
-from .atomic import fsync_path, publish_modes, recover_dir, replace_dir
 from ..families import get_family
-from .inference import AnomalyCalibration
 from ..model.modalities import Normalization, SpecError
 from ..model.vae import ModelConfig, MultimodalVAE, renamed_keys
+from .atomic import fsync_path, publish_modes, recover_dir, replace_dir
+from .inference import AnomalyCalibration
 
 FORMAT = "mdgm_ros.bundle"
 FORMAT_VERSION = 2
@@ -394,7 +394,8 @@ def _load_normalization(folder: Path, model: MultimodalVAE, blob: bytes | None) 
             norm = Normalization.from_dict(stats)   # finite, std > 0
             model.specs[name].with_normalization(norm)  # validates the shape against the features
         except (SpecError, KeyError, TypeError, ValueError, AttributeError) as err:
-            raise BundleError(f"{_shown(folder)}: {NORMALIZATION} entry {name!r} is invalid: {str(err)[:200]}") from None
+            raise BundleError(f"{_shown(folder)}: {NORMALIZATION} entry {name!r} is invalid: "
+                              f"{str(err)[:200]}") from None
         model.set_normalization(name, norm)
 
 

@@ -22,18 +22,38 @@ API, in normalised feature units (``model.features``/``model.normalize`` give th
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
 import torch
 
+from ..families.temporal import (
+    TRANSITION,
+    check_actions,
+    decode_state,
+    flatten_steps,
+    is_temporal,
+    modality_state_expert,
+    poe_with_prior,
+    private_block,
+    sequence_experts,
+    state_coverage,
+    state_dim,
+    state_experts,
+)
 from ..model import posterior as post
 from ..model.family import FamilyError
-from ..families.temporal import TRANSITION, check_actions, decode_state, flatten_steps, is_temporal, modality_state_expert, options_of, poe_with_prior, private_block, sequence_experts, sequence_objective, state_coverage, state_dim, state_experts
-from .anomaly import empty_surprise, stream_surprise
-from .inference import AnomalyCalibration, FusionResult, Imputation, as_float32, calibration_from_nll, mixed_precision_call, standardize_scores
 from ..model.vae import MultimodalVAE
+from .anomaly import empty_surprise, stream_surprise
+from .inference import (
+    AnomalyCalibration,
+    FusionResult,
+    Imputation,
+    as_float32,
+    calibration_from_nll,
+    mixed_precision_call,
+    standardize_scores,
+)
 from .windows import gather_rows
 
 

@@ -11,13 +11,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from ..model import posterior as post
-from .anomaly import AnomalyCalibration, calibration_from_nll, empty_surprise, standardize_scores, stream_surprise
 from ..families.private import private_codes
+from ..model import posterior as post
+from ..model.estimators import (
+    log_likelihood_sum,
+    posterior_samples,
+)
 from ..model.vae import MultimodalVAE
-
-
-from ..model.estimators import iwae_log_likelihood, log_likelihood_sum, posterior_log_prob, posterior_samples, targets_mask
+from .anomaly import AnomalyCalibration, calibration_from_nll, empty_surprise, standardize_scores, stream_surprise
 
 
 def conditional_log_likelihood(model: MultimodalVAE, feats: Mapping[str, torch.Tensor],

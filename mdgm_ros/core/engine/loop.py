@@ -14,9 +14,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .objective import compute_objective
 from ..model.modalities import Normalization
 from ..model.vae import MultimodalVAE
+from .objective import compute_objective
 
 
 def select_device(name: str = "auto") -> torch.device:

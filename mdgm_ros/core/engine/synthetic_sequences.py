@@ -13,8 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from . import synthetic
 from ..model.modalities import ModalitySpec
+from . import synthetic
 
 
 @dataclass

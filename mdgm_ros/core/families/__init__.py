@@ -13,9 +13,34 @@ from typing import Callable
 
 from ..model.family import LABELS, Family, FamilyError, ObjectiveOutput, Properties, Stage
 from ..model.registry import FAMILIES, get_family, register_family
-from . import bridged, elbo, jmvae, jvae, m2vae, mmjsd, mmvae, mopoe, mvae, telbo, temporal, temporal_ms, vaevae
-from . import dmvae_daunhawer, dmvae_lee, mfm, mmjsd_ms, mmvae_plus, mopoe_ms, pvae
-from . import avae, bivcca, cadavae, scan, tian, yin
+from . import (
+    avae,
+    bivcca,
+    bridged,
+    cadavae,
+    dmvae_daunhawer,
+    dmvae_lee,
+    elbo,
+    jmvae,
+    jvae,
+    m2vae,
+    mfm,
+    mmjsd,
+    mmjsd_ms,
+    mmvae,
+    mmvae_plus,
+    mopoe,
+    mopoe_ms,
+    mvae,
+    pvae,
+    scan,
+    telbo,
+    temporal,
+    temporal_ms,
+    tian,
+    vaevae,
+    yin,
+)
 
 for _module in (elbo, mvae, mopoe, mmvae, mmjsd, jvae, jmvae, telbo, m2vae, vaevae, bridged, temporal):
     register_family(_module.FAMILY)

@@ -1,4 +1,4 @@
-"""AVAE, Jo et al. 2019 (the survey's eqs. 10-11): one VAE per modality, each with its own latent
+r"""AVAE, Jo et al. 2019 (the survey's eqs. 10-11): one VAE per modality, each with its own latent
 space, trained first; then associators a(z_j | z_i), Gaussian maps between the latent spaces, trained
 with the cross-modal loss and a KL regulariser while the VAEs stay frozen.
 
@@ -29,8 +29,7 @@ import torch
 from torch import nn
 
 from ..model import posterior as post
-from ..model.family import Properties, Stage
-from ..model.family import ObjectiveOutput
+from ..model.family import ObjectiveOutput, Properties, Stage
 from .coordinated import INFERENCE, CoordinatedFamily, masked
 from .scan import pivot_name
 

@@ -1,4 +1,4 @@
-"""bi-VCCA, Wang et al. 2016 (the survey's eq. 8): each modality's posterior reconstructs both
+r"""bi-VCCA, Wang et al. 2016 (the survey's eq. 8): each modality's posterior reconstructs both
 modalities, the two directions mixed by mu.
 
 .. math::
@@ -19,9 +19,8 @@ from typing import Mapping
 
 import torch
 
+from ..model.family import ObjectiveOutput, Properties
 from ..model.vae import MultimodalVAE
-from ..model.family import Properties
-from ..model.family import ObjectiveOutput
 from .coordinated import INFERENCE, CoordinatedFamily, pairwise_sum, unimodal_terms, weighted_loglik
 
 

@@ -1,4 +1,4 @@
-"""Bridged encoders (Yadav et al. 2020; the survey's sec. 5.1.2, eqs. 26-27): a JVAE trained first, then
+r"""Bridged encoders (Yadav et al. 2020; the survey's sec. 5.1.2, eqs. 26-27): a JVAE trained first, then
 frozen, then one bridge per modality that maps that modality's encoding to the encodings of the
 others, so the frozen joint encoder can run from one modality.
 
@@ -11,14 +11,16 @@ the default subset encoder) and bridges b_m: h_m -> (ĥ_n)_{n≠m}. The bridged 
 Objective, stage ``joint`` (eq. 12, the JVAE ELBO):
 
 .. math::
-    \\mathcal{L}_{joint}(X) = \\mathbb{E}_{q(z|X)}\\Big[\\sum_m\\lambda_m\\log p(x_m|z)\\Big] - \\beta\\,\\mathrm{KL}(q(z|X)\\,\\|\\,p(z))
+    \\mathcal{L}_{joint}(X) = \\mathbb{E}_{q(z|X)}\\Big[\\sum_m\\lambda_m\\log p(x_m|z)\\Big]
+        - \\beta\\,\\mathrm{KL}(q(z|X)\\,\\|\\,p(z))
 
 stage ``bridge`` (only the bridges train; h, g and the decoders are frozen), per observed modality m:
 the unimodal ELBO through the bridge and, on complete rows, the latent "hallucination" error of the
 bridged encodings against the frozen true encodings:
 
 .. math::
-    \\mathcal{L}_{bridge}(x_m) = \\mathbb{E}_{q_b(z|x_m)}[\\lambda_m\\log p(x_m|z)] - \\beta\\,\\mathrm{KL}(q_b(z|x_m)\\,\\|\\,p(z))
+    \\mathcal{L}_{bridge}(x_m) = \\mathbb{E}_{q_b(z|x_m)}[\\lambda_m\\log p(x_m|z)]
+        - \\beta\\,\\mathrm{KL}(q_b(z|x_m)\\,\\|\\,p(z))
         - \\gamma \\sum_{n\\neq m}\\big\\|b_{m\\to n}(h_m(x_m)) - h_n(x_n)\\big\\|^2
 
 Inference: full set -> q(z|X); one modality -> q_b(z|x_m); other subsets -> the product of the bridged
@@ -33,8 +35,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import torch
 from torch import nn
 
-from ..model.family import FamilyError, Properties, Stage
-from ..model.family import ObjectiveOutput
+from ..model.family import FamilyError, ObjectiveOutput, Properties, Stage
 from .surrogate import SurrogateFamily, joint_terms, masked, unit_elbos
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""CADA-VAE, Schönfeld et al. 2019 (the survey's eq. 9): unimodal VAEs aligned by the L1 cross-
+r"""CADA-VAE, Schönfeld et al. 2019 (the survey's eq. 9): unimodal VAEs aligned by the L1 cross-
 reconstruction error and the 2-Wasserstein distance between their Gaussian posteriors.
 
 .. math::
@@ -21,9 +21,8 @@ from typing import Mapping
 
 import torch
 
+from ..model.family import ObjectiveOutput, Properties
 from ..model.vae import MultimodalVAE
-from ..model.family import Properties
-from ..model.family import ObjectiveOutput
 from .coordinated import INFERENCE, CoordinatedFamily, pairwise_sum, unimodal_terms, wasserstein2
 
 

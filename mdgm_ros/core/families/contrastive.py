@@ -1,4 +1,4 @@
-"""The contrastive objective of Shi et al. 2021 (the survey's eq. 33), an extra term for any joint
+r"""The contrastive objective of Shi et al. 2021 (the survey's eq. 33), an extra term for any joint
 family: a related pair (x_i, x_j) must be more likely under the model than unrelated ones.
 
 Per observed pair of modalities (i, j) and per direction, with N' negatives drawn from the batch
@@ -50,7 +50,6 @@ def checked_options(options: Any) -> dict[str, Any]:
 def pair_log_likelihood(model: "MultimodalVAE", x_i: torch.Tensor, x_j: torch.Tensor, i: int, j: int, K: int,
                         generator: torch.Generator | None) -> torch.Tensor:
     """IWAE log p̂(x_i, x_j) per row with the posterior given the pair: (P,)."""
-
     rows = x_i.shape[0]
     mask = torch.zeros((rows, len(model.names)), dtype=torch.bool, device=x_i.device)
     mask[:, [i, j]] = True

@@ -1,4 +1,4 @@
-"""DMVAE of Daunhawer et al. 2020 (the survey's ref. [15], "self-supervised disentanglement of
+r"""DMVAE of Daunhawer et al. 2020 (the survey's ref. [15], "self-supervised disentanglement of
 modality-specific and shared factors"): the joint VAE objective with private latents, an InfoNCE lower
 bound that keeps what the modalities share in the shared experts, and a total-correlation penalty
 between c and the s_m estimated by a discriminator (density-ratio trick), trained adversarially.
@@ -41,9 +41,7 @@ import torch
 from torch import nn
 
 from ..model import posterior as post
-from ..model.family import Properties
-from ..model.family import ExportPart
-from ..model.family import ObjectiveOutput
+from ..model.family import ExportPart, ObjectiveOutput, Properties
 from .private import PrivateFamily, private_kl, private_reconstruction
 from .surrogate import masked
 
@@ -174,5 +172,6 @@ FAMILY = DaunhawerFamily(
         modality_specific_latents=True, end_to_end=True, scalability="linear",
         reference="Daunhawer et al. 2020, self-supervised disentanglement of modality-specific and shared factors",
         equations="ref. [15] (no number); eq. 12 (JVAE), eq. 28 generative model",
-        notes="InfoNCE bound between the paired modalities' shared codes; total correlation of (c, s_1..s_M) by a discriminator, trained "
+        notes="InfoNCE bound between the paired modalities' shared codes; "
+              "total correlation of (c, s_1..s_M) by a discriminator, trained "
               "adversarially with its own optimiser step after each VAE step (complete rows)"))

@@ -1,4 +1,4 @@
-"""DMVAE of Lee & Pavlovic 2021 (the survey's ref. [48], "private-shared disentangled multimodal VAE"): a
+r"""DMVAE of Lee & Pavlovic 2021 (the survey's ref. [48], "private-shared disentangled multimodal VAE"): a
 PoE over the shared experts, every modality reconstructed from every expert's c (cross-modal and
 self reconstruction) with its own s_m, and the KL terms split as in β-TCVAE with a weighted
 total-correlation penalty.
@@ -11,7 +11,8 @@ total-correlation penalty.
         - \\beta\\sum_{e\\in\\{O\\}\\cup O} R(q_e(c)) - \\beta\\sum_{n\\in O} R(q(s_n|x_n))
 
     R(q) = \\alpha\\,\\underbrace{\\big[\\log q(z|x) - \\log q(z)\\big]}_{\\text{index-code MI}}
-         + \\beta_{tc}\\,\\underbrace{\\big[\\log q(z) - \\textstyle\\sum_d\\log q(z_d)\\big]}_{\\text{total correlation}}
+         + \\beta_{tc}\\,\\underbrace{\\big[\\log q(z)
+             - \\textstyle\\sum_d\\log q(z_d)\\big]}_{\\text{total correlation}}
          + \\gamma\\,\\underbrace{\\big[\\textstyle\\sum_d\\log q(z_d) - \\log p(z)\\big]}_{\\text{dimension-wise KL}}
 
 (q_e: the PoE of the observed set, e = {O}, or the unimodal expert q(c|x_e)). With α = β_tc = γ = 1,
@@ -49,10 +50,9 @@ import torch
 
 from ..model import concrete
 from ..model import posterior as post
-from ..model.vae import MultimodalVAE
+from ..model.family import ObjectiveOutput, Properties
 from ..model.modalities import SpecError
-from ..model.family import Properties
-from ..model.family import ObjectiveOutput
+from ..model.vae import MultimodalVAE
 from .private import PrivateFamily, private_reconstruction
 from .surrogate import masked
 

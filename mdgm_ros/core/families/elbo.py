@@ -1,4 +1,4 @@
-"""Joint VAE (JVAE) ELBO over the observed modalities O of each sample:
+r"""Joint VAE (JVAE) ELBO over the observed modalities O of each sample:
 
 .. math::
     \\mathcal{L}(X_O) = \\mathbb{E}_{q(z|X_O)}\\Big[\\sum_{m\\in O} \\lambda_m \\log p(x_m|z)\\Big]
@@ -15,9 +15,8 @@ from typing import Mapping
 import torch
 
 from ..model import posterior as post
+from ..model.family import Family, ObjectiveOutput, Properties
 from ..model.vae import MultimodalVAE
-from ..model.family import Family, Properties
-from ..model.family import ObjectiveOutput
 from .common import weighted_reconstruction
 
 

@@ -1,4 +1,4 @@
-"""JMVAE-kl (Suzuki et al. 2016; the survey's eq. 14): the joint ELBO plus KL terms that pull the
+r"""JMVAE-kl (Suzuki et al. 2016; the survey's eq. 14): the joint ELBO plus KL terms that pull the
 unimodal surrogates towards the joint posterior.
 
 .. math::
@@ -15,9 +15,8 @@ from typing import Mapping
 
 import torch
 
+from ..model.family import ObjectiveOutput, Properties
 from ..model.vae import MultimodalVAE
-from ..model.family import Properties
-from ..model.family import ObjectiveOutput
 from .surrogate import SurrogateFamily, joint_terms, joint_to_unit_kls
 
 

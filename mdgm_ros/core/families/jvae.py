@@ -1,4 +1,4 @@
-"""JVAE (the survey's eq. 12): one joint encoder over all modalities and one decoder per modality.
+r"""JVAE (the survey's eq. 12): one joint encoder over all modalities and one decoder per modality.
 
 .. math::
     \\mathcal{L}_{JVAE}(X) = \\mathbb{E}_{q(z|X)}\\Big[\\sum_{m=1}^{M}\\lambda_m\\log p(x_m|z)\\Big]
@@ -14,9 +14,8 @@ from typing import Mapping
 
 import torch
 
+from ..model.family import ObjectiveOutput, Properties
 from ..model.vae import MultimodalVAE
-from ..model.family import Properties
-from ..model.family import ObjectiveOutput
 from .surrogate import SurrogateFamily, joint_terms
 
 

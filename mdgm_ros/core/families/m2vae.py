@@ -1,4 +1,4 @@
-"""M²VAE (Korthals et al. 2019; the survey's eq. 18): the joint ELBO, the unimodal ELBOs and the KLs
+r"""M²VAE (Korthals et al. 2019; the survey's eq. 18): the joint ELBO, the unimodal ELBOs and the KLs
 from the joint posterior to each surrogate, trained together.
 
 .. math::
@@ -14,9 +14,8 @@ from typing import Mapping
 
 import torch
 
+from ..model.family import ObjectiveOutput, Properties
 from ..model.vae import MultimodalVAE
-from ..model.family import Properties
-from ..model.family import ObjectiveOutput
 from .surrogate import SurrogateFamily, joint_terms, joint_to_unit_kls, unit_elbos
 
 

@@ -1,4 +1,4 @@
-"""MFM, multimodal factorisation model (Tsai et al. 2019; the survey's eq. 32): an observed label y, a
+r"""MFM, multimodal factorisation model (Tsai et al. 2019; the survey's eq. 32): an observed label y, a
 modality-invariant factor c (= F_y) shared by every modality and the label, a modality-specific factor
 s_m (= F_a(m)) per modality, trained as a Wasserstein autoencoder (MMD between the aggregate
 posterior and the prior instead of a KL per sample), with surrogate inference networks for missing
@@ -36,12 +36,9 @@ import torch
 from torch import nn
 
 from ..model import posterior as post
-from ..model.family import Properties
-from ..model.family import ExportPart
-from ..model.family import ObjectiveOutput
+from ..model.family import LABELS, ExportPart, ObjectiveOutput, Properties
 from .private import PrivateFamily, private_reconstruction
 from .surrogate import SurrogateFamily, joint_row, masked
-from ..model.family import LABELS
 
 if TYPE_CHECKING:
     from ..model.vae import MultimodalVAE

@@ -1,7 +1,8 @@
-"""mmJSD (Sutter et al., 2020): multimodal Jensen-Shannon divergence with a dynamic prior.
+r"""mmJSD (Sutter et al., 2020): multimodal Jensen-Shannon divergence with a dynamic prior.
 
 .. math::
-    \\mathcal{L}(X_O) = \\frac{1}{|O|}\\sum_{m\\in O}\\mathbb{E}_{q(z|x_m)}\\Big[\\sum_{n\\in O}\\lambda_n\\log p(x_n|z)\\Big]
+    \\mathcal{L}(X_O) = \\frac{1}{|O|}\\sum_{m\\in O}\\mathbb{E}_{q(z|x_m)}
+        \\Big[\\sum_{n\\in O}\\lambda_n\\log p(x_n|z)\\Big]
         - \\beta \\sum_{j\\in O\\cup\\{0\\}} \\pi_j\\, \\mathrm{KL}\\big(q_j \\,\\|\\, f\\big)
 
     q_0 = p(z),\\quad \\pi_j = \\frac{1}{|O|+1},\\quad
@@ -16,9 +17,8 @@ from typing import Mapping
 import torch
 
 from ..model import posterior as post
+from ..model.family import Family, ObjectiveOutput, Properties
 from ..model.vae import MultimodalVAE
-from ..model.family import Family, Properties
-from ..model.family import ObjectiveOutput
 from .common import masked_mean_over_experts, weighted_reconstruction
 
 

@@ -1,4 +1,4 @@
-"""mmJSD with modality-specific latents (Sutter et al. 2020, "mmJSD-MS"; the survey's eq. 31): the shared
+r"""mmJSD with modality-specific latents (Sutter et al. 2020, "mmJSD-MS"; the survey's eq. 31): the shared
 c by mmJSD's aggregation of the unimodal experts, a private s_m per modality from x_m alone.
 
 .. math::
@@ -21,9 +21,8 @@ from typing import Mapping
 import torch
 
 from ..model import posterior as post
+from ..model.family import ObjectiveOutput, Properties
 from ..model.vae import MultimodalVAE
-from ..model.family import Properties
-from ..model.family import ObjectiveOutput
 from .common import masked_mean_over_experts
 from .mmjsd import jensen_shannon
 from .private import PrivateFamily, private_kl, private_reconstruction

@@ -1,4 +1,4 @@
-"""MMVAE (Shi et al., 2019): a mixture-of-experts posterior trained with the stratified "looser"
+r"""MMVAE (Shi et al., 2019): a mixture-of-experts posterior trained with the stratified "looser"
 importance-weighted bound, with DReG gradients.
 
 .. math::
@@ -42,12 +42,10 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from ..model.family import Family, FamilyError, ObjectiveOutput, Properties
 from ..model.latent_distributions import GAUSSIAN, GaussianLatent, LearnedScalePrior, distribution_named
 from ..model.vae import MultimodalVAE
-from ..model.family import Family, FamilyError, Properties
-from ..model.family import ObjectiveOutput
 from .common import dreg_surrogate, dreg_weights, masked_mean_over_experts, weighted_reconstruction
-
 
 PRIOR = "prior"
 

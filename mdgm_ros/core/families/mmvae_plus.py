@@ -1,4 +1,4 @@
-"""MMVAE+ (Palumbo, Daunhawer & Vogt 2023; not in the survey): MMVAE's mixture of experts for the shared
+r"""MMVAE+ (Palumbo, Daunhawer & Vogt 2023; not in the survey): MMVAE's mixture of experts for the shared
 c, a private w_m per modality, and an *auxiliary prior* r_m(w_m) that supplies w_n whenever x_n is
 reconstructed from another modality's c, so c alone must carry what the modalities share.
 
@@ -38,9 +38,8 @@ from typing import TYPE_CHECKING, Mapping
 import torch
 from torch import nn
 
+from ..model.family import FamilyError, ObjectiveOutput, Properties
 from ..model.latent_distributions import GAUSSIAN, GaussianLatent, LearnedScalePrior
-from ..model.family import FamilyError, Properties
-from ..model.family import ObjectiveOutput
 from .common import dreg_surrogate, dreg_weights, masked_mean_over_experts
 from .mmvae import PRIOR, check_learn_prior, learns_prior, model_distribution
 from .private import PrivateFamily, private_reconstruction

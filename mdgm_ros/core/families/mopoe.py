@@ -1,4 +1,4 @@
-"""MoPoE-VAE (Sutter et al., 2021): a mixture over subsets of products of experts.
+r"""MoPoE-VAE (Sutter et al., 2021): a mixture over subsets of products of experts.
 
 .. math::
     q(z|X_O) = \\sum_{S\\subseteq O, S\\neq\\emptyset} w_S\\, \\tilde q(z|X_S),\\quad
@@ -33,9 +33,8 @@ from typing import Mapping
 import torch
 
 from ..model import posterior as post
+from ..model.family import Family, ObjectiveOutput, Properties
 from ..model.vae import MultimodalVAE
-from ..model.family import Family, Properties
-from ..model.family import ObjectiveOutput
 from .common import weighted_reconstruction
 
 EXACT_KL_MAX_MODALITIES = 5        # "auto": 31 subsets enumerated at most; above, one sampled subset

@@ -1,4 +1,4 @@
-"""MoPoE-VAE with modality-specific latents (Sutter et al. 2021, the "MS" variant; MultiVae's MoPoE with
+r"""MoPoE-VAE with modality-specific latents (Sutter et al. 2021, the "MS" variant; MultiVae's MoPoE with
 ``modalities_specific_dim``): the shared c by the mixture of subsets' products of experts, and a private
 s_m per modality (the survey's eq. 28 generative model).
 
@@ -24,9 +24,8 @@ from typing import Mapping
 import torch
 
 from ..model import posterior as post
+from ..model.family import ObjectiveOutput, Properties
 from ..model.vae import MultimodalVAE
-from ..model.family import Properties
-from ..model.family import ObjectiveOutput
 from .mopoe import kl_upper_bound
 from .private import PrivateFamily, private_kl, private_reconstruction
 

@@ -1,8 +1,9 @@
-"""MVAE (Wu & Goodman, 2018) with sub-sampled training: a PoE posterior that always includes the prior.
+r"""MVAE (Wu & Goodman, 2018) with sub-sampled training: a PoE posterior that always includes the prior.
 
 .. math::
     \\mathcal{L} = \\mathrm{ELBO}(X_O) + \\sum_{m\\in O}\\mathrm{ELBO}(x_m)
-                 + \\sum_{j=1}^{k}\\mathrm{ELBO}(X_{S_j}),\\qquad S_j \\sim \\mathcal{U}\\{S\\subseteq O, S\\neq\\emptyset\\}
+                 + \\sum_{j=1}^{k}\\mathrm{ELBO}(X_{S_j}),
+                 \\qquad S_j \\sim \\mathcal{U}\\{S\\subseteq O, S\\neq\\emptyset\\}
 
     \\mathrm{ELBO}(X_S) = \\mathbb{E}_{q(z|X_S)}\\Big[\\sum_{m\\in S}\\lambda_m\\log p(x_m|z)\\Big]
                         - \\beta\\,\\mathrm{KL}(q(z|X_S)\\,\\|\\,p(z)),\\quad q(z|X_S)=p(z)\\prod_{m\\in S}q(z|x_m)
@@ -19,9 +20,8 @@ from typing import Mapping
 import torch
 
 from ..model import posterior as post
+from ..model.family import Family, ObjectiveOutput, Properties
 from ..model.vae import MultimodalVAE
-from ..model.family import Family, Properties
-from ..model.family import ObjectiveOutput
 from .common import weighted_reconstruction
 
 

@@ -1,4 +1,4 @@
-"""PVAE, partitioned VAE (Hsu & Glass 2018; the survey's eqs. 29-30): a multimodal encoder for the shared
+r"""PVAE, partitioned VAE (Hsu & Glass 2018; the survey's eqs. 29-30): a multimodal encoder for the shared
 c and for every private s_m, unimodal encoders q(c, s_m | x_m) = q(c|x_m) q(s_m|x_m), coherence KLs
 between the two, and a hinge loss that makes the unimodal shared codes of a pair closer than those of
 mismatched pairs.
@@ -32,10 +32,8 @@ import torch
 from torch import nn
 
 from ..model import posterior as post
+from ..model.family import ExportPart, ObjectiveOutput, Properties
 from ..model.networks import build_network
-from ..model.family import Properties
-from ..model.family import ExportPart
-from ..model.family import ObjectiveOutput
 from .private import PrivateFamily, private_reconstruction
 from .surrogate import SurrogateFamily, joint_row, masked
 

@@ -1,4 +1,4 @@
-"""SCAN, Higgins et al. 2018 (the survey's eq. 7): first the VAE of the pivot x_1 (SCAN's image
+r"""SCAN, Higgins et al. 2018 (the survey's eq. 7): first the VAE of the pivot x_1 (SCAN's image
 β-VAE), then, with it frozen, the VAE of x_2 (SCAN's symbols) whose posterior is made to cover the
 pivot's.
 
@@ -30,9 +30,8 @@ import torch
 from torch import nn
 
 from ..model import posterior as post
+from ..model.family import FamilyError, ObjectiveOutput, Properties, Stage
 from ..model.networks import build_network
-from ..model.family import FamilyError, Properties, Stage
-from ..model.family import ObjectiveOutput
 from .coordinated import INFERENCE, CoordinatedFamily, masked, unimodal_terms
 
 if TYPE_CHECKING:

@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 
 from ..model import posterior as post
-from ..model.family import Family, FamilyError
-from ..model.family import ObjectiveOutput
+from ..model.family import Family, FamilyError, ObjectiveOutput
 from .common import weighted_reconstruction
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""TELBO, triple ELBO (Vedantam et al. 2018; the survey's eq. 17): the joint ELBO plus one ELBO per
+r"""TELBO, triple ELBO (Vedantam et al. 2018; the survey's eq. 17): the joint ELBO plus one ELBO per
 unimodal surrogate, each reconstructing only its own modality, trained in two stages.
 
 .. math::
@@ -16,9 +16,8 @@ from typing import Mapping
 
 import torch
 
+from ..model.family import ObjectiveOutput, Properties, Stage
 from ..model.vae import MultimodalVAE
-from ..model.family import Properties, Stage
-from ..model.family import ObjectiveOutput
 from .surrogate import SurrogateFamily, joint_terms, unit_elbos
 
 

@@ -1,4 +1,4 @@
-"""Temporal multimodal VAE: a latent state-space model over sequences of aligned samples, filtered by a
+r"""Temporal multimodal VAE: a latent state-space model over sequences of aligned samples, filtered by a
 product of experts (the multimodal deep Markov model of Tan, Soh & Ong, AAAI 2020, with the
 RSSM/PlaNet-style learned Gaussian transition of Hafner et al. 2019; the survey's sec. 6-7 and Park et
 al.'s LSTM-based VAE motivate the temporal state for anomaly detection).
@@ -55,9 +55,8 @@ import torch
 from torch import nn
 
 from ..model import posterior as post
+from ..model.family import ExportPart, Family, ObjectiveOutput, Properties
 from ..model.modalities import SpecError
-from ..model.family import Family, Properties
-from ..model.family import ExportPart, ObjectiveOutput
 from .common import weighted_reconstruction
 from .private import PrivateFamily
 

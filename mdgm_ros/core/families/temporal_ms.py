@@ -1,4 +1,4 @@
-"""Temporal multimodal VAE with private states: the temporal family (:mod:`.temporal`) whose state holds,
+r"""Temporal multimodal VAE with private states: the temporal family (:mod:`.temporal`) whose state holds,
 beside the shared z_t, one private state s_{m,t} per modality (the survey's sec. 5.2, eq. 28, carried
 through time; the static/dynamic split of sequential VAEs).
 

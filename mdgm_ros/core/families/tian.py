@@ -1,4 +1,4 @@
-"""Tian & Engel 2019, latent translation (the survey's ref. [96]): one VAE per modality trained first,
+r"""Tian & Engel 2019, latent translation (the survey's ref. [96]): one VAE per modality trained first,
 then a shared space bridging their latent spaces: a modality-conditioned encoder q(u | z_m, m) and
 decoder p(z_m | u, m) trained as a VAE on the frozen per-modality codes, with the sliced Wasserstein
 distance between the modalities' shared codes and a label-prediction loss.
@@ -7,7 +7,8 @@ distance between the modalities' shared codes and a label-prediction loss.
     \\text{stage 1:}\\quad \\mathcal{L}_m(x_m) = \\mathbb{E}_{q(z_m|x_m)}[\\lambda_m\\log p(x_m|z_m)]
         - \\beta\\,\\mathrm{KL}(q(z_m|x_m)\\,\\|\\,p(z_m))
 
-    \\text{stage 2:}\\quad \\mathcal{L}_{shared} = \\sum_m\\Big(\\mathbb{E}_{q(u|\\bar z_m, m)}[\\log\\mathcal{N}(\\bar z_m;\\,
+    \\text{stage 2:}\\quad \\mathcal{L}_{shared} = \\sum_m\\Big(
+        \\mathbb{E}_{q(u|\\bar z_m, m)}[\\log\\mathcal{N}(\\bar z_m;\\,
         g(u, m), I)] - \\beta\\,\\mathrm{KL}(q(u|\\bar z_m, m)\\,\\|\\,p(u))
         + \\kappa \\log p(y \\mid u)\\Big)
         - \\omega \\sum_{i<j} \\mathrm{SW}_2^2\\big(\\{u_i\\}, \\{u_j\\}\\big)
@@ -38,9 +39,7 @@ import torch
 from torch import nn
 
 from ..model import posterior as post
-from ..model.family import Properties, Stage
-from ..model.family import ObjectiveOutput
-from ..model.family import LABELS
+from ..model.family import LABELS, ObjectiveOutput, Properties, Stage
 from .coordinated import INFERENCE, CoordinatedFamily, masked
 
 if TYPE_CHECKING:
@@ -135,7 +134,8 @@ def shared_terms(model, feats, mask, own, observed, beta, generator, omega, kapp
     if omega and len(codes) > 1:
         directions = random_directions(model.latent_dim, projections, generator, mask.device)
         swd = sum(sliced_wasserstein2(codes[i][mask[:, i]], codes[j][mask[:, j]], directions)
-                  for i, j in itertools.combinations(sorted(codes), 2) if int(mask[:, i].sum()) and int(mask[:, j].sum()))
+                  for i, j in itertools.combinations(sorted(codes), 2)
+                  if int(mask[:, i].sum()) and int(mask[:, j].sum()))
         terms["sliced_wasserstein"] = torch.as_tensor(swd).detach().expand(mask.shape[0])
         value = value - omega * swd
     return value

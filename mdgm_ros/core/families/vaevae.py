@@ -1,4 +1,4 @@
-"""VAEVAE (the survey's variant of eq. 18 without the joint KL to the prior): the joint
+r"""VAEVAE (the survey's variant of eq. 18 without the joint KL to the prior): the joint
 reconstruction, the unimodal ELBOs and the KLs from the joint posterior to each surrogate.
 
 .. math::
@@ -15,9 +15,8 @@ from typing import Mapping
 
 import torch
 
+from ..model.family import ObjectiveOutput, Properties
 from ..model.vae import MultimodalVAE
-from ..model.family import Properties
-from ..model.family import ObjectiveOutput
 from .m2vae import surrogate_objective
 from .surrogate import SurrogateFamily
 

@@ -1,4 +1,4 @@
-"""Yin et al. 2017 (the survey's eq. 6): one VAE per modality, their posteriors pulled together by the
+r"""Yin et al. 2017 (the survey's eq. 6): one VAE per modality, their posteriors pulled together by the
 KL divergence in both directions.
 
 .. math::
@@ -17,9 +17,8 @@ from typing import Mapping
 
 import torch
 
+from ..model.family import ObjectiveOutput, Properties
 from ..model.vae import MultimodalVAE
-from ..model.family import Properties
-from ..model.family import ObjectiveOutput
 from .coordinated import INFERENCE, CoordinatedFamily, pairwise_sum, symmetric_kl, unimodal_terms
 
 

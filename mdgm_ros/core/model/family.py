@@ -140,7 +140,8 @@ class Family:
             p = params.get(name)
             default = self.option_defaults.get(name, None if p is None or p.default is p.empty else p.default)
             annotation = "Any" if p is None or p.annotation is p.empty else p.annotation
-            out[name] = (annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation)),
+            out[name] = (annotation if isinstance(annotation, str)
+                         else getattr(annotation, "__name__", str(annotation)),
                          default)
         return out
 

@@ -309,7 +309,8 @@ class MultimodalVAE(nn.Module):
         modality's private encoder); rows where m is missing hold N(0, I)'s numbers, never read."""
         return self.family.private_posteriors(self, feats, mask)
 
-    def _encode_rows(self, encoder: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None, inputs: list[torch.Tensor], rows: torch.Tensor,
+    def _encode_rows(self, encoder: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None,
+                     inputs: list[torch.Tensor], rows: torch.Tensor,
                      dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         batch = rows.shape[0]
         dtype = inputs[0].dtype if inputs else None      # a float64 model keeps float64 placeholders
