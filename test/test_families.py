@@ -385,3 +385,21 @@ def test_every_network_of_a_family_exports_to_onnx_and_matches_torch(name, tmp_p
     assert ({f"onnx_{n}_encoder" for n in model.names} <= stems) == model.family.properties.missing_modalities
     assert any(s.startswith("onnx_subset_") for s in stems) == bool(model.subset_names)
     assert_onnx_round_trip(parts, tmp_path)
+
+
+def test_every_capability_the_code_asks_is_declared_on_every_family_with_typed_options():
+    """What the rest of the code asks a family is declared on the interface (no getattr with a default):
+    labels, the temporal filter, private latents, per-modality latent spaces, extra exported networks,
+    and the options with their types and defaults."""
+    for name, family in FAMILIES.items():
+        assert isinstance(family.uses_labels, bool) and isinstance(family.temporal, bool), name
+        assert isinstance(family.private_latent_dims, int) and family.private_latent_dims >= 0, name
+        row = json.loads(json.dumps(family.table_row()))                  # JSON-clean, as `families --json`
+        names = family.option_names()
+        assert (row["options"] is None) == (names is None), name
+        assert set(row["option_types"]) == set(names or ()), name
+        assert all(set(v) == {"type", "default"} for v in row["option_types"].values()), name
+    assert {n for n, f in FAMILIES.items() if f.own_latent_spaces} == {"avae", "tian"}
+    assert {n for n, f in FAMILIES.items() if f.uses_labels} == {"mfm", "tian"}
+    assert {n for n, f in FAMILIES.items() if f.temporal} == {"temporal", "temporal_ms"}
+    assert FAMILIES["mmvae"].option_types()["K"] == ("int", 8)

@@ -87,7 +87,7 @@ def train_masked(family: str, train: PolyDigits, mask: np.ndarray, config: WeakC
     presence = torch.from_numpy(mask[rows])
     training.fit_normalization(model, raw, presence)
     feats = training.normalize_features(model, raw)
-    if getattr(model.family, "uses_labels", False):          # label heads (Tian et al.): the digit
+    if model.family.uses_labels:          # label heads (Tian et al.): the digit
         feats[LABELS] = torch.from_numpy(train.labels[rows])
     schedule = training.BetaSchedule("linear", 0.0, 1.0, config.warmup_steps)
     tconfig = training.TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,

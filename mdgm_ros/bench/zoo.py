@@ -183,7 +183,7 @@ def training_protocol(name: str, config: ZooConfig) -> dict[str, Any]:
 
 def private_dim_for(name: str, config: ZooConfig) -> int | None:
     """``config.private_dim`` for a family with private latents; None (the family's default) otherwise."""
-    has_private = bool(getattr(get_family(name), "private_latent_dims", 0))
+    has_private = bool(get_family(name).private_latent_dims)
     return config.private_dim if has_private and config.private_dim else None
 
 
@@ -207,7 +207,7 @@ def train_family(name: str, train: PolyDigits, config: ZooConfig, seed: int,
     if config.normalize:
         training.fit_normalization(model, raw, mask)
     feats = training.normalize_features(model, raw)
-    if getattr(model.family, "uses_labels", False):          # label heads (Tian et al.): the digit
+    if model.family.uses_labels:          # label heads (Tian et al.): the digit
         feats[LABELS] = torch.from_numpy(train.labels)
     schedule = training.BetaSchedule("linear", protocol["warmup_start"] * config.beta, config.beta,
                                      protocol["warmup_steps"])

@@ -374,7 +374,7 @@ def _train(bag_paths, settings: TrainSettings, out: Path, workdir: Path, resume:
     train_rows, val_rows = split_rows(data, settings, log)
     torch.manual_seed(settings.train.seed)
     model = MultimodalVAE(settings.model).to(dev)
-    if getattr(model.family, "temporal", False) or getattr(model.family, "uses_labels", False):
+    if model.family.temporal or model.family.uses_labels:
         raise TrainError(f"the {model.family.name} family trains in memory (windows of consecutive samples, or "
                          "task-phase labels): leave data.shards off (and train it without torchrun)")
     feed = ShardFeed(data, train_rows, val_rows, settings, ranks, dev)

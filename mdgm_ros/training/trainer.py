@@ -274,7 +274,7 @@ def with_phase_labels(model: MultimodalVAE, feats: dict[str, torch.Tensor], data
                       val: bool = False) -> dict[str, torch.Tensor]:
     """For a family with a label head (Tian et al.): each sample's task phase as a class index (sorted
     phase names of the train and held-out rows; -1 where the bag has no phase)."""
-    if not getattr(model.family, "uses_labels", False):
+    if not model.family.uses_labels:
         return feats
     from ..core.model.family import LABELS
 

@@ -158,7 +158,9 @@ class Family:
         return {"family": self.name, **self.properties.to_dict(), "fusions": list(self.fusions),
                 "stages": [s.name for s in self.stages], "inference": self.inference_rule(),
                 "reference_training": dict(self.reference_training),
-                "options": self.option_names()}                   # None: any (the objective takes **kwargs)
+                "options": self.option_names(),                   # None: any (the objective takes **kwargs)
+                "option_types": {name: {"type": kind, "default": default}
+                                 for name, (kind, default) in (self.option_types() or {}).items()}}
 
     def __post_init__(self) -> None:
         unknown = set(self.reference_training) - set(REFERENCE_TRAINING_KEYS)
@@ -177,9 +179,17 @@ class Family:
 
     def own_step_parameters(self, model: "MultimodalVAE") -> list[nn.Parameter]:
         """Parameters the family steps with an optimiser of its own (an adversary, e.g. a discriminator),
-        after each training step on ``own_loss``; a family with some also defines ``own_optimizer`` and
-        ``own_loss``. None by default."""
+        after each training step on :meth:`own_loss`, with :meth:`own_optimizer`. None by default."""
         return []
+
+    def own_optimizer(self, model: "MultimodalVAE") -> torch.optim.Optimizer:
+        """The optimiser of :meth:`own_step_parameters` (asked only when there are some)."""
+        raise FamilyError(f"{self.name} steps no parameters of its own")
+
+    def own_loss(self, model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+                 generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """The losses :meth:`own_optimizer` minimises after each training step, named ({}: none this batch)."""
+        return {}
 
     def unimodal_encoder(self, model: "MultimodalVAE", name: str
                          ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
