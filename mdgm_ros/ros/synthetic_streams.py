@@ -106,7 +106,7 @@ class SyntheticStreams(GuardedNode, Node):
 
 
     def _publish_hostile(self) -> None:
-        """One of the reliability issue's attacks, in turn: odd stamps, huge finite values, a 1 MB
+        """One hostile message of four kinds, in turn: odd stamps, huge finite values, a 1 MB
         frame_id, a big-endian tactile frame, a large valid frame."""
         stamp = self.get_clock().now().nanoseconds
         kind = HOSTILE[self.hostile_count % len(HOSTILE)]
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--malformed", action="store_true", help="add one bad message per stream every second")
     parser.add_argument("--hostile", action="store_true",
-                        help="add four of the reliability issue's attacks per second (odd stamps, huge values, ...)")
+                        help="add four hostile messages per second (odd stamps, huge values, ...)")
     parser.add_argument("--stop-audio-after", type=float, default=0.0, help="silence audio after this many seconds")
     args, ros_args = parser.parse_known_args(argv)
     rclpy.init(args=[sys.argv[0], *ros_args])

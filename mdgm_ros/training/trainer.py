@@ -27,7 +27,7 @@ from ..core.engine import filter as core_temporal
 from ..core.engine import loop as core_training
 from ..core.engine import sequence as core_sequence
 from ..core.engine.windows import window_index
-from ..core.families.temporal import is_temporal
+from ..core.families.temporal import is_temporal, options_of
 from ..data import bags
 from ..data.dataset import AlignedDataset, check_bags, default_cache_dir, load_bags
 from .bundle_files import TRAINING_MEANS, export_onnx
@@ -259,7 +259,7 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
 
 def temporal_manifest(model: MultimodalVAE, settings: TrainSettings, windows: _Windows) -> dict[str, Any]:
     """What a temporal bundle says about its training windows, time step and anomaly scores."""
-    options = core_temporal.options_of(model)
+    options = options_of(model)
     rate = settings.fusion.output_rate
     return {"window": settings.data.window, "window_stride": settings.data.window_stride,
             "train_windows": int(len(windows.train)), "max_gap_s": windows.max_gap_s,
