@@ -18,10 +18,9 @@ Directives:
 ``.. mdgm-cli::``
     the ``--help`` of ``mdgm-ros`` and of each of its subcommands, from ``mdgm_ros.cli.build_parser``.
 
-Imported names: ``mdgm_ros.core.FAMILIES``, ``mdgm_ros.core.families.table.families_command`` (or
-``mdgm_ros.core.table.families_command`` where the table module has moved), ``mdgm_ros.streams.params``
-(``declare_fusion_params``, ``LIVE``, ``LIVE_PER_STREAM``, ``DEFERRED``, ``READ_ONLY``),
-``mdgm_ros.cli.build_parser`` and ``mdgm_ros.bench.weak.add_arguments``.
+Imported names: ``mdgm_ros.core.FAMILIES``, ``mdgm_ros.core.families.table.families_command``,
+``mdgm_ros.streams.params`` (``declare_fusion_params``, ``flatten_parameters``, ``LIVE``,
+``LIVE_PER_STREAM``, ``DEFERRED``, ``READ_ONLY``) and ``mdgm_ros.cli.build_parser``.
 """
 from __future__ import annotations
 
@@ -38,7 +37,6 @@ from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
 
 ROOT = Path(__file__).resolve().parents[2]          # the package: package.xml, msg/, action/, mdgm_ros/
-FAMILIES_TABLE_MODULES = ("mdgm_ros.core.families.table", "mdgm_ros.core.table")
 
 
 class ReferenceError(Exception):
@@ -183,16 +181,6 @@ class _Recorder:
         return type("Parameter", (), {"value": default})()
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _range_text(descriptor: Any) -> str:
     for attr, shown in (("floating_point_range", "{:g}"), ("integer_range", "{:d}")):
         ranges = list(getattr(descriptor, attr, None) or [])
@@ -208,7 +196,7 @@ def _file_values(path: Path, node: str) -> dict[str, Any]:
     section = (doc.get(node) or doc.get(f"/{node}") or {}).get("ros__parameters")
     if section is None:
         raise ReferenceError(f"{path} has no '{node}: ros__parameters:' section")
-    return _flatten(section)
+    return importlib.import_module("mdgm_ros.streams.params").flatten_parameters(section)
 
 
 def fusion_parameters_rst(note: Callable[[Path], None]) -> list[str]:
@@ -407,14 +395,8 @@ def launch_arguments_rst(path: Path, note: Callable[[Path], None]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------- families
 def families_table_module():
-    """The module behind ``mdgm-ros families`` (where it lives now, or where it is moving)."""
-    errors = []
-    for name in FAMILIES_TABLE_MODULES:
-        try:
-            return importlib.import_module(name)
-        except ImportError as err:
-            errors.append(f"{name}: {err}")
-    raise ReferenceError("cannot import the families table: " + "; ".join(errors))
+    """The module behind ``mdgm-ros families``."""
+    return importlib.import_module("mdgm_ros.core.families.table")
 
 
 def _split_row(line: str) -> list[str]:
@@ -484,14 +466,6 @@ def cli_rst(note: Callable[[Path], None]) -> list[str]:
                 walk(f"{prefix} {name}", sub)
 
         walk("mdgm-ros", parser)
-        if not any(title == "mdgm-ros bench weak" for title, _ in pages):
-            weak = importlib.import_module("mdgm_ros.bench.weak")   # bench weak parses its own arguments
-            note(Path(weak.__file__))
-            import argparse
-
-            weak_parser = argparse.ArgumentParser(prog="mdgm-ros bench weak")
-            weak.add_arguments(weak_parser)
-            pages.append(("mdgm-ros bench weak", weak_parser.format_help()))
     finally:
         if previous is None:
             os.environ.pop("COLUMNS", None)

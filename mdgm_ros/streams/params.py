@@ -324,11 +324,12 @@ class _YamlParameters:
         return type("Parameter", (), {"value": value})()
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_parameters(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested params-file section as dotted parameter names (camera: {topic: x} -> camera.topic: x)."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten_parameters(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -349,7 +350,7 @@ def fusion_params_from_file(path: str, node_name: str = "mdgm_fusion",
     section = document.get(node_name, document.get(f"/{node_name}", {})).get("ros__parameters")
     if section is None:
         raise ParameterError(f"{path}: no '{node_name}: ros__parameters:' section")
-    values = {**_flatten(section), **(overrides or {})}
+    values = {**flatten_parameters(section), **(overrides or {})}
     source = _YamlParameters(values)
     params = declare_fusion_params(source)
     unknown = sorted(set(values) - source.used)
