@@ -18,8 +18,11 @@ Directives:
 ``.. mdgm-cli::``
     the ``--help`` of ``mdgm-ros`` and of each of its subcommands, from ``mdgm_ros.cli.build_parser``.
 
+The parameter declarations are read by :mod:`mdgm_ros.ros.node_help` (``declared_in_source``,
+``recorded_fusion_parameters``, ``value_text``, ``type_text``), the same code that words the nodes' ``--help``.
+
 Imported names: ``mdgm_ros.core.FAMILIES``, ``mdgm_ros.core.families.table.families_command``,
-``mdgm_ros.streams.params`` (``declare_fusion_params``, ``flatten_parameters``, ``LIVE``,
+``mdgm_ros.streams.params`` (``flatten_parameters``, ``LIVE``,
 ``LIVE_PER_STREAM``, ``DEFERRED``, ``READ_ONLY``) and ``mdgm_ros.cli.build_parser``.
 """
 from __future__ import annotations
@@ -35,6 +38,8 @@ from docutils.parsers.rst import directives
 from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
+
+from mdgm_ros.ros.node_help import declared_in_source, recorded_fusion_parameters, type_text, value_text
 
 ROOT = Path(__file__).resolve().parents[2]          # the package: package.xml, msg/, action/, mdgm_ros/
 
@@ -76,31 +81,6 @@ def list_table(header: list[str], rows: list[list[str]], widths: list[int] | Non
             lines.append(("   * - " if i == 0 else "     - ") + (cell if cell.strip() else "\\ "))
     lines.append("")
     return lines
-
-
-def value_text(value: Any) -> str:
-    """A default as the ROS command line and params files write it."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value) if value == "" else value
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(value_text(v) if v != "" else "''" for v in value) + "]"
-    return repr(value)
-
-
-def type_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "double"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, (list, tuple)):
-        return "string array" if all(isinstance(v, str) for v in value) else "array"
-    return type(value).__name__
 
 
 # ---------------------------------------------------------------------------------------- interfaces
@@ -170,17 +150,6 @@ def interfaces_rst(root: Path, note: Callable[[Path], None]) -> list[str]:
 
 
 # -------------------------------------------------------------------------------- parameters from code
-class _Recorder:
-    """Stands in for a node: records every declared parameter (name, default, descriptor)."""
-
-    def __init__(self) -> None:
-        self.declared: dict[str, tuple[Any, Any]] = {}
-
-    def declare_parameter(self, name: str, default: Any, descriptor: Any = None) -> Any:
-        self.declared[name] = (default, descriptor)
-        return type("Parameter", (), {"value": default})()
-
-
 def _range_text(descriptor: Any) -> str:
     for attr, shown in (("floating_point_range", "{:g}"), ("integer_range", "{:d}")):
         ranges = list(getattr(descriptor, attr, None) or [])
@@ -202,9 +171,7 @@ def _file_values(path: Path, node: str) -> dict[str, Any]:
 def fusion_parameters_rst(note: Callable[[Path], None]) -> list[str]:
     params = importlib.import_module("mdgm_ros.streams.params")
     note(Path(params.__file__))
-    recorder = _Recorder()
-    params.declare_fusion_params(recorder)
-    declared = recorder.declared
+    declared = recorded_fusion_parameters()    # declare_fusion_params against a ParameterRecorder
     if "modalities" not in declared or "bundle" not in declared:
         raise ReferenceError("declare_fusion_params no longer declares 'bundle' and 'modalities'")
     fusion_yaml = ROOT / "config" / "fusion.yaml"
@@ -268,83 +235,6 @@ def fusion_parameters_rst(note: Callable[[Path], None]) -> list[str]:
     if unknown:
         raise ReferenceError(f"config/fusion.yaml sets parameters the node does not declare: {unknown}")
     return lines
-
-
-def _docstring_of(tree: ast.Module, function: str) -> str:
-    for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef) and node.name == function:
-            doc = ast.get_docstring(node) or ""
-            return doc.strip().splitlines()[0] if doc.strip() else ""
-    return ""
-
-
-def _descriptor_fields(call: ast.AST, aliases: dict[str, ast.AST]) -> tuple[ast.AST | None, bool]:
-    """(description expression, read_only) of a ParameterDescriptor(...) call."""
-    description, read_only = None, False
-    if isinstance(call, ast.Call):
-        for keyword in call.keywords:
-            if keyword.arg == "description":
-                description = aliases.get(getattr(keyword.value, "id", ""), keyword.value)
-            elif keyword.arg == "read_only" and isinstance(keyword.value, ast.Constant):
-                read_only = bool(keyword.value.value)
-    return description, read_only
-
-
-def declared_in_source(path: Path) -> list[dict[str, Any]]:
-    """The parameters a node module declares itself: ``declare_parameter(NAME, DEFAULT, descriptor)``
-    calls with a literal name, directly or through a lambda that wraps one (``p = lambda name, default,
-    text: self.declare_parameter(name, default, ParameterDescriptor(description=text))``)."""
-    source = path.read_text(encoding="utf-8")
-    tree = ast.parse(source)
-    wrappers: dict[str, tuple[list[str], ast.Call]] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Lambda) and len(node.targets) == 1 \
-                and isinstance(node.targets[0], ast.Name):
-            inner = [c for c in ast.walk(node.value.body) if isinstance(c, ast.Call)
-                     and getattr(c.func, "attr", getattr(c.func, "id", "")) == "declare_parameter"]
-            if inner:
-                wrappers[node.targets[0].id] = ([a.arg for a in node.value.args.args], inner[0])
-    found: list[dict[str, Any]] = []
-
-    def record(name_node: ast.AST, default: ast.AST, descriptor: ast.AST | None, aliases: dict[str, ast.AST]):
-        if not (isinstance(name_node, ast.Constant) and isinstance(name_node.value, str)):
-            return                       # a computed name (a loop over modalities): not a fixed parameter
-        description, read_only = _descriptor_fields(descriptor, aliases) if descriptor is not None else (None, False)
-        try:
-            value = ast.literal_eval(default)
-            shown, kind = value_text(value), type_text(value)
-        except (ValueError, SyntaxError):
-            shown = ast.unparse(default)
-            kind = "string" if isinstance(default, ast.Call) and getattr(default.func, "id", "") == "str" else ""
-            if isinstance(default, ast.Call) and isinstance(default.func, ast.Name):
-                doc = _docstring_of(tree, default.func.id)
-                shown += f" ({doc.rstrip('.')})" if doc else ""
-        text = ""
-        if isinstance(description, ast.Constant):
-            text = str(description.value)
-        elif isinstance(description, ast.JoinedStr):
-            text = ast.unparse(description)
-        found.append({"name": name_node.value, "type": kind, "default": shown, "description": text,
-                      "read_only": read_only, "line": getattr(name_node, "lineno", 0)})
-
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        callee = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
-        if callee == "declare_parameter" and node.args and not any(node is w[1] for w in wrappers.values()):
-            descriptor = node.args[2] if len(node.args) > 2 else next(
-                (k.value for k in node.keywords if k.arg == "descriptor"), None)
-            if len(node.args) >= 2:
-                record(node.args[0], node.args[1], descriptor, {})
-        elif callee in wrappers and isinstance(node.func, ast.Name):
-            names, inner = wrappers[callee]
-            bound = dict(zip(names, node.args))
-            pick = lambda arg: bound.get(getattr(arg, "id", ""), arg)  # noqa: E731
-            if len(inner.args) >= 2:
-                record(pick(inner.args[0]), pick(inner.args[1]), inner.args[2] if len(inner.args) > 2 else None,
-                       bound)
-    found.sort(key=lambda p: p["line"])
-    return found
 
 
 def node_parameters_rst(path: Path, note: Callable[[Path], None], empty_ok: bool = False) -> list[str]:

@@ -208,13 +208,18 @@ def startup_error_text(err: BaseException) -> str:
 
 
 def node_main(main: Callable[..., int]) -> Callable[..., int]:
-    """Decorator for a node's ``main``: a bad command line, parameter type or params file ends with one
-    ``error:`` line on stderr and exit status 2 instead of a traceback."""
+    """Decorator for a node's ``main``: ``-h`` / ``--help`` among the node's own arguments (before
+    ``--ros-args``) prints the node's help (:mod:`mdgm_ros.ros.node_help`) and returns 0 before ``main``
+    runs (no ``rclpy.init``, no node, no model); a bad command line, parameter type or params file ends
+    with one ``error:`` line on stderr and exit status 2 instead of a traceback."""
     from rclpy._rclpy_pybind11 import RCLError
     from rclpy.exceptions import ParameterException
 
     @functools.wraps(main)
     def run(*args, **kwargs) -> int:
+        argv = args[0] if args else next((kwargs[k] for k in ("args", "argv") if k in kwargs), None)
+        if _print_help_if_asked(main, argv):
+            return 0
         try:
             return main(*args, **kwargs)
         except (RCLError, ParameterException) as err:
@@ -226,3 +231,20 @@ def node_main(main: Callable[..., int]) -> Callable[..., int]:
                 pass
             return 2
     return run
+
+
+def _print_help_if_asked(main: Callable[..., int], argv: list[str] | None) -> bool:
+    """Print the node's help to stdout when ``argv`` (None: ``sys.argv[1:]``) asks for it; True if it did."""
+    from .node_help import help_text, program_name, wants_help
+
+    if not wants_help(argv):
+        return False
+    prog = program_name(main)
+    try:
+        text = help_text(prog, sys.modules[main.__module__])
+    except Exception as err:  # noqa: BLE001 - --help must answer even if the source cannot be read
+        text = (f"usage: {prog} [-h] [--ros-args [-p NAME:=VALUE]... [--params-file FILE]]\n"
+                f"(the parameter list is unavailable: {type(err).__name__}: {err}; see docs/nodes.rst)\n")
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    return True

@@ -144,8 +144,8 @@ HOSTILE = ("zero_stamp", "future_stamp", "invalid_nanosec", "huge_frame_id", "la
            "loud_audio", "bigendian_tactile")
 
 
-@node_main
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The node's own options (``--help`` prints them with the ROS arguments: mdgm_ros.ros.node_help)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = forever)")
     parser.add_argument("--camera-size", type=int, default=64)
@@ -154,7 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hostile", action="store_true",
                         help="add four hostile messages per second (odd stamps, huge values, ...)")
     parser.add_argument("--stop-audio-after", type=float, default=0.0, help="silence audio after this many seconds")
-    args, ros_args = parser.parse_known_args(argv)
+    return parser
+
+
+@node_main
+def main(argv: list[str] | None = None) -> int:
+    args, ros_args = build_parser().parse_known_args(argv)
     rclpy.init(args=[sys.argv[0], *ros_args])
     node = SyntheticStreams(args)
     try:
