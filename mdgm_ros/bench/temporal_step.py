@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from ..core import Fuser, select_device
-from ..core.engine.filter import TemporalFilter, calibration_from_nll, predictive_surprise_sequence
+from ..core.engine.anomaly import calibration_from_nll
+from ..core.engine.filter import TemporalFilter, predictive_surprise_sequence
 from .models import percentiles, prepared_model, synchronize
 
 
