@@ -255,11 +255,13 @@ def _bundle_family(bundle: Path) -> str | None:
 def compare_temporal(out: Path, test_bag: Path, temporal: Path, per_frame: Path, device: str) -> dict[str, Any]:
     """5. The temporal bundle against the per-frame one on the test bag (offline)."""
     from .evaluation.evaluate import evaluate_bags
+    from .evaluation.temporal_vs_frame import verdict
 
     _log(f"comparing {temporal.name} with {per_frame.name} on {test_bag} (outages of 0.5, 1, 1.5 and 3 s)")
-    report = evaluate_bags(str(temporal), [str(test_bag)], config_path("fusion.yaml"), plots=out / "temporal",
+    report = evaluate_bags(str(temporal), [str(test_bag)], plots=out / "temporal",
                            compare=str(per_frame), device="cpu" if device == "auto" else device, log=_log)
-    return {**report["temporal"], "bundle": str(temporal), "per_frame_bundle": str(per_frame)}
+    comparison = report["temporal"]
+    return {**comparison, "verdict": verdict(comparison), "bundle": str(temporal), "per_frame_bundle": str(per_frame)}
 
 
 def _write_json(path: Path, data: Any) -> None:

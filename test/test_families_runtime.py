@@ -60,7 +60,7 @@ def test_evaluate_runs_on_every_family(family_bundles, sim_bag, tmp_path):
 
     _, bundles = family_bundles
     for family in ("jvae", "telbo", "bridged", "dmvae_lee-concrete"):
-        report = evaluate_bags(bundles[family], [str(sim_bag[0])], ROOT / "config" / "fusion.yaml",
+        report = evaluate_bags(bundles[family], [str(sim_bag[0])],
                                plots=tmp_path / family, log=lambda m: None)
         assert report["latent"]["samples"] > 0 and (tmp_path / family / "latent_2d.png").is_file(), family
         if load_bundle(bundles[family]).model.family.properties.missing_modalities:

@@ -81,9 +81,10 @@ def test_an_interrupted_temporal_run_resumes_to_the_same_weights(sim_bag, tmp_pa
 
 def test_evaluate_compares_the_temporal_and_the_per_frame_model_on_one_bag(gru_bundle, trained_bundle, sim_bag,
                                                                            tmp_path):
+    from mdgm_ros.evaluation import temporal_vs_frame as te
     from mdgm_ros.evaluation.evaluate import evaluate_bags, summary_lines
 
-    report = evaluate_bags(str(gru_bundle[0]), [str(sim_bag[0])], "config/fusion.yaml", plots=tmp_path,
+    report = evaluate_bags(str(gru_bundle[0]), [str(sim_bag[0])], plots=tmp_path,
                            compare=str(trained_bundle[0]), outages_s=(0.5, 1.0), log=lambda m: None)
     comparison = report["temporal"]
     assert set(comparison["imputation"]) == {"0.5", "1"}
@@ -96,8 +97,10 @@ def test_evaluate_compares_the_temporal_and_the_per_frame_model_on_one_bag(gru_b
     assert comparison["anomaly"]["temporal"]["per_fault"]["camera_blackout"]["samples"] > 0
     assert set(comparison["prediction"]) == {"latent_1_step", "joints_10_step"}
     assert (tmp_path / "fault_timeline_compare.png").stat().st_size > 10_000
-    assert isinstance(comparison["verdict"]["passed"], bool)
-    assert any(line.startswith("temporal-model targets:") for line in summary_lines(report))
+    # the project's own targets belong to the demo: a user's evaluation prints the figures only
+    assert "verdict" not in comparison
+    assert not any("targets" in line or "NOT met" in line for line in summary_lines(report))
+    assert isinstance(te.verdict(comparison)["passed"], bool)
 
 
 def test_the_evaluation_filter_over_rows_is_the_offline_filter(gru_bundle, sim_bag):

@@ -30,8 +30,8 @@ from ..core import ModalitySpec
 from ..core.engine.atomic import write_atomically
 from ..streams import bridge
 from ..streams.alignment import NS, Aligner, PushResult
-from ..streams.kinds import INPUT_TYPES, make_stream
-from ..streams.params import FusionParams, check_against_bundle
+from ..streams.kinds import make_stream
+from ..streams.params import FusionParams, check_against_bundle, ros_type_of
 from . import bags
 from .cache import cache_root, enforce_bound, touch
 from .labels import DEFAULT_LABEL_TOPIC, FaultLabel, find_sidecar, mark_faults, read_sidecar
@@ -254,43 +254,128 @@ def _listing(summary: dict[str, tuple[str, int]]) -> str:
     return ", ".join(f"{t} ({kind}, {n} messages)" for t, (kind, n) in sorted(summary.items())) or "no topics"
 
 
-def check_bag(path: str | Path, params: FusionParams, absent_ok: Iterable[str] = ()) -> list[str]:
-    """Before any epoch: every configured topic exists in the bag with the expected type and has
-    messages. Returns the modalities this bag lacks that ``absent_ok`` allows; raises BagError else."""
+class BagProblems(bags.BagError):
+    """Every problem found in the bags before any work, each line with its fix."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        if len(problems) == 1:
+            super().__init__(problems[0])
+        else:
+            super().__init__(f"{len(problems)} problems in the bags and the config, each with its fix:\n"
+                             + "\n".join(f"  {i + 1}. {p}" for i, p in enumerate(problems)))
+
+
+@dataclass(frozen=True)
+class Fixes:
+    """How the command at hand spells a fix: ``train`` sets fusion parameters through
+    ``--set fusion_overrides.NAME=VALUE`` and tolerates absent streams with ``data.absent_ok``;
+    ``evaluate`` through ``--set NAME=VALUE`` (absent streams are scored as missing there)."""
+
+    parameter: str = "--set fusion_overrides."
+    absent: str = "--set data.absent_ok=[{name}]"
+
+    def set(self, name: str, value: str) -> str:
+        return f"{self.parameter}{name}={value}"
+
+
+TRAIN_FIXES = Fixes()
+EVALUATE_FIXES = Fixes("--set ", "")
+
+
+def _message_types_reading(ros_type: str) -> list[str]:
+    """The message_type values that subscribe to ``ros_type`` (else the full name: read through fields)."""
+    from ..streams.params import MESSAGE_TYPES
+
+    return [name for name, (full, _) in MESSAGE_TYPES.items() if full == ros_type] or [ros_type]
+
+
+def _first_message(path: Path, topic: str) -> Any:
+    for _, _, msg in bags.messages(path, [topic]):
+        return msg
+    return None
+
+
+def bag_problems(path: str | Path, params: FusionParams, absent_ok: Iterable[str] = (),
+                 fixes: Fixes = TRAIN_FIXES) -> tuple[list[str], list[str]]:
+    """(problems, absent modalities) of one bag: every configured topic exists with the expected type
+    and messages, and a joint-state stream's configured joints are in its messages."""
     path = Path(path)
     if not path.exists():
-        raise bags.BagError(f"bag {path} does not exist")
+        return [f"bag {path} does not exist"], []
     summary = bags.topic_summary(path)
-    absent = []
+    problems, absent = [], []
     for stream in params.streams:
-        topic, expected = absolute_topic(stream.topic), bags.type_name(INPUT_TYPES[stream.message_type])
+        topic, expected = absolute_topic(stream.topic), ros_type_of(stream.message_type)
         found, count = summary.get(topic, (None, 0))
         if found is not None and found != expected:
-            raise bags.BagError(f"bag {path}: {stream.name} topic {topic} carries {found}, but "
-                                f"{stream.name}.message_type {stream.message_type} expects {expected}. "
-                                f"The bag has: {_listing(summary)}")
-        if count:
+            choices = _message_types_reading(found)
+            problems.append(f"bag {path}: {stream.name} topic {topic} carries {found}, but {stream.name}.message_type "
+                            f"{stream.message_type} reads {expected}: "
+                            f"{fixes.set(stream.name + '.message_type', choices[0])}"
+                            + (f" (or {', '.join(choices[1:])})" if len(choices) > 1 else ""))
             continue
-        if stream.name in absent_ok:
-            absent.append(stream.name)
+        if not count:
+            if stream.name in absent_ok:
+                absent.append(stream.name)
+                continue
+            same_type = [t for t, (kind, n) in sorted(summary.items()) if kind == expected and n]
+            hint = (f"point it at one of them with {fixes.set(stream.name + '.topic', same_type[0])}" if same_type
+                    else f"no topic of type {expected} is in the bag")
+            absent_fix = fixes.absent.format(name=stream.name)
+            problems.append(f"bag {path} has no {stream.name} messages on {topic} ({expected}): {hint}"
+                            + (f", or, if this bag has no {stream.name} on purpose, {absent_fix}" if absent_fix else "")
+                            + f". The bag has: {_listing(summary)}")
             continue
-        same_type = [t for t, (kind, n) in sorted(summary.items()) if kind == expected and n]
-        hint = (f"point it at one of them with --set fusion_overrides.{stream.name}.topic={same_type[0]}"
-                if same_type else f"no topic of type {expected} is in the bag")
-        raise bags.BagError(f"bag {path} has no {stream.name} messages on {topic} ({expected}): {hint}, or, if "
-                            f"this bag has no {stream.name} on purpose, --set data.absent_ok=[{stream.name}]. "
-                            f"The bag has: {_listing(summary)}")
+        if stream.message_type == "joint_state":
+            problem = _joint_problem(path, topic, stream, fixes)
+            if problem:
+                problems.append(problem)
+    return problems, absent
+
+
+def _joint_problem(path: Path, topic: str, stream, fixes: Fixes) -> str:
+    try:
+        msg = _first_message(path, topic)
+    except bags.BagError:
+        return ""                              # the read itself reports it
+    if msg is None:
+        return ""
+    names = list(msg.name)
+    missing = [n for n in stream.joint_names if n not in names]
+    if not missing:
+        return ""
+    fix = fixes.set(stream.name + ".joint_names", "[" + ",".join(names) + "]")
+    return (f"bag {path}: {stream.name} on {topic} names {len(names)} joints {names}, but {stream.name}.joint_names "
+            f"lists {len(stream.joint_names)} ({len(missing)} not in the bag: {missing[:4]}"
+            f"{'...' if len(missing) > 4 else ''}): {fix}")
+
+
+def check_bag(path: str | Path, params: FusionParams, absent_ok: Iterable[str] = (),
+              fixes: Fixes = TRAIN_FIXES) -> list[str]:
+    """Before any epoch: :func:`bag_problems` of one bag; BagProblems if there are any, else the
+    modalities this bag lacks that ``absent_ok`` allows."""
+    problems, absent = bag_problems(path, params, absent_ok, fixes)
+    if problems:
+        raise BagProblems(problems)
     return absent
 
 
-def check_bags(paths: Iterable[str | Path], params: FusionParams,
-               absent_ok: Iterable[str] = ()) -> dict[str, list[str]]:
-    """:func:`check_bag` over all bags; a modality absent from every bag cannot be trained or scored."""
-    absent = {str(p): check_bag(p, params, absent_ok) for p in paths}
+def check_bags(paths: Iterable[str | Path], params: FusionParams, absent_ok: Iterable[str] = (),
+               fixes: Fixes = TRAIN_FIXES, more: Iterable[str] = ()) -> dict[str, list[str]]:
+    """Every bag checked before stopping: one :class:`BagProblems` with all problems of all bags (and
+    ``more``, found by the caller); a modality absent from every bag cannot be trained or scored."""
+    problems, absent = list(more), {}
+    for path in paths:
+        found, lacking = bag_problems(path, params, absent_ok, fixes)
+        problems += found
+        absent[str(path)] = lacking
     for stream in params.streams:
         if absent and all(stream.name in lacking for lacking in absent.values()):
-            raise bags.BagError(f"{stream.name} ({absolute_topic(stream.topic)}) is absent from every bag: record "
-                                f"it, or leave it out of the model (model modalities and fusion params)")
+            problems.append(f"{stream.name} ({absolute_topic(stream.topic)}) is absent from every bag: record it, "
+                            "or leave it out of the model (model modalities and fusion params)")
+    if problems:
+        raise BagProblems(problems)
     return absent
 
 

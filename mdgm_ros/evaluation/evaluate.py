@@ -323,28 +323,35 @@ def _nearest_rows(stamps: np.ndarray, targets: np.ndarray, tolerance_ns: float) 
 
 
 # ----------------------------------------------------------------------------- the command
-def evaluate_bags(model: str | Path, bag_paths: list[str], params_file: str | Path, plots: str | Path | None = None,
-                  dropout_s: float = 1.0, device: str = "cpu", label_topic: str | None = None,
-                  log=print, max_corrupt: float = 0.01, compare: str | Path | None = None,
-                  outages_s: tuple[float, ...] | None = None) -> dict[str, Any]:
-    """The whole ``mdgm-ros evaluate``: the bundle's alignment settings, labels from the bags' label topic
-    and sidecar files, a warning for bags the bundle was trained on. A temporal model is filtered over
-    the bags (:mod:`.temporal_vs_frame`), against the per-frame bundle ``compare`` when given."""
+def evaluate_bags(model: str | Path, bag_paths: list[str], params_file: str | Path | None = None,
+                  plots: str | Path | None = None, dropout_s: float = 1.0, device: str = "cpu",
+                  label_topic: str | None = None, log=print, max_corrupt: float = 0.01,
+                  compare: str | Path | None = None, outages_s: tuple[float, ...] | None = None,
+                  overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole ``mdgm-ros evaluate``: the bags read with the stream settings the bundle was trained with
+    (``params_file`` and ``overrides`` on top, each contradiction a warning), labels from the bags' label
+    topic and sidecar files, a warning for bags the bundle was trained on. A temporal model is filtered
+    over the bags (:mod:`.temporal_vs_frame`), against the per-frame bundle ``compare`` when given."""
+    from ..config_files import config_path
     from ..data import bags
-    from ..data.dataset import check_bags, default_cache_dir, load_bags
-    from ..streams.params import ParameterError, fusion_params_from_file
+    from ..data.dataset import EVALUATE_FIXES, check_bags, default_cache_dir, load_bags
+    from ..streams.params import ParameterError, bundle_mismatches, fusion_params_for_bundle
 
     em = load_eval_model(model, device)
     training = em.bundle.manifest.get("extra", {}).get("training", {})
-    overrides = {k: v for k, v in training.get("alignment", {}).items() if k in ("anchor", "output_rate")}
     label_topic = label_topic or training.get("label_topic") or DEFAULT_LABEL_TOPIC
     try:
-        params = fusion_params_from_file(str(params_file), overrides=overrides)
+        params, contradicted = fusion_params_for_bundle(model, params_file, overrides,
+                                                        fallback_file=config_path("fusion.yaml"))
     except ParameterError as err:
-        raise ValueError(str(err)) from None
+        raise ValueError(f"stream parameters: {err}") from None
     names = list(em.model.names)
-    absent = check_bags(bag_paths, params, absent_ok=names)
-    warnings = [f"{bag} has no {', '.join(lacking)}: scored as missing" for bag, lacking in absent.items() if lacking]
+    mismatches = bundle_mismatches(params, list(em.model.config.modalities),
+                                   lambda name, size: f"but the model takes {_size_of(em, name)}: the parameters "
+                                                      f"must give the joints / fields it was trained with")
+    absent = check_bags(bag_paths, params, absent_ok=names, fixes=EVALUATE_FIXES, more=mismatches)
+    warnings = [f"parameter {text}" for text in contradicted]
+    warnings += [f"{bag} has no {', '.join(lacking)}: scored as missing" for bag, lacking in absent.items() if lacking]
     trained_on = set(training.get("bag_hashes", []))
     warnings += [f"{bag} was used to train this model: its figures say little about new data"
                  for bag in bag_paths if bags.content_hash(bag) in trained_on]
@@ -364,6 +371,10 @@ def evaluate_bags(model: str | Path, bag_paths: list[str], params_file: str | Pa
     elif compare:
         raise ValueError("--compare needs a temporal model as --model (the per-frame bundle goes to --compare)")
     return report
+
+
+def _size_of(em: EvalModel, name: str) -> int:
+    return int(next(m.shape[0] for m in em.model.config.modalities if m.name == name))
 
 
 def _add_temporal(report: dict[str, Any], em: EvalModel, frame: EvalModel | None, data: AlignedDataset,

@@ -46,7 +46,9 @@ from ..streams.params import (
     FusionParams,
     ParameterError,
     blocked_while_configured,
+    bundle_stream_settings,
     check_against_bundle,
+    contradictions,
     declare_fusion_params,
     fusion_params_with,
     resolve_bundle,
@@ -82,7 +84,7 @@ class FusionNode(GuardedNode, LifecycleNode):
         super().__init__("mdgm_fusion", **kwargs)
         self.param_error: str | None = None
         try:
-            self.params: FusionParams | None = declare_fusion_params(self)
+            self.params: FusionParams | None = declare_fusion_params(self, bundle_defaults=True)
         except ParameterError as err:
             self.params, self.param_error = None, str(err)
             self.get_logger().error(f"invalid parameters: {err}")
@@ -114,7 +116,7 @@ class FusionNode(GuardedNode, LifecycleNode):
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:                                              # re-read: values set while unconfigured apply now
-            self.params, self.param_error = declare_fusion_params(self), None
+            self.params, self.param_error = declare_fusion_params(self, bundle_defaults=True), None
         except ParameterError as err:
             self.params, self.param_error = None, str(err)
         if self.params is None:
@@ -125,6 +127,7 @@ class FusionNode(GuardedNode, LifecycleNode):
         try:
             path, origin = resolve_bundle(self.params.bundle)
             self.get_logger().info(f"bundle {path} ({origin})")
+            self._warn_contradictions(path)
             self.runtime = self._load(path)
         except (BundleError, ParameterError, RuntimeError, ValueError, OSError) as err:
             self.get_logger().error(f"cannot configure: {err}")
@@ -276,6 +279,16 @@ class FusionNode(GuardedNode, LifecycleNode):
         unknown = unknown_overrides(overrides, list(self._parameters))
         if unknown:
             self.get_logger().warn(f"unknown parameters ignored (typo or old name?): {', '.join(unknown)}")
+
+    def _warn_contradictions(self, bundle: str) -> None:
+        """One WARN per start-up value (params file, -p) that contradicts what the bundle was trained with."""
+        given = {name: p.value for name, p in getattr(self, "_parameter_overrides", {}).items()}
+        settings = bundle_stream_settings(bundle)
+        if not settings:
+            self.get_logger().info("the bundle records no stream settings: the parameters alone describe the streams")
+        for text in contradictions(given, settings):
+            self.get_logger().warn(f"parameter {text}: the model sees other data than it learned from "
+                                   "(leave the parameter out to use the bundle's)")
 
     # ------------------------------------------------------------------ model loading
     def _load(self, path: str) -> Runtime:

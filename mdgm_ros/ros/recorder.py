@@ -16,7 +16,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from ..core import ModalitySpec
 from ..msg import AnomalyScores, ImputedArray, Latent, LatentPrediction, ModelInfo
 from ..streams import bridge
-from ..streams.kinds import OUTPUT_TYPES
+from ..streams.kinds import Stream, make_stream
 from ..streams.params import StreamParams
 from .guard import GuardedNode
 
@@ -53,9 +53,10 @@ class OutputRecorder(GuardedNode, Node):
         self.create_subscription(AnomalyScores, f"{node}/anomaly", self._on_anomaly, RELIABLE)
         self.create_subscription(LatentPrediction, f"{node}/latent_prediction", self._on_prediction, RELIABLE)
         for spec, params in zip(specs, streams):
-            kind = ImputedArray if spec.kind == "audio" else OUTPUT_TYPES[spec.kind]
+            stream = make_stream(params, spec)
+            kind = ImputedArray if spec.kind == "audio" else stream.output_type
             self.create_subscription(kind, f"{node}/imputed/{spec.name}",
-                                     lambda msg, s=spec, p=params: self._on_imputed(s, p, msg), RELIABLE)
+                                     lambda msg, s=stream: self._on_imputed(s, msg), RELIABLE)
 
     def _on_info(self, msg: ModelInfo) -> None:
         info = json.loads(msg.details_json or "{}")
@@ -83,21 +84,11 @@ class OutputRecorder(GuardedNode, Node):
             self.recording.prediction.append((bridge.stamp_to_ns(msg.header.stamp), steps,
                                               mean.reshape(msg.horizon, msg.latent_dim)))
 
-    def _on_imputed(self, spec: ModalitySpec, params: StreamParams, msg) -> None:
+    def _on_imputed(self, stream: Stream, msg) -> None:
         try:
-            if spec.kind == "image":
-                array, stamp = bridge.image_to_array(msg, spec.shape), bridge.stamp_to_ns(msg.header.stamp)
-            elif spec.kind == "tactile":
-                array, stamp = bridge.tactile_to_array(msg, spec.shape), bridge.stamp_to_ns(msg.header.stamp)
-            elif spec.kind == "vector":
-                array = bridge.joint_state_to_array(msg, params.joint_names, params.joint_fields)
-                stamp = bridge.stamp_to_ns(msg.header.stamp)
-            else:
-                dims = [d.size for d in msg.layout.dim]
-                array, stamp = np.asarray(msg.data, np.float32).reshape(dims), bridge.stamp_to_ns(msg.header.stamp)
+            array, stamp = stream.output_to_array(msg), bridge.stamp_to_ns(msg.header.stamp)
         except (bridge.ConversionError, ValueError):
             self.recording.undecodable += 1
             return
-        if stamp is not None:
-            with self.lock:
-                self.recording.imputed[spec.name].append((stamp, array))
+        with self.lock:
+            self.recording.imputed[stream.name].append((stamp, array))

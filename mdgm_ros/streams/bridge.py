@@ -11,6 +11,11 @@ diagnostics) and a specific message. Array conventions match :mod:`mdgm_ros.core
   dims channels x samples (interleaved when the layout is empty) -> float32 mono (samples,).
 * tactile ``sensor_msgs/Image`` 32FC1 / 16UC1 / mono8 with the pads stacked vertically
   (height = pads * rows) -> float32 (pads, rows, cols).
+* depth ``sensor_msgs/Image`` 16UC1 (mm) / 32FC1 (m) -> float32 (1, H, W): metres over the stream's
+  ``max_range``, clipped to [0, 1]; no return (0, NaN) as 0.
+* any other message (WrenchStamped, Imu, Odometry, Float64MultiArray, ...) through named numeric
+  fields (``wrench.force.x``, ``orientation_covariance``, ``data``, ``data[2]``) found by the message's
+  own introspection -> float32 vector, the fields concatenated in order (:class:`FieldCodec`).
 
 Hostile input: header stamps with nanosec >= 1e9 or a negative sec are refused
 (``invalid_stamp``), ``frame_id`` is capped at ``MAX_FRAME_ID`` characters, float PCM beyond
@@ -19,12 +24,14 @@ a compressed image's width and height are read from its PNG/JPEG header and refu
 (``too_large``) before decoding when over :func:`max_pixels` of the model's input size.
 
 Outputs: the latent and the anomaly scores as ``sensor_msgs/JointState`` (docs/nodes.rst),
-imputed modalities in their own message types; imputed audio is the model's log-mel spectrogram
+imputed modalities in their own message types (a field-mapped vector in its input type, those fields
+set); imputed audio is the model's log-mel spectrogram
 (``Float32MultiArray`` with dims ``mel`` x ``frame``), since a spectrogram has no phase to play back.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -184,6 +191,43 @@ def array_to_image(array: np.ndarray, stamp_ns: int, frame_id: str = "") -> Imag
     return msg
 
 
+# --------------------------------------------------------------------------- depth camera
+_DEPTH_ENCODINGS = {"16UC1": np.dtype(np.uint16), "32FC1": np.dtype(np.float32)}
+
+
+def depth_to_array(msg: Image, shape: tuple[int, int, int], max_range_m: float) -> np.ndarray:
+    """Depth Image (REP 118: 16UC1 in millimetres, 32FC1 in metres; 0 / NaN / inf = no return) ->
+    float32 (1, H, W): metres / ``max_range_m``, clipped to [0, 1], no return as 0; resized nearest."""
+    dtype = _DEPTH_ENCODINGS.get(msg.encoding)
+    if dtype is None:
+        raise ConversionError("encoding", f"depth encoding {msg.encoding!r} not in {sorted(_DEPTH_ENCODINGS)}")
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height == 0 or width == 0:
+        raise ConversionError("empty", "depth image is 0 x 0")
+    row_bytes = width * dtype.itemsize
+    if step < row_bytes or len(msg.data) != step * height:
+        raise ConversionError("size", f"depth data of {len(msg.data)} bytes does not fit {width}x{height} "
+                                      f"{msg.encoding} with step {step}")
+    raw = np.frombuffer(msg.data, np.uint8).reshape(height, step)[:, :row_bytes]
+    values = raw.copy().view(dtype.newbyteorder(">" if msg.is_bigendian else "<")).astype(np.float32)
+    metres = values / 1000.0 if dtype == np.uint16 else values
+    metres = np.where(np.isfinite(metres) & (metres > 0), metres, 0.0).astype(np.float32)
+    scaled = np.clip(metres / float(max_range_m), 0.0, 1.0)
+    if scaled.shape != tuple(shape[1:]):
+        scaled = cv2.resize(scaled, (shape[2], shape[1]), interpolation=cv2.INTER_NEAREST)
+    return scaled.reshape(1, shape[1], shape[2]).astype(np.float32)
+
+
+def array_to_depth_image(array: np.ndarray, max_range_m: float, stamp_ns: int, frame_id: str = "") -> Image:
+    """float (1, H, W) in [0, 1] -> 32FC1 depth Image in metres (0 = no return)."""
+    _, height, width = array.shape
+    metres = np.clip(np.asarray(array, np.float32)[0], 0.0, 1.0) * float(max_range_m)
+    msg = Image(header=_header(stamp_ns, frame_id), height=height, width=width, encoding="32FC1",
+                is_bigendian=0, step=width * 4)
+    msg.data = np.ascontiguousarray(metres, dtype="<f4").tobytes()
+    return msg
+
+
 # --------------------------------------------------------------------------- joints
 def joint_state_to_array(msg: JointState, names: Sequence[str], fields: Sequence[str]) -> np.ndarray:
     index = {name: i for i, name in enumerate(msg.name)}
@@ -294,3 +338,173 @@ def named_vector(names: Sequence[str], position: np.ndarray, effort: np.ndarray,
 
 def latent_names(dim: int) -> list[str]:
     return [f"z{i}" for i in range(dim)]
+
+
+# --------------------------------------------------------------------------- numeric fields of any message
+_NUMERIC = {"double": float, "float": float, "int8": int, "uint8": int, "int16": int, "uint16": int,
+            "int32": int, "uint32": int, "int64": int, "uint64": int}
+
+
+def message_class(type_name: str) -> type:
+    """'geometry_msgs/msg/WrenchStamped' (or 'geometry_msgs/WrenchStamped') -> the rclpy message class;
+    ValueError naming the type when this ROS install does not have it."""
+    import importlib
+
+    parts = type_name.strip("/").split("/")
+    if len(parts) == 2:
+        parts = [parts[0], "msg", parts[1]]
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f"message type {type_name!r} is not of the form package/msg/Name")
+    try:
+        cls = getattr(importlib.import_module(f"{parts[0]}.{parts[1]}"), parts[2])
+    except (ImportError, AttributeError):
+        raise ValueError(f"message type {type_name!r} is not installed here (no {parts[0]}.{parts[1]}."
+                         f"{parts[2]}): install its package's Python message library") from None
+    if not hasattr(cls, "get_fields_and_field_types"):
+        raise ValueError(f"{type_name!r} is not a ROS message class")
+    return cls
+
+
+def type_name_of(cls: type) -> str:
+    """rclpy message class -> 'pkg/msg/Name'."""
+    return f"{cls.__module__.split('.')[0]}/msg/{cls.__name__}"
+
+
+def _field_type(text: str) -> tuple[str, int | None, bool]:
+    """'double' -> ('double', None, False); 'double[9]' -> ('double', 9, False); 'sequence<float>' ->
+    ('float', None, True); 'geometry_msgs/Vector3' -> ('geometry_msgs/Vector3', None, False)."""
+    if text.startswith("sequence<"):
+        return text[len("sequence<"):-1].split(",")[0].strip(), None, True
+    if text.endswith("]") and "[" in text:
+        base, _, size = text[:-1].partition("[")
+        return base, (int(size) if size.isdigit() else None), not size.isdigit()
+    return text, None, False
+
+
+@dataclass(frozen=True)
+class NumericField:
+    """One numeric field path of a message type: ``wrench.force.x``, ``orientation_covariance`` (a fixed
+    array: all its values), ``data`` (a sequence: as many values as the message holds) or ``data[3]``."""
+
+    path: str
+    attributes: tuple[str, ...]
+    index: int | None          # one element of an array / sequence
+    size: int | None           # values it gives: 1, the fixed array's length, or None (a sequence)
+    python: type               # float or int: how a value is written back
+
+    def read(self, msg: Any) -> np.ndarray:
+        value = msg
+        for name in self.attributes:
+            value = getattr(value, name)
+        if self.index is not None:
+            if self.index >= len(value):
+                raise ConversionError("layout", f"{self.path}: the message holds {len(value)} values")
+            value = value[self.index]
+        return np.asarray(value, dtype=np.float64).reshape(-1)
+
+    def write(self, msg: Any, values: np.ndarray) -> None:
+        parent = msg
+        for name in self.attributes[:-1]:
+            parent = getattr(parent, name)
+        last = self.attributes[-1]
+        cast = (lambda v: int(round(float(v)))) if self.python is int else float  # noqa: E731
+        if self.index is not None:
+            current = getattr(parent, last)
+            if isinstance(current, np.ndarray):
+                current[self.index] = values[0]
+            else:
+                items = list(current) + [0] * max(0, self.index + 1 - len(current))
+                items[self.index] = cast(values[0])
+                setattr(parent, last, items)
+        elif self.size == 1 and not isinstance(getattr(parent, last), (np.ndarray, list)) \
+                and not hasattr(getattr(parent, last), "typecode"):
+            setattr(parent, last, cast(values[0]))
+        else:
+            current = getattr(parent, last)
+            dtype = current.dtype if isinstance(current, np.ndarray) else None
+            setattr(parent, last, np.asarray(values, dtype=dtype) if dtype is not None else [cast(v) for v in values])
+
+
+def numeric_fields(cls: type, prefix: str = "", skip: tuple[str, ...] = ("header",)) -> list[str]:
+    """Every numeric field path of a message type (nested messages expanded, arrays whole), in
+    declaration order; ``header`` and strings left out."""
+    out = []
+    for name, text in cls.get_fields_and_field_types().items():
+        if name in skip and not prefix:
+            continue
+        base, size, sequence = _field_type(text)
+        if base in _NUMERIC:
+            out.append(prefix + name)
+        elif "/" in base and size is None and not sequence:
+            out += numeric_fields(message_class(base), f"{prefix}{name}.", ())
+    return out
+
+
+def resolve_field(cls: type, path: str) -> NumericField:
+    """A field path of ``cls`` -> its :class:`NumericField`; ValueError naming the message's numeric fields."""
+    import re
+
+    match = re.fullmatch(r"([A-Za-z_][\w.]*?)(?:\[(\d+)\])?", path.strip())
+    if match is None:
+        raise ValueError(f"field {path!r} is not a dotted field path (e.g. wrench.force.x or data[2])")
+    names, index = match.group(1).split("."), (int(match.group(2)) if match.group(2) is not None else None)
+    current, python, size = cls, float, 1
+    for depth, name in enumerate(names):
+        fields = current.get_fields_and_field_types() if current is not None else {}
+        if name not in fields:
+            choices = numeric_fields(cls)
+            shown = ", ".join(choices[:24]) + (", ..." if len(choices) > 24 else "")
+            raise ValueError(f"{type_name_of(cls)} has no field {path!r}; its numeric fields are: {shown}")
+        base, fixed, sequence = _field_type(fields[name])
+        last = depth == len(names) - 1
+        if base in _NUMERIC and last:
+            python = _NUMERIC[base]
+            size = 1 if index is not None else (fixed if fixed is not None else (None if sequence else 1))
+            if index is not None and fixed is None and not sequence:
+                raise ValueError(f"field {path!r}: {match.group(1)} is not an array")
+            if index is not None and fixed is not None and index >= fixed:
+                raise ValueError(f"field {path!r}: {match.group(1)} has {fixed} values")
+        elif "/" in base and not last and fixed is None and not sequence:
+            current = message_class(base)
+        else:
+            what = "a message" if "/" in base else f"of type {fields[name]}"
+            raise ValueError(f"field {path!r} of {type_name_of(cls)}: {'.'.join(names[:depth + 1])} is {what}, "
+                             f"not a number (numeric fields: {', '.join(numeric_fields(cls)[:24])})")
+    return NumericField(path.strip(), tuple(names), index, size, python)
+
+
+class FieldCodec:
+    """Message of ``cls`` <-> float32 vector of the named fields, concatenated in order."""
+
+    def __init__(self, cls: type, fields: Sequence[str]):
+        if not fields:
+            raise ValueError(f"no fields given for {type_name_of(cls)}")
+        self.cls = cls
+        self.fields = [resolve_field(cls, f) for f in fields]
+        self.stamped = "header" in cls.get_fields_and_field_types()
+
+    @property
+    def size(self) -> int | None:
+        """Values per message; None when a sequence field makes it depend on the message."""
+        sizes = [f.size for f in self.fields]
+        return None if any(s is None for s in sizes) else int(sum(sizes))
+
+    def to_array(self, msg: Any) -> np.ndarray:
+        if not isinstance(msg, self.cls):
+            raise ConversionError("type", f"expected {type_name_of(self.cls)}, got {type(msg).__name__}")
+        parts = [f.read(msg) for f in self.fields]
+        return _finite(np.concatenate(parts).astype(np.float32), type_name_of(self.cls))
+
+    def to_message(self, array: np.ndarray, stamp_ns: int, frame_id: str = "") -> Any:
+        values = np.asarray(array, dtype=np.float64).reshape(-1)
+        msg = self.cls()
+        if self.stamped:
+            msg.header = _header(stamp_ns, frame_id)
+        sequences = [f for f in self.fields if f.size is None]
+        rest = values.size - sum(f.size for f in self.fields if f.size is not None)
+        at = 0
+        for f in self.fields:
+            count = f.size if f.size is not None else rest // max(len(sequences), 1)
+            f.write(msg, values[at:at + count])
+            at += count
+        return msg

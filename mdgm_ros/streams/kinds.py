@@ -5,20 +5,20 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Float32MultiArray, Int16MultiArray
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float32MultiArray
 
 from ..core import ModalitySpec
 from . import bridge
 from .alignment import StreamConfig
-from .params import StreamParams
+from .params import StreamParams, reads_fields, ros_type_of
 
-INPUT_TYPES = {"image": Image, "compressed_image": CompressedImage, "joint_state": JointState,
-               "float32_multiarray": Float32MultiArray, "int16_multiarray": Int16MultiArray,
-               "tactile_image": Image}
 OUTPUT_TYPES = {"image": Image, "vector": JointState, "audio": Float32MultiArray, "tactile": Image}
-# audio is unstamped: its chunks are stamped on arrival (end of the chunk)
-STAMPED = {"image", "compressed_image", "joint_state", "tactile_image"}
+
+
+def input_type(params: StreamParams) -> type:
+    """The message class a stream subscribes to (ValueError when this install lacks it)."""
+    return bridge.message_class(ros_type_of(params.message_type))
 # plausible range: a vector or tactile value more than Z_LIMIT training standard deviations from the
 # training mean (normalization.json) is refused as out_of_range, so it never reaches the networks raw;
 # images are bounded by their encoding and audio by bridge.AUDIO_LIMIT
@@ -48,6 +48,9 @@ class Stream:
     spec: ModalitySpec
     convert: Callable[[Any], np.ndarray]
     range_check: RangeCheck | None = None
+    codec: bridge.FieldCodec | None = None          # a vector read from named fields of its message
+    input_type: type = type(None)                   # the message class it subscribes to
+    stamped: bool = True                            # by its header; else (audio, Wrench, arrays) on arrival
 
     def to_array(self, msg: Any) -> np.ndarray:
         """Message -> model input; ConversionError (with a reason key) when it cannot or must not be one."""
@@ -61,16 +64,9 @@ class Stream:
         return self.params.name
 
     @property
-    def input_type(self) -> type:
-        return INPUT_TYPES[self.params.message_type]
-
-    @property
     def output_type(self) -> type:
-        return OUTPUT_TYPES[self.spec.kind]
-
-    @property
-    def stamped(self) -> bool:
-        return self.params.message_type in STAMPED
+        """Imputations go out in the input's own type (a field-mapped vector, a depth image: as read)."""
+        return self.codec.cls if self.codec is not None else OUTPUT_TYPES[self.spec.kind]
 
     def alignment_config(self) -> StreamConfig:
         if self.spec.kind == "audio":
@@ -83,6 +79,10 @@ class Stream:
     def output_message(self, mean: np.ndarray, stamp_ns: int, frame_id: str):
         """An imputed (or reconstructed) sample in the modality's own message type."""
         kind = self.spec.kind
+        if self.codec is not None:
+            return self.codec.to_message(mean, stamp_ns, frame_id)
+        if self.params.message_type == "depth_image":
+            return bridge.array_to_depth_image(mean, self.params.max_range, stamp_ns, frame_id)
         if kind == "image":
             return bridge.array_to_image(np.clip(mean, 0.0, 1.0), stamp_ns, frame_id)
         if kind == "vector":
@@ -92,13 +92,42 @@ class Stream:
             return bridge.array_to_tactile_image(mean, stamp_ns, frame_id)
         return bridge.array_to_multiarray(mean, ["mel", "frame"])
 
+    def output_to_array(self, msg: Any) -> np.ndarray:
+        """A published imputation back to the model's array (what a recorder of the outputs needs)."""
+        if self.codec is not None:
+            return self.codec.to_array(msg)
+        if self.params.message_type == "depth_image":
+            return bridge.depth_to_array(msg, self.spec.shape, self.params.max_range)
+        kind = self.spec.kind
+        if kind == "image":
+            return bridge.image_to_array(msg, self.spec.shape)
+        if kind == "tactile":
+            return bridge.tactile_to_array(msg, self.spec.shape)
+        if kind == "vector":
+            return bridge.joint_state_to_array(msg, self.params.joint_names, self.params.joint_fields)
+        return np.asarray(msg.data, np.float32).reshape([d.size for d in msg.layout.dim])
+
 
 def make_stream(params: StreamParams, spec: ModalitySpec,
                 normalization: tuple[np.ndarray, np.ndarray] | None = None) -> Stream:
     """``normalization`` (mean, std of the raw values, from the bundle) enables the range check of
     vector and tactile streams."""
     kind = params.message_type
-    if kind == "image":
+    codec = None
+    cls = input_type(params)
+    if spec.kind == "vector" and reads_fields(kind):
+        codec = bridge.FieldCodec(cls, params.fields)
+        size = spec.shape[0]
+
+        def convert(msg):
+            array = codec.to_array(msg)
+            if array.size != size:
+                raise bridge.ConversionError("layout", f"{len(params.fields)} fields gave {array.size} values, "
+                                                       f"the model takes {size}")
+            return array
+    elif kind == "depth_image":
+        convert = lambda msg: bridge.depth_to_array(msg, spec.shape, params.max_range)  # noqa: E731
+    elif kind == "image":
         convert = lambda msg: bridge.image_to_array(msg, spec.shape)  # noqa: E731
     elif kind == "compressed_image":
         convert = lambda msg: bridge.compressed_image_to_array(msg, spec.shape)  # noqa: E731
@@ -111,4 +140,4 @@ def make_stream(params: StreamParams, spec: ModalitySpec,
     check = None
     if normalization is not None and spec.kind in ("vector", "tactile"):
         check = RangeCheck(*normalization)
-    return Stream(params, spec, convert, check)
+    return Stream(params, spec, convert, check, codec, cls, "header" in cls.get_fields_and_field_types())

@@ -21,7 +21,7 @@ from ..core import BetaSchedule, ModelConfig, TrainConfig
 from ..core.model.modalities import SpecError, checked_fields
 from ..core.model.vae import renamed_keys
 from ..data.labels import DEFAULT_LABEL_TOPIC
-from ..streams.params import FusionParams, ParameterError, fusion_params_from_file
+from ..streams.params import FusionParams, ParameterError, bundle_mismatches, fusion_params_from_file, stream_size
 
 
 class TrainError(RuntimeError):
@@ -169,6 +169,7 @@ class TrainSettings:
     calibration: CalibrationSection
     export: ExportSection
     source: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)   # model vs fusion params, reported with the bags'
 
     @property
     def train(self) -> TrainConfig:
@@ -196,18 +197,31 @@ class TrainSettings:
     def _build(cls, path: Path, doc: dict[str, Any]) -> "TrainSettings":
         top = _typed(TrainFile, doc, "train config")
         opt = _typed(TrainingSection, top.training, "training")
-        settings = cls(_model_config(top, path), _fusion_params(top, path), _typed(DataSection, top.data, "data"),
+        fusion = _fusion_params(top, path)
+        model, where = _model_config(top, path, fusion)
+        settings = cls(model, fusion, _typed(DataSection, top.data, "data"),
                        opt, _typed(BetaSection, opt.beta, "training.beta"),
                        _typed(CalibrationSection, top.calibration, "calibration"),
                        _typed(ExportSection, top.export, "export"), doc)
+        settings.problems = bundle_mismatches(
+            fusion, list(model.modalities),
+            lambda name, size: f"but {where} gives {name} shape {_shape_of(model, name)}: set its shape to "
+                               f"[{size}] there, or leave shape out (a vector's size follows the fusion params)")
         _check_values(settings)
         return settings
 
 
-def _model_config(top: TrainFile, path: Path) -> ModelConfig:
-    model = top.model
+def _shape_of(model: ModelConfig, name: str) -> list[int]:
+    return next(list(m.shape) for m in model.modalities if m.name == name)
+
+
+def _model_config(top: TrainFile, path: Path, fusion: FusionParams) -> tuple[ModelConfig, str]:
+    """The model config (and where it came from, for messages); a vector modality without a shape
+    takes the size its stream's parameters give (joints x fields, or the message fields' values)."""
+    model, where = top.model, "the inline model config"
     if isinstance(model, str):
         include = resolve_include(model, path, "model")
+        where = str(include)
         try:
             model = yaml.safe_load(include.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as err:
@@ -222,8 +236,17 @@ def _model_config(top: TrainFile, path: Path) -> ModelConfig:
         raise TrainError(f"modality_weights names unknown modalities {sorted(unknown)} (the model has {names})")
     model["modalities"] = [{**m, "weight": float(top.modality_weights.get(m["name"], m.get("weight", 1.0)))}
                            for m in model["modalities"]]
+    streams = {s.name: s for s in fusion.streams}
+    for m in model["modalities"]:
+        if isinstance(m, dict) and m.get("kind") == "vector" and m.get("shape") in (None, "auto") \
+                and m.get("name") in streams:
+            size = stream_size(streams[m["name"]])
+            if size is None:
+                raise TrainError(f"model: {m['name']} has no shape and its fields do not fix one (a sequence "
+                                 f"field): give shape: [N] in {where}")
+            m["shape"] = [size]
     try:
-        return ModelConfig.from_dict(model)
+        return ModelConfig.from_dict(model), where
     except (SpecError, ValueError, TypeError) as err:
         hint = (" (the config sets model_overrides.fusion for another family: --set model_overrides.fusion=null "
                 "takes this family's default)" if "needs fusion in" in str(err) else "")

@@ -30,6 +30,7 @@ from ..core.engine.windows import window_index
 from ..core.families.temporal import is_temporal, options_of
 from ..data import bags
 from ..data.dataset import AlignedDataset, check_bags, default_cache_dir, load_bags
+from ..streams.params import stream_settings
 from .bundle_files import TRAINING_MEANS, export_onnx
 from .config import TrainError, TrainSettings
 from .distributed import amp_dtype, launched_by_torchrun
@@ -70,7 +71,7 @@ class _Data:
 
 def check_inputs(bag_paths: list[str], settings: TrainSettings, log: Callable[[str], None]) -> None:
     """Every bag exists and has every configured topic with the expected type, before any work."""
-    absent = check_bags(bag_paths, settings.fusion, settings.data.absent_ok)
+    absent = check_bags(bag_paths, settings.fusion, settings.data.absent_ok, more=settings.problems)
     for bag, lacking in absent.items():
         if lacking:
             log(f"{bag}: no {', '.join(lacking)} (data.absent_ok): trained as missing in this bag")
@@ -246,6 +247,7 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
                           "train_samples": len(data.train), "val_samples": len(data.val),
                           "alignment": {"anchor": settings.fusion.anchor, "output_rate": settings.fusion.output_rate},
                           "label_topic": settings.data.label_topic, "absent_ok": list(settings.data.absent_ok)},
+             "streams": stream_settings(settings.fusion),
              "onnx": {"inputs": "encoders: normalised features (normalization.json; audio = log-mel); "
                                 "decoders: z", "opset": 17}}
     if windows is not None:
