@@ -215,7 +215,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation.evaluate import evaluate_bags, json_safe, summary_lines
 
     try:
-        report = evaluate_bags(args.model, args.bags, args.params, plots=args.plots or None, dropout_s=args.dropout,
+        report = evaluate_bags(args.model, args.bags, args.params or None, overrides=_stream_overrides(args.set),
+                               plots=args.plots or None, dropout_s=args.dropout,
                                device=args.device, label_topic=args.label_topic, max_corrupt=args.max_corrupt,
                                log=lambda m: print(m, file=sys.stderr, flush=True), compare=args.compare or None,
                                outages_s=_floats(args.outages))
@@ -227,6 +228,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print("\n".join(summary_lines(report)))
     return 0
+
+
+def _stream_overrides(items: list[str]) -> dict[str, Any]:
+    """``["camera.topic=/x"]`` -> {"camera.topic": "/x"}; values parsed as YAML."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected NAME=VALUE, e.g. camera.topic=/wrist/image")
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {item!r}: the value is not YAML ({err})") from None
+    return out
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
@@ -402,7 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="imputation vs baselines, anomaly AUROC/AP per fault, latent stats")
     ev.add_argument("--model", required=True)
     ev.add_argument("--bags", nargs="+", required=True)
-    ev.add_argument("--params", default=str(config_path("fusion.yaml")), help="the node's params file")
+    ev.add_argument("--params", default="", metavar="FILE",
+                    help="a params file overriding the stream settings the bundle was trained with (default: none)")
+    ev.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="override one stream parameter, e.g. --set camera.topic=/wrist/image (repeatable)")
     ev.add_argument("--plots", default="", help="folder for the PNGs")
     ev.add_argument("--dropout", type=float, default=1.0, help="seconds of each simulated outage")
     ev.add_argument("--compare", default="", metavar="BUNDLE",
