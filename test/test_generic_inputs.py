@@ -123,7 +123,8 @@ def test_a_bundles_stream_settings_rebuild_the_same_parameters(tmp_path):
     values = {"modalities": ["camera", "joints", "ft", "depth"], "anchor": "", "output_rate": 20.0,
               "camera.message_type": "compressed_image", "camera.topic": "/wrist/image/compressed",
               "joints.joint_names": ["a", "b"], "joints.joint_fields": ["position"],
-              "ft.message_type": "wrench_stamped", "ft.topic": "/ft", "ft.staleness": 0.03, "depth.message_type": "depth_image", "depth.max_range": 3.0}
+              "ft.message_type": "wrench_stamped", "ft.topic": "/ft", "ft.staleness": 0.03,
+              "depth.message_type": "depth_image", "depth.max_range": 3.0}
     params = _params(values)
     settings = stream_settings(params)
     (tmp_path / "manifest.json").write_text(json.dumps({"extra": {"streams": settings}}))
