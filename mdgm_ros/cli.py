@@ -103,13 +103,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .data.bags import BagError
-    from .sim.record import simulate_to_bag
 
+    options = dict(faults=args.faults, per_kind=args.per_kind, storage=args.storage, image_size=args.image_size,
+                   distro=args.distro, progress=lambda t: print(f"  simulated {t:.0f} / {args.duration:.0f} s",
+                                                                file=sys.stderr, flush=True))
     try:
-        result = simulate_to_bag(args.out, args.duration, args.seed, faults=args.faults, per_kind=args.per_kind,
-                                 storage=args.storage, image_size=args.image_size, distro=args.distro,
-                                 progress=lambda t: print(f"  simulated {t:.0f} / {args.duration:.0f} s",
-                                                          file=sys.stderr, flush=True))
+        if args.robot == "kuka":
+            from .sim.kuka import simulate_kuka_to_bag
+            result = simulate_kuka_to_bag(args.out, args.duration, args.seed, depth=args.depth, **options)
+        elif not args.depth:
+            raise ValueError("--no-depth is for --robot kuka (the Panda has no depth camera)")
+        else:
+            from .sim.record import simulate_to_bag
+            result = simulate_to_bag(args.out, args.duration, args.seed, **options)
     except (BagError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -246,6 +252,24 @@ def _stream_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    from .data.bags import BagError
+    from .robot_config import InitError, run_init
+
+    try:
+        result = run_init(args.bags, args.out, image_size=args.image_size, interactive=args.interactive,
+                          force=args.force, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (InitError, BagError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, EOFError):
+        print("init: stopped; nothing written", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
 def _cmd_label(args: argparse.Namespace) -> int:
     from .data.bags import BagError
     from .data.labels import LabelError, label_bag
@@ -374,7 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("--seed", type=int, default=0)
     example.set_defaults(func=_cmd_example)
 
-    sim = sub.add_parser("simulate", help="record a rosbag2 from the PyBullet Franka simulator")
+    sim = sub.add_parser("simulate", help="record a rosbag2 from a PyBullet robot (Franka Panda or KUKA iiwa)")
+    sim.add_argument("--robot", default="panda", choices=["panda", "kuka"],
+                     help="panda: camera, joints, audio, tactile; kuka: JPEG wrist camera, joints, wrist "
+                          "force-torque, IMU, depth (topics under /iiwa; labels also in OUT.labels.yaml)")
     sim.add_argument("--out", required=True, help="bag folder to create")
     sim.add_argument("--duration", type=float, default=60.0, help="seconds of robot time")
     sim.add_argument("--seed", type=int, default=0)
@@ -384,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--distro", default="kilted", choices=["jazzy", "kilted"],
                      help="message definitions and bag version written")
     sim.add_argument("--image-size", type=int, default=64)
+    sim.add_argument("--no-depth", dest="depth", action="store_false",
+                     help="with --robot kuka: leave out the depth camera")
     sim.set_defaults(func=_cmd_simulate)
 
     play = sub.add_parser("play", help="publish a bag with its original timing (like ros2 bag play)")
@@ -438,6 +467,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.set_defaults(func=_cmd_evaluate)
 
+    init = sub.add_parser("init", help="a robot's model.yaml, fusion.yaml and train.yaml from its bags",
+                          description="Read the bags' topics and types, propose one modality per sensor stream, "
+                                      "write model.yaml, fusion.yaml and train.yaml into --out, print every "
+                                      "choice with its reason and the next command.")
+    init.add_argument("--bags", nargs="+", required=True, help="rosbag2 folders (MCAP or sqlite3)")
+    init.add_argument("--out", required=True, help="folder for the three files")
+    init.add_argument("--image-size", type=int, default=64, help="model input size of cameras (pixels)")
+    init.add_argument("--interactive", action="store_true", help="ask before keeping each stream")
+    init.add_argument("--force", action="store_true", help="overwrite the files in --out")
+    init.add_argument("--json", action="store_true", help="print what was chosen as JSON on stdout")
+    init.set_defaults(func=_cmd_init)
+
     label = sub.add_parser("label", help="write fault labels of a bag into its sidecar file BAG.labels.yaml")
     label.add_argument("bag")
     label.add_argument("--add", action="append", default=[], metavar="START:END:KIND",
@@ -486,12 +527,18 @@ def _run_command(argv: list[str]) -> int:
         # the old spellings (objective -> family) still work for one release: say so on one line
         warnings.filterwarnings("always", message=".* is now called ", category=DeprecationWarning)
         warnings.showwarning = _show_deprecation
+        _shown.clear()
         args = build_parser().parse_args(argv)
         return int(args.func(args))
 
 
+_shown: set[str] = set()        # this command's warning lines: a damaged bag read by several steps is one line
+
+
 def _show_deprecation(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    if f"warning: {message}" not in _shown:
+        _shown.add(f"warning: {message}")
+        print(f"warning: {message}", file=sys.stderr)
 
 
 class _RenamedOption(argparse.Action):

@@ -80,8 +80,8 @@ def test_damaged_or_missing_bags_raise_bag_errors(tmp_path):
     path = tmp_path / "bag"
     _write_small(path, n=200)
     data_file = next(path.glob("*.mcap"))
-    data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 2])
-    with pytest.raises(bags.BagError):
+    data_file.write_bytes(b"not a bag at all")             # a cut or broken bag reads around it (test_damaged_bags)
+    with pytest.raises(bags.BagError, match="not an MCAP file"):
         list(bags.messages(path))
 
 

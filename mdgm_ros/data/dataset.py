@@ -203,20 +203,21 @@ class SampleCollector:
 def align_bag(path: str | Path, params: FusionParams, specs: list[ModalitySpec], bag_index: int = 0,
               settle_s: float = 0.5, sample_at: np.ndarray | None = None,
               label_topic: str = DEFAULT_LABEL_TOPIC, max_corrupt: float = bags.MAX_CORRUPT,
-              collector: SampleCollector | None = None) -> AlignedDataset:
+              collector: SampleCollector | None = None, damage: bags.DamageHook | None = None) -> AlignedDataset:
     """One bag -> aligned samples (no cache); ``sample_at``: exactly these stamps (ground truth for
     what a live node published at them). Labels come from ``label_topic`` and the bag's sidecar file.
-    ``collector``: a :class:`SampleCollector` of the same parameters that keeps the samples elsewhere (shards)."""
+    ``collector``: a :class:`SampleCollector` of the same parameters that keeps the samples elsewhere (shards).
+    A damaged bag gives the samples of what it still holds; ``damage`` as in :func:`.bags.raw_messages`."""
     collector = collector or SampleCollector(params, specs, sample_at, label_topic)
     wanted = list(collector.by_topic) + [label_topic, PHASE_TOPIC]
-    available = bags.topics(path)
+    available = bags.topics(path, damage=bags.ignore_damage)         # reported once, by the read below
     missing = [t for t in collector.by_topic if t not in available]
     if len(missing) == len(collector.by_topic):
         raise bags.BagError(f"bag {path} has none of the input topics {sorted(collector.by_topic)} "
                             f"(it has {sorted(available)})")
     corrupt: Counter = Counter()                   # skipped messages that do not deserialise, per topic
     for topic, log_ns, msg in bags.messages(path, [t for t in wanted if t in available], corrupt=corrupt,
-                                           max_corrupt=max_corrupt):
+                                           max_corrupt=max_corrupt, damage=damage):
         collector.feed(topic, log_ns, msg)
     collector.rejects.update({f"{topic}:corrupt": n for topic, n in corrupt.items()})
     return with_sidecar_labels(collector.finish(bag_index, settle_s), path, settle_s)
@@ -227,7 +228,8 @@ def with_sidecar_labels(data: AlignedDataset, bag: str | Path, settle_s: float) 
     sidecar = find_sidecar(bag)
     if sidecar is None:
         return data
-    labels = data.labels + read_sidecar(sidecar, bags.start_ns(bag))
+    labels = list({(label.kind, label.start_ns, label.end_ns): label     # a fault in the topic and the file: once
+                   for label in data.labels + read_sidecar(sidecar, bags.start_ns(bag))}.values())
     fault, near = mark_faults(data.stamps, labels, settle_s)
     return dataclasses.replace(data, fault=fault, near_fault=near, labels=labels)
 
@@ -372,8 +374,10 @@ def check_bags(paths: Iterable[str | Path], params: FusionParams, absent_ok: Ite
         absent[str(path)] = lacking
     for stream in params.streams:
         if absent and all(stream.name in lacking for lacking in absent.values()):
-            problems.append(f"{stream.name} ({absolute_topic(stream.topic)}) is absent from every bag: record it, "
-                            "or leave it out of the model (model modalities and fusion params)")
+            remedy = ("record it, or leave it out of the model (model modalities and fusion params)" if fixes.absent
+                      else f"the evaluation needs it in at least one: {fixes.set(stream.name + '.topic', 'TOPIC')} "
+                           "if it is recorded under another name")
+            problems.append(f"{stream.name} ({absolute_topic(stream.topic)}) is absent from every bag: {remedy}")
     if problems:
         raise BagProblems(problems)
     return absent

@@ -152,7 +152,7 @@ def label_bag(bag: str | Path, spans: list[str], replace: bool = False) -> tuple
     bag = Path(bag)
     if not bag.exists():
         raise bags.BagError(f"bag {bag} does not exist")
-    origin, duration = bags.start_ns(bag), bags.duration_s(bag)
+    origin, duration = bags.start_ns(bag, damage=bags.ignore_damage), bags.duration_s(bag)   # one warning
     existing = find_sidecar(bag)
     if existing is not None and existing.suffix == ".csv" and not replace:
         raise LabelError(f"{existing} is a CSV file: edit it, or pass --replace to write {sidecar_path(bag)}")

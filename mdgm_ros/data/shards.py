@@ -81,9 +81,10 @@ class _ShardingCollector(SampleCollector):
 
 def build_bag_shards(bag: str | Path, params: FusionParams, specs: Sequence[ModalitySpec], settle_s: float,
                      label_topic: str, max_corrupt: float, shard_size: int, root: Path,
-                     bag_hash: str = "") -> dict[str, Any]:
+                     bag_hash: str = "", damage: bags.DamageHook | None = None) -> dict[str, Any]:
     """Align one bag into ``root/<key>/`` (atomically); returns its manifest. Runs in a worker process;
-    ``bag_hash``: its content hash where the caller has it (a worker need not read the bag twice)."""
+    ``bag_hash``: its content hash where the caller has it (a worker need not read the bag twice);
+    ``damage``: where a damaged bag's :class:`~.bags.BagDamage` goes."""
     bag = Path(bag)
     bag_hash = bag_hash or bags.content_hash(bag)
     target = root / shard_key(bag_hash, params, specs, settle_s, label_topic, shard_size)
@@ -94,7 +95,7 @@ def build_bag_shards(bag: str | Path, params: FusionParams, specs: Sequence[Moda
         started = time.perf_counter()
         collector = _ShardingCollector(tmp, shard_size, params, list(specs), None, label_topic)
         data = align_bag(bag, params, list(specs), 0, settle_s, label_topic=label_topic, max_corrupt=max_corrupt,
-                         collector=collector)
+                         collector=collector, damage=damage)
         collector.flush()
         sidecar = _sidecar_labels(bag)
         own_labels = [label for label in data.labels if label not in sidecar]
@@ -192,10 +193,11 @@ class RowReader:
 
 
 def _build_job(args: tuple) -> tuple[str, dict[str, Any] | None, str]:
-    """Pool entry point: (bag, manifest or None, error text)."""
-    bag = args[0]
+    """Pool entry point: (bag, manifest or None, error text); the manifest carries the bag's damage, if any,
+    to be reported by the caller's process."""
+    bag, found = args[0], []
     try:
-        return bag, build_bag_shards(*args), ""
+        return bag, {**build_bag_shards(*args, damage=found.append), "damage": found}, ""
     except (bags.BagError, OSError, ValueError) as err:
         return bag, None, f"{type(err).__name__}: {err}" if not isinstance(err, bags.BagError) else str(err)
 
@@ -238,6 +240,9 @@ def _build(missing: dict[str, str], shared: tuple, workers: int, log: Callable[[
     errors = [f"{bag}: {error}" for bag, _, error in results if error]
     if errors:
         raise bags.BagError("; ".join(errors))
+    for _, manifest, _ in results:
+        for damage in manifest.pop("damage", ()):
+            bags.report_damage(damage)
     count = sum(manifest["count"] for _, manifest, _ in results)
     seconds = time.perf_counter() - started
     for bag, manifest, _ in results:
@@ -249,6 +254,9 @@ def _build(missing: dict[str, str], shared: tuple, workers: int, log: Callable[[
 
 
 def _quiet_worker() -> None:
+    import warnings
+
     import torch
 
     torch.set_num_threads(1)
+    warnings.simplefilter("ignore", bags.BagDamageWarning)     # the job returns its damage to the caller

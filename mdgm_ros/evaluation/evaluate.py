@@ -363,7 +363,7 @@ def evaluate_bags(model: str | Path, bag_paths: list[str], params_file: str | Pa
     report = evaluate_offline(em, data, Path(plots) if plots else None, dropout_s,
                               title=f"{em.bundle.model_id} on {', '.join(names)}", bag_names=names,
                               absence_after_s=params.absence_after)
-    report["warnings"] = warnings
+    report["warnings"] = warnings + [bags.damage_text(d) for d in map(bags.known_damage, bag_paths) if d]
     report["bags"] = [str(b) for b in bag_paths]
     if is_temporal(em.model):
         _add_temporal(report, em, load_eval_model(compare, device) if compare else None, data, params.output_rate,

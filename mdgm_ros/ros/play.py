@@ -5,7 +5,8 @@ What ``ros2 bag play`` does, for installs without rosbag2: the CDR bytes are pub
 ``/clock`` (rosgraph_msgs/Clock) with the bag time before each new instant, so nodes with
 ``use_sim_time`` see the recorded time. ``--loop`` starts over at the end (stamps jump back, which
 the fusion node handles by clearing its buffers). ``--drop TOPIC:START:END`` withholds a topic for a
-span of bag time (seconds from the start): a scripted sensor outage.
+span of bag time (seconds from the start): a scripted sensor outage. A damaged bag plays the
+messages it still holds, with one warning saying what is lost.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ class BagPlayer(GuardedNode, Node):
         self.drops_by_topic: dict[str, list[Drop]] = {}
         for drop in drops:
             self.drops_by_topic.setdefault(drop.topic, []).append(drop)
-        available = bags.topics(self.bag)
+        available = bags.topics(self.bag, damage=bags.ignore_damage)      # reported by each read of it
         self.topics = [t for t in available if topics is None or t in topics]
         missing = sorted(set(topics or []) - set(available))
         if missing:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -31,23 +31,25 @@ class FaultSpec:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_kinds(text: str) -> list[str]:
-    """'all' | 'none' | '' | comma list -> validated kinds."""
+def parse_kinds(text: str, known: Mapping[str, str] = FAULT_KINDS) -> list[str]:
+    """'all' | 'none' | '' | comma list -> validated kinds (of ``known``: the Panda's by default)."""
     text = text.strip()
     if text in ("", "none"):
         return []
-    kinds = list(FAULT_KINDS) if text == "all" else [k.strip() for k in text.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    kinds = list(known) if text == "all" else [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in known]
     if unknown:
-        raise ValueError(f"unknown fault kind(s) {unknown}; known: {sorted(FAULT_KINDS)}")
+        raise ValueError(f"unknown fault kind(s) {unknown}; known: {sorted(known)}")
     return kinds
 
 
 def schedule_faults(kinds: Sequence[str], duration_s: float, seed: int, per_kind: int = 0,
                     warmup_s: float = 4.0, min_gap_s: float = 2.5,
-                    length_s: tuple[float, float] = (1.0, 2.0)) -> list[FaultSpec]:
-    """Non-overlapping faults at random times, ``per_kind`` of each kind (0: one per started minute).
-    Deterministic for a seed; kinds that do not fit are left out (the labels say what happened)."""
+                    length_s: tuple[float, float] = (1.0, 2.0),
+                    streams: Sequence[str] = DROPOUT_STREAMS) -> list[FaultSpec]:
+    """Non-overlapping faults at random times, ``per_kind`` of each kind (0: one per started minute);
+    a stream dropout silences one of ``streams``. Deterministic for a seed; kinds that do not fit are
+    left out (the labels say what happened)."""
     rng = np.random.default_rng([seed, 7919])
     count = per_kind or max(1, int(np.ceil(duration_s / 60.0)))
     wanted = [k for k in kinds for _ in range(count)]
@@ -60,6 +62,6 @@ def schedule_faults(kinds: Sequence[str], duration_s: float, seed: int, per_kind
     for slot, kind in zip(chosen, wanted):
         span = float(rng.uniform(*length_s))
         start = warmup_s + slot * (length_s[1] + min_gap_s) + float(rng.uniform(0, length_s[1] - span + min_gap_s / 2))
-        detail = {"stream": str(rng.choice(DROPOUT_STREAMS))} if kind == "stream_dropout" else {}
+        detail = {"stream": str(rng.choice(streams))} if kind == "stream_dropout" else {}
         specs.append(FaultSpec(kind, round(start, 3), round(span, 3), detail))
     return specs

@@ -1,4 +1,5 @@
-"""Sensor models of the simulator: contact-impulse + motor-hum audio, fingertip taxel grids, camera faults."""
+"""Sensor models of the simulators: contact-impulse + motor-hum audio, fingertip taxel grids, camera faults,
+a link-mounted IMU and a depth buffer in millimetres."""
 from __future__ import annotations
 
 import numpy as np
@@ -70,3 +71,48 @@ def occlude(image: np.ndarray, rng_seed: int) -> np.ndarray:
 
 def blackout(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(rng.normal(3, 2, image.shape), 0, 255).astype(np.uint8)
+
+
+GRAVITY = np.array([0.0, 0.0, -9.81])
+
+
+def quaternion_matrix(xyzw: np.ndarray) -> np.ndarray:
+    """Rotation matrix (body -> world) of a unit quaternion in PyBullet's (x, y, z, w) order."""
+    x, y, z, w = np.asarray(xyzw, np.float64) / np.linalg.norm(xyzw)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+class LinkImu:
+    """A 6-axis IMU fixed to a link. ``sample`` takes the link's world velocities and orientation and
+    returns (orientation xyzw, angular velocity, linear acceleration), both in the link frame; the
+    acceleration is the specific force: the velocity's finite difference since the last sample minus
+    gravity (+9.81 m/s^2 up at rest), with white noise of ``accel_noise`` and ``gyro_noise``."""
+
+    def __init__(self, rng: np.random.Generator, accel_noise: float = 0.02, gyro_noise: float = 0.002):
+        self.rng = rng
+        self.accel_noise = accel_noise
+        self.gyro_noise = gyro_noise
+        self._velocity: np.ndarray | None = None
+
+    def sample(self, linear_velocity, angular_velocity, orientation, dt: float):
+        velocity = np.asarray(linear_velocity, np.float64)
+        accel = np.zeros(3) if self._velocity is None else (velocity - self._velocity) / dt
+        self._velocity = velocity
+        to_link = quaternion_matrix(orientation).T
+        specific = to_link @ (accel - GRAVITY) + self.rng.normal(0.0, self.accel_noise, 3)
+        gyro = to_link @ np.asarray(angular_velocity, np.float64) + self.rng.normal(0.0, self.gyro_noise, 3)
+        return np.asarray(orientation, np.float64), gyro, specific
+
+
+def depth_millimetres(zbuffer: np.ndarray, near: float, far: float, rng: np.random.Generator | None = None,
+                      noise_per_m2: float = 0.0015) -> np.ndarray:
+    """An OpenGL depth buffer in [0, 1] -> uint16 millimetres (0: no return at or past ``far``), with
+    noise growing with the square of the range as a structured-light camera's does."""
+    z = np.asarray(zbuffer, np.float64)
+    metres = far * near / (far - (far - near) * z)
+    if rng is not None:
+        metres = metres + rng.normal(0.0, 1.0, metres.shape) * noise_per_m2 * metres ** 2
+    mm = np.where(z < 1.0 - 1e-6, np.rint(metres * 1000.0), 0.0)
+    return np.clip(mm, 0, 65535).astype(np.uint16)
