@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mdgm-installed
 
-.PHONY: install interfaces test lint demo demo-quick example default-model bench clean
+.PHONY: install interfaces test lint demo demo-quick example default-model own-robot bench clean
 
 install: $(STAMP)
 
@@ -49,6 +49,18 @@ default-model: install
 	for seed in 0 3 4; do $(PY) -m mdgm_ros simulate --out $(DEFAULT_BAGS)/seed$$seed --duration 300 --seed $$seed || exit 1; done
 	$(PY) -m mdgm_ros train --bags $(DEFAULT_BAGS)/seed0 $(DEFAULT_BAGS)/seed3 $(DEFAULT_BAGS)/seed4 \
 	  --config config/train_temporal.yaml --out models/default
+
+# the README's "Your own robot" commands on the simulator's second robot (KUKA iiwa), from its bags alone:
+# init -> train -> evaluate, the figures in build/own_robot/evaluate.json (about 15 min on 2 cores)
+OWN := build/own_robot
+own-robot: install
+	rm -rf $(OWN) && mkdir -p $(OWN)
+	$(PY) -m mdgm_ros simulate --robot kuka --out $(OWN)/train --duration 120 --seed 1 > /dev/null
+	$(PY) -m mdgm_ros simulate --robot kuka --out $(OWN)/test --duration 60 --seed 2 --faults all --per-kind 1 > /dev/null
+	$(PY) -m mdgm_ros init --bags $(OWN)/train --out $(OWN)/cfg
+	$(PY) -m mdgm_ros train --config $(OWN)/cfg/train.yaml --bags $(OWN)/train --out $(OWN)/model > $(OWN)/train.json
+	$(PY) -m mdgm_ros evaluate --model $(OWN)/model --bags $(OWN)/test --json > $(OWN)/evaluate.json
+	$(PY) -m mdgm_ros evaluate --model $(OWN)/model --bags $(OWN)/test
 
 bench: install
 	$(PY) -m mdgm_ros bench all --json
