@@ -228,7 +228,7 @@ def write_configs(proposals: list[Proposal], output_rate: float, out: str | Path
     model = {"latent_dim": 16, "family": "mopoe", "fusion": "mopoe", "proper_subsets_include_prior": None,
              "family_options": {}, "modalities": [_model_entry(p) for p in proposals]}
     fusion = {"mdgm_fusion": {"ros__parameters": {
-        "bundle": "", "anchor": "", "output_rate": output_rate, "modalities": [p.name for p in proposals],
+        "anchor": "", "output_rate": output_rate, "modalities": [p.name for p in proposals],
         **{p.name: _stream_params(p, output_rate) for p in proposals}}}}
     absent = sorted({p.name for p in proposals if p.absent_from})
     train = {"model": "model.yaml", "modality_weights": {k: v for k, v in weights.items() if v != 1.0},

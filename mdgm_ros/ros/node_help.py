@@ -57,18 +57,10 @@ NODES: dict[str, dict[str, Any]] = {
 
 # ------------------------------------------------------------------------------------ the command line
 def wants_help(argv: list[str] | None = None) -> bool:
-    """True when ``-h`` or ``--help`` is one of the node's own arguments: before ``--ros-args`` (or after
-    the ``--`` that ends the ROS arguments). ``--ros-args --help`` is left to rclpy. ``argv``: the list a
+    """True when ``-h`` or ``--help`` is one of the node's arguments, before or after ``--ros-args`` (the
+    ROS arguments have no help flag of their own: rcl would refuse it as unknown). ``argv``: the list a
     node's ``main`` got (with or without the program name), or ``sys.argv[1:]`` when None."""
-    in_ros = False
-    for arg in sys.argv[1:] if argv is None else argv:
-        if arg == "--ros-args":
-            in_ros = True
-        elif in_ros:
-            in_ros = arg != "--"
-        elif arg in HELP_FLAGS:
-            return True
-    return False
+    return any(arg in HELP_FLAGS for arg in (sys.argv[1:] if argv is None else argv))
 
 
 def program_name(main: Callable[..., Any]) -> str:
