@@ -382,12 +382,15 @@ def _add_bench_parsers(sub: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .core.families import FAMILIES
     from .core.families import table as families_table
+    from .ros.watch import add_echo_parser, add_watch_parser
 
     parser = argparse.ArgumentParser(prog="mdgm-ros", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     _add_bench_parsers(sub)
     families_table.add_cli(sub)
+    add_echo_parser(sub)
+    add_watch_parser(sub)
 
     example = sub.add_parser("example", help="the model core end to end on synthetic data")
     example.add_argument("--out", default="demo_out")

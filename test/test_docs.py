@@ -45,6 +45,8 @@ RUN = {
     "mdgm-ros cache prune --older-than 30",
     "mdgm-ros bench zoo --quick --families mopoe",
     "mdgm-ros bench weak missing --quick --families mvae",
+    "mdgm-ros echo --help",
+    "mdgm-ros watch --help",
 }
 
 # Expensive: each documented command -> the tests that run it (or the same path with small sizes).
@@ -161,6 +163,20 @@ COVERED: dict[str, tuple[str, list[str], str]] = {
     "ros2 launch mdgm_ros fusion.launch.py model:=/path/to/models/cell3 params_file:=/path/to/bags/fusion.yaml": (
         "test/test_launch.py", ["test_launch_files_take_the_usual_arguments",
                                 "test_the_arguments_reach_the_fusion_node"], ""),
+    # watching the node
+    "mdgm-ros echo": ("test/test_watch.py", ["test_echo_lists_the_topics_with_types_and_publishers"], ""),
+    "mdgm-ros echo /mdgm_fusion/latent --once": (
+        "test/test_watch.py", ["test_echo_once_prints_one_latent_as_yaml"], ""),
+    "mdgm-ros echo /mdgm_fusion/latent --json -n 3": (
+        "test/test_watch.py", ["test_echo_json_count_field_and_an_absent_topic"], ""),
+    "mdgm-ros echo /mdgm_fusion/anomaly --field score --once": (
+        "test/test_watch.py", ["test_echo_json_count_field_and_an_absent_topic"], ""),
+    "mdgm-ros watch": ("test/test_watch.py", ["test_watch_draws_the_live_view_in_a_terminal_and_ctrl_c_exits_130"],
+                       "in a pseudo-terminal, stopped with SIGINT"),
+    "mdgm-ros watch --once": ("test/test_watch.py", ["test_watch_once_prints_a_plain_summary"], ""),
+    "fusion_node --ros-args --params-file config/fusion.yaml -p standard_mirrors:=true": (
+        "test/test_fusion_node.py", ["test_latent_is_stamped_with_the_camera_stamp_and_laid_out_as_documented"],
+        "the node with config/fusion.yaml, standard_mirrors:=true and a bundle; the mirror's layout checked"),
     # benchmarks
     "mdgm-ros bench zoo --families mopoe,mvae --epochs 72 --out zoo_out": (
         "test/test_zoo.py", ["test_tiny_zoo_reports_every_metric_and_writes_its_files"], "tiny sizes"),
