@@ -267,12 +267,13 @@ def evaluate_live(em: EvalModel, truth: AlignedDataset, recording, outages: dict
             [((s - t0) / NS, (e - t0) / NS) for s, e in all_spans],
             per_modality={n: a_values[:, 1 + j] for j, n in enumerate(em.model.names)}, title=title,
             modality_thresholds=calibration.threshold if calibration else None)}
-        if "camera" in pairs:
-            cam_rows, cam_pred = pairs["camera"]
+        camera = next((m.name for m in em.model.config.modalities if m.kind == "image" and m.name in pairs), None)
+        if camera is not None:
+            cam_rows, cam_pred = pairs[camera]
             pick = plots.pick_frames(8, np.arange(len(cam_rows)))
             files["camera_imputation"] = plots.camera_grid(
-                out_dir / "camera_imputation.png", truth.float_raw()["camera"][cam_rows[pick]], cam_pred[pick],
-                "camera published by the live node during camera outages (imputed from the other streams)")
+                out_dir / "camera_imputation.png", truth.float_raw()[camera][cam_rows[pick]], cam_pred[pick],
+                f"{camera} published by the live node during its outages (imputed from the other streams)")
         files["latent_2d"] = plots.latent_2d(out_dir / "latent_2d.png", lat_mean, truth.phase,
                                              (truth.fault == "") & ~truth.near_fault, truth.fault,
                                              title=f"published latents, PCA of normal samples: {title}")

@@ -85,13 +85,14 @@ def _flag_band(ax, t: np.ndarray, flagged: np.ndarray) -> None:
 
 
 def camera_grid(path: Path, real: np.ndarray, imputed: np.ndarray, title: str) -> Path:
-    """Rows: real frames, frames imputed from the other modalities. Arrays (K, 3, H, W) in [0, 1]."""
+    """Rows: real frames, frames imputed from the other modalities. Arrays (K, C, H, W) in [0, 1] (C = 3 or 1)."""
     plt = _pyplot()
     k = len(real)
     fig, axes = plt.subplots(2, k, figsize=(1.4 * k, 3.2), squeeze=False)
     for i in range(k):
         for row, frames in enumerate((real, imputed)):
-            axes[row, i].imshow(np.clip(np.transpose(frames[i], (1, 2, 0)), 0, 1))
+            frame = np.clip(np.transpose(frames[i], (1, 2, 0)), 0, 1)
+            axes[row, i].imshow(frame[:, :, 0] if frame.shape[2] == 1 else frame, cmap="gray", vmin=0, vmax=1)
             axes[row, i].axis("off")
     axes[0, 0].set_title("real", fontsize=8, loc="left")
     axes[1, 0].set_title("imputed", fontsize=8, loc="left")
@@ -166,17 +167,19 @@ def write_all(out_dir: Path, em, data, total: np.ndarray, scores: np.ndarray, th
         per_modality={n: scores[first_bag, j] for j, n in enumerate(names)},
         title=f"{em.bundle.model_id} on {bag_names[0]}" if bag_names else title,
         modality_thresholds=calibration.threshold if calibration else None)}
-    if "camera" in names and model.family.properties.missing_modalities:
-        j = names.index("camera")
+    cameras = [m.name for m in model.config.modalities if m.kind == "image"]
+    if cameras and model.family.properties.missing_modalities:       # the first camera, whatever its name
+        camera = cameras[0]
+        j = names.index(camera)
         rows = pick_frames(8, np.flatnonzero(data.mask.all(1) & (data.fault == "")))
         raw = data.float_raw()
         feats = {n: em.features(n, raw[n][rows]) for n in names}
         mask = torch.ones(len(rows), len(names), dtype=torch.bool, device=model.device)
         mask[:, j] = False
         with torch.no_grad():
-            pred = model.denormalize("camera", impute(model, feats, mask, ["camera"])["camera"].mean)
-        files["camera_imputation"] = camera_grid(out_dir / "camera_imputation.png", raw["camera"][rows],
-                                                 pred.cpu().numpy(), "camera imputed from the other streams")
+            pred = model.denormalize(camera, impute(model, feats, mask, [camera])[camera].mean)
+        files["camera_imputation"] = camera_grid(out_dir / "camera_imputation.png", raw[camera][rows],
+                                                 pred.cpu().numpy(), f"{camera} imputed from the other streams")
     files["latent_2d"] = latent_2d(out_dir / "latent_2d.png", means, data.phase, (data.fault == "") & ~data.near_fault,
                                    data.fault, title=f"posterior means, PCA of normal samples: {title}")
     return {k: str(v) for k, v in files.items()}
