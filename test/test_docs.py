@@ -92,21 +92,6 @@ COVERED: dict[str, tuple[str, list[str], str]] = {
     # training
     "mdgm-ros train --bags bags/train --out models/mine": (
         "test/test_training_ux.py", ["test_cli_trains_with_the_progress_bar_on_in_a_terminal"], "2 epochs"),
-    "mdgm-ros train --bags bags/monday bags/tuesday --out models/cell3": (
-        "test/test_training_ux.py", ["test_each_user_mistake_is_one_clear_line_before_any_epoch"],
-        "the RealSense-topic case: the error line and its suggestion"),
-    "mdgm-ros train --bags bags/monday bags/tuesday --out models/cell3 --set "
-    "fusion_overrides.camera.topic=/camera/color/image_raw --set data.absent_ok=[audio]": (
-        "test/test_training_ux.py", ["test_a_bag_may_lack_a_modality_on_purpose_when_others_have_it",
-                                     "test_each_user_mistake_is_one_clear_line_before_any_epoch"],
-        "data.absent_ok trained; the topic override is the suggestion the error line is checked for"),
-    "cp config/train.yaml config/fusion.yaml bags/": (
-        "test/test_training_ux.py",
-        ["test_a_copied_train_config_finds_the_shipped_includes_and_unknown_keys_are_refused"], ""),
-    "mdgm-ros train --bags bags/monday bags/tuesday --config bags/train.yaml --out models/cell3": (
-        "test/test_training_ux.py",
-        ["test_a_copied_train_config_finds_the_shipped_includes_and_unknown_keys_are_refused"],
-        "a copied train config, read as train reads it"),
     "mdgm-ros train --bags bags/monday bags/tuesday --config bags/train.yaml --out models/cell3 --resume": (
         "test/test_training_reliability.py", ["test_sigterm_stops_train_like_ctrl_c_and_resume_finishes"], ""),
     "mdgm-ros train --bags bags/monday bags/tuesday --config config/train_temporal.yaml --out "
@@ -133,8 +118,6 @@ COVERED: dict[str, tuple[str, list[str], str]] = {
         "test/test_training_ux.py", ["test_label_command_and_evaluate_on_a_real_format_bag"], ""),
     "mdgm-ros evaluate --model models/mine --bags bags/test --plots out/ --json": (
         "test/test_training_ux.py", ["test_label_command_and_evaluate_on_a_real_format_bag"], ""),
-    "mdgm-ros evaluate --model models/cell3 --bags bags/tuesday --plots out/": (
-        "test/test_training_ux.py", ["test_label_command_and_evaluate_on_a_real_format_bag"], ""),
     "mdgm-ros evaluate --model models/temporal --compare models/per_frame --bags bags/test --plots out/": (
         "test/test_temporal_train_cli.py",
         ["test_evaluate_compares_the_temporal_and_the_per_frame_model_on_one_bag"],
@@ -144,9 +127,37 @@ COVERED: dict[str, tuple[str, list[str], str]] = {
     "mdgm-ros info models/mine": (
         "test/test_cli.py", ["test_example_runs_end_to_end_and_bundle_info_reads_it"], ""),
     # the nodes
-    "fusion_node --ros-args --params-file config/fusion.yaml -p bundle:=models/mine -p use_sim_time:=true": (
-        "test/test_demo.py", ["test_quick_demo_runs_the_whole_loop_over_real_topics_in_a_terminal"],
-        "the demo starts the node on its bundle with use_sim_time and replays the bag with --clock"),
+    "fusion_node --ros-args -p bundle:=models/mine -p use_sim_time:=true": (
+        "test/test_any_robot.py", ["test_the_node_runs_the_bundle_alone_and_publishes_wrench_and_imu_imputations"],
+        "the node on a trained bundle alone, use_sim_time, the bag replayed with --clock"),
+    # your own robot: the KUKA from its bags alone
+    "mdgm-ros simulate --robot kuka --out bags/train --duration 120 --seed 1": (
+        "test/test_any_robot.py", ["test_init_proposes_every_sensor_stream_and_says_why"],
+        "the same command with a shorter duration and smaller images"),
+    "mdgm-ros simulate --robot kuka --out bags/test --duration 60 --seed 2 --faults all --per-kind 1": (
+        "test/test_sim_kuka.py", ["test_a_collision_shows_in_the_force_torque_imu_and_joints"], "shorter"),
+    "mdgm-ros init --bags bags/train --out cfg": (
+        "test/test_any_robot.py", ["test_init_proposes_every_sensor_stream_and_says_why"], ""),
+    "mdgm-ros train --config cfg/train.yaml --bags bags/train --out models/iiwa": (
+        "test/test_any_robot.py", ["test_the_bundle_records_its_stream_settings"], "with --epochs 1"),
+    "mdgm-ros train --config cfg/train.yaml --bags bags/other_day --out models/iiwa": (
+        "test/test_any_robot.py", ["test_every_mistake_is_reported_in_one_run_with_its_fix"], ""),
+    "mdgm-ros label bags/test --add 31.2:33.0:collision": (
+        "test/test_training_ux.py", ["test_label_command_and_evaluate_on_a_real_format_bag"], ""),
+    "mdgm-ros evaluate --model models/iiwa --bags bags/test": (
+        "test/test_any_robot.py", ["test_evaluate_needs_no_params_and_prints_the_users_figures_only"], ""),
+    "mdgm-ros evaluate --model models/iiwa --bags bags/tuesday --plots out/": (
+        "test/test_any_robot.py", ["test_evaluate_needs_no_params_and_prints_the_users_figures_only"],
+        "plots: test/test_evaluate.py"),
+    "fusion_node --ros-args -p bundle:=models/iiwa -p use_sim_time:=true": (
+        "test/test_any_robot.py", ["test_the_node_runs_the_bundle_alone_and_publishes_wrench_and_imu_imputations"],
+        ""),
+    "fusion_node --ros-args -p bundle:=/path/to/models/iiwa": (
+        "test/test_any_robot.py", ["test_the_node_runs_the_bundle_alone_and_publishes_wrench_and_imu_imputations"],
+        ""),
+    "mdgm-ros play bags/test --clock --drop /iiwa/wrist_ft:20:23": (
+        "test/test_any_robot.py", ["test_the_node_runs_the_bundle_alone_and_publishes_wrench_and_imu_imputations"],
+        "the test drops /iiwa/wrist_ft and /iiwa/imu from 6 s to 10 s"),
     "fusion_node --ros-args --params-file config/fusion.yaml -p bundle:=models/default": (
         "test/test_fusion_node.py", ["test_latent_is_stamped_with_the_camera_stamp_and_laid_out_as_documented"],
         "the node with config/fusion.yaml and a bundle parameter"),
@@ -160,7 +171,7 @@ COVERED: dict[str, tuple[str, list[str], str]] = {
     "ros2 launch mdgm_ros fusion.launch.py model:=/path/to/bundle namespace:=left use_sim_time:=true": (
         "test/test_launch.py", ["test_launch_files_take_the_usual_arguments",
                                 "test_the_arguments_reach_the_fusion_node"], ""),
-    "ros2 launch mdgm_ros fusion.launch.py model:=/path/to/models/cell3 params_file:=/path/to/bags/fusion.yaml": (
+    "ros2 launch mdgm_ros fusion.launch.py model:=/path/to/models/iiwa params_file:=/path/to/cfg/fusion.yaml": (
         "test/test_launch.py", ["test_launch_files_take_the_usual_arguments",
                                 "test_the_arguments_reach_the_fusion_node"], ""),
     # watching the node
