@@ -51,12 +51,16 @@ default-model: install
 	  --config config/train_temporal.yaml --out models/default
 
 # the README's "Your own robot" commands on the simulator's second robot (KUKA iiwa), from its bags alone:
-# init -> train -> evaluate, the figures in build/own_robot/evaluate.json (about 15 min on 2 cores)
+# init -> train -> evaluate, the figures in build/own_robot/evaluate.json (a few minutes on 2 cores);
+# other seeds, a longer training bag: make own-robot TRAIN_SEED=3 TEST_SEED=4 TRAIN_S=300
 OWN := build/own_robot
+TRAIN_SEED ?= 1
+TEST_SEED ?= 2
+TRAIN_S ?= 120
 own-robot: install
 	rm -rf $(OWN) && mkdir -p $(OWN)
-	$(PY) -m mdgm_ros simulate --robot kuka --out $(OWN)/train --duration 120 --seed 1 > /dev/null
-	$(PY) -m mdgm_ros simulate --robot kuka --out $(OWN)/test --duration 60 --seed 2 --faults all --per-kind 1 > /dev/null
+	$(PY) -m mdgm_ros simulate --robot kuka --out $(OWN)/train --duration $(TRAIN_S) --seed $(TRAIN_SEED) > /dev/null
+	$(PY) -m mdgm_ros simulate --robot kuka --out $(OWN)/test --duration 60 --seed $(TEST_SEED) --faults all --per-kind 1 > /dev/null
 	$(PY) -m mdgm_ros init --bags $(OWN)/train --out $(OWN)/cfg
 	$(PY) -m mdgm_ros train --config $(OWN)/cfg/train.yaml --bags $(OWN)/train --out $(OWN)/model > $(OWN)/train.json
 	$(PY) -m mdgm_ros evaluate --model $(OWN)/model --bags $(OWN)/test --json > $(OWN)/evaluate.json

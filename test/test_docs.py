@@ -136,6 +136,16 @@ COVERED: dict[str, tuple[str, list[str], str]] = {
         "the same command with a shorter duration and smaller images"),
     "mdgm-ros simulate --robot kuka --out bags/test --duration 60 --seed 2 --faults all --per-kind 1": (
         "test/test_sim_kuka.py", ["test_a_collision_shows_in_the_force_torque_imu_and_joints"], "shorter"),
+    "make own-robot": ("test/test_any_robot.py", ["test_evaluate_needs_no_params_and_prints_the_users_figures_only"],
+                       "the same simulate -> init -> train -> evaluate path with short bags and 1 epoch"),
+    "make own-robot TRAIN_SEED=3 TEST_SEED=4": ("test/test_any_robot.py",
+                                                ["test_evaluate_needs_no_params_and_prints_the_users_figures_only"],
+                                                ""),
+    "make own-robot TRAIN_SEED=5 TEST_SEED=6": ("test/test_any_robot.py",
+                                                ["test_evaluate_needs_no_params_and_prints_the_users_figures_only"],
+                                                ""),
+    "make own-robot TRAIN_SEED=1 TEST_SEED=2 TRAIN_S=300": (
+        "test/test_any_robot.py", ["test_evaluate_needs_no_params_and_prints_the_users_figures_only"], ""),
     "mdgm-ros init --bags bags/train --out cfg": (
         "test/test_any_robot.py", ["test_init_proposes_every_sensor_stream_and_says_why"], ""),
     "mdgm-ros train --config cfg/train.yaml --bags bags/train --out models/iiwa": (
