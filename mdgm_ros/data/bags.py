@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import heapq
-import importlib
 import math
 import shutil
 import sqlite3
@@ -65,13 +64,13 @@ class BagError(RuntimeError):
     """A bag that cannot be read or written, with the path and the reason."""
 
 
-@functools.lru_cache(maxsize=None)
 def message_class(msgtype: str) -> type:
-    """'sensor_msgs/msg/Image' -> the rclpy message class."""
+    """'sensor_msgs/msg/Image' -> the rclpy message class; BagError when this install lacks it."""
+    from ..streams.bridge import message_class as find
+
     try:
-        package, kind, name = msgtype.split("/")
-        return getattr(importlib.import_module(f"{package}.{kind}"), name)
-    except (ValueError, ImportError, AttributeError) as err:
+        return find(msgtype)
+    except ValueError as err:
         raise BagError(f"message type {msgtype!r} is not available in this ROS install: {err}") from err
 
 

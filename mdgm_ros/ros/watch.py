@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import array
-import importlib
 import json
 import math
 import os
@@ -98,14 +97,10 @@ def _finite(data: Any) -> Any:
 
 
 def message_class(type_name: str) -> type:
-    """``pkg/msg/Name`` (or ``pkg/Name``) -> the Python message class."""
-    parts = type_name.split("/")
-    if len(parts) == 2:
-        parts = [parts[0], "msg", parts[1]]
-    if len(parts) != 3:
-        raise ValueError(f"not a message type: {type_name!r}")
-    module = importlib.import_module(f"{parts[0]}.{parts[1]}")
-    return getattr(module, parts[2])
+    """``pkg/msg/Name`` -> its class (imported here, not at start: ``--help`` must not load ROS)."""
+    from ..streams.bridge import message_class as find
+
+    return find(type_name)
 
 
 def check_field(cls: type, path: str) -> list[str]:

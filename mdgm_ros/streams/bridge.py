@@ -30,6 +30,7 @@ set); imputed audio is the model's log-mel spectrogram
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -345,6 +346,7 @@ _NUMERIC = {"double": float, "float": float, "int8": int, "uint8": int, "int16":
             "int32": int, "uint32": int, "int64": int, "uint64": int}
 
 
+@functools.lru_cache(maxsize=None)
 def message_class(type_name: str) -> type:
     """'geometry_msgs/msg/WrenchStamped' (or 'geometry_msgs/WrenchStamped') -> the rclpy message class;
     ValueError naming the type when this ROS install does not have it."""
