@@ -238,18 +238,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _stream_overrides(items: list[str]) -> dict[str, Any]:
     """``["camera.topic=/x"]`` -> {"camera.topic": "/x"}; values parsed as YAML."""
-    import yaml
+    from .training.config import parse_set
 
-    out = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set {item!r}: expected NAME=VALUE, e.g. camera.topic=/wrist/image")
-        try:
-            out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError as err:
-            raise ValueError(f"--set {item!r}: the value is not YAML ({err})") from None
-    return out
+    return parse_set(items, "NAME=VALUE, e.g. camera.topic=/wrist/image", ValueError)
 
 
 def _cmd_init(args: argparse.Namespace) -> int:

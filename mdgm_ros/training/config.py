@@ -145,17 +145,19 @@ def apply_overrides(doc: dict[str, Any], overrides: dict[str, Any]) -> None:
         node[parts[-1]] = value
 
 
-def parse_set(items: list[str]) -> dict[str, Any]:
-    """``["training.lr=1e-3", "data.absent_ok=[audio]"]`` -> overrides; values parsed as YAML."""
+def parse_set(items: list[str], expected: str = "section.key=value",
+              error: type[Exception] = TrainError) -> dict[str, Any]:
+    """``["training.lr=1e-3", "data.absent_ok=[audio]"]`` -> overrides; values parsed as YAML. ``expected``
+    names the form in the message, ``error`` is what a malformed item raises."""
     out = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise TrainError(f"--set {item!r}: expected section.key=value")
+            raise error(f"--set {item!r}: expected {expected}")
         try:
             out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError as err:
-            raise TrainError(f"--set {item!r}: the value is not YAML ({err})") from None
+            raise error(f"--set {item!r}: the value is not YAML ({err})") from None
     return out
 
 
