@@ -3,23 +3,16 @@ process, the synthetic streams in another, each command in a child process of it
 private ROS domain (the live view in a pseudo-terminal)."""
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import pty
 import re
-import select
-import signal
-import struct
 import subprocess
 import sys
-import termios
 import time
-from typing import Callable
 
 import pytest
 import yaml
 from ros_env import ROOT, FusionRun, spin_until
+from terminal import run_in_terminal
 
 MODALITIES = ("camera", "joints", "audio", "tactile")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -147,39 +140,6 @@ def test_watch_once_prints_a_plain_summary(fusion):
     assert re.search(r"^ +OK +model: publishing$", text, re.MULTILINE), text
 
 
-def _interrupted_in_terminal(args: list[str], env: dict[str, str], ready: Callable[[str], bool],
-                             timeout: float) -> tuple[int, str]:
-    """Run ``python args`` on a pseudo-terminal (120 x 40); SIGINT once ``ready(screen so far)``; (exit
-    status, what the terminal showed)."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdin=slave, stdout=slave, stderr=slave,
-                            close_fds=True)
-    os.close(slave)
-    chunks, interrupted, deadline = [], False, time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if select.select([master], [], [], 0.2)[0]:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:              # EIO: the terminal closed with the process
-                    data = b""
-                if not data and proc.poll() is not None:
-                    break
-                chunks.append(data)
-            elif proc.poll() is not None:
-                break
-            if not interrupted and ready(b"".join(chunks).decode("utf-8", "replace")):
-                proc.send_signal(signal.SIGINT)
-                interrupted = True
-        else:
-            proc.kill()
-            raise TimeoutError(f"{args} ran past {timeout} s")
-    finally:
-        os.close(master)
-    return proc.wait(timeout=30), b"".join(chunks).decode("utf-8", "replace")
-
-
 def test_watch_draws_the_live_view_in_a_terminal_and_ctrl_c_exits_130(fusion):
     env = {k: v for k, v in fusion.env.items() if k != "NO_COLOR"}
     env["TERM"] = "xterm-256color"
@@ -189,7 +149,7 @@ def test_watch_draws_the_live_view_in_a_terminal_and_ctrl_c_exits_130(fusion):
         words = ("latent (step", "publishing", "prediction: horizon", " Hz", *MODALITIES)
         return all(word in plain for word in words) and re.search(r"│ *(ok|ANOMALY) *│", plain) is not None
 
-    code, screen = _interrupted_in_terminal(["-m", "mdgm_ros", "watch"], env, ready, timeout=60)
+    code, screen = run_in_terminal(["-m", "mdgm_ros", "watch"], cwd=ROOT, env=env, timeout=60, interrupt_when=ready)
     plain = ANSI.sub("", screen)
     assert code == 130, plain[-3000:]
     assert "\x1b[" in screen                                      # colours and cursor movement
