@@ -29,7 +29,7 @@ from .sensors import LinkImu, blackout, depth_millimetres, occlude, quaternion_m
 
 with quiet_c_output():           # pybullet prints its build-time banner from C on import
     import pybullet as pb
-    import pybullet_data
+from .world import table_world
 
 NS = 1_000_000_000
 
@@ -162,14 +162,8 @@ class KukaTableSim:
     # ------------------------------------------------------------------ world
     def _build_world(self) -> None:
         c = self.client
-        pb.setAdditionalSearchPath(pybullet_data.getDataPath(), physicsClientId=c)
-        pb.setGravity(0, 0, -9.81, physicsClientId=c)
-        pb.setTimeStep(self.dt, physicsClientId=c)
         # no substeps: with them PyBullet's joint reaction forces (the F/T reading) are off in motion
-        pb.setPhysicsEngineParameter(numSubSteps=0, physicsClientId=c)
-        pb.loadURDF("plane.urdf", [0, 0, -0.625], physicsClientId=c)
-        self.table = pb.loadURDF("table/table.urdf", [0.5, 0, -0.625], useFixedBase=True, physicsClientId=c)
-        self.robot = pb.loadURDF("kuka_iiwa/model.urdf", [0, 0, 0], useFixedBase=True, physicsClientId=c)
+        self.table, self.robot = table_world(c, self.dt, 0, "kuka_iiwa/model.urdf")
         for j, q in enumerate(_REST):
             pb.resetJointState(self.robot, j, q, physicsClientId=c)
         for _ in range(3):               # start where the controller's IK puts the tool: no jump at t = 0

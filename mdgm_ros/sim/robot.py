@@ -19,8 +19,8 @@ from .quiet import quiet_c_output
 
 with quiet_c_output():           # pybullet prints its build-time banner from C on import
     import pybullet as pb
-    import pybullet_data
 from .sensors import AudioSynth, blackout, occlude, taxel_grid
+from .world import table_world
 
 NS = 1_000_000_000
 JOINT_NAMES = [f"panda_joint{i}" for i in range(1, 8)] + ["panda_finger_joint1", "panda_finger_joint2"]
@@ -113,13 +113,7 @@ class PandaTableSim:
     # ------------------------------------------------------------------ world
     def _build_world(self) -> None:
         c = self.client
-        pb.setAdditionalSearchPath(pybullet_data.getDataPath(), physicsClientId=c)
-        pb.setGravity(0, 0, -9.81, physicsClientId=c)
-        pb.setTimeStep(self.dt, physicsClientId=c)
-        pb.setPhysicsEngineParameter(numSubSteps=2, physicsClientId=c)
-        pb.loadURDF("plane.urdf", [0, 0, -0.625], physicsClientId=c)
-        self.table = pb.loadURDF("table/table.urdf", [0.5, 0, -0.625], useFixedBase=True, physicsClientId=c)
-        self.robot = pb.loadURDF("franka_panda/panda.urdf", [0, 0, 0], useFixedBase=True, physicsClientId=c)
+        self.table, self.robot = table_world(c, self.dt, 2, "franka_panda/panda.urdf")
         for j, q in enumerate(_REST):
             pb.resetJointState(self.robot, j, q, physicsClientId=c)
         for j in _FINGERS:

@@ -297,7 +297,8 @@ def declare_fusion_params(node, bundle_defaults: bool = False) -> FusionParams:
                               "fp32 | bf16 | fp16 (CUDA) | auto: autocast of the fusion step's networks"),
         "autostart": _declare(node, "autostart", True, "configure and activate at start"),
         "anchor": _declare(node, "anchor", "camera",
-                           "modality whose messages trigger a fusion step; '' = use output_rate"),
+                           "modality whose messages trigger a fusion step; '' = use output_rate (the fusion node "
+                           "defaults every stream and alignment parameter to the bundle's stream settings)"),
         "output_rate": _declare(node, "output_rate", 0.0, "fixed output rate in Hz when anchor is ''"),
         "impute_present": _declare(node, "impute_present", False, "also publish reconstructions of present modalities"),
         "standard_mirrors": _declare(node, "standard_mirrors", False,
