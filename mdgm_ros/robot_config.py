@@ -118,8 +118,7 @@ def _audio_or_vector(ros_type: str, msg: Any, rate: float) -> tuple[str, str, st
             f"an array of {values} values")
 
 
-def propose(bag_paths: list[str | Path], image_size: int = 64,
-            log: Callable[[str], None] = print) -> tuple[list[Proposal], list[str], float]:
+def propose(bag_paths: list[str | Path], image_size: int = 64) -> tuple[list[Proposal], list[str], float]:
     """The modalities proposed for these bags, the topics left out (with reasons), the output rate."""
     summaries = {str(p): bags.topic_summary(p) for p in bag_paths}
     durations = {str(p): max(bags.duration_s(p), 1e-9) for p in bag_paths}
@@ -257,7 +256,7 @@ def run_init(bag_paths: list[str], out: str | Path, image_size: int = 64, intera
     for path in bag_paths:
         if not Path(path).exists():
             raise InitError(f"bag {path} does not exist")
-    proposals, skipped, rate = propose(bag_paths, image_size, log)
+    proposals, skipped, rate = propose(bag_paths, image_size)
     if interactive:
         proposals = _ask(proposals, ask, log)
         if not proposals:
