@@ -31,14 +31,13 @@ import yaml
 
 from .data import bags
 from .data.dataset import absolute_topic
-from .streams.params import FIELD_PRESETS, MESSAGE_TYPES
+from .streams.params import FIELD_PRESETS, field_preset_of
 
 IGNORED_PREFIXES = ("/sim/", "/tf", "/clock", "/rosout", "/parameter_events", "/diagnostics", "/mdgm_fusion/")
 AUDIO_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
 MAX_TIMER_HZ = 30.0
 _GENERIC_SEGMENTS = {"image", "image_raw", "compressed", "color", "rgb", "raw", "data", "states", "state", "msg",
                      "sensor", "sensors", "camera_info"}
-_PRESET_BY_TYPE = {ros: name for name, (ros, _) in MESSAGE_TYPES.items() if name in FIELD_PRESETS}
 
 
 class InitError(ValueError):
@@ -60,12 +59,6 @@ class Proposal:
     model: dict[str, Any] = field(default_factory=dict)
     why: str = ""
     absent_from: list[str] = field(default_factory=list)
-
-
-def _first(path: Path, topic: str) -> Any:
-    for _, _, msg in bags.messages(path, [topic]):
-        return msg
-    return None
 
 
 def _base_name(kind_word: str, topic: str, taken: set[str]) -> str:
@@ -135,7 +128,7 @@ def propose(bag_paths: list[str | Path], image_size: int = 64) -> tuple[list[Pro
         holding = [p for p in summaries if summaries[p].get(topic, ("", 0))[1]]
         rate = float(np.median([summaries[p][topic][1] / durations[p] for p in holding]))
         try:
-            msg = _first(Path(holding[0]), topic)
+            msg = bags.first_message(holding[0], topic)
         except bags.BagError as err:
             skipped.append(f"{topic} ({ros_type}): unreadable ({err})")
             continue
@@ -186,7 +179,7 @@ def _classify(topic: str, ros_type: str, msg: Any, rate: float, image_size: int)
         if not len(msg.data):
             return "an empty array"
         return _audio_or_vector(ros_type, msg, rate)
-    preset = _PRESET_BY_TYPE.get(ros_type)
+    preset = field_preset_of(ros_type)
     if preset is not None:
         word = {"wrench_stamped": "wrench", "wrench": "wrench", "imu": "imu", "odometry": "odom"}.get(preset, preset)
         fields = FIELD_PRESETS[preset]

@@ -251,6 +251,13 @@ def raw_messages(path: str | Path, only: Iterable[str] | None = None,
         yield item
 
 
+def first_message(path: str | Path, topic: str) -> Any:
+    """The first message on ``topic`` (deserialised), or None when the bag holds none."""
+    for _, _, msg in messages(path, [topic]):
+        return msg
+    return None
+
+
 def messages(path: str | Path, only: Iterable[str] | None = None, max_corrupt: float = MAX_CORRUPT,
              corrupt: Counter | None = None, damage: DamageHook | None = None) -> Iterator[tuple[str, int, Any]]:
     """(topic, log_ns, rclpy message) in log-time order. A message that does not deserialise is skipped

@@ -31,7 +31,7 @@ from ..core.engine.atomic import write_atomically
 from ..streams import bridge
 from ..streams.alignment import NS, Aligner, PushResult
 from ..streams.kinds import make_stream
-from ..streams.params import FusionParams, check_against_bundle, ros_type_of
+from ..streams.params import FusionParams, check_against_bundle, message_types_reading, ros_type_of
 from . import bags
 from .cache import cache_root, enforce_bound, touch
 from .labels import DEFAULT_LABEL_TOPIC, FaultLabel, find_sidecar, mark_faults, read_sidecar
@@ -285,19 +285,6 @@ TRAIN_FIXES = Fixes()
 EVALUATE_FIXES = Fixes("--set ", "")
 
 
-def _message_types_reading(ros_type: str) -> list[str]:
-    """The message_type values that subscribe to ``ros_type`` (else the full name: read through fields)."""
-    from ..streams.params import MESSAGE_TYPES
-
-    return [name for name, (full, _) in MESSAGE_TYPES.items() if full == ros_type] or [ros_type]
-
-
-def _first_message(path: Path, topic: str) -> Any:
-    for _, _, msg in bags.messages(path, [topic]):
-        return msg
-    return None
-
-
 def bag_problems(path: str | Path, params: FusionParams, absent_ok: Iterable[str] = (),
                  fixes: Fixes = TRAIN_FIXES) -> tuple[list[str], list[str]]:
     """(problems, absent modalities) of one bag: every configured topic exists with the expected type
@@ -311,7 +298,7 @@ def bag_problems(path: str | Path, params: FusionParams, absent_ok: Iterable[str
         topic, expected = absolute_topic(stream.topic), ros_type_of(stream.message_type)
         found, count = summary.get(topic, (None, 0))
         if found is not None and found != expected:
-            choices = _message_types_reading(found)
+            choices = message_types_reading(found) or [found]
             problems.append(f"bag {path}: {stream.name} topic {topic} carries {found}, but {stream.name}.message_type "
                             f"{stream.message_type} reads {expected}: "
                             f"{fixes.set(stream.name + '.message_type', choices[0])}"
@@ -338,7 +325,7 @@ def bag_problems(path: str | Path, params: FusionParams, absent_ok: Iterable[str
 
 def _joint_problem(path: Path, topic: str, stream, fixes: Fixes) -> str:
     try:
-        msg = _first_message(path, topic)
+        msg = bags.first_message(path, topic)
     except bags.BagError:
         return ""                              # the read itself reports it
     if msg is None:

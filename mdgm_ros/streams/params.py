@@ -55,9 +55,19 @@ FIELD_TYPES = set(FIELD_PRESETS)        # short names read through fields (float
 
 def ros_type_of(message_type: str) -> str:
     """A message_type parameter value -> the full ROS type name it subscribes to."""
-    known = MESSAGE_TYPES.get(message_type)
-    return known[0] if known else message_type.replace("/", "/msg/", 1) if message_type.count("/") == 1 \
-        else message_type
+    if message_type in MESSAGE_TYPES:
+        return MESSAGE_TYPES[message_type][0]
+    return message_type.replace("/", "/msg/", 1) if message_type.count("/") == 1 else message_type
+
+
+def message_types_reading(ros_type: str) -> list[str]:
+    """The short message_type names that subscribe to ``ros_type`` ([] for a type read by its full name)."""
+    return [name for name, (full, _) in MESSAGE_TYPES.items() if full == ros_type]
+
+
+def field_preset_of(ros_type: str) -> str | None:
+    """The preset that reads ``ros_type`` through named fields (``wrench_stamped`` for WrenchStamped), if any."""
+    return next((name for name in message_types_reading(ros_type) if name in FIELD_PRESETS), None)
 
 
 def kinds_of(message_type: str) -> tuple[str, ...]:
@@ -80,9 +90,9 @@ def default_fields(message_type: str) -> list[str]:
     if message_type in FIELD_PRESETS:
         return list(FIELD_PRESETS[message_type])
     full = ros_type_of(message_type)
-    for preset, (ros_type, _) in MESSAGE_TYPES.items():
-        if ros_type == full and preset in FIELD_PRESETS:
-            return list(FIELD_PRESETS[preset])
+    preset = field_preset_of(full)
+    if preset is not None:
+        return list(FIELD_PRESETS[preset])
     from .bridge import message_class, numeric_fields
 
     try:
