@@ -211,9 +211,11 @@ def test_the_node_runs_the_bundle_alone_and_publishes_wrench_and_imu_imputations
         assert len(got[key]) > 20, (key, len(got[key]), log[-3000:])
         stamps = np.asarray([(m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec - origin) / 1e9
                              for m in got[key]])
-        assert stamps.min() >= 6.0 - 0.2 and stamps.max() <= 10.0 + 0.5, (key, stamps.min(), stamps.max())
+        # imputed during the outage, and at most at the very start, before the node first heard the stream
+        outside = stamps[(stamps < 6.0 - 0.2) | (stamps > 10.0 + 0.5)]
+        assert (outside < 0.2).all(), (key, outside)
+        assert ((stamps >= 6.0 - 0.2) & (stamps <= 10.0 + 0.5)).sum() > 20, (key, stamps)
         assert np.isfinite([values(m) for m in got[key]]).all()
-    assert got["imu"][0].header.frame_id != "" or got["wrench"][0].header.frame_id != "" or True
 
 
 def test_a_params_file_contradicting_the_bundle_is_warned_item_by_item(kuka, ros_node, tmp_path):

@@ -27,6 +27,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.action import CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
@@ -135,12 +136,17 @@ class TrainerNode(GuardedNode, Node):
         worker = self._start_worker(self._train_goal, goal_handle, result, ending)
         while worker.is_alive() and not self.stopping.is_set():
             worker.join(0.2)
-        if worker.is_alive():        # shutting down: the context is going away, leave the goal alone
+        if worker.is_alive() or self.stopping.is_set() or not self.context.ok():
+            # shutting down (Ctrl-C): the context is going away, leave the goal alone
             result.message = "the trainer node is shutting down: training stopped"
             return result
         self.busy.release()
         ended = ending[0] if ending else "abort"
-        {"succeed": goal_handle.succeed, "canceled": goal_handle.canceled}.get(ended, goal_handle.abort)()
+        try:
+            {"succeed": goal_handle.succeed, "canceled": goal_handle.canceled}.get(ended, goal_handle.abort)()
+        except RCLError:  # the context ended between the check above and the state update
+            if self.context.ok():
+                raise
         return result
 
     def _train_goal(self, goal_handle, result, ending: list[str]) -> None:
