@@ -2,6 +2,7 @@
 two surprise channels, the absence of an expected stream, the max total and the old calibrations."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ from mdgm_ros.core.engine import loop as training
 from mdgm_ros.core.engine.anomaly import (
     AnomalyCalibration,
     QuantileTable,
+    StackedTables,
     calibration_from_nll,
     standardize_scores,
     stream_surprise,
@@ -113,6 +115,71 @@ def test_the_error_channel_is_the_squared_error_in_sensor_units(small_model_fact
     mean = model.denormalize(name, model.output_moments(name, decoded)[0])
     assert torch.allclose(value[:, 1], ((mean - feats[name]) ** 2).sum(1), rtol=1e-4)
     assert torch.allclose(value[:, 0], -model.log_likelihood(name, norm[name], decoded))
+
+
+def _reference_score(table: QuantileTable, x: float) -> float:
+    """The quantile function read plainly, one table at a time: flat below the first point, linear
+    between points (a value equal to tied points reads the first of them), the tail's slope past the
+    last one."""
+    v, p = np.asarray(table.values), np.asarray(table.probits)
+    if math.isnan(x):
+        return math.nan
+    if x > v[-1]:
+        return p[-1] + (x - v[-1]) * table.slope
+    i = int(np.searchsorted(v, x, side="left"))
+    if i == 0:
+        return float(p[0])
+    return float(p[i - 1] + (x - v[i - 1]) / (v[i] - v[i - 1]) * (p[i] - p[i - 1]))
+
+
+def test_stacked_tables_score_every_row_as_its_own_table_reads():
+    rng = np.random.default_rng(3)
+    tables = [QuantileTable.fit(rng.exponential(size=400)), QuantileTable.fit(rng.normal(5.0, 2.0, size=50)),
+              QuantileTable.fit(np.round(rng.normal(size=300), 1)),          # ties between stored points
+              QuantileTable.fit(np.full(10, 2.0))]                          # one value only
+    probes = [np.concatenate([[t.values[0] - 1.0, t.values[0], t.values[-1], t.values[-1] + 3.0, np.nan, np.inf],
+                              rng.uniform(t.values[0] - 0.5, t.values[-1] + 0.5, size=200), t.values[:40]])
+              for t in tables]
+    probes = [np.resize(p, 250) for p in probes]
+    x = torch.tensor(np.stack(probes), dtype=torch.float64)
+    scored = StackedTables(tables, x).score(x).numpy()
+    for row, (table, values) in enumerate(zip(tables, probes)):
+        expected = np.array([_reference_score(table, float(v)) for v in values])
+        np.testing.assert_allclose(scored[row], expected, rtol=1e-9, atol=1e-9, equal_nan=True)
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "laplace"])
+def test_the_surprise_of_a_location_decoder_equals_its_elementwise_log_density(small_model_factory, likelihood):
+    from mdgm_ros.core.model import likelihoods
+
+    model = small_model_factory("mvae", latent_dim=4)
+    feats, mask, _ = prepared(model, 16, seed=1)
+    training.fit_normalization(model, feats, mask)
+    for name in model.names:
+        spec = model.specs[name]
+        model.specs[name] = dataclasses.replace(spec, likelihood=likelihood)
+    norm = training.normalize_features(model, feats)
+    with torch.no_grad():
+        for name in model.names:
+            spec = model.specs[name]
+            decoded = model.decode(name, torch.randn(3, 16, 4))                     # (samples, batch, ...)
+            value = stream_surprise(model, name, norm[name], decoded)
+            dims = len(spec.feature_shape)
+            nll = -likelihoods.per_sample_log_prob(likelihood, norm[name], decoded, model.log_scale(name), dims)
+            _, std = model.normalization_stats(name)
+            error = ((decoded - norm[name]) * std).pow(2).flatten(-dims).sum(-1)
+            assert value.shape == (3, 16, 2)
+            torch.testing.assert_close(value[..., 0], nll, rtol=1e-5, atol=1e-3)
+            torch.testing.assert_close(value[..., 1], error, rtol=1e-5, atol=1e-3)
+    # a new normalisation is picked up (the error weights follow the std tensor)
+    name = model.names[0]
+    training.fit_normalization(model, {n: 3.0 * f for n, f in feats.items()}, mask)
+    _, std = model.normalization_stats(name)
+    decoded = model.decode(name, torch.zeros(16, 4)).detach()
+    value = stream_surprise(model, name, norm[name], decoded)
+    dims = len(model.specs[name].feature_shape)
+    torch.testing.assert_close(value[:, 1], ((decoded - norm[name]) * std).pow(2).flatten(-dims).sum(-1),
+                               rtol=1e-5, atol=1e-3)
 
 
 def test_a_stream_counts_as_absent_only_after_it_was_seen_and_stayed_silent_long_enough():

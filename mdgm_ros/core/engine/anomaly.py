@@ -25,6 +25,7 @@ z-score of the NLL per stream and the sum over streams / sqrt(count) as total.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -81,32 +82,38 @@ class QuantileTable:
 
 
 class StackedTables:
-    """Several :class:`QuantileTable` as one padded (R, K) tensor pair, scored in one batched search: the
-    per-step cost of R tables is that of one (the live node scores 2 channels x M streams + 2 totals)."""
+    """Several :class:`QuantileTable` as padded per-segment tensors, scored in one batched search: the
+    per-step cost of R tables is that of one (the live node scores 2 channels x M streams + 2 totals).
+
+    Segment i of row r starts at ``start[r, i]`` with probit ``level[r, i]`` and rises with
+    ``rise[r, i]``: segment 0 is everything up to the first value (flat at the first probit), segments
+    1..n-1 interpolate between stored points, segment n is the upper tail past the last point (its
+    slope); padding repeats the tail. A score is one search, three gathers and one multiply-add."""
 
     def __init__(self, tables: list[QuantileTable], like: torch.Tensor):
         width = max(2, max(len(t.values) for t in tables))
-        values = torch.full((len(tables), width), float("inf"), dtype=torch.float64)
-        probits = torch.zeros((len(tables), width), dtype=torch.float64)
+        values = np.full((len(tables), width), np.inf)
+        start = np.zeros((len(tables), width + 1))
+        level = np.zeros((len(tables), width + 1))
+        rise = np.zeros((len(tables), width + 1))
         for r, t in enumerate(tables):
-            n = len(t.values)
-            values[r, :n] = torch.tensor(t.values, dtype=torch.float64)
-            probits[r, :n] = torch.tensor(t.probits, dtype=torch.float64)
-            probits[r, n:] = t.probits[-1]
+            v, p = np.asarray(t.values, dtype=np.float64), np.asarray(t.probits, dtype=np.float64)
+            n = v.size
+            values[r, :n] = v
+            start[r, 0], level[r, 0] = v[0], p[0]
+            run = np.diff(v)
+            start[r, 1:n], level[r, 1:n] = v[:-1], p[:-1]
+            rise[r, 1:n] = np.where(run > 1e-12, np.diff(p) / np.maximum(run, 1e-12), 0.0)
+            start[r, n:], level[r, n:], rise[r, n:] = v[-1], p[-1], t.slope
         options = {"dtype": like.dtype, "device": like.device}
-        self.values, self.probits = values.to(**options), probits.to(**options)
-        self.top_value = torch.tensor([t.values[-1] for t in tables], **options)[:, None]
-        self.top_probit = torch.tensor([t.probits[-1] for t in tables], **options)[:, None]
-        self.slope = torch.tensor([t.slope for t in tables], **options)[:, None]
+        self.values = torch.from_numpy(values).to(**options)
+        self.start, self.level, self.rise = (torch.from_numpy(a).to(**options) for a in (start, level, rise))
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """(R, B) values -> (R, B) normal quantiles, row r under table r (NaN stays NaN)."""
-        idx = torch.searchsorted(self.values, x.contiguous()).clamp(1, self.values.shape[1] - 1)
-        lo, hi = self.values.gather(1, idx - 1), self.values.gather(1, idx)
-        p_lo, p_hi = self.probits.gather(1, idx - 1), self.probits.gather(1, idx)
-        inside = p_lo + ((x - lo) / (hi - lo).clamp_min(1e-12)).clamp(0.0, 1.0) * (p_hi - p_lo)
-        above = self.top_probit + (x - self.top_value) * self.slope
-        return torch.where(x > self.top_value, above, inside)
+        segment = torch.searchsorted(self.values, x.contiguous())
+        return self.level.gather(1, segment) + (x - self.start.gather(1, segment)).clamp_min(0.0) \
+            * self.rise.gather(1, segment)
 
 
 @dataclass
@@ -192,14 +199,78 @@ class AnomalyCalibration:
         return float(torch.special.ndtri(torch.tensor(1.0 - min(missing, 0.5), dtype=torch.float64)))
 
 
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+_LOG_2 = math.log(2.0)
+# model -> modality -> (normalisation std it was made from, dtype, device, squared std per feature (N,))
+_ERROR_WEIGHTS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+# model -> modality -> ((scale parameter version, dtype, device), (factor, offset)): see _scale_terms
+_SCALE_TERMS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+def _error_weights(model, name: str, like: torch.Tensor) -> torch.Tensor:
+    """The squared normalisation std of ``name`` broadcast over its features and flattened (N,): the
+    weights that turn squared feature errors into squared errors in sensor units. Made once per std
+    tensor, dtype and device (a new normalisation is a new tensor), outside inference mode so the
+    weights serve in any autograd mode."""
+    _, std = model.normalization_stats(name)
+    per_model = _ERROR_WEIGHTS.setdefault(model, {})
+    hit = per_model.get(name)
+    if hit is not None and hit[0] is std and hit[1] == like.dtype and hit[2] == like.device:
+        return hit[3]
+    with torch.inference_mode(False), torch.no_grad():
+        shape = model.specs[name].feature_shape
+        weights = std.detach().clone().to(like.device, like.dtype).square().expand(shape).reshape(-1).contiguous()
+    per_model[name] = (std, like.dtype, like.device, weights)
+    return weights
+
+
 def stream_surprise(model, name: str, feats: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
     """(..., B, 2): [-log p(x | decoded), squared error of the decoded mean in sensor units]."""
+    spec = model.specs[name]
+    if spec.likelihood in ("gaussian", "laplace") and feats.dtype == decoded.dtype:
+        return _location_surprise(model, name, spec.likelihood, feats, decoded, len(spec.feature_shape))
     ll = model.log_likelihood(name, feats, decoded)
     mean, _ = model.output_moments(name, decoded)
     _, scale = model.normalization_stats(name)
     n_feature_dims = len(model.specs[name].feature_shape)
     error = ((mean - feats) * scale).pow(2).flatten(-n_feature_dims).sum(-1)
     return torch.stack([-ll, error.to(ll.dtype)], -1)
+
+
+def _location_surprise(model, name: str, likelihood: str, feats: torch.Tensor, decoded: torch.Tensor,
+                       n_feature_dims: int) -> torch.Tensor:
+    """:func:`stream_surprise` of a Gaussian or Laplace decoder (its mean is its location) from one
+    difference x - loc: its squares summed plainly (the Gaussian NLL) and weighted by the squared
+    normalisation std in one matrix-vector product (the error), with the scale's terms added once --
+    the same numbers as the element-wise log-density in a few operations (a live step scores every
+    observed stream)."""
+    diff = (feats - decoded).flatten(-n_feature_dims)
+    squared = diff.square()
+    error = squared @ _error_weights(model, name, squared)
+    factor, offset = _scale_terms(model, name, likelihood, diff)
+    nll = (squared if likelihood == "gaussian" else diff.abs()).sum(-1) * factor + offset
+    return torch.stack([nll, error], -1)
+
+
+def _scale_terms(model, name: str, likelihood: str, diff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder scale's share of the NLL: -log p = factor * sum(d^2 or |d|) + offset. Without
+    autograd the two are kept per scale value (the parameter's version), dtype and device."""
+    parameter = model.log_scales[name]
+    key = (parameter._version, diff.dtype, diff.device)
+    cached = _SCALE_TERMS.setdefault(model, {}).get(name)
+    if cached is not None and cached[0] == key and not torch.is_grad_enabled():
+        return cached[1]
+    log_scale = model.log_scale(name).to(diff.dtype)
+    count = diff.shape[-1]
+    if likelihood == "gaussian":
+        terms = 0.5 * torch.exp(-2.0 * log_scale), count * (log_scale + _HALF_LOG_2PI)
+    else:
+        terms = torch.exp(-log_scale), count * (log_scale + _LOG_2)
+    if not torch.is_grad_enabled():
+        with torch.inference_mode(False):
+            kept = tuple(t.detach().clone() for t in terms)
+        _SCALE_TERMS[model][name] = (key, kept)
+    return terms
 
 
 def empty_surprise(batch: int, n_modalities: int, like: torch.Tensor) -> torch.Tensor:
@@ -220,13 +291,14 @@ def standardize_scores(model, surprise: torch.Tensor, calibration: AnomalyCalibr
         std = torch.tensor([calibration.std[n] for n in model.names], dtype=nll.dtype, device=nll.device)
         return (nll - mean) / std, _sum_total((nll - mean) / std)
     stacked = calibration.stacked(list(model.names), surprise.shape[-1], nll)
-    scored = stacked.streams.score(surprise[:, stacked.stream_of_row, stacked.channel_of_row].T)    # (R, B)
     n_mod, channels = nll.shape[1], surprise.shape[-1]
-    if stacked.complete:                                                              # every table there
+    if stacked.complete:                          # every table there, rows in (modality, channel) order
+        scored = stacked.streams.score(surprise.reshape(surprise.shape[0], -1).T)                # (R, B)
         per_channel = scored.reshape(n_mod, channels, -1)
         scores = per_channel[:, 0] if channels == 1 else torch.fmax(per_channel[:, 0], per_channel[:, 1])
         scores = scores.T.contiguous()
     else:
+        scored = stacked.streams.score(surprise[:, stacked.stream_of_row, stacked.channel_of_row].T)
         scores = torch.full_like(nll, float("nan"))
         for r, j in enumerate(stacked.stream_of_row):
             scores[:, j] = torch.fmax(scores[:, j], scored[r])
@@ -237,16 +309,14 @@ def standardize_scores(model, surprise: torch.Tensor, calibration: AnomalyCalibr
 
 
 def _sum_total(scores: torch.Tensor) -> torch.Tensor:
-    observed = ~torch.isnan(scores)
-    count = observed.sum(1).to(scores.dtype)
-    total = torch.where(observed, scores, torch.zeros_like(scores)).sum(1) / count.sqrt()
-    return torch.where(count > 0, total, torch.full_like(total, float("nan")))
+    """Sum of the scores present / sqrt(their count) per row; NaN where none is (0 / 0)."""
+    return scores.nansum(1) / (~torch.isnan(scores)).sum(1).to(scores.dtype).sqrt()
 
 
 def _max_total(scores: torch.Tensor) -> torch.Tensor:
-    observed = ~torch.isnan(scores)
-    total = torch.where(observed, scores, torch.full_like(scores, -torch.inf)).amax(1)
-    return torch.where(observed.any(1), total, torch.full_like(total, float("nan")))
+    """The largest score present per row; NaN where none is."""
+    largest = scores.nan_to_num(nan=-math.inf, posinf=math.inf, neginf=-math.inf).amax(1)
+    return torch.where(torch.isnan(scores).all(1), math.nan, largest)
 
 
 def _total_statistics(scores: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -367,7 +367,7 @@ class TemporalFilter:
         stay on the CPU (as :class:`~mdgm_ros.core.inference.Fuser`'s). ``expected`` (B, M): streams
         whose absence is scored (:mod:`.anomaly`)."""
         try:
-            return mixed_precision_call(self._step, self.amp, self.model.device, raw, mask, action,
+            return mixed_precision_call(self._step, self.amp, self.model, raw, mask, action,
                                         future_actions, on_latent=on_latent, expected=expected)
         finally:
             if self.amp is not None:                     # the memory stays in fp32 between steps

@@ -192,14 +192,15 @@ def as_float32(result: Any) -> Any:
     return result
 
 
-def mixed_precision_call(step: Callable[..., Any], amp: torch.dtype | None, device: torch.device,
+def mixed_precision_call(step: Callable[..., Any], amp: torch.dtype | None, model: MultimodalVAE,
                          *args: Any, on_latent: LatentHook | None = None, **kw: Any) -> Any:
-    """``step(*args, on_latent=, **kw)`` under ``torch.autocast(amp)`` (networks in half precision, the
-    Gaussian algebra where autocast keeps it in fp32); the latent hook and the caller get float32."""
+    """``step(*args, on_latent=, **kw)`` under ``torch.autocast(amp)`` on the model's device (networks in
+    half precision, the Gaussian algebra where autocast keeps it in fp32); the latent hook and the
+    caller get float32. Without ``amp`` the step runs as it is (nothing looked up: the live path)."""
     if amp is None:
         return step(*args, on_latent=on_latent, **kw)
     hook = None if on_latent is None else (lambda result: on_latent(as_float32(result)))
-    with torch.autocast(device.type, dtype=amp):
+    with torch.autocast(model.device.type, dtype=amp):
         result = step(*args, on_latent=hook, **kw)
     return None if result is None else as_float32(result)
 
@@ -224,14 +225,14 @@ class Fuser:
         publishes the latent there); if it returns False the step stops and None is returned. ``mask``
         may stay on the CPU (a live node's does): which modalities are observed is then read without a
         device round trip. ``expected`` (B, M): streams whose absence is scored (:mod:`.anomaly`)."""
-        return mixed_precision_call(self._step, self.amp, self.model.device, raw, mask, on_latent=on_latent,
+        return mixed_precision_call(self._step, self.amp, self.model, raw, mask, on_latent=on_latent,
                                     expected=expected)
 
     @torch.inference_mode()
     def _step(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor,
               on_latent: LatentHook | None = None, expected: torch.Tensor | None = None) -> FusionResult | None:
         host = mask.cpu()
-        observed = [n for j, n in enumerate(self.model.names) if bool(host[:, j].any())]
+        observed = [n for n, seen in zip(self.model.names, host.any(0).tolist()) if seen]
         uniform = host.shape[0] == 1 or bool((host == host[:1]).all())
         if uniform and observed and self.model.family.closed_form_poe(self.model) and self.n_samples == 0:
             return self._fused_closed_form(raw, observed, on_latent, expected)
