@@ -229,6 +229,31 @@ def test_the_live_filter_keeps_its_state_and_matches_the_offline_filter():
         assert not torch.allclose(fresh.mean, offline.mean[:, 6], atol=1e-3)
 
 
+@pytest.mark.parametrize("private_dim", [0, 2])
+def test_a_filter_that_predicts_ahead_filters_exactly_as_one_that_does_not(private_dim):
+    """The horizon's first step is the next step's prediction and is reused there: the filtered beliefs,
+    scores and imputations are the same numbers with and without the horizon, also across a reset and
+    where a step brings an action (then the prediction is made afresh)."""
+    model = temporal_model(private_dim=private_dim)
+    with torch.no_grad():
+        for p in model.extra[TRANSITION].parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    feats, mask = random_sequences(model, batch=1, steps=8, p_present=0.7)
+    plain, ahead = tp.TemporalFilter(model), tp.TemporalFilter(model, horizon=4)
+    for t in range(8):
+        if t == 5:
+            plain.reset()
+            ahead.reset()
+        raw = {n: x[:, t] for n, x in feats.items()}
+        a, b = plain(raw, mask[:, t]), ahead(raw, mask[:, t])
+        assert torch.equal(a.latent_mean, b.latent_mean) and torch.equal(a.latent_std, b.latent_std)
+        torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=0, equal_nan=True)
+        assert set(a.imputed) == set(b.imputed)
+        assert all(torch.equal(a.imputed[n].mean, b.imputed[n].mean) for n in a.imputed)
+        first = tp.propagate(model, ahead.state.mean, ahead.state.logvar)
+        assert torch.equal(b.predicted_mean[:, 0], first.mean[:, :model.latent_dim])
+
+
 def test_reset_forgets_the_past_of_the_chosen_rows_only():
     model = temporal_model()
     feats, mask = random_sequences(model, batch=2, steps=5, p_present=1.0)

@@ -21,6 +21,7 @@ API, in normalised feature units (``model.features``/``model.normalize`` give th
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
@@ -100,20 +101,30 @@ class Prediction:
 
 
 def propagate(model: MultimodalVAE, mean: torch.Tensor, logvar: torch.Tensor,
-              action: torch.Tensor | None = None) -> Prediction:
-    """Moment-matched p(z_t) = ∫ p(z_t | z_{t-1}, u_t) N(z_{t-1}; mean, var) dz_{t-1} (cubature)."""
+              action: torch.Tensor | None = None, cross: bool = True) -> Prediction:
+    """Moment-matched p(z_t) = ∫ p(z_t | z_{t-1}, u_t) N(z_{t-1}; mean, var) dz_{t-1} (cubature: the 2D
+    points mean ± sqrt(D) std_i e_i). ``cross=False``: without the cross-covariance (a prediction
+    ahead does not smooth), ``Prediction.cross`` is then None."""
     batch, dim = mean.shape
-    offsets = math.sqrt(dim) * torch.diag_embed(torch.exp(0.5 * logvar))          # (B, D, D)
-    spread = torch.cat([offsets, -offsets], 1)                                     # (B, 2D, D)
+    spread = _signed_identity(dim, mean.dtype, mean.device) * torch.exp(0.5 * logvar).unsqueeze(1)   # (B, 2D, D)
     points = mean.unsqueeze(1) + spread
     act = None if action is None else action.unsqueeze(1).expand(batch, 2 * dim, action.shape[-1])
     flat = (points.reshape(-1, dim),) + (() if act is None else (act.reshape(batch * 2 * dim, -1),))
     f_mean, f_logvar = (x.reshape(batch, 2 * dim, -1) for x in model.extra[TRANSITION](*flat))  # rank 2, as exported
     pred_mean = f_mean.mean(1)
     deviation = f_mean - pred_mean.unsqueeze(1)
-    variance = torch.exp(post.clamp_logvar(f_logvar)).mean(1) + (deviation ** 2).mean(1)
-    cross = (spread * deviation).mean(1)
-    return Prediction(pred_mean, post.clamp_logvar(torch.log(variance)), cross)
+    variance = (torch.exp(post.clamp_logvar(f_logvar)) + deviation.square()).mean(1)
+    return Prediction(pred_mean, post.clamp_logvar(torch.log(variance)),
+                      (spread * deviation).mean(1) if cross else None)
+
+
+@functools.lru_cache(maxsize=32)
+def _signed_identity(dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """sqrt(D) [I; -I] (2D, D): the cubature points' directions (made outside inference mode, so the
+    tensor serves training too)."""
+    with torch.inference_mode(False), torch.no_grad():
+        eye = math.sqrt(dim) * torch.eye(dim, dtype=dtype, device=device)
+        return torch.cat([eye, -eye], 0)
 
 
 def predict(model: MultimodalVAE, state: FilterState, action: torch.Tensor | None = None) -> Prediction:
@@ -352,6 +363,7 @@ class TemporalFilter:
         self.state = initial_state(model, batch)
         self.steps = 0                                   # filter steps since the last reset
         self.closed_form = True                          # batch 1: the closed form (tests: equal to the generic)
+        self._next_prior: tuple | None = None            # (state, mean, logvar): the horizon's first step
 
     def reset(self, rows: torch.Tensor | None = None) -> None:
         self.state = reset_state(self.state, rows)
@@ -422,8 +434,12 @@ class TemporalFilter:
         and P_m mu_m from both sums."""
         model, state = self.model, self.state
         check_actions(model, action, (1,))
-        if bool(state.started[0]):
-            moved = propagate(model, state.mean, state.logvar, action)
+        ahead = self._next_prior
+        self._next_prior = None
+        if ahead is not None and ahead[0] is state and action is None:       # the last horizon's first step
+            prior_mean, prior_logvar = ahead[1], ahead[2]
+        elif bool(state.started[0]):
+            moved = propagate(model, state.mean, state.logvar, action, cross=False)
             prior_mean, prior_logvar = moved.mean, moved.logvar
         else:                                            # no past: N(0, I)
             prior_mean, prior_logvar = torch.zeros_like(state.mean), torch.zeros_like(state.logvar)
@@ -461,10 +477,13 @@ class TemporalFilter:
         check_actions(self.model, future_actions, (1, self.horizon))
         means, logvars = [], []
         for k in range(self.horizon):
-            moved = propagate(self.model, mean, logvar, None if future_actions is None else future_actions[:, k])
+            moved = propagate(self.model, mean, logvar, None if future_actions is None else future_actions[:, k],
+                              cross=False)
             mean, logvar = moved.mean, moved.logvar
             means.append(mean)
             logvars.append(logvar)
+        if future_actions is None:       # the next step's prediction, if it brings no action: reused there
+            self._next_prior = (self.state, means[0], logvars[0])
         dim = self.model.latent_dim
         return torch.stack(means, 1)[..., :dim], torch.exp(0.5 * torch.stack(logvars, 1))[..., :dim]
 

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..model import posterior as post
@@ -84,7 +85,9 @@ class Transition(nn.Module):
 
     def forward(self, z: torch.Tensor, action: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = z if action is None else torch.cat([z, action.to(z.dtype)], dim=-1)
-        delta, logvar = self.net(inputs).chunk(2, dim=-1)
+        first, _, second, _, last = self.net              # self.net's layers, called without module dispatch
+        hidden = F.silu(F.linear(F.silu(F.linear(inputs, first.weight, first.bias)), second.weight, second.bias))
+        delta, logvar = F.linear(hidden, last.weight, last.bias).chunk(2, dim=-1)
         return z + delta, logvar
 
 
