@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mdgm-installed
 
-.PHONY: install interfaces test lint demo demo-quick example default-model own-robot bench clean
+.PHONY: install interfaces test lint demo demo-quick example default-model own-robot bench gpu-check clean
 
 install: $(STAMP)
 
@@ -68,6 +68,15 @@ own-robot: install
 
 bench: install
 	$(PY) -m mdgm_ros bench all --json
+
+# the prepared GPU check (mdgm_ros/bench/gpu_check.py): one report in $(GPU_CHECK_OUT), exit 1 if a part failed.
+# On a GPU machine whose python3 already holds torch (no venv there): make gpu-check GPU_CHECK_PY=python3
+# On a CPU, as CI runs it: make gpu-check GPU_CHECK_DEVICE=cpu GPU_CHECK_QUICK=1
+GPU_CHECK_DEVICE ?= auto
+GPU_CHECK_OUT ?= build/gpu_check.json
+GPU_CHECK_PY ?= $(PY)
+gpu-check: $(if $(filter $(PY),$(GPU_CHECK_PY)),install)
+	$(GPU_CHECK_PY) -m mdgm_ros bench gpu --device $(GPU_CHECK_DEVICE) --out $(GPU_CHECK_OUT) $(if $(GPU_CHECK_QUICK),--quick)
 
 clean:
 	rm -rf build install log demo_out *.egg-info

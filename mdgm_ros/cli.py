@@ -22,6 +22,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from .bench import weak
         return weak.weak_command(args)
 
+    if args.which == "gpu":
+        return _cmd_bench_gpu(args)
     from .bench import models as bench
 
     results = {}
@@ -42,7 +44,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             results["train"]["gpu"] = bench_train_gpu(args.device)
     if args.which in ("ros", "all"):
         from .bench.ros import bench_ros
-        results["ros"] = {**bench_ros(duration=args.duration, bundle=args.bundle), "bundle": args.bundle or "bench"}
+        results["ros"] = bench_ros(duration=args.duration, bundle=args.bundle,
+                                   device=args.device,
+                                   precision=getattr(args, "precision", "fp32"))
     if args.which in ("data", "all"):
         from .bench.data import bench_data, bench_fleet
         results["data"] = bench_data(seconds=args.duration)
@@ -61,6 +65,30 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     else:
         for key, value in payload.items():
             print(f"{key}: {value}")
+    return 0
+
+
+def _cmd_bench_gpu(args: argparse.Namespace) -> int:
+    """``bench gpu``: every part of the GPU check, the report to --out (and stdout with --json)."""
+    from pathlib import Path
+
+    from .bench.gpu_check import gpu_check
+
+    report = gpu_check(args.device, quick=args.quick, log=lambda text: print(text, file=sys.stderr, flush=True))
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+        print(f"gpu check: report written to {args.out}", file=sys.stderr)
+    if args.json:
+        print(text)
+    else:
+        for part in ("environment", "fusion", "train", "onnxruntime", "ddp", "node"):
+            print(f"{part}: {json.dumps(report.get(part))}")
+    if report["failed"]:
+        print(f"gpu check: FAILED parts: {', '.join(report['failed'])} (their errors are in the report)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -299,6 +327,9 @@ def _bench_options(which: str) -> dict[str, Callable[[argparse.ArgumentParser], 
     from .core.families import FAMILIES
 
     duration = {"ros": "seconds measured", "data": "seconds of robot time simulated (of each bag, with --bags)"}
+    bundle = {"ros": "bundle the node runs (default: the shipped models/default; 'bench': an untrained "
+                     "design-card-sized per-frame model)",
+              "all": "bundle the ros benchmark's node runs (default: the shipped models/default)"}
     return {
         "iterations": lambda p: p.add_argument("--iterations", type=int, default=2000,
                                                help="timed fusion steps of each kind"),
@@ -313,8 +344,10 @@ def _bench_options(which: str) -> dict[str, Callable[[argparse.ArgumentParser], 
         "duration": lambda p: p.add_argument(
             "--duration", type=float, default=20.0,
             help=duration.get(which, "seconds measured by ros; seconds of robot time simulated by data")),
-        "bundle": lambda p: p.add_argument("--bundle", default="",
-                                           help="bundle the node runs (default: a design-card-sized model)"),
+        "bundle": lambda p: p.add_argument("--bundle", default="", help=bundle.get(
+            which, "bundle the node runs (default: a design-card-sized model)")),
+        "precision": lambda p: p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                                              help="the node's precision parameter (default fp32)"),
         "bags": lambda p: p.add_argument("--bags", type=int, default=1,
                                          help="also shard this many simulated bags of --duration s with every core "
                                               "and train streaming from 1 and from all of them (peak RSS)"),
@@ -323,6 +356,9 @@ def _bench_options(which: str) -> dict[str, Callable[[argparse.ArgumentParser], 
         "minutes": lambda p: p.add_argument("--minutes", type=float, default=5.0, help="minutes to run the node"),
         "warmup": lambda p: p.add_argument("--warmup", type=float, default=60.0,
                                            help="seconds before the RSS slope is fitted"),
+        "quick": lambda p: p.add_argument("--quick", action="store_true",
+                                          help="fewer iterations and a shorter node run (CI, a CPU)"),
+        "out": lambda p: p.add_argument("--out", default="", help="also write the JSON report to this file"),
         "no-hostile": lambda p: p.add_argument("--no-hostile", action="store_true",
                                                help="only the plain malformed messages, not the hostile ones"),
     }
@@ -334,11 +370,15 @@ _BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
                ("iterations", "threads")),
     "train": ("training throughput of each family on synthetic robot data (on a GPU: also AMP, pinned copies)",
               ("train-threads", "families")),
-    "ros": ("the fusion node end to end over DDS: latency, delivery, the node's CPU", ("duration", "bundle")),
+    "ros": ("the fusion node end to end over DDS: latency, delivery, the node's CPU",
+            ("duration", "bundle", "precision")),
     "data": ("simulator, bag writing and alignment speed; with --bags, sharding and streaming training's memory",
              ("duration", "bags", "bag-dir")),
     "soak": ("the fusion node for minutes on malformed and hostile input: memory growth, latency drift "
              "(not part of all)", ("minutes", "warmup", "bundle", "no-hostile")),
+    "gpu": ("the prepared GPU check, one report: the fusion step per precision and batch, training fp32 vs "
+            "AMP, onnxruntime's providers, a 2-process DDP step, the node over DDS (runs on --device cpu too; "
+            "not part of all)", ("quick", "out")),
     "zoo": ("every model family on PolyDigits: coherence, latent probe, joint NLL (not part of all)", ()),
     "weak": ("weak supervision on PolyDigits: modalities missing at random, or contrastive unpaired data "
              "(not part of all)", ()),

@@ -21,12 +21,13 @@ import numpy as np
 from ..config_files import config_path
 from ..ros.processes import private_ros_env, stop_process
 
-TARGET_P99_MS = 8.0
+TARGET_P99_MS = 5.0         # stamp -> arrival at a subscriber, p99
 
 
 def bench_bundle(folder: Path) -> Path:
     """A four-stream model at the design card's sizes (untrained weights time the same as trained ones),
-    saved as a bundle in ``folder``: what ``bench ros`` and ``bench soak`` run without ``--bundle``."""
+    saved as a bundle in ``folder``: what ``bench ros --bundle bench`` and ``bench soak`` without
+    ``--bundle`` run."""
     import torch
 
     from ..core import calibrate_anomaly, save_bundle
@@ -94,16 +95,26 @@ class _Probe:
             raise RuntimeError(f"the fusion node published no latent within {timeout:.0f} s")
 
 
-def bench_ros(duration: float = 20.0, warmup: float = 5.0, bundle: str = "") -> dict[str, Any]:
-    """``bundle``: a bundle of the four default streams to run instead of the design-card-sized model
-    (a temporal bundle measures the filter's step)."""
+BENCH_BUNDLE = "bench"        # ``--bundle bench``: the untrained design-card-sized per-frame model
+
+
+def bench_ros(duration: float = 20.0, warmup: float = 5.0, bundle: str = "", device: str = "auto",
+              precision: str = "fp32") -> dict[str, Any]:
+    """The node runs ``bundle``: '' = the shipped models/default (its temporal filter and 10-step
+    prediction, as the node runs with no parameters), ``bench`` = the design-card-sized per-frame model,
+    else a bundle folder of the four default streams. It is anchored on the camera (config/fusion.yaml),
+    so that every latent carries a sensor stamp to measure from; ``device`` and ``precision`` are the
+    node's parameters."""
     env = private_ros_env()
     import rclpy
 
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = bundle or bench_bundle(Path(tmp))
+        chosen = str(bench_bundle(Path(tmp))) if bundle == BENCH_BUNDLE else bundle
+        overrides = {"bundle": chosen, "anchor": "camera", "device": device, "precision": precision}
         node = subprocess.Popen([sys.executable, "-m", "mdgm_ros.ros.fusion_node", "--ros-args", "--params-file",
-                                 str(config_path("fusion.yaml")), "-p", f"bundle:={bundle}"],
+                                 str(config_path("fusion.yaml")),
+                                 *[arg for key, value in overrides.items() if value
+                                   for arg in ("-p", f"{key}:={value}")]],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         streams = subprocess.Popen([sys.executable, "-m", "mdgm_ros.ros.synthetic_streams"],
                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -121,7 +132,8 @@ def bench_ros(duration: float = 20.0, warmup: float = 5.0, bundle: str = "") -> 
             stop_process(node)
             probe_node.destroy_node()
             rclpy.try_shutdown()
-    return _summary(probe, start, stop, cpu_stop - cpu_start)
+    return {**_summary(probe, start, stop, cpu_stop - cpu_start), "bundle": bundle or "models/default",
+            "device": device, "precision": precision}
 
 
 def _percentiles(prefix: str, values: np.ndarray) -> dict[str, float]:
@@ -140,7 +152,7 @@ def _summary(probe: _Probe, start: float, stop: float, cpu_seconds: float) -> di
     arrived = np.array([(recv - s) / 1e6 for _, s, _, recv in window])
     third = max(len(arrived) // 3, 1)
     drift = float(np.median(arrived[-third:]) - np.median(arrived[:third]))
-    p99 = float(np.percentile(published, 99))
+    p99 = float(np.percentile(arrived, 99))
     return {"benchmark": "ros", "duration_s": round(stop - start, 1),
             "rates_hz": {"camera": 30, "joints": 200, "audio": 50, "tactile": 100},
             "messages": "mdgm_ros/Latent", "diagnostics_messages": probe.diagnostics,
@@ -152,4 +164,4 @@ def _summary(probe: _Probe, start: float, stop: float, cpu_seconds: float) -> di
             "node_step_p50_ms": round(probe.node_step_ms, 3) if np.isfinite(probe.node_step_ms) else None,
             "latency_drift_ms": round(drift, 3), "backlog_growth": bool(drift > 5.0),
             "node_cpu_percent_of_one_core": round(100 * cpu_seconds / (stop - start), 1),
-            "target": {"latency_p99_ms": TARGET_P99_MS}, "target_met": p99 <= TARGET_P99_MS}
+            "target": {"arrival_latency_p99_ms": TARGET_P99_MS}, "target_met": p99 <= TARGET_P99_MS}
