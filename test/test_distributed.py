@@ -53,12 +53,14 @@ def test_two_ranks_match_one_process(two_bags, cache_env, tmp_path, monkeypatch)
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
     assert stdout.count('"bundle"') == 1 and "rank 1/2" in stderr          # one result, from rank 0
+    assert "each rank reads its own shards" in stderr, stderr[-3000:]
     monkeypatch.setenv("MDGM_ROS_CACHE", cache_env["MDGM_ROS_CACHE"])
     single = run_training(two_bags, "config/train.yaml", tmp_path / "one", device="cpu", show_bar=False,
                           log=lambda m: None, overrides={**TINY, "training.epochs": 2})
     ddp, one = _losses(tmp_path / "ddp", "train_loss"), _losses(tmp_path / "one", "train_loss")
     assert len(ddp) == len(one) == 2 and ddp[1] < ddp[0]
-    # the same batches; only the reparameterisation noise differs between the ranks and the one process
+    # as many steps of about as many rows over the same data; the batches are cut from each rank's own
+    # shards, so they differ from the one process's
     for a, b in zip(ddp, one):
         assert abs(a - b) / abs(b) < 0.03, (ddp, one)
     assert load_bundle(tmp_path / "ddp").manifest["extra"]["training"]["ranks"] == 2
@@ -116,3 +118,86 @@ def test_a_rank_without_its_gpu_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(TrainError, match="local rank 1.*--nproc-per-node"):
         distributed.start("cuda")
+
+
+def test_each_rank_reads_a_disjoint_share_of_the_shards_every_epoch():
+    """The epoch's rows split by shard between the ranks: every training row read once, by one rank, no
+    shard read by two ranks, as many steps as one process, and each step's size over the ranks known
+    to every rank (the loss scaling); the shares are drawn anew each epoch."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from mdgm_ros.training.streaming import BatchSource, ShardRows, cut_batches, epoch_order, own_share
+
+    sizes = (230, 170)                                   # two bags, shards of 16 rows
+    data = ShardRows([SimpleNamespace(shard_size=16)] * 2,
+                     np.concatenate([np.full(n, b) for b, n in enumerate(sizes)]).astype(np.int64),
+                     np.concatenate([np.arange(n) for n in sizes]).astype(np.int64),
+                     np.zeros(sum(sizes)), np.ones((sum(sizes), 2), bool), np.zeros(sum(sizes), bool))
+    rows = np.arange(sum(sizes))[::-1].copy()
+
+    class Spy:
+        def __init__(self):
+            self.read_rows: list[tuple[int, int]] = []
+
+        def read(self, bag_of, row_of):
+            self.read_rows += list(zip(bag_of.tolist(), row_of.tolist()))
+            return {"x": np.zeros((len(bag_of), 1), np.float32)}
+
+    for world in (2, 3):
+        owned_by_epoch = []
+        for epoch in range(3):
+            order = epoch_order(rows, data.shard_ids(rows), seed=4, epoch=epoch, buffer=64)
+            spies, counts, wholes = [], [], []
+            for rank in range(world):
+                batches, whole = own_share(order, data.shard_ids(order), world, rank, 4, epoch, batch_size=32)
+                spy = Spy()
+                source = BatchSource(spy, data, batches, rank, world, whole)
+                items = [source[k] for k in range(len(source))]
+                sizes_here = [mask.shape[0] for _, mask, _ in items]
+                assert [total for _, _, total in items] == whole
+                spies.append(spy)
+                counts.append(sizes_here)
+                wholes.append(whole)
+            assert len({len(c) for c in counts}) == 1 and len(counts[0]) == len(cut_batches(order, 32))
+            assert wholes[0] == [sum(c[k] for c in counts) for k in range(len(counts[0]))]
+            assert all(w == wholes[0] for w in wholes)
+            read = [set(s.read_rows) for s in spies]
+            assert sum(len(s.read_rows) for s in spies) == len(rows) == len(set().union(*read))
+            shards = [{(b, r // 16) for b, r in part} for part in read]
+            assert all(not (shards[i] & shards[j]) for i in range(world) for j in range(i + 1, world))
+            owned_by_epoch.append(shards[0])
+        assert owned_by_epoch[0] != owned_by_epoch[1] or owned_by_epoch[1] != owned_by_epoch[2]
+    # fewer shards than ranks: no own shares (the ranks then read every batch row by row)
+    few = rows[:20]
+    assert own_share(few, data.shard_ids(few), 4, 0, 4, 0, 8) is None
+
+
+def test_two_nodes_on_localhost_match_one_process(two_bags, cache_env, tmp_path, monkeypatch):
+    """torchrun --nnodes 2 with a c10d rendezvous on localhost: two launches of one rank each, as on
+    two machines, train together and match one process within the single-node tolerance."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sets = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
+    launches = [subprocess.Popen(
+        [str(TORCHRUN), "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(node), "--rdzv-backend", "c10d",
+         "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "mdgm-two-nodes", "-m", "mdgm_ros", "train",
+         "--bags", *two_bags, "--out", str(tmp_path / "two_nodes"), "--epochs", "2", "--device", "cpu",
+         "--no-progress", *sets], env=cache_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for node in (0, 1)]
+    outputs = [launch.communicate(timeout=600) for launch in launches]
+    assert [launch.returncode for launch in launches] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert sum(out.count('"bundle"') for out, _ in outputs) == 1
+    assert "each rank reads its own shards" in "".join(err for _, err in outputs)
+    monkeypatch.setenv("MDGM_ROS_CACHE", cache_env["MDGM_ROS_CACHE"])
+    run_training(two_bags, "config/train.yaml", tmp_path / "one", device="cpu", show_bar=False,
+                 log=lambda m: None, overrides={**TINY, "training.epochs": 2})
+    nodes, one = _losses(tmp_path / "two_nodes", "train_loss"), _losses(tmp_path / "one", "train_loss")
+    assert len(nodes) == len(one) == 2
+    for a, b in zip(nodes, one):
+        assert abs(a - b) / abs(b) < 0.03, (nodes, one)
+    assert load_bundle(tmp_path / "two_nodes").manifest["extra"]["training"]["ranks"] == 2

@@ -11,10 +11,13 @@ non-blocking. Resident memory is therefore a few shards and batches, whatever th
 The normalisation statistics and the training means are one streaming pass (per-batch moments merged
 with Chan's formulas); held-out losses and the anomaly calibration are streaming passes too.
 
-Distributed (:mod:`.distributed`): every rank computes the same epoch order and takes rows
-``rank::world`` of every batch, so it reads only its share of the data, and the per-rank losses are
-scaled so that DDP's averaged gradient is exactly the gradient of the batch's mean loss: a run on N
-ranks sees the same batches as a single process (the reparameterisation noise differs per rank).
+Distributed (:mod:`.distributed`): every rank computes the same epoch order and the same assignment
+of the shards to the ranks (:func:`shard_owners`: balanced by rows, drawn anew each epoch), and reads
+only its own shards, cut into as many batches as a single process makes (:func:`own_share`), so one
+DDP step averages about ``batch_size`` rows from ``world`` disjoint parts of the data and every row
+is read once per epoch. The held-out, statistics and calibration passes split the shards the same way (every
+``world``-th). With fewer shards than ranks, every rank reads rows ``rank::world`` of each shared
+batch instead (the same batches as a single process).
 """
 from __future__ import annotations
 
@@ -119,21 +122,57 @@ def cut_batches(order: np.ndarray, batch_size: int, world: int = 1) -> list[np.n
     return batches
 
 
-class BatchSource(torch.utils.data.Dataset):
-    """Batch k -> (raw arrays, mask, size of the whole batch) of this rank's rows of batch k."""
+def shard_owners(counts: np.ndarray, world: int, seed: int, epoch: int) -> np.ndarray:
+    """The rank that reads each shard this epoch (``counts``: the shards' training rows): the shards in
+    a random order seeded by seed and epoch, each to the rank with the fewest rows so far, so every
+    rank reads a disjoint share of about the same size and the shares change from epoch to epoch."""
+    rng = np.random.default_rng([seed, epoch, world])
+    owners, load = np.zeros(len(counts), np.int64), np.zeros(world, np.int64)
+    for shard in rng.permutation(len(counts)):
+        owners[shard] = int(np.argmin(load))
+        load[owners[shard]] += counts[shard]
+    return owners
 
-    def __init__(self, reader: RowReader, data: ShardRows, batches: list[np.ndarray], rank: int = 0, world: int = 1):
+
+def own_share(order: np.ndarray, shard_ids: np.ndarray, world: int, rank: int, seed: int, epoch: int,
+              batch_size: int) -> tuple[list[np.ndarray], list[int]] | None:
+    """This rank's batches of an epoch when each rank reads its own shards, and each global batch's
+    size over all ranks: the epoch has as many steps as in one process (``len(order) / batch_size``,
+    rounded up); each rank cuts its share -- the rows of the order whose shard :func:`shard_owners`
+    gives it -- into that many nearly equal parts, so every row is read once, by one rank, and a step
+    averages about ``batch_size`` rows. None when a rank's share could not give every step a row
+    (fewer shards than ranks, or a very uneven split): then the ranks share every batch row by row."""
+    groups, inverse, counts = np.unique(shard_ids, return_inverse=True, return_counts=True)
+    if len(groups) < world:
+        return None
+    owners = shard_owners(counts, world, seed, epoch)[inverse]
+    steps = -(-len(order) // batch_size)
+    shares = [int(np.sum(owners == r)) for r in range(world)]
+    if min(shares) < steps:
+        return None
+    whole = [sum(n // steps + (k < n % steps) for n in shares) for k in range(steps)]
+    return np.array_split(order[owners == rank], steps), whole
+
+
+class BatchSource(torch.utils.data.Dataset):
+    """Batch k -> (raw arrays, mask, size of the whole batch over the ranks) of this rank's rows of
+    batch k: rows ``rank::world`` of a shared batch, or, given ``whole`` (each global batch's size), the
+    batch is this rank's own rows."""
+
+    def __init__(self, reader: RowReader, data: ShardRows, batches: list[np.ndarray], rank: int = 0, world: int = 1,
+                 whole: list[int] | None = None):
         self.reader, self.bag_of, self.row_of, self.mask = reader, data.bag_of, data.row_of, data.mask
-        self.batches, self.rank, self.world = batches, rank, world
+        self.batches, self.rank, self.world, self.whole = batches, rank, world, whole
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, k: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
-        rows = self.batches[k][self.rank::self.world]
+        own = self.whole is not None
+        rows = self.batches[k] if own else self.batches[k][self.rank::self.world]
         raw = self.reader.read(self.bag_of[rows], self.row_of[rows])
         return ({name: torch.from_numpy(array) for name, array in raw.items()},
-                torch.from_numpy(self.mask[rows]), len(self.batches[k]))
+                torch.from_numpy(self.mask[rows]), self.whole[k] if own else len(self.batches[k]))
 
 
 # ----------------------------------------------------------------------------- features and statistics
@@ -224,22 +263,38 @@ class ShardFeed:
         self.reader = RowReader(data.bags)
         self.train_ids = data.shard_ids(train_rows)
 
-    def train_batches(self, epoch: int) -> list[np.ndarray]:
+    def train_batches(self, epoch: int) -> tuple[list[np.ndarray], list[int] | None]:
+        """The epoch's batches, and each global batch's size when they are this rank's own rows: in one
+        process all rows; across ranks this rank's own shards (:func:`own_share`), else the shared
+        batches whose rows ``rank::world`` it reads (sizes None)."""
         order = epoch_order(self.train_rows, self.train_ids, self.seed, epoch, self.buffer)
-        return cut_batches(order, self.batch_size, self.ranks.world)
+        if self.ranks.distributed:
+            own = own_share(order, self.data.shard_ids(order), self.ranks.world, self.ranks.rank, self.seed, epoch,
+                            self.batch_size)
+            if own is not None:
+                return own
+        return cut_batches(order, self.batch_size, self.ranks.world), None
 
-    def loader(self, batches: list[np.ndarray], rank: int | None = None, world: int | None = None):
+    def loader(self, batches: list[np.ndarray], rank: int | None = None, world: int | None = None,
+               whole: list[int] | None = None):
         rank = self.ranks.rank if rank is None else rank
         world = self.ranks.world if world is None else world
-        source = BatchSource(self.reader, self.data, batches, rank, world)
+        source = BatchSource(self.reader, self.data, batches, rank, world, whole)
         return torch.utils.data.DataLoader(source, batch_size=None, shuffle=False, num_workers=self.workers,
                                            pin_memory=self.pin, prefetch_factor=2 if self.workers else None,
                                            multiprocessing_context="fork" if self.workers else None)
 
+    def train_loader(self, epoch: int):
+        batches, whole = self.train_batches(epoch)
+        return self.loader(batches, whole=whole)
+
     def in_order(self, rows: np.ndarray, world_share: bool = True):
-        """``rows`` in their order, EVAL_BATCH at a time (this rank's share, or all of them)."""
-        batches = cut_batches(rows, EVAL_BATCH, self.ranks.world if world_share else 1)
-        return self.loader(batches, None if world_share else 0, None if world_share else 1)
+        """``rows`` in their order, EVAL_BATCH at a time: this rank's share (the rows of every
+        ``world``-th shard), or all of them."""
+        if not (world_share and self.ranks.distributed):
+            return self.loader(cut_batches(rows, EVAL_BATCH), 0, 1)
+        _, shard = np.unique(self.data.shard_ids(rows), return_inverse=True)
+        return self.loader(cut_batches(rows[shard % self.ranks.world == self.ranks.rank], EVAL_BATCH), 0, 1)
 
 
 class StreamingTrainer(Trainer):
@@ -271,7 +326,7 @@ class StreamingTrainer(Trainer):
             return Batch(batch, m.to(device, non_blocking=True), int(m.shape[0]), objective,
                          world / whole if objective is not None else None)
 
-        return Batches(self.feed.loader(self.feed.train_batches(self.epoch)), make)
+        return Batches(self.feed.train_loader(self.epoch), make)
 
     def reduce_epoch_sums(self, sums: dict[str, float], seen: int) -> tuple[dict[str, float], int]:
         distributed.check_in_step(self.model, self.ranks)
@@ -378,7 +433,13 @@ def _train(bag_paths, settings: TrainSettings, out: Path, workdir: Path, resume:
         raise TrainError(f"the {model.family.name} family trains in memory (windows of consecutive samples, or "
                          "task-phase labels): leave data.shards off (and train it without torchrun)")
     feed = ShardFeed(data, train_rows, val_rows, settings, ranks, dev)
-    steps = len(cut_batches(train_rows, settings.train.batch_size, ranks.world))
+    first_batches, own = feed.train_batches(0)
+    steps = len(first_batches)
+    if ranks.distributed:
+        log(f"{ranks.world} ranks, {len(np.unique(feed.train_ids))} shards: "
+            + ("each rank reads its own shards (drawn anew each epoch)" if own is not None else
+               "too few or too uneven shards for one share per rank: the ranks read every batch row by row "
+               "(smaller data.shard_size gives more shards)"))
     beta = settings.train.beta
     trainer = StreamingTrainer(model, TrainConfig(**{**vars(settings.train), "beta": BetaSchedule(
         beta.kind, beta.start, beta.end, int(settings.beta.warmup_epochs * steps))}), feed)
