@@ -136,6 +136,14 @@ COVERED: dict[str, tuple[str, list[str], str]] = {
         "the same command with a shorter duration and smaller images"),
     "mdgm-ros simulate --robot kuka --out bags/test --duration 60 --seed 2 --faults all --per-kind 1": (
         "test/test_sim_kuka.py", ["test_a_collision_shows_in_the_force_torque_imu_and_joints"], "shorter"),
+    # the prepared GPU check: the CPU form runs; the others are that command on another device / python
+    "make gpu-check GPU_CHECK_DEVICE=cpu GPU_CHECK_QUICK=1": (
+        "test/test_gpu_check.py", ["test_make_gpu_check_on_the_cpu_writes_one_report_with_every_part"], "as written"),
+    "make gpu-check": ("test/test_gpu_check.py", ["test_make_gpu_check_on_the_cpu_writes_one_report_with_every_part"],
+                       "on the CPU with --quick: the same parts, fewer iterations"),
+    "make gpu-check GPU_CHECK_PY=python3": (
+        "test/test_gpu_check.py", ["test_make_gpu_check_on_the_cpu_writes_one_report_with_every_part"],
+        "the venv's python; a machine's own python3 runs the same module"),
     "make own-robot": ("test/test_any_robot.py", ["test_evaluate_needs_no_params_and_prints_the_users_figures_only"],
                        "the same simulate -> init -> train -> evaluate path with short bags and 1 epoch"),
     "make own-robot TRAIN_SEED=3 TEST_SEED=4": ("test/test_any_robot.py",

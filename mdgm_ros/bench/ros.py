@@ -58,7 +58,7 @@ class _Probe:
 
         from ..msg import Latent
         self.node = node
-        self.camera: list[tuple[float, int]] = []
+        self.camera: list[tuple[float, int, int]] = []
         self.latents: list[tuple[float, int, int, int]] = []
         self.diagnostics = 0
         self.node_step_ms = float("nan")
@@ -67,7 +67,7 @@ class _Probe:
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
 
     def _on_camera(self, msg) -> None:
-        self.camera.append((time.monotonic(), _stamp_ns(msg)))
+        self.camera.append((time.monotonic(), _stamp_ns(msg), time.time_ns()))
 
     def _on_latent(self, msg, info) -> None:
         self.latents.append((time.monotonic(), _stamp_ns(msg), int(info["source_timestamp"]), time.time_ns()))
@@ -143,7 +143,10 @@ def _percentiles(prefix: str, values: np.ndarray) -> dict[str, float]:
 
 
 def _summary(probe: _Probe, start: float, stop: float, cpu_seconds: float) -> dict[str, Any]:
-    frames = {s for t, s in probe.camera if start <= t <= stop - 0.5}
+    frames = {s for t, s, _ in probe.camera if start <= t <= stop - 0.5}
+    # the camera frame itself: its stamp -> its arrival here (the publisher's work after stamping and one
+    # DDS hop of a 12 KB image), the floor under the latent's arrival
+    camera = np.array([(recv - s) / 1e6 for t, s, recv in probe.camera if start <= t <= stop])
     window = [row for row in probe.latents if start <= row[0] <= stop]
     if not window:
         raise RuntimeError("no latent arrived during the measured window")
@@ -161,6 +164,7 @@ def _summary(probe: _Probe, start: float, stop: float, cpu_seconds: float) -> di
             **_percentiles("latency", published),
             # source stamp -> arrival in this process (includes one more DDS hop)
             **_percentiles("arrival_latency", arrived),
+            **_percentiles("camera_arrival_latency", camera),
             "node_step_p50_ms": round(probe.node_step_ms, 3) if np.isfinite(probe.node_step_ms) else None,
             "latency_drift_ms": round(drift, 3), "backlog_growth": bool(drift > 5.0),
             "node_cpu_percent_of_one_core": round(100 * cpu_seconds / (stop - start), 1),
