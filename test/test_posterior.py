@@ -183,3 +183,25 @@ def test_mixture_moments():
     assert mean.item() == pytest.approx(0.0) and math.exp(lv.item()) == pytest.approx(2.0)
     mean, lv = post.mixture_moments(mu, logvar, torch.tensor([[False, False]]))
     assert mean.item() == 0.0 and lv.item() == 0.0
+
+
+def test_exclusive_sums_leave_each_term_out_without_subtracting_it():
+    from mdgm_ros.core.model.posterior import exclusive_sums
+
+    x = torch.rand(5, 2, 3, dtype=torch.float64)
+    expected = torch.stack([x.sum(0) - x[m] for m in range(5)])
+    torch.testing.assert_close(exclusive_sums(x), expected)
+    torch.testing.assert_close(exclusive_sums(x[:1]), torch.zeros_like(x[:1]))
+    big = torch.tensor([[2.0e4], [1.0e-4], [3.0e-4]], dtype=torch.float32)     # one term dominates
+    assert float(exclusive_sums(big)[0]) == pytest.approx(4.0e-4, rel=1e-5)
+
+
+def test_the_leave_one_out_products_hold_when_one_expert_dominates_in_float32():
+    from mdgm_ros.core.model.posterior import dense_product_with_leave_one_out
+
+    mu = torch.tensor([[[1.0, -2.0]], [[0.5, 0.25]], [[-1.0, 3.0]]])
+    logvar = torch.tensor([[[-10.0, -10.0]], [[0.0, 9.0]], [[1.0, 10.0]]])       # expert 0 dominates
+    _, _, loo32 = dense_product_with_leave_one_out(mu, logvar, loo_prior=False)
+    _, _, loo64 = dense_product_with_leave_one_out(mu.double(), logvar.double(), loo_prior=False)
+    assert torch.isfinite(loo32).all()
+    torch.testing.assert_close(loo32.double(), loo64, rtol=1e-4, atol=1e-5)

@@ -59,3 +59,28 @@ def test_the_latent_hook_runs_before_the_decoders_and_can_stop_the_step():
     torch.testing.assert_close(live.state.mean, seen[0][0])
     live.reset()
     assert live.steps == 0 and not bool(live.state.started.any())
+
+
+@pytest.mark.parametrize("private_dim", [0, 3])
+def test_an_expert_far_more_precise_than_the_prediction_leaves_finite_scores_in_float32(private_dim):
+    """Experts at the largest precision (log-variance -10) after a prediction at the smallest (+10):
+    leaving one expert out must not subtract it from the total (in float32 that is 0 / 0); the scores
+    are finite and equal the generic masked filter's."""
+    model = temporal_model(n_mod=3, private_dim=private_dim)
+    with torch.no_grad():
+        heads = [model.encoders[n].head for n in model.names]
+        heads += [model.private_encoders[n].head for n in model.names] if private_dim else []
+        for head in heads:
+            head.bias[head.bias.shape[0] // 2:] = -30.0                    # log-variances clamp at -10
+    feats, mask = random_sequences(model, batch=1, steps=3, p_present=1.0, seed=5)
+    fast = tp.TemporalFilter(model, _calibration(model))
+    generic = tp.TemporalFilter(model, _calibration(model))
+    generic.closed_form = False
+    wide = tp.FilterState(torch.zeros_like(fast.state.mean), torch.full_like(fast.state.logvar, 10.0),
+                          torch.ones_like(fast.state.started))
+    fast.state = generic.state = wide
+    for t in range(3):
+        raw = {n: x[:, t] for n, x in feats.items()}
+        a, b = fast(raw, mask[:, t]), generic(raw, mask[:, t])
+        assert torch.isfinite(a.scores).all() and torch.isfinite(a.total_score).all(), a.scores
+        torch.testing.assert_close(a.scores, b.scores, rtol=1e-3, atol=1e-3)

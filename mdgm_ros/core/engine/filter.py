@@ -443,8 +443,9 @@ class TemporalFilter:
             prior_mean, prior_logvar = moved.mean, moved.logvar
         else:                                            # no past: N(0, I)
             prior_mean, prior_logvar = torch.zeros_like(state.mean), torch.zeros_like(state.logvar)
-        total = torch.exp(-post.clamp_logvar(prior_logvar))
-        total_weighted = total * prior_mean
+        prior_precision = torch.exp(-post.clamp_logvar(prior_logvar))
+        prior_weighted = prior_precision * prior_mean
+        total, total_weighted = prior_precision, prior_weighted
         feats = model.features({n: raw[n] for n in observed})
         precisions, weighted = [], []
         for name in observed:
@@ -461,8 +462,11 @@ class TemporalFilter:
         self._store_imputations(result, mean, targets)
         if self.anomaly:
             surprise = empty_surprise(1, len(model.names), mean)
-            for name, precision, part in zip(observed, precisions, weighted):
-                loo_mean = (total_weighted - part) / (total - precision)
+            # leave-one-out products without subtracting an expert from the total (exclusive_sums): an
+            # expert far more precise than the prediction would leave 0 / 0 behind
+            loo_means = ((prior_weighted + post.exclusive_sums(torch.stack(weighted)))
+                         / (prior_precision + post.exclusive_sums(torch.stack(precisions)))) if observed else []
+            for name, loo_mean in zip(observed, loo_means):
                 surprise[:, model.names.index(name)] = stream_surprise(model, name, feats[name],
                                                                        decode_state(model, name, loo_mean))
             result.scores, result.total_score = standardize_scores(model, surprise, self.calibration, expected)

@@ -101,8 +101,18 @@ def dense_product_with_leave_one_out(mu: torch.Tensor, logvar: torch.Tensor, joi
     total_weighted = weighted.sum(0)
     total_precision = sum_precision + float(joint_prior)
     loo_prior_precision = 1.0 if loo_prior or mu.shape[0] == 1 else 0.0
-    loo_mean = (total_weighted - weighted) / (sum_precision - precision + loo_prior_precision)
+    loo_mean = exclusive_sums(weighted) / (exclusive_sums(precision) + loo_prior_precision)
     return total_weighted / total_precision, total_precision.rsqrt(), loo_mean
+
+
+def exclusive_sums(x: torch.Tensor) -> torch.Tensor:
+    """``out[m] = sum of x[j] for j != m`` along dim 0, from prefix and suffix sums: never the total minus
+    ``x[m]``, which in float32 loses everything but ``x[m]`` when one term dominates (an expert far more
+    precise than the rest: its leave-one-out product would come out 0 / 0)."""
+    zero = torch.zeros_like(x[:1])
+    before = torch.cat([zero, x[:-1].cumsum(0)])
+    after = torch.cat([x[1:].flip(0).cumsum(0).flip(0), zero])
+    return before + after
 
 
 def subset_product_of_experts(mu: torch.Tensor, logvar: torch.Tensor, subset: torch.Tensor,
