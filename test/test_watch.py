@@ -115,12 +115,12 @@ def test_echo_json_count_field_and_an_absent_topic(fusion):
     assert yaml.safe_load(done.stdout.split("\n---\n")[0]) == ["camera", "joints", "... +2 more (4 in all)"]
 
     started = time.monotonic()
-    done = _mdgm(fusion, "echo", "mdgm_fusion/nothing_here", "--timeout", "1")
+    done = _mdgm(fusion, "echo", "mdgm_fusion/nothing_here", "--timeout", "4")    # time to discover the graph
     assert done.returncode == 2 and done.stdout == ""
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "/mdgm_fusion/nothing_here" in lines[0], done.stderr
     assert "/mdgm_fusion/latent" in lines[0] and "/diagnostics" in lines[0]
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 20
 
 
 def test_watch_once_prints_a_plain_summary(fusion):
