@@ -84,3 +84,31 @@ def test_an_expert_far_more_precise_than_the_prediction_leaves_finite_scores_in_
         a, b = fast(raw, mask[:, t]), generic(raw, mask[:, t])
         assert torch.isfinite(a.scores).all() and torch.isfinite(a.total_score).all(), a.scores
         torch.testing.assert_close(a.scores, b.scores, rtol=1e-3, atol=1e-3)
+
+
+def test_with_private_states_the_latent_is_out_before_any_private_encoder_runs():
+    """The shared z goes to the hook from the shared experts alone (the same numbers as the whole
+    state's first dimensions); the private encoders run after it, also when the hook stops the step."""
+    model = temporal_model(n_mod=3, private_dim=2)
+    feats, mask = random_sequences(model, batch=1, steps=3, p_present=1.0, seed=2)
+    calls: list[str] = []
+    for name in model.names:
+        model.private_encoders[name].register_forward_hook(lambda *_, n=name: calls.append(n))
+    live = tp.TemporalFilter(model, _calibration(model))
+    seen = []
+
+    def hook(result):
+        seen.append((list(calls), result.latent_mean.clone(), result.latent_std.clone(), dict(result.private_mean)))
+
+    for t in range(2):
+        calls.clear()
+        out = live({n: x[:, t] for n, x in feats.items()}, mask[:, t], on_latent=hook)
+        before, z_mean, z_std, private = seen[-1]
+        assert before == [] and private == {} and sorted(calls) == sorted(model.names)
+        assert torch.equal(z_mean, out.latent_mean) and torch.equal(z_std, out.latent_std)
+        assert torch.equal(out.latent_mean, live.state.mean[:, :model.latent_dim])
+        assert set(out.private_mean) == set(model.names)
+    calls.clear()
+    stopped = live({n: x[:, 2] for n, x in feats.items()}, mask[:, 2], on_latent=lambda r: False)
+    assert stopped is None and sorted(calls) == sorted(model.names)     # the state still advanced whole
+    assert live.steps == 3

@@ -414,16 +414,31 @@ class TemporalFilter:
             result.predicted_mean, result.predicted_std = mean[..., :dim], torch.exp(0.5 * logvar[..., :dim])
         return result
 
-    def _result(self, mean: torch.Tensor, logvar: torch.Tensor) -> TemporalFusionResult:
+    def _result(self, mean: torch.Tensor, logvar: torch.Tensor,
+                result: TemporalFusionResult | None = None) -> TemporalFusionResult:
         """The filtered belief as a result: the shared z, and with private states every modality's s_m
-        (the remembered one where the modality is missing)."""
+        (the remembered one where the modality is missing). ``result``: one that already holds the
+        shared z (:meth:`_shared_latent`, the same numbers), to complete."""
         model, dim = self.model, self.model.latent_dim
         std = torch.exp(0.5 * logvar)
-        result = TemporalFusionResult(mean[:, :dim], std[:, :dim])
+        if result is None:
+            result = TemporalFusionResult(mean[:, :dim], std[:, :dim])
         for name in model.names if model.private_dim else ():
             block = private_block(model, name)
             result.private_mean[name], result.private_std[name] = mean[:, block], std[:, block]
         return result
+
+    def _shared_latent(self, prior_precision: torch.Tensor, prior_weighted: torch.Tensor, shared
+                       ) -> TemporalFusionResult:
+        """The filtered shared z from the prediction and the observed shared experts alone: the state's
+        first D dimensions, which no private expert informs, by the same operations as the whole state
+        (so the same numbers), before any private encoder runs (a live node publishes it at once)."""
+        dim = self.model.latent_dim
+        total, total_weighted = prior_precision[:, :dim], prior_weighted[:, :dim]
+        for mu, logvar in shared:
+            precision = torch.exp(-post.clamp_logvar(logvar))
+            total, total_weighted = total + precision, total_weighted + precision * mu
+        return TemporalFusionResult(total_weighted / total, torch.exp(0.5 * post.clamp_logvar(-torch.log(total))))
 
     def _closed_form_step(self, raw: Mapping[str, torch.Tensor], observed: list[str], action: torch.Tensor | None,
                           future_actions: torch.Tensor | None, on_latent,
@@ -447,16 +462,23 @@ class TemporalFilter:
         prior_weighted = prior_precision * prior_mean
         total, total_weighted = prior_precision, prior_weighted
         feats = model.features({n: raw[n] for n in observed})
+        shared = {n: model.family.unimodal_encoder(model, n)(feats[n]) for n in observed} if model.private_dim else {}
+        early = None
+        if shared and on_latent is not None:             # the shared latent first: the private encoders after it
+            early = self._shared_latent(prior_precision, prior_weighted, shared.values())
+            stop = on_latent(early) is False
         precisions, weighted = [], []
         for name in observed:
-            mu, precision = modality_state_expert(model, name, feats[name])
+            mu, precision = modality_state_expert(model, name, feats[name], shared.get(name))
             precisions.append(precision)
             weighted.append(precision * mu)
             total, total_weighted = total + precision, total_weighted + precision * mu
         mean, logvar = total_weighted / total, post.clamp_logvar(-torch.log(total))
         self.state = FilterState(mean, logvar, torch.ones_like(state.started))
-        result = self._result(mean, logvar)
-        if on_latent is not None and on_latent(result) is False:
+        result = self._result(mean, logvar, early)
+        if early is None and on_latent is not None:
+            stop = on_latent(result) is False
+        if on_latent is not None and stop:
             return None
         targets = [n for n in model.names if self.impute_present or n not in observed]
         self._store_imputations(result, mean, targets)

@@ -194,10 +194,12 @@ def state_experts(model: "MultimodalVAE", feats: Mapping[str, torch.Tensor], mas
     return torch.cat([mu, s_mu], -1), torch.cat([logvar, s_lv], -1)
 
 
-def modality_state_expert(model: "MultimodalVAE", name: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def modality_state_expert(model: "MultimodalVAE", name: str, x: torch.Tensor,
+                          shared: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One modality's expert over the state for its features ``x`` (B, ...): mean and precision (B, S),
-    the precision zero outside the dimensions it informs (:func:`state_coverage`)."""
-    mu, logvar = model.family.unimodal_encoder(model, name)(x)
+    the precision zero outside the dimensions it informs (:func:`state_coverage`). ``shared``: its
+    shared expert's (mu, logvar) when already computed."""
+    mu, logvar = model.family.unimodal_encoder(model, name)(x) if shared is None else shared
     precision = torch.exp(-post.clamp_logvar(logvar))
     if not model.private_dim:
         return mu, precision
