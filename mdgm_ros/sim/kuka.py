@@ -29,9 +29,7 @@ from .sensors import LinkImu, blackout, depth_millimetres, occlude, quaternion_m
 
 with quiet_c_output():           # pybullet prints its build-time banner from C on import
     import pybullet as pb
-from .world import table_world
-
-NS = 1_000_000_000
+from .world import NS, TableSim, table_world
 
 
 class Stream(NamedTuple):
@@ -130,7 +128,7 @@ def _smoothstep(s: float) -> float:
     return s * s * (3 - 2 * s)
 
 
-class KukaTableSim:
+class KukaTableSim(TableSim):
     """``events(seconds)`` yields :class:`~mdgm_ros.sim.SimEvent`: camera (H, W, 3 uint8 RGB), joints
     (3, 7: position, velocity, effort in :data:`JOINT_NAMES` order), wrench (6: force N, torque N m, in
     ``iiwa_link_ee``), imu (10: orientation xyzw, angular velocity, linear acceleration), depth (H, W
@@ -184,17 +182,6 @@ class KukaTableSim:
         orn = pb.getQuaternionFromEuler([0, 0, float(self.rng.uniform(-0.6, 0.6))])
         pb.resetBasePositionAndOrientation(self.block, [x, y, _HALF + 0.001], orn, physicsClientId=self.client)
         pb.resetBaseVelocity(self.block, [0, 0, 0], [0, 0, 0], physicsClientId=self.client)
-
-    def close(self) -> None:
-        if self.client is not None and pb.isConnected(self.client):
-            pb.disconnect(self.client)
-        self.client = None
-
-    def __enter__(self) -> "KukaTableSim":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ task script
     def _flange_pose(self) -> tuple[np.ndarray, np.ndarray]:
@@ -326,11 +313,7 @@ class KukaTableSim:
     def _update_faults(self) -> list[FaultLabel]:
         t = self.step_index * self.dt
         started = []
-        for fault in list(self._active):
-            if self.step_index >= fault.end_step:
-                self._end_fault(fault)
-            elif fault.extra.get("recover_at") == self.step_index:
-                self._recover()
+        self._end_due_faults()
         for spec in [f for f in self._pending if f.start_s <= t]:
             if self._active or self.step_index < self._quiet_until:   # one at a time, apart: clear labels
                 break
@@ -399,16 +382,7 @@ class KukaTableSim:
         elif fault.spec.kind == "payload":
             pb.changeDynamics(self.robot, _EE, mass=self.flange_kg, physicsClientId=self.client)
 
-    def _active_kind(self, kind: str) -> _Fault | None:
-        return next((f for f in self._active if f.spec.kind == kind), None)
-
-    def _dropped(self, stream: str) -> bool:
-        return any(f.spec.kind == "stream_dropout" and f.spec.detail.get("stream") == stream for f in self._active)
-
     # ------------------------------------------------------------------ sensors
-    def _stamp(self, step: int) -> int:
-        return self.config.start_ns + int(round(step * NS / self.config.physics_hz))
-
     def _joint_states(self) -> np.ndarray:
         """(3, 7) position, velocity, effort in URDF order."""
         states = pb.getJointStates(self.robot, _ARM, physicsClientId=self.client)

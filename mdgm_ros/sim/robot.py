@@ -20,9 +20,8 @@ from .quiet import quiet_c_output
 with quiet_c_output():           # pybullet prints its build-time banner from C on import
     import pybullet as pb
 from .sensors import AudioSynth, blackout, occlude, taxel_grid
-from .world import table_world
+from .world import NS, TableSim, table_world
 
-NS = 1_000_000_000
 JOINT_NAMES = [f"panda_joint{i}" for i in range(1, 8)] + ["panda_finger_joint1", "panda_finger_joint2"]
 _ARM = list(range(7))
 _FINGERS = [9, 10]
@@ -89,7 +88,7 @@ class _ActiveFault:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class PandaTableSim:
+class PandaTableSim(TableSim):
     def __init__(self, config: SimConfig = SimConfig()):
         self.config = config
         self.rng = np.random.default_rng([config.seed, 104729])
@@ -139,17 +138,6 @@ class PandaTableSim:
         orn = pb.getQuaternionFromEuler([0, 0, float(self.rng.uniform(-0.6, 0.6))])
         pb.resetBasePositionAndOrientation(body, [x, y, 0.026], orn, physicsClientId=self.client)
         pb.resetBaseVelocity(body, [0, 0, 0], [0, 0, 0], physicsClientId=self.client)
-
-    def close(self) -> None:
-        if self.client is not None and pb.isConnected(self.client):
-            pb.disconnect(self.client)
-        self.client = None
-
-    def __enter__(self) -> "PandaTableSim":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ task script
     def _ee_position(self) -> np.ndarray:
@@ -257,11 +245,7 @@ class PandaTableSim:
         """Start the faults that are due, end the finished ones; returns the labels of started faults."""
         t = self.step_index * self.dt
         started = []
-        for fault in list(self._active):
-            if self.step_index >= fault.end_step:
-                self._end_fault(fault)
-            elif fault.extra.get("recover_at") == self.step_index:
-                self._recover()
+        self._end_due_faults()
         for spec in [f for f in self._pending_faults if f.start_s <= t]:
             if spec.kind == "object_drop" and not self._carrying():
                 if t > spec.start_s + 15.0:          # nothing carried for 15 s: give up on this one
@@ -326,16 +310,7 @@ class PandaTableSim:
         self.ring_hz[body] = 900.0
         return body
 
-    def _dropped(self, stream: str) -> bool:
-        return any(f.spec.kind == "stream_dropout" and f.spec.detail.get("stream") == stream for f in self._active)
-
-    def _active_kind(self, kind: str) -> _ActiveFault | None:
-        return next((f for f in self._active if f.spec.kind == kind), None)
-
     # ------------------------------------------------------------------ sensors
-    def _stamp(self, step: int) -> int:
-        return self.config.start_ns + int(round(step * NS / self.config.physics_hz))
-
     def _joint_states(self) -> np.ndarray:
         states = pb.getJointStates(self.robot, _JOINTS, physicsClientId=self.client)
         return np.array([[s[0] for s in states], [s[1] for s in states], [s[3] for s in states]], np.float64)
