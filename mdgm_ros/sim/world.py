@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-NS = 1_000_000_000
-
 from .quiet import quiet_c_output
 
 with quiet_c_output():           # pybullet prints its build-time banner from C on import
     import pybullet as pb
     import pybullet_data
+
+NS = 1_000_000_000
 
 
 def table_world(client: int, dt: float, substeps: int, robot_urdf: str) -> tuple[int, int]:
