@@ -201,27 +201,8 @@ class AnomalyCalibration:
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _LOG_2 = math.log(2.0)
-# model -> modality -> (normalisation std it was made from, dtype, device, squared std per feature (N,))
-_ERROR_WEIGHTS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
-# model -> modality -> ((scale parameter version, dtype, device), (factor, offset)): see _scale_terms
-_SCALE_TERMS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
-
-
-def _error_weights(model, name: str, like: torch.Tensor) -> torch.Tensor:
-    """The squared normalisation std of ``name`` broadcast over its features and flattened (N,): the
-    weights that turn squared feature errors into squared errors in sensor units. Made once per std
-    tensor, dtype and device (a new normalisation is a new tensor), outside inference mode so the
-    weights serve in any autograd mode."""
-    _, std = model.normalization_stats(name)
-    per_model = _ERROR_WEIGHTS.setdefault(model, {})
-    hit = per_model.get(name)
-    if hit is not None and hit[0] is std and hit[1] == like.dtype and hit[2] == like.device:
-        return hit[3]
-    with torch.inference_mode(False), torch.no_grad():
-        shape = model.specs[name].feature_shape
-        weights = std.detach().clone().to(like.device, like.dtype).square().expand(shape).reshape(-1).contiguous()
-    per_model[name] = (std, like.dtype, like.device, weights)
-    return weights
+# model -> modality -> ((normalisation std tensor, scale version, dtype, device), (weights, factor, offset))
+_LOCATION_TERMS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
 
 def stream_surprise(model, name: str, feats: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
@@ -246,31 +227,40 @@ def _location_surprise(model, name: str, likelihood: str, feats: torch.Tensor, d
     observed stream)."""
     diff = (feats - decoded).flatten(-n_feature_dims)
     squared = diff.square()
-    error = squared @ _error_weights(model, name, squared)
-    factor, offset = _scale_terms(model, name, likelihood, diff)
+    weights, factor, offset = _location_terms(model, name, likelihood, diff)
     nll = (squared if likelihood == "gaussian" else diff.abs()).sum(-1) * factor + offset
-    return torch.stack([nll, error], -1)
+    return torch.stack([nll, squared @ weights], -1)
 
 
-def _scale_terms(model, name: str, likelihood: str, diff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The decoder scale's share of the NLL: -log p = factor * sum(d^2 or |d|) + offset. Without
-    autograd the two are kept per scale value (the parameter's version), dtype and device."""
-    parameter = model.log_scales[name]
-    key = (parameter._version, diff.dtype, diff.device)
-    cached = _SCALE_TERMS.setdefault(model, {}).get(name)
-    if cached is not None and cached[0] == key and not torch.is_grad_enabled():
-        return cached[1]
-    log_scale = model.log_scale(name).to(diff.dtype)
-    count = diff.shape[-1]
+def _location_terms(model, name: str, likelihood: str, like: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(weights, factor, offset): the squared normalisation std broadcast over the features and
+    flattened (N,), which turns squared feature errors into squared errors in sensor units, and the
+    decoder scale's share of the NLL, -log p = factor * sum(d^2 or |d|) + offset. Kept per std tensor (a
+    new normalisation is a new tensor), scale version, dtype and device, made outside inference mode
+    so they serve in any autograd mode; with autograd on, factor and offset are made afresh, so that
+    gradients reach the scale."""
+    _, std = model.normalization_stats(name)
+    version = model.log_scales[name]._version
+    per_model = _LOCATION_TERMS.setdefault(model, {})
+    hit = per_model.get(name)
+    if hit is None or hit[0][0] is not std or hit[0][1:] != (version, like.dtype, like.device):
+        with torch.inference_mode(False), torch.no_grad():
+            shape = model.specs[name].feature_shape
+            weights = std.detach().clone().to(like.device, like.dtype).square().expand(shape).reshape(-1).contiguous()
+            hit = ((std, version, like.dtype, like.device), (weights, *_scale_terms(model, name, likelihood, like)))
+        per_model[name] = hit
+    if torch.is_grad_enabled():
+        return hit[1][0], *_scale_terms(model, name, likelihood, like)
+    return hit[1]
+
+
+def _scale_terms(model, name: str, likelihood: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    log_scale = model.log_scale(name).to(like.dtype)
+    count = like.shape[-1]
     if likelihood == "gaussian":
-        terms = 0.5 * torch.exp(-2.0 * log_scale), count * (log_scale + _HALF_LOG_2PI)
-    else:
-        terms = torch.exp(-log_scale), count * (log_scale + _LOG_2)
-    if not torch.is_grad_enabled():
-        with torch.inference_mode(False):
-            kept = tuple(t.detach().clone() for t in terms)
-        _SCALE_TERMS[model][name] = (key, kept)
-    return terms
+        return 0.5 * torch.exp(-2.0 * log_scale), count * (log_scale + _HALF_LOG_2PI)
+    return torch.exp(-log_scale), count * (log_scale + _LOG_2)
 
 
 def empty_surprise(batch: int, n_modalities: int, like: torch.Tensor) -> torch.Tensor:
