@@ -72,7 +72,7 @@ def _cmd_bench_gpu(args: argparse.Namespace) -> int:
     """``bench gpu``: every part of the GPU check, the report to --out (and stdout with --json)."""
     from pathlib import Path
 
-    from .bench.gpu_check import gpu_check
+    from .bench.gpu_check import PARTS, gpu_check
 
     report = gpu_check(args.device, quick=args.quick, log=lambda text: print(text, file=sys.stderr, flush=True))
     text = json.dumps(report, indent=2)
@@ -83,7 +83,7 @@ def _cmd_bench_gpu(args: argparse.Namespace) -> int:
     if args.json:
         print(text)
     else:
-        for part in ("environment", "fusion", "train", "onnxruntime", "ddp", "node"):
+        for part in PARTS:
             print(f"{part}: {json.dumps(report.get(part))}")
     if report["failed"]:
         print(f"gpu check: FAILED parts: {', '.join(report['failed'])} (their errors are in the report)",

@@ -288,7 +288,7 @@ class FusionNode(GuardedNode, LifecycleNode):
             self.get_logger().info("the bundle records no stream settings: the parameters alone describe the streams")
         for text in contradictions(given, settings):
             self.get_logger().warning(f"parameter {text}: the model sees other data than it learned from "
-                                   "(leave the parameter out to use the bundle's)")
+                                      "(leave the parameter out to use the bundle's)")
 
     # ------------------------------------------------------------------ model loading
     def _load(self, path: str) -> Runtime:

@@ -463,7 +463,7 @@ class TemporalFilter:
         total, total_weighted = prior_precision, prior_weighted
         feats = model.features({n: raw[n] for n in observed})
         shared = {n: model.family.unimodal_encoder(model, n)(feats[n]) for n in observed} if model.private_dim else {}
-        early = None
+        early, stop = None, False
         if shared and on_latent is not None:             # the shared latent first: the private encoders after it
             early = self._shared_latent(prior_precision, prior_weighted, shared.values())
             stop = on_latent(early) is False
@@ -478,7 +478,7 @@ class TemporalFilter:
         result = self._result(mean, logvar, early)
         if early is None and on_latent is not None:
             stop = on_latent(result) is False
-        if on_latent is not None and stop:
+        if stop:
             return None
         targets = [n for n in model.names if self.impute_present or n not in observed]
         self._store_imputations(result, mean, targets)
