@@ -183,12 +183,17 @@ def onnx_providers(device: torch.device, quick: bool) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- data parallel
 def _ddp_rank(rank: int, world: int, backend: str, port: str, results) -> None:
-    """One rank (a spawned process): its outcome or its error goes to ``results``."""
+    """One rank (a spawned process): its outcome or its error goes to ``results``. The process then ends
+    without interpreter teardown (torch's and gloo's threads can abort it there, after the work is done)."""
+    code = 0
     try:
         _ddp_steps(rank, world, backend, port, results)
     except Exception:  # noqa: BLE001 - reported by the parent
         results.put({"rank": rank, "error": traceback.format_exc()[-2000:]})
-        raise
+        code = 1
+    results.close()
+    results.join_thread()                        # what this rank put is in the pipe
+    os._exit(code)
 
 
 def _ddp_steps(rank: int, world: int, backend: str, port: str, results) -> None:
@@ -251,8 +256,8 @@ def ddp(device: torch.device, quick: bool) -> dict[str, Any]:
     while not results.empty():
         reports.append(results.get(timeout=10))
     errors = [r for r in reports if "error" in r]
-    if errors or any(code != 0 for code in codes):
-        detail = errors[0]["error"] if errors else "no report"
+    if errors or any(code != 0 for code in codes) or not reports:
+        detail = errors[0]["error"] if errors else "no rank reported an error" if reports else "no report"
         raise RuntimeError(f"a DDP rank failed (exit codes {codes}): {detail}")
     return {"backend": backend, "processes": 2, **reports[0]}
 
