@@ -80,14 +80,15 @@ def resume_key_of(bag_paths: list[str], settings: TrainSettings) -> str:
 
 
 def _normalization_state(model: MultimodalVAE) -> dict[str, Any]:
-    return {m.name: {"mean": torch.from_numpy(np.asarray(m.normalization.mean)),
-                     "std": torch.from_numpy(np.asarray(m.normalization.std))}
+    return {m.name: {key: torch.from_numpy(np.asarray(value)) for key in ("mean", "std", "low", "high")
+                     if (value := getattr(m.normalization, key)) is not None}
             for m in model.config.modalities if m.normalization is not None}
 
 
 def _restore_normalization(model: MultimodalVAE, state: dict[str, Any]) -> None:
     for name, stats in state.items():
-        model.set_normalization(name, Normalization(stats["mean"].numpy(), stats["std"].numpy()))
+        bounds = [stats[k].numpy() for k in ("low", "high") if k in stats]
+        model.set_normalization(name, Normalization(stats["mean"].numpy(), stats["std"].numpy(), *bounds))
 
 
 def no_best(stage: int = 0) -> dict[str, Any]:

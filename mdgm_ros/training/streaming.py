@@ -34,7 +34,7 @@ from ..core import BetaSchedule, MultimodalVAE, TrainConfig, Trainer, save_bundl
 from ..core.engine.inference import calibration_from_nll, leave_one_out_surprise
 from ..core.engine.loop import NORM_AXES, Batch, Batches
 from ..core.engine.objective import compute_objective
-from ..core.model.modalities import Normalization
+from ..core.model.modalities import BOUNDED_KINDS, Normalization, range_bounds
 from ..data import bags
 from ..data import cache as data_cache
 from ..data.shards import BagShards, RowReader, ensure_shards
@@ -198,6 +198,7 @@ class FeatureStats:
         self.kinds = {n: (model.specs[n].kind, model.specs[n].normalized) for n in model.names}
         self.moments: dict[str, list] = {}        # name -> [elements, mean, M2, rows] (float64, CPU)
         self.sums: dict[str, list] = {}           # name -> [sum over rows, rows]
+        self.ranges: dict[str, tuple] = {}        # name -> element-wise (min, max) of vectors and taxel grids
 
     def add(self, feats: dict[str, torch.Tensor], mask: torch.Tensor) -> None:
         for j, name in enumerate(self.kinds):
@@ -213,10 +214,16 @@ class FeatureStats:
                 part = [x.numel() / mean.numel(), mean.cpu(), ((x - mean) ** 2).sum(dim=axes, keepdim=True).cpu(),
                         x.shape[0]]
                 self._merge_moments(name, part)
+                if kind in BOUNDED_KINDS:
+                    self._merge_range(name, x.amin(0).cpu(), x.amax(0).cpu())
 
     def _merge_sum(self, name: str, part: list) -> None:
         old = self.sums.get(name)
         self.sums[name] = part if old is None else [old[0] + part[0], old[1] + part[1]]
+
+    def _merge_range(self, name: str, low: torch.Tensor, high: torch.Tensor) -> None:
+        old = self.ranges.get(name)
+        self.ranges[name] = (low, high) if old is None else (torch.minimum(old[0], low), torch.maximum(old[1], high))
 
     def _merge_moments(self, name: str, part: list) -> None:
         old = self.moments.get(name)
@@ -235,6 +242,8 @@ class FeatureStats:
                 out._merge_sum(name, value)
             for name, value in part.moments.items():
                 out._merge_moments(name, value)
+            for name, (low, high) in part.ranges.items():
+                out._merge_range(name, low, high)
         return out
 
     def apply(self, model: MultimodalVAE) -> None:
@@ -244,7 +253,10 @@ class FeatureStats:
                 continue
             std = (m2 / (elements - 1)).sqrt().squeeze(0)
             floor = max(1e-6, 0.01 * float(std.median()))
-            model.set_normalization(name, Normalization(mean.squeeze(0).numpy(), std.clamp_min(floor).numpy()))
+            extent = self.ranges.get(name)
+            bounds = () if extent is None else range_bounds(extent[0].numpy(), extent[1].numpy(), self.kinds[name][0])
+            model.set_normalization(name, Normalization(mean.squeeze(0).numpy(), std.clamp_min(floor).numpy(),
+                                                        *bounds))
 
     def means(self) -> dict[str, torch.Tensor]:
         return {name: (total / rows).float().contiguous() for name, (total, rows) in self.sums.items()}

@@ -54,6 +54,7 @@ from .inference import (
     calibration_from_nll,
     mixed_precision_call,
     standardize_scores,
+    within_range,
 )
 from .windows import gather_rows
 
@@ -391,15 +392,24 @@ class TemporalFilter:
               on_latent: Callable[[FusionResult], "bool | None"] | None = None,
               expected: torch.Tensor | None = None) -> TemporalFusionResult | None:
         model = self.model
-        host, mask = mask.cpu(), mask.to(model.device)
+        host = mask.cpu()
         observed = [n for j, n in enumerate(model.names) if bool(host[:, j].any())]
         self.steps += 1
-        if self.closed_form and mask.shape[0] == 1:
-            return self._closed_form_step(raw, observed, action, future_actions, on_latent, expected)
-        feats = model.complete(model.features({n: raw[n] for n in observed}), mask)
+        feats = model.features({n: raw[n] for n in observed})
+        ranged = within_range(model, feats, host)
+        if ranged.outside is not None:
+            host, observed = ranged.mask, ranged.observed
+            feats = {n: feats[n] for n in observed}
+        if self.closed_form and host.shape[0] == 1:
+            result = self._closed_form_step(feats, observed, action, future_actions, on_latent, expected,
+                                            ranged.outside)
+            return ranged.scored(model, self.calibration, result)
+        mask = host.to(model.device)
+        feats = model.complete(feats, mask)
         step = filter_step(model, self.state, feats, mask, action)
         self.state = step.state
         result = self._result(step.mean, step.logvar)
+        result.out_of_range = ranged.outside
         if on_latent is not None and on_latent(result) is False:
             return None
         targets = [n for j, n in enumerate(model.names) if self.impute_present or not bool(mask[:, j].all())]
@@ -412,7 +422,7 @@ class TemporalFilter:
             mean, logvar = predict_ahead(model, self.state, self.horizon, future_actions)
             dim = model.latent_dim                       # the shared latent's prediction (as ~/latent)
             result.predicted_mean, result.predicted_std = mean[..., :dim], torch.exp(0.5 * logvar[..., :dim])
-        return result
+        return ranged.scored(model, self.calibration, result)
 
     def _result(self, mean: torch.Tensor, logvar: torch.Tensor,
                 result: TemporalFusionResult | None = None) -> TemporalFusionResult:
@@ -440,9 +450,9 @@ class TemporalFilter:
             total, total_weighted = total + precision, total_weighted + precision * mu
         return TemporalFusionResult(total_weighted / total, torch.exp(0.5 * post.clamp_logvar(-torch.log(total))))
 
-    def _closed_form_step(self, raw: Mapping[str, torch.Tensor], observed: list[str], action: torch.Tensor | None,
-                          future_actions: torch.Tensor | None, on_latent,
-                          expected: torch.Tensor | None = None) -> TemporalFusionResult | None:
+    def _closed_form_step(self, feats: Mapping[str, torch.Tensor], observed: list[str], action: torch.Tensor | None,
+                          future_actions: torch.Tensor | None, on_latent, expected: torch.Tensor | None = None,
+                          outside: torch.Tensor | None = None) -> TemporalFusionResult | None:
         """Batch 1: precisions P = exp(-logvar) of the prediction and the observed experts over the state
         (zero where an expert does not inform it); the filtered posterior is T = P_prior + sum_m P_m,
         mean = (P_prior mu_prior + sum_m P_m mu_m) / T, and the leave-one-out posterior of m drops P_m
@@ -461,11 +471,11 @@ class TemporalFilter:
         prior_precision = torch.exp(-post.clamp_logvar(prior_logvar))
         prior_weighted = prior_precision * prior_mean
         total, total_weighted = prior_precision, prior_weighted
-        feats = model.features({n: raw[n] for n in observed})
         shared = {n: model.family.unimodal_encoder(model, n)(feats[n]) for n in observed} if model.private_dim else {}
         early, stop = None, False
         if shared and on_latent is not None:             # the shared latent first: the private encoders after it
             early = self._shared_latent(prior_precision, prior_weighted, shared.values())
+            early.out_of_range = outside
             stop = on_latent(early) is False
         precisions, weighted = [], []
         for name in observed:
@@ -476,6 +486,7 @@ class TemporalFilter:
         mean, logvar = total_weighted / total, post.clamp_logvar(-torch.log(total))
         self.state = FilterState(mean, logvar, torch.ones_like(state.started))
         result = self._result(mean, logvar, early)
+        result.out_of_range = outside
         if early is None and on_latent is not None:
             stop = on_latent(result) is False
         if stop:

@@ -18,6 +18,7 @@ from ..model.estimators import (
     posterior_samples,
 )
 from ..model.vae import MultimodalVAE
+from . import ranges
 from .anomaly import AnomalyCalibration, calibration_from_nll, empty_surprise, standardize_scores, stream_surprise
 
 
@@ -169,9 +170,45 @@ class FusionResult:
     # families with private latents: q(s_m | .) of each observed modality, mean and std (B, P)
     private_mean: dict[str, torch.Tensor] = field(default_factory=dict)
     private_std: dict[str, torch.Tensor] = field(default_factory=dict)
+    # (B, M) bool on the host: observed streams outside their training range (:mod:`.ranges`), left out
+    # of the posterior, imputed and scored as out of range; None when every stream was within range
+    out_of_range: torch.Tensor | None = None
 
 
 LatentHook = Callable[[FusionResult], "bool | None"]
+
+
+@dataclass
+class Ranged:
+    """The observed streams of a step after the range check (:mod:`.ranges`): the presence mask and the
+    observed names the posterior takes, and where streams were out of range (None: nowhere)."""
+
+    mask: torch.Tensor
+    observed: list[str]
+    outside: torch.Tensor | None = None
+    over: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def scored(self, model: MultimodalVAE, calibration: AnomalyCalibration | None, result: Any) -> Any:
+        """``result`` with the out-of-range streams' bounded scores (as it is where none was)."""
+        if result is None or self.outside is None:
+            return result
+        result.scores, result.total_score = ranges.score_out_of_range(
+            model.names, calibration, result.scores, result.total_score, self.over)
+        return result
+
+
+def within_range(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], host: torch.Tensor) -> Ranged:
+    """Check the observed streams' normalised features against their bounds; ``host``: the (B, M)
+    presence mask on the CPU. One device read, only for bundles with bounds."""
+    observed = list(feats)
+    over = ranges.excess(model, feats)
+    if not over or not bool(torch.cat(list(over.values())).gt(0).any()):
+        return Ranged(host, observed)
+    outside = ranges.outside_mask(model.names, over, host.shape[0], torch.device("cpu")) & host
+    mask = host & ~outside
+    kept = [n for n, seen in zip(model.names, mask.any(0).tolist()) if seen]
+    return Ranged(mask, kept, outside, {n: v.masked_fill(~outside[:, model.names.index(n)].to(v.device), 0.0)
+                                        for n, v in over.items()})
 
 
 def _float32(value: Any) -> Any:
@@ -233,19 +270,27 @@ class Fuser:
               on_latent: LatentHook | None = None, expected: torch.Tensor | None = None) -> FusionResult | None:
         host = mask.cpu()
         observed = [n for n, seen in zip(self.model.names, host.any(0).tolist()) if seen]
+        feats = self.model.features({n: raw[n] for n in observed})
+        ranged = within_range(self.model, feats, host)
+        if ranged.outside is not None:
+            host, observed = ranged.mask, ranged.observed
+            feats = {n: feats[n] for n in observed}
         uniform = host.shape[0] == 1 or bool((host == host[:1]).all())
         if uniform and observed and self.model.family.closed_form_poe(self.model) and self.n_samples == 0:
-            return self._fused_closed_form(raw, observed, on_latent, expected)
-        return self._fused_general(raw, mask.to(self.model.device), observed, on_latent, expected)
+            result = self._fused_closed_form(feats, observed, on_latent, expected, ranged.outside)
+        else:
+            result = self._fused_general(feats, host.to(self.model.device), observed, on_latent, expected,
+                                         ranged.outside)
+        return ranged.scored(self.model, self.calibration, result)
 
-    def _fused_general(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor, observed: list[str],
-                       on_latent: LatentHook | None = None, expected: torch.Tensor | None = None
-                       ) -> FusionResult | None:
+    def _fused_general(self, feats: Mapping[str, torch.Tensor], mask: torch.Tensor, observed: list[str],
+                       on_latent: LatentHook | None = None, expected: torch.Tensor | None = None,
+                       outside: torch.Tensor | None = None) -> FusionResult | None:
         model = self.model
-        feats = model.complete(model.features({n: raw[n] for n in observed}), mask)
+        feats = model.complete(feats, mask)
         mu, logvar = model.experts(feats, mask)
         z_mean, z_logvar = model.posterior_summary(mu, logvar, mask)
-        result = FusionResult(z_mean, torch.exp(0.5 * z_logvar))
+        result = FusionResult(z_mean, torch.exp(0.5 * z_logvar), out_of_range=outside)
         if on_latent is not None and on_latent(result) is False:
             return None
         targets = [n for j, n in enumerate(model.names) if self.impute_present or not bool(mask[:, j].all())]
@@ -266,20 +311,19 @@ class Fuser:
             result.private_mean[name], result.private_std[name] = s_mu[j], torch.exp(0.5 * s_lv[j])
         return private_codes(self.model, feats, mask, self.n_samples)
 
-    def _fused_closed_form(self, raw: Mapping[str, torch.Tensor], observed: list[str],
-                           on_latent: LatentHook | None = None, expected: torch.Tensor | None = None
-                           ) -> FusionResult | None:
+    def _fused_closed_form(self, feats: Mapping[str, torch.Tensor], observed: list[str],
+                           on_latent: LatentHook | None = None, expected: torch.Tensor | None = None,
+                           outside: torch.Tensor | None = None) -> FusionResult | None:
         """Every row observes the same modalities (always so at batch 1) and the posterior is a PoE:
         the joint and all leave-one-out posteriors over the observed experts only, in closed form
         (:func:`posterior.dense_product_with_leave_one_out`; a test checks it equals the masked path)."""
         model = self.model
-        feats = model.features({n: raw[n] for n in observed})
         experts = [model.encoders[n](feats[n]) for n in observed]
         every_prior = bool(model.config.proper_subsets_include_prior)     # else only the product of all
         z_mean, z_std, z_loo = post.dense_product_with_leave_one_out(
             torch.stack([e[0] for e in experts]), torch.stack([e[1] for e in experts]),
             joint_prior=every_prior or len(observed) == len(model.names), loo_prior=every_prior)
-        result = FusionResult(z_mean, z_std)
+        result = FusionResult(z_mean, z_std, out_of_range=outside)
         if on_latent is not None and on_latent(result) is False:
             return None
         targets = [n for n in model.names if self.impute_present or n not in observed]

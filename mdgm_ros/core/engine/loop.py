@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from ..model.modalities import Normalization
+from ..model.modalities import BOUNDED_KINDS, Normalization, range_bounds
 from ..model.vae import MultimodalVAE
 from .objective import compute_objective
 
@@ -94,7 +94,8 @@ def raw_to_features(model: MultimodalVAE, raw: Mapping[str, Any], chunk: int = 5
 
 def fit_normalization(model: MultimodalVAE, features: Mapping[str, torch.Tensor], mask: torch.Tensor) -> None:
     """Fit each normalised modality's statistics on the rows where it is observed (per channel for
-    images, per dimension for vectors, per mel band for audio, per taxel for tactile)."""
+    images, per dimension for vectors, per mel band for audio, per taxel for tactile), and the bounds
+    of vectors and taxel grids (per element: :func:`~mdgm_ros.core.model.modalities.range_bounds`)."""
     for j, name in enumerate(model.names):
         spec = model.specs[name]
         rows = mask[:, j].cpu()
@@ -105,7 +106,8 @@ def fit_normalization(model: MultimodalVAE, features: Mapping[str, torch.Tensor]
         mean = x.mean(dim=axes, keepdim=True).squeeze(0)
         std = x.std(dim=axes, keepdim=True).squeeze(0)
         floor = max(1e-6, 0.01 * float(std.median()))
-        model.set_normalization(name, Normalization(mean.numpy(), std.clamp_min(floor).numpy()))
+        bounds = range_bounds(x.amin(0).numpy(), x.amax(0).numpy(), spec.kind) if spec.kind in BOUNDED_KINDS else ()
+        model.set_normalization(name, Normalization(mean.numpy(), std.clamp_min(floor).numpy(), *bounds))
 
 
 def normalize_features(model: MultimodalVAE, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -47,10 +47,14 @@ class AudioOptions:
 
 @dataclass(frozen=True)
 class Normalization:
-    """Feature statistics; shapes broadcast against the modality's feature shape."""
+    """Feature statistics; shapes broadcast against the modality's feature shape. ``low``/``high``
+    (optional, the same shape as ``mean``): the range of the training features widened by a margin
+    (:func:`range_bounds`); a value outside it is out of the model's depth (:mod:`mdgm_ros.core.engine.ranges`)."""
 
     mean: np.ndarray
     std: np.ndarray
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         mean = np.asarray(self.mean, dtype=np.float32)
@@ -61,16 +65,54 @@ class Normalization:
             raise SpecError("normalization statistics must be finite with std > 0")
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
+        if (self.low is None) != (self.high is None):
+            raise SpecError("normalization bounds need both low and high")
+        if self.low is not None:
+            low, high = np.asarray(self.low, dtype=np.float32), np.asarray(self.high, dtype=np.float32)
+            if low.shape != mean.shape or high.shape != mean.shape:
+                raise SpecError(f"normalization bounds of shape {low.shape} / {high.shape}, expected {mean.shape}")
+            if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(high > low)):
+                raise SpecError("normalization bounds must be finite with high > low")
+            object.__setattr__(self, "low", low)
+            object.__setattr__(self, "high", high)
+
+    @property
+    def bounded(self) -> bool:
+        return self.low is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"shape": list(self.mean.shape), "mean": self.mean.ravel().tolist(),
-                "std": self.std.ravel().tolist()}
+        out = {"shape": list(self.mean.shape), "mean": self.mean.ravel().tolist(), "std": self.std.ravel().tolist()}
+        if self.low is not None and self.high is not None:
+            out["low"], out["high"] = self.low.ravel().tolist(), self.high.ravel().tolist()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Normalization":
         shape = tuple(int(s) for s in data["shape"])
+        bounds = [None if data.get(k) is None else np.asarray(data[k], np.float32).reshape(shape)
+                  for k in ("low", "high")]
         return cls(np.asarray(data["mean"], np.float32).reshape(shape),
-                   np.asarray(data["std"], np.float32).reshape(shape))
+                   np.asarray(data["std"], np.float32).reshape(shape), *bounds)
+
+
+# the training range of a bounded feature, widened on each side by RANGE_MARGIN times its width; on a
+# taxel grid (one unit for every feature) the width is at least RANGE_WIDTH_FLOOR times the widest taxel's,
+# so that a taxel that rarely touched in training does not trip on its first normal contact
+RANGE_MARGIN = 0.5
+RANGE_WIDTH_FLOOR = 0.25
+BOUNDED_KINDS = ("vector", "tactile")         # images and audio are bounded by their encodings
+
+
+def range_bounds(minimum: np.ndarray, maximum: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) around the training features' element-wise ``minimum``/``maximum`` of a ``kind``
+    modality (a vector's features may each have their own unit: each keeps its own width)."""
+    minimum, maximum = np.asarray(minimum, np.float64), np.asarray(maximum, np.float64)
+    width = maximum - minimum
+    floor = 1e-6 * (1.0 + np.maximum(np.abs(minimum), np.abs(maximum)))
+    if kind == "tactile":
+        floor = np.maximum(floor, RANGE_WIDTH_FLOOR * float(width.max(initial=0.0)))
+    margin = RANGE_MARGIN * np.maximum(width, floor)
+    return (minimum - margin).astype(np.float32), (maximum + margin).astype(np.float32)
 
 
 @dataclass(frozen=True)

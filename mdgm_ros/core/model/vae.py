@@ -33,6 +33,13 @@ def __getattr__(name: str):
     return {n: f.fusions for n, f in FAMILIES.items()}
 
 
+def _normalized_bounds(norm: Normalization | None) -> torch.Tensor | None:
+    if norm is None or norm.low is None or norm.high is None:
+        return None
+    low, high = (norm.low - norm.mean) / norm.std, (norm.high - norm.mean) / norm.std
+    return torch.from_numpy(np.stack([0.5 * (low + high), 1.0 / (high - low)]).astype(np.float32))
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     modalities: tuple[ModalitySpec, ...]
@@ -224,6 +231,7 @@ class MultimodalVAE(nn.Module):
         std = torch.ones(()) if norm is None else torch.from_numpy(norm.std)
         self.register_buffer(f"_norm_mean_{spec.name}", mean, persistent=False)
         self.register_buffer(f"_norm_std_{spec.name}", std, persistent=False)
+        self.register_buffer(f"_norm_bounds_{spec.name}", _normalized_bounds(norm), persistent=False)
 
     def set_normalization(self, name: str, norm: Normalization | None) -> None:
         spec = self.specs[name].with_normalization(norm)
@@ -235,9 +243,16 @@ class MultimodalVAE(nn.Module):
         std = torch.ones(()) if norm is None else torch.from_numpy(norm.std)
         setattr(self, f"_norm_mean_{name}", mean.to(device))
         setattr(self, f"_norm_std_{name}", std.to(device))
+        bounds = _normalized_bounds(norm)
+        setattr(self, f"_norm_bounds_{name}", None if bounds is None else bounds.to(device))
 
     def normalization_stats(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return getattr(self, f"_norm_mean_{name}"), getattr(self, f"_norm_std_{name}")
+
+    def feature_bounds(self, name: str) -> torch.Tensor | None:
+        """(2, *shape): the middle of the bounds of the modality's normalised features and 1 / their
+        distance (:class:`Normalization`); None for a modality without bounds."""
+        return getattr(self, f"_norm_bounds_{name}")
 
     def raw_features(self, name: str, raw: torch.Tensor) -> torch.Tensor:
         """Raw sensor array (B, *shape) -> un-normalised features (B, *feature_shape)."""
