@@ -38,7 +38,7 @@ def ros(tmp_path_factory):
     try:
         assert spin_until(probe, lambda: len(record["latent"]) > 20, 90), (tmp / "node.log").read_text()[-3000:]
         wanted = ["camera.rejected_zero_stamp", "camera.rejected_future_stamp", "camera.rejected_invalid_stamp",
-                  "joints.rejected_out_of_range", "audio.rejected_out_of_range"]
+                  "joints.rejected_impossible", "audio.rejected_out_of_range"]
         assert spin_until(probe, lambda: all(k in counters() for k in wanted), 90), counters()
         yield {"record": record, "counters": counters(), "node": node, "tmp": tmp}
     finally:
@@ -48,7 +48,7 @@ def ros(tmp_path_factory):
 def test_odd_messages_are_rejected_and_counted_without_clearing_buffers(ros):
     counters = ros["counters"]
     for key in ("camera.rejected_zero_stamp", "camera.rejected_future_stamp", "camera.rejected_invalid_stamp",
-                "joints.rejected_out_of_range", "audio.rejected_out_of_range"):
+                "joints.rejected_impossible", "audio.rejected_out_of_range"):
         assert int(counters[key]) >= 1, key
     assert int(counters["model.buffer_resets"]) == 0
     assert int(counters["model.callback_errors"]) == 0

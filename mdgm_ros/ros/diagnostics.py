@@ -32,6 +32,7 @@ class StreamStats:
     present: bool = False
     age_s: float = float("nan")
     score: float = float("nan")
+    out_of_range: int = 0                        # fusion steps where it was outside its training range
     incompatible: Counter = field(default_factory=Counter)                 # "type" / "qos" -> events
 
 
@@ -57,7 +58,7 @@ def stream_status(name: str, stats: StreamStats, check: StreamCheck, now: float,
     values = {"present": since_last <= check.staleness, "rate_hz": round(rate, 2),
               "since_last_s": round(since_last, 3) if np.isfinite(since_last) else "never",
               "stamp_age_s": round(stamp_age_s, 4), "received": stats.received, "accepted": stats.accepted,
-              "topic": check.topic, "window_s": window,
+              "topic": check.topic, "window_s": window, "out_of_range": stats.out_of_range,
               **{f"rejected_{reason}": count for reason, count in sorted(stats.rejects.items())},
               **{f"incompatible_{kind}": count for kind, count in sorted(stats.incompatible.items())}}
     return make_status(name, level, message, hardware_id, values)

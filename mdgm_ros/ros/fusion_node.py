@@ -298,7 +298,8 @@ class FusionNode(GuardedNode, LifecycleNode):
         bundle = self._load_bundle(path, device)
         specs = list(bundle.model.config.modalities)
         check_against_bundle(self.params, specs)
-        streams = {p.name: make_stream(p, spec, _normalization(bundle.model, spec.name))
+        streams = {p.name: make_stream(p, spec, _normalization(bundle.model, spec.name),
+                                       bundle.model.feature_bounds(spec.name) is not None)
                    for p, spec in zip(self.params.streams, specs)}
         amp = autocast_dtype(self.params.precision, device)             # ValueError: fp16 on a CPU
         if is_temporal(bundle.model):                    # the family says it carries a state
@@ -456,11 +457,15 @@ class FusionNode(GuardedNode, LifecycleNode):
             calibration = runtime.bundle.calibration
             outputs.set_model(runtime.bundle.model_id, calibration.threshold if calibration else None)
 
+        entered = list(present)                          # the streams whose experts entered the posterior
+
         def publish_latent(result) -> bool:
             if _non_finite_latent(result):               # never publish a NaN or inf: count and skip the step
                 self._skip_non_finite("latent")
                 return False
-            outputs.publish_latent(result, present, stamp_ns, frame_id, runtime.fuser.steps if temporal else 0)
+            if result.out_of_range is not None:
+                entered[:] = self._note_out_of_range(list(runtime.streams), present, result.out_of_range[0].tolist())
+            outputs.publish_latent(result, entered, stamp_ns, frame_id, runtime.fuser.steps if temporal else 0)
             self._latency_ms.append((self.get_clock().now().nanoseconds - stamp_ns) / 1e6)
             return True
 
@@ -468,7 +473,7 @@ class FusionNode(GuardedNode, LifecycleNode):
         try:
             result = self._infer(runtime, sample, present, publish_latent, expected)
             if result is not None:
-                self._publish_rest(runtime, result, present, stamp_ns, frame_id)
+                self._publish_rest(runtime, result, entered, stamp_ns, frame_id)
         except Exception as err:  # keep running; the counter and the log say what broke
             if _shutting_down(self.context, err):        # SIGINT: rclpy's signal thread closed the context
                 return
@@ -482,6 +487,18 @@ class FusionNode(GuardedNode, LifecycleNode):
                 self._reset_filter("non-finite state")
             return
         self._compute_ms.append((time.perf_counter() - started) * 1e3)
+
+    def _note_out_of_range(self, names: list[str], present: list[bool], outside: list[bool]) -> list[bool]:
+        """Count (and warn, throttled) the streams outside their training range; the presence mask without
+        them (the model left their experts out)."""
+        for name, out in zip(names, outside):
+            if out:
+                stats = self.stats[name]
+                stats.out_of_range += 1
+                self._warn((name, "out_of_range"),
+                           f"{name} is outside its training range ({stats.out_of_range} samples so far): left out "
+                           "of the fusion, imputed from the other streams and flagged as anomalous")
+        return [p and not out for p, out in zip(present, outside)]
 
     def _publish_rest(self, runtime: Runtime, result, present, stamp_ns: int, frame_id: str) -> None:
         """After ~/latent: scores, imputations and (temporal) the predicted latents."""

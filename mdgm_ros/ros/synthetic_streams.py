@@ -5,7 +5,9 @@ Camera (Image rgb8) 30 Hz, joints (JointState, 9 Panda joints) 200 Hz, audio (Fl
 moving latent factors, best-effort like sensor drivers. For smoke tests of an install and for the
 node tests; the robot simulator publishes the real thing. ``--malformed`` adds one bad message per
 stream every second (wrong encoding/size, NaN, unknown joints, empty audio), ``--stop-audio-after``
-silences the microphone.
+silences the microphone, ``--beyond-range-after`` drives the first joint to 20 times its spread from
+its mean and saturates the first tactile pad (valid messages, far outside what a model trained on these
+streams has seen; ``~/events`` says when).
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ class SyntheticStreams(GuardedNode, Node):
         if args.malformed:
             self.create_timer(1.0, self._publish_malformed)
         self.hostile_count = 0
+        self.beyond_range = False
         if args.hostile:
             self.create_timer(0.25, self._publish_hostile)
 
@@ -66,7 +69,13 @@ class SyntheticStreams(GuardedNode, Node):
             return
         stamp = self.get_clock().now().nanoseconds
         c = self.factors(elapsed)
-        self.pubs[name].publish(getattr(self, f"_{name}")(c, stamp))
+        msg = getattr(self, f"_{name}")(c, stamp)
+        if self.args.beyond_range_after and elapsed > self.args.beyond_range_after and name in BEYOND_RANGE:
+            if not self.beyond_range:
+                self.events.publish(String(data=f"beyond_range {stamp}"))
+                self.beyond_range = True
+            msg = BEYOND_RANGE[name](self, c, stamp)
+        self.pubs[name].publish(msg)
         if self.count[name] >= 0:
             self.count[name] += 1
 
@@ -90,6 +99,19 @@ class SyntheticStreams(GuardedNode, Node):
 
     def _tactile(self, c, stamp):
         return bridge.array_to_tactile_image(synthetic.tactile(c, (2, 4, 4), self.rng)[0], stamp, "fingertips")
+
+    def _joints_beyond_range(self, c, stamp):
+        """The first joint 20 standard deviations from its mean (it moves with mean 0.25 and standard
+        deviation 0.7 between -1.1 and 1.1)."""
+        values = synthetic.vector(c, 27, self.rng, seed=synthetic.vector_seed("joints"))[0]
+        values[0] = 0.25 + 20.0 * 0.7
+        return bridge.array_to_joint_state(values, PANDA_JOINTS, ["position", "velocity", "effort"], stamp)
+
+    def _tactile_beyond_range(self, c, stamp):
+        """The first pad saturated: every taxel at 4, where the synthetic contacts peak at 1.5."""
+        values = synthetic.tactile(c, (2, 4, 4), self.rng)[0]
+        values[0] = 4.0
+        return bridge.array_to_tactile_image(values, stamp, "fingertips")
 
     def _publish_malformed(self) -> None:
         stamp = self.get_clock().now().nanoseconds
@@ -140,6 +162,7 @@ class SyntheticStreams(GuardedNode, Node):
             self.pubs["tactile"].publish(msg)
 
 
+BEYOND_RANGE = {"joints": SyntheticStreams._joints_beyond_range, "tactile": SyntheticStreams._tactile_beyond_range}
 HOSTILE = ("zero_stamp", "future_stamp", "invalid_nanosec", "huge_frame_id", "large_frame", "huge_joints",
            "loud_audio", "bigendian_tactile")
 
@@ -154,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hostile", action="store_true",
                         help="add four hostile messages per second (odd stamps, huge values, ...)")
     parser.add_argument("--stop-audio-after", type=float, default=0.0, help="silence audio after this many seconds")
+    parser.add_argument("--beyond-range-after", type=float, default=0.0,
+                        help="after this many seconds, drive the first joint and tactile pad far beyond their "
+                             "training range")
     return parser
 
 

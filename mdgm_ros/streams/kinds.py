@@ -19,27 +19,32 @@ OUTPUT_TYPES = {"image": Image, "vector": JointState, "audio": Float32MultiArray
 def input_type(params: StreamParams) -> type:
     """The message class a stream subscribes to (ValueError when this install lacks it)."""
     return bridge.message_class(ros_type_of(params.message_type))
-# plausible range: a vector or tactile value more than Z_LIMIT training standard deviations from the
-# training mean (normalization.json) is refused as out_of_range, so it never reaches the networks raw;
-# images are bounded by their encoding and audio by bridge.AUDIO_LIMIT
+# physically impossible: a vector or tactile value more than IMPOSSIBLE_Z training standard deviations
+# from the training mean (normalization.json) is refused as impossible (no sensor reads it; squares of
+# such values overflow float32). A value merely outside the training range reaches the model, which
+# leaves it out of the fusion and scores it (mdgm_ros.core.engine.ranges). Bundles written without
+# bounds keep the older rule: beyond Z_LIMIT standard deviations is refused as out_of_range. Images are
+# bounded by their encoding and audio by bridge.AUDIO_LIMIT.
+IMPOSSIBLE_Z = 1e6
 Z_LIMIT = 1000.0
 
 
 class RangeCheck:
-    """|x - mean| <= z_limit * std, elementwise, with the bundle's normalization statistics."""
+    """|x - mean| <= z_limit * std, elementwise, with the bundle's normalization statistics; refused
+    with ``reason`` beyond."""
 
-    def __init__(self, mean: np.ndarray, std: np.ndarray, z_limit: float = Z_LIMIT):
+    def __init__(self, mean: np.ndarray, std: np.ndarray, z_limit: float = Z_LIMIT, reason: str = "out_of_range"):
         self.low = (np.asarray(mean, np.float64) - z_limit * np.asarray(std, np.float64))
         self.high = (np.asarray(mean, np.float64) + z_limit * np.asarray(std, np.float64))
-        self.z_limit = z_limit
+        self.z_limit, self.reason = z_limit, reason
 
     def __call__(self, array: np.ndarray) -> None:
         values = np.asarray(array, np.float64)
         outside = (values < self.low) | (values > self.high)
         if outside.any():
             worst = float(np.abs(values[outside]).max())
-            raise bridge.ConversionError("out_of_range", f"{int(outside.sum())} values beyond {self.z_limit:g} "
-                                                         f"training standard deviations (|x| up to {worst:.3g})")
+            raise bridge.ConversionError(self.reason, f"{int(outside.sum())} values beyond {self.z_limit:g} "
+                                                      f"training standard deviations (|x| up to {worst:.3g})")
 
 
 @dataclass
@@ -109,9 +114,10 @@ class Stream:
 
 
 def make_stream(params: StreamParams, spec: ModalitySpec,
-                normalization: tuple[np.ndarray, np.ndarray] | None = None) -> Stream:
+                normalization: tuple[np.ndarray, np.ndarray] | None = None, bounded: bool = False) -> Stream:
     """``normalization`` (mean, std of the raw values, from the bundle) enables the range check of
-    vector and tactile streams."""
+    vector and tactile streams: values beyond IMPOSSIBLE_Z standard deviations are refused where the
+    bundle has bounds (``bounded``: the model scores what lies between), beyond Z_LIMIT where it has none."""
     kind = params.message_type
     codec = None
     cls = input_type(params)
@@ -139,5 +145,5 @@ def make_stream(params: StreamParams, spec: ModalitySpec,
         convert = lambda msg: bridge.tactile_to_array(msg, spec.shape, params.uint16_full_scale)  # noqa: E731
     check = None
     if normalization is not None and spec.kind in ("vector", "tactile"):
-        check = RangeCheck(*normalization)
+        check = RangeCheck(*normalization, IMPOSSIBLE_Z, "impossible") if bounded else RangeCheck(*normalization)
     return Stream(params, spec, convert, check, codec, cls, "header" in cls.get_fields_and_field_types())
