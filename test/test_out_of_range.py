@@ -141,19 +141,22 @@ def test_the_bundle_keeps_the_bounds(fitted, tmp_path):
     assert loaded.feature_bounds("camera") is None
 
 
-@pytest.mark.parametrize("private_dim, closed_form", [(0, True), (0, False), (3, True)])
-def test_the_temporal_step_leaves_an_out_of_range_stream_out_and_flags_it(private_dim, closed_form):
+@pytest.mark.parametrize("private_dim, closed_form, dtype", [(0, True, torch.float32), (0, False, torch.float32),
+                                                             (3, True, torch.float32), (0, True, torch.float64)])
+def test_the_temporal_step_leaves_an_out_of_range_stream_out_and_flags_it(private_dim, closed_form, dtype):
+    """(float64: the check by the normalised features, as on a device)"""
     model = temporal_model(n_mod=3, private_dim=private_dim)
     for name in model.names:
         model.set_normalization(name, Normalization(np.zeros(6), np.ones(6), np.full(6, -10.0), np.full(6, 10.0)))
     names = model.names
     calibration = AnomalyCalibration(
         {n: 0.0 for n in names}, {n: 1.0 for n in names}, {**{n: 2.0 for n in names}, "total": 2.5})
+    model = model.to(dtype)
     wild, plain = TemporalFilter(model, calibration, horizon=2), TemporalFilter(model, calibration, horizon=2)
     wild.closed_form = plain.closed_form = closed_form
     gen = torch.Generator().manual_seed(1)
     for t in range(5):
-        raw = {n: torch.randn(1, 6, generator=gen) for n in names}
+        raw = {n: torch.randn(1, 6, generator=gen, dtype=dtype) for n in names}
         mask = torch.ones(1, 3, dtype=torch.bool)
         sent = {**raw, "m1": raw["m1"] + (40.0 if t >= 3 else 0.0)}
         a = wild(sent, mask)

@@ -396,7 +396,7 @@ class TemporalFilter:
         observed = [n for j, n in enumerate(model.names) if bool(host[:, j].any())]
         self.steps += 1
         feats = model.features({n: raw[n] for n in observed})
-        ranged = within_range(model, feats, host)
+        ranged = within_range(model, raw, feats, host)
         if ranged.outside is not None:
             host, observed = ranged.mask, ranged.observed
             feats = {n: feats[n] for n in observed}
