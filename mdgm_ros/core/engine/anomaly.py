@@ -141,6 +141,9 @@ class AnomalyCalibration:
     count: int = 0
     tables: dict[str, dict[str, QuantileTable]] = field(default_factory=dict)
     presence: dict[str, float] = field(default_factory=dict)
+    # modality -> the factor on its moment-matched predictive std that makes the central 90 % interval
+    # cover 90 % of held-out truth (:mod:`.uncertainty`); absent: 1
+    predictive_scale: dict[str, float] = field(default_factory=dict)
     _stacked: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def stacked(self, names: list[str], channels: int, like: torch.Tensor) -> "_Stacked":
@@ -164,6 +167,8 @@ class AnomalyCalibration:
             out["scoring"] = "quantile"
             out["tables"] = {m: {c: t.to_dict() for c, t in chans.items()} for m, chans in self.tables.items()}
             out["presence"] = self.presence
+        if self.predictive_scale:
+            out["predictive_scale"] = self.predictive_scale
         return out
 
     @classmethod
@@ -176,7 +181,8 @@ class AnomalyCalibration:
                    threshold={k: float(v) for k, v in data["threshold"].items()},
                    quantile=float(data.get("quantile", 0.99)), n_samples=int(data.get("n_samples", 0)),
                    count=int(data.get("count", 0)), tables=tables,
-                   presence={k: float(v) for k, v in (data.get("presence") or {}).items()})
+                   presence={k: float(v) for k, v in (data.get("presence") or {}).items()},
+                   predictive_scale={k: float(v) for k, v in (data.get("predictive_scale") or {}).items()})
 
     def problem(self) -> str | None:
         """What is wrong with the quantile tables and presence rates (None: nothing)."""
@@ -191,6 +197,9 @@ class AnomalyCalibration:
         for name, rate in self.presence.items():
             if not 0.0 <= rate <= 1.0:
                 return f"presence of {name!r} must be in [0, 1] (is {rate})"
+        for name, scale in self.predictive_scale.items():
+            if not (math.isfinite(scale) and scale > 0):
+                return f"predictive_scale of {name!r} must be finite and > 0 (is {scale})"
         return None
 
     def absence_score(self, name: str) -> float:
