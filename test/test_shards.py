@@ -115,6 +115,8 @@ def test_training_streams_from_shards_into_a_calibrated_bundle(sim_bag, tmp_path
                                                      "export.onnx": False})
     bundle = load_bundle(out)
     assert bundle.calibration is not None and result.epochs == 2 and result.val_samples > 0
+    assert set(bundle.calibration.predictive_scale) == set(bundle.model.names)
+    assert bundle.model.feature_bounds("joints") is not None         # bounds from the streaming statistics
     assert bundle.manifest["extra"]["training"]["shards"] is True
     assert [e.kind for e in cache.entries()] == ["shards"]
 

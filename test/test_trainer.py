@@ -25,6 +25,9 @@ def test_training_writes_a_calibrated_bundle_with_metrics(trained_bundle):
     bundle = load_bundle(out)
     assert bundle.calibration is not None and set(bundle.calibration.threshold) == {"total", "camera", "joints",
                                                                                     "audio", "tactile"}
+    scales = bundle.calibration.predictive_scale              # the predictive std's 90 % interval factors
+    assert set(scales) == {"camera", "joints", "audio", "tactile"} and all(0 < s < 100 for s in scales.values())
+    assert all(bundle.model.feature_bounds(n) is not None for n in ("joints", "tactile"))
     training = bundle.manifest["extra"]["training"]
     assert training["alignment"] == {"anchor": "", "output_rate": 30.0} and training["epochs"] == 2
     assert result.excluded_fault_samples > 0 and result.val_samples > 0

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..core import BetaSchedule, MultimodalVAE, TrainConfig, Trainer, save_bundle
-from ..core.engine.inference import calibration_from_nll, leave_one_out_surprise
+from ..core.engine.inference import calibrate_predictive_scale, calibration_from_nll, leave_one_out_surprise
 from ..core.engine.loop import NORM_AXES, Batch, Batches
 from ..core.engine.objective import compute_objective
 from ..core.model.modalities import BOUNDED_KINDS, Normalization, range_bounds
@@ -395,16 +395,30 @@ def streaming_statistics(model: MultimodalVAE, feed: ShardFeed) -> FeatureStats:
     return FeatureStats.merged(distributed.gather(feed.ranks, stats))
 
 
+# held-out rows whose features are kept for the predictive std's scale (the anomaly tables see them all)
+SCALE_ROWS = 512
+
+
 @torch.no_grad()
 def streaming_calibration(model: MultimodalVAE, feed: ShardFeed, quantile: float):
-    """Anomaly calibration on all held-out rows (one process)."""
-    chunks = []
+    """Anomaly calibration on all held-out rows, and the predictive std's scales on the first
+    SCALE_ROWS of them (one process)."""
+    chunks, kept, kept_masks = [], [], []
     for raw, m, _ in feed.in_order(feed.val_rows, world_share=False):
         m = m.to(model.device)
-        full = model.complete(device_features(model, raw), m)
+        feats = device_features(model, raw)
+        full = model.complete(feats, m)
         mu, logvar = model.experts(full, m)
         chunks.append(leave_one_out_surprise(model, full, mu, logvar, m).cpu())
-    return calibration_from_nll(model, torch.cat(chunks), quantile)
+        room = SCALE_ROWS - sum(len(k) for k in kept_masks)
+        if room > 0:
+            kept.append({n: v[:room].cpu() for n, v in full.items()})
+            kept_masks.append(m[:room].cpu())
+    calibration = calibration_from_nll(model, torch.cat(chunks), quantile)
+    if kept:
+        feats = {n: torch.cat([k[n] for k in kept]) for n in model.names}
+        calibration.predictive_scale = calibrate_predictive_scale(model, feats, torch.cat(kept_masks))
+    return calibration
 
 
 # ----------------------------------------------------------------------------- the command

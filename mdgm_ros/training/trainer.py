@@ -26,6 +26,7 @@ from ..core import BetaSchedule, MultimodalVAE, TrainConfig, Trainer, calibrate_
 from ..core.engine import filter as core_temporal
 from ..core.engine import loop as core_training
 from ..core.engine import sequence as core_sequence
+from ..core.engine.inference import calibrate_predictive_scale
 from ..core.engine.windows import window_index
 from ..core.families.temporal import is_temporal, options_of
 from ..data import bags
@@ -234,6 +235,15 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
                                         val_mask.to(model.device), quantile=settings.calibration.quantile)
     else:
         log(f"no anomaly calibration: the {model.family.name} family infers only from all modalities")
+    if calibration is not None:
+        if windows is not None:
+            calibration.predictive_scale = core_temporal.calibrate_predictive_scale_sequences(
+                model, val_norm, val_mask, torch.as_tensor(windows.calibration))
+        else:
+            calibration.predictive_scale = calibrate_predictive_scale(
+                model, {k: v.to(model.device) for k, v in val_norm.items()}, val_mask.to(model.device))
+        log("predictive std scales for 90 % intervals on held-out data: "
+            + ", ".join(f"{n} {s:.2f}" for n, s in calibration.predictive_scale.items()))
     onnx_files: list[str] = []
 
     def attach(folder: Path) -> None:
