@@ -47,21 +47,23 @@ def call(node, client, request, timeout: float = 10.0):
 
 class FusionRun:
     """A fusion node (the shipped params file and ``bundle``, plus ``node_args``) and the synthetic
-    streams (``stream_args``) in child processes on a private ROS domain, with a probe node in this
-    process. :meth:`stop` ends all three; ``with FusionRun.start(...) as run:`` does it on exit."""
+    streams (``stream_args``; or another ``streams_module``, e.g. ``mdgm_ros`` with ``play BAG``) in
+    child processes on a private ROS domain, with a probe node in this process. :meth:`stop` ends all
+    three; ``with FusionRun.start(...) as run:`` does it on exit."""
 
     def __init__(self, node: subprocess.Popen, streams: subprocess.Popen, probe, env: dict[str, str], log: Path):
         self.node, self.streams, self.probe, self.env, self.log = node, streams, probe, env, log
 
     @classmethod
     def start(cls, bundle: Path | str, log_dir: Path, *node_args: str, stream_args: tuple[str, ...] = (),
-              probe_name: str = "probe", params_file: Path | None = ROOT / "config" / "fusion.yaml") -> "FusionRun":
+              probe_name: str = "probe", params_file: Path | None = ROOT / "config" / "fusion.yaml",
+              streams_module: str = "mdgm_ros.ros.synthetic_streams") -> "FusionRun":
         import rclpy
         env = private_ros_env()
         params = ["--params-file", str(params_file)] if params_file else []
         node = start("mdgm_ros.ros.fusion_node", "--ros-args", *params, "-p", f"bundle:={bundle}", *node_args,
                      env=env, log=log_dir / "node.log")
-        streams = start("mdgm_ros.ros.synthetic_streams", *stream_args, env=env, log=log_dir / "streams.log")
+        streams = start(streams_module, *stream_args, env=env, log=log_dir / "streams.log")
         rclpy.init()
         return cls(node, streams, rclpy.create_node(probe_name), env, log_dir / "node.log")
 

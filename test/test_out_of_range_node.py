@@ -1,8 +1,8 @@
 """Streams driven far beyond their training range, live over DDS across processes: the synthetic
 streams send the first joint at 20 standard deviations from its mean and a saturated tactile pad
 (``--beyond-range-after``); the fusion node (a bundle with training bounds) flags both within 2 samples,
-leaves them out of the posterior (``Latent.present``), imputes them, counts them in /diagnostics, and
-publishes only finite numbers."""
+leaves them out of the posterior (``Latent.present``), imputes them with their predictive std, counts
+them in /diagnostics, and publishes only finite numbers."""
 from __future__ import annotations
 
 import math
@@ -21,20 +21,23 @@ def ros(tmp_path_factory):
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import String
 
-    from mdgm_ros.msg import AnomalyScores, Latent
+    from mdgm_ros.msg import AnomalyScores, ImputedArray, Latent
 
     tmp = tmp_path_factory.mktemp("beyond_range")
     bundle = _bundle(tmp / "model", 8, 0)
     run = FusionRun.start(bundle, tmp, stream_args=("--beyond-range-after", str(DRIVE_AFTER)),
                           probe_name="beyond_range_probe")
     probe = run.probe
-    record = {"latent": [], "anomaly": [], "diagnostics": [], "events": [], "joints": [], "tactile": []}
+    record = {"latent": [], "anomaly": [], "diagnostics": [], "events": [], "joints": [], "tactile": [],
+              "joints_std": [], "tactile_std": []}
     probe.create_subscription(Latent, "/mdgm_fusion/latent", record["latent"].append, 100)
     probe.create_subscription(AnomalyScores, "/mdgm_fusion/anomaly", record["anomaly"].append, 100)
     probe.create_subscription(DiagnosticArray, "/diagnostics", record["diagnostics"].append, 10)
     probe.create_subscription(String, "/synthetic_streams/events", record["events"].append, 10)
     probe.create_subscription(JointState, "/mdgm_fusion/imputed/joints", record["joints"].append, 100)
     probe.create_subscription(Image, "/mdgm_fusion/imputed/tactile", record["tactile"].append, 100)
+    for name in ("joints", "tactile"):
+        probe.create_subscription(ImputedArray, f"/mdgm_fusion/imputed_std/{name}", record[f"{name}_std"].append, 100)
     try:
         assert spin_until(probe, lambda: record["events"], 60 + DRIVE_AFTER), run.node_log()
         driven_ns = int(record["events"][0].data.split()[1])
@@ -72,6 +75,19 @@ def test_their_experts_are_left_out_and_they_are_imputed(ros):
     imputed = [m for m in record["joints"] if _ns(m.header.stamp) >= driven]
     assert imputed and all(abs(m.position[0]) < 5.0 for m in imputed)    # from the others, not the wild value
     assert [m for m in record["tactile"] if _ns(m.header.stamp) >= driven]
+
+
+def test_each_imputed_element_goes_out_with_its_predictive_std(ros):
+    record = ros["record"]
+    stds = {_ns(m.header.stamp): m for m in record["joints_std"]}
+    paired = [(m, stds[_ns(m.header.stamp)]) for m in record["joints"] if _ns(m.header.stamp) in stds]
+    assert len(paired) >= 10                          # the same steps as the imputations
+    for imputed, std in paired:
+        assert std.modality == "joints" and [d.label for d in std.layout.dim] == ["element"]
+        values = np.asarray(std.data)
+        assert values.shape == (27,) and np.isfinite(values).all() and (values > 0).all()
+    tactile = record["tactile_std"][-1]
+    assert [d.size for d in tactile.layout.dim] == [2, 4, 4] and np.isfinite(tactile.data).all()
 
 
 def test_every_published_number_is_finite_and_the_steps_are_counted(ros):

@@ -23,7 +23,9 @@ def test_the_fusion_node_publishes_each_modality_s_private_latent(sim_bag, tmp_p
                             "model_overrides.private_dim": 3}, log=lambda m: None)
     model = load_bundle(bundle).model
     assert model.private_dim == 3
-    run = FusionRun.start(bundle, tmp_path, probe_name="private_probe")
+    # the bag it learned from, looped (streams of other data would be out of its training range)
+    run = FusionRun.start(bundle, tmp_path, "-p", "use_sim_time:=true", probe_name="private_probe",
+                          streams_module="mdgm_ros", stream_args=("play", str(sim_bag[0]), "--loop", "--clock"))
     node, probe = run.node, run.probe
     got: dict[str, list] = {"latent": [], "info": [], **{n: [] for n in model.names}}
     probe.create_subscription(Latent, "/mdgm_fusion/latent", got["latent"].append, 50)

@@ -56,7 +56,7 @@ from ..streams.params import (
 )
 from .diagnostics import StreamCheck, StreamStats, anomaly_status, model_status, stream_status
 from .guard import GuardedNode, node_main, until_shutdown
-from .outputs import LATCHED_INFO, FusionOutputs, ModelInfo, model_info_message
+from .outputs import LATCHED_INFO, STD_KINDS, FusionOutputs, ModelInfo, model_info_message
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 FUTURE_TOLERANCE_S = 1.0   # a stamp further ahead of the node's clock is refused (future_stamp)
@@ -257,8 +257,8 @@ class FusionNode(GuardedNode, LifecycleNode):
             if blocked:
                 return SetParametersResult(successful=False, reason=(
                     f"{', '.join(blocked)} cannot change while a model is loaded: deactivate and clean up the "
-                    "node, set it, then configure (live: staleness, rate bounds, impute_present, warn_throttle, "
-                    "prediction_horizon, absence_after)"))
+                    "node, set it, then configure (live: staleness, rate bounds, impute_present, imputed_std, "
+                    "warn_throttle, prediction_horizon, absence_after)"))
             self._apply_live(candidate)
         return SetParametersResult(successful=True)
 
@@ -266,6 +266,9 @@ class FusionNode(GuardedNode, LifecycleNode):
         self.params = params
         runtime, aligner = self.runtime, self.aligner
         runtime.fuser.impute_present = params.impute_present
+        runtime.fuser.predictive_std = _std_names(runtime.streams, params.imputed_std)
+        if self._outputs is not None:
+            self._outputs.std_names = runtime.fuser.predictive_std
         if runtime.temporal:
             runtime.fuser.horizon = params.prediction_horizon
         for stream_params in params.streams:
@@ -304,7 +307,8 @@ class FusionNode(GuardedNode, LifecycleNode):
         amp = autocast_dtype(self.params.precision, device)             # ValueError: fp16 on a CPU
         if is_temporal(bundle.model):                    # the family says it carries a state
             return self._temporal_runtime(bundle, streams, device, amp)
-        fuser = Fuser(bundle.model, bundle.calibration, impute_present=self.params.impute_present, amp=amp)
+        fuser = Fuser(bundle.model, bundle.calibration, impute_present=self.params.impute_present, amp=amp,
+                      predictive_std=_std_names(streams, self.params.imputed_std))
         return Runtime(bundle, streams, fuser, device)
 
     def _load_bundle(self, path: str, device: torch.device) -> Bundle:
@@ -325,7 +329,8 @@ class FusionNode(GuardedNode, LifecycleNode):
                              "; the fusion node has none (train with action_dim 0)")
         step_s = (bundle.manifest.get("extra") or {}).get("temporal", {}).get("step_s")
         fuser = TemporalFilter(bundle.model, bundle.calibration, impute_present=self.params.impute_present,
-                               horizon=self.params.prediction_horizon, amp=amp)
+                               horizon=self.params.prediction_horizon, amp=amp,
+                               predictive_std=_std_names(streams, self.params.imputed_std))
         return Runtime(bundle, streams, fuser, device, float(step_s) if step_s else None)
 
     def _declare_bundle_roots(self) -> list[str]:
@@ -456,6 +461,7 @@ class FusionNode(GuardedNode, LifecycleNode):
         if outputs.model_id != runtime.bundle.model_id:        # first step, or a reloaded bundle
             calibration = runtime.bundle.calibration
             outputs.set_model(runtime.bundle.model_id, calibration.threshold if calibration else None)
+            outputs.std_names = runtime.fuser.predictive_std
 
         entered = list(present)                          # the streams whose experts entered the posterior
 
@@ -617,6 +623,11 @@ class FusionNode(GuardedNode, LifecycleNode):
                    if runtime.temporal else {}),
                 "callback_errors": self.callback_error_total,
                 **{f"errors_{k}": v for k, v in self._errors.items()}}
+
+
+def _std_names(streams: dict[str, Stream], enabled: bool) -> frozenset[str]:
+    """The modalities whose imputations carry their predictive std (``imputed_std``; images never)."""
+    return frozenset(n for n, s in streams.items() if s.spec.kind in STD_KINDS) if enabled else frozenset()
 
 
 def _normalization(model, name: str) -> tuple[np.ndarray, np.ndarray] | None:

@@ -8,6 +8,7 @@ standard-type mirrors (``standard_mirrors``) for tools that only know common_int
 | ``~/anomaly`` | ``mdgm_ros/AnomalyScores`` | per-modality score, threshold, flagged; total |
 | ``~/latent_prediction`` | ``mdgm_ros/LatentPrediction`` | temporal models: k predicted latents; stamp = source stamp |
 | ``~/imputed/<m>`` | the modality's own type; audio: ``mdgm_ros/ImputedArray`` (stamped log-mel) | |
+| ``~/imputed_std/<m>`` | ``mdgm_ros/ImputedArray`` | vector, tactile, audio: each imputed element's predictive std |
 | ``~/model_info`` | ``mdgm_ros/ModelInfo`` (transient local) | what the node runs |
 | ``~/mirror/latent`` | ``sensor_msgs/JointState`` | name z0.., position = mean, effort = std |
 | ``~/mirror/anomaly`` | ``sensor_msgs/JointState`` | name total + modalities, position = score, effort = threshold |
@@ -75,6 +76,25 @@ def _imputed_audio_layout(shape: tuple[int, ...]):
     return bridge.array_to_multiarray(np.zeros(shape, np.float32), IMPUTED_AUDIO_LABELS).layout
 
 
+# the dimensions of an ~/imputed_std/<m> array, per kind (a vector's elements in the order of its imputation)
+STD_LABELS = {"vector": ["element"], "tactile": ["pad", "row", "column"], "audio": IMPUTED_AUDIO_LABELS}
+STD_KINDS = tuple(STD_LABELS)
+
+
+@functools.lru_cache(maxsize=16)
+def _std_layout(shape: tuple[int, ...], kind: str):
+    return bridge.array_to_multiarray(np.zeros(shape, np.float32), STD_LABELS[kind]).layout
+
+
+def imputed_std_message(model_id: str, name: str, kind: str, std: np.ndarray, stamp_ns: int,
+                        frame_id: str) -> ImputedArray:
+    """~/imputed_std/<name>: the predictive std of each element of the imputation of the same step."""
+    msg = ImputedArray(model_id=model_id, modality=name, layout=_std_layout(std.shape, kind))
+    msg.header.stamp, msg.header.frame_id = bridge.ns_to_stamp(stamp_ns), frame_id
+    msg.data = f32(std)
+    return msg
+
+
 def imputed_array_message(model_id: str, name: str, values: np.ndarray, stamp_ns: int, frame_id: str) -> ImputedArray:
     msg = ImputedArray(model_id=model_id, modality=name, layout=_imputed_audio_layout(values.shape))
     msg.header.stamp, msg.header.frame_id = bridge.ns_to_stamp(stamp_ns), frame_id
@@ -92,11 +112,14 @@ class FusionOutputs:
         self.thresholds = np.full(len(self.names), np.nan, np.float32)
         self.total_threshold = float("nan")
         self.latent_names: list[str] = []
+        self.std_names: frozenset[str] = frozenset()     # the modalities whose imputation std goes out
         self.pubs = {"latent": node.create_publisher(Latent, "~/latent", qos),
                      "anomaly": node.create_publisher(AnomalyScores, "~/anomaly", qos)}
         for name, stream in streams.items():
             kind = ImputedArray if stream.spec.kind == "audio" else stream.output_type
             self.pubs[f"imputed/{name}"] = node.create_publisher(kind, f"~/imputed/{name}", qos)
+            if stream.spec.kind in STD_KINDS:
+                self.pubs[f"imputed_std/{name}"] = node.create_publisher(ImputedArray, f"~/imputed_std/{name}", qos)
             if mirrors and stream.spec.kind == "audio":
                 self.pubs[f"mirror/imputed/{name}"] = node.create_publisher(
                     stream.output_type, f"~/mirror/imputed/{name}", qos)
@@ -138,6 +161,10 @@ class FusionOutputs:
             self._publish_anomaly(result.scores[0].cpu().numpy(), float(result.total_score[0]), stamp_ns, frame_id)
         for name, imputed in result.imputed.items():
             self._publish_imputed(name, imputed.mean[0].cpu().numpy(), stamp_ns, frame_id)
+            if name in self.std_names:
+                self.pubs[f"imputed_std/{name}"].publish(imputed_std_message(
+                    self.model_id, name, self.streams[name].spec.kind,
+                    imputed.std[0].expand_as(imputed.mean[0]).cpu().numpy(), stamp_ns, frame_id))
         for name, private_mean in getattr(result, "private_mean", {}).items():
             self._publish_private(name, private_mean[0].cpu().numpy(), result.private_std[name][0].cpu().numpy(),
                                   present, stamp_ns, frame_id)
@@ -199,6 +226,7 @@ def model_info_message(runtime, node, mirrors: bool) -> ModelInfo:
         "anomaly": {"topic": "~/anomaly", "type": "mdgm_ros/msg/AnomalyScores",
                     **describe_scores(runtime.bundle.calibration), "threshold": "calibrated threshold"},
         "imputed_audio": "log-mel spectrogram, mdgm_ros/msg/ImputedArray, layout dims mel x frame",
+        "imputed_std": imputed_std_info(runtime, node),
         **({"temporal": temporal_info(runtime, node)} if getattr(runtime, "temporal", False) else {}),
         **({"latent_private": private_latent_info(model, getattr(runtime, "temporal", False))}
            if getattr(model, "private_dim", 0) else {}),
@@ -215,6 +243,24 @@ def model_info_message(runtime, node, mirrors: bool) -> ModelInfo:
         imputed_topics=[resolve_topic(node, f"~/imputed/{s.name}") for s in streams],
         imputed_types=[imputed_type_name(s) for s in streams],
         details_json=json.dumps(details))
+
+
+def imputed_std_info(runtime, node) -> dict[str, Any]:
+    """~/imputed_std/<m>: which modalities, what it holds, and whether the bundle calibrated it."""
+    calibration = runtime.bundle.calibration
+    scales = calibration.predictive_scale if calibration is not None else {}
+    names = sorted(getattr(runtime.fuser, "predictive_std", ()))
+    return {
+        "topic": "~/imputed_std/<modality>", "type": "mdgm_ros/msg/ImputedArray", "modalities": names,
+        "parameter": "imputed_std (live)",
+        "data": "the predictive standard deviation of each element of the same step's ~/imputed/<modality>, in "
+                "its units (vector: its elements in order; tactile: pad x row x column; audio: log-mel mel x frame)",
+        "interval": "imputation +- 1.645 std is the central 90 % interval",
+        "method": "moment matching of the decoder over the posterior (filter) belief, cubature rule, times a "
+                  "per-modality scale calibrated on held-out data at training",
+        "calibrated": {name: name in scales for name in names},
+        "scale": {name: scales[name] for name in names if name in scales},
+        "images": "no std is published for image modalities"}
 
 
 def temporal_info(runtime, node) -> dict[str, Any]:

@@ -181,6 +181,7 @@ class FusionParams:
     absence_after: float = 0.5
     precision: str = "fp32"
     engine: str = "torch"
+    imputed_std: bool = True
 
     @property
     def names(self) -> list[str]:
@@ -202,7 +203,7 @@ READ_ONLY = {"modalities"}            # which parameters exist follows from it: 
 # Applied while the node runs; "bundle" is taken by ~/reload_model or the next configure; anything else
 # changes subscriptions, devices or the model wiring and needs deactivate -> cleanup -> set -> configure.
 LIVE = {"impute_present", "warn_throttle", "diagnostics_window", "rate_tolerance", "prediction_horizon",
-        "absence_after"}
+        "absence_after", "imputed_std"}
 LIVE_PER_STREAM = {"staleness", "min_rate", "max_rate", "max_stamp_age"}
 DEFERRED = {"bundle"}
 
@@ -311,6 +312,9 @@ def declare_fusion_params(node, bundle_defaults: bool = False) -> FusionParams:
                            "defaults every stream and alignment parameter to the bundle's stream settings)"),
         "output_rate": _declare(node, "output_rate", 0.0, "fixed output rate in Hz when anchor is ''"),
         "impute_present": _declare(node, "impute_present", False, "also publish reconstructions of present modalities"),
+        "imputed_std": _declare(node, "imputed_std", True,
+                                "publish ~/imputed_std/<modality>: each imputed element's predictive standard "
+                                "deviation (vector, tactile and audio modalities)"),
         "standard_mirrors": _declare(node, "standard_mirrors", False,
                                      "also publish ~/mirror/latent, ~/mirror/anomaly (JointState) and unstamped "
                                      "imputed audio (Float32MultiArray) for PlotJuggler / Foxglove"),
