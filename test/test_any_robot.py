@@ -96,10 +96,17 @@ def test_evaluate_needs_no_params_and_prints_the_users_figures_only(kuka):
     report = json.loads(done.stdout)
     assert sorted(report["imputation"]) == MODALITIES
     assert all(np.isfinite(v["model"]) and v["samples"] > 0 for v in report["imputation"].values())
+    # the imputations' predictive std: 90 % interval coverage and rank correlation with the error
+    assert all(0.0 <= v["coverage_90"] <= 1.0 and -1.0 <= v["std_error_spearman"] <= 1.0
+               for v in report["imputation"].values())
+    # the bounded streams' share of samples outside the training range, normal and fault
+    assert set(report["out_of_range"]) == {"joints", "wrench", "imu"}
+    assert all(0.0 <= v["normal"] <= 1.0 and v["normal_samples"] > 0 for v in report["out_of_range"].values())
     assert report["anomaly"]["fault_samples"] > 0 and 0.0 <= report["anomaly"]["auroc"] <= 1.0
     assert not [w for w in report["warnings"] if w.startswith("parameter")]
     text = mdgm("evaluate", "--model", str(kuka["bundle"]), "--bags", str(kuka["test"]))
-    assert text.returncode == 0 and "imputation error" in text.stdout
+    assert text.returncode == 0 and "imputation error" in text.stdout and "90 % interval" in text.stdout
+    assert "out of its training range: wrench" in text.stdout
     assert "NOT met" not in text.stdout + text.stderr and "targets" not in text.stdout
 
 
@@ -211,9 +218,15 @@ def test_the_node_runs_the_bundle_alone_and_publishes_wrench_and_imu_imputations
         assert len(got[key]) > 20, (key, len(got[key]), log[-3000:])
         stamps = np.asarray([(m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec - origin) / 1e9
                              for m in got[key]])
-        # imputed during the outage, and at most at the very start, before the node first heard the stream
+        # imputed during the outage, at most at the very start, before the node first heard the stream, and
+        # where the stream left the range the bundle was trained on (its expert left out: Latent.present)
+        j = list(got["latent"][0].modalities).index(key)
+        left_out = {round((m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec - origin) / 1e9, 6)
+                    for m in got["latent"] if not m.present[j]}
         outside = stamps[(stamps < 6.0 - 0.2) | (stamps > 10.0 + 0.5)]
-        assert (outside < 0.2).all(), (key, outside)
+        assert all(t < 0.2 or round(t, 6) in left_out for t in outside), (key, outside, sorted(left_out)[:20])
+        if any(t >= 0.2 for t in outside):
+            assert f"{key} is outside its training range" in log, log[-3000:]
         assert ((stamps >= 6.0 - 0.2) & (stamps <= 10.0 + 0.5)).sum() > 20, (key, stamps)
         assert np.isfinite([values(m) for m in got[key]]).all()
 

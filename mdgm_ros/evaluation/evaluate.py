@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.engine.inference import impute
+from ..core.engine import ranges
+from ..core.engine.inference import predictive_imputation
+from ..core.engine.uncertainty import uncertainty_summary
 from ..core.families.temporal import is_temporal
 from ..data.dataset import AlignedDataset
 from ..data.labels import DEFAULT_LABEL_TOPIC
@@ -77,20 +79,24 @@ def offline_imputation(em: EvalModel, data: AlignedDataset, dropout_s: float = 1
         rows = np.flatnonzero(clean & (last >= 0))
         rows = rows[data.mask[last[rows], j]]
         errs = {"model": [], "mean": [], "last": []}
+        deviations, stds = [], []
         for start in range(0, len(rows), batch):
             part = rows[start:start + batch]
             feats = {n: em.features(n, raw[n][part]) for n in names}
             mask = torch.ones(len(part), len(names), dtype=torch.bool, device=model.device)
             mask[:, j] = False
             with torch.no_grad():
-                pred = impute(model, feats, mask, [name])[name].mean
-            truth = feats[name]
+                imputed = predictive_imputation(model, feats, mask, [name], em.bundle.calibration)[name]
+            pred, truth = imputed.mean, feats[name]
+            deviations.append((pred - truth).reshape(len(part), -1).cpu().numpy())
+            stds.append(imputed.std.expand_as(pred).reshape(len(part), -1).cpu().numpy())
             errs["model"].append(mse(pred, truth))
             errs["mean"].append(mse(em.mean_prediction(name).expand_as(truth), truth))
             errs["last"].append(mse(em.features(name, raw[name][last[part]]), truth))
         if not rows.size:
             continue
-        report[name] = _summary(*(torch.cat(errs[k]).cpu() for k in ("model", "mean", "last")))
+        report[name] = {**_summary(*(torch.cat(errs[k]).cpu() for k in ("model", "mean", "last"))),
+                        **uncertainty_summary(np.concatenate(deviations), np.concatenate(stds))}
     return report
 
 
@@ -98,11 +104,13 @@ def offline_imputation(em: EvalModel, data: AlignedDataset, dropout_s: float = 1
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """What ``mdgm-ros evaluate`` and the demo print."""
     lines = [f"warning: {w}" for w in report.get("warnings", [])] + [f"note: {n}" for n in report.get("notes", [])]
-    lines += ["imputation error (standardised MSE; lower is better):",
-              f"  {'modality':9s} {'model':>8s} {'mean':>8s} {'last':>8s}  samples"]
+    lines += ["imputation error (standardised MSE; lower is better); its predictive std: the share of true values "
+              "inside the 90 % interval, and its rank correlation with the error per sample:",
+              f"  {'modality':9s} {'model':>8s} {'mean':>8s} {'last':>8s} {'90% cov':>8s} {'rank':>6s}  samples"]
     for name, v in report["imputation"].items():
+        coverage, rank = v.get("coverage_90", np.nan), v.get("std_error_spearman", np.nan)
         lines.append(f"  {name:9s} {v['model']:8.3f} {v['baseline_mean']:8.3f} "
-                     f"{v['baseline_last']:8.3f}  {v['samples']}")
+                     f"{v['baseline_last']:8.3f} {_pct(coverage):>8s} {_number(rank):>6s}  {v['samples']}")
     a = report["anomaly"]
     lines.append(f"anomaly: AUROC {a['auroc']:.3f}  AP {a['average_precision']:.3f}  "
                  f"({a['fault_samples']} fault / {a['samples']} samples)")
@@ -125,10 +133,17 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                      f"({v['samples']} samples, the latents the node published)")
     if "temporal" in report:
         lines += temporal_vs_frame.summary_lines(report["temporal"])
+    for name, v in report.get("out_of_range", {}).items():
+        lines.append(f"out of its training range: {name} in {_pct(v['normal'])} of normal and {_pct(v['fault'])} of "
+                     "fault samples")
     lat = report["latent"]
     lines.append(f"latent: {lat['active_dims']}/{lat['dim']} active dims, "
                  f"mean posterior std {lat['mean_posterior_std']:.3f}")
     return lines
+
+
+def _number(value: float) -> str:
+    return f"{value:.2f}" if value is not None and np.isfinite(value) else "-"
 
 
 def _pct(value: float) -> str:
@@ -174,11 +189,30 @@ def evaluate_offline(em: EvalModel, data: AlignedDataset, out_dir: Path | None =
               "imputation": offline_imputation(em, data, dropout_s) if not notes else {},
               "anomaly": anomaly_metrics(total, data.fault, valid, threshold, data.stamps, data.bag),
               "latent": latent_stats(means, stds), "notes": notes,
+              "out_of_range": out_of_range_rates(em, data),
               "protocol": {"mode": "offline", "dropout_s": dropout_s}}
     if out_dir is not None:
         report["plots"] = plots.write_all(out_dir, em, data, total, scores, threshold, means,
                                           title or em.bundle.model_id, bag_names)
     return report
+
+
+def out_of_range_rates(em: EvalModel, data: AlignedDataset) -> dict[str, dict[str, float]]:
+    """Per bounded modality: the share of its normal and of its fault samples outside the training range
+    (left out of the fusion and flagged, :mod:`~mdgm_ros.core.engine.ranges`)."""
+    names = [n for n in em.model.names if em.model.feature_bounds(n) is not None]
+    if not names or not len(data):
+        return {}
+    (outside,) = batched(em, data, lambda feats, mask: (ranges.outside_rows(em.model, feats, mask)[0],))
+    normal, fault = (data.fault == "") & ~data.near_fault, data.fault != ""
+    out = {}
+    for name in names:
+        j = em.model.names.index(name)
+        seen = data.mask[:, j]
+        out[name] = {"normal": float(outside[normal & seen, j].mean()) if (normal & seen).any() else float("nan"),
+                     "fault": float(outside[fault & seen, j].mean()) if (fault & seen).any() else float("nan"),
+                     "normal_samples": int((normal & seen).sum()), "fault_samples": int((fault & seen).sum())}
+    return out
 
 
 # ----------------------------------------------------------------------------- live (what the node published)
@@ -390,7 +424,8 @@ def _add_temporal(report: dict[str, Any], em: EvalModel, frame: EvalModel | None
     report["temporal"] = comparison
     nearest = min(comparison["imputation"], key=lambda k: abs(float(k) - dropout_s))
     report["imputation"] = {n: {"model": v["temporal"], "baseline_mean": v["baseline_mean"],
-                                "baseline_last": v["baseline_last"], "samples": v["samples"]}
+                                "baseline_last": v["baseline_last"], "samples": v["samples"],
+                                "coverage_90": v["coverage_90"], "std_error_spearman": v["std_error_spearman"]}
                             for n, v in comparison["imputation"][nearest].items()}
     report["anomaly"] = comparison["anomaly"]["temporal"]
     report["protocol"] = {"mode": "offline, temporal filter", "dropout_s": float(nearest), "outages_s": list(lengths)}

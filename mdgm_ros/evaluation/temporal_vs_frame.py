@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from ..core.engine import filter as tp
+from ..core.engine import ranges
+from ..core.engine.uncertainty import uncertainty_summary
 from ..core.engine.windows import runs
 from ..core.families.temporal import is_temporal, poe_with_prior, state_coverage, state_dim, state_experts
 from ..data.dataset import AlignedDataset
@@ -109,10 +111,11 @@ def schedule(data: AlignedDataset, run_rows: list[np.ndarray], names: list[str],
 
 @torch.no_grad()
 def _imputation(temporal: EvalModel, frame: EvalModel | None, data: AlignedDataset, ex_t: Experts,
-                ex_f: Experts | None, run_rows, outage_s: float, rate: float) -> dict[str, Any]:
+                ex_f: Experts | None, run_rows, outage_s: float, rate: float,
+                entered: np.ndarray | None = None) -> dict[str, Any]:
     names = list(temporal.model.names)
     spans = schedule(data, run_rows, names, outage_s, rate)
-    mask = data.mask.copy()
+    mask = (data.mask if entered is None else entered).copy()
     for name, span, _ in spans:
         mask[span, names.index(name)] = False
     filtered = filter_rows(temporal.model, ex_t, mask, run_rows)
@@ -125,7 +128,11 @@ def _imputation(temporal: EvalModel, frame: EvalModel | None, data: AlignedDatas
         last = np.concatenate([np.full(len(r), lr) for r, lr in mine])
         truth = ex_t.feats[name][rows]
         pred_t = tp.decode_latents(temporal.model, filtered["mean"][rows], [name])[name].mean
+        std_t = tp.imputation_std(temporal.model, name, filtered["mean"][rows], filtered["logvar"][rows], pred_t,
+                                  temporal.bundle.calibration)
         entry = {"temporal": float(mse(pred_t, truth).mean()),
+                 **uncertainty_summary((pred_t - truth).reshape(len(rows), -1).cpu().numpy(),
+                                       std_t.expand_as(pred_t).reshape(len(rows), -1).cpu().numpy()),
                  "baseline_mean": float(mse(temporal.mean_prediction(name).expand_as(truth), truth).mean()),
                  "baseline_last": float(mse(ex_t.feats[name][last], truth).mean()),
                  "samples": int(len(rows)), "outages": len(mine)}
@@ -146,21 +153,36 @@ def _frame_impute(frame: EvalModel, ex: Experts, mask: np.ndarray, rows: np.ndar
     return torch.cat(outs)
 
 
+def out_of_range_rows(em: EvalModel, ex: Experts, data: AlignedDataset
+                      ) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+    """(N, M) the recorded streams outside their training range (:mod:`~mdgm_ros.core.engine.ranges`),
+    and each bounded modality's excess (N,)."""
+    outside, over = ranges.outside_rows(em.model, ex.feats, torch.from_numpy(data.mask).to(em.model.device))
+    return outside.cpu().numpy(), over
+
+
 @torch.no_grad()
 def temporal_scores(em: EvalModel, ex: Experts, data: AlignedDataset, filtered: dict[str, torch.Tensor],
-                    absence_after_s: float = ABSENCE_AFTER_S) -> tuple[np.ndarray, np.ndarray]:
-    """(total (N,), per-modality (N, M)) one-step predictive scores with every recorded stream."""
+                    absence_after_s: float = ABSENCE_AFTER_S, entered: np.ndarray | None = None,
+                    over: dict[str, torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(total (N,), per-modality (N, M)) one-step predictive scores with every recorded stream;
+    ``entered``/``over``: the streams that enter (the others out of range) and their excess
+    (:func:`out_of_range_rows`), scored as the node scores them."""
     from ..core.engine.inference import standardize_scores
 
     model, totals, scores = em.model, [], []
     absent = torch.from_numpy(absent_long_enough(data, absence_after_s)).to(model.device)
+    entered = data.mask if entered is None else entered
     for start in range(0, len(data), CHUNK):
         sl = slice(start, start + CHUNK)
-        mask = torch.from_numpy(data.mask[sl]).to(model.device)
+        mask = torch.from_numpy(entered[sl]).to(model.device)
         surprise = tp.predictive_surprise(model, {n: v[sl] for n, v in ex.feats.items()}, ex.mean[:, sl],
                                           ex.logvar[:, sl], mask, filtered["prior_mean"][sl],
                                           filtered["prior_logvar"][sl])
         s, total = standardize_scores(model, surprise, em.bundle.calibration, absent[sl])
+        if over:
+            s, total = ranges.score_out_of_range(model.names, em.bundle.calibration, s, total,
+                                                 {n: v[sl] for n, v in over.items()})
         scores.append(s.cpu().numpy())
         totals.append(total.cpu().numpy())
     return np.concatenate(totals), np.concatenate(scores)
@@ -212,9 +234,12 @@ def compare(temporal: EvalModel, frame: EvalModel | None, data: AlignedDataset, 
     run_rows = data_runs(data, 3.0 / rate)
     ex_t = row_experts(temporal, data)
     ex_f = row_experts(frame, data) if frame is not None else None
-    imputation = {f"{s:g}": _imputation(temporal, frame, data, ex_t, ex_f, run_rows, s, rate) for s in outages_s}
-    filtered = filter_rows(temporal.model, ex_t, data.mask, run_rows)
-    total_t, _ = temporal_scores(temporal, ex_t, data, filtered, absence_after_s)
+    outside, over = out_of_range_rows(temporal, ex_t, data)
+    entered = data.mask & ~outside                   # the streams whose experts enter, as in the node
+    imputation = {f"{s:g}": _imputation(temporal, frame, data, ex_t, ex_f, run_rows, s, rate, entered)
+                  for s in outages_s}
+    filtered = filter_rows(temporal.model, ex_t, entered, run_rows)
+    total_t, _ = temporal_scores(temporal, ex_t, data, filtered, absence_after_s, entered, over)
     valid = ~(data.near_fault & (data.fault == ""))
     cal_t = temporal.bundle.calibration
     anomaly = {"temporal": anomaly_metrics(total_t, data.fault, valid, cal_t.threshold["total"] if cal_t else None,

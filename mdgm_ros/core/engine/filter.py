@@ -217,6 +217,16 @@ def _decoded_moments(model: MultimodalVAE, name: str, states: torch.Tensor) -> t
     return model.output_moments(name, decode_state(model, name, states))
 
 
+def imputation_std(model: MultimodalVAE, name: str, mean: torch.Tensor, logvar: torch.Tensor, imputed: torch.Tensor,
+                   calibration: AnomalyCalibration | None = None) -> torch.Tensor:
+    """The predictive std (:mod:`.uncertainty`) of ``name`` imputed as ``imputed`` (its decoder at the
+    belief's ``mean``) under the belief N(mean, exp(logvar)) over filter states (B, S), times the
+    calibrated scale; normalised units."""
+    std = predictive_std(functools.partial(_decoded_moments, model, name), mean, logvar, imputed,
+                         state_dims(model, name))
+    return std * predictive_scale(calibration, name)
+
+
 def decode_latents(model: MultimodalVAE, latents: torch.Tensor, names: Sequence[str]) -> dict[str, Imputation]:
     """Decode filter states (..., S) into modality means and spreads (normalised units, (..., *fshape))."""
     out = {}
@@ -368,8 +378,7 @@ def calibrate_predictive_scale_sequences(model: MultimodalVAE, feats: Mapping[st
             mean = filtered.mean.reshape(-1, filtered.mean.shape[-1])[where]
             logvar = filtered.logvar.reshape(-1, filtered.logvar.shape[-1])[where]
             decoded = decode_latents(model, mean, [name])[name]
-            std = predictive_std(functools.partial(_decoded_moments, model, name), mean, logvar, decoded.mean,
-                                 state_dims(model, name))
+            std = imputation_std(model, name, mean, logvar, decoded.mean)
             truth = part[name].reshape(-1, *part[name].shape[2:])[where]
             errors.append((decoded.mean - truth).cpu().numpy().reshape(len(mean), -1))
             stds.append(std.expand_as(decoded.mean).cpu().numpy().reshape(len(mean), -1))
@@ -580,9 +589,7 @@ class TemporalFilter:
         for name, imputed in decode_latents(model, latent, targets).items():
             std = imputed.std
             if logvar is not None and name in self.predictive_std:
-                decode = functools.partial(_decoded_moments, model, name)
-                std = predictive_std(decode, latent, logvar, imputed.mean, state_dims(model, name)) \
-                    * predictive_scale(self.calibration, name)
+                std = imputation_std(model, name, latent, logvar, imputed.mean, self.calibration)
             _, std_scale = model.normalization_stats(name)
             result.imputed[name] = Imputation(model.denormalize(name, imputed.mean), std * std_scale)
 

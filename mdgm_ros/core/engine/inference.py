@@ -132,11 +132,17 @@ def anomaly_scores(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask
                    generator: torch.Generator | None = None, expected: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-modality scores and total (:func:`.anomaly.standardize_scores`); ``expected`` (B, M): the
-    streams whose absence counts as evidence."""
+    streams whose absence counts as evidence. A stream outside its training range is left out and
+    scored as :class:`Fuser` does (:mod:`.ranges`)."""
+    outside, over = ranges.outside_rows(model, feats, mask)
+    mask = mask & ~outside
     feats = model.complete(feats, mask)
     mu, logvar = model.experts(feats, mask)
     surprise = leave_one_out_surprise(model, feats, mu, logvar, mask, n_samples, generator)
-    return standardize_scores(model, surprise, calibration, expected)
+    scores, total = standardize_scores(model, surprise, calibration, expected)
+    if bool(outside.any()):
+        scores, total = ranges.score_out_of_range(model.names, calibration, scores, total, over)
+    return scores, total
 
 
 def calibrate_anomaly(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
@@ -156,6 +162,38 @@ def calibrate_anomaly(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], m
     return calibration_from_nll(model, torch.cat(chunks), quantile, n_samples)
 
 
+def predictive_imputation(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
+                          targets: Sequence[str], calibration: AnomalyCalibration | None = None
+                          ) -> dict[str, Imputation]:
+    """:func:`impute` with each target's predictive std (:mod:`.uncertainty`, times ``calibration``'s
+    scale where it has one), normalised feature units."""
+    feats = model.complete(feats, mask)
+    mu, logvar = model.experts(feats, mask)
+    z_mean, z_logvar = model.posterior_summary(mu, logvar, mask)
+    private = private_codes(model, feats, mask) if model.private_dim else None
+    imputed = impute_from_experts(model, mu, logvar, mask, targets, private=private)
+    moments = {n: (i.mean, i.std) for n, i in imputed.items()}
+    predictive_moments(model, calibration, moments, z_mean, z_logvar, private, targets)
+    return {n: Imputation(mean, std) for n, (mean, std) in moments.items()}
+
+
+def predictive_moments(model: MultimodalVAE, calibration: AnomalyCalibration | None,
+                       moments: dict[str, tuple[torch.Tensor, torch.Tensor]], z_mean: torch.Tensor,
+                       z_logvar: torch.Tensor, private: torch.Tensor | None, names) -> None:
+    """Replace the std of ``names`` in ``moments`` (decoded at the posterior mean) by their predictive
+    std under q(z | .) = N(z_mean, exp(z_logvar)), times the calibrated scale (private codes held at
+    theirs)."""
+    for name in set(names).intersection(moments):
+        code = None if private is None else private[model.names.index(name)]
+
+        def decode(z: torch.Tensor, name: str = name, code: torch.Tensor | None = code):
+            tiled = None if code is None else code.repeat(z.shape[0] // code.shape[0], 1)
+            return model.output_moments(name, model.decode(name, z, tiled))
+        mean, _ = moments[name]
+        std = uncertainty.predictive_std(decode, z_mean, z_logvar, mean)
+        moments[name] = (mean, std * predictive_scale(calibration, name))
+
+
 @torch.no_grad()
 def calibrate_predictive_scale(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
                                batch_size: int = 256) -> dict[str, float]:
@@ -163,7 +201,6 @@ def calibrate_predictive_scale(model: MultimodalVAE, feats: Mapping[str, torch.T
     interval cover 90 % of held-out truth when it is imputed from the other streams of a row (normalised
     features (N, ...), presence mask (N, M)); rows where it and another stream are observed, at most
     :func:`~.uncertainty.calibration_rows` of them."""
-    fuser = Fuser(model, None, anomaly=False, predictive_std=model.names)
     scales = {}
     for j, name in enumerate(model.names):
         others = mask.clone()
@@ -173,15 +210,10 @@ def calibrate_predictive_scale(model: MultimodalVAE, feats: Mapping[str, torch.T
         for start in range(0, len(rows), batch_size):
             part = rows[start:start + batch_size]
             m = others[part].to(model.device)
-            full = model.complete({n: v[part].to(model.device) for n, v in feats.items()}, m)
-            mu, logvar = model.experts(full, m)
-            z_mean, z_logvar = model.posterior_summary(mu, logvar, m)
-            private = private_codes(model, full, m) if model.private_dim else None
-            imputed = impute_from_experts(model, mu, logvar, m, [name], private=private)[name]
-            moments = {name: (imputed.mean, imputed.std)}
-            fuser._predictive_moments(moments, z_mean, z_logvar, private)
-            mean, std = moments[name]
-            truth = feats[name][part].to(model.device)         # (complete() zeroed it where it is left out)
+            imputed = predictive_imputation(model, {n: v[part].to(model.device) for n, v in feats.items()}, m,
+                                            [name])[name]
+            mean, std = imputed.mean, imputed.std
+            truth = feats[name][part].to(model.device)
             errors.append((mean - truth).cpu().numpy().reshape(len(part), -1))
             stds.append(std.expand_as(mean).cpu().numpy().reshape(len(part), -1))
         if errors:
@@ -402,18 +434,8 @@ class Fuser:
 
     def _predictive_moments(self, moments: dict[str, tuple[torch.Tensor, torch.Tensor]], z_mean: torch.Tensor,
                             z_logvar: torch.Tensor, private: torch.Tensor | None = None) -> None:
-        """Replace the std of the :attr:`predictive_std` modalities by their calibrated predictive std
-        under q(z | .) (normalised units; private codes held at theirs)."""
-        model = self.model
-        for name in self.predictive_std.intersection(moments):
-            code = None if private is None else private[model.names.index(name)]
-
-            def decode(z: torch.Tensor, name: str = name, code: torch.Tensor | None = code):
-                tiled = None if code is None else code.repeat(z.shape[0] // code.shape[0], 1)
-                return model.output_moments(name, model.decode(name, z, tiled))
-            mean, _ = moments[name]
-            std = uncertainty.predictive_std(decode, z_mean, z_logvar, mean)
-            moments[name] = (mean, std * predictive_scale(self.calibration, name))
+        if self.predictive_std:
+            predictive_moments(self.model, self.calibration, moments, z_mean, z_logvar, private, self.predictive_std)
 
     def _store_imputations(self, result: FusionResult,
                            moments: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:

@@ -48,6 +48,17 @@ def outside_mask(names: Sequence[str], over: Mapping[str, torch.Tensor], batch: 
     return out
 
 
+def outside_rows(model, feats: Mapping[str, torch.Tensor], mask: torch.Tensor
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(N, M) bool: the observed streams outside their bounds, row by row, and each bounded modality's
+    excess (N,) where it is (0 elsewhere) -- what the live steps do, for offline batches (normalised
+    features (N, ...), presence mask (N, M))."""
+    over = excess(model, {n: x for n, x in feats.items() if n in model.names})
+    outside = outside_mask(model.names, over, mask.shape[0], mask.device) & mask.bool()
+    kept = {n: v.masked_fill(~outside[:, model.names.index(n)].to(v.device), 0.0) for n, v in over.items()}
+    return outside, kept
+
+
 def bounded_score(over: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
     """threshold + SCORE_FLOOR + SCORE_RISE (1 - exp(-excess)): above the threshold for any excess > 0,
     below threshold + SCORE_FLOOR + SCORE_RISE for any finite one."""
@@ -73,4 +84,5 @@ def score_out_of_range(names: Sequence[str], calibration: AnomalyCalibration | N
     return scores, torch.where(worst > 0, torch.fmax(total, raised), total)
 
 
-__all__ = ["SCORE_FLOOR", "SCORE_RISE", "bounded_score", "excess", "outside_mask", "score_out_of_range"]
+__all__ = ["SCORE_FLOOR", "SCORE_RISE", "bounded_score", "excess", "outside_mask", "outside_rows",
+           "score_out_of_range"]

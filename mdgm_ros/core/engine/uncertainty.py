@@ -101,6 +101,17 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
 
 
+def uncertainty_summary(errors: np.ndarray, stds: np.ndarray) -> dict[str, float]:
+    """``coverage_90``: the share of elements inside imputation ± Z90·std; ``std_error_spearman``: the
+    rank correlation over samples of the predicted spread (root mean square of the stds) with the error
+    (root mean square of the errors). ``errors``/``stds``: (N, elements), the same units."""
+    errors, stds = np.asarray(errors, np.float64), np.broadcast_to(np.asarray(stds, np.float64), np.shape(errors))
+    per_sample_error = np.sqrt(np.mean(np.square(errors.reshape(len(errors), -1)), 1))
+    per_sample_std = np.sqrt(np.mean(np.square(stds.reshape(len(stds), -1)), 1))
+    return {"coverage_90": interval_coverage(errors, stds),
+            "std_error_spearman": rank_correlation(per_sample_std, per_sample_error)}
+
+
 def _ranks(x: np.ndarray) -> np.ndarray:
     """Ranks from 0, ties sharing the average of theirs."""
     _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
@@ -109,4 +120,4 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 
 __all__ = ["Z90", "cubature_points", "interval_coverage", "predictive_scale", "predictive_std",
-           "rank_correlation", "signed_identity"]
+           "rank_correlation", "signed_identity", "uncertainty_summary"]
