@@ -47,6 +47,7 @@ def test_normalization_bounds_round_trip_and_bad_bounds_are_refused():
 def fitted():
     """A small MVAE fitted briefly on synthetic data, normalised with bounds, calibrated."""
     from conftest import small_specs
+
     from mdgm_ros.core import ModelConfig, MultimodalVAE
     torch.manual_seed(0)
     model = MultimodalVAE(ModelConfig(tuple(small_specs()), latent_dim=8, family="mvae"))

@@ -22,7 +22,6 @@ API, in normalised feature units (``model.features``/``model.normalize`` give th
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Sequence
 
@@ -46,6 +45,7 @@ from ..families.temporal import (
 from ..model import posterior as post
 from ..model.family import FamilyError
 from ..model.vae import MultimodalVAE
+from . import uncertainty
 from .anomaly import empty_surprise, stream_surprise
 from .inference import (
     AnomalyCalibration,
@@ -58,7 +58,6 @@ from .inference import (
     standardize_scores,
     within_range,
 )
-from . import uncertainty
 from .uncertainty import predictive_std, signed_identity
 from .windows import gather_rows
 
@@ -597,7 +596,8 @@ class TemporalFilter:
 __all__ = [
     "FilterState", "FilteredSequence", "Prediction", "StepResult", "TemporalFilter", "TemporalFusionResult",
     "calibrate_predictive_anomaly", "calibrate_predictive_scale_sequences", "calibration_from_nll",
-    "decode_latents", "filter_sequence", "filter_step", "impute_sequence", "initial_state", "predict", "predict_ahead", "predictive_nll",
-    "predictive_nll_sequence", "predictive_surprise", "predictive_surprise_sequence", "propagate",
-    "require_temporal", "reset_state", "smooth_fixed_lag",
+    "decode_latents", "filter_sequence", "filter_step", "imputation_std", "impute_sequence", "initial_state",
+    "predict", "predict_ahead", "predictive_nll", "predictive_nll_sequence", "predictive_surprise",
+    "predictive_surprise_sequence", "propagate", "require_temporal", "reset_state", "smooth_fixed_lag",
+    "state_dims",
 ]

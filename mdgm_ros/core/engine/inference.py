@@ -44,6 +44,7 @@ class Imputation:
     mean: torch.Tensor
     std: torch.Tensor
 
+
 def impute_from_experts(model: MultimodalVAE, mu: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor,
                         targets: Sequence[str], n_samples: int = 0,
                         generator: torch.Generator | None = None,
@@ -205,7 +206,8 @@ def calibrate_predictive_scale(model: MultimodalVAE, feats: Mapping[str, torch.T
     for j, name in enumerate(model.names):
         others = mask.clone()
         others[:, j] = False
-        rows = torch.nonzero(mask[:, j] & others.any(1)).flatten()[:uncertainty.calibration_rows(model.specs[name].kind)]
+        limit = uncertainty.calibration_rows(model.specs[name].kind)
+        rows = torch.nonzero(mask[:, j] & others.any(1)).flatten()[:limit]
         errors, stds = [], []
         for start in range(0, len(rows), batch_size):
             part = rows[start:start + batch_size]
