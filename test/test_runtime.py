@@ -93,6 +93,12 @@ def test_no_parameters_runs_the_shipped_default_and_says_so(runtime):
     latent = runtime["record"]["latent"][-1][1]
     assert latent.model_id == manifest["model_id"] and len(latent.mean) > 0
     assert list(latent.modalities) == ["camera", "joints", "audio", "tactile"] and latent.present[0]
+    log = (runtime["tmp"] / "node.log").read_text()
+    config = json.loads((ROOT / "models" / "default" / "normalization.json").read_text())
+    calibration = json.loads((ROOT / "models" / "default" / "calibration.json").read_text())
+    # a bundle trained before training bounds or the predictive std's calibration says what it does instead
+    assert ("has no training bounds for joints, tactile" in log) == ("low" not in config["joints"]), log[-2000:]
+    assert ("did not calibrate the predictive std" in log) == ("predictive_scale" not in calibration), log[-2000:]
 
 
 def test_diagnostics_go_stale_within_a_window_when_the_camera_stops_and_the_model_imputes_it(runtime):

@@ -143,6 +143,8 @@ class FusionNode(GuardedNode, LifecycleNode):
         engine = "" if self.params.engine == "torch" else f", networks in {self.params.engine}"
         self.get_logger().info(f"configured with {self.runtime.bundle.model_id} on {self.runtime.device}"
                                f"{precision}{engine}")
+        for line in _older_bundle_notes(self.runtime):
+            self.get_logger().info(line)
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -623,6 +625,22 @@ class FusionNode(GuardedNode, LifecycleNode):
                    if runtime.temporal else {}),
                 "callback_errors": self.callback_error_total,
                 **{f"errors_{k}": v for k, v in self._errors.items()}}
+
+
+def _older_bundle_notes(runtime: Runtime) -> list[str]:
+    """What a bundle trained before training bounds and the predictive std's calibration does differently."""
+    model, calibration, notes = runtime.bundle.model, runtime.bundle.calibration, []
+    unbounded = [n for n, s in runtime.streams.items() if s.spec.kind in ("vector", "tactile")
+                 and model.feature_bounds(n) is None]
+    if unbounded:
+        notes.append(f"this bundle has no training bounds for {', '.join(unbounded)}: values beyond 1000 training "
+                     "standard deviations are refused, nearer ones are fused (retrain to score them as out of range)")
+    uncalibrated = sorted(n for n in runtime.fuser.predictive_std
+                          if calibration is None or n not in calibration.predictive_scale)
+    if uncalibrated:
+        notes.append(f"this bundle did not calibrate the predictive std of {', '.join(uncalibrated)}: "
+                     "~/imputed_std is moment-matched but not scaled to 90 % coverage (retrain to calibrate it)")
+    return notes
 
 
 def _std_names(streams: dict[str, Stream], enabled: bool) -> frozenset[str]:
