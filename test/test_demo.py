@@ -27,6 +27,10 @@ def test_quick_demo_runs_the_whole_loop_over_real_topics_in_a_terminal(tmp_path)
     assert set(report["imputation"]) == {"camera", "joints", "audio", "tactile"}
     for name, entry in report["imputation"].items():
         assert entry["samples"] > 0 and entry["model"] >= 0 and entry["baseline_mean"] > 0, name
+    # the node's published predictive std of the vector, tactile and audio imputations, against the bag
+    for name in ("joints", "audio", "tactile"):
+        entry = report["imputation"][name]
+        assert entry["std_samples"] > 0 and 0.0 <= entry["coverage_90"] <= 1.0, (name, entry)
     anomaly = report["anomaly"]
     assert 0.0 <= anomaly["auroc"] <= 1.0 and 0.0 <= anomaly["average_precision"] <= 1.0
     assert anomaly["per_fault"] and all(0.0 <= v["auroc"] <= 1.0 for v in anomaly["per_fault"].values())

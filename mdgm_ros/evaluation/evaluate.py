@@ -235,7 +235,8 @@ def live_imputation(em: EvalModel, truth: AlignedDataset, recording, outages: di
         spans = outages.get(name, [])
         items = [(t, a) for t, a in recording.imputed.get(name, [])
                  if any(s <= t < e + staleness_ns.get(name, 0) for s, e in spans)]
-        rows, preds, last_rows = [], [], []
+        rows, preds, last_rows, stds = [], [], [], []
+        published_std = getattr(recording, "imputed_std", {}).get(name, {})
         for t, array in items:
             row = int(np.searchsorted(stamps, t))
             if row >= len(stamps) or stamps[row] != t or not truth.mask[row, j] or not clean[row]:
@@ -249,6 +250,7 @@ def live_imputation(em: EvalModel, truth: AlignedDataset, recording, outages: di
             rows.append(row)
             preds.append(array)
             last_rows.append(last)
+            stds.append(published_std.get(t))
         if not rows:
             continue
         rows_a, last_a = np.asarray(rows), np.asarray(last_rows)
@@ -258,6 +260,15 @@ def live_imputation(em: EvalModel, truth: AlignedDataset, recording, outages: di
         report[name] = _summary(mse(pred_f, truth_f).cpu(),
                                 mse(em.mean_prediction(name).expand_as(truth_f), truth_f).cpu(),
                                 mse(em.features(name, raw[name][last_a]), truth_f).cpu())
+        with_std = [i for i, std in enumerate(stds) if std is not None and std.size == pred_raw[i].size]
+        if with_std:                                     # the published std, in standardised units
+            scale = em.model.normalization_stats(name)[1].cpu().numpy()
+            published = np.stack([np.broadcast_to(stds[i].reshape(pred_raw[i].shape) / scale, pred_raw[i].shape)
+                                  for i in with_std])
+            deviation = (pred_f - truth_f).cpu().numpy()[with_std]
+            report[name].update(uncertainty_summary(deviation.reshape(len(with_std), -1),
+                                                    published.reshape(len(with_std), -1)),
+                                std_samples=len(with_std))
         pairs[name] = (rows_a, pred_raw)
     return report, pairs
 

@@ -1,4 +1,5 @@
-"""Record what a fusion node publishes (latent, anomaly, imputations, latent predictions) for evaluation.
+"""Record what a fusion node publishes (latent, anomaly, imputations and their predictive std, latent
+predictions) for evaluation.
 
 Every output carries the source stamp of its fusion step (imputed audio as ``mdgm_ros/ImputedArray``).
 """
@@ -19,6 +20,7 @@ from ..streams import bridge
 from ..streams.kinds import Stream, make_stream
 from ..streams.params import StreamParams
 from .guard import GuardedNode
+from .outputs import STD_KINDS
 
 RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -29,6 +31,7 @@ class Recording:
     latent: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)
     anomaly: list[tuple[int, np.ndarray]] = field(default_factory=list)          # [total, per modality]
     imputed: dict[str, list[tuple[int, np.ndarray]]] = field(default_factory=lambda: defaultdict(list))
+    imputed_std: dict[str, dict[int, np.ndarray]] = field(default_factory=lambda: defaultdict(dict))  # by stamp
     prediction: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)  # stamp, step stamps, (k, D)
     model_info: dict | None = None
     undecodable: int = 0
@@ -57,6 +60,9 @@ class OutputRecorder(GuardedNode, Node):
             kind = ImputedArray if spec.kind == "audio" else stream.output_type
             self.create_subscription(kind, f"{node}/imputed/{spec.name}",
                                      lambda msg, s=stream: self._on_imputed(s, msg), RELIABLE)
+            if spec.kind in STD_KINDS:
+                self.create_subscription(ImputedArray, f"{node}/imputed_std/{spec.name}", self._on_imputed_std,
+                                         RELIABLE)
 
     def _on_info(self, msg: ModelInfo) -> None:
         info = json.loads(msg.details_json or "{}")
@@ -83,6 +89,15 @@ class OutputRecorder(GuardedNode, Node):
         with self.lock:
             self.recording.prediction.append((bridge.stamp_to_ns(msg.header.stamp), steps,
                                               mean.reshape(msg.horizon, msg.latent_dim)))
+
+    def _on_imputed_std(self, msg: ImputedArray) -> None:
+        shape = [d.size for d in msg.layout.dim]
+        values = np.asarray(msg.data, np.float32)
+        if values.size != int(np.prod(shape)):
+            self.recording.undecodable += 1
+            return
+        with self.lock:
+            self.recording.imputed_std[msg.modality][bridge.stamp_to_ns(msg.header.stamp)] = values.reshape(shape)
 
     def _on_imputed(self, stream: Stream, msg) -> None:
         try:
