@@ -50,7 +50,8 @@ def ros(tmp_path_factory):
                           "-p", "standard_mirrors:=true",
                           stream_args=("--malformed", "--stop-audio-after", str(STOP_AUDIO_AFTER)))
     node, streams, probe, _env = run.node, run.streams, run.probe, run.env
-    record = {"camera": [], "latent": [], "anomaly": [], "imputed_audio": [], "diagnostics": [], "info": [],
+    record = {"camera": [], "latent": [], "anomaly": [], "imputed_audio": [], "audio_std": [], "diagnostics": [],
+              "info": [],
               "events": [], "mirror_latent": [], "mirror_anomaly": [], "mirror_audio": []}
 
     def keep(key):
@@ -61,6 +62,7 @@ def ros(tmp_path_factory):
     probe.create_subscription(Latent, "/mdgm_fusion/latent", keep("latent"), 50)
     probe.create_subscription(AnomalyScores, "/mdgm_fusion/anomaly", keep("anomaly"), 50)
     probe.create_subscription(ImputedArray, "/mdgm_fusion/imputed/audio", keep("imputed_audio"), 50)
+    probe.create_subscription(ImputedArray, "/mdgm_fusion/imputed_std/audio", keep("audio_std"), 50)
     probe.create_subscription(JointState, "/mdgm_fusion/mirror/latent", keep("mirror_latent"), 50)
     probe.create_subscription(JointState, "/mdgm_fusion/mirror/anomaly", keep("mirror_anomaly"), 50)
     probe.create_subscription(Float32MultiArray, "/mdgm_fusion/mirror/imputed/audio", keep("mirror_audio"), 50)
@@ -140,6 +142,34 @@ def test_stopping_audio_makes_imputed_audio_appear_within_its_staleness(ros):
     assert np.isfinite(anomaly.threshold[0]) and np.isfinite(anomaly.total_threshold)
     mirror = record["mirror_anomaly"][-1][1]
     assert list(mirror.name) == ["total", "camera", "joints", "audio", "tactile"]
+
+
+def test_imputed_audio_goes_out_with_its_std_until_imputed_std_is_switched_off_live(ros):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    record, probe = ros["record"], ros["probe"]
+    assert spin_until(probe, lambda: len(record["audio_std"]) > 5, 10)
+    imputed = {_ns(m): m for _, m in record["imputed_audio"]}
+    std = record["audio_std"][-1][1]
+    assert _ns(std) in imputed and [d.label for d in std.layout.dim] == ["mel", "frame"]
+    assert len(std.data) == 16 * 17 and np.isfinite(std.data).all() and min(std.data) > 0
+    details = json.loads(record["info"][-1][1].details_json)["imputed_std"]
+    assert details["modalities"] == ["audio", "joints", "tactile"] and details["calibrated"]["audio"] is False
+    client = probe.create_client(SetParameters, "/mdgm_fusion/set_parameters")
+    off = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=False)
+    try:
+        result = call(probe, client, SetParameters.Request(parameters=[Parameter(name="imputed_std", value=off)]))
+        assert result.results[0].successful, result.results[0].reason
+        assert spin_until(probe, lambda: json.loads(record["info"][-1][1].details_json)["imputed_std"]["modalities"]
+                          == [], 5)
+        switched = time.monotonic()
+        count = len(record["imputed_audio"])
+        assert spin_until(probe, lambda: len(record["imputed_audio"]) > count + 10, 10)
+        assert not [t for t, _ in record["audio_std"] if t > switched + 0.5]
+    finally:
+        on = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=True)
+        call(probe, client, SetParameters.Request(parameters=[Parameter(name="imputed_std", value=on)]))
 
 
 def test_malformed_messages_are_counted_and_the_node_keeps_publishing(ros):

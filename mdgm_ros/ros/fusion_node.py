@@ -268,9 +268,12 @@ class FusionNode(GuardedNode, LifecycleNode):
         self.params = params
         runtime, aligner = self.runtime, self.aligner
         runtime.fuser.impute_present = params.impute_present
-        runtime.fuser.predictive_std = _std_names(runtime.streams, params.imputed_std)
-        if self._outputs is not None:
-            self._outputs.std_names = runtime.fuser.predictive_std
+        std_names = _std_names(runtime.streams, params.imputed_std)
+        if std_names != runtime.fuser.predictive_std:
+            runtime.fuser.predictive_std = std_names
+            if self._outputs is not None:
+                self._outputs.std_names = std_names
+            self._publish_model_info()                   # its imputed_std entry says which modalities
         if runtime.temporal:
             runtime.fuser.horizon = params.prediction_horizon
         for stream_params in params.streams:
