@@ -115,3 +115,35 @@ def test_the_bundle_keeps_the_predictive_scale(tmp_path):
     assert load_bundle(folder).calibration.predictive_scale == {"m0": 1.5, "m1": 0.7}
     calibration.predictive_scale["m0"] = float("nan")
     assert "predictive_scale" in calibration.problem()
+
+
+def test_the_useful_prediction_horizon_is_where_the_prediction_beats_nothing_changes():
+    from mdgm_ros.core.engine.filter import calibrate_prediction_horizon
+    from mdgm_ros.core.families.temporal import TRANSITION
+
+    model = temporal_model(n_mod=2)
+    feats, mask = random_sequences(model, batch=1, steps=80, p_present=1.0, seed=6)
+    rows = {n: v[0] for n, v in feats.items()}
+    windows = torch.arange(80).reshape(4, 20)
+    with torch.no_grad():                      # a transition that throws the state away: never better
+        for p in model.extra[TRANSITION].parameters():
+            p.mul_(0.0)
+    result = calibrate_prediction_horizon(model, rows, mask[0], windows, horizon=5)
+    assert len(result["model_mse"]) == 5 and all(c > 0 for c in result["samples"])
+    beats = [a < b for a, b in zip(result["model_mse"], result["nothing_changes_mse"])]
+    expected = next((k for k, b in enumerate(beats) if not b), 5)
+    assert result["useful"] == expected
+
+
+def test_the_node_publishes_no_further_than_the_useful_horizon():
+    from mdgm_ros.ros.fusion_node import published_horizon
+
+    calibration = AnomalyCalibration({"a": 0.0}, {"a": 1.0}, {"a": 2.0, "total": 2.0})
+    assert published_horizon(10, calibration) == 10 and calibration.useful_horizon is None   # not measured
+    calibration.prediction = {"useful": 3}
+    assert published_horizon(10, calibration) == 3 and published_horizon(2, calibration) == 2
+    assert published_horizon(10, None) == 10
+    again = AnomalyCalibration.from_dict(calibration.to_dict())
+    assert again.useful_horizon == 3
+    calibration.prediction = {"useful": -1}
+    assert "prediction.useful" in calibration.problem()

@@ -143,7 +143,7 @@ class FusionNode(GuardedNode, LifecycleNode):
         engine = "" if self.params.engine == "torch" else f", networks in {self.params.engine}"
         self.get_logger().info(f"configured with {self.runtime.bundle.model_id} on {self.runtime.device}"
                                f"{precision}{engine}")
-        for line in _older_bundle_notes(self.runtime):
+        for line in _older_bundle_notes(self.runtime, self.params.prediction_horizon):
             self.get_logger().info(line)
         return TransitionCallbackReturn.SUCCESS
 
@@ -268,14 +268,14 @@ class FusionNode(GuardedNode, LifecycleNode):
         self.params = params
         runtime, aligner = self.runtime, self.aligner
         runtime.fuser.impute_present = params.impute_present
-        std_names = _std_names(runtime.streams, params.imputed_std)
-        if std_names != runtime.fuser.predictive_std:
-            runtime.fuser.predictive_std = std_names
-            if self._outputs is not None:
-                self._outputs.std_names = std_names
-            self._publish_model_info()                   # its imputed_std entry says which modalities
+        described = (runtime.fuser.predictive_std, getattr(runtime.fuser, "horizon", None))
+        runtime.fuser.predictive_std = _std_names(runtime.streams, params.imputed_std)
+        if self._outputs is not None:
+            self._outputs.std_names = runtime.fuser.predictive_std
         if runtime.temporal:
-            runtime.fuser.horizon = params.prediction_horizon
+            runtime.fuser.horizon = published_horizon(params.prediction_horizon, runtime.bundle.calibration)
+        if described != (runtime.fuser.predictive_std, getattr(runtime.fuser, "horizon", None)):
+            self._publish_model_info()                   # it says which imputations carry a std, and the horizon
         for stream_params in params.streams:
             stream = runtime.streams[stream_params.name]
             stream.params = stream_params
@@ -334,7 +334,8 @@ class FusionNode(GuardedNode, LifecycleNode):
                              "; the fusion node has none (train with action_dim 0)")
         step_s = (bundle.manifest.get("extra") or {}).get("temporal", {}).get("step_s")
         fuser = TemporalFilter(bundle.model, bundle.calibration, impute_present=self.params.impute_present,
-                               horizon=self.params.prediction_horizon, amp=amp,
+                               horizon=published_horizon(self.params.prediction_horizon, bundle.calibration),
+                               amp=amp,
                                predictive_std=_std_names(streams, self.params.imputed_std))
         return Runtime(bundle, streams, fuser, device, float(step_s) if step_s else None)
 
@@ -630,14 +631,26 @@ class FusionNode(GuardedNode, LifecycleNode):
                 **{f"errors_{k}": v for k, v in self._errors.items()}}
 
 
-def _older_bundle_notes(runtime: Runtime) -> list[str]:
-    """What a bundle trained before training bounds and the predictive std's calibration does differently."""
+def published_horizon(requested: int, calibration) -> int:
+    """The steps ~/latent_prediction carries: ``prediction_horizon``, but no further than the predicted
+    latent beat "nothing changes" on the bundle's held-out data (where the bundle measured it)."""
+    useful = None if calibration is None else calibration.useful_horizon
+    return requested if useful is None else min(requested, useful)
+
+
+def _older_bundle_notes(runtime: Runtime, requested_horizon: int) -> list[str]:
+    """What a bundle trained before training bounds and the predictive std's calibration does differently,
+    and a prediction horizon cut to where the bundle's prediction helps."""
     model, calibration, notes = runtime.bundle.model, runtime.bundle.calibration, []
     unbounded = [n for n, s in runtime.streams.items() if s.spec.kind in ("vector", "tactile")
                  and model.feature_bounds(n) is None]
     if unbounded:
         notes.append(f"this bundle has no training bounds for {', '.join(unbounded)}: values beyond 1000 training "
                      "standard deviations are refused, nearer ones are fused (retrain to score them as out of range)")
+    if runtime.temporal and runtime.fuser.horizon < requested_horizon:
+        notes.append(f"~/latent_prediction carries {runtime.fuser.horizon} of the {requested_horizon} steps "
+                     "asked for: further ahead the bundle's prediction did not beat 'nothing changes' on its "
+                     "held-out data")
     uncalibrated = sorted(n for n in runtime.fuser.predictive_std
                           if calibration is None or n not in calibration.predictive_scale)
     if uncalibrated:

@@ -265,7 +265,10 @@ def imputed_std_info(runtime, node) -> dict[str, Any]:
 
 def temporal_info(runtime, node) -> dict[str, Any]:
     """What a temporal bundle adds: the filter state and ~/latent_prediction."""
-    horizon = int(node.params.prediction_horizon) if getattr(node, "params", None) else 0
+    requested = int(node.params.prediction_horizon) if getattr(node, "params", None) else 0
+    horizon = int(getattr(runtime.fuser, "horizon", requested))
+    calibration = runtime.bundle.calibration
+    measured = calibration.prediction if calibration is not None else {}
     return {
         "state": "a filter state carried between steps; reset on a backwards clock or stamp jump, a buffer "
                  "reset, a gap longer than reset_after, deactivate and a model reload; Latent.step counts "
@@ -274,7 +277,10 @@ def temporal_info(runtime, node) -> dict[str, Any]:
                    "standardised by the bundle's calibration",
         "latent_prediction": {
             "topic": resolve_topic(node, "~/latent_prediction"), "type": "mdgm_ros/msg/LatentPrediction",
-            "horizon": horizon, "parameter": "prediction_horizon (0 = none, live)",
+            "horizon": horizon, "parameter": "prediction_horizon (0 = none, live)", "requested": requested,
+            "useful_horizon": measured.get("useful"),
+            "useful_horizon_means": "steps ahead at which the predicted latent beat 'nothing changes' on the bundle's "
+                                    "held-out data; the node publishes no further (None: not measured)",
             "step_s": runtime.step_s, "stamp": "the source stamp of the step predicted from",
             "stamps": "stamp + k time steps (the bundle's step_s, else the node's median step period)",
             "mean": "horizon x latent_dim, row-major", "std": "horizon x latent_dim, row-major"}}

@@ -144,6 +144,9 @@ class AnomalyCalibration:
     # modality -> the factor on its moment-matched predictive std that makes the central 90 % interval
     # cover 90 % of held-out truth (:mod:`.uncertainty`); absent: 1
     predictive_scale: dict[str, float] = field(default_factory=dict)
+    # temporal models: how far ahead the predicted latent beats "nothing changes" on held-out data
+    # (:func:`~.filter.calibrate_prediction_horizon`: "useful" steps and the errors per step); absent: unknown
+    prediction: dict[str, Any] = field(default_factory=dict)
     _stacked: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def stacked(self, names: list[str], channels: int, like: torch.Tensor) -> "_Stacked":
@@ -169,6 +172,8 @@ class AnomalyCalibration:
             out["presence"] = self.presence
         if self.predictive_scale:
             out["predictive_scale"] = self.predictive_scale
+        if self.prediction:
+            out["prediction"] = self.prediction
         return out
 
     @classmethod
@@ -182,7 +187,8 @@ class AnomalyCalibration:
                    quantile=float(data.get("quantile", 0.99)), n_samples=int(data.get("n_samples", 0)),
                    count=int(data.get("count", 0)), tables=tables,
                    presence={k: float(v) for k, v in (data.get("presence") or {}).items()},
-                   predictive_scale={k: float(v) for k, v in (data.get("predictive_scale") or {}).items()})
+                   predictive_scale={k: float(v) for k, v in (data.get("predictive_scale") or {}).items()},
+                   prediction=dict(data.get("prediction") or {}))
 
     def problem(self) -> str | None:
         """What is wrong with the quantile tables and presence rates (None: nothing)."""
@@ -200,7 +206,15 @@ class AnomalyCalibration:
         for name, scale in self.predictive_scale.items():
             if not (math.isfinite(scale) and scale > 0):
                 return f"predictive_scale of {name!r} must be finite and > 0 (is {scale})"
+        useful = self.prediction.get("useful", 0)
+        if not isinstance(useful, int) or isinstance(useful, bool) or not 0 <= useful <= 100000:
+            return f"prediction.useful must be a whole number of steps >= 0 (is {useful!r})"
         return None
+
+    @property
+    def useful_horizon(self) -> int | None:
+        """Steps ahead at which the predicted latent beat "nothing changes" at calibration (None: not measured)."""
+        return int(self.prediction["useful"]) if "useful" in self.prediction else None
 
     def absence_score(self, name: str) -> float:
         """Probit of how rarely ``name`` was missing on normal data (at most 1 / (count + 1))."""
