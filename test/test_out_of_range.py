@@ -170,3 +170,19 @@ def test_the_temporal_step_leaves_an_out_of_range_stream_out_and_flags_it(privat
             assert float(a.total_score[0]) > 2.5
         else:
             assert a.out_of_range is None
+
+
+def test_a_callers_range_flags_replace_the_steps_own_scan(fitted):
+    """The fusion node flags streams while it converts messages; the step then only measures those."""
+    model, calibration, data = fitted
+    raw, mask = _row(data), torch.ones(1, 4, dtype=torch.bool)
+    j = model.names.index("joints")
+    wild = {**raw, "joints": raw["joints"] + 1e3}
+    flags = torch.zeros(1, 4, dtype=torch.bool)
+    flags[0, j] = True
+    fuser = Fuser(model, calibration)
+    own, told = fuser(wild, mask), fuser(wild, mask, out_of_range=flags)
+    torch.testing.assert_close(told.latent_mean, own.latent_mean)
+    torch.testing.assert_close(told.scores, own.scores)
+    assert torch.equal(told.out_of_range, own.out_of_range)
+    assert fuser(raw, mask, out_of_range=torch.zeros(1, 4, dtype=torch.bool)).out_of_range is None

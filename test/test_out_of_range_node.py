@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 import pytest
-from ros_env import FusionRun, spin_until
+from ros_env import FusionRun, spin_for, spin_until
 from test_fusion_node import _bundle
 
 DRIVE_AFTER = 6.0
@@ -43,6 +43,7 @@ def ros(tmp_path_factory):
         driven_ns = int(record["events"][0].data.split()[1])
         after = lambda: [m for m in record["anomaly"] if _ns(m.header.stamp) >= driven_ns]  # noqa: E731
         assert spin_until(probe, lambda: len(after()) >= 20 and record["diagnostics"], 60), run.node_log()
+        spin_for(probe, 2.5)                          # /diagnostics (1 Hz) counting the driven steps
         yield {"record": record, "driven_ns": driven_ns, "node": run.node}
     finally:
         run.stop()

@@ -166,6 +166,19 @@ def test_range_check_uses_the_training_statistics():
         check(np.array([0.0, 1e6, 0.0]))
 
 
+def test_an_array_outside_the_training_bounds_comes_back_marked_as_a_view():
+    from mdgm_ros.streams.kinds import OutOfRange
+    bounds = (np.full(3, -1.0, np.float32), np.full(3, 1.0, np.float32))
+    check = RangeCheck(np.zeros(3), np.ones(3), 1e6, "impossible", bounds)
+    inside = np.array([0.5, -0.5, 0.0], np.float32)
+    assert type(check(inside)) is np.ndarray
+    wild = np.array([0.0, 20.0, 0.0], np.float32)
+    marked = check(wild)
+    assert isinstance(marked, OutOfRange) and np.shares_memory(marked, wild)
+    with pytest.raises(bridge.ConversionError, match="impossible"):
+        check(np.array([0.0, 3e38, 0.0], np.float32))
+
+
 # --------------------------------------------------------------------------- aligner
 def _aligner():
     return Aligner([StreamConfig("camera", 0.1), StreamConfig("joints", 0.05)], reset_after_s=1.0,

@@ -41,7 +41,7 @@ from ..core.engine.loop import autocast_dtype
 from ..core.families.temporal import is_temporal, options_of
 from ..streams import bridge
 from ..streams.alignment import Aligner, PushResult
-from ..streams.kinds import Stream, make_stream
+from ..streams.kinds import OutOfRange, Stream, make_stream
 from ..streams.params import (
     FusionParams,
     ParameterError,
@@ -306,8 +306,7 @@ class FusionNode(GuardedNode, LifecycleNode):
         bundle = self._load_bundle(path, device)
         specs = list(bundle.model.config.modalities)
         check_against_bundle(self.params, specs)
-        streams = {p.name: make_stream(p, spec, _normalization(bundle.model, spec.name),
-                                       bundle.model.feature_bounds(spec.name) is not None)
+        streams = {p.name: make_stream(p, spec, _normalization(bundle.model, spec.name), _bounds(spec))
                    for p, spec in zip(self.params.streams, specs)}
         amp = autocast_dtype(self.params.precision, device)             # ValueError: fp16 on a CPU
         if is_temporal(bundle.model):                    # the family says it carries a state
@@ -579,7 +578,10 @@ class FusionNode(GuardedNode, LifecycleNode):
         raw = {n: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None].to(device)
                for n, a in sample.arrays.items()}
         mask = torch.tensor([present], dtype=torch.bool)     # stays on the host: no device round trip
-        return runtime.fuser(raw, mask, on_latent=on_latent, expected=torch.tensor([expected], dtype=torch.bool))
+        # the conversion of each message checked it against the training bounds (kinds.OutOfRange)
+        outside = torch.tensor([[isinstance(sample.arrays.get(n), OutOfRange) for n in runtime.streams]])
+        return runtime.fuser(raw, mask, on_latent=on_latent, expected=torch.tensor([expected], dtype=torch.bool),
+                             out_of_range=outside)
 
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:
@@ -662,6 +664,14 @@ def _older_bundle_notes(runtime: Runtime, requested_horizon: int) -> list[str]:
 def _std_names(streams: dict[str, Stream], enabled: bool) -> frozenset[str]:
     """The modalities whose imputations carry their predictive std (``imputed_std``; images never)."""
     return frozenset(n for n, s in streams.items() if s.spec.kind in STD_KINDS) if enabled else frozenset()
+
+
+def _bounds(spec) -> tuple[np.ndarray, np.ndarray] | None:
+    """The training bounds of a vector or tactile modality's raw values (None: the bundle has none)."""
+    norm = spec.normalization
+    if spec.kind not in ("vector", "tactile") or norm is None or norm.low is None:
+        return None
+    return norm.low, norm.high
 
 
 def _normalization(model, name: str) -> tuple[np.ndarray, np.ndarray] | None:

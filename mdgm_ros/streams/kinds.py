@@ -29,22 +29,35 @@ IMPOSSIBLE_Z = 1e6
 Z_LIMIT = 1000.0
 
 
+class OutOfRange(np.ndarray):
+    """A converted array that lies outside the bundle's training bounds (a view, no copy): the flag
+    travels with the array through the aligner to the fusion step, which leaves the stream out of the
+    posterior and scores it (:mod:`mdgm_ros.core.engine.ranges`) without scanning it again."""
+
+
 class RangeCheck:
     """|x - mean| <= z_limit * std, elementwise, with the bundle's normalization statistics; refused
-    with ``reason`` beyond."""
+    with ``reason`` beyond. With the bundle's training ``bounds`` (low, high), an array outside them comes
+    back as an :class:`OutOfRange` view."""
 
-    def __init__(self, mean: np.ndarray, std: np.ndarray, z_limit: float = Z_LIMIT, reason: str = "out_of_range"):
+    def __init__(self, mean: np.ndarray, std: np.ndarray, z_limit: float = Z_LIMIT, reason: str = "out_of_range",
+                 bounds: tuple[np.ndarray, np.ndarray] | None = None):
         self.low = (np.asarray(mean, np.float64) - z_limit * np.asarray(std, np.float64))
         self.high = (np.asarray(mean, np.float64) + z_limit * np.asarray(std, np.float64))
         self.z_limit, self.reason = z_limit, reason
+        self.bounds = bounds
 
-    def __call__(self, array: np.ndarray) -> None:
+    def __call__(self, array: np.ndarray) -> np.ndarray:
         values = np.asarray(array, np.float64)
         outside = (values < self.low) | (values > self.high)
         if outside.any():
             worst = float(np.abs(values[outside]).max())
             raise bridge.ConversionError(self.reason, f"{int(outside.sum())} values beyond {self.z_limit:g} "
                                                       f"training standard deviations (|x| up to {worst:.3g})")
+        if self.bounds is not None and (np.count_nonzero(array < self.bounds[0])
+                                        or np.count_nonzero(array > self.bounds[1])):
+            return np.asarray(array).view(OutOfRange)
+        return array
 
 
 @dataclass
@@ -60,9 +73,7 @@ class Stream:
     def to_array(self, msg: Any) -> np.ndarray:
         """Message -> model input; ConversionError (with a reason key) when it cannot or must not be one."""
         array = self.convert(msg)
-        if self.range_check is not None:
-            self.range_check(array)
-        return array
+        return array if self.range_check is None else self.range_check(array)
 
     @property
     def name(self) -> str:
@@ -114,10 +125,12 @@ class Stream:
 
 
 def make_stream(params: StreamParams, spec: ModalitySpec,
-                normalization: tuple[np.ndarray, np.ndarray] | None = None, bounded: bool = False) -> Stream:
+                normalization: tuple[np.ndarray, np.ndarray] | None = None,
+                bounds: tuple[np.ndarray, np.ndarray] | None = None) -> Stream:
     """``normalization`` (mean, std of the raw values, from the bundle) enables the range check of
     vector and tactile streams: values beyond IMPOSSIBLE_Z standard deviations are refused where the
-    bundle has bounds (``bounded``: the model scores what lies between), beyond Z_LIMIT where it has none."""
+    bundle has training ``bounds`` (low, high: an array outside them is marked :class:`OutOfRange`; the
+    model scores it), beyond Z_LIMIT where it has none."""
     kind = params.message_type
     codec = None
     cls = input_type(params)
@@ -145,5 +158,6 @@ def make_stream(params: StreamParams, spec: ModalitySpec,
         convert = lambda msg: bridge.tactile_to_array(msg, spec.shape, params.uint16_full_scale)  # noqa: E731
     check = None
     if normalization is not None and spec.kind in ("vector", "tactile"):
-        check = RangeCheck(*normalization, IMPOSSIBLE_Z, "impossible") if bounded else RangeCheck(*normalization)
+        check = (RangeCheck(*normalization, IMPOSSIBLE_Z, "impossible", bounds) if bounds is not None
+                 else RangeCheck(*normalization))
     return Stream(params, spec, convert, check, codec, cls, "header" in cls.get_fields_and_field_types())

@@ -468,14 +468,16 @@ class TemporalFilter:
     def __call__(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor, action: torch.Tensor | None = None,
                  future_actions: torch.Tensor | None = None,
                  on_latent: Callable[[FusionResult], "bool | None"] | None = None,
-                 expected: torch.Tensor | None = None) -> TemporalFusionResult | None:
+                 expected: torch.Tensor | None = None,
+                 out_of_range: torch.Tensor | None = None) -> TemporalFusionResult | None:
         """One step. ``on_latent(result)`` runs as soon as the filtered posterior exists (before any
         decoder); if it returns False, the state still advances but the step returns None. ``mask`` may
         stay on the CPU (as :class:`~mdgm_ros.core.inference.Fuser`'s). ``expected`` (B, M): streams
-        whose absence is scored (:mod:`.anomaly`)."""
+        whose absence is scored (:mod:`.anomaly`). ``out_of_range``: as the Fuser's."""
         try:
             return mixed_precision_call(self._step, self.amp, self.model, raw, mask, action,
-                                        future_actions, on_latent=on_latent, expected=expected)
+                                        future_actions, on_latent=on_latent, expected=expected,
+                                        out_of_range=out_of_range)
         finally:
             if self.amp is not None:                     # the memory stays in fp32 between steps
                 self.state = as_float32(self.state)
@@ -484,13 +486,14 @@ class TemporalFilter:
     def _step(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor, action: torch.Tensor | None = None,
               future_actions: torch.Tensor | None = None,
               on_latent: Callable[[FusionResult], "bool | None"] | None = None,
-              expected: torch.Tensor | None = None) -> TemporalFusionResult | None:
+              expected: torch.Tensor | None = None,
+              out_of_range: torch.Tensor | None = None) -> TemporalFusionResult | None:
         model = self.model
         host = mask.cpu()
         observed = [n for j, n in enumerate(model.names) if bool(host[:, j].any())]
         self.steps += 1
         feats = model.features({n: raw[n] for n in observed})
-        ranged = within_range(model, raw, feats, host)
+        ranged = within_range(model, raw, feats, host, out_of_range)
         if ranged.outside is not None:
             host, observed = ranged.mask, ranged.observed
             feats = {n: feats[n] for n in observed}

@@ -270,14 +270,22 @@ class Ranged:
 
 
 def within_range(model: MultimodalVAE, raw: Mapping[str, torch.Tensor], feats: Mapping[str, torch.Tensor],
-                 host: torch.Tensor) -> Ranged:
+                 host: torch.Tensor, checked: torch.Tensor | None = None) -> Ranged:
     """Check the observed streams (``raw`` arrays and their normalised ``feats``) against their bounds;
-    ``host``: the (B, M) presence mask on the CPU."""
+    ``host``: the (B, M) presence mask on the CPU. ``checked`` (B, M) bool on the CPU: where the caller
+    already found streams outside their bounds (the fusion node does it while it converts each message),
+    so that only those are measured here."""
     observed = list(feats)
-    suspects = [n for n in observed if _leaves_bounds(model, n, raw[n], feats[n])]
-    if not suspects:
-        return Ranged(host, observed)
-    over = ranges.excess(model, {n: feats[n] for n in suspects})
+    if checked is not None:
+        outside = checked.cpu().bool() & host
+        if not bool(outside.any()):
+            return Ranged(host, observed)
+        names = [n for j, n in enumerate(model.names) if bool(outside[:, j].any()) and n in feats]
+    else:
+        names = _bounded(model, observed)
+        if not names or not _leave_bounds(model, raw, feats, names):
+            return Ranged(host, observed)
+    over = ranges.excess(model, {n: feats[n] for n in names})
     outside = ranges.outside_mask(model.names, over, host.shape[0], torch.device("cpu")) & host
     if not bool(outside.any()):                          # only rows where the stream is missing were outside
         return Ranged(host, observed)
@@ -287,19 +295,24 @@ def within_range(model: MultimodalVAE, raw: Mapping[str, torch.Tensor], feats: M
                                         for n, v in over.items()})
 
 
-def _leaves_bounds(model: MultimodalVAE, name: str, raw: torch.Tensor, feats: torch.Tensor) -> bool:
-    """Whether any value of a stream with bounds lies outside them: a float32 array on the CPU is
-    compared as a numpy view in its raw units (a few microseconds, the live step's path), anything else
-    by its normalised features (one device read)."""
-    norm = model.specs[name].normalization
-    if norm is None or norm.low is None or norm.high is None:
-        return False
-    if raw.device.type == "cpu" and raw.dtype == torch.float32 and not raw.requires_grad \
-            and name not in model.front_ends:
-        values = raw.numpy()                             # count_nonzero: the cheapest reduction on a few values
-        return bool(np.count_nonzero(values < norm.low) or np.count_nonzero(values > norm.high))
-    return bool(ranges.excess(model, {name: feats}).get(name, torch.zeros(1)).gt(0).any())
+def _bounded(model: MultimodalVAE, names: Sequence[str]) -> list[str]:
+    return [n for n in names if model.feature_bounds(n) is not None]
 
+
+def _leave_bounds(model: MultimodalVAE, raw: Mapping[str, torch.Tensor], feats: Mapping[str, torch.Tensor],
+                  names: list[str]) -> bool:
+    """Whether any value of the ``names`` streams lies outside its bounds: float32 arrays on the CPU are
+    compared in their raw units as numpy views, anything else by its normalised features (one device read)."""
+    for name in names:
+        x, norm = raw[name], model.specs[name].normalization
+        if x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad \
+                and name not in model.front_ends and norm is not None and norm.low is not None:
+            values = x.numpy()
+            if np.count_nonzero(values < norm.low) or np.count_nonzero(values > norm.high):
+                return True
+        elif bool(ranges.excess(model, {name: feats[name]})[name].gt(0).any()):
+            return True
+    return False
 
 def _float32(value: Any) -> Any:
     if torch.is_tensor(value):
@@ -350,21 +363,25 @@ class Fuser:
         self.predictive_std = frozenset(predictive_std)
 
     def __call__(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor,
-                 on_latent: LatentHook | None = None, expected: torch.Tensor | None = None) -> FusionResult | None:
+                 on_latent: LatentHook | None = None, expected: torch.Tensor | None = None,
+                 out_of_range: torch.Tensor | None = None) -> FusionResult | None:
         """``on_latent(result)`` runs as soon as the posterior exists, before any decoder (a live node
         publishes the latent there); if it returns False the step stops and None is returned. ``mask``
         may stay on the CPU (a live node's does): which modalities are observed is then read without a
-        device round trip. ``expected`` (B, M): streams whose absence is scored (:mod:`.anomaly`)."""
+        device round trip. ``expected`` (B, M): streams whose absence is scored (:mod:`.anomaly`).
+        ``out_of_range`` (B, M) bool on the CPU: the streams the caller found outside their bounds (None:
+        the step checks them itself, :mod:`.ranges`)."""
         return mixed_precision_call(self._step, self.amp, self.model, raw, mask, on_latent=on_latent,
-                                    expected=expected)
+                                    expected=expected, out_of_range=out_of_range)
 
     @torch.inference_mode()
     def _step(self, raw: Mapping[str, torch.Tensor], mask: torch.Tensor,
-              on_latent: LatentHook | None = None, expected: torch.Tensor | None = None) -> FusionResult | None:
+              on_latent: LatentHook | None = None, expected: torch.Tensor | None = None,
+              out_of_range: torch.Tensor | None = None) -> FusionResult | None:
         host = mask.cpu()
         observed = [n for n, seen in zip(self.model.names, host.any(0).tolist()) if seen]
         feats = self.model.features({n: raw[n] for n in observed})
-        ranged = within_range(self.model, raw, feats, host)
+        ranged = within_range(self.model, raw, feats, host, out_of_range)
         if ranged.outside is not None:
             host, observed = ranged.mask, ranged.observed
             feats = {n: feats[n] for n in observed}
@@ -424,7 +441,8 @@ class Fuser:
             return None
         targets = [n for n in model.names if self.impute_present or n not in observed]
         moments = {n: model.output_moments(n, model.decode(n, z_mean)) for n in targets}
-        self._predictive_moments(moments, z_mean, 2.0 * torch.log(z_std))
+        if self.predictive_std:
+            self._predictive_moments(moments, z_mean, 2.0 * torch.log(z_std))
         self._store_imputations(result, moments)
         if self.anomaly:
             surprise = empty_surprise(z_mean.shape[0], len(model.names), z_mean)
