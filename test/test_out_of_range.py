@@ -186,3 +186,15 @@ def test_a_callers_range_flags_replace_the_steps_own_scan(fitted):
     torch.testing.assert_close(told.scores, own.scores)
     assert torch.equal(told.out_of_range, own.out_of_range)
     assert fuser(raw, mask, out_of_range=torch.zeros(1, 4, dtype=torch.bool)).out_of_range is None
+
+
+def test_a_family_that_needs_every_stream_keeps_an_out_of_range_one():
+    model = temporal_model(n_mod=2)
+    from mdgm_ros.core import ModelConfig, MultimodalVAE
+    model = MultimodalVAE(ModelConfig(model.config.modalities, latent_dim=4, family="jvae")).eval()
+    for name in model.names:
+        model.set_normalization(name, Normalization(np.zeros(6), np.ones(6), np.full(6, -3.0), np.full(6, 3.0)))
+    raw = {n: torch.zeros(1, 6) for n in model.names}
+    raw["m0"][0, 0] = 50.0
+    result = Fuser(model)(raw, torch.ones(1, 2, dtype=torch.bool))
+    assert result is not None and result.out_of_range is None and torch.isfinite(result.latent_mean).all()

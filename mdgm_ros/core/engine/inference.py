@@ -274,8 +274,11 @@ def within_range(model: MultimodalVAE, raw: Mapping[str, torch.Tensor], feats: M
     """Check the observed streams (``raw`` arrays and their normalised ``feats``) against their bounds;
     ``host``: the (B, M) presence mask on the CPU. ``checked`` (B, M) bool on the CPU: where the caller
     already found streams outside their bounds (the fusion node does it while it converts each message),
-    so that only those are measured here."""
+    so that only those are measured here. A family that infers only from every stream (Table 1: no
+    missing modalities) keeps them all, as it has no score to give either."""
     observed = list(feats)
+    if not model.family.properties.missing_modalities:   # it infers from all streams only: none can be left out
+        return Ranged(host, observed)
     if checked is not None:
         outside = checked.cpu().bool() & host
         if not bool(outside.any()):

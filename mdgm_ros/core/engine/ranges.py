@@ -10,6 +10,9 @@ trips its flag: its calibrated threshold plus :data:`SCORE_FLOOR`, rising with h
 beyond its bounds towards :data:`SCORE_FLOOR` + :data:`SCORE_RISE` (finite for any finite input). The
 total is raised to at least the same amount over its own threshold.
 
+A family that infers only from all streams (JVAE) cannot leave one out and gives no scores: its steps
+take every stream as it comes.
+
 The excess of a stream is the largest distance of one of its features beyond its bounds, in units of
 that feature's bounded width (0 inside).
 """
