@@ -39,3 +39,33 @@ def sigterm_stops_like_ctrl_c() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+_SIGINT_SEEN = threading.Event()
+
+
+def _raise_interrupt(signum, frame) -> None:
+    _SIGINT_SEEN.set()
+    raise KeyboardInterrupt()
+
+
+def interrupted_inside_native(err: BaseException) -> bool:
+    """Whether ``err`` is a Ctrl-C that arrived inside native code (rclpy's pybind11 layer turns the
+    KeyboardInterrupt raised there into a RuntimeError): true once a SIGINT came while
+    :func:`ctrl_c_seen` was active."""
+    return isinstance(err, RuntimeError) and _SIGINT_SEEN.is_set()
+
+
+@contextlib.contextmanager
+def ctrl_c_seen() -> Iterator[None]:
+    """Within the block (main thread only), Ctrl-C raises KeyboardInterrupt as usual and is remembered,
+    for :func:`interrupted_inside_native`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _SIGINT_SEEN.clear()
+    previous = signal.signal(signal.SIGINT, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

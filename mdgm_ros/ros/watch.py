@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..interrupts import exit_code
+from ..interrupts import ctrl_c_seen, exit_code, interrupted_inside_native
 
 DEFAULT_NODE = "/mdgm_fusion"
 LEVELS = {0: "OK", 1: "WARN", 2: "ERROR", 3: "STALE"}
@@ -700,13 +700,18 @@ def watch_command(args: argparse.Namespace) -> int:
         executor.add_node(node)
         if args.once:
             return _watch_once(watch, executor, args.timeout, plain)
-        if plain:
-            while True:
-                _spin_watching(watch, executor, args.period)
-                print(summary_text(watch) + "\n", flush=True)
-        return _watch_live(watch, executor)
+        with ctrl_c_seen():
+            if plain:
+                while True:
+                    _spin_watching(watch, executor, args.period)
+                    print(summary_text(watch) + "\n", flush=True)
+            return _watch_live(watch, executor)
     except KeyboardInterrupt as interrupt:
         return exit_code(interrupt)
+    except RuntimeError as err:
+        if interrupted_inside_native(err):               # Ctrl-C while rclpy was taking a message
+            return exit_code(KeyboardInterrupt())
+        raise
     finally:
         if node is not None:
             _stop_ros(node)
