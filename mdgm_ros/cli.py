@@ -264,6 +264,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .core import BundleError
+    from .data.bags import BagError
+    from .data.labels import LabelError
+    from .training.calibration import CalibrateError, recalibrate_bundle
+
+    try:
+        written = recalibrate_bundle(args.model, args.bags, args.out, quantile=args.quantile, device=args.device,
+                                     params_file=args.params or None, overrides=_stream_overrides(args.set),
+                                     label_topic=args.label_topic, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (CalibrateError, BagError, BundleError, LabelError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from .core import load_bundle
+
+    bundle = load_bundle(written)
+    calibration = bundle.calibration
+    table = None if calibration is None else calibration.fallback_table
+    print(json.dumps({"bundle": str(written), "model_id": bundle.model_id,
+                      **bundle.manifest["extra"].get("calibration", {}),
+                      "useful_horizon": None if calibration is None else calibration.useful_horizon,
+                      "predictive_scale": {} if calibration is None else calibration.predictive_scale,
+                      "fallback": {} if table is None else {n: table.describe(n) for n in table.error}}, indent=2))
+    return 0
+
+
 def _stream_overrides(items: list[str]) -> dict[str, Any]:
     """``["camera.topic=/x"]`` -> {"camera.topic": "/x"}; values parsed as YAML."""
     from .training.config import parse_set
@@ -500,6 +526,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--device", default="cpu")
     ev.set_defaults(func=_cmd_evaluate)
+
+    cal = sub.add_parser("calibrate", help="measure a trained bundle's calibration anew on bags it has not seen",
+                         description="Anomaly thresholds, the predictive std's 90 %% interval scales, the useful "
+                                     "prediction horizon and the fallback table, measured on the fault-free samples "
+                                     "of --bags (read as the bundle was trained); weights unchanged. A bundle "
+                                     "without training bounds gets them from the bags' range.")
+    cal.add_argument("--model", required=True, help="the bundle to calibrate")
+    cal.add_argument("--bags", nargs="+", required=True, help="bags of the same robot the bundle was not trained on")
+    cal.add_argument("--out", required=True,
+                     help="the calibrated bundle's folder (may be --model: replaced atomically)")
+    cal.add_argument("--quantile", type=float, default=None,
+                     help="the anomaly thresholds' quantile of normal scores (default: the bundle's, else 0.99)")
+    cal.add_argument("--params", default="", metavar="FILE",
+                     help="a params file overriding the stream settings the bundle was trained with (default: none)")
+    cal.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                     help="override one stream parameter, e.g. --set camera.topic=/wrist/image (repeatable)")
+    cal.add_argument("--label-topic", default=None, help="fault-label topic (default: the one the model was trained "
+                                                         "with); labelled fault spans are left out")
+    cal.add_argument("--device", default="cpu")
+    cal.set_defaults(func=_cmd_calibrate)
 
     init = sub.add_parser("init", help="a robot's model.yaml, fusion.yaml and train.yaml from its bags",
                           description="Read the bags' topics and types, propose one modality per sensor stream, "

@@ -45,6 +45,8 @@ def test_quick_demo_runs_the_whole_loop_over_real_topics_in_a_terminal(tmp_path)
     temporal = report["temporal"]                       # step 5: the temporal model against the per-frame one
     assert set(temporal["imputation"]) == {"0.5", "1", "1.5", "3"} and set(temporal["anomaly"]) == {"temporal",
                                                                                                    "per_frame"}
+    assert all(0.0 <= v["fallback_rate"] <= 1.0 and v["published"] >= 0.0
+               for per in temporal["imputation"].values() for v in per.values())
     assert "fault_timeline_compare" in report["plots"] and "temporal-model targets:" in screen
     live, offline = Path(report["plots"]["anomaly_timeline"]), Path(report["plots"]["fault_timeline_compare"])
     assert offline.parent.name == "temporal" and live.parent == offline.parent.parent    # step 5 keeps step 4's

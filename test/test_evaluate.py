@@ -9,7 +9,7 @@ import pytest
 from mdgm_ros.data.dataset import AlignedDataset
 from mdgm_ros.data.labels import FaultLabel
 from mdgm_ros.demo import schedule_outages
-from mdgm_ros.evaluation.evaluate import _block_last_rows, anomaly_metrics, json_safe
+from mdgm_ros.evaluation.evaluate import _block_last_rows, _steps_since_last, anomaly_metrics, json_safe
 
 NS = 1_000_000_000
 
@@ -46,6 +46,8 @@ def test_last_value_is_the_row_before_each_outage_block():
     data = AlignedDataset(["x"], {"x": np.zeros((10, 1), np.float32)}, np.ones((10, 1), bool), stamps,
                           np.full(10, ""), np.zeros(10, bool), np.full(10, ""), np.zeros(10, int))
     assert list(_block_last_rows(data, 1.0)) == [-1, -1, -1, -1, 3, 3, 3, 3, 7, 7]
+    # the steps since the last row: what the fallback table is looked up with
+    assert list(_steps_since_last(data, _block_last_rows(data, 1.0))) == [0, 0, 0, 0, 1, 2, 3, 4, 1, 2]
 
 
 def test_outages_stay_clear_of_faults_and_take_turns():

@@ -99,6 +99,7 @@ def test_no_parameters_runs_the_shipped_default_and_says_so(runtime):
     # a bundle trained before training bounds or the predictive std's calibration says what it does instead
     assert ("has no training bounds for joints, tactile" in log) == ("low" not in config["joints"]), log[-2000:]
     assert ("did not calibrate the predictive std" in log) == ("predictive_scale" not in calibration), log[-2000:]
+    assert ("measured no fallback table" in log) == ("fallback" not in calibration), log[-2000:]
 
 
 def test_diagnostics_go_stale_within_a_window_when_the_camera_stops_and_the_model_imputes_it(runtime):

@@ -44,6 +44,9 @@ def test_a_temporal_bundle_from_a_bag_carries_windows_predictive_calibration_and
     assert set(bundle.calibration.predictive_scale) == {"camera", "joints", "audio", "tactile"}
     prediction = bundle.calibration.prediction              # how far ahead the prediction beats "nothing changes"
     assert 0 <= prediction["useful"] <= 10 and len(prediction["model_mse"]) == 10
+    table = bundle.calibration.fallback_table                 # the filter's imputation vs both baselines
+    assert table is not None and table.problem() is None and set(table.error) == set(model.names)
+    assert all(sum(table.samples[n]) > 0 for n in table.error)
     assert "onnx_transition.onnx" in result.onnx and (out / "onnx_transition.onnx").is_file()
     rows = list(csv.DictReader(open(out.with_name(out.name + ".train") / "metrics.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"] and all(np.isfinite(float(r["val_loss"])) for r in rows)

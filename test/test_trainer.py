@@ -28,6 +28,10 @@ def test_training_writes_a_calibrated_bundle_with_metrics(trained_bundle):
     scales = bundle.calibration.predictive_scale              # the predictive std's 90 % interval factors
     assert set(scales) == {"camera", "joints", "audio", "tactile"} and all(0 < s < 100 for s in scales.values())
     assert all(bundle.model.feature_bounds(n) is not None for n in ("joints", "tactile"))
+    table = bundle.calibration.fallback_table                 # the model and both baselines per outage length
+    assert table is not None and table.steps[-1] == 90 and set(table.error) == {"camera", "joints", "audio", "tactile"}
+    assert all(sum(table.samples[n]) > 0 for n in table.error) and table.problem() is None
+    assert set(bundle.means) == {"camera", "joints", "audio", "tactile"}
     training = bundle.manifest["extra"]["training"]
     assert training["alignment"] == {"anchor": "", "output_rate": 30.0} and training["epochs"] == 2
     assert result.excluded_fault_samples > 0 and result.val_samples > 0

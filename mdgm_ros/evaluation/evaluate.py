@@ -67,6 +67,20 @@ def _block_last_rows(data: AlignedDataset, dropout_s: float) -> np.ndarray:
     return last
 
 
+def _steps_since_last(data: AlignedDataset, last: np.ndarray) -> np.ndarray:
+    """For each row with a last row (:func:`_block_last_rows`), how many aligned samples of its bag lie
+    after that row up to and including it (the steps since the stream was last seen); 0 without one."""
+    since = np.zeros(len(data), int)
+    for bag in np.unique(data.bag):
+        rows = np.flatnonzero(data.bag == bag)
+        rows = rows[np.argsort(data.stamps[rows])]
+        position = np.empty(len(data), int)
+        position[rows] = np.arange(len(rows))
+        has = last[rows] >= 0
+        since[rows[has]] = position[rows[has]] - position[last[rows[has]]]
+    return since
+
+
 def offline_imputation(em: EvalModel, data: AlignedDataset, dropout_s: float = 1.0,
                        batch: int = 256) -> dict[str, dict[str, Any]]:
     model = em.model
@@ -74,6 +88,7 @@ def offline_imputation(em: EvalModel, data: AlignedDataset, dropout_s: float = 1
     raw = data.float_raw()
     clean = (data.fault == "") & ~data.near_fault & data.mask.all(1)
     last = _block_last_rows(data, dropout_s)
+    since = _steps_since_last(data, last)
     report = {}
     for j, name in enumerate(names):
         rows = np.flatnonzero(clean & (last >= 0))
@@ -95,7 +110,9 @@ def offline_imputation(em: EvalModel, data: AlignedDataset, dropout_s: float = 1
             errs["last"].append(mse(em.features(name, raw[name][last[part]]), truth))
         if not rows.size:
             continue
-        report[name] = {**_summary(*(torch.cat(errs[k]).cpu() for k in ("model", "mean", "last"))),
+        errors = np.stack([torch.cat(errs[k]).cpu().numpy() for k in ("model", "mean", "last")])
+        report[name] = {**_summary(*(torch.from_numpy(e) for e in errors)),
+                        **temporal_vs_frame.published_errors(em, name, since[rows], errors),
                         **uncertainty_summary(np.concatenate(deviations), np.concatenate(stds))}
     return report
 
@@ -106,11 +123,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines = [f"warning: {w}" for w in report.get("warnings", [])] + [f"note: {n}" for n in report.get("notes", [])]
     lines += ["imputation error (standardised MSE; lower is better); its predictive std: the share of true values "
               "inside the 90 % interval, and its rank correlation with the error per sample:",
-              f"  {'modality':9s} {'model':>8s} {'mean':>8s} {'last':>8s} {'90% cov':>8s} {'rank':>6s}  samples"]
+              f"  {'modality':9s} {'model':>8s} {'mean':>8s} {'last':>8s} {'90% cov':>8s} {'rank':>6s} "
+              f"{'published':>9s}  samples"]
     for name, v in report["imputation"].items():
         coverage, rank = v.get("coverage_90", np.nan), v.get("std_error_spearman", np.nan)
+        published = f"{v['published']:9.3f}" if "published" in v else f"{'-':>9s}"
         lines.append(f"  {name:9s} {v['model']:8.3f} {v['baseline_mean']:8.3f} "
-                     f"{v['baseline_last']:8.3f} {_pct(coverage):>8s} {_number(rank):>6s}  {v['samples']}")
+                     f"{v['baseline_last']:8.3f} {_pct(coverage):>8s} {_number(rank):>6s} {published}  {v['samples']}")
     a = report["anomaly"]
     lines.append(f"anomaly: AUROC {a['auroc']:.3f}  AP {a['average_precision']:.3f}  "
                  f"({a['fault_samples']} fault / {a['samples']} samples)")
@@ -435,7 +454,8 @@ def _add_temporal(report: dict[str, Any], em: EvalModel, frame: EvalModel | None
     report["temporal"] = comparison
     nearest = min(comparison["imputation"], key=lambda k: abs(float(k) - dropout_s))
     report["imputation"] = {n: {"model": v["temporal"], "baseline_mean": v["baseline_mean"],
-                                "baseline_last": v["baseline_last"], "samples": v["samples"],
+                                "baseline_last": v["baseline_last"], "published": v["published"],
+                                "fallback_rate": v["fallback_rate"], "samples": v["samples"],
                                 "coverage_90": v["coverage_90"], "std_error_spearman": v["std_error_spearman"]}
                             for n, v in comparison["imputation"][nearest].items()}
     report["anomaly"] = comparison["anomaly"]["temporal"]

@@ -121,25 +121,43 @@ def _imputation(temporal: EvalModel, frame: EvalModel | None, data: AlignedDatas
     filtered = filter_rows(temporal.model, ex_t, mask, run_rows)
     report = {}
     for j, name in enumerate(names):
-        mine = [(span[data.mask[span, j]], last) for n, span, last in spans if n == name]
+        mine = [(span[data.mask[span, j]], last, np.arange(1, len(span) + 1)[data.mask[span, j]])
+                for n, span, last in spans if n == name]
         if not mine:
             continue
-        rows = np.concatenate([r for r, _ in mine])
-        last = np.concatenate([np.full(len(r), lr) for r, lr in mine])
+        rows = np.concatenate([r for r, _, _ in mine])
+        last = np.concatenate([np.full(len(r), lr) for r, lr, _ in mine])
+        since = np.concatenate([k for _, _, k in mine])          # steps since the stream was last seen
         truth = ex_t.feats[name][rows]
         pred_t = tp.decode_latents(temporal.model, filtered["mean"][rows], [name])[name].mean
         std_t = tp.imputation_std(temporal.model, name, filtered["mean"][rows], filtered["logvar"][rows], pred_t,
                                   temporal.bundle.calibration)
-        entry = {"temporal": float(mse(pred_t, truth).mean()),
+        errors = torch.stack([mse(pred_t, truth), mse(temporal.mean_prediction(name).expand_as(truth), truth),
+                              mse(ex_t.feats[name][last], truth)]).cpu().numpy()       # model, mean, last
+        entry = {"temporal": float(errors[0].mean()),
                  **uncertainty_summary((pred_t - truth).reshape(len(rows), -1).cpu().numpy(),
                                        std_t.expand_as(pred_t).reshape(len(rows), -1).cpu().numpy()),
-                 "baseline_mean": float(mse(temporal.mean_prediction(name).expand_as(truth), truth).mean()),
-                 "baseline_last": float(mse(ex_t.feats[name][last], truth).mean()),
+                 "baseline_mean": float(errors[1].mean()), "baseline_last": float(errors[2].mean()),
+                 **published_errors(temporal, name, since, errors),
                  "samples": int(len(rows)), "outages": len(mine)}
         if frame is not None and ex_f is not None:
             entry["per_frame"] = float(mse(_frame_impute(frame, ex_f, mask, rows, name), ex_f.feats[name][rows]).mean())
         report[name] = entry
     return report
+
+
+def published_errors(em: EvalModel, name: str, since: np.ndarray, errors: np.ndarray) -> dict[str, float]:
+    """What the node publishes with ``fallback`` on (the bundle's table, :mod:`~mdgm_ros.core.engine.fallback`):
+    ``published``, the mean error of the source it picks for each row ``since`` (steps since the stream was
+    last seen) from ``errors`` (3, N: model, training mean, last value), and ``fallback_rate``, the share of
+    rows it publishes a baseline. Bundles without a table publish the model's."""
+    calibration = em.bundle.calibration
+    table = None if calibration is None else calibration.fallback_table
+    if table is None or name not in table.error:
+        return {"published": float(errors[0].mean()), "fallback_rate": 0.0}
+    choice = table.choice(name, since)                        # SOURCES order: model, last value, training mean
+    pick = np.choose(choice, [errors[0], errors[2], errors[1]])
+    return {"published": float(pick.mean()), "fallback_rate": float((choice > 0).mean())}
 
 
 def _frame_impute(frame: EvalModel, ex: Experts, mask: np.ndarray, rows: np.ndarray, name: str) -> torch.Tensor:
@@ -293,12 +311,13 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
 def summary_lines(report: dict[str, Any]) -> list[str]:
     lines = [f"temporal {report['temporal_model']} vs per-frame {report['per_frame_model']} "
              "(imputation: standardised MSE during outages; lower is better):",
-             f"  {'outage':>6s} {'modality':9s} {'temporal':>8s} {'frame':>8s} {'mean':>8s} {'last':>8s}  samples"]
+             f"  {'outage':>6s} {'modality':9s} {'temporal':>8s} {'frame':>8s} {'mean':>8s} {'last':>8s} "
+             f"{'published':>9s} {'fallback':>8s}  samples"]
     for length, per in report["imputation"].items():
         for name, v in per.items():
             frame = f"{v['per_frame']:8.3f}" if "per_frame" in v else f"{'-':>8s}"
             lines.append(f"  {length + ' s':>6s} {name:9s} {v['temporal']:8.3f} {frame} {v['baseline_mean']:8.3f} "
-                         f"{v['baseline_last']:8.3f}  {v['samples']}")
+                         f"{v['baseline_last']:8.3f} {v['published']:9.3f} {v['fallback_rate']:8.1%}  {v['samples']}")
     for model, a in report["anomaly"].items():
         per = ", ".join(f"{k} {v['auroc']:.3f}" for k, v in a["per_fault"].items())
         lines.append(f"anomaly {model}: AUROC {a['auroc']:.3f} AP {a['average_precision']:.3f}; per fault: {per}")

@@ -33,6 +33,7 @@ class StreamStats:
     age_s: float = float("nan")
     score: float = float("nan")
     out_of_range: int = 0                        # fusion steps where it was outside its training range
+    fallback: Counter = field(default_factory=Counter)   # baseline -> steps its imputation was the baseline
     incompatible: Counter = field(default_factory=Counter)                 # "type" / "qos" -> events
 
 
@@ -59,6 +60,7 @@ def stream_status(name: str, stats: StreamStats, check: StreamCheck, now: float,
               "since_last_s": round(since_last, 3) if np.isfinite(since_last) else "never",
               "stamp_age_s": round(stamp_age_s, 4), "received": stats.received, "accepted": stats.accepted,
               "topic": check.topic, "window_s": window, "out_of_range": stats.out_of_range,
+              **{f"fallback_{source}": count for source, count in sorted(stats.fallback.items())},
               **{f"rejected_{reason}": count for reason, count in sorted(stats.rejects.items())},
               **{f"incompatible_{kind}": count for kind, count in sorted(stats.incompatible.items())}}
     return make_status(name, level, message, hardware_id, values)

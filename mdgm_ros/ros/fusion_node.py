@@ -36,6 +36,7 @@ from std_srvs.srv import Trigger
 
 from ..core import Bundle, BundleError, Fuser, load_bundle, select_device
 from ..core.engine.bundle import within_roots
+from ..core.engine.fallback import SOURCES, FallbackPolicy, Published
 from ..core.engine.filter import TemporalFilter
 from ..core.engine.loop import autocast_dtype
 from ..core.families.temporal import is_temporal, options_of
@@ -73,6 +74,8 @@ class Runtime:
     fuser: Fuser | TemporalFilter
     device: torch.device
     step_s: float | None = None          # temporal bundles: the time step the model was trained at
+    # the bundle's fallback table applied to the imputations (None: it measured none); used while ``fallback``
+    fallback: FallbackPolicy | None = None
 
     @property
     def temporal(self) -> bool:
@@ -260,11 +263,12 @@ class FusionNode(GuardedNode, LifecycleNode):
                 return SetParametersResult(successful=False, reason=(
                     f"{', '.join(blocked)} cannot change while a model is loaded: deactivate and clean up the "
                     "node, set it, then configure (live: staleness, rate bounds, impute_present, imputed_std, "
-                    "warn_throttle, prediction_horizon, absence_after)"))
+                    "fallback, warn_throttle, prediction_horizon, absence_after)"))
             self._apply_live(candidate)
         return SetParametersResult(successful=True)
 
     def _apply_live(self, params: FusionParams) -> None:
+        fallback_changed = self.params is not None and self.params.fallback != params.fallback
         self.params = params
         runtime, aligner = self.runtime, self.aligner
         runtime.fuser.impute_present = params.impute_present
@@ -274,7 +278,7 @@ class FusionNode(GuardedNode, LifecycleNode):
             self._outputs.std_names = runtime.fuser.predictive_std
         if runtime.temporal:
             runtime.fuser.horizon = published_horizon(params.prediction_horizon, runtime.bundle.calibration)
-        if described != (runtime.fuser.predictive_std, getattr(runtime.fuser, "horizon", None)):
+        if described != (runtime.fuser.predictive_std, getattr(runtime.fuser, "horizon", None)) or fallback_changed:
             self._publish_model_info()                   # it says which imputations carry a std, and the horizon
         for stream_params in params.streams:
             stream = runtime.streams[stream_params.name]
@@ -313,7 +317,7 @@ class FusionNode(GuardedNode, LifecycleNode):
             return self._temporal_runtime(bundle, streams, device, amp)
         fuser = Fuser(bundle.model, bundle.calibration, impute_present=self.params.impute_present, amp=amp,
                       predictive_std=_std_names(streams, self.params.imputed_std))
-        return Runtime(bundle, streams, fuser, device)
+        return Runtime(bundle, streams, fuser, device, fallback=_fallback_policy(bundle, streams))
 
     def _load_bundle(self, path: str, device: torch.device) -> Bundle:
         """The bundle, with its networks in torch or (``engine: onnxruntime``) in onnxruntime sessions."""
@@ -336,7 +340,8 @@ class FusionNode(GuardedNode, LifecycleNode):
                                horizon=published_horizon(self.params.prediction_horizon, bundle.calibration),
                                amp=amp,
                                predictive_std=_std_names(streams, self.params.imputed_std))
-        return Runtime(bundle, streams, fuser, device, float(step_s) if step_s else None)
+        return Runtime(bundle, streams, fuser, device, float(step_s) if step_s else None,
+                       _fallback_policy(bundle, streams))
 
     def _declare_bundle_roots(self) -> list[str]:
         """Read-only: folders reloads may load bundles from (the start-up bundle's folder is always one)."""
@@ -484,7 +489,8 @@ class FusionNode(GuardedNode, LifecycleNode):
         try:
             result = self._infer(runtime, sample, present, publish_latent, expected)
             if result is not None:
-                self._publish_rest(runtime, result, entered, stamp_ns, frame_id)
+                sources = self._fall_back(runtime, sample, result, entered)
+                self._publish_rest(runtime, result, entered, stamp_ns, frame_id, sources)
         except Exception as err:  # keep running; the counter and the log say what broke
             if _shutting_down(self.context, err):        # SIGINT: rclpy's signal thread closed the context
                 return
@@ -511,7 +517,31 @@ class FusionNode(GuardedNode, LifecycleNode):
                            "of the fusion, imputed from the other streams and flagged as anomalous")
         return [p and not out for p, out in zip(present, outside)]
 
-    def _publish_rest(self, runtime: Runtime, result, present, stamp_ns: int, frame_id: str) -> None:
+    def _fall_back(self, runtime: Runtime, sample, result, entered: list[bool]) -> Published | None:
+        """The bundle's fallback table applied to this step's imputations (``fallback``): the last value
+        or the training mean where it measured they do better for the outage so far, or where the step's
+        total score is over its threshold; counted per stream. None: the model's imputations stand."""
+        policy = runtime.fallback
+        if policy is None:
+            return None
+        arrays = sample.arrays
+        policy.observe({n: torch.from_numpy(np.ascontiguousarray(arrays[n], dtype=np.float32))[None]
+                        for n, seen in zip(runtime.streams, entered) if seen and n in policy.enabled},
+                       np.asarray([entered], bool))
+        if not self.params.fallback or not result.imputed:
+            return None
+        untrusted = None
+        total, threshold = result.total_score, self._outputs.total_threshold
+        if total is not None and np.isfinite(threshold):
+            untrusted = np.asarray([float(total[0]) > threshold])
+        published = policy.apply(result, untrusted)
+        for name, source in published.source.items():
+            if source[0]:
+                self.stats[name].fallback[SOURCES[int(source[0])]] += 1
+        return published
+
+    def _publish_rest(self, runtime: Runtime, result, present, stamp_ns: int, frame_id: str,
+                      sources: Published | None = None) -> None:
         """After ~/latent: scores, imputations and (temporal) the predicted latents."""
         self._published += 1
         self._last_output = time.monotonic()
@@ -522,7 +552,7 @@ class FusionNode(GuardedNode, LifecycleNode):
         if result.scores is not None:
             for name, score in zip(runtime.streams, result.scores[0].tolist()):
                 self.stats[name].score = score
-        self._outputs.publish_derived(result, present, stamp_ns, frame_id)
+        self._outputs.publish_derived(result, present, stamp_ns, frame_id, sources)
         if runtime.temporal and getattr(result, "predicted_mean", None) is not None:
             self._publish_prediction(runtime, result, stamp_ns, frame_id)
 
@@ -542,6 +572,8 @@ class FusionNode(GuardedNode, LifecycleNode):
 
     def _reset_filter(self, reason: str) -> None:
         runtime = self.runtime
+        if runtime is not None and runtime.fallback is not None:    # a new time line: forget the last values
+            runtime.fallback.reset()
         if runtime is None or not runtime.temporal:
             return
         if bool(runtime.fuser.state.started.any()):
@@ -653,12 +685,28 @@ def _older_bundle_notes(runtime: Runtime, requested_horizon: int) -> list[str]:
         notes.append(f"~/latent_prediction carries {runtime.fuser.horizon} of the {requested_horizon} steps "
                      "asked for: further ahead the bundle's prediction did not beat 'nothing changes' on its "
                      "held-out data")
+    if runtime.fallback is None:
+        notes.append("this bundle measured no fallback table: the model's imputation is published for every "
+                     "outage length (retrain to measure where the last value or the training mean does better)")
     uncalibrated = sorted(n for n in runtime.fuser.predictive_std
                           if calibration is None or n not in calibration.predictive_scale)
     if uncalibrated:
         notes.append(f"this bundle did not calibrate the predictive std of {', '.join(uncalibrated)}: "
                      "~/imputed_std is moment-matched but not scaled to 90 % coverage (retrain to calibrate it)")
     return notes
+
+
+def _fallback_policy(bundle: Bundle, streams: dict[str, Stream]) -> FallbackPolicy | None:
+    """The bundle's fallback table over the modalities whose imputation can say where it came from
+    (their ~/imputed_std/<m> carries the source: vector, tactile, audio); None where it measured none."""
+    table = None if bundle.calibration is None else bundle.calibration.fallback_table
+    if table is None:
+        return None
+    model = bundle.model
+    means = {n: bundle.means[n] if n in bundle.means else
+             model.normalization_stats(n)[0].cpu().expand(model.specs[n].feature_shape).clone()
+             for n, s in streams.items() if s.spec.kind in STD_KINDS}
+    return FallbackPolicy(model, table, means, enabled=list(means))
 
 
 def _std_names(streams: dict[str, Stream], enabled: bool) -> frozenset[str]:

@@ -26,6 +26,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 
 from ..core.engine.anomaly import describe as describe_scores
+from ..core.engine.fallback import MODEL, Published
 from ..msg import AnomalyScores, ImputedArray, Latent, LatentPrediction, ModelInfo
 from ..streams import bridge
 from ..streams.kinds import Stream
@@ -87,16 +88,18 @@ def _std_layout(shape: tuple[int, ...], kind: str):
 
 
 def imputed_std_message(model_id: str, name: str, kind: str, std: np.ndarray, stamp_ns: int,
-                        frame_id: str) -> ImputedArray:
-    """~/imputed_std/<name>: the predictive std of each element of the imputation of the same step."""
-    msg = ImputedArray(model_id=model_id, modality=name, layout=_std_layout(std.shape, kind))
+                        frame_id: str, source: str = MODEL) -> ImputedArray:
+    """~/imputed_std/<name>: the predictive std of each element of the imputation of the same step, and
+    what produced that imputation (the model, or the baseline the node fell back to)."""
+    msg = ImputedArray(model_id=model_id, modality=name, layout=_std_layout(std.shape, kind), source=source)
     msg.header.stamp, msg.header.frame_id = bridge.ns_to_stamp(stamp_ns), frame_id
     msg.data = f32(std)
     return msg
 
 
-def imputed_array_message(model_id: str, name: str, values: np.ndarray, stamp_ns: int, frame_id: str) -> ImputedArray:
-    msg = ImputedArray(model_id=model_id, modality=name, layout=_imputed_audio_layout(values.shape))
+def imputed_array_message(model_id: str, name: str, values: np.ndarray, stamp_ns: int, frame_id: str,
+                          source: str = MODEL) -> ImputedArray:
+    msg = ImputedArray(model_id=model_id, modality=name, layout=_imputed_audio_layout(values.shape), source=source)
     msg.header.stamp, msg.header.frame_id = bridge.ns_to_stamp(stamp_ns), frame_id
     msg.data = f32(values)
     return msg
@@ -155,16 +158,19 @@ class FusionOutputs:
                 self.latent_names = bridge.latent_names(len(mean))
             self.pubs["mirror/latent"].publish(bridge.named_vector(self.latent_names, mean, std, stamp_ns, frame_id))
 
-    def publish_derived(self, result, present: Sequence[bool], stamp_ns: int, frame_id: str) -> None:
-        """What the decoders give, after the latent: ~/anomaly, ~/imputed/*, the private latents."""
+    def publish_derived(self, result, present: Sequence[bool], stamp_ns: int, frame_id: str,
+                        sources: Published | None = None) -> None:
+        """What the decoders give, after the latent: ~/anomaly, ~/imputed/*, the private latents; ``sources``:
+        where the node fell back to a baseline (:mod:`~mdgm_ros.core.engine.fallback`)."""
         if result.scores is not None:
             self._publish_anomaly(result.scores[0].cpu().numpy(), float(result.total_score[0]), stamp_ns, frame_id)
         for name, imputed in result.imputed.items():
-            self._publish_imputed(name, imputed.mean[0].cpu().numpy(), stamp_ns, frame_id)
+            source = MODEL if sources is None else sources.name_of(name)
+            self._publish_imputed(name, imputed.mean[0].cpu().numpy(), stamp_ns, frame_id, source)
             if name in self.std_names:
                 self.pubs[f"imputed_std/{name}"].publish(imputed_std_message(
                     self.model_id, name, self.streams[name].spec.kind,
-                    imputed.std[0].expand_as(imputed.mean[0]).cpu().numpy(), stamp_ns, frame_id))
+                    imputed.std[0].expand_as(imputed.mean[0]).cpu().numpy(), stamp_ns, frame_id, source))
         for name, private_mean in getattr(result, "private_mean", {}).items():
             self._publish_private(name, private_mean[0].cpu().numpy(), result.private_std[name][0].cpu().numpy(),
                                   present, stamp_ns, frame_id)
@@ -193,12 +199,14 @@ class FusionOutputs:
             self.pubs["mirror/anomaly"].publish(bridge.named_vector(
                 ["total", *self.names], [total, *scores], [self.total_threshold, *self.thresholds], stamp_ns, frame_id))
 
-    def _publish_imputed(self, name: str, values: np.ndarray, stamp_ns: int, frame_id: str) -> None:
+    def _publish_imputed(self, name: str, values: np.ndarray, stamp_ns: int, frame_id: str,
+                         source: str = MODEL) -> None:
         stream = self.streams[name]
         if stream.spec.kind != "audio":
             self.pubs[f"imputed/{name}"].publish(stream.output_message(values, stamp_ns, frame_id))
             return
-        self.pubs[f"imputed/{name}"].publish(imputed_array_message(self.model_id, name, values, stamp_ns, frame_id))
+        self.pubs[f"imputed/{name}"].publish(imputed_array_message(self.model_id, name, values, stamp_ns, frame_id,
+                                                                   source))
         if self.mirrors:
             self.pubs[f"mirror/imputed/{name}"].publish(stream.output_message(values, stamp_ns, frame_id))
 
@@ -227,6 +235,7 @@ def model_info_message(runtime, node, mirrors: bool) -> ModelInfo:
                     **describe_scores(runtime.bundle.calibration), "threshold": "calibrated threshold"},
         "imputed_audio": "log-mel spectrogram, mdgm_ros/msg/ImputedArray, layout dims mel x frame",
         "imputed_std": imputed_std_info(runtime, node),
+        "fallback": fallback_info(runtime, node),
         **({"temporal": temporal_info(runtime, node)} if getattr(runtime, "temporal", False) else {}),
         **({"latent_private": private_latent_info(model, getattr(runtime, "temporal", False))}
            if getattr(model, "private_dim", 0) else {}),
@@ -261,6 +270,23 @@ def imputed_std_info(runtime, node) -> dict[str, Any]:
         "calibrated": {name: name in scales for name in names},
         "scale": {name: scales[name] for name in names if name in scales},
         "images": "no std is published for image modalities"}
+
+
+def fallback_info(runtime, node) -> dict[str, Any]:
+    """Where the node publishes a baseline instead of the model's imputation, per modality."""
+    policy = getattr(runtime, "fallback", None)
+    params = getattr(node, "params", None)
+    return {
+        "parameter": "fallback (live)", "on": bool(getattr(params, "fallback", False)) and policy is not None,
+        "source": "ImputedArray.source of ~/imputed_std/<modality> (and of imputed audio): model | last_value | "
+                  "training_mean",
+        "rule": "per outage length (steps since the stream was last seen), whichever of the model, the last value "
+                "and the training mean had the lowest error on the bundle's held-out data; the better baseline "
+                "while the step's total anomaly score is over its threshold; the baseline's std is its held-out "
+                "error",
+        "measured": policy is not None,
+        "modalities": {} if policy is None else {n: policy.table.describe(n) for n in sorted(policy.enabled)},
+        "steps": [] if policy is None else list(policy.table.steps)}
 
 
 def temporal_info(runtime, node) -> dict[str, Any]:

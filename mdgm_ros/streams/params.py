@@ -182,6 +182,7 @@ class FusionParams:
     precision: str = "fp32"
     engine: str = "torch"
     imputed_std: bool = True
+    fallback: bool = True
 
     @property
     def names(self) -> list[str]:
@@ -203,7 +204,7 @@ READ_ONLY = {"modalities"}            # which parameters exist follows from it: 
 # Applied while the node runs; "bundle" is taken by ~/reload_model or the next configure; anything else
 # changes subscriptions, devices or the model wiring and needs deactivate -> cleanup -> set -> configure.
 LIVE = {"impute_present", "warn_throttle", "diagnostics_window", "rate_tolerance", "prediction_horizon",
-        "absence_after", "imputed_std"}
+        "absence_after", "imputed_std", "fallback"}
 LIVE_PER_STREAM = {"staleness", "min_rate", "max_rate", "max_stamp_age"}
 DEFERRED = {"bundle"}
 
@@ -315,6 +316,10 @@ def declare_fusion_params(node, bundle_defaults: bool = False) -> FusionParams:
         "imputed_std": _declare(node, "imputed_std", True,
                                 "publish ~/imputed_std/<modality>: each imputed element's predictive standard "
                                 "deviation (vector, tactile and audio modalities)"),
+        "fallback": _declare(node, "fallback", True,
+                             "publish the last value or the training mean instead of the model's imputation where "
+                             "the bundle measured it did better for that outage length (vector, tactile, audio; "
+                             "the source is in ~/imputed_std/<modality>)"),
         "standard_mirrors": _declare(node, "standard_mirrors", False,
                                      "also publish ~/mirror/latent, ~/mirror/anomaly (JointState) and unstamped "
                                      "imputed audio (Float32MultiArray) for PlotJuggler / Foxglove"),

@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 
 from ..core import MultimodalVAE
+from ..core.engine.bundle import TRAINING_MEANS
 from ..core.engine.export import export_parts
 
-TRAINING_MEANS = "training_means.safetensors"
+__all__ = ["TRAINING_MEANS", "export_onnx"]
 
 
 def export_onnx(model: MultimodalVAE, folder: Path) -> list[str]:

@@ -22,17 +22,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..core import BetaSchedule, MultimodalVAE, TrainConfig, Trainer, calibrate_anomaly, save_bundle, select_device
-from ..core.engine import filter as core_temporal
+from ..core import BetaSchedule, MultimodalVAE, TrainConfig, Trainer, save_bundle, select_device
 from ..core.engine import loop as core_training
 from ..core.engine import sequence as core_sequence
-from ..core.engine.inference import calibrate_predictive_scale
 from ..core.engine.windows import window_index
 from ..core.families.temporal import is_temporal, options_of
 from ..data import bags
 from ..data.dataset import AlignedDataset, check_bags, default_cache_dir, load_bags
 from ..streams.params import stream_settings
 from .bundle_files import TRAINING_MEANS, export_onnx
+from .calibration import calibrate_model, held_out_windows, normalized_means, observed_means
 from .config import TrainError, TrainSettings
 from .distributed import amp_dtype, launched_by_torchrun
 from .fit import TrainResult, feature_dims, fit_epochs, no_best, resume_key_of, resumed_best, split_blocks
@@ -47,9 +46,7 @@ def save_training_means(feats: dict[str, torch.Tensor], mask: torch.Tensor, name
     was observed: the 'training mean' baseline of ``mdgm-ros evaluate``."""
     from safetensors.torch import save_file
 
-    means = {name: feats[name][mask[:, j]].double().mean(0).float().contiguous() for j, name in enumerate(names)
-             if bool(mask[:, j].any())}
-    save_file(means, str(folder / TRAINING_MEANS))
+    save_file(observed_means(feats, mask, names), str(folder / TRAINING_MEANS))
 
 
 # ----------------------------------------------------------------------------- the command
@@ -108,9 +105,6 @@ class _Windows:
     max_gap_s: float
 
 
-CALIBRATION_WINDOW_S = 20.0
-
-
 def _windows(data: _Data, settings: TrainSettings, log: Callable[[str], None]) -> _Windows:
     """Windows of consecutive aligned samples (the node's alignment) that never cross a bag, a gap of
     more than 3 sample periods, a fault span or a held-out block (those rows are gone, which is a gap)."""
@@ -121,8 +115,8 @@ def _windows(data: _Data, settings: TrainSettings, log: Callable[[str], None]) -
     def index(part: AlignedDataset, size: int, step: int) -> np.ndarray:
         return window_index(part.stamps, part.bag, np.zeros(len(part), int), size, step, gap)
 
-    long = max(length, int(CALIBRATION_WINDOW_S * rate) if rate > 0 else 4 * length)
-    out = _Windows(index(data.train, length, stride), index(data.val, length, length), index(data.val, long, long), gap)
+    out = _Windows(index(data.train, length, stride), index(data.val, length, length),
+                   held_out_windows(data.val, rate, length), gap)
     log(f"temporal: {len(out.train)} training windows of {length} samples (stride {stride}), {len(out.val)} "
         f"held out; a gap over {gap:.3f} s starts a new window")
     if len(out.train) == 0 or len(out.val) == 0:
@@ -222,32 +216,11 @@ def run_training(bag_paths: list[str], config_path: str | Path, out: str | Path,
         raise TrainError("no epoch finished; nothing to save")
     model.load_state_dict(best["state"])
     log(f"best epoch {best['epoch'] + 1} (held-out loss {best['val'] / feature_dims(model):.4f} nats/dim)")
-    calibration = None
-    if windows is not None:
-        log(f"calibrating one-step predictive anomaly scores on {len(windows.calibration)} held-out runs "
-            f"({len(data.val)} fault-free samples)")
-        calibration = core_temporal.calibrate_predictive_anomaly(
-            model, val_norm, val_mask, quantile=settings.calibration.quantile,
-            windows=torch.as_tensor(windows.calibration))
-    elif model.family.properties.missing_modalities:        # scores need inference without each modality
-        log(f"calibrating anomaly scores on {len(data.val)} held-out fault-free samples")
-        calibration = calibrate_anomaly(model, {k: v.to(model.device) for k, v in val_norm.items()},
-                                        val_mask.to(model.device), quantile=settings.calibration.quantile)
-    else:
-        log(f"no anomaly calibration: the {model.family.name} family infers only from all modalities")
-    if calibration is not None:
-        if windows is not None:
-            calibration.predictive_scale = core_temporal.calibrate_predictive_scale_sequences(
-                model, val_norm, val_mask, torch.as_tensor(windows.calibration))
-            calibration.prediction = core_temporal.calibrate_prediction_horizon(
-                model, val_norm, val_mask, torch.as_tensor(windows.calibration))
-            log(f"the predicted latent beats 'nothing changes' on held-out data up to "
-                f"{calibration.prediction['useful']} steps ahead (the node publishes at most these)")
-        else:
-            calibration.predictive_scale = calibrate_predictive_scale(
-                model, {k: v.to(model.device) for k, v in val_norm.items()}, val_mask.to(model.device))
-        log("predictive std scales for 90 % intervals on held-out data: "
-            + ", ".join(f"{n} {s:.2f}" for n, s in calibration.predictive_scale.items()))
+    calibration = calibrate_model(
+        model, val_norm, val_mask, windows.calibration if windows is not None else
+        held_out_windows(data.val, settings.fusion.output_rate, settings.data.window),
+        normalized_means(model, observed_means(train_feats, train_mask, model.names)),
+        settings.calibration.quantile, settings.fusion.output_rate, log)
     onnx_files: list[str] = []
 
     def attach(folder: Path) -> None:

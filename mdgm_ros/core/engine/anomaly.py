@@ -32,6 +32,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from .fallback import FallbackTable
+
 CHANNELS = ("nll", "error")
 TOTAL_STATISTICS = ("max", "sum")   # the largest stream score; the sum of the scores / sqrt(count)
 TABLE_POINTS = 257              # stored points of each channel's empirical quantile function
@@ -147,6 +149,9 @@ class AnomalyCalibration:
     # temporal models: how far ahead the predicted latent beats "nothing changes" on held-out data
     # (:func:`~.filter.calibrate_prediction_horizon`: "useful" steps and the errors per step); absent: unknown
     prediction: dict[str, Any] = field(default_factory=dict)
+    # per modality and outage length, the held-out error of the model's imputation and of the training mean
+    # and last-value baselines (:mod:`.fallback`); absent: the model's imputation is always published
+    fallback: dict[str, Any] = field(default_factory=dict)
     _stacked: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def stacked(self, names: list[str], channels: int, like: torch.Tensor) -> "_Stacked":
@@ -174,6 +179,8 @@ class AnomalyCalibration:
             out["predictive_scale"] = self.predictive_scale
         if self.prediction:
             out["prediction"] = self.prediction
+        if self.fallback:
+            out["fallback"] = self.fallback
         return out
 
     @classmethod
@@ -188,7 +195,8 @@ class AnomalyCalibration:
                    count=int(data.get("count", 0)), tables=tables,
                    presence={k: float(v) for k, v in (data.get("presence") or {}).items()},
                    predictive_scale={k: float(v) for k, v in (data.get("predictive_scale") or {}).items()},
-                   prediction=dict(data.get("prediction") or {}))
+                   prediction=dict(data.get("prediction") or {}),
+                   fallback=dict(data.get("fallback") or {}))
 
     def problem(self) -> str | None:
         """What is wrong with the quantile tables and presence rates (None: nothing)."""
@@ -209,7 +217,17 @@ class AnomalyCalibration:
         useful = self.prediction.get("useful", 0)
         if not isinstance(useful, int) or isinstance(useful, bool) or not 0 <= useful <= 100000:
             return f"prediction.useful must be a whole number of steps >= 0 (is {useful!r})"
+        if self.fallback:
+            try:
+                return self.fallback_table.problem()
+            except (KeyError, TypeError, ValueError, AttributeError) as err:
+                return f"fallback is malformed: {type(err).__name__}: {err}"
         return None
+
+    @property
+    def fallback_table(self) -> "FallbackTable | None":
+        """The held-out errors of the model and both baselines per outage length (None: not measured)."""
+        return FallbackTable.from_dict(self.fallback) if self.fallback else None
 
     @property
     def useful_horizon(self) -> int | None:

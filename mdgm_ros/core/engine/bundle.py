@@ -8,6 +8,7 @@ Layout::
       weights.safetensors    the state dict (safetensors: loading never unpickles)
       normalization.json     per-modality feature statistics
       calibration.json       anomaly calibration (optional)
+      training_means.safetensors   per-element mean of each modality's training features (optional)
 
 Writes are atomic: the bundle is written into a temporary sibling folder, fsynced, then renamed into
 place; a reader sees either the old bundle or the new one. Loading checks every file's hash before it
@@ -25,7 +26,7 @@ import platform
 import shutil
 import stat
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,6 +51,8 @@ CONFIG = "config.json"
 WEIGHTS = "weights.safetensors"
 NORMALIZATION = "normalization.json"
 CALIBRATION = "calibration.json"
+# per-element mean of each modality's un-normalised training features: the "training mean" baseline
+TRAINING_MEANS = "training_means.safetensors"
 
 
 class BundleError(RuntimeError):
@@ -62,6 +65,9 @@ class Bundle:
     calibration: AnomalyCalibration | None
     manifest: dict[str, Any]
     path: Path
+    # modality -> per-element mean of its un-normalised training features (:data:`TRAINING_MEANS`; empty in
+    # bundles without the file)
+    means: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def model_id(self) -> str:
@@ -296,7 +302,7 @@ def _verified_contents(opened: _Folder, manifest: dict[str, Any],
     contents, total = {}, 0
     for name, expected in sorted(files.items()):
         limit = MAX_JSON_BYTES if name.endswith(".json") else MAX_FILE_BYTES
-        parsed = name in (CONFIG, WEIGHTS, NORMALIZATION, CALIBRATION)
+        parsed = name in (CONFIG, WEIGHTS, NORMALIZATION, CALIBRATION, TRAINING_MEANS)
         blob, actual, size = opened.read(name, min(limit, max(max_bytes - total, 0)), keep=parsed)
         total += size
         if actual != expected:
@@ -357,7 +363,24 @@ def load_bundle(path: str | os.PathLike, device: torch.device | str = "cpu",
     calibration = None
     if CALIBRATION in contents:
         calibration = _load_calibration(folder, config, contents[CALIBRATION])
-    return Bundle(model.to(device).eval(), calibration, manifest, folder)
+    means = _load_means(folder, model, contents.get(TRAINING_MEANS))
+    return Bundle(model.to(device).eval(), calibration, manifest, folder, means)
+
+
+def _load_means(folder: Path, model: MultimodalVAE, blob: bytes | None) -> dict[str, torch.Tensor]:
+    """The training means of the bundle's modalities, each of its modality's feature shape (none: {})."""
+    if blob is None:
+        return {}
+    try:
+        means = load_bytes(blob)
+    except (SafetensorError, ValueError) as err:
+        raise BundleError(f"{_shown(folder)}: {TRAINING_MEANS} is invalid: {str(err)[:200]}") from None
+    for name, value in means.items():
+        spec = model.specs.get(name)
+        if spec is None or tuple(value.shape) != tuple(spec.feature_shape) or not bool(torch.isfinite(value).all()):
+            raise BundleError(f"{_shown(folder)}: {TRAINING_MEANS} holds {name!r} of shape {tuple(value.shape)}, "
+                              "not a finite mean of one of the model's modalities")
+    return {n: v.float() for n, v in means.items()}
 
 
 def _load_config(folder: Path, blob: bytes, version: int = FORMAT_VERSION) -> ModelConfig:

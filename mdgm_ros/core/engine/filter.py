@@ -644,3 +644,11 @@ __all__ = [
     "predictive_surprise_sequence", "propagate", "require_temporal", "reset_state", "smooth_fixed_lag",
     "state_dims",
 ]
+
+
+def sequence_imputer(model: MultimodalVAE) -> Callable[[Mapping[str, torch.Tensor], torch.Tensor, str], torch.Tensor]:
+    """A temporal model's imputation of a modality at every step of windows (B, T): the filter through
+    each window with its mask, decoded (what :func:`~.fallback.calibrate_fallback` compares)."""
+    def impute(feats: Mapping[str, torch.Tensor], mask: torch.Tensor, name: str) -> torch.Tensor:
+        return decode_latents(model, filter_sequence(model, feats, mask).mean, [name])[name].mean
+    return impute

@@ -223,6 +223,21 @@ def calibrate_predictive_scale(model: MultimodalVAE, feats: Mapping[str, torch.T
     return scales
 
 
+def frame_imputer(model: MultimodalVAE) -> Callable[[Mapping[str, torch.Tensor], torch.Tensor, str], torch.Tensor]:
+    """A per-frame model's imputation of a modality at every step of windows (B, T), from that step's other
+    streams (what :func:`~.fallback.calibrate_fallback` compares)."""
+    def impute_steps(feats: Mapping[str, torch.Tensor], mask: torch.Tensor, name: str) -> torch.Tensor:
+        batch, steps = mask.shape[:2]
+        flat = {n: v.reshape(batch * steps, *v.shape[2:]) for n, v in feats.items()}
+        flat_mask = mask.reshape(batch * steps, -1)
+        out = torch.zeros_like(flat[name])
+        rows = torch.nonzero(flat_mask.any(1)).flatten()
+        if len(rows):
+            out[rows] = impute(model, {n: v[rows] for n, v in flat.items()}, flat_mask[rows], [name])[name].mean
+        return out.reshape(batch, steps, *out.shape[1:])
+    return impute_steps
+
+
 # --------------------------------------------------------------------------- the fusion step
 @dataclass
 class FusionResult:
