@@ -84,8 +84,9 @@ def test_calibration_measures_each_source_per_outage_length():
         names = ["a"]
         device = torch.device("cpu")
 
-    def impute(part, m, name):
-        return part[name] + 0.5 * torch.randn(part[name].shape, generator=gen)
+    def impute(part, m, name, rows):
+        truth = part[name][rows]
+        return truth + 0.5 * torch.randn(truth.shape, generator=gen), torch.full_like(truth, 0.5)
 
     table = fallback.calibrate_fallback(Model(), feats, mask, rows, {"a": torch.zeros(1)}, impute, max_steps=40)
     errors = table.error["a"]
@@ -98,6 +99,7 @@ def test_calibration_measures_each_source_per_outage_length():
     switch = table.steps[picks.index(MODEL)]
     assert 15 <= switch <= 40
     assert sum(table.samples["a"]) > 1000
+    assert table.variance["a"] == pytest.approx([0.25] * len(table.steps))    # the imputer's std, squared
 
 
 def test_policy_publishes_the_last_value_then_the_model_and_forgets_on_reset():
@@ -157,7 +159,8 @@ def test_evaluate_scores_the_source_the_node_publishes():
 
     table = _table([1.0, 1.0, 1.0], [0.1, 0.9, 3.0], [2.0, 2.0, 0.5])
     calibration = AnomalyCalibration({"a": 0.0}, {"a": 1.0}, {"a": 3.0}, fallback=table.to_dict())
-    em = SimpleNamespace(bundle=SimpleNamespace(calibration=calibration))
+    em = SimpleNamespace(bundle=SimpleNamespace(calibration=calibration),
+                         model=SimpleNamespace(specs={"a": SimpleNamespace(kind="vector")}))
     errors = np.array([[1.0, 1.0, 1.0, 1.0],          # the model's error per row
                        [5.0, 5.0, 5.0, 0.4],          # the training mean's
                        [0.2, 0.8, 9.0, 9.0]])         # the last value's
@@ -165,3 +168,17 @@ def test_evaluate_scores_the_source_the_node_publishes():
     assert out["published"] == pytest.approx((0.2 + 0.8 + 5.0 + 0.4) / 4) and out["fallback_rate"] == 1.0
     plain = SimpleNamespace(bundle=SimpleNamespace(calibration=AnomalyCalibration({"a": 0.0}, {"a": 1.0}, {"a": 3.0})))
     assert published_errors(plain, "a", np.array([1, 2, 3, 9]), errors) == {"published": 1.0, "fallback_rate": 0.0}
+    # a flagged row takes the better baseline there: row 4 (9 steps) the mean either way, row 1 the last value
+    flagged = published_errors(em, "a", np.array([1, 2, 3, 9]), errors, untrusted=np.array([True, False, False, True]))
+    assert flagged["published"] == pytest.approx((0.2 + 0.8 + 5.0 + 0.4) / 4)
+
+
+def test_a_samples_predicted_variance_scales_the_models_expected_error():
+    table = FallbackTable([1, 4], {"a": {MODEL: [1.0, 1.0], LAST: [2.0, 20.0], MEAN: [4.0, 15.0]}},
+                          {"a": [100, 100]}, {"a": [0.5, 0.5]})
+    # the bucket's mean predicted variance is 0.5: a row predicting 1.5 expects 3x the model's held-out error
+    picks = table.choice("a", np.array([1, 1, 3, 3]), variance=np.array([1.5, 0.5, 0.1, 100.0]))
+    assert [SOURCES[c] for c in picks] == [LAST, MODEL, MODEL, MODEL]      # 100 / 0.5 is capped at 10 (< 15)
+    assert table.choice("a", np.array([1]), variance=np.array([np.nan])).tolist() == [0]
+    assert "variance" in FallbackTable([1], {"a": {MODEL: [1.0], LAST: [1.0], MEAN: [1.0]}}, {"a": [1]},
+                                       {"a": [0.0]}).problem()

@@ -24,6 +24,7 @@ import torch
 
 from ..core.engine import filter as tp
 from ..core.engine import ranges
+from ..core.engine.fallback import row_variance
 from ..core.engine.uncertainty import uncertainty_summary
 from ..core.engine.windows import runs
 from ..core.families.temporal import is_temporal, poe_with_prior, state_coverage, state_dim, state_experts
@@ -32,6 +33,7 @@ from .eval_model import EvalModel
 from .metrics import ABSENCE_AFTER_S, absent_long_enough, anomaly_metrics, mse, offline_scores
 
 OUTAGES_S = (0.5, 1.0, 1.5, 3.0)
+STD_KINDS = ("vector", "tactile", "audio")   # the node publishes their std (and scales its trust by it)
 CHUNK = 256
 
 
@@ -119,6 +121,7 @@ def _imputation(temporal: EvalModel, frame: EvalModel | None, data: AlignedDatas
     for name, span, _ in spans:
         mask[span, names.index(name)] = False
     filtered = filter_rows(temporal.model, ex_t, mask, run_rows)
+    untrusted = flagged_rows(temporal, ex_t, data, filtered, mask)
     report = {}
     for j, name in enumerate(names):
         mine = [(span[data.mask[span, j]], last, np.arange(1, len(span) + 1)[data.mask[span, j]])
@@ -138,7 +141,8 @@ def _imputation(temporal: EvalModel, frame: EvalModel | None, data: AlignedDatas
                  **uncertainty_summary((pred_t - truth).reshape(len(rows), -1).cpu().numpy(),
                                        std_t.expand_as(pred_t).reshape(len(rows), -1).cpu().numpy()),
                  "baseline_mean": float(errors[1].mean()), "baseline_last": float(errors[2].mean()),
-                 **published_errors(temporal, name, since, errors),
+                 **published_errors(temporal, name, since, errors, row_variance(std_t.expand_as(pred_t)),
+                                    untrusted[rows]),
                  "samples": int(len(rows)), "outages": len(mine)}
         if frame is not None and ex_f is not None:
             entry["per_frame"] = float(mse(_frame_impute(frame, ex_f, mask, rows, name), ex_f.feats[name][rows]).mean())
@@ -146,18 +150,35 @@ def _imputation(temporal: EvalModel, frame: EvalModel | None, data: AlignedDatas
     return report
 
 
-def published_errors(em: EvalModel, name: str, since: np.ndarray, errors: np.ndarray) -> dict[str, float]:
+def published_errors(em: EvalModel, name: str, since: np.ndarray, errors: np.ndarray,
+                     variance: np.ndarray | None = None, untrusted: np.ndarray | None = None) -> dict[str, float]:
     """What the node publishes with ``fallback`` on (the bundle's table, :mod:`~mdgm_ros.core.engine.fallback`):
     ``published``, the mean error of the source it picks for each row ``since`` (steps since the stream was
-    last seen) from ``errors`` (3, N: model, training mean, last value), and ``fallback_rate``, the share of
-    rows it publishes a baseline. Bundles without a table publish the model's."""
+    last seen) from ``errors`` (3, N: model, training mean, last value), given each row's predicted variance
+    of the model's imputation (the kinds whose std the node publishes) and whether a stream it was made
+    from was flagged (``untrusted``), and ``fallback_rate``, the share of rows it publishes a baseline.
+    Bundles without a table, and image modalities (the node publishes no source for them), publish the
+    model's."""
     calibration = em.bundle.calibration
     table = None if calibration is None else calibration.fallback_table
-    if table is None or name not in table.error:
+    if table is None or name not in table.error or em.model.specs[name].kind not in STD_KINDS:
         return {"published": float(errors[0].mean()), "fallback_rate": 0.0}
-    choice = table.choice(name, since)                        # SOURCES order: model, last value, training mean
+    trusted = None if untrusted is None else ~np.asarray(untrusted, bool)
+    choice = table.choice(name, since, trusted, variance)     # SOURCES order: model, last value, training mean
     pick = np.choose(choice, [errors[0], errors[2], errors[1]])
     return {"published": float(pick.mean()), "fallback_rate": float((choice > 0).mean())}
+
+
+def flagged_rows(em: EvalModel, ex: Experts, data: AlignedDataset, filtered: dict[str, torch.Tensor],
+                 mask: np.ndarray) -> np.ndarray:
+    """(N,) whether any stream that entered a row (``mask``) scored over its threshold (one-step predictive
+    scores, as the node scores them): the node then does not trust the imputations made from them."""
+    calibration = em.bundle.calibration
+    if calibration is None:
+        return np.zeros(len(data), bool)
+    _, scores = temporal_scores(em, ex, data, filtered, entered=mask)
+    thresholds = np.asarray([calibration.threshold.get(n, np.inf) for n in em.model.names])
+    return ((scores > thresholds) & mask).any(1)
 
 
 def _frame_impute(frame: EvalModel, ex: Experts, mask: np.ndarray, rows: np.ndarray, name: str) -> torch.Tensor:

@@ -519,8 +519,9 @@ class FusionNode(GuardedNode, LifecycleNode):
 
     def _fall_back(self, runtime: Runtime, sample, result, entered: list[bool]) -> Published | None:
         """The bundle's fallback table applied to this step's imputations (``fallback``): the last value
-        or the training mean where it measured they do better for the outage so far, or where the step's
-        total score is over its threshold; counted per stream. None: the model's imputations stand."""
+        or the training mean where they are expected to do better for the outage so far (the held-out errors,
+        the model's scaled by this step's predictive std), or where a stream that entered the posterior is
+        flagged; counted per stream. None: the model's imputations stand."""
         policy = runtime.fallback
         if policy is None:
             return None
@@ -531,10 +532,10 @@ class FusionNode(GuardedNode, LifecycleNode):
         if not self.params.fallback or not result.imputed:
             return None
         untrusted = None
-        total, threshold = result.total_score, self._outputs.total_threshold
-        if total is not None and np.isfinite(threshold):
-            untrusted = np.asarray([float(total[0]) > threshold])
-        published = policy.apply(result, untrusted)
+        if result.scores is not None:                # a stream the imputation was made from is flagged
+            scores = result.scores[0].cpu().numpy()
+            untrusted = np.asarray([bool(np.any((scores > self._outputs.thresholds) & np.asarray(entered)))])
+        published = policy.apply(result, untrusted, runtime.fuser.predictive_std)
         for name, source in published.source.items():
             if source[0]:
                 self.stats[name].fallback[SOURCES[int(source[0])]] += 1

@@ -30,6 +30,7 @@ from ..data.dataset import AlignedDataset
 
 CALIBRATION_WINDOW_S = 20.0      # held-out runs are cut into windows of at most this long
 FALLBACK_OUTAGE_S = 3.0          # the longest outage the fallback table resolves (longer ones: its last bucket)
+STD_KINDS = ("vector", "tactile", "audio")      # the kinds whose imputation the node publishes with its std
 WRITTEN = {MANIFEST, CONFIG, WEIGHTS, NORMALIZATION, CALIBRATION}
 
 
@@ -90,7 +91,8 @@ def calibrate_model(model: MultimodalVAE, feats: dict[str, torch.Tensor], mask: 
     log("predictive std scales for 90 % intervals on held-out data: "
         + ", ".join(f"{n} {s:.2f}" for n, s in calibration.predictive_scale.items()))
     steps = max(1, int(round(FALLBACK_OUTAGE_S * rate))) if rate > 0 else 30
-    imputer = core_temporal.sequence_imputer(model) if temporal else frame_imputer(model)
+    with_std = [n for n in model.names if model.specs[n].kind in STD_KINDS]
+    imputer = (core_temporal.sequence_imputer if temporal else frame_imputer)(model, calibration, with_std)
     table = fallback.calibrate_fallback(model, feats, mask, torch.as_tensor(windows), means, imputer, steps,
                                         names=[n for n in model.names if n in means])
     if table.error:

@@ -14,10 +14,13 @@ features, as ``mdgm-ros evaluate`` scores them), and the errors are averaged per
 the stream was last seen (:func:`bucket_edges`). The table (:class:`FallbackTable`) travels with the
 bundle's calibration (``fallback``).
 
-Live (:class:`FallbackPolicy`): a missing stream's imputation is the source with the lowest calibrated
+Live (:class:`FallbackPolicy`): a missing stream's imputation is the source with the lowest expected
 error for its outage so far (the model unless a baseline did better on at least :data:`MIN_SAMPLES`
-held-out steps of that bucket). While the step's total anomaly score is over its threshold (the caller
-says so), the imputation made from the streams is not trusted and the better baseline is published instead. A baseline's
+held-out steps of that bucket). The model's expected error is its held-out error scaled by how this
+step's predicted variance compares with the bucket's mean predicted variance at calibration, so a
+confident imputation keeps its place and an unsure one gives way. While a stream the imputation is made
+from trips its anomaly flag (the caller says so), the imputation is not trusted and the better baseline
+is published instead. A baseline's
 std is its calibrated error (root mean square, in sensor units), so its interval says how far it was
 off on held-out data.
 """
@@ -30,12 +33,13 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .windows import gather_rows
+from .windows import gather_rows, windows_per_batch
 
 MODEL, LAST, MEAN = "model", "last_value", "training_mean"
 SOURCES = (MODEL, LAST, MEAN)
 MIN_SAMPLES = 30              # held-out steps a bucket needs before a baseline may replace the model there
 GROWTH = 1.4                  # the buckets' widths grow geometrically (short outages resolved finely)
+RATIO_LIMITS = (0.1, 10.0)    # how far one sample's predicted variance may move the model's expected error
 
 
 def bucket_edges(max_steps: int) -> list[int]:
@@ -58,17 +62,21 @@ class FallbackTable:
     steps: list[int]                                         # the buckets' upper edges
     error: dict[str, dict[str, list[float]]] = field(default_factory=dict)   # modality -> source -> MSE
     samples: dict[str, list[int]] = field(default_factory=dict)
+    # modality -> the mean predicted variance (calibrated predictive std squared, standardised features) of
+    # the model's imputation per bucket: what scales the model's expected error to one sample's std
+    variance: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps": list(self.steps), "error": self.error, "samples": self.samples,
-                "min_samples": MIN_SAMPLES}
+                "variance": self.variance, "min_samples": MIN_SAMPLES}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FallbackTable":
         return cls([int(s) for s in data["steps"]],
                    {m: {s: [float(v) for v in values] for s, values in by_source.items()}
                     for m, by_source in (data.get("error") or {}).items()},
-                   {m: [int(v) for v in values] for m, values in (data.get("samples") or {}).items()})
+                   {m: [int(v) for v in values] for m, values in (data.get("samples") or {}).items()},
+                   {m: [float(v) for v in values] for m, values in (data.get("variance") or {}).items()})
 
     def problem(self) -> str | None:
         steps = self.steps
@@ -82,21 +90,32 @@ class FallbackTable:
                     return f"fallback.error {name}/{source} must hold {len(steps)} finite errors >= 0"
             if len(self.samples.get(name, [])) != len(steps):
                 return f"fallback.samples of {name!r} must hold {len(steps)} counts"
+        for name, values in self.variance.items():
+            if len(values) != len(steps) or not all(math.isfinite(v) and v > 0 for v in values):
+                return f"fallback.variance of {name!r} must hold {len(steps)} finite variances > 0"
         return None
 
     def bucket(self, steps_missing: np.ndarray) -> np.ndarray:
         """The bucket of each outage length (steps since last seen, >= 1)."""
         return np.minimum(np.searchsorted(np.asarray(self.steps), steps_missing, side="left"), len(self.steps) - 1)
 
-    def choice(self, name: str, steps_missing: np.ndarray, trusted: np.ndarray | None = None) -> np.ndarray:
+    def choice(self, name: str, steps_missing: np.ndarray, trusted: np.ndarray | None = None,
+               variance: np.ndarray | None = None) -> np.ndarray:
         """Per row, the index into :data:`SOURCES` to publish for ``name`` missing for ``steps_missing``
-        steps (>= 1); ``trusted`` False: the model's imputation is not trusted (the better baseline)."""
+        steps (>= 1); ``trusted`` False: the model's imputation is not trusted (the better baseline);
+        ``variance``: each row's predicted variance of the model's imputation (calibrated predictive std
+        squared, averaged over elements, standardised features), which scales the model's held-out
+        error to that row (:data:`RATIO_LIMITS`) where the table measured the bucket's mean variance."""
         steps_missing = np.asarray(steps_missing)
         by_source = self.error.get(name)
         if by_source is None:
             return np.zeros(steps_missing.shape, int)
-        errors = np.asarray([by_source[s] for s in SOURCES])[:, self.bucket(steps_missing)]      # (3, B)
-        enough = np.asarray(self.samples[name])[self.bucket(steps_missing)] >= MIN_SAMPLES
+        bucket = self.bucket(steps_missing)
+        errors = np.asarray([by_source[s] for s in SOURCES])[:, bucket]      # (3, B)
+        if variance is not None and name in self.variance:
+            ratio = np.asarray(variance, np.float64) / np.asarray(self.variance[name])[bucket]
+            errors[0] = errors[0] * np.clip(np.nan_to_num(ratio, nan=1.0), *RATIO_LIMITS)
+        enough = np.asarray(self.samples[name])[bucket] >= MIN_SAMPLES
         best = np.where(enough, np.argmin(errors, 0), 0)
         if trusted is not None:
             baseline = 1 + np.argmin(errors[1:], 0)
@@ -122,17 +141,20 @@ class FallbackTable:
 
 
 # --------------------------------------------------------------------------- calibration
-Imputer = Callable[[Mapping[str, torch.Tensor], torch.Tensor, str], torch.Tensor]
+# (window features (B, T, ...), window mask (B, T, M), modality, rows (batch index, step index)) -> the model's
+# imputation at those rows (N, *fshape) and its calibrated predictive std (N, *fshape), or None for no std
+Imputer = Callable[[Mapping[str, torch.Tensor], torch.Tensor, str, tuple[np.ndarray, np.ndarray]],
+                   tuple[torch.Tensor, "torch.Tensor | None"]]
 
 
 @torch.no_grad()
 def calibrate_fallback(model, feats: Mapping[str, torch.Tensor], mask: torch.Tensor, windows: torch.Tensor,
                        means: Mapping[str, torch.Tensor], impute: Imputer, max_steps: int, pause: int = 5,
-                       batch_size: int = 16, names: Sequence[str] | None = None) -> FallbackTable:
+                       batch_size: int | None = None, names: Sequence[str] | None = None) -> FallbackTable:
     """The table of :class:`FallbackTable` from held-out windows (W, T) of rows (-1: padding) of the
     normalised features ``feats`` (N, ...) and presence ``mask`` (N, M); ``means``: each modality's
-    training mean in normalised features; ``impute(window_feats (B, T, ...), window_mask (B, T, M), name)``
-    -> the model's imputation of ``name`` at every step (B, T, *fshape). Outages of ``max_steps`` steps,
+    training mean in normalised features; ``impute`` (:data:`Imputer`): the model's imputation of a
+    modality and its predictive std (whose mean square per bucket the table keeps). Outages of ``max_steps`` steps,
     ``pause`` steps apart (the stream seen on the step before each). The imputers:
     :func:`~.filter.sequence_imputer` and :func:`~.inference.frame_imputer`."""
     edges = bucket_edges(max_steps)
@@ -141,6 +163,8 @@ def calibrate_fallback(model, feats: Mapping[str, torch.Tensor], mask: torch.Ten
         j = list(model.names).index(name)
         sums = np.zeros((len(SOURCES), len(edges)))
         counts = np.zeros(len(edges), int)
+        variances = np.zeros(len(edges))
+        batch_size = batch_size or windows_per_batch(windows)
         for start in range(0, windows.shape[0], batch_size):
             chunk = windows[start:start + batch_size]
             part, seen, _ = gather_rows(feats, mask, chunk, None, model.device)
@@ -149,12 +173,14 @@ def calibrate_fallback(model, feats: Mapping[str, torch.Tensor], mask: torch.Ten
                 continue
             withheld = seen.clone()
             withheld[:, :, j] &= torch.from_numpy(since == 0).to(seen.device)
-            imputed = impute(part, withheld, name)
             rows = np.nonzero((since > 0) & seen[:, :, j].cpu().numpy())
+            imputed, std = impute(part, withheld, name, rows)
             truth = part[name][rows]
             last = part[name][rows[0], last_step[rows]]
-            candidates = (imputed[rows], last, means[name].to(truth).expand_as(truth))
+            candidates = (imputed, last, means[name].to(truth).expand_as(truth))
             buckets = table.bucket(since[rows])
+            if std is not None:
+                np.add.at(variances, buckets, row_variance(std.expand_as(truth)))
             for s, value in enumerate(candidates):
                 error = (value - truth).square().reshape(len(truth), -1).mean(1).double().cpu().numpy()
                 np.add.at(sums[s], buckets, error)
@@ -167,7 +193,19 @@ def calibrate_fallback(model, feats: Mapping[str, torch.Tensor], mask: torch.Ten
                 errors[:, b] = errors[:, b - 1]
         table.error[name] = {s: [float(v) for v in errors[i]] for i, s in enumerate(SOURCES)}
         table.samples[name] = [int(c) for c in counts]
+        if variances.any():
+            mean_variance = variances / np.maximum(counts, 1)
+            for b in range(len(edges)):
+                if counts[b] == 0 and b > 0:
+                    mean_variance[b] = mean_variance[b - 1]
+            if (mean_variance > 0).all():
+                table.variance[name] = [float(v) for v in mean_variance]
     return table
+
+
+def row_variance(std: torch.Tensor) -> np.ndarray:
+    """Each row's mean predicted variance over its elements (N, ...) -> (N,), float64."""
+    return std.reshape(len(std), -1).double().square().mean(1).cpu().numpy()
 
 
 def _outages(seen: np.ndarray, length: int, pause: int) -> tuple[np.ndarray, np.ndarray]:
@@ -247,10 +285,13 @@ class FallbackPolicy:
             self._last_features[name] = self.model.denormalize(name, feats)
         return self._last_features[name]
 
-    def apply(self, result, untrusted: np.ndarray | None = None) -> Published:
+    def apply(self, result, untrusted: np.ndarray | None = None, predictive: frozenset[str] = frozenset()
+              ) -> Published:
         """Replace, in ``result.imputed`` (un-normalised features), the imputations of missing streams whose
-        calibrated error says a baseline does better, or (``untrusted`` (B,) True) whose step's input was
-        flagged as anomalous; their std becomes the baseline's calibrated error. Returns the sources."""
+        expected error says a baseline does better, or (``untrusted`` (B,) True) whose step's input was
+        flagged as anomalous; their std becomes the baseline's calibrated error. ``predictive``: the
+        modalities whose std in ``result`` is their calibrated predictive std (it then scales the model's
+        expected error to the row). Returns the sources."""
         published = Published()
         if self.missing is None:
             return published
@@ -260,7 +301,11 @@ class FallbackPolicy:
             missing = self.missing[:, j]
             if name not in self.enabled or not (missing > 0).any():
                 continue
-            choice = self.table.choice(name, np.maximum(missing, 1), trusted)
+            variance = None
+            if name in predictive:
+                _, scale = self.model.normalization_stats(name)
+                variance = row_variance(imputation.std.expand_as(imputation.mean) / scale.to(imputation.mean))
+            choice = self.table.choice(name, np.maximum(missing, 1), trusted, variance)
             choice = np.where(missing > 0, choice, 0)
             no_last = (choice == 1) & ~self.has_last[:, j]
             if no_last.any():                            # nothing seen since the last reset: mean or model

@@ -59,7 +59,7 @@ from .inference import (
     within_range,
 )
 from .uncertainty import predictive_std, signed_identity
-from .windows import gather_rows
+from .windows import gather_rows, windows_per_batch
 
 
 def require_temporal(model: MultimodalVAE) -> None:
@@ -334,7 +334,8 @@ def predictive_nll_sequence(model: MultimodalVAE, feats: Mapping[str, torch.Tens
 @torch.no_grad()
 def calibrate_predictive_anomaly(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
                                  actions: torch.Tensor | None = None, quantile: float = 0.99,
-                                 windows: torch.Tensor | None = None, batch_size: int = 16) -> AnomalyCalibration:
+                                 windows: torch.Tensor | None = None,
+                                 batch_size: int | None = None) -> AnomalyCalibration:
     """Calibrate the one-step predictive scores on normal sequences (B, T, ...); with ``windows``
     (W, T), ``feats``/``mask``/``actions`` are rows and each window is filtered from a fresh state
     (padded steps are left out)."""
@@ -342,6 +343,7 @@ def calibrate_predictive_anomaly(model: MultimodalVAE, feats: Mapping[str, torch
         surprise = predictive_surprise_sequence(model, feats, mask, actions)
         return calibration_from_nll(model, surprise.reshape(-1, *surprise.shape[2:]), quantile)
     parts = []
+    batch_size = batch_size or windows_per_batch(windows)
     for start in range(0, windows.shape[0], batch_size):
         chunk = windows[start:start + batch_size]
         part, m, act = gather_rows(feats, mask, chunk, actions, model.device)
@@ -353,7 +355,8 @@ def calibrate_predictive_anomaly(model: MultimodalVAE, feats: Mapping[str, torch
 @torch.no_grad()
 def calibrate_predictive_scale_sequences(model: MultimodalVAE, feats: Mapping[str, torch.Tensor],
                                          mask: torch.Tensor, windows: torch.Tensor,
-                                         actions: torch.Tensor | None = None, batch_size: int = 16) -> dict[str, float]:
+                                         actions: torch.Tensor | None = None,
+                                         batch_size: int | None = None) -> dict[str, float]:
     """Per modality, the factor on its predictive std (:mod:`.uncertainty`) that makes the central 90 %
     interval cover 90 % of held-out truth when it is imputed with memory: each window (W, T) of rows is
     filtered from a fresh state with the modality missing throughout (outages of 1 to T steps, the other
@@ -363,6 +366,7 @@ def calibrate_predictive_scale_sequences(model: MultimodalVAE, feats: Mapping[st
     scales = {}
     for j, name in enumerate(model.names):
         limit, errors, stds, seen = uncertainty.calibration_rows(model.specs[name].kind), [], [], 0
+        batch_size = batch_size or windows_per_batch(windows)
         for start in range(0, windows.shape[0], batch_size):
             if seen >= limit:
                 break
@@ -390,7 +394,7 @@ def calibrate_predictive_scale_sequences(model: MultimodalVAE, feats: Mapping[st
 @torch.no_grad()
 def calibrate_prediction_horizon(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: torch.Tensor,
                                  windows: torch.Tensor, horizon: int = 10, every: int = 4,
-                                 batch_size: int = 16) -> dict[str, object]:
+                                 batch_size: int | None = None) -> dict[str, object]:
     """How far ahead the predicted shared latent beats "nothing changes" on held-out windows (W, T) of
     rows: each window is filtered from a fresh state; from every ``every``-th step, the k-step prediction
     (k = 1..``horizon``) and the filtered latent now are compared with the filtered latent k steps later
@@ -400,6 +404,7 @@ def calibrate_prediction_horizon(model: MultimodalVAE, feats: Mapping[str, torch
     dim = model.latent_dim
     sums = torch.zeros(2, horizon, dtype=torch.float64)
     counts = torch.zeros(horizon, dtype=torch.float64)
+    batch_size = batch_size or windows_per_batch(windows)
     for start in range(0, windows.shape[0], batch_size):
         chunk = windows[start:start + batch_size]
         part, m, _ = gather_rows(feats, mask, chunk, None, model.device)
@@ -646,9 +651,18 @@ __all__ = [
 ]
 
 
-def sequence_imputer(model: MultimodalVAE) -> Callable[[Mapping[str, torch.Tensor], torch.Tensor, str], torch.Tensor]:
-    """A temporal model's imputation of a modality at every step of windows (B, T): the filter through
-    each window with its mask, decoded (what :func:`~.fallback.calibrate_fallback` compares)."""
-    def impute(feats: Mapping[str, torch.Tensor], mask: torch.Tensor, name: str) -> torch.Tensor:
-        return decode_latents(model, filter_sequence(model, feats, mask).mean, [name])[name].mean
+
+def sequence_imputer(model: MultimodalVAE, calibration: AnomalyCalibration | None = None,
+                     with_std: Sequence[str] = ()):
+    """A temporal model's imputation of a modality at given steps of windows (B, T): the filter through each
+    window with its mask, decoded at ``rows`` (batch indices, step indices), with the calibrated predictive
+    std for the modalities in ``with_std`` (what :func:`~.fallback.calibrate_fallback` compares)."""
+    def impute(feats: Mapping[str, torch.Tensor], mask: torch.Tensor, name: str, rows):
+        filtered = filter_sequence(model, feats, mask)
+        index = tuple(torch.as_tensor(r, device=filtered.mean.device) for r in rows)
+        mean, logvar = filtered.mean[index], filtered.logvar[index]
+        decoded = decode_latents(model, mean, [name])[name].mean
+        if name not in with_std:
+            return decoded, None
+        return decoded, imputation_std(model, name, mean, logvar, decoded, calibration)
     return impute

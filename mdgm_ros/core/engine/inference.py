@@ -223,18 +223,23 @@ def calibrate_predictive_scale(model: MultimodalVAE, feats: Mapping[str, torch.T
     return scales
 
 
-def frame_imputer(model: MultimodalVAE) -> Callable[[Mapping[str, torch.Tensor], torch.Tensor, str], torch.Tensor]:
-    """A per-frame model's imputation of a modality at every step of windows (B, T), from that step's other
-    streams (what :func:`~.fallback.calibrate_fallback` compares)."""
-    def impute_steps(feats: Mapping[str, torch.Tensor], mask: torch.Tensor, name: str) -> torch.Tensor:
-        batch, steps = mask.shape[:2]
-        flat = {n: v.reshape(batch * steps, *v.shape[2:]) for n, v in feats.items()}
-        flat_mask = mask.reshape(batch * steps, -1)
-        out = torch.zeros_like(flat[name])
-        rows = torch.nonzero(flat_mask.any(1)).flatten()
-        if len(rows):
-            out[rows] = impute(model, {n: v[rows] for n, v in flat.items()}, flat_mask[rows], [name])[name].mean
-        return out.reshape(batch, steps, *out.shape[1:])
+def frame_imputer(model: MultimodalVAE, calibration: AnomalyCalibration | None = None,
+                  with_std: Sequence[str] = ()):
+    """A per-frame model's imputation of a modality at given steps of windows (B, T), from each step's other
+    streams, with the calibrated predictive std for the modalities in ``with_std`` (what
+    :func:`~.fallback.calibrate_fallback` compares)."""
+    def impute_steps(feats: Mapping[str, torch.Tensor], mask: torch.Tensor, name: str, rows):
+        index = tuple(torch.as_tensor(r, device=mask.device) for r in rows)
+        part, part_mask = {n: v[index] for n, v in feats.items()}, mask[index]
+        mean, std = torch.zeros_like(part[name]), torch.ones_like(part[name])   # nothing observed: the prior's
+        seen = torch.nonzero(part_mask.any(1)).flatten()
+        for start in range(0, len(seen), 256):
+            at = seen[start:start + 256]
+            chunk = {n: v[at] for n, v in part.items()}
+            imputed = (predictive_imputation(model, chunk, part_mask[at], [name], calibration) if name in with_std
+                       else impute(model, chunk, part_mask[at], [name]))[name]
+            mean[at], std[at] = imputed.mean, imputed.std.expand_as(imputed.mean)
+        return mean, (std if name in with_std else None)
     return impute_steps
 
 

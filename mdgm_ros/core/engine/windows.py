@@ -69,3 +69,12 @@ def gather_rows(values: Mapping[str, torch.Tensor], mask: torch.Tensor, windows:
     if actions is not None:
         act = gather_windows({"u": actions}, mask, windows)[0]["u"].to(device)
     return {k: v.to(device) for k, v in feats.items()}, seq_mask.to(device), act
+
+
+CALIBRATION_ROWS = 1024     # rows a calibration pass over windows takes at once (bounds its memory)
+
+
+def windows_per_batch(windows: torch.Tensor, rows: int = CALIBRATION_ROWS) -> int:
+    """How many windows (W, T) of rows a pass over them takes at once: about ``rows`` rows, at least one
+    window (a 20 s held-out window at 30 Hz holds 600 rows, its camera frames 300 MB of features)."""
+    return max(1, rows // max(1, int(windows.shape[1]) if windows.dim() > 1 else 1))
