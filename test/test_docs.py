@@ -124,6 +124,10 @@ COVERED: dict[str, tuple[str, list[str], str]] = {
         "evaluate_bags with compare and plots, as evaluate runs it"),
     "mdgm-ros label bags/tuesday --add 31.2:33.0:collision --add 75:78.5:gripper_slip": (
         "test/test_training_ux.py", ["test_label_command_and_evaluate_on_a_real_format_bag"], ""),
+    "mdgm-ros calibrate --model models/iiwa --bags bags/wednesday bags/thursday --out models/iiwa-cal": (
+        "test/test_calibrate.py", ["test_calibrate_measures_a_bundle_anew_on_unseen_bags",
+                                   "test_calibrate_refuses_the_bags_the_bundle_was_trained_on"],
+        "a trained bundle calibrated on a bag it never saw, as the command runs"),
     "mdgm-ros info models/mine": (
         "test/test_cli.py", ["test_example_runs_end_to_end_and_bundle_info_reads_it"], ""),
     # the nodes
