@@ -688,7 +688,8 @@ def _older_bundle_notes(runtime: Runtime, requested_horizon: int) -> list[str]:
                      "held-out data")
     if runtime.fallback is None:
         notes.append("this bundle measured no fallback table: the model's imputation is published for every "
-                     "outage length (retrain to measure where the last value or the training mean does better)")
+                     "outage length (`mdgm-ros calibrate` on bags it has not seen measures where the last value or "
+                     "the training mean does better)")
     uncalibrated = sorted(n for n in runtime.fuser.predictive_std
                           if calibration is None or n not in calibration.predictive_scale)
     if uncalibrated:
