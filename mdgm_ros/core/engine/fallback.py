@@ -270,7 +270,7 @@ class FallbackPolicy:
         for j, name in enumerate(self.names):
             if name not in self.enabled or not entered[:, j].any():
                 continue
-            value = raw[name]
+            value = raw[name].detach().clone()           # the caller may reuse its buffers
             if name in self._last_raw and not entered[:, j].all():          # keep the other rows' last values
                 value = torch.where(torch.from_numpy(entered[:, j]).to(value.device).view(-1, *[1] * (value.dim() - 1)),
                                     value, self._last_raw[name])
