@@ -157,3 +157,12 @@ def test_watch_draws_the_live_view_in_a_terminal_and_ctrl_c_exits_130(fusion):
     for word in ("/mdgm_fusion", "modalities", "threshold", "diagnostics", "prediction: horizon 10", "total", " Hz"):
         assert word in plain, (word, plain[-3000:])
     assert re.search(r"│ *(ok|ANOMALY) *│", plain), plain[-3000:]
+
+
+def test_echo_runs_until_ctrl_c_and_exits_130(fusion):
+    """A Ctrl-C may land while rclpy takes a message (pybind11 then raises a RuntimeError): still 130."""
+    code, screen = run_in_terminal(["-m", "mdgm_ros", "echo", "/mdgm_fusion/latent", "--field", "step"], cwd=ROOT,
+                                   env=fusion.env, timeout=60, interrupt_when=lambda text: text.count("---") >= 5)
+    plain = ANSI.sub("", screen)
+    assert code == 130, plain[-3000:]
+    assert "Traceback" not in plain and plain.count("---") >= 5

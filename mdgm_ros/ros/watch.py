@@ -255,9 +255,14 @@ def echo_command(args: argparse.Namespace) -> int:
         node = _start_ros("mdgm_echo")
         if args.topic is None:
             return _list_topics(node, args)
-        return _echo_topic(node, args, count)
+        with ctrl_c_seen():
+            return _echo_topic(node, args, count)
     except KeyboardInterrupt as interrupt:
         return exit_code(interrupt)
+    except RuntimeError as err:
+        if interrupted_inside_native(err):               # Ctrl-C while rclpy was taking a message
+            return exit_code(KeyboardInterrupt())
+        raise
     finally:
         if node is not None:
             _stop_ros(node)
