@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..core.engine import ranges
-from ..core.engine.inference import anomaly_scores, predictive_imputation
+from ..core.engine.inference import predictive_imputation
 from ..core.engine.uncertainty import uncertainty_summary
 from ..core.families.temporal import is_temporal
 from ..data.dataset import AlignedDataset
@@ -94,7 +94,7 @@ def offline_imputation(em: EvalModel, data: AlignedDataset, dropout_s: float = 1
         rows = np.flatnonzero(clean & (last >= 0))
         rows = rows[data.mask[last[rows], j]]
         errs = {"model": [], "mean": [], "last": []}
-        deviations, stds, flags = [], [], []
+        deviations, stds = [], []
         for start in range(0, len(rows), batch):
             part = rows[start:start + batch]
             feats = {n: em.features(n, raw[n][part]) for n in names}
@@ -102,7 +102,6 @@ def offline_imputation(em: EvalModel, data: AlignedDataset, dropout_s: float = 1
             mask[:, j] = False
             with torch.no_grad():
                 imputed = predictive_imputation(model, feats, mask, [name], em.bundle.calibration)[name]
-                flags.append(_flagged(em, feats, mask))
             pred, truth = imputed.mean, feats[name]
             deviations.append((pred - truth).reshape(len(part), -1).cpu().numpy())
             stds.append(imputed.std.expand_as(pred).reshape(len(part), -1).cpu().numpy())
@@ -115,21 +114,9 @@ def offline_imputation(em: EvalModel, data: AlignedDataset, dropout_s: float = 1
         stds_all = np.concatenate(stds)
         report[name] = {**_summary(*(torch.from_numpy(e) for e in errors)),
                         **temporal_vs_frame.published_errors(em, name, since[rows], errors,
-                                                             np.square(stds_all).mean(1), np.concatenate(flags)),
+                                                             np.square(stds_all).mean(1)),
                         **uncertainty_summary(np.concatenate(deviations), np.concatenate(stds))}
     return report
-
-
-def _flagged(em: EvalModel, feats: dict[str, torch.Tensor], mask: torch.Tensor) -> np.ndarray:
-    """(B,) whether any stream of ``mask`` scores over its threshold, as the node scores them (a family
-    without scores: never)."""
-    calibration = em.bundle.calibration
-    if calibration is None or not em.model.family.properties.missing_modalities:
-        return np.zeros(mask.shape[0], bool)
-    scores, _ = anomaly_scores(em.model, feats, mask, calibration)
-    thresholds = torch.tensor([calibration.threshold.get(n, float("inf")) for n in em.model.names],
-                              device=scores.device)
-    return ((scores > thresholds) & mask).any(1).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- summary

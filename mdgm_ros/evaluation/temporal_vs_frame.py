@@ -121,7 +121,6 @@ def _imputation(temporal: EvalModel, frame: EvalModel | None, data: AlignedDatas
     for name, span, _ in spans:
         mask[span, names.index(name)] = False
     filtered = filter_rows(temporal.model, ex_t, mask, run_rows)
-    untrusted = flagged_rows(temporal, ex_t, data, filtered, mask)
     report = {}
     for j, name in enumerate(names):
         mine = [(span[data.mask[span, j]], last, np.arange(1, len(span) + 1)[data.mask[span, j]])
@@ -141,8 +140,7 @@ def _imputation(temporal: EvalModel, frame: EvalModel | None, data: AlignedDatas
                  **uncertainty_summary((pred_t - truth).reshape(len(rows), -1).cpu().numpy(),
                                        std_t.expand_as(pred_t).reshape(len(rows), -1).cpu().numpy()),
                  "baseline_mean": float(errors[1].mean()), "baseline_last": float(errors[2].mean()),
-                 **published_errors(temporal, name, since, errors, row_variance(std_t.expand_as(pred_t)),
-                                    untrusted[rows]),
+                 **published_errors(temporal, name, since, errors, row_variance(std_t.expand_as(pred_t))),
                  "samples": int(len(rows)), "outages": len(mine)}
         if frame is not None and ex_f is not None:
             entry["per_frame"] = float(mse(_frame_impute(frame, ex_f, mask, rows, name), ex_f.feats[name][rows]).mean())
@@ -155,8 +153,9 @@ def published_errors(em: EvalModel, name: str, since: np.ndarray, errors: np.nda
     """What the node publishes with ``fallback`` on (the bundle's table, :mod:`~mdgm_ros.core.engine.fallback`):
     ``published``, the mean error of the source it picks for each row ``since`` (steps since the stream was
     last seen) from ``errors`` (3, N: model, training mean, last value), given each row's predicted variance
-    of the model's imputation (the kinds whose std the node publishes) and whether a stream it was made
-    from was flagged (``untrusted``), and ``fallback_rate``, the share of rows it publishes a baseline.
+    of the model's imputation (the kinds whose std the node publishes; ``untrusted``: rows whose imputation a
+    caller does not trust, as :meth:`~mdgm_ros.core.engine.fallback.FallbackTable.choice` takes them), and
+    ``fallback_rate``, the share of rows it publishes a baseline.
     Bundles without a table, and image modalities (the node publishes no source for them), publish the
     model's."""
     calibration = em.bundle.calibration
@@ -167,18 +166,6 @@ def published_errors(em: EvalModel, name: str, since: np.ndarray, errors: np.nda
     choice = table.choice(name, since, trusted, variance)     # SOURCES order: model, last value, training mean
     pick = np.choose(choice, [errors[0], errors[2], errors[1]])
     return {"published": float(pick.mean()), "fallback_rate": float((choice > 0).mean())}
-
-
-def flagged_rows(em: EvalModel, ex: Experts, data: AlignedDataset, filtered: dict[str, torch.Tensor],
-                 mask: np.ndarray) -> np.ndarray:
-    """(N,) whether any stream that entered a row (``mask``) scored over its threshold (one-step predictive
-    scores, as the node scores them): the node then does not trust the imputations made from them."""
-    calibration = em.bundle.calibration
-    if calibration is None:
-        return np.zeros(len(data), bool)
-    _, scores = temporal_scores(em, ex, data, filtered, entered=mask)
-    thresholds = np.asarray([calibration.threshold.get(n, np.inf) for n in em.model.names])
-    return ((scores > thresholds) & mask).any(1)
 
 
 def _frame_impute(frame: EvalModel, ex: Experts, mask: np.ndarray, rows: np.ndarray, name: str) -> torch.Tensor:

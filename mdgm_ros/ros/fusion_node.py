@@ -520,8 +520,8 @@ class FusionNode(GuardedNode, LifecycleNode):
     def _fall_back(self, runtime: Runtime, sample, result, entered: list[bool]) -> Published | None:
         """The bundle's fallback table applied to this step's imputations (``fallback``): the last value
         or the training mean where they are expected to do better for the outage so far (the held-out errors,
-        the model's scaled by this step's predictive std), or where a stream that entered the posterior is
-        flagged; counted per stream. None: the model's imputations stand."""
+        the model's scaled by this step's predictive std); counted per stream. None: the model's imputations
+        stand."""
         policy = runtime.fallback
         if policy is None:
             return None
@@ -531,11 +531,7 @@ class FusionNode(GuardedNode, LifecycleNode):
                        np.asarray([entered], bool))
         if not self.params.fallback or not result.imputed:
             return None
-        untrusted = None
-        if result.scores is not None:                # a stream the imputation was made from is flagged
-            scores = result.scores[0].cpu().numpy()
-            untrusted = np.asarray([bool(np.any((scores > self._outputs.thresholds) & np.asarray(entered)))])
-        published = policy.apply(result, untrusted, runtime.fuser.predictive_std)
+        published = policy.apply(result, predictive=runtime.fuser.predictive_std)
         for name, source in published.source.items():
             if source[0]:
                 self.stats[name].fallback[SOURCES[int(source[0])]] += 1
