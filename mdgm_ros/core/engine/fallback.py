@@ -282,7 +282,7 @@ class FallbackPolicy:
     def last_value(self, name: str) -> torch.Tensor:
         """The last value seen of ``name`` in un-normalised features (B, *fshape)."""
         if name not in self._last_features:
-            feats = self.model.features({name: self._last_raw[name]})[name]
+            feats = self.model.features({name: self._last_raw[name].to(self.model.device)})[name]
             self._last_features[name] = self.model.denormalize(name, feats)
         return self._last_features[name]
 
