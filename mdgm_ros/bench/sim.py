@@ -15,10 +15,11 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
+from ..core.engine.uncertainty import STD_KINDS
+
 SEEDS = (5, 6, 8, 9, 10)
 OUTAGES_S = (0.5, 1.0, 1.5, 3.0)
 PHYSICAL_FAULTS = ("collision", "joint_fault", "object_drop")
-COVERAGE_KINDS = ("vector", "tactile", "audio")       # the kinds whose imputations carry a std
 RANK_KINDS = ("vector", "tactile")                    # ... whose std must rank the error
 
 
@@ -91,7 +92,7 @@ def targets(cells: dict, anomaly: dict, prediction: dict, kinds: dict[str, str],
     worse = [f"{name} {length} s: {v['published']:.3f} vs {min(v['baseline_mean'], v['baseline_last']):.3f}"
              for length, name, v in flat if v["published"] > 1.05 * min(v["baseline_mean"], v["baseline_last"])]
     beats = sum(v["published"] < min(v["baseline_mean"], v["baseline_last"]) for _, _, v in flat)
-    coverage = [(length, name, v["coverage_90"]) for length, name, v in flat if kinds.get(name) in COVERAGE_KINDS]
+    coverage = [(length, name, v["coverage_90"]) for length, name, v in flat if kinds.get(name) in STD_KINDS]
     off = [f"{name} {length} s: {c:.3f}" for length, name, c in coverage if not (_finite(c) and 0.85 <= c <= 0.95)]
     ranks = [(length, name, v["std_error_spearman"]) for length, name, v in flat if kinds.get(name) in RANK_KINDS]
     low = [f"{name} {length} s: {r:.2f}" if _finite(r) else f"{name} {length} s: -" for length, name, r in ranks

@@ -11,7 +11,6 @@ import torch
 
 from ..core import Bundle, load_bundle
 from ..data.dataset import AlignedDataset
-from ..training.bundle_files import TRAINING_MEANS
 
 
 @dataclass
@@ -41,14 +40,7 @@ class EvalModel:
 
 def load_eval_model(path: str | Path, device: str = "cpu") -> EvalModel:
     bundle = load_bundle(path, device=device)
-    means_file = Path(path) / TRAINING_MEANS
-    if means_file.is_file():
-        from safetensors.torch import load_file
-        means = load_file(str(means_file))
-    else:  # older bundles: the normalisation mean (per channel / band) stands in
-        means = {m.name: bundle.model.normalization_stats(m.name)[0].cpu().expand(m.feature_shape).clone()
-                 for m in bundle.model.config.modalities}
-    return EvalModel(bundle, means)
+    return EvalModel(bundle, bundle.training_means())   # older bundles: the normalisation mean stands in
 
 
 def batched(em: EvalModel, data: AlignedDataset, step, batch: int = 256, with_rows: bool = False) -> list[np.ndarray]:

@@ -25,7 +25,7 @@ import torch
 from ..core.engine import filter as tp
 from ..core.engine import ranges
 from ..core.engine.fallback import row_variance
-from ..core.engine.uncertainty import uncertainty_summary
+from ..core.engine.uncertainty import STD_KINDS, uncertainty_summary
 from ..core.engine.windows import runs
 from ..core.families.temporal import is_temporal, poe_with_prior, state_coverage, state_dim, state_experts
 from ..data.dataset import AlignedDataset
@@ -33,7 +33,6 @@ from .eval_model import EvalModel
 from .metrics import ABSENCE_AFTER_S, absent_long_enough, anomaly_metrics, mse, offline_scores
 
 OUTAGES_S = (0.5, 1.0, 1.5, 3.0)
-STD_KINDS = ("vector", "tactile", "audio")   # the node publishes their std (and scales its trust by it)
 CHUNK = 256
 
 

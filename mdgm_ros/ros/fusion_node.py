@@ -700,11 +700,9 @@ def _fallback_policy(bundle: Bundle, streams: dict[str, Stream]) -> FallbackPoli
     table = None if bundle.calibration is None else bundle.calibration.fallback_table
     if table is None:
         return None
-    model = bundle.model
-    means = {n: bundle.means[n] if n in bundle.means else
-             model.normalization_stats(n)[0].cpu().expand(model.specs[n].feature_shape).clone()
-             for n, s in streams.items() if s.spec.kind in STD_KINDS}
-    return FallbackPolicy(model, table, means, enabled=list(means))
+    means = bundle.training_means()
+    return FallbackPolicy(bundle.model, table, means,
+                          enabled=[n for n, s in streams.items() if s.spec.kind in STD_KINDS])
 
 
 def _std_names(streams: dict[str, Stream], enabled: bool) -> frozenset[str]:

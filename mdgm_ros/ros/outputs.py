@@ -27,6 +27,7 @@ from sensor_msgs.msg import JointState
 
 from ..core.engine.anomaly import describe as describe_scores
 from ..core.engine.fallback import MODEL, Published
+from ..core.engine.uncertainty import STD_KINDS
 from ..msg import AnomalyScores, ImputedArray, Latent, LatentPrediction, ModelInfo
 from ..streams import bridge
 from ..streams.kinds import Stream
@@ -79,7 +80,6 @@ def _imputed_audio_layout(shape: tuple[int, ...]):
 
 # the dimensions of an ~/imputed_std/<m> array, per kind (a vector's elements in the order of its imputation)
 STD_LABELS = {"vector": ["element"], "tactile": ["pad", "row", "column"], "audio": IMPUTED_AUDIO_LABELS}
-STD_KINDS = tuple(STD_LABELS)
 
 
 @functools.lru_cache(maxsize=16)

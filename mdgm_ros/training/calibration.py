@@ -23,6 +23,7 @@ from ..core.engine import filter as core_temporal
 from ..core.engine import loop as core_training
 from ..core.engine.bundle import CALIBRATION, CONFIG, MANIFEST, NORMALIZATION, WEIGHTS
 from ..core.engine.inference import calibrate_predictive_scale, frame_imputer
+from ..core.engine.uncertainty import STD_KINDS
 from ..core.engine.windows import window_index
 from ..core.families.temporal import is_temporal
 from ..core.model.modalities import BOUNDED_KINDS, Normalization, range_bounds
@@ -30,7 +31,6 @@ from ..data.dataset import AlignedDataset
 
 CALIBRATION_WINDOW_S = 20.0      # held-out runs are cut into windows of at most this long
 FALLBACK_OUTAGE_S = 3.0          # the longest outage the fallback table resolves (longer ones: its last bucket)
-STD_KINDS = ("vector", "tactile", "audio")      # the kinds whose imputation the node publishes with its std
 WRITTEN = {MANIFEST, CONFIG, WEIGHTS, NORMALIZATION, CALIBRATION}
 
 
@@ -158,8 +158,7 @@ def recalibrate_bundle(model_path: str | Path, bag_paths: list[str], out: str | 
     windows = held_out_windows(clean, rate, window)
     if len(windows) == 0:
         raise CalibrateError("the bags hold no run of consecutive fault-free samples to calibrate on")
-    means = bundle.means or {n: model.normalization_stats(n)[0].cpu().expand(model.specs[n].feature_shape).clone()
-                             for n in model.names}
+    means = bundle.training_means()
     old = bundle.calibration
     calibration = calibrate_model(model, feats, mask, windows, normalized_means(model, means),
                                   quantile or (old.quantile if old is not None else 0.99), rate, log)

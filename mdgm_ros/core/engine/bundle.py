@@ -77,6 +77,14 @@ class Bundle:
     def content_hash(self) -> str:
         return str(self.manifest["content_hash"])
 
+    def training_means(self) -> dict[str, torch.Tensor]:
+        """Each modality's training mean (un-normalised features, its feature shape): :attr:`means`, with the
+        normalisation mean (per channel, band or element) standing in where a bundle has none."""
+        model = self.model
+        return {n: self.means[n] if n in self.means else
+                model.normalization_stats(n)[0].cpu().expand(model.specs[n].feature_shape).clone()
+                for n in model.names}
+
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()

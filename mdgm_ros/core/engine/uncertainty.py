@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 Z90 = 1.6448536269514722          # the central 90 % interval of a normal: ± Z90 standard deviations
+# the kinds whose imputations carry a predictive std (images do not: a decode per cubature point is too dear)
+STD_KINDS = ("vector", "tactile", "audio")
 
 
 @functools.lru_cache(maxsize=32)
