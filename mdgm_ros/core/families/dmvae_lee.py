@@ -8,14 +8,16 @@ total-correlation penalty.
 
     \\mathcal{L}(X_O) = \\sum_{e\\in\\{O\\}\\cup O}\\mathbb{E}_{q_e(c)\\prod_n q(s_n|x_n)}
         \\Big[\\sum_{n\\in O}\\lambda_n\\log p(x_n|c, s_n)\\Big]
-        - \\beta\\sum_{e\\in\\{O\\}\\cup O} R(q_e(c)) - \\beta\\sum_{n\\in O} R(q(s_n|x_n))
+        - \\beta\\sum_{e\\in\\{O\\}\\cup O}\\Big[R(q_e(c)) + \\sum_{n\\in O} R(q(s_n|x_n))\\Big]
 
     R(q) = \\alpha\\,\\underbrace{\\big[\\log q(z|x) - \\log q(z)\\big]}_{\\text{index-code MI}}
          + \\beta_{tc}\\,\\underbrace{\\big[\\log q(z)
              - \\textstyle\\sum_d\\log q(z_d)\\big]}_{\\text{total correlation}}
          + \\gamma\\,\\underbrace{\\big[\\textstyle\\sum_d\\log q(z_d) - \\log p(z)\\big]}_{\\text{dimension-wise KL}}
 
-(q_e: the PoE of the observed set, e = {O}, or the unimodal expert q(c|x_e)). With α = β_tc = γ = 1,
+(q_e: the PoE of the observed set, e = {O}, or the unimodal expert q(c|x_e)). Each expert's term is an
+ELBO of the observed modalities, so the private regularisers count once per expert, |O| + 1 times (the
+reference code's and MultiVae's objective; one sample of each s_n serves every expert). With α = β_tc = γ = 1,
 R is the one-sample estimate of KL(q||p) and L is an ELBO per expert; β_tc > 1 penalises the total
 correlation (Chen et al. 2018). The aggregate q(z) and its marginals q(z_d) are estimated by
 minibatch-weighted sampling over the batch rows j that have the expert:
@@ -185,10 +187,13 @@ def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: tor
         terms[f"recon_from_{label}"], terms[f"tc_c_{label}"] = recon_e.detach(), tc.detach()
         recon = recon + recon_e
         reg = reg + weights[0] * mi + weights[1] * tc + weights[2] * dim_kl
+    # every expert's ELBO holds the private terms of the modalities it reconstructs (the observed ones):
+    # sum_e sum_n R(q(s_n|x_n)) = (|O| + 1) sum_n R(q(s_n|x_n)), as in the reference code and MultiVae
+    experts_per_row = (mask.sum(1) + mask.any(1)).to(recon.dtype)
     for j, name in enumerate(model.names):
         mi, tc, dim_kl = tc_decomposition(s[j], s_mu[j], s_lv[j], mask[:, j], dataset_size)
         terms[f"tc_s_{name}"] = tc.detach()
-        reg = reg + weights[0] * mi + weights[1] * tc + weights[2] * dim_kl
+        reg = reg + experts_per_row * (weights[0] * mi + weights[1] * tc + weights[2] * dim_kl)
     value = recon - beta * reg
     terms.update(recon=recon.detach(), regulariser=reg.detach(), objective=value.detach())
     return ObjectiveOutput(-value, terms)
