@@ -21,6 +21,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.which == "weak":
         from .bench import weak
         return weak.weak_command(args)
+    if args.which == "parity":
+        from .bench import parity
+        return parity.parity_command(args)
 
     if args.which == "gpu":
         return _cmd_bench_gpu(args)
@@ -418,7 +421,7 @@ def _bench_options(which: str) -> dict[str, Callable[[argparse.ArgumentParser], 
     }
 
 
-# benchmark -> (one-line description, its options in _bench_options); zoo and weak bring their own
+# benchmark -> (one-line description, its options in _bench_options); zoo, weak and parity bring their own
 _BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "fusion": ("latency of one live fusion step at batch 1 (per-frame, temporal, temporal in onnxruntime)",
                ("iterations", "threads")),
@@ -439,6 +442,9 @@ _BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "zoo": ("every model family on PolyDigits: coherence, latent probe, joint NLL (not part of all)", ()),
     "weak": ("weak supervision on PolyDigits: modalities missing at random, or contrastive unpaired data "
              "(not part of all)", ()),
+    "parity": ("the families MultiVae also has, trained in both libraries from the same networks and initial "
+               "weights and measured by the same coherence code (needs pip install multivae==1.0.3; "
+               "not part of all)", ()),
     "all": ("fusion, train, ros and data, in one report",
             ("iterations", "threads", "train-threads", "families", "duration", "bundle", "bags", "bag-dir")),
 }
@@ -446,7 +452,7 @@ _BENCHMARKS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 def _add_bench_parsers(sub: Any) -> None:
     """``bench NAME``: one sub-parser per benchmark with its own options (``bench NAME --help``)."""
-    from .bench import weak, zoo
+    from .bench import parity, weak, zoo
 
     bench = sub.add_parser("bench", help="benchmarks; prints JSON with --json",
                            description="Benchmarks. `mdgm-ros bench NAME --help`: that benchmark's options.")
@@ -462,6 +468,8 @@ def _add_bench_parsers(sub: Any) -> None:
         if name == "zoo":
             zoo.add_zoo_arguments(parser)
             parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+        if name == "parity":
+            parity.add_arguments(parser)
         adders = _bench_options(name)
         for option in options:
             adders[option](parser)

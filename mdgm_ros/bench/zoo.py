@@ -69,7 +69,7 @@ class ZooConfig:
     n_nll: int = 500
     n_probe: int = 5000
     threads: int = 1
-    networks: str = "cnn"                # "cnn" (PolyMNIST-style) or "default" (the package's image nets)
+    networks: str = "cnn"                # "cnn" (PolyMNIST-style), "mlp" (768-256-256) or "default" (the package's)
     device: str = "cpu"                  # where classifiers and families train and are evaluated
     keep_models: bool = False            # with --out: each trained family as a bundle in OUT/models/
 
@@ -149,16 +149,51 @@ class DigitDecoder(nn.Module):
         return self.up(h).reshape(*lead, 3, 16, 16)
 
 
+class MLPEncoder(nn.Module):
+    """768-256-256 multilayer perceptron (ReLU) on the flattened 3x16x16 image -> (mu, logvar): the
+    networks of the library comparison (:mod:`.parity`)."""
+
+    def __init__(self, spec, latent_dim: int, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, hidden), nn.ReLU())
+        self.mu = nn.Linear(hidden, latent_dim)
+        self.logvar = nn.Linear(hidden, latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.net(x)
+        return self.mu(h), self.logvar(h)
+
+
+class MLPDecoder(nn.Module):
+    """Mirror of :class:`MLPEncoder`; any leading dimensions on z."""
+
+    def __init__(self, spec, latent_dim: int, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 3 * 16 * 16))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).reshape(*z.shape[:-1], 3, 16, 16)
+
+
 # registered through the public API, as a user's own networks would be
 register_network("encoder", "polydigits_cnn", DigitEncoder, replace=True)
 register_network("decoder", "polydigits_cnn", DigitDecoder, replace=True)
+register_network("encoder", "polydigits_mlp", MLPEncoder, replace=True)
+register_network("decoder", "polydigits_mlp", MLPDecoder, replace=True)
+NETWORKS = ("cnn", "mlp", "default")
 
 
 def network_config(names: Sequence[str], choice: str) -> dict[str, Any]:
-    """``default``: the package's image nets; ``cnn``: the PolyMNIST-style pair above."""
+    """``default``: the package's image nets; ``cnn``: the PolyMNIST-style pair above (private encoders:
+    the package's); ``mlp``: the perceptrons above, private encoders included."""
+    if choice not in NETWORKS:
+        raise ValueError(f"networks must be one of {', '.join(NETWORKS)}, got {choice!r}")
     if choice == "default":
         return {}
-    return {n: {"encoder": {"name": "polydigits_cnn"}, "decoder": {"name": "polydigits_cnn"}} for n in names}
+    net = {"name": f"polydigits_{choice}"}
+    return {n: {"encoder": net, "decoder": net, **({"private": net} if choice == "mlp" else {})} for n in names}
 
 
 # ----------------------------------------------------------------------------- one family
@@ -225,34 +260,71 @@ def train_family(name: str, train: PolyDigits, config: ZooConfig, seed: int,
                    "final_train_loss": history[-1].train_loss if history else None}
 
 
-@torch.no_grad()
-def coherence(model: MultimodalVAE, test: PolyDigits, classifiers: dict[str, nn.Module],
-              chunk: int = 500, samples: int = 0) -> dict[int, float] | None:
-    """k -> mean accuracy of the classifiers on the images generated from every subset of size k;
-    None if the family refuses inference from a proper subset. ``samples`` 0 decodes the posterior
-    mean; 1 decodes one sample of z per tuple (as MultiVae's coherence does)."""
-    names, n_mod = model.names, len(model.names)
+# images of the targets, in [0, 1] pixel units, from the raw images of the given modalities:
+# imputer(given {name: (B, 3, 16, 16)}, targets) -> {target: (B, 3, 16, 16)}; raises SubsetRefused where
+# the model cannot infer from that subset
+Imputer = Callable[[dict[str, torch.Tensor], Sequence[str]], dict[str, torch.Tensor]]
+
+
+class SubsetRefused(Exception):
+    """The model cannot infer from the given subset of modalities (its coherence there is null)."""
+
+
+def model_imputer(model: MultimodalVAE, samples: int = 0) -> Imputer:
+    """This package's imputation as an :data:`Imputer`: the targets decoded from the posterior mean
+    (``samples`` 0) or from one sample of z per tuple (``samples`` 1, seeded: reproducible)."""
     generator = torch.Generator(device=model.device).manual_seed(0) if samples else None
+    names = model.names
+
+    def imputer(given: dict[str, torch.Tensor], targets: Sequence[str]) -> dict[str, torch.Tensor]:
+        rows = next(iter(given.values())).shape[0]
+        mask = torch.zeros((rows, len(names)), dtype=torch.bool, device=model.device)
+        mask[:, [names.index(n) for n in given]] = True
+        try:
+            imputed = impute(model, {n: model.normalize(n, x) for n, x in given.items()}, mask, targets,
+                             n_samples=samples, generator=generator)
+        except FamilyError as err:
+            raise SubsetRefused(str(err)) from None
+        return {t: model.denormalize(t, imputed[t].mean) for t in targets}
+    return imputer
+
+
+@torch.no_grad()
+def subset_coherence(imputer: Imputer, names: Sequence[str], test: PolyDigits, classifiers: dict[str, nn.Module],
+                     device: torch.device | str = "cpu", chunk: int = 500) -> dict[int, float | None]:
+    """k -> mean accuracy of the classifiers on the images ``imputer`` generates from every subset of
+    size k of ``names`` for every target outside it (targets, then subsets, averaged); None for a k
+    where the imputer refuses a subset. Any model that can impute images can be measured this way."""
+    n_mod = len(names)
     correct: dict[int, list[float]] = {k: [] for k in range(1, n_mod)}
+    refused: set[int] = set()
     for k in range(1, n_mod):
         for given in itertools.combinations(range(n_mod), k):
             targets = [names[j] for j in range(n_mod) if j not in given]
             hits = {t: 0 for t in targets}
             for start in range(0, len(test), chunk):
                 rows = slice(start, start + chunk)
-                feats = normalized_images(model, test, rows)
-                mask = torch.zeros((len(test.labels[rows]), n_mod), dtype=torch.bool, device=model.device)
-                mask[:, list(given)] = True
+                images = {names[j]: torch.from_numpy(test.images[names[j]][rows]).to(device) for j in given}
                 try:
-                    imputed = impute(model, {names[j]: feats[names[j]] for j in given}, mask, targets,
-                                     n_samples=samples, generator=generator)
-                except FamilyError:
-                    return None
+                    imputed = imputer(images, targets)
+                except SubsetRefused:
+                    refused.add(k)
+                    break
                 for t in targets:
-                    image = model.denormalize(t, imputed[t].mean).clamp(0, 1)
-                    hits[t] += int((_predict(classifiers[t], image) == test.labels[rows]).sum())
+                    hits[t] += int((_predict(classifiers[t], imputed[t].clamp(0, 1)) == test.labels[rows]).sum())
+            if k in refused:
+                break
             correct[k] += [hits[t] / len(test) for t in targets]
-    return {k: float(np.mean(v)) for k, v in correct.items()}
+    return {k: None if k in refused else float(np.mean(v)) for k, v in correct.items()}
+
+
+def coherence(model: MultimodalVAE, test: PolyDigits, classifiers: dict[str, nn.Module],
+              chunk: int = 500, samples: int = 0) -> dict[int, float] | None:
+    """k -> mean accuracy of the classifiers on the images generated from every subset of size k;
+    None if the family refuses inference from a proper subset. ``samples`` 0 decodes the posterior
+    mean; 1 decodes one sample of z per tuple (as MultiVae's coherence does)."""
+    values = subset_coherence(model_imputer(model, samples), model.names, test, classifiers, model.device, chunk)
+    return None if any(v is None for v in values.values()) else values
 
 
 @torch.no_grad()
@@ -456,6 +528,9 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw-pixels", action="store_true",
                         help="likelihood on raw [0, 1] pixels (the PolyMNIST reference's) instead of standardised ones")
     parser.add_argument("--latent-dim", type=int, default=ZooConfig.latent_dim, help="shared latent size")
+    parser.add_argument("--networks", choices=NETWORKS, default=ZooConfig.networks,
+                        help="encoders and decoders: cnn (PolyMNIST-style convolutions), mlp (768-256-256 "
+                             "perceptrons, the library comparison's) or default (the package's image networks)")
     parser.add_argument("--private-dim", type=int, default=0,
                         help="size of each private latent s_m of the families that have them "
                              "(0: each family's default)")
@@ -511,7 +586,7 @@ def zoo_config_from_args(args: argparse.Namespace) -> ZooConfig:
     return ZooConfig(families=families, seeds=args.seeds, first_seed=first_seed, epochs=args.epochs,
                      n_train=n_train, n_test=n_test, batch_size=batch_size, latent_dim=latent_dim, beta=beta,
                      private_dim=private_dim, device=device, grad_clip=grad_clip, warmup_steps=warmup,
-                     warmup_start=warmup_start,
+                     warmup_start=warmup_start, networks=str(getattr(args, "networks", ZooConfig.networks)),
                      threads=max(1, int(getattr(args, "threads", 1) or 1)),
                      normalize=not bool(getattr(args, "raw_pixels", False)),
                      family_options=options, keep_models=keep_models)
