@@ -226,8 +226,8 @@ def write_configs(proposals: list[Proposal], output_rate: float, out: str | Path
     train = {"model": "model.yaml", "modality_weights": {k: v for k, v in weights.items() if v != 1.0},
              "fusion_params": "fusion.yaml",
              "data": {"val_fraction": 0.15, "block_s": 10.0, "settle_s": 0.5, "cache": True, "absent_ok": absent},
-             "training": {"epochs": 30, "batch_size": 64, "lr": 0.002, "grad_clip": 10.0, "seed": 0, "patience": 6,
-                          "beta": {"kind": "linear", "start": 0.0, "end": 1.0, "warmup_epochs": 5}},
+             "training": {"epochs": 30, "batch_size": 64, "lr": 0.002, "seed": 0, "patience": 6,
+                          "beta": {"kind": "linear", "start": 0.0, "end": 1.0}},
              "calibration": {"quantile": 0.99}, "export": {"onnx": True}}
     sources = ", ".join(str(b) for b in bag_paths)
     headers = {

@@ -215,6 +215,13 @@ COVERED: dict[str, tuple[str, list[str], str]] = {
         "test/test_zoo.py", ["test_tiny_zoo_reports_every_metric_and_writes_its_files"], "tiny sizes"),
     "mdgm-ros bench zoo --families mopoe,mvae --epochs 72 --out zoo_out --resume": (
         "test/test_zoo_resume.py", ["test_a_stop_signal_then_resume_from_the_command_line"], "tiny sizes"),
+    "pip install multivae==1.0.3": (
+        "test/test_parity.py", ["test_the_command_refuses_without_multivae_in_one_line_naming_the_fix"],
+        "the optional extra; without it the command names this install"),
+    "mdgm-ros bench parity --families jmvae,dmvae_lee --seeds 0,1,2 --out parity_out": (
+        "test/test_parity.py", ["test_a_quick_run_reports_both_libraries_and_reads_its_rows_back",
+                                "test_the_report_has_a_row_per_family_and_seed_with_the_difference_and_the_markdown_table"],
+        "tiny sizes, where MultiVae is installed"),
     "mdgm-ros bench zoo --merge a/zoo.json,b/zoo.json --out zoo_out": (
         "test/test_zoo.py", ["test_zoo_options_parse_and_reports_merge"], ""),
     "mdgm-ros bench weak missing --families mvae --modalities 3 --train 2500 --epochs 8 --batch 32 "

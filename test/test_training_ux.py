@@ -140,6 +140,20 @@ def test_a_copied_train_config_finds_the_shipped_includes_and_unknown_keys_are_r
                                    {**other, "model_overrides.fusion": None}).model.fusion == "poe"
 
 
+def test_the_clip_and_the_warm_up_the_config_leaves_out_are_the_familys_and_a_set_value_wins():
+    shipped = ROOT / "config" / "train.yaml"
+    mopoe = TrainSettings.from_file(shipped)
+    assert mopoe.model.family == "mopoe" and (mopoe.opt.grad_clip, mopoe.beta.warmup_epochs) == (10.0, 5.0)
+    mvae = {"model_overrides.family": "mvae", "model_overrides.fusion": None}
+    settings = TrainSettings.from_file(shipped, mvae)          # MultiVae's MVAE: no clip, 10-epoch warm-up
+    assert (settings.opt.grad_clip, settings.beta.warmup_epochs) == (0.0, 10.0)
+    assert settings.train.grad_clip == 0.0
+    settings = TrainSettings.from_file(shipped, {**mvae, "training.grad_clip": 2.5, "training.beta.warmup_epochs": 1})
+    assert (settings.opt.grad_clip, settings.beta.warmup_epochs) == (2.5, 1.0)
+    temporal = TrainSettings.from_file(ROOT / "config" / "train_temporal.yaml")     # its own schedule, written out
+    assert (temporal.opt.grad_clip, temporal.beta.warmup_epochs) == (10.0, 2.0)
+
+
 def test_label_command_and_evaluate_on_a_real_format_bag(bags, trained_bundle, sim_bag, tmp_path):
     bag = bags["unlabelled"]
     done = mdgm("label", str(bag), "--add", "3.0:5.5:collision", "--add", "9.0:10.5:camera_blackout")

@@ -2,12 +2,15 @@
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mdgm_ros.bench import zoo
 from mdgm_ros.data.polydigits import make_polydigits, split_instances
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_polydigits_tuples_share_a_label_with_distinct_instances_and_disjoint_splits():
@@ -51,7 +54,7 @@ def test_tiny_zoo_reports_every_metric_and_writes_its_files(tmp_path):
     assert json.loads((tmp_path / "zoo.json").read_text())["summary"].keys() == {"mopoe", "jvae"}
     table = (tmp_path / "zoo.md").read_text()
     assert "| jvae | — | — | — | — | — |" in table and "| sampled z, k=1..4 |" in table
-    assert table.splitlines()[2].endswith("| 1 | clip 10, warm-up 500 |")             # mopoe: the zoo's protocol
+    assert table.splitlines()[2].endswith("| 1 | clip 10, warm-up 20 |")   # mopoe: train's, 5 epochs of 4 steps
     assert (tmp_path / "coherence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -171,27 +174,34 @@ def test_beta_warmup_flag_sets_the_schedule_of_every_training_step(monkeypatch):
             zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "beta_start": bad}))
 
 
-def test_each_family_trains_with_its_reference_protocol_unless_a_flag_says_otherwise(monkeypatch):
+def test_each_family_trains_with_what_mdgm_ros_train_uses_unless_a_flag_says_otherwise(monkeypatch):
     args = argparse.Namespace(families="mopoe,jmvae,telbo,mmvae,mvae", seeds=1, epochs=1, quick=False, json=False,
-                              out=None, train_tuples=40, test_tuples=20, option=["mmvae.K=1"])
+                              out=None, train_tuples=1000, test_tuples=20, batch_size=100, option=["mmvae.K=1"])
     config = zoo.zoo_config_from_args(args)
     assert (config.grad_clip, config.warmup_steps, config.warmup_start) == (None, None, None)
+    assert zoo.steps_per_epoch(config) == 10
     protocols = {name: zoo.training_protocol(name, config) for name in config.families}
-    assert protocols["mopoe"] == {**zoo.PROTOCOL_DEFAULTS, "options": {}}
-    assert zoo.PROTOCOL_DEFAULTS == {"grad_clip": 10.0, "warmup_steps": 500, "warmup_start": 0.0}
+    assert protocols["mopoe"] == {"grad_clip": 10.0, "warmup_steps": 50, "warmup_start": 0.0, "options": {}}
     assert protocols["jmvae"]["grad_clip"] == protocols["telbo"]["grad_clip"] == 0.0     # no clip, as MultiVae
-    assert protocols["mmvae"] == {**zoo.PROTOCOL_DEFAULTS, "warmup_steps": 0,            # no warm-up, as MultiVae
+    assert protocols["mmvae"] == {"grad_clip": 10.0, "warmup_steps": 0, "warmup_start": 0.0,  # no warm-up
                                   "options": {"K": 1}}                                   # --option kept
-    assert protocols["mvae"] == {"grad_clip": 0.0, "warmup_steps": 790, "warmup_start": 0.0, "options": {"k": 0}}
-    assert zoo.protocol_text(protocols["mvae"]) == "clip 0, warm-up 790, k=0"
+    assert protocols["mvae"] == {"grad_clip": 0.0, "warmup_steps": 100, "warmup_start": 0.0, "options": {}}
+    assert zoo.protocol_text(protocols["mvae"]) == "clip 0, warm-up 100"
     assert zoo.protocol_text({**protocols["mmvae"], "warmup_start": 0.1}) == "clip 10, warm-up 0 from 0.1, K=1"
+    # the same schedule as `mdgm-ros train` with the shipped config and that family
+    from mdgm_ros.training.config import TrainSettings
+    for name, protocol in protocols.items():
+        settings = TrainSettings.from_file(ROOT / "config" / "train.yaml", {
+            "model_overrides": {"family": name, "fusion": None, "family_options": {}}})
+        assert (settings.opt.grad_clip, settings.beta.warmup_epochs * zoo.steps_per_epoch(config),
+                settings.beta.start) == (protocol["grad_clip"], protocol["warmup_steps"], protocol["warmup_start"])
     seen, train = recorded_training(monkeypatch)
     _, stats = zoo.train_family("jmvae", train, config, seed=0)
     assert seen[0].grad_clip == 0.0 and seen[0].beta(0) == 0.0 and stats["protocol"] == protocols["jmvae"]
     zoo.train_family("mmvae", train, config, seed=0)
     assert seen[1].grad_clip == 10.0 and seen[1].beta(0) == 1.0
     model, _ = zoo.train_family("mvae", train, config, seed=0)
-    assert model.config.family_options["k"] == 0 and seen[2].beta(395) == 0.5      # MultiVae's MVAE
+    assert "k" not in model.config.family_options and seen[2].beta(50) == 0.5     # MultiVae's 10-epoch warm-up
     with_subsets = zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "option": ["mvae.k=2"]}))
     assert zoo.train_family("mvae", train, with_subsets, seed=0)[0].config.family_options["k"] == 2
     forced = zoo.zoo_config_from_args(argparse.Namespace(**{**vars(args), "grad_clip": 5, "beta_warmup": 100}))

@@ -54,7 +54,8 @@ class ZooConfig:
     lr: float = 1e-3
     latent_dim: int = 16
     private_dim: int = 0                 # size of each s_m for families with private latents (0: the family's default)
-    # None: the family's reference_training, else PROTOCOL_DEFAULTS; a value: every family
+    # None: what `mdgm-ros train` uses by default (the family's schedule, Family.training_defaults); a value:
+    # every family
     warmup_steps: int | None = None      # optimiser steps of the linear KL warm-up
     warmup_start: float | None = None    # the warm-up's first KL weight, as a fraction of beta
     beta: float = 1.0                    # final KL weight after the linear warm-up
@@ -203,17 +204,21 @@ def _features(model: MultimodalVAE, data: PolyDigits) -> tuple[dict[str, torch.T
 
 
 MODELS = "models"                        # OUT/models/: the bundles of --keep-models
-PROTOCOL_DEFAULTS = {"grad_clip": 10.0, "warmup_steps": 500, "warmup_start": 0.0}
+def steps_per_epoch(config: ZooConfig) -> int:
+    return -(-config.n_train // config.batch_size)
 
 
 def training_protocol(name: str, config: ZooConfig) -> dict[str, Any]:
-    """The clip, warm-up and options that family ``name`` trains with: the config's where set,
-    else the family's reference implementation's (``Family.reference_training``), else
-    :data:`PROTOCOL_DEFAULTS` (options: the reference's, updated by ``--option``)."""
-    reference = get_family(name).reference_training
-    protocol = {key: (getattr(config, key) if getattr(config, key) is not None else reference.get(key, default))
-                for key, default in PROTOCOL_DEFAULTS.items()}
-    return {**protocol, "options": {**reference.get("options", {}), **config.family_options.get(name, {})}}
+    """The clip, warm-up and options that family ``name`` trains with: the config's where set (``--grad-clip``,
+    ``--beta-warmup``, ``--beta-start``, ``--option``), else what ``mdgm-ros train`` uses by default
+    (:meth:`Family.training_defaults`: the family's own schedule, else a clip of 10 and a 5-epoch linear KL
+    warm-up from 0; the objective's default options), the warm-up in optimiser steps."""
+    defaults = get_family(name).training_defaults()
+    warmup = round(defaults["warmup_epochs"] * steps_per_epoch(config))
+    return {"grad_clip": defaults["grad_clip"] if config.grad_clip is None else config.grad_clip,
+            "warmup_steps": warmup if config.warmup_steps is None else config.warmup_steps,
+            "warmup_start": 0.0 if config.warmup_start is None else config.warmup_start,
+            "options": dict(config.family_options.get(name, {}))}
 
 
 def private_dim_for(name: str, config: ZooConfig) -> int | None:
@@ -536,11 +541,12 @@ def add_zoo_arguments(parser: argparse.ArgumentParser) -> None:
                              "(0: each family's default)")
     parser.add_argument("--beta", type=float, default=ZooConfig.beta, help="KL weight after the warm-up")
     parser.add_argument("--grad-clip", type=float, default=None,
-                        help="gradient-norm clip of each training step for every family (0: none; default: the "
-                             "family's reference protocol, else 10; `mdgm-ros families --json` lists them)")
+                        help="gradient-norm clip of each training step for every family (0: none; default: what "
+                             "mdgm-ros train uses, the family's own, else 10; `mdgm-ros families --json` lists them)")
     parser.add_argument("--beta-warmup", type=int, default=None,
                         help="optimiser steps of the linear KL warm-up to --beta for every family (from 0, or "
-                             "--beta-start; 0: none; default: the family's reference protocol, else 500)")
+                             "--beta-start; 0: none; default: what mdgm-ros train uses, the family's own number "
+                             "of epochs, else 5 epochs)")
     parser.add_argument("--beta-start", type=float, default=None, metavar="FRACTION",
                         help="the warm-up's first KL weight as a fraction of --beta (default 0; e.g. 0.1 with "
                              "--beta-warmup 711 approximates MultiVae's JMVAE annealing, 0.1, 0.2, .. 1 per epoch)")

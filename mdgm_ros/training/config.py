@@ -18,6 +18,7 @@ import yaml
 
 from ..config_files import config_path
 from ..core import BetaSchedule, ModelConfig, TrainConfig
+from ..core.families import get_family
 from ..core.model.modalities import SpecError, checked_fields
 from ..core.model.vae import renamed_keys
 from ..data.labels import DEFAULT_LABEL_TOPIC
@@ -51,7 +52,7 @@ class BetaSection:
     kind: str = "linear"
     start: float = 0.0
     end: float = 1.0
-    warmup_epochs: float = 5.0
+    warmup_epochs: float = 5.0           # left out of the config: the family's (Family.training_defaults)
 
 
 @dataclass
@@ -60,7 +61,7 @@ class TrainingSection:
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.0
-    grad_clip: float = 10.0
+    grad_clip: float = 10.0              # left out of the config: the family's (Family.training_defaults)
     seed: int = 0
     patience: int = 8
     min_delta: float = 0.0
@@ -205,12 +206,25 @@ class TrainSettings:
                        opt, _typed(BetaSection, opt.beta, "training.beta"),
                        _typed(CalibrationSection, top.calibration, "calibration"),
                        _typed(ExportSection, top.export, "export"), doc)
+        family_schedule(settings, top.training)
         settings.problems = bundle_mismatches(
             fusion, list(model.modalities),
             lambda name, size: f"but {where} gives {name} shape {_shape_of(model, name)}: set its shape to "
                                f"[{size}] there, or leave shape out (a vector's size follows the fusion params)")
         _check_values(settings)
         return settings
+
+
+def family_schedule(settings: "TrainSettings", training: Any) -> None:
+    """The gradient clip and the KL warm-up epochs that the config's ``training`` section leaves out: the
+    model family's (:meth:`Family.training_defaults`, the schedule ``bench zoo`` measures it with)."""
+    training = training if isinstance(training, dict) else {}
+    beta = training.get("beta") if isinstance(training.get("beta"), dict) else {}
+    defaults = get_family(settings.model.family).training_defaults()
+    if training.get("grad_clip") is None:
+        settings.opt.grad_clip = defaults["grad_clip"]
+    if beta.get("warmup_epochs") is None:
+        settings.beta.warmup_epochs = defaults["warmup_epochs"]
 
 
 def _shape_of(model: ModelConfig, name: str) -> list[int]:

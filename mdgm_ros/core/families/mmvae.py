@@ -200,7 +200,7 @@ FAMILY = MMVAEFamily(
     name="mmvae", objective_fn=objective, fusions=("moe",), default_fusion="moe",
     eval_options={"estimator": "iwae"}, posterior_options=("gaussian", "laplace"),
     option_defaults={"learn_prior": True}, format1_option_defaults={"learn_prior": False},
-    reference_training={"warmup_steps": 0},         # MultiVae and the reference code: no KL warm-up
+    reference_training={"warmup_epochs": 0},         # MultiVae and the reference code: no KL warm-up
     properties=Properties(
         aggregated_inference="MoE (uniform mixture of the unimodal experts)", missing_modalities=True,
         modality_specific_latents=False, end_to_end=True, scalability="linear",

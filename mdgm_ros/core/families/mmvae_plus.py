@@ -201,7 +201,7 @@ class MMVAEPlusFamily(PrivateFamily):
 FAMILY = MMVAEPlusFamily(
     name="mmvae_plus", objective_fn=objective, fusions=("moe",), default_fusion="moe",
     eval_options={"estimator": "iwae"}, posterior_options=("gaussian", "laplace"),
-    reference_training={"warmup_steps": 0},         # the authors' code and MultiVae: no KL warm-up
+    reference_training={"warmup_epochs": 0},         # the authors' code and MultiVae: no KL warm-up
     properties=Properties(
         aggregated_inference="c: MoE (uniform mixture of the unimodal experts)", missing_modalities=True,
         modality_specific_latents=True, end_to_end=True, scalability="linear",

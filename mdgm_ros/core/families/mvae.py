@@ -55,9 +55,8 @@ def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: tor
 
 FAMILY = Family(
     name="mvae", objective_fn=objective, fusions=("poe",), default_fusion="poe",
-    # MultiVae's MVAE: no clip, its 10-epoch KL annealing (790 steps on PolyDigits' 10,000 tuples),
-    # no random subset terms (k = 0)
-    reference_training={"grad_clip": 0.0, "warmup_steps": 790, "options": {"k": 0}},
+    # MultiVae's MVAE: no clip, its 10-epoch KL annealing
+    reference_training={"grad_clip": 0.0, "warmup_epochs": 10},
     properties=Properties(
         aggregated_inference="PoE of the unimodal experts and the prior", missing_modalities=True,
         modality_specific_latents=False, end_to_end=True, scalability="linear",

@@ -80,9 +80,11 @@ class Stage:
 
 
 ObjectiveFn = Callable[..., ObjectiveOutput]
-# a family's reference training: gradient-norm clip (0: none), KL warm-up steps, first warm-up weight,
-# and objective options where the reference's defaults differ from the family's
-REFERENCE_TRAINING_KEYS = ("grad_clip", "warmup_steps", "warmup_start", "options")
+# how a family trains by default: gradient-norm clip (0: none) and epochs of the linear KL warm-up.
+# ``mdgm-ros train`` (where the config leaves them out) and ``bench zoo`` both use
+# ``Family.training_defaults()``: TRAINING_DEFAULTS updated by the family's ``reference_training``
+TRAINING_DEFAULTS = {"grad_clip": 10.0, "warmup_epochs": 5.0}
+REFERENCE_TRAINING_KEYS = tuple(TRAINING_DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,8 @@ class Family:
     # values in bundles of format version 1, which stored only the options that were set
     option_defaults: Mapping[str, Any] = field(default_factory=dict)
     format1_option_defaults: Mapping[str, Any] = field(default_factory=dict)
-    # how the family's reference implementation trains where it departs from the benchmark's
-    # defaults (keys of REFERENCE_TRAINING_KEYS); ``bench zoo`` trains the family with it
+    # how the family's reference implementation trains where it departs from TRAINING_DEFAULTS (keys of
+    # REFERENCE_TRAINING_KEYS): the family's default schedule in ``mdgm-ros train`` and ``bench zoo``
     reference_training: Mapping[str, Any] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- capabilities
@@ -158,9 +160,14 @@ class Family:
         return {"family": self.name, **self.properties.to_dict(), "fusions": list(self.fusions),
                 "stages": [s.name for s in self.stages], "inference": self.inference_rule(),
                 "reference_training": dict(self.reference_training),
+                "training_defaults": self.training_defaults(),
                 "options": self.option_names(),                   # None: any (the objective takes **kwargs)
                 "option_types": {name: {"type": kind, "default": default}
                                  for name, (kind, default) in (self.option_types() or {}).items()}}
+
+    def training_defaults(self) -> dict[str, float]:
+        """The gradient-norm clip and the KL warm-up epochs the family trains with unless told otherwise."""
+        return {**TRAINING_DEFAULTS, **{k: float(v) for k, v in self.reference_training.items()}}
 
     def __post_init__(self) -> None:
         unknown = set(self.reference_training) - set(REFERENCE_TRAINING_KEYS)
