@@ -176,24 +176,6 @@ def test_mopoe_subset_sampling_respects_masks_and_reaches_every_subset():
                                                 (True, False, True, False)}
 
 
-def test_mvae_subsets_are_the_intermediate_ones_uniformly_and_none_where_fewer_than_three_are_observed():
-    gen = torch.Generator().manual_seed(0)
-    mask = torch.tensor([[True, True, True, True], [True, False, True, True], [True, False, True, False],
-                         [False, False, False, False]]).repeat(5000, 1)
-    subsets = post.sample_intermediate_subsets(mask, gen)
-    assert not (subsets & ~mask).any(), "a subset used a missing modality"
-    assert not subsets[2::4].any() and not subsets[3::4].any(), "two or no modalities leave no subset between"
-    for rows, n_subsets in ((subsets[0::4], 10), (subsets[1::4], 3)):    # 4 observed: sizes 2, 3; 3: size 2
-        sizes = rows.sum(1)
-        assert bool(((sizes >= 2) & (sizes < mask[0:1].sum() if n_subsets == 10 else sizes < 3)).all())
-        counts = {}
-        for row in rows.tolist():
-            counts[tuple(row)] = counts.get(tuple(row), 0) + 1
-        assert len(counts) == n_subsets
-        expected = len(rows) / n_subsets
-        assert all(abs(c - expected) < 0.2 * expected for c in counts.values()), counts
-
-
 def test_mixture_moments():
     mu = torch.tensor([[[-1.0]], [[1.0]]])
     logvar = torch.zeros(2, 1, 1)

@@ -3,16 +3,14 @@ r"""MVAE (Wu & Goodman, 2018) with sub-sampled training: a PoE posterior that al
 .. math::
     \\mathcal{L} = \\mathrm{ELBO}(X_O) + \\sum_{m\\in O}\\mathrm{ELBO}(x_m)
                  + \\sum_{j=1}^{k}\\mathrm{ELBO}(X_{S_j}),
-                 \\qquad S_j \\sim \\mathcal{U}\\{S\\subset O:\\ 2\\le|S|<|O|\\}
+                 \\qquad S_j \\sim \\mathcal{U}\\{S\\subseteq O, S\\neq\\emptyset\\}
 
     \\mathrm{ELBO}(X_S) = \\mathbb{E}_{q(z|X_S)}\\Big[\\sum_{m\\in S}\\lambda_m\\log p(x_m|z)\\Big]
                         - \\beta\\,\\mathrm{KL}(q(z|X_S)\\,\\|\\,p(z)),\\quad q(z|X_S)=p(z)\\prod_{m\\in S}q(z|x_m)
 
 Each term reconstructs only its own modalities. With missing data only the computable terms are used:
 the unimodal term of a missing modality is skipped for that row, and subsets are drawn among the
-observed modalities. The random subsets are the ones the other terms leave out (two or more observed
-modalities, not all of them: MultiVae's choice too), drawn per row; a row with fewer than 3 observed
-modalities has none. The joint ELBO alone would leave the unimodal encoders untrained (pixyz#80).
+observed modalities. The joint ELBO alone would leave the unimodal encoders untrained (pixyz#80).
 Options: ``k`` (number of random subset terms, default 1).
 """
 from __future__ import annotations
@@ -48,7 +46,7 @@ def objective(model: MultimodalVAE, feats: Mapping[str, torch.Tensor], mask: tor
         terms[f"elbo_{name}"] = unimodal.detach()
         total = total + unimodal
     for i in range(k):
-        subset = post.sample_intermediate_subsets(mask, generator)
+        subset = post.sample_present_subsets(mask, generator)
         sampled = subset_elbo(model, feats, mu, logvar, subset, beta, generator)
         terms[f"elbo_subset{i}"] = sampled.detach()
         total = total + sampled

@@ -197,27 +197,6 @@ def enumerate_subsets(n_modalities: int, device: torch.device | str | None = Non
     return out
 
 
-def sample_intermediate_subsets(mask: torch.Tensor, generator: torch.Generator | None = None,
-                                max_rounds: int = 64) -> torch.Tensor:
-    """One subset per row, uniform over the subsets of that row's n present modalities with 2 to n - 1
-    members (neither a single modality nor all of them); rows with fewer than 3 present stay empty.
-    Rejection as :func:`sample_present_subsets` (at least 3 of every 8 draws are accepted)."""
-    present = mask.sum(1, keepdim=True)
-    subset = torch.zeros_like(mask)
-    todo = present[:, 0] >= 3
-    for _ in range(max_rounds):
-        if not bool(todo.any()):
-            return subset
-        draw = (torch.rand(mask.shape, device=mask.device, generator=generator) < 0.5) & mask
-        size = draw.sum(1, keepdim=True)
-        accept = todo & ((size >= 2) & (size < present))[:, 0]
-        subset = torch.where(accept[:, None], draw, subset)
-        todo = todo & ~accept
-    # Astronomically unlikely; what is left gets its first two present modalities.
-    first_two = mask & (mask.cumsum(1) <= 2)
-    return torch.where(todo[:, None], first_two, subset)
-
-
 def sample_present_subsets(mask: torch.Tensor, generator: torch.Generator | None = None,
                            max_rounds: int = 64) -> torch.Tensor:
     """One subset per row, uniform over the non-empty subsets of that row's present modalities.
