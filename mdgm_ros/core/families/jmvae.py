@@ -11,7 +11,7 @@ For M > 2 the sum runs over every unit (single modalities and the listed subsets
 
 ``alpha`` defaults to 0.1, MultiVae's documented default (it was 1). On PolyDigits (``mdgm-ros bench
 parity``, 12 epochs) the seed matters more than α: α = 1 against 0.1 was 0.07-0.09 higher at k = 1..4 on
-seed 0 and 0.04-0.08 lower on seed 1; with α = 0.1 on both sides this package's coherence is within 0.002
+seed 0 and 0.04-0.08 lower on seed 1; with α = 0.1 on both sides this package's coherence is within 0.004
 of MultiVae's on seeds 0 and 2 and 0.05-0.09 above it on seed 1 (docs/benchmarks.rst).
 """
 from __future__ import annotations
