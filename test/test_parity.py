@@ -72,7 +72,7 @@ def test_the_protocol_is_fixed_and_options_reach_this_packages_families():
     assert (config.warmup_steps, config.grad_clip, config.beta, config.lr) == (0, 0.0, 1.0, 1e-3)
     assert config.family_options["mmvae"] == {"K": 4, "learn_prior": False}
     assert config.family_options["mmvae_plus"] == {"K": 2} and config.family_options["jmvae"] == {"alpha": 0.1}
-    assert zoo.training_protocol("mvae", config)["options"] == {"k": 0}           # no random subset ELBOs
+    assert zoo.training_protocol("mvae", config)["options"] == {}         # the family's default k, as train
     assert parity.user_options(config, "mmvae") == {"K": 4} and parity.user_options(config, "mmvae_plus") == {}
     full, seeds = parity.parity_config_from_args(quick_args(quick=False, epochs=12, seeds="0,1,2",
                                                             train_tuples=10000, test_tuples=2000))

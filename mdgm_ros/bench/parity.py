@@ -20,7 +20,8 @@ For each family both libraries have (:data:`PARITY_FAMILIES`) and each seed:
 
 MultiVae is an optional extra, never a dependency: this module imports without it, and the command
 refuses in one line where it is absent (``pip install multivae==1.0.3``). With ``--out`` every finished
-(family, seed, library) row is kept in ``OUT/rows/`` and read back by a later run of the same protocol.
+(family, seed, library) row is kept in ``OUT/rows/`` and read back by a later run of the same protocol
+and the same source of the family's module.
 What the two libraries' objectives still do differently is listed per family in the report's notes.
 """
 from __future__ import annotations
@@ -29,9 +30,11 @@ import argparse
 import contextlib
 import copy
 import functools
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import json
 import sys
 import time
@@ -491,14 +494,22 @@ def keyed(values: Mapping[Any, Any] | None) -> dict[str, Any] | None:
 
 
 # ----------------------------------------------------------------------------- one row
+def family_source(name: str) -> str:
+    """A digest of the source of family ``name``'s module: a changed objective does not read back the rows
+    of the old one."""
+    module = sys.modules[get_family(name).objective_fn.__module__]
+    return hashlib.sha256(inspect.getsource(module).encode()).hexdigest()[:16]
+
+
 def row_protocol(name: str, config: zoo.ZooConfig, library: str, version: str) -> dict[str, Any]:
-    """What a stored row must match to be read back instead of run again."""
+    """What a stored row must match to be read back instead of run again (the family's source included)."""
     protocol = {"family": name, "library": library, "library_version": version, "epochs": config.epochs,
                 "n_train": config.n_train, "n_test": config.n_test, "batch_size": config.batch_size,
                 "lr": config.lr, "latent_dim": config.latent_dim, "networks": config.networks,
                 "normalize": config.normalize, "beta": config.beta, "classifier_epochs": config.classifier_epochs,
                 "protocol": zoo.training_protocol(name, config), "private_dim": config.private_dim,
-                "option_defaults": {k: d for k, (_, d) in (get_family(name).option_types() or {}).items()}}
+                "option_defaults": {k: d for k, (_, d) in (get_family(name).option_types() or {}).items()},
+                "family_source": family_source(name)}
     return json.loads(json.dumps(protocol, default=str))
 
 
@@ -749,7 +760,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "generation_prior set MultiVae's counterpart too)")
     parser.add_argument("--out", default=None,
                         help="folder for parity.json and parity.md; finished rows are kept in OUT/rows/ and a "
-                             "later run of the same protocol reads them back")
+                             "later run of the same protocol (and family source) reads them back")
     parser.add_argument("--raw-pixels", action="store_true",
                         help="likelihood on raw [0, 1] pixels instead of per-channel standardised ones")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
