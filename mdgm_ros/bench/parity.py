@@ -730,9 +730,10 @@ def markdown(report: Mapping[str, Any]) -> str:
         notes = next(r["notes"] for r in report["rows"] if r["family"] == name)
         lines += [f"- {name}: {note}" for note in notes]
     versions = report["versions"]
-    lines += ["", f"torch {versions['torch']}, MultiVae {versions['multivae']}; {report['protocol']['epochs']} "
-                  f"epochs, {report['protocol']['train_tuples']} train / {report['protocol']['test_tuples']} test "
-                  f"tuples, seeds {', '.join(str(s) for s in report['seeds'])}"]
+    setup, epochs = report["protocol"], report["protocol"]["epochs"]
+    lines += ["", f"torch {versions['torch']}, MultiVae {versions['multivae']}; {epochs} "
+                  f"epoch{'' if epochs == 1 else 's'}, {setup['train_tuples']} train / {setup['test_tuples']} "
+                  f"test tuples, seeds {', '.join(str(s) for s in report['seeds'])}"]
     return "\n".join(lines) + "\n"
 
 
