@@ -81,12 +81,17 @@ def test_the_protocol_is_fixed_and_options_reach_this_packages_families():
         parity.parity_config_from_args(quick_args(families="mvae,jvae"))
 
 
-@pytest.mark.parametrize("family", parity.PARITY_FAMILIES)
-def test_the_copied_networks_are_this_packages_networks_with_the_same_weights(family):
+def untrained(family: str):
+    """The comparison's config for ``family`` and its untrained model (seed 0), on one thread."""
     torch.set_num_threads(1)
     config, _ = parity.parity_config_from_args(quick_args(families=family))
     torch.manual_seed(0)
-    model = zoo.build_model(family, config)
+    return config, zoo.build_model(family, config)
+
+
+@pytest.mark.parametrize("family", parity.PARITY_FAMILIES)
+def test_the_copied_networks_are_this_packages_networks_with_the_same_weights(family):
+    config, model = untrained(family)
     copied = parity.copy_networks(model)
     gen = torch.Generator().manual_seed(1)
     batch = {n: torch.rand((8, 3, 16, 16), generator=gen) for n in model.names}
@@ -144,17 +149,10 @@ def test_stored_rows_are_read_back_only_for_the_same_protocol(tmp_path):
 @needs_multivae
 @pytest.mark.parametrize("family", parity.PARITY_FAMILIES)
 def test_multivaes_models_hold_this_packages_untrained_networks(family):
-    torch.set_num_threads(1)
-    config, _ = parity.parity_config_from_args(quick_args(families=family))
-    torch.manual_seed(0)
-    model = zoo.build_model(family, config)
+    config, model = untrained(family)
     mv_model, notes = parity.build_multivae(family, model, config)
     batch = {n: torch.rand((8, 3, 16, 16)) for n in model.names}
-    difference = parity.copy_difference(model, parity.copy_networks(model), batch,
-                                        encoder=lambda n, x: mv_model.encoders[n](x),
-                                        decoder=lambda n, z: mv_model.decoders[n](z).reconstruction,
-                                        joint=getattr(mv_model, "joint_encoder", None))
-    assert difference == 0.0 and notes
+    assert parity.multivae_copy_difference(model, mv_model, batch) == 0.0 and notes
 
 
 @needs_multivae

@@ -214,6 +214,15 @@ def copy_difference(model: MultimodalVAE, copied: CopiedNetworks, inputs: Mappin
     return worst
 
 
+def multivae_copy_difference(model: MultimodalVAE, mv_model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> float:
+    """:func:`copy_difference` between ``model``'s networks and those MultiVae's model ``mv_model`` calls
+    (its encoders, decoders and joint encoder): 0.0 when it holds the same networks with the same weights."""
+    return copy_difference(model, copy_networks(model), inputs,
+                           encoder=lambda n, x: mv_model.encoders[n](x),
+                           decoder=lambda n, z: mv_model.decoders[n](z).reconstruction,
+                           joint=getattr(mv_model, "joint_encoder", None))
+
+
 @functools.lru_cache(maxsize=1)
 def _wrapper_classes() -> tuple[type, type, type, type]:
     """MultiVae-compatible encoder, multi-latent encoder, joint encoder and decoder classes around the
@@ -532,11 +541,7 @@ def run_multivae(name: str, train: PolyDigits, test: PolyDigits, classifiers: di
     ours = zoo.build_model(name, config)
     mv_model, notes = build_multivae(name, ours, config)
     probe = {n: torch.from_numpy(train.images[n][:16]) for n in ours.names}
-    difference = copy_difference(
-        ours, copy_networks(ours), probe,
-        encoder=lambda n, x: mv_model.encoders[n](x),
-        decoder=lambda n, z: mv_model.decoders[n](z).reconstruction,
-        joint=getattr(mv_model, "joint_encoder", None))
+    difference = multivae_copy_difference(ours, mv_model, probe)
     if difference != 0.0:
         raise RuntimeError(f"{name}: MultiVae's copied networks differ from this package's by {difference:g}")
     pixels = Pixels(None)
